@@ -1,0 +1,406 @@
+//! The job model: what people write in job files, what the master stores and
+//! what a target runs.
+//!
+//! A [`JobSpec`] is the whole definition (steps, flow, retries, schedules). It
+//! travels to targets inside an upsert instruction, so it is part of the wire
+//! contract. [`JobSpec::validate`] is the single place that decides whether a
+//! definition is acceptable; the master calls it before storing anything, and
+//! its errors name the offending field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::name::{JobName, NameError};
+use crate::schedule;
+
+/// Default cap on captured output per step (head and tail are kept).
+pub const DEFAULT_OUTPUT_CAP: usize = 64 * 1024;
+
+/// A job as written by people (`musterctl job create -f job.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub name: JobName,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Ends the whole run, `goto` loops included. `None`: no job-level limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    pub steps: Vec<Step>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<Schedule>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One step: a shell command line or an argv.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// Defaults to `step-<n>` (1-based) when omitted in a file.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Run with `/bin/sh -c`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Run directly, no shell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argv: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// Extra attempts after a failure (0 = run once).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub retries: u32,
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub retry_interval_secs: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_success: Option<Flow>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<Flow>,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What happens after a step succeeds or fails.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Flow {
+    Action(FlowAction),
+    Goto { goto: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowAction {
+    Next,
+    QuitSuccess,
+    QuitFailure,
+}
+
+/// Where a step's flow leads, resolved against the job's steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Step(usize),
+    QuitSuccess,
+    QuitFailure,
+}
+
+/// When a job runs by itself. Exactly one of `cron`, `every_secs`, `at`,
+/// `on_start` is set; `timezone` goes with `cron` and `between`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// IANA name, e.g. `Europe/Berlin`. Default UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_secs: Option<u64>,
+    /// `["08:00", "18:00"]`: only fire between these local times of day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub between: Option<[String; 2]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub on_start: bool,
+    /// Active start date: no run before this instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_from: Option<DateTime<Utc>>,
+    /// Active end date: no run after this instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_until: Option<DateTime<Utc>>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A refused job definition: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    /// A path like `steps[0].on_failure.goto`.
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl fmt::Display) -> Self {
+        Self { field: field.into(), message: message.to_string() }
+    }
+}
+
+impl From<NameError> for FieldError {
+    fn from(e: NameError) -> Self {
+        FieldError::new("name", e)
+    }
+}
+
+impl JobSpec {
+    /// Parses a job file and validates it.
+    ///
+    /// # Errors
+    /// The JSON error (with line and column), or the first [`FieldError`].
+    pub fn from_json(text: &str) -> Result<JobSpec, FieldError> {
+        let mut spec: JobSpec =
+            serde_json::from_str(text).map_err(|e| FieldError::new("job file", e))?;
+        spec.normalize();
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// A one-step-per-command job, as `musterctl job create --command` builds.
+    pub fn from_commands(name: JobName, commands: &[String]) -> JobSpec {
+        let mut spec = JobSpec {
+            name,
+            description: String::new(),
+            enabled: true,
+            timeout_secs: None,
+            steps: commands
+                .iter()
+                .map(|c| Step { command: Some(c.clone()), ..Step::default() })
+                .collect(),
+            schedules: Vec::new(),
+        };
+        spec.normalize();
+        spec
+    }
+
+    /// Fills defaults that depend on position (step names).
+    pub fn normalize(&mut self) {
+        for (i, step) in self.steps.iter_mut().enumerate() {
+            if step.name.is_empty() {
+                step.name = format!("step-{}", i + 1);
+            }
+        }
+    }
+
+    /// Checks everything a target would otherwise trip over at run time.
+    ///
+    /// # Errors
+    /// The first problem found, naming its field.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.steps.is_empty() {
+            return Err(FieldError::new("steps", "a job needs at least one step"));
+        }
+        if self.timeout_secs == Some(0) {
+            return Err(FieldError::new("timeout_secs", "must be at least 1"));
+        }
+        let mut seen = BTreeMap::new();
+        for (i, step) in self.steps.iter().enumerate() {
+            let at = |f: &str| format!("steps[{i}].{f}");
+            if step.name.is_empty() {
+                return Err(FieldError::new(at("name"), "is empty"));
+            }
+            if let Some(prev) = seen.insert(step.name.as_str(), i) {
+                return Err(FieldError::new(
+                    at("name"),
+                    format!("'{}' is already the name of steps[{prev}]", step.name),
+                ));
+            }
+            match (&step.command, &step.argv) {
+                (Some(_), Some(_)) => {
+                    return Err(FieldError::new(
+                        at("argv"),
+                        "a step has either `command` (a shell line) or `argv`, not both",
+                    ))
+                }
+                (None, None) => {
+                    return Err(FieldError::new(at("command"), "a step needs `command` or `argv`"))
+                }
+                (Some(c), None) if c.trim().is_empty() => {
+                    return Err(FieldError::new(at("command"), "is empty"))
+                }
+                (None, Some(a)) if a.is_empty() || a[0].is_empty() => {
+                    return Err(FieldError::new(at("argv"), "needs at least a program"))
+                }
+                _ => {}
+            }
+            if step.timeout_secs == Some(0) {
+                return Err(FieldError::new(at("timeout_secs"), "must be at least 1"));
+            }
+            if step.env.keys().any(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
+                return Err(FieldError::new(at("env"), "variable names must be non-empty, without '=' or NUL"));
+            }
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            for (which, flow) in [("on_success", &step.on_success), ("on_failure", &step.on_failure)] {
+                if let Some(Flow::Goto { goto }) = flow {
+                    if !seen.contains_key(goto.as_str()) {
+                        let known: Vec<&str> = self.steps.iter().map(|s| s.name.as_str()).collect();
+                        return Err(FieldError::new(
+                            format!("steps[{i}].{which}.goto"),
+                            format!("no step is named '{goto}' (steps: {})", known.join(", ")),
+                        ));
+                    }
+                }
+            }
+        }
+        let mut names = BTreeMap::new();
+        for (i, sched) in self.schedules.iter().enumerate() {
+            if sched.name.is_empty() {
+                return Err(FieldError::new(format!("schedules[{i}].name"), "is empty"));
+            }
+            if names.insert(sched.name.as_str(), i).is_some() {
+                return Err(FieldError::new(
+                    format!("schedules[{i}].name"),
+                    format!("'{}' is used by another schedule", sched.name),
+                ));
+            }
+            schedule::validate(sched).map_err(|e| FieldError {
+                field: format!("schedules[{i}].{}", e.field),
+                message: e.message,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Where the flow goes after step `index` ended with `success`.
+    pub fn next_after(&self, index: usize, success: bool) -> Next {
+        let step = &self.steps[index];
+        let last = index + 1 == self.steps.len();
+        let flow = if success { &step.on_success } else { &step.on_failure };
+        let default = if success {
+            if last { FlowAction::QuitSuccess } else { FlowAction::Next }
+        } else {
+            FlowAction::QuitFailure
+        };
+        match flow {
+            None => self.resolve(index, default, success),
+            Some(Flow::Action(a)) => self.resolve(index, *a, success),
+            Some(Flow::Goto { goto }) => self
+                .steps
+                .iter()
+                .position(|s| &s.name == goto)
+                .map_or(Next::QuitFailure, Next::Step),
+        }
+    }
+
+    fn resolve(&self, index: usize, action: FlowAction, success: bool) -> Next {
+        match action {
+            FlowAction::Next if index + 1 < self.steps.len() => Next::Step(index + 1),
+            // `next` from the last step ends the job with the step's own result.
+            FlowAction::Next => if success { Next::QuitSuccess } else { Next::QuitFailure },
+            FlowAction::QuitSuccess => Next::QuitSuccess,
+            FlowAction::QuitFailure => Next::QuitFailure,
+        }
+    }
+}
+
+impl Default for Step {
+    fn default() -> Self {
+        Step {
+            name: String::new(),
+            command: None,
+            argv: None,
+            cwd: None,
+            env: BTreeMap::new(),
+            timeout_secs: None,
+            retries: 0,
+            retry_interval_secs: 0,
+            on_success: None,
+            on_failure: None,
+        }
+    }
+}
+
+/// A job as the master stores it and a target keeps it: the spec plus its
+/// identity and revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobDef {
+    pub id: Uuid,
+    /// Increases on every update, so a target can ignore a stale upsert.
+    pub revision: u64,
+    #[serde(flatten)]
+    pub spec: JobSpec,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISSUE_EXAMPLE: &str = r#"{
+      "name": "nightly-backup",
+      "description": "dump, upload, alert on failure",
+      "enabled": true,
+      "timeout_secs": 3600,
+      "steps": [
+        {"name": "dump", "command": "pg_dump app > /tmp/app.sql", "timeout_secs": 600,
+         "retries": 2, "retry_interval_secs": 30, "on_success": "next", "on_failure": {"goto": "alert"}},
+        {"name": "upload", "argv": ["rclone", "copy", "/tmp/app.sql", "remote:"],
+         "cwd": "/tmp", "env": {"RCLONE_VERBOSE": "1"}, "on_success": "quit_success", "on_failure": {"goto": "alert"}},
+        {"name": "alert", "command": "echo backup failed >&2", "on_success": "quit_failure"}
+      ],
+      "schedules": [
+        {"name": "nightly", "cron": "30 2 * * *", "timezone": "Europe/Berlin"},
+        {"name": "often", "every_secs": 300, "between": ["08:00", "18:00"]},
+        {"name": "once", "at": "2027-01-01T00:00:00Z"},
+        {"name": "boot", "on_start": true}
+      ]
+    }"#;
+
+    #[test]
+    fn accepts_the_documented_example() {
+        let spec = JobSpec::from_json(ISSUE_EXAMPLE).unwrap();
+        assert_eq!(spec.steps.len(), 3);
+        assert_eq!(spec.next_after(0, true), Next::Step(1));
+        assert_eq!(spec.next_after(0, false), Next::Step(2));
+        assert_eq!(spec.next_after(1, true), Next::QuitSuccess);
+        assert_eq!(spec.next_after(2, true), Next::QuitFailure);
+        assert_eq!(spec.next_after(2, false), Next::QuitFailure);
+        // Round trip through the wire form.
+        let back: JobSpec = serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
+        assert_eq!(back, spec);
+    }
+
+    fn refuse(json: &str, field: &str, why: &str) {
+        let err = JobSpec::from_json(json).unwrap_err();
+        assert!(err.field.contains(field), "field {:?} in {err}", field);
+        assert!(err.message.contains(why), "{why:?} in {err}");
+    }
+
+    #[test]
+    fn refuses_bad_files_naming_the_field() {
+        refuse(r#"{"name":"j","steps":[{"command":"a","on_failure":{"goto":"nope"}}]}"#,
+            "steps[0].on_failure.goto", "no step is named 'nope'");
+        refuse(r#"{"name":"j","steps":[{"command":"a","argv":["b"]}]}"#, "steps[0].argv", "not both");
+        refuse(r#"{"name":"j","steps":[{}]}"#, "steps[0].command", "needs");
+        refuse(r#"{"name":"j","steps":[]}"#, "steps", "at least one");
+        refuse(r#"{"name":"j.x","steps":[{"command":"a"}]}"#, "job file", "subject separator");
+        refuse(r#"{"name":"j","steps":[{"command":"a"}],"schedules":[{"name":"s","cron":"61 * * * *"}]}"#,
+            "schedules[0].cron", "");
+        refuse(r#"{"name":"j","steps":[{"command":"a"}],"schedules":[{"name":"s","cron":"* * * * *","timezone":"Mars/Olympus"}]}"#,
+            "schedules[0].timezone", "Mars/Olympus");
+        refuse(r#"{"name":"j","steps":[{"command":"a","colour":"red"}]}"#, "job file", "colour");
+    }
+
+    #[test]
+    fn default_flow() {
+        let spec = JobSpec::from_commands(JobName::new("j").unwrap(), &["a".into(), "b".into()]);
+        assert_eq!(spec.steps[1].name, "step-2");
+        assert_eq!(spec.next_after(0, true), Next::Step(1));
+        assert_eq!(spec.next_after(0, false), Next::QuitFailure);
+        assert_eq!(spec.next_after(1, true), Next::QuitSuccess);
+    }
+}

@@ -1,0 +1,36 @@
+//! `muster-shared` is the wire contract between the Muster master, its target
+//! agents and `musterctl`.
+//!
+//! It holds everything two processes must agree on and nothing else: validated
+//! names ([`name`]), the subjects built from them ([`subject`]), the streams,
+//! consumers and buckets ([`streams`]), the message bodies ([`msg`], [`api`]),
+//! and the job model ([`job`], [`schedule`]).
+//!
+//! There is no tokio and no I/O here, so both sides can depend on it without
+//! pulling in each other. Every `Serialize` type is a versioned public API:
+//! add optional fields freely, but never change the meaning of an existing one
+//! without bumping [`PROTOCOL_VERSION`].
+
+pub mod api;
+pub mod job;
+pub mod msg;
+pub mod name;
+pub mod schedule;
+pub mod streams;
+pub mod subject;
+
+pub use name::{GroupName, JobName, NameError, TargetName};
+
+/// The `"v"` carried by every message body. A receiver refuses other versions.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest message body any Muster process accepts. Bigger bodies are refused
+/// as bad input, before JSON parsing, so a hostile publisher cannot make a
+/// process allocate without bound.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The agent (and master) version, reported in poll reports.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Header that names a message's kind, so tools can filter without parsing.
+pub const KIND_HEADER: &str = "Muster-Kind";

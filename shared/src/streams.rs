@@ -1,0 +1,157 @@
+//! What Muster's streams, consumers and buckets look like.
+//!
+//! These are plain descriptions; the master (the only process that creates
+//! them) turns them into `async-nats` configs. Keeping them here makes the
+//! layout one documented fact, readable without any I/O crate.
+
+use std::time::Duration;
+
+use crate::name::TargetName;
+use crate::subject::Subjects;
+use crate::MAX_BODY_BYTES;
+
+/// Default time a run record stays in `MUSTER_RESULTS` (like SQL Server's
+/// history retention, but by age).
+pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Default JetStream de-duplication window. Exactly-once beyond it is the
+/// job of the run identity (see `msg::RunRecord`), not of this window.
+pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// The durable consumer every master replica shares on `MUSTER_RESULTS`.
+pub const MASTER_CONSUMER: &str = "master";
+
+/// How long a target has to ack an instruction before it is redelivered.
+/// Applying an instruction is a local file write, so this is generous.
+pub const ASSIGN_ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// How long the master has to ack a results batch before redelivery.
+pub const RESULTS_ACK_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Kept until limits (age, count) remove it.
+    Limits,
+    /// Removed once acked: each instruction is consumed exactly by its target.
+    WorkQueue,
+}
+
+/// Knobs an installation sets for its streams and buckets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// 1 on a single server, 3 on a cluster.
+    pub replicas: usize,
+    pub history_retention: Duration,
+    pub duplicate_window: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            history_retention: DEFAULT_HISTORY_RETENTION,
+            duplicate_window: DEFAULT_DUPLICATE_WINDOW,
+        }
+    }
+}
+
+/// One stream, as Muster wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSpec {
+    pub name: String,
+    pub subjects: Vec<String>,
+    pub retention: Retention,
+    /// Zero means no age limit.
+    pub max_age: Duration,
+    /// -1 means unlimited.
+    pub max_msgs_per_subject: i64,
+    /// Refuse new messages when full rather than silently dropping old ones.
+    pub discard_new: bool,
+    pub duplicate_window: Duration,
+    /// Lets `nats stream view` and direct gets read the stream.
+    pub allow_direct: bool,
+    pub max_msg_size: i32,
+    pub replicas: usize,
+}
+
+/// `MUSTER_ASSIGN`: instructions, one subject per target, consumed once.
+pub fn assign_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
+    StreamSpec {
+        name: s.assign_stream(),
+        subjects: vec![s.assign_all()],
+        retention: Retention::WorkQueue,
+        max_age: Duration::ZERO,
+        max_msgs_per_subject: -1,
+        discard_new: true,
+        duplicate_window: o.duplicate_window,
+        allow_direct: true,
+        max_msg_size: MAX_BODY_BYTES as i32,
+        replicas: o.replicas,
+    }
+}
+
+/// `MUSTER_RESULTS`: run and instruction records, held while the master is away.
+pub fn results_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
+    StreamSpec {
+        name: s.results_stream(),
+        subjects: vec![s.results_all()],
+        retention: Retention::Limits,
+        max_age: o.history_retention,
+        max_msgs_per_subject: -1,
+        discard_new: true,
+        duplicate_window: o.duplicate_window,
+        allow_direct: true,
+        max_msg_size: MAX_BODY_BYTES as i32,
+        replicas: o.replicas,
+    }
+}
+
+/// `MUSTER_POLLS`: the latest poll report of each target, and nothing older.
+pub fn polls_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
+    StreamSpec {
+        name: s.polls_stream(),
+        subjects: vec![s.poll_all()],
+        retention: Retention::Limits,
+        max_age: Duration::ZERO,
+        max_msgs_per_subject: 1,
+        discard_new: false,
+        duplicate_window: Duration::from_secs(1),
+        allow_direct: true,
+        max_msg_size: 64 * 1024,
+        replicas: o.replicas,
+    }
+}
+
+/// A target's durable pull consumer on `MUSTER_ASSIGN`, named after it and
+/// filtered to its own subject. No `inactive_threshold`: a target offline for
+/// days must find its consumer, and its instructions, when it returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerSpec {
+    pub durable_name: String,
+    pub filter_subject: String,
+    pub ack_wait: Duration,
+    /// -1 = no limit. Instructions are never dropped after N deliveries: a
+    /// dropped instruction would be a lost one.
+    pub max_deliver: i64,
+    pub replicas: usize,
+}
+
+pub fn target_consumer(s: &Subjects, t: &TargetName, o: &StoreOptions) -> ConsumerSpec {
+    ConsumerSpec {
+        durable_name: t.to_string(),
+        filter_subject: s.assign(t),
+        ack_wait: ASSIGN_ACK_WAIT,
+        max_deliver: -1,
+        replicas: o.replicas,
+    }
+}
+
+pub fn master_consumer(s: &Subjects, o: &StoreOptions) -> ConsumerSpec {
+    ConsumerSpec {
+        durable_name: MASTER_CONSUMER.to_owned(),
+        filter_subject: s.results_all(),
+        ack_wait: RESULTS_ACK_WAIT,
+        max_deliver: -1,
+        replicas: o.replicas,
+    }
+}
