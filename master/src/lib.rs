@@ -1,1 +1,48 @@
+//! The Muster master: job definitions, the target registry, and the admin API,
+//! all kept in JetStream so that any number of master replicas can run at once.
+//!
+//! - [`store`] creates the streams and buckets and reads and writes records;
+//! - [`post`] turns every change into instructions on the targets' subjects;
+//! - [`api`] serves the `muster` NATS service that `musterctl` and targets call;
+//! - [`ingest`] drains `MUSTER_RESULTS` into job status and the download list;
+//! - [`history`] reads run history straight from `MUSTER_RESULTS`;
+//! - [`client`] and [`ctl`] are `musterctl`'s side of the API.
+//!
+//! The daemon's entry point is [`run`].
 
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod ctl;
+pub mod history;
+pub mod ingest;
+pub mod nats;
+pub mod post;
+pub mod store;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+pub use config::MasterConfig;
+
+/// Runs the master until `shutdown` is cancelled: creates or updates the
+/// streams and buckets, then serves the API and drains results side by side.
+///
+/// # Errors
+/// When the streams or buckets cannot be created, or the service cannot start.
+pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let client = nats::connect(&config.nats, nats::Wait::Forever).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let store = store::Store::open(&js, &config.subjects, &config.store)
+        .await
+        .context("creating Muster's streams and buckets")?;
+    tracing::info!(prefix = config.subjects.prefix(), replicas = config.store.replicas, "streams and buckets ready");
+
+    let ingest = tokio::spawn(ingest::run(store.clone(), shutdown.clone()));
+    let served = api::serve(client.clone(), store, config.clone(), shutdown.clone()).await;
+    // The API stopped (shutdown, or a fatal error): stop the drain too.
+    shutdown.cancel();
+    let ingested = ingest.await.context("results drain task panicked")?;
+    client.drain().await.ok();
+    served.and(ingested)
+}

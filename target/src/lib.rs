@@ -1,1 +1,231 @@
+//! The Muster target agent.
+//!
+//! It enlists with the master, polls its own consumer on `MUSTER_ASSIGN`
+//! ([`poller`]), answers force-polls and stops on its control subject
+//! ([`control`]), keeps its jobs on local disk ([`state`]), runs them on
+//! their schedules or when told ([`scheduler`], [`runner`], [`process`]), and
+//! uploads every outcome through a write-ahead spool ([`spool`]) so nothing is
+//! lost while NATS or the master is away.
+//!
+//! The entry point is [`run`].
 
+pub mod config;
+pub mod control;
+pub mod fsutil;
+pub mod poller;
+pub mod process;
+pub mod runner;
+pub mod scheduler;
+pub mod spool;
+pub mod state;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use muster_shared::api::{self, EnlistRequest, Reply, Request, TargetInfo};
+use muster_shared::msg;
+use muster_shared::subject::Subjects;
+use rand::Rng as _;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use config::TargetConfig;
+
+use crate::poller::Poller;
+use crate::runner::{Runner, RunnerConfig};
+use crate::scheduler::Scheduler;
+use crate::spool::{Flusher, Spool};
+use crate::state::State;
+
+/// Runs the agent until `shutdown`, then stops polling, lets running steps
+/// finish within the grace period (then cancels them), flushes the spool and
+/// drains the connection.
+///
+/// # Errors
+/// When the state directory cannot be opened; NATS problems are retried.
+pub async fn run(config: TargetConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let state = State::open(&config.state_dir)
+        .with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
+    let spool = Spool::open(&state.spool_dir(), config.spool_max_bytes).context("opening the result spool")?;
+    let runner = Runner::new(
+        RunnerConfig {
+            target: config.name.clone(),
+            subjects: config.subjects.clone(),
+            output_cap: config.output_cap,
+            kill_grace: config.kill_grace,
+            max_concurrent_runs: config.max_concurrent_runs,
+        },
+        state.clone(),
+        spool.clone(),
+    );
+    let interrupted = runner.report_interrupted()?;
+    tracing::info!(
+        target = %config.name,
+        state_dir = %config.state_dir.display(),
+        jobs = state.job_count(),
+        interrupted,
+        spooled = spool.len(),
+        "agent starting"
+    );
+
+    let client = connect(&config).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let tasks = tokio_util::task::TaskTracker::new();
+    // Background tasks stop on their own token, so the spool can be flushed
+    // after the runner has recorded the last runs.
+    let stop_work = CancellationToken::new();
+    let stop_flusher = CancellationToken::new();
+    tasks.spawn(Flusher { spool: spool.clone(), js: js.clone() }.run(stop_flusher.clone(), Duration::from_secs(5)));
+
+    let jobs_changed = Arc::new(Notify::new());
+    let poller = Arc::new(Poller::new(
+        config.name.clone(),
+        config.subjects.clone(),
+        js.clone(),
+        state.clone(),
+        runner.clone(),
+        spool.clone(),
+        jobs_changed.clone(),
+        config.poll_interval,
+    ));
+    if config.enlist {
+        enlist(&client, &config, &poller, &shutdown).await;
+    }
+    tasks.spawn({
+        let (client, poller, stop) = (client.clone(), poller.clone(), stop_work.clone());
+        async move {
+            if let Err(e) = control::serve(client, poller, stop).await {
+                tracing::error!(error = %e, "control subject not served");
+            }
+        }
+    });
+    tasks.spawn(Scheduler { state: state.clone(), runner: runner.clone(), jobs_changed }.run(stop_work.clone()));
+    tasks.spawn(poll_loop(poller.clone(), stop_work.clone()));
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: no more polls; letting running jobs finish");
+    stop_work.cancel();
+    runner.shutdown(config.shutdown_grace).await;
+    stop_flusher.cancel();
+    tasks.close();
+    tasks.wait().await;
+    client.drain().await.ok();
+    tracing::info!(spooled = spool.len(), "agent stopped");
+    Ok(())
+}
+
+/// Polls every interval (with ±10% jitter so thousands of targets do not
+/// poll in step), until `stop`.
+async fn poll_loop(poller: Arc<Poller>, stop: CancellationToken) {
+    loop {
+        match poller.poll().await {
+            Ok(r) if r.applied + r.failed > 0 => {
+                tracing::info!(applied = r.applied, failed = r.failed, "polled");
+            }
+            Ok(_) => tracing::debug!("polled: nothing new"),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "poll failed; will retry at the next interval"),
+        }
+        let interval = poller.interval();
+        let jitter = rand::rng().random_range(0.9..1.1);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval.mul_f64(jitter)) => {}
+        }
+    }
+}
+
+/// Asks the master to enlist this target, retrying with backoff until it
+/// answers (or shutdown). A master that is down does not stop the agent: if
+/// it was enlisted before, its consumer is there and polling works.
+async fn enlist(client: &async_nats::Client, config: &TargetConfig, poller: &Poller, shutdown: &CancellationToken) {
+    let subject = config.subjects.agent_api(&config.name, api::AGENT_ENLIST);
+    let body = msg::encode(&Request::new(EnlistRequest {
+        name: config.name.clone(),
+        location: config.location.clone(),
+        instance: Some(poller.instance),
+        poll_interval_secs: Some(poller.interval().as_secs()),
+    }));
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let attempt = tokio::time::timeout(Duration::from_secs(10), client.request(subject.clone(), body.clone().into())).await;
+        let outcome = match attempt {
+            Ok(Ok(m)) => msg::decode::<Reply<TargetInfo>>(&m.payload).and_then(Reply::into_result).map_err(|e| e.to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer".into()),
+        };
+        match outcome {
+            Ok(info) => {
+                tracing::info!(target = %info.name, poll_interval = info.poll_interval_secs, "enlisted");
+                if poller.state.defected() {
+                    poller.state.set_defected(false).ok();
+                }
+                return;
+            }
+            Err(e) if e.contains("already enlisted") => {
+                tracing::error!("{e}");
+            }
+            Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "enlisting failed; the master may be down"),
+        }
+        // Keep trying in the background once the first attempts failed, so
+        // the agent polls with whatever consumer it already has.
+        if backoff >= Duration::from_secs(2) {
+            let (client, subject, body, shutdown) = (client.clone(), subject.clone(), body.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let mut backoff = Duration::from_secs(2);
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    if let Ok(Ok(m)) =
+                        tokio::time::timeout(Duration::from_secs(10), client.request(subject.clone(), body.clone().into())).await
+                    {
+                        if msg::decode::<Reply<TargetInfo>>(&m.payload).and_then(Reply::into_result).is_ok() {
+                            tracing::info!("enlisted");
+                            return;
+                        }
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+            });
+            return;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff *= 2;
+    }
+}
+
+/// Connects with this target's own inbox prefix (so its permissions need not
+/// include `_INBOX.>`), waiting for NATS and reconnecting forever.
+async fn connect(config: &TargetConfig) -> anyhow::Result<async_nats::Client> {
+    let mut o = async_nats::ConnectOptions::new()
+        .name(format!("muster-target {}", config.name))
+        .custom_inbox_prefix(Subjects::inbox_prefix(&config.name))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .reconnect_delay_callback(|attempt| Duration::from_millis((attempt as u64 * 100).min(2000)))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS; results go to the spool"),
+                other => tracing::debug!(%other, "NATS event"),
+            }
+        });
+    if let Some(creds) = &config.creds {
+        o = o.credentials_file(creds).await.with_context(|| format!("reading {}", creds.display()))?;
+    }
+    if let (Some(u), Some(p)) = (&config.user, &config.password) {
+        o = o.user_and_password(u.clone(), p.clone());
+    }
+    let addrs: Vec<async_nats::ServerAddr> = config
+        .servers
+        .iter()
+        .map(|u| u.parse().with_context(|| format!("bad NATS URL '{u}'")))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(o.connect(addrs).await?)
+}

@@ -1,0 +1,31 @@
+//! The master's configuration, parsed once by the binary.
+
+use std::time::Duration;
+
+use muster_shared::streams::StoreOptions;
+use muster_shared::subject::Subjects;
+
+use crate::nats::NatsOptions;
+
+#[derive(Debug, Clone)]
+pub struct MasterConfig {
+    pub nats: NatsOptions,
+    pub subjects: Subjects,
+    pub store: StoreOptions,
+    /// How long a force-poll waits for the target's answer.
+    pub force_poll_timeout: Duration,
+    /// API requests handled at once; more wait (back-pressure, not memory).
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for MasterConfig {
+    fn default() -> Self {
+        Self {
+            nats: NatsOptions::default(),
+            subjects: Subjects::default(),
+            store: StoreOptions::default(),
+            force_poll_timeout: Duration::from_secs(10),
+            max_concurrent_requests: 256,
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Draining `MUSTER_RESULTS` into job status and the download list.
+//!
+//! Every master replica pulls from the one durable consumer `master`, so each
+//! record is handled by one replica at a time. Records are handled in batches;
+//! a batch is acked only after its KV writes are confirmed, so a master killed
+//! mid-drain redelivers the batch, and the writes are idempotent (a record
+//! never moves job status backwards), so redelivery duplicates nothing.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use futures::StreamExt;
+use muster_shared::api::{ApiError, JobTargetStatus};
+use muster_shared::msg::{self, InstrRecord, RunRecord};
+use muster_shared::streams::MASTER_CONSUMER;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{InstrRow, InstrStatus, Store, TargetRecord};
+
+/// Records handled per batch.
+pub const BATCH: usize = 512;
+
+/// Runs until `shutdown`, reconnecting to the consumer whenever it fails.
+///
+/// # Errors
+/// Never in practice: failures are logged and retried.
+pub async fn run(store: Store, shutdown: CancellationToken) -> anyhow::Result<()> {
+    loop {
+        let result = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            r = drain(&store, &shutdown) => r,
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "results drain interrupted; resuming");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+async fn drain(store: &Store, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let stream = store.js.get_stream_no_info(store.subjects.results_stream()).await?;
+    let consumer: PullConsumer =
+        stream.get_consumer(MASTER_CONSUMER).await.map_err(|e| anyhow::anyhow!("results consumer: {e}"))?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(BATCH)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await?
+        .ready_chunks(BATCH);
+    loop {
+        let chunk = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            c = messages.next() => match c {
+                Some(c) => c,
+                None => anyhow::bail!("results consumer ended"),
+            },
+        };
+        let mut batch = Vec::with_capacity(chunk.len());
+        for m in chunk {
+            batch.push(m?);
+        }
+        handle_batch(store, &batch).await?;
+        for m in &batch {
+            m.ack().await.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+        }
+    }
+}
+
+async fn handle_batch(store: &Store, batch: &[async_nats::jetstream::Message]) -> Result<(), ApiError> {
+    // Keep only the newest record per (job, target); older ones in the same
+    // batch would be overwritten anyway.
+    let mut newest: HashMap<String, JobTargetStatus> = HashMap::new();
+    let mut instr: Vec<InstrRecord> = Vec::new();
+    for m in batch {
+        let subject = m.subject.as_str();
+        let on_subject = store.subjects.target_of(subject).unwrap_or_default();
+        if subject.ends_with(".instr") {
+            match msg::decode::<InstrRecord>(&m.payload) {
+                Ok(r) if r.target.as_str() == on_subject => instr.push(r),
+                Ok(r) => tracing::warn!(subject, body_target = %r.target, "instruction record names another target; ignored"),
+                Err(e) => tracing::warn!(subject, error = %e, "bad instruction record; ignored"),
+            }
+            continue;
+        }
+        match msg::decode::<RunRecord>(&m.payload) {
+            Ok(r) if r.target.as_str() == on_subject => {
+                let status = JobTargetStatus::from(&r);
+                let key = Store::status_key(r.job_id, &r.target);
+                match newest.get(&key) {
+                    Some(have) if !supersedes(&status, have) => {}
+                    _ => {
+                        newest.insert(key, status);
+                    }
+                }
+            }
+            Ok(r) => tracing::warn!(subject, body_target = %r.target, "run record names another target; ignored"),
+            Err(e) => tracing::warn!(subject, error = %e, "bad run record; ignored"),
+        }
+    }
+    let writes = futures::stream::iter(newest)
+        .map(|(key, status)| {
+            let store = store.clone();
+            async move {
+            Store::modify(&store.jobstatus, &key, |old: Option<JobTargetStatus>| match old {
+                Some(have) if !supersedes(&status, &have) => Ok(Some(have)),
+                _ => Ok(Some(status.clone())),
+            })
+            .await
+        }})
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    for w in writes {
+        w?;
+    }
+    for r in instr {
+        apply_instr_record(store, &r).await?;
+    }
+    Ok(())
+}
+
+/// Whether `new` should replace `have` as the last outcome: a later run, or
+/// the end of the same run. Replays of older records never win.
+pub fn supersedes(new: &JobTargetStatus, have: &JobTargetStatus) -> bool {
+    if new.run_id == have.run_id {
+        return new.outcome.is_final() && !have.outcome.is_final();
+    }
+    (new.started_at, new.run_id) > (have.started_at, have.run_id)
+}
+
+async fn apply_instr_record(store: &Store, r: &InstrRecord) -> Result<(), ApiError> {
+    let mut failure = None;
+    for o in &r.outcomes {
+        let key = Store::instr_key(&r.target, o.id);
+        Store::modify(&store.instructions, &key, |old: Option<InstrRow>| {
+            let mut row = old.unwrap_or_else(|| InstrRow {
+                id: o.id,
+                target: r.target.clone(),
+                op: o.op.clone(),
+                job: None,
+                posted_at: o.applied_at,
+                status: InstrStatus::Pending,
+                applied_at: None,
+                error: None,
+            });
+            row.status = if o.error.is_some() { InstrStatus::Failed } else { InstrStatus::Applied };
+            row.applied_at = Some(o.applied_at);
+            row.error.clone_from(&o.error);
+            Ok(Some(row))
+        })
+        .await?;
+        if let Some(e) = &o.error {
+            failure = Some(format!("{} {}: {e}", o.op, o.id));
+        }
+        if o.op == "defect" && o.error.is_none() {
+            // The target left: its record and consumer go with it.
+            store.delete_target_consumer(&r.target).await?;
+            store.targets.delete(r.target.as_str()).await.ok();
+            tracing::info!(target = %r.target, "target defected");
+            return Ok(());
+        }
+    }
+    // Blocked while its latest poll had a failure; a clean poll clears it.
+    Store::modify(&store.targets, r.target.as_str(), |old: Option<TargetRecord>| {
+        Ok(old.map(|mut t| {
+            t.blocked.clone_from(&failure);
+            t
+        }))
+    })
+    .await?;
+    Ok(())
+}

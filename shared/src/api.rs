@@ -1,0 +1,384 @@
+//! The master's admin API: operation names, request and reply bodies, and the
+//! stable error codes `musterctl` maps to exit codes.
+//!
+//! Each operation is an endpoint of the NATS service `muster` on
+//! `muster.api.<op>` (see [`Op`]); a target's own calls go to
+//! `muster.api.agent.<t>.<op>`. A request is `{"v":1, ...fields}`; a reply is
+//! `{"v":1,"ok":...}` or `{"v":1,"error":{"code":...,"message":...}}`.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::job::JobSpec;
+use crate::msg::{Outcome, PollReport, RunRecord};
+use crate::name::{GroupName, JobName, TargetName};
+use crate::PROTOCOL_VERSION;
+
+/// Stable error codes. Never rename one: scripts branch on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// A name breaks the naming rules.
+    InvalidName,
+    /// The body is malformed or a field is out of range.
+    InvalidRequest,
+    /// A job definition was refused; the message names the field.
+    InvalidJob,
+    BadVersion,
+    NotEnlisted,
+    NotFound,
+    AlreadyExists,
+    /// The target did not answer (no responders): it is not running.
+    Offline,
+    /// The request was sent but no answer came in time.
+    Timeout,
+    /// Someone changed the same thing at the same time; retry.
+    Conflict,
+    /// No master answers the API (none running, or NATS unreachable).
+    MasterUnavailable,
+    /// NATS or the master failed; the message says what.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidName => "invalid_name",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::InvalidJob => "invalid_job",
+            ErrorCode::BadVersion => "bad_version",
+            ErrorCode::NotEnlisted => "not_enlisted",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::AlreadyExists => "already_exists",
+            ErrorCode::Offline => "offline",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::MasterUnavailable => "master_unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// An error as it travels in a reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl fmt::Display) -> Self {
+        Self { code, message: message.to_string() }
+    }
+    pub fn not_enlisted(t: &TargetName) -> Self {
+        Self::new(
+            ErrorCode::NotEnlisted,
+            format!("target '{t}' is not enlisted (enlist it with `musterctl target enlist {t}`)"),
+        )
+    }
+    pub fn internal(e: impl fmt::Display) -> Self {
+        Self::new(ErrorCode::Internal, e)
+    }
+}
+
+impl From<crate::NameError> for ApiError {
+    fn from(e: crate::NameError) -> Self {
+        ApiError::new(ErrorCode::InvalidName, e)
+    }
+}
+
+/// `{"v":1, ...body}`: every request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request<T> {
+    pub v: u32,
+    #[serde(flatten)]
+    pub body: T,
+}
+
+impl<T> Request<T> {
+    pub fn new(body: T) -> Self {
+        Self { v: PROTOCOL_VERSION, body }
+    }
+}
+
+/// `{"v":1,"ok":...}` or `{"v":1,"error":...}`: every reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply<T> {
+    pub v: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ok: Option<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+}
+
+impl<T> Reply<T> {
+    pub fn from_result(r: Result<T, ApiError>) -> Self {
+        match r {
+            Ok(ok) => Self { v: PROTOCOL_VERSION, ok: Some(ok), error: None },
+            Err(e) => Self { v: PROTOCOL_VERSION, ok: None, error: Some(e) },
+        }
+    }
+
+    /// # Errors
+    /// The error the master sent, or `internal` for a reply with neither.
+    pub fn into_result(self) -> Result<T, ApiError> {
+        match (self.ok, self.error) {
+            (_, Some(e)) => Err(e),
+            (Some(ok), None) => Ok(ok),
+            (None, None) => Err(ApiError::internal("reply has neither `ok` nor `error`")),
+        }
+    }
+}
+
+/// Every admin operation, with its subject suffix. One list, used by the
+/// master to register endpoints and by clients to address them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    TargetEnlist,
+    TargetDefect,
+    TargetList,
+    TargetShow,
+    TargetForcePoll,
+    JobCreate,
+    JobUpdate,
+    JobDelete,
+    JobList,
+    JobShow,
+    JobAssign,
+    JobUnassign,
+    JobStart,
+    JobStop,
+    JobEnable,
+    JobDisable,
+    JobStatus,
+}
+
+impl Op {
+    pub const ALL: &'static [Op] = &[
+        Op::TargetEnlist,
+        Op::TargetDefect,
+        Op::TargetList,
+        Op::TargetShow,
+        Op::TargetForcePoll,
+        Op::JobCreate,
+        Op::JobUpdate,
+        Op::JobDelete,
+        Op::JobList,
+        Op::JobShow,
+        Op::JobAssign,
+        Op::JobUnassign,
+        Op::JobStart,
+        Op::JobStop,
+        Op::JobEnable,
+        Op::JobDisable,
+        Op::JobStatus,
+    ];
+
+    /// The subject suffix after `muster.api.`.
+    pub fn subject(self) -> &'static str {
+        match self {
+            Op::TargetEnlist => "target.enlist",
+            Op::TargetDefect => "target.defect",
+            Op::TargetList => "target.list",
+            Op::TargetShow => "target.show",
+            Op::TargetForcePoll => "target.force-poll",
+            Op::JobCreate => "job.create",
+            Op::JobUpdate => "job.update",
+            Op::JobDelete => "job.delete",
+            Op::JobList => "job.list",
+            Op::JobShow => "job.show",
+            Op::JobAssign => "job.assign",
+            Op::JobUnassign => "job.unassign",
+            Op::JobStart => "job.start",
+            Op::JobStop => "job.stop",
+            Op::JobEnable => "job.enable",
+            Op::JobDisable => "job.disable",
+            Op::JobStatus => "job.status",
+        }
+    }
+
+    /// The endpoint name shown by `nats micro info`.
+    pub fn endpoint_name(self) -> String {
+        self.subject().replace('.', "-")
+    }
+
+    pub fn from_subject_suffix(s: &str) -> Option<Op> {
+        Op::ALL.iter().copied().find(|op| op.subject() == s)
+    }
+}
+
+/// Operations a target agent calls about itself on `muster.api.agent.<t>.<op>`.
+pub const AGENT_ENLIST: &str = "enlist";
+pub const AGENT_DEFECT: &str = "defect";
+
+// ---- request bodies -------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnlistRequest {
+    pub name: TargetName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// Set by an agent enlisting itself: its process instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_interval_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetRef {
+    pub name: TargetName,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DefectRequest {
+    pub name: TargetName,
+    /// The target is gone for good: delete its record, consumer and queue.
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRef {
+    pub job: JobName,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobWrite {
+    pub spec: JobSpec,
+}
+
+/// Which targets an operation is about: any mix of targets and groups, or all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Selection {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetName>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupName>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+}
+
+impl Selection {
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty() && self.groups.is_empty() && !self.all
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSelect {
+    pub job: JobName,
+    #[serde(flatten)]
+    pub select: Selection,
+}
+
+// ---- reply bodies -----------------------------------------------------------------
+
+/// A target's health, as in SQL Server's "Manage Target Servers" status tab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetStatus {
+    Normal,
+    /// Enlisted, never polled yet.
+    NeverPolled,
+    /// No poll for 3 × its poll interval.
+    SuspectedOffline,
+    /// An instruction failed to apply (see the download list).
+    Blocked,
+}
+
+impl TargetStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetStatus::Normal => "normal",
+            TargetStatus::NeverPolled => "never_polled",
+            TargetStatus::SuspectedOffline => "suspected_offline",
+            TargetStatus::Blocked => "blocked",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetInfo {
+    pub name: TargetName,
+    #[serde(default)]
+    pub location: String,
+    pub enlisted_at: DateTime<Utc>,
+    pub poll_interval_secs: u64,
+    pub status: TargetStatus,
+    pub last_poll: Option<DateTime<Utc>>,
+    /// The target's clock at its last poll.
+    pub local_time: Option<DateTime<Utc>>,
+    pub clock_skew_ms: Option<i64>,
+    pub agent_version: Option<String>,
+    /// Instructions posted and not yet downloaded.
+    pub unread: u64,
+    #[serde(default)]
+    pub groups: Vec<GroupName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub id: Uuid,
+    pub revision: u64,
+    pub spec: JobSpec,
+    pub targets: Vec<TargetName>,
+    pub groups: Vec<GroupName>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What happened to a force-poll of one target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForcePollOutcome {
+    pub target: TargetName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<PollReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+}
+
+/// The answer to `job.start` / `job.stop`: what happened per target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub target: TargetName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<Uuid>,
+    /// `delivered` (the target polled now) or `queued` (offline: at its next poll).
+    pub state: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// Last outcome of a job on one target (SQL Server's `sysjobservers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobTargetStatus {
+    pub job: JobName,
+    pub target: TargetName,
+    pub outcome: Outcome,
+    pub run_id: Uuid,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+    #[serde(default)]
+    pub message: String,
+}
+
+impl From<&RunRecord> for JobTargetStatus {
+    fn from(r: &RunRecord) -> Self {
+        Self {
+            job: r.job.clone(),
+            target: r.target.clone(),
+            outcome: r.outcome,
+            run_id: r.run_id,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            duration_ms: r.duration_ms(),
+            message: r.message.clone(),
+        }
+    }
+}

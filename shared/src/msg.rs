@@ -1,0 +1,382 @@
+//! Messages between the master and its targets: instructions (on
+//! `MUSTER_ASSIGN`), control requests (force poll, stop), poll reports and the
+//! records a target uploads to `MUSTER_RESULTS`.
+//!
+//! Every body carries `"v"` ([`crate::PROTOCOL_VERSION`]). Use [`decode`] to
+//! read any of them: it checks size, JSON and version in one place, so every
+//! subscriber refuses bad input the same way.
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::api::{ApiError, ErrorCode};
+use crate::job::JobDef;
+use crate::name::{JobName, TargetName};
+use crate::{MAX_BODY_BYTES, PROTOCOL_VERSION};
+
+/// Reads a versioned body: size cap, then JSON, then `"v"`.
+///
+/// # Errors
+/// An [`ApiError`] with code `invalid_request` (too large, not JSON, wrong
+/// shape) or `bad_version`, whose message is fit to log and to send back.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("body of {} bytes is over the {MAX_BODY_BYTES}-byte limit", body.len()),
+        ));
+    }
+    #[derive(Deserialize)]
+    struct Version {
+        v: Option<serde_json::Value>,
+    }
+    let version: Version = serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("malformed JSON: {e}")))?;
+    match version.v {
+        Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(PROTOCOL_VERSION)) => {}
+        Some(other) => {
+            return Err(ApiError::new(
+                ErrorCode::BadVersion,
+                format!("unsupported protocol version {other}; this side speaks v{PROTOCOL_VERSION}"),
+            ))
+        }
+        None => {
+            return Err(ApiError::new(
+                ErrorCode::BadVersion,
+                format!("missing \"v\"; this side speaks v{PROTOCOL_VERSION}"),
+            ))
+        }
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("invalid body: {e}")))
+}
+
+/// Serialises a body. Muster's types always serialise.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("Muster message types serialise")
+}
+
+fn v() -> u32 {
+    PROTOCOL_VERSION
+}
+
+// ---- instructions -----------------------------------------------------------
+
+/// One row of a target's download list, posted on `muster.target.<t>.assign`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instruction {
+    #[serde(default = "v")]
+    pub v: u32,
+    /// Unique and time-ordered (UUIDv7); also the `Nats-Msg-Id`, and what a
+    /// target remembers so re-applying after a crash is harmless.
+    pub id: Uuid,
+    /// Must equal the subject's target; a target refuses anything else.
+    pub target: TargetName,
+    pub posted_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub op: InstructionOp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum InstructionOp {
+    /// Insert or update a job: the whole definition.
+    UpsertJob { job: JobDef },
+    DeleteJob { job_id: Uuid, job: JobName },
+    /// First half of a resync: forget every job from the master.
+    DeleteAllJobs,
+    /// Run now. The run id is chosen by the master so a re-applied start is
+    /// recognised and not run twice.
+    StartJob { job_id: Uuid, job: JobName, run_id: Uuid },
+    StopJob { job_id: Uuid, job: JobName },
+    SetPollInterval { secs: u64 },
+    /// The master's clock at posting; the target records its skew.
+    SyncTime { master_time: DateTime<Utc> },
+    /// Leave the master: delete every job from it and stop polling.
+    Defect,
+}
+
+impl InstructionOp {
+    /// The short name shown in the download list.
+    pub fn name(&self) -> &'static str {
+        match self {
+            InstructionOp::UpsertJob { .. } => "upsert_job",
+            InstructionOp::DeleteJob { .. } => "delete_job",
+            InstructionOp::DeleteAllJobs => "delete_all_jobs",
+            InstructionOp::StartJob { .. } => "start_job",
+            InstructionOp::StopJob { .. } => "stop_job",
+            InstructionOp::SetPollInterval { .. } => "set_poll_interval",
+            InstructionOp::SyncTime { .. } => "sync_time",
+            InstructionOp::Defect => "defect",
+        }
+    }
+
+    /// The job an instruction is about, if any.
+    pub fn job_name(&self) -> Option<&JobName> {
+        match self {
+            InstructionOp::UpsertJob { job } => Some(&job.spec.name),
+            InstructionOp::DeleteJob { job, .. }
+            | InstructionOp::StartJob { job, .. }
+            | InstructionOp::StopJob { job, .. } => Some(job),
+            _ => None,
+        }
+    }
+}
+
+// ---- control ------------------------------------------------------------------
+
+/// A core request on `muster.target.<t>.control`, e.g. `{"v":1,"op":"poll"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlRequest {
+    #[serde(default = "v")]
+    pub v: u32,
+    #[serde(flatten)]
+    pub op: ControlOp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ControlOp {
+    /// Poll now and answer with the poll report.
+    Poll,
+    /// Stop a running job at once (SIGTERM, then SIGKILL after the grace).
+    Stop { job: JobName },
+}
+
+/// The answer to a control request: exactly one of the fields is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlReply {
+    #[serde(default = "v")]
+    pub v: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<PollReport>,
+    /// For `stop`: whether a run was running and was told to stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+}
+
+impl ControlReply {
+    pub fn report(report: PollReport) -> Self {
+        Self { v: PROTOCOL_VERSION, report: Some(report), stopped: None, error: None }
+    }
+    pub fn stopped(stopped: bool) -> Self {
+        Self { v: PROTOCOL_VERSION, report: None, stopped: Some(stopped), error: None }
+    }
+    pub fn error(error: ApiError) -> Self {
+        Self { v: PROTOCOL_VERSION, report: None, stopped: None, error: Some(error) }
+    }
+}
+
+// ---- poll reports -----------------------------------------------------------------
+
+/// What a target says after each poll, on `muster.poll.<t>` (latest kept).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PollReport {
+    #[serde(default = "v")]
+    pub v: u32,
+    pub target: TargetName,
+    /// The target's own clock when it polled.
+    pub polled_at: DateTime<Utc>,
+    pub agent_version: String,
+    /// This agent process; a second process with the same name has another.
+    pub instance: Uuid,
+    pub poll_interval_secs: u64,
+    /// Instructions applied and failed in this poll.
+    pub applied: u32,
+    pub failed: u32,
+    /// Jobs from the master the target holds.
+    pub jobs: u32,
+    /// Jobs running now.
+    #[serde(default)]
+    pub running: Vec<JobName>,
+    /// Results waiting in the on-disk spool.
+    #[serde(default)]
+    pub spooled: u64,
+    /// Skew recorded by the last sync-time (target clock − master clock), ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew_ms: Option<i64>,
+    /// The target's IANA time zone or UTC offset, for operators.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub timezone: String,
+}
+
+// ---- results ----------------------------------------------------------------------
+
+/// Instructions a poll applied or failed, on `muster.result.<t>.instr`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstrRecord {
+    #[serde(default = "v")]
+    pub v: u32,
+    pub target: TargetName,
+    pub outcomes: Vec<InstrOutcome>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstrOutcome {
+    pub id: Uuid,
+    pub op: String,
+    pub applied_at: DateTime<Utc>,
+    /// `None` when applied; the reason when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// How a run ended (or that it is still going).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Running,
+    Succeeded,
+    Failed,
+    Canceled,
+    TimedOut,
+    /// The agent died mid-run; reported when it starts again.
+    Interrupted,
+    /// A start refused because the job was already running on this target.
+    Skipped,
+}
+
+impl Outcome {
+    pub fn is_final(self) -> bool {
+        self != Outcome::Running
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Running => "running",
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::Canceled => "canceled",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Interrupted => "interrupted",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Outcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
+            format!("unknown outcome '{s}' (running, succeeded, failed, canceled, timed_out, interrupted, skipped)")
+        })
+    }
+}
+
+/// Why a run started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Trigger {
+    /// `musterctl job start`, through a start instruction.
+    Manual,
+    Schedule { schedule: String },
+    OnStart,
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trigger::Manual => f.write_str("manual"),
+            Trigger::Schedule { schedule } => write!(f, "schedule:{schedule}"),
+            Trigger::OnStart => f.write_str("on_start"),
+        }
+    }
+}
+
+/// A run's record on `muster.result.<t>.run.<job-id>`: sent once when it
+/// starts (`outcome: running`) and once when it ends.
+///
+/// Identity is `run_id`: the `Nats-Msg-Id` is derived from it
+/// ([`RunRecord::msg_id`]), and readers keep one record per run (the final
+/// one), so a replay after the dedup window never shows twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    #[serde(default = "v")]
+    pub v: u32,
+    pub run_id: Uuid,
+    pub job_id: Uuid,
+    pub job: JobName,
+    pub target: TargetName,
+    pub trigger: Trigger,
+    pub outcome: Outcome,
+    pub started_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// One line for people: why it failed, what was skipped.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(default)]
+    pub steps: Vec<StepRecord>,
+}
+
+impl RunRecord {
+    /// The JetStream de-duplication id for this record.
+    pub fn msg_id(&self) -> String {
+        let phase = if self.outcome.is_final() { "end" } else { "start" };
+        format!("run-{}-{phase}", self.run_id)
+    }
+
+    pub fn duration_ms(&self) -> Option<i64> {
+        self.finished_at.map(|f| (f - self.started_at).num_milliseconds())
+    }
+}
+
+/// One step of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub name: String,
+    /// Position in the job's steps (a `goto` can run a step more than once).
+    pub index: usize,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: u64,
+    /// Attempts after the first.
+    pub retries: u32,
+    /// stdout and stderr, interleaved as read, capped (head and tail kept).
+    pub output: String,
+    /// Bytes cut from the middle of the output; 0 when none.
+    #[serde(default)]
+    pub output_cut_bytes: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn force_poll_body_from_the_docs() {
+        let r: ControlRequest = decode(br#"{"v":1,"op":"poll"}"#).unwrap();
+        assert_eq!(r.op, ControlOp::Poll);
+    }
+
+    #[test]
+    fn decode_refuses_bad_input() {
+        assert_eq!(decode::<ControlRequest>(b"{nope").unwrap_err().code, ErrorCode::InvalidRequest);
+        assert_eq!(decode::<ControlRequest>(br#"{"v":9,"op":"poll"}"#).unwrap_err().code, ErrorCode::BadVersion);
+        assert_eq!(decode::<ControlRequest>(br#"{"op":"poll"}"#).unwrap_err().code, ErrorCode::BadVersion);
+        assert_eq!(decode::<ControlRequest>(br#"{"v":1,"op":"dance"}"#).unwrap_err().code, ErrorCode::InvalidRequest);
+        let big = vec![b' '; MAX_BODY_BYTES + 1];
+        assert!(decode::<ControlRequest>(&big).unwrap_err().message.contains("limit"));
+    }
+
+    #[test]
+    fn outcome_names() {
+        assert_eq!("timed_out".parse::<Outcome>().unwrap(), Outcome::TimedOut);
+        assert!("meh".parse::<Outcome>().is_err());
+    }
+}

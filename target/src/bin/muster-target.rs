@@ -1,0 +1,122 @@
+//! `muster-target`: parse configuration, set up logging, run the agent.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use muster_shared::name::TargetName;
+use muster_shared::subject::Subjects;
+use muster_target::TargetConfig;
+
+/// The Muster target agent: polls its master's instructions and runs jobs.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Flags {
+    /// This target's name (letters, digits, '-', '_'; at most 64).
+    #[arg(long, env = "MUSTER_NAME")]
+    name: TargetName,
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, short = 's', env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    server: String,
+    #[arg(long, env = "NATS_CREDS")]
+    creds: Option<PathBuf>,
+    #[arg(long, env = "NATS_USER", hide = true)]
+    user: Option<String>,
+    #[arg(long, env = "NATS_PASSWORD", hide = true)]
+    password: Option<String>,
+    /// Jobs, run markers and the result spool are kept here.
+    #[arg(long, env = "MUSTER_STATE_DIR")]
+    state_dir: PathBuf,
+    /// Seconds between polls, until the master sets another.
+    #[arg(long, env = "MUSTER_POLL_INTERVAL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=28_800))]
+    poll_interval: u64,
+    #[arg(long, env = "MUSTER_PREFIX", default_value = "muster")]
+    prefix: String,
+    /// Do not enlist at start (an operator enlists this target instead).
+    #[arg(long, env = "MUSTER_NO_ENLIST")]
+    no_enlist: bool,
+    #[arg(long, env = "MUSTER_LOCATION")]
+    location: Option<String>,
+    /// Bytes of output kept per step (head and tail).
+    #[arg(long, env = "MUSTER_OUTPUT_CAP", default_value_t = 65_536)]
+    output_cap: usize,
+    /// Seconds between SIGTERM and SIGKILL when a step is stopped.
+    #[arg(long, env = "MUSTER_KILL_GRACE", default_value_t = 5)]
+    kill_grace: u64,
+    /// Seconds running jobs get to finish at shutdown.
+    #[arg(long, env = "MUSTER_SHUTDOWN_GRACE", default_value_t = 10)]
+    shutdown_grace: u64,
+    /// Largest size of the on-disk result spool, in MiB.
+    #[arg(long, env = "MUSTER_SPOOL_MAX_MB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    spool_max_mb: u64,
+    /// Jobs running at once.
+    #[arg(long, env = "MUSTER_MAX_RUNS", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    max_runs: u64,
+}
+
+fn main() -> ExitCode {
+    let flags = match Flags::try_parse() {
+        Ok(f) => f,
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            // Bad configuration is a usage error (EX_USAGE).
+            return ExitCode::from(64);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    let subjects = match Subjects::new(&flags.prefix) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("muster-target: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MUSTER_LOG").unwrap_or_else(|_| "info".into()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let mut config = TargetConfig::new(flags.name, flags.state_dir);
+    config.servers = flags.server.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+    config.creds = flags.creds;
+    config.user = flags.user;
+    config.password = flags.password;
+    config.subjects = subjects;
+    config.poll_interval = Duration::from_secs(flags.poll_interval);
+    config.enlist = !flags.no_enlist;
+    config.location = flags.location;
+    config.output_cap = flags.output_cap;
+    config.kill_grace = Duration::from_secs(flags.kill_grace);
+    config.shutdown_grace = Duration::from_secs(flags.shutdown_grace);
+    config.spool_max_bytes = flags.spool_max_mb * 1024 * 1024;
+    config.max_concurrent_runs = usize::try_from(flags.max_runs).unwrap_or(usize::MAX);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+            }
+            token.cancel();
+        });
+        match muster_target::run(config, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

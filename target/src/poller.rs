@@ -1,0 +1,291 @@
+//! Polling: fetch this target's instructions, apply them in order, persist,
+//! then ack — and report.
+//!
+//! One poll drains the consumer in batches. Each instruction is applied (a
+//! local file write, or a run started with its marker on disk), the batch's
+//! ids are saved as applied, and only then are the messages acked with
+//! `double_ack` (confirmed by the server). A crash anywhere in between means
+//! redelivery, and redelivery is harmless: upserts and deletes are
+//! idempotent, and a start whose run id is already known is not run again.
+//! Bad instructions are reported and terminated, never fatal, never
+//! redelivered forever.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use chrono::Utc;
+use futures::StreamExt;
+use muster_shared::msg::{self, InstrOutcome, InstrRecord, Instruction, InstructionOp, PollReport, Trigger};
+use muster_shared::subject::Subjects;
+use muster_shared::{name::TargetName, AGENT_VERSION, PROTOCOL_VERSION};
+use tokio::sync::{Mutex, Notify};
+use uuid::Uuid;
+
+use crate::runner::{Runner, Started};
+use crate::spool::{Entry, Spool};
+use crate::state::State;
+
+/// Instructions fetched per request.
+pub const FETCH_BATCH: usize = 256;
+
+/// Counters for bad input, shown in logs and the poll report's spool count.
+#[derive(Debug, Default)]
+pub struct PollMetrics {
+    pub polls: AtomicU64,
+    pub bad_instructions: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Poller {
+    pub name: TargetName,
+    pub subjects: Subjects,
+    pub js: jetstream::Context,
+    pub state: State,
+    pub runner: Runner,
+    pub spool: Spool,
+    /// Woken when jobs change, so the scheduler recomputes.
+    pub jobs_changed: Arc<Notify>,
+    pub instance: Uuid,
+    pub default_interval: Duration,
+    pub metrics: PollMetrics,
+    consumer: Mutex<Option<PullConsumer>>,
+}
+
+impl Poller {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: TargetName,
+        subjects: Subjects,
+        js: jetstream::Context,
+        state: State,
+        runner: Runner,
+        spool: Spool,
+        jobs_changed: Arc<Notify>,
+        default_interval: Duration,
+    ) -> Self {
+        Self {
+            name,
+            subjects,
+            js,
+            state,
+            runner,
+            spool,
+            jobs_changed,
+            instance: Uuid::new_v4(),
+            default_interval,
+            metrics: PollMetrics::default(),
+            consumer: Mutex::new(None),
+        }
+    }
+
+    /// The current poll interval: the master's `set-poll`, else the configured one.
+    pub fn interval(&self) -> Duration {
+        self.state.poll_interval_secs().map_or(self.default_interval, Duration::from_secs)
+    }
+
+    /// Polls once: drains and applies instructions, publishes the report.
+    /// Polls never overlap: the consumer handle's lock serialises them.
+    ///
+    /// # Errors
+    /// When the consumer cannot be reached (not enlisted yet, NATS down).
+    pub async fn poll(&self) -> anyhow::Result<PollReport> {
+        let mut guard = self.consumer.lock().await;
+        let consumer = match guard.as_ref() {
+            Some(c) => c.clone(),
+            None => {
+                let c: PullConsumer = self
+                    .js
+                    .get_consumer_from_stream(self.name.as_str(), self.subjects.assign_stream())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot reach this target's consumer (is it enlisted?): {e}"))?;
+                *guard = Some(c.clone());
+                c
+            }
+        };
+        let result = self.drain(&consumer).await;
+        if result.is_err() {
+            // Re-fetch the consumer next time (it may have been re-created).
+            *guard = None;
+        }
+        let (applied, failed) = result?;
+        self.metrics.polls.fetch_add(1, Ordering::Relaxed);
+        let report = self.report(applied, failed);
+        self.publish_report(&report);
+        Ok(report)
+    }
+
+    fn report(&self, applied: u32, failed: u32) -> PollReport {
+        PollReport {
+            v: PROTOCOL_VERSION,
+            target: self.name.clone(),
+            polled_at: Utc::now(),
+            agent_version: AGENT_VERSION.to_owned(),
+            instance: self.instance,
+            poll_interval_secs: self.interval().as_secs(),
+            applied,
+            failed,
+            jobs: u32::try_from(self.state.job_count()).unwrap_or(u32::MAX),
+            running: self.runner.running_jobs(),
+            spooled: self.spool.len(),
+            clock_skew_ms: self.state.clock_skew_ms(),
+            timezone: std::env::var("TZ").unwrap_or_default(),
+        }
+    }
+
+    /// The latest report goes to `MUSTER_POLLS` in the background: only the
+    /// newest matters, so a lost one is replaced by the next poll.
+    fn publish_report(&self, report: &PollReport) {
+        let js = self.js.clone();
+        let subject = self.subjects.poll(&self.name);
+        let body = msg::encode(report);
+        tokio::spawn(async move {
+            let sent = async {
+                let ack = js.publish(subject, body.into()).await?;
+                ack.await?;
+                Ok::<(), async_nats::Error>(())
+            };
+            if let Err(e) = sent.await {
+                tracing::debug!(error = %e, "poll report not published");
+            }
+        });
+    }
+
+    async fn drain(&self, consumer: &PullConsumer) -> anyhow::Result<(u32, u32)> {
+        let (mut applied, mut failed) = (0u32, 0u32);
+        loop {
+            let fetch = consumer.fetch().max_messages(FETCH_BATCH).messages();
+            let mut batch = tokio::time::timeout(Duration::from_secs(10), fetch)
+                .await
+                .map_err(|_| anyhow::anyhow!("fetch timed out"))??;
+            let mut messages = Vec::new();
+            while let Some(m) = tokio::time::timeout(Duration::from_secs(10), batch.next())
+                .await
+                .map_err(|_| anyhow::anyhow!("fetch timed out"))?
+            {
+                messages.push(m.map_err(|e| anyhow::anyhow!("fetch: {e}"))?);
+            }
+            if messages.is_empty() {
+                break;
+            }
+            let full = messages.len() == FETCH_BATCH;
+            let mut outcomes = Vec::new();
+            let mut ids = Vec::new();
+            let mut term = Vec::new();
+            for m in &messages {
+                match msg::decode::<Instruction>(&m.payload) {
+                    Err(e) => {
+                        self.metrics.bad_instructions.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(subject = %m.subject, error = %e, "bad instruction terminated");
+                        term.push(m);
+                    }
+                    Ok(i) if i.target != self.name => {
+                        self.metrics.bad_instructions.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(subject = %m.subject, body_target = %i.target, "instruction for another target terminated");
+                        outcomes.push(outcome(&i, Some(format!("instruction names target '{}', not '{}'", i.target, self.name))));
+                        term.push(m);
+                    }
+                    Ok(i) if self.state.was_applied(i.id) => {
+                        tracing::debug!(id = %i.id, "instruction already applied; acking again");
+                    }
+                    Ok(i) => {
+                        let error = self.apply(&i).err();
+                        if let Some(e) = &error {
+                            tracing::warn!(id = %i.id, op = i.op.name(), error = %e, "instruction failed");
+                            failed += 1;
+                        } else {
+                            applied += 1;
+                        }
+                        outcomes.push(outcome(&i, error));
+                        ids.push(i.id);
+                    }
+                }
+            }
+            if !ids.is_empty() {
+                let state = self.state.clone();
+                tokio::task::block_in_place(|| state.mark_applied(&ids))?;
+                self.jobs_changed.notify_one();
+            }
+            if !outcomes.is_empty() {
+                let record = InstrRecord { v: PROTOCOL_VERSION, target: self.name.clone(), outcomes };
+                let entry = Entry {
+                    subject: self.subjects.result_instr(&self.name),
+                    msg_id: format!("instr-{}", record.outcomes[0].id),
+                    kind: "instr".into(),
+                    body: String::from_utf8(msg::encode(&record)).expect("JSON is UTF-8"),
+                };
+                let spool = self.spool.clone();
+                if let Err(e) = tokio::task::block_in_place(|| spool.push(&entry)) {
+                    tracing::error!(error = %e, "instruction outcomes not recorded");
+                }
+            }
+            let term = &term;
+            let acks = messages.iter().map(|m| async move {
+                if term.iter().any(|t| std::ptr::eq(*t, m)) {
+                    m.ack_with(AckKind::Term).await
+                } else {
+                    m.double_ack().await
+                }
+            });
+            for r in futures::future::join_all(acks).await {
+                r.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok((applied, failed))
+    }
+
+    /// Applies one instruction to local state.
+    fn apply(&self, i: &Instruction) -> Result<(), String> {
+        let io = |e: std::io::Error| format!("local state: {e}");
+        match &i.op {
+            InstructionOp::UpsertJob { job } => {
+                job.spec.validate().map_err(|e| format!("job refused: {e}"))?;
+                tokio::task::block_in_place(|| self.state.upsert_job(job)).map_err(io)?;
+            }
+            InstructionOp::DeleteJob { job_id, .. } => {
+                tokio::task::block_in_place(|| self.state.delete_job(*job_id)).map_err(io)?;
+            }
+            InstructionOp::DeleteAllJobs => tokio::task::block_in_place(|| self.state.delete_all_jobs()).map_err(io)?,
+            InstructionOp::StartJob { job_id, job, run_id } => {
+                if self.runner.knows_run(*run_id) {
+                    return Ok(());
+                }
+                let def = self.state.job(*job_id).ok_or_else(|| format!("job '{job}' ({job_id}) is not on this target"))?;
+                match self.runner.start(def, Trigger::Manual, *run_id) {
+                    Started::Running(_) | Started::Skipped(_) => {}
+                    Started::Failed(_) => return Err("the run could not be started (see the agent log)".into()),
+                }
+            }
+            InstructionOp::StopJob { job, .. } => {
+                self.runner.stop(job);
+            }
+            InstructionOp::SetPollInterval { secs } => {
+                if *secs == 0 {
+                    return Err("poll interval 0 refused".into());
+                }
+                tokio::task::block_in_place(|| self.state.set_poll_interval_secs(*secs)).map_err(io)?;
+            }
+            InstructionOp::SyncTime { master_time } => {
+                let skew = (Utc::now() - *master_time).num_milliseconds();
+                tokio::task::block_in_place(|| self.state.set_clock_skew_ms(skew)).map_err(io)?;
+            }
+            InstructionOp::Defect => {
+                tokio::task::block_in_place(|| {
+                    self.state.delete_all_jobs()?;
+                    self.state.set_defected(true)
+                })
+                .map_err(io)?;
+                tracing::warn!("defected: jobs from the master deleted");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn outcome(i: &Instruction, error: Option<String>) -> InstrOutcome {
+    InstrOutcome { id: i.id, op: i.op.name().to_owned(), applied_at: Utc::now(), error }
+}

@@ -1,0 +1,340 @@
+//! Running jobs: step flow, retries, timeouts, stop, and the records of it all.
+//!
+//! A job never runs twice at once on one target: a start while it runs is
+//! recorded as `skipped`. Each run writes a marker before it starts and
+//! removes it after its final record is spooled, so a run the agent died in
+//! is found at the next start and reported as `interrupted` — with the same
+//! run id, so it replaces the `running` record instead of adding one.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use muster_shared::job::{JobDef, Next};
+use muster_shared::msg::{self, Outcome, RunRecord, StepRecord, Trigger};
+use muster_shared::name::{JobName, TargetName};
+use muster_shared::subject::Subjects;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::process::{run_step, Ended, Program, StepCommand};
+use crate::spool::{Entry, Spool};
+use crate::state::State;
+
+/// Steps one run may execute, `goto` loops included, when the job has no
+/// timeout to end them.
+pub const MAX_STEP_EXECUTIONS: usize = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    pub target: TargetName,
+    pub subjects: Subjects,
+    pub output_cap: usize,
+    pub kill_grace: Duration,
+    pub max_concurrent_runs: usize,
+}
+
+#[derive(Debug)]
+struct Running {
+    run_id: Uuid,
+    name: JobName,
+    cancel: CancellationToken,
+}
+
+/// What a start request led to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    Running(Uuid),
+    /// The job was already running; a `skipped` record was written.
+    Skipped(Uuid),
+    /// The run marker could not be written (disk full?); logged.
+    Failed(Uuid),
+}
+
+#[derive(Debug, Clone)]
+pub struct Runner {
+    cfg: Arc<RunnerConfig>,
+    state: State,
+    spool: Spool,
+    running: Arc<Mutex<HashMap<Uuid, Running>>>,
+    slots: Arc<Semaphore>,
+    tasks: TaskTracker,
+}
+
+impl Runner {
+    pub fn new(cfg: RunnerConfig, state: State, spool: Spool) -> Self {
+        let slots = Arc::new(Semaphore::new(cfg.max_concurrent_runs.max(1)));
+        Self { cfg: Arc::new(cfg), state, spool, running: Arc::default(), slots, tasks: TaskTracker::new() }
+    }
+
+    /// Reports runs the agent died in as `interrupted`. Call once at start.
+    ///
+    /// # Errors
+    /// When markers cannot be read or the records cannot be spooled.
+    pub fn report_interrupted(&self) -> anyhow::Result<usize> {
+        let runs = self.state.unfinished_runs()?;
+        for mut r in runs.iter().cloned() {
+            r.outcome = Outcome::Interrupted;
+            r.finished_at = Some(Utc::now());
+            r.message = "the agent stopped while this run was in progress".into();
+            self.record(&r)?;
+            self.state.mark_applied(&[r.run_id])?;
+            self.state.run_finished(r.run_id)?;
+            tracing::warn!(job = %r.job, run_id = %r.run_id, "reported interrupted run");
+        }
+        Ok(runs.len())
+    }
+
+    /// Starts a run unless the job is already running.
+    pub fn start(&self, job: JobDef, trigger: Trigger, run_id: Uuid) -> Started {
+        let mut running = self.running.lock().expect("runner lock");
+        if let Some(r) = running.get(&job.id) {
+            let now = Utc::now();
+            let record = RunRecord {
+                v: muster_shared::PROTOCOL_VERSION,
+                run_id,
+                job_id: job.id,
+                job: job.spec.name.clone(),
+                target: self.cfg.target.clone(),
+                trigger,
+                outcome: Outcome::Skipped,
+                started_at: now,
+                finished_at: Some(now),
+                message: format!("already running (run {})", r.run_id),
+                steps: Vec::new(),
+            };
+            drop(running);
+            if let Err(e) = self.record(&record) {
+                tracing::error!(job = %job.spec.name, error = %e, "could not record skipped run");
+            }
+            tracing::info!(job = %job.spec.name, %run_id, "start skipped: already running");
+            return Started::Skipped(run_id);
+        }
+        let record = RunRecord {
+            v: muster_shared::PROTOCOL_VERSION,
+            run_id,
+            job_id: job.id,
+            job: job.spec.name.clone(),
+            target: self.cfg.target.clone(),
+            trigger,
+            outcome: Outcome::Running,
+            started_at: Utc::now(),
+            finished_at: None,
+            message: String::new(),
+            steps: Vec::new(),
+        };
+        // The marker is durable before start() returns, so the caller may ack
+        // the start instruction: from here on the run is either recorded or
+        // reported as interrupted.
+        if let Err(e) = tokio::task::block_in_place(|| self.state.run_started(&record)) {
+            tracing::error!(job = %job.spec.name, error = %e, "cannot write the run marker; run not started");
+            return Started::Failed(run_id);
+        }
+        let cancel = CancellationToken::new();
+        running.insert(job.id, Running { run_id, name: job.spec.name.clone(), cancel: cancel.clone() });
+        drop(running);
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            let job_id = job.id;
+            let name = job.spec.name.clone();
+            if let Err(e) = this.execute(job, record, cancel).await {
+                tracing::error!(job = %name, %run_id, error = %e, "run could not be recorded");
+            }
+            this.running.lock().expect("runner lock").remove(&job_id);
+        });
+        Started::Running(run_id)
+    }
+
+    /// Stops a running job. Returns whether it was running.
+    pub fn stop(&self, name: &JobName) -> bool {
+        let running = self.running.lock().expect("runner lock");
+        match running.values().find(|r| &r.name == name) {
+            Some(r) => {
+                tracing::info!(job = %name, run_id = %r.run_id, "stopping");
+                r.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn is_running(&self, job_id: Uuid) -> bool {
+        self.running.lock().expect("runner lock").contains_key(&job_id)
+    }
+
+    /// Whether this run id was already started here (running, finished or
+    /// reported interrupted): a start naming it must not run again.
+    pub fn knows_run(&self, run_id: Uuid) -> bool {
+        self.state.was_applied(run_id)
+            || self.running.lock().expect("runner lock").values().any(|r| r.run_id == run_id)
+    }
+
+    pub fn running_jobs(&self) -> Vec<JobName> {
+        let mut names: Vec<JobName> = self.running.lock().expect("runner lock").values().map(|r| r.name.clone()).collect();
+        names.sort();
+        names
+    }
+
+    /// Lets running jobs finish within `grace`, then cancels the rest (their
+    /// runs are recorded as `canceled`) and waits for their records.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
+            let running = self.running.lock().expect("runner lock");
+            tracing::warn!(jobs = running.len(), "shutdown grace over: canceling running jobs");
+            for r in running.values() {
+                r.cancel.cancel();
+            }
+            drop(running);
+            self.tasks.wait().await;
+        }
+    }
+
+    /// Spools a run record (start or end).
+    fn record(&self, r: &RunRecord) -> anyhow::Result<()> {
+        let entry = Entry {
+            subject: self.cfg.subjects.result_run(&r.target, r.job_id),
+            msg_id: r.msg_id(),
+            kind: if r.outcome.is_final() { "run-end".into() } else { "run-start".into() },
+            body: String::from_utf8(msg::encode(r)).expect("JSON is UTF-8"),
+        };
+        tokio::task::block_in_place(|| self.spool.push(&entry))?;
+        Ok(())
+    }
+
+    async fn execute(&self, job: JobDef, mut record: RunRecord, cancel: CancellationToken) -> anyhow::Result<()> {
+        let _slot = self.slots.acquire().await.expect("semaphore never closes");
+        let run_id = record.run_id;
+        record.started_at = Utc::now();
+        self.record(&record)?;
+        tracing::info!(job = %record.job, %run_id, trigger = %record.trigger, "run started");
+
+        // The job timeout cancels whatever step is running, like a stop, but
+        // is told apart by this flag.
+        let job_timed_out = Arc::new(AtomicBool::new(false));
+        let step_cancel = cancel.child_token();
+        let timer = job.spec.timeout_secs.map(|secs| {
+            let (flag, token) = (job_timed_out.clone(), step_cancel.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                flag.store(true, Ordering::SeqCst);
+                token.cancel();
+            })
+        });
+
+        let (outcome, message) = self.run_steps(&job, &mut record.steps, &step_cancel, &job_timed_out, &cancel).await;
+        if let Some(t) = timer {
+            t.abort();
+        }
+        record.outcome = outcome;
+        record.message = message;
+        record.finished_at = Some(Utc::now());
+        self.record(&record)?;
+        // Remember the run id before dropping the marker, so a start
+        // instruction redelivered after a crash is not run again.
+        tokio::task::block_in_place(|| {
+            self.state.mark_applied(&[run_id])?;
+            self.state.run_finished(run_id)
+        })?;
+        tracing::info!(job = %record.job, %run_id, outcome = %record.outcome, "run finished");
+        Ok(())
+    }
+
+    async fn run_steps(
+        &self,
+        job: &JobDef,
+        steps: &mut Vec<StepRecord>,
+        step_cancel: &CancellationToken,
+        job_timed_out: &AtomicBool,
+        stop: &CancellationToken,
+    ) -> (Outcome, String) {
+        let mut index = 0;
+        for _ in 0..MAX_STEP_EXECUTIONS {
+            let step = &job.spec.steps[index];
+            let mut retries = 0;
+            let (exit, started_at) = loop {
+                let started_at = Utc::now();
+                let exit = run_step(&self.step_command(step), step_cancel).await;
+                let retry = !exit.succeeded() && !step_cancel.is_cancelled() && retries < step.retries;
+                if !retry {
+                    break (exit, started_at);
+                }
+                retries += 1;
+                tracing::info!(job = %job.spec.name, step = %step.name, attempt = retries + 1, "retrying step");
+                tokio::select! {
+                    () = step_cancel.cancelled() => break (exit, started_at),
+                    () = tokio::time::sleep(Duration::from_secs(step.retry_interval_secs)) => {}
+                }
+            };
+            let outcome = match exit.ended {
+                Ended::Exited if exit.succeeded() => Outcome::Succeeded,
+                Ended::Exited | Ended::SpawnFailed => Outcome::Failed,
+                Ended::TimedOut => Outcome::TimedOut,
+                Ended::Canceled if job_timed_out.load(Ordering::SeqCst) => Outcome::TimedOut,
+                Ended::Canceled => Outcome::Canceled,
+            };
+            let message = if job_timed_out.load(Ordering::SeqCst) && exit.ended == Ended::Canceled {
+                format!("job timeout of {}s reached", job.spec.timeout_secs.unwrap_or_default())
+            } else {
+                exit.message.clone()
+            };
+            steps.push(StepRecord {
+                name: step.name.clone(),
+                index,
+                outcome,
+                exit_code: exit.exit_code,
+                signal: exit.signal,
+                started_at,
+                duration_ms: u64::try_from(exit.duration.as_millis()).unwrap_or(u64::MAX),
+                retries,
+                output: exit.output,
+                output_cut_bytes: exit.output_cut_bytes,
+                message: message.clone(),
+            });
+            if job_timed_out.load(Ordering::SeqCst) {
+                return (Outcome::TimedOut, format!("job timeout reached in step '{}'", step.name));
+            }
+            if stop.is_cancelled() {
+                return (Outcome::Canceled, format!("stopped in step '{}'", step.name));
+            }
+            let success = outcome == Outcome::Succeeded;
+            match job.spec.next_after(index, success) {
+                Next::Step(next) => index = next,
+                Next::QuitSuccess => return (Outcome::Succeeded, String::new()),
+                Next::QuitFailure if success => {
+                    return (Outcome::Failed, format!("step '{}' succeeded and its flow is quit_failure", step.name))
+                }
+                Next::QuitFailure => {
+                    let why = match (exit.exit_code, message.is_empty()) {
+                        (_, false) => message,
+                        (Some(code), true) => format!("exit code {code}"),
+                        (None, true) => "failed".into(),
+                    };
+                    let outcome = if outcome == Outcome::TimedOut { Outcome::TimedOut } else { Outcome::Failed };
+                    return (outcome, format!("step '{}' failed: {why}", step.name));
+                }
+            }
+        }
+        (Outcome::Failed, format!("stopped after {MAX_STEP_EXECUTIONS} step executions (a goto loop without a job timeout?)"))
+    }
+
+    fn step_command(&self, step: &muster_shared::job::Step) -> StepCommand {
+        let program = match (&step.command, &step.argv) {
+            (Some(c), _) => Program::Shell(c.clone()),
+            (None, Some(argv)) => Program::Argv(argv.clone()),
+            (None, None) => Program::Shell(String::new()),
+        };
+        StepCommand {
+            program,
+            cwd: step.cwd.as_ref().map(Into::into),
+            env: step.env.clone(),
+            timeout: step.timeout_secs.map(Duration::from_secs),
+            output_cap: self.cfg.output_cap,
+            kill_grace: self.cfg.kill_grace,
+        }
+    }
+}
