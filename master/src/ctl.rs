@@ -241,7 +241,18 @@ fn invalid(message: impl Into<String>) -> Failure {
 
 /// Parses arguments, runs the command, prints errors, returns the exit code.
 pub async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                // A value that parsed but broke a rule (a bad name): invalid input.
+                clap::error::ErrorKind::ValueValidation => ExitCode::from(4),
+                _ => ExitCode::from(2),
+            };
+        }
+    };
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {

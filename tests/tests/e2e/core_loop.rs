@@ -1,0 +1,195 @@
+//! The core loop: enlist, post, poll, run, upload, force-poll.
+
+use std::time::Duration;
+
+use muster_tests::{s, wait_for, Cluster};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until `job` has `n` finished runs in history and returns them.
+pub fn finished_runs(c: &Cluster, job: &str, n: usize) -> Vec<Value> {
+    wait_for(&format!("{n} finished runs of {job}"), WAIT, || {
+        let runs = c.history(job);
+        let done: Vec<Value> = runs.into_iter().filter(|r| s(r, "outcome") != "running").collect();
+        (done.len() >= n).then_some(done)
+    })
+}
+
+#[test]
+fn two_targets_run_a_job_and_history_has_both() {
+    let mut c = Cluster::with_master();
+    c.start_target("web01", 60);
+    c.start_target("web02", 60);
+    c.wait_target_online("web01");
+    c.wait_target_online("web02");
+
+    let job = c.ctl(&["job", "create", "hello", "--command", "echo hello from $MUSTER_T", "--command", "echo second"]);
+    assert!(job.is_ok(), "{job:?}");
+    c.ctl(&["job", "assign", "hello", "--target", "web01", "--target", "web02"]).expect("assign");
+    let polled = c.ctl(&["target", "force-poll", "web01", "web02"]).expect("force-poll");
+    assert_eq!(polled.as_array().map(Vec::len), Some(2), "{polled}");
+    for r in polled.as_array().unwrap() {
+        assert_eq!(r["report"]["jobs"], 1, "the assigned job reached the target: {r}");
+    }
+
+    let started = c.ctl(&["job", "start", "hello"]).expect("start");
+    let states: Vec<&str> = started.as_array().unwrap().iter().map(|d| s(d, "state")).collect();
+    assert_eq!(states, ["delivered", "delivered"], "{started}");
+
+    let runs = finished_runs(&c, "hello", 2);
+    let mut targets: Vec<&str> = runs.iter().map(|r| s(r, "target")).collect();
+    targets.sort_unstable();
+    assert_eq!(targets, ["web01", "web02"]);
+    for r in &runs {
+        assert_eq!(s(r, "outcome"), "succeeded", "{r}");
+        assert_eq!(s(r, "job"), "hello");
+        assert!(!s(r, "run_id").is_empty() && !s(r, "started_at").is_empty() && !s(r, "finished_at").is_empty());
+        let steps = r["steps"].as_array().unwrap();
+        assert_eq!(steps.len(), 2, "{r}");
+        assert_eq!(steps[0]["exit_code"], 0);
+        assert_eq!(s(&steps[0], "output"), "hello from\n");
+        assert_eq!(s(&steps[1], "output"), "second\n");
+    }
+
+    // The master keeps the last outcome per job and target.
+    let status: Vec<Value> = wait_for("job status for both targets", WAIT, || {
+        let st: Vec<Value> = c.ctl_ok(&["job", "status", "hello"]);
+        (st.len() == 2 && st.iter().all(|x| s(x, "outcome") == "succeeded")).then_some(st)
+    });
+    assert_eq!(status.len(), 2);
+
+    // target list shows both, normal, with a last poll.
+    let targets: Vec<Value> = c.ctl_ok(&["target", "list"]);
+    assert_eq!(targets.len(), 2);
+    for t in &targets {
+        assert_eq!(s(t, "status"), "normal", "{t}");
+        assert!(!s(t, "last_poll").is_empty(), "{t}");
+    }
+}
+
+#[test]
+fn a_failing_command_is_recorded_with_exit_code_and_output() {
+    let mut c = Cluster::with_master();
+    c.start_target("web01", 60);
+    c.wait_target_online("web01");
+    c.ctl(&["job", "create", "breaks", "--command", "echo about to fail; echo on stderr >&2; exit 3", "--command", "echo never"])
+        .expect("create");
+    c.ctl(&["job", "assign", "breaks", "--target", "web01"]).expect("assign");
+    c.ctl(&["job", "start", "breaks"]).expect("start");
+    let runs = finished_runs(&c, "breaks", 1);
+    let r = &runs[0];
+    assert_eq!(s(r, "outcome"), "failed", "{r}");
+    let steps = r["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 1, "the second step must not run: {r}");
+    assert_eq!(steps[0]["exit_code"], 3);
+    let out = s(&steps[0], "output");
+    assert!(out.contains("about to fail") && out.contains("on stderr"), "{out}");
+    assert!(s(r, "message").contains("exit code 3"), "{r}");
+}
+
+#[test]
+fn offline_target_is_reported_and_gets_its_instructions_at_first_poll() {
+    let mut c = Cluster::with_master();
+    c.ctl(&["target", "enlist", "late"]).expect("enlist");
+    c.ctl(&["job", "create", "waiting", "--command", "echo I ran late"]).expect("create");
+    c.ctl(&["job", "assign", "waiting", "--target", "late"]).expect("assign");
+
+    let err = c.ctl(&["target", "force-poll", "late"]).unwrap_err();
+    assert_eq!(err.code, 5, "{err:?}");
+    let human = c.ctl_raw(&["target", "force-poll", "late"], false);
+    assert!(human.stdout.contains("offline") && human.stdout.contains("queued"), "{human:?}");
+
+    let started = c.ctl(&["job", "start", "waiting"]).expect("start while offline");
+    assert_eq!(s(&started[0], "state"), "queued", "{started}");
+    let info: Value = c.ctl_ok(&["target", "show", "late"]);
+    assert_eq!(info["unread"], 2, "upsert and start are queued: {info}");
+
+    // A long interval: only the poll at start-up can apply them.
+    c.start_target("late", 3600);
+    let runs = finished_runs(&c, "waiting", 1);
+    assert_eq!(s(&runs[0], "outcome"), "succeeded");
+    assert_eq!(s(&runs[0]["steps"][0], "output"), "I ran late\n");
+    wait_for("no unread instructions", WAIT, || {
+        let info: Value = c.ctl_ok(&["target", "show", "late"]);
+        (info["unread"] == 0).then_some(())
+    });
+    assert!(c.state_dir("late").join("jobs").read_dir().unwrap().count() == 1, "the job is kept on disk");
+}
+
+#[test]
+fn operations_on_unenlisted_targets_fail_with_not_enlisted() {
+    let c = Cluster::with_master();
+    c.ctl(&["job", "create", "j", "--command", "true"]).expect("create");
+    for args in [
+        vec!["target", "force-poll", "ghost"],
+        vec!["job", "assign", "j", "--target", "ghost"],
+        vec!["job", "start", "j", "--target", "ghost"],
+        vec!["target", "show", "ghost"],
+    ] {
+        let out = c.ctl_raw(&args, false);
+        assert_eq!(out.code, 3, "{args:?}: {out:?}");
+        assert!(format!("{}{}", out.stdout, out.stderr).contains("target 'ghost' is not enlisted"), "{args:?}: {out:?}");
+    }
+}
+
+#[test]
+fn invalid_names_are_refused_with_the_reason() {
+    let c = Cluster::with_master();
+    for (name, why) in [
+        ("web.01", "'.'"),
+        ("web*", "wildcard"),
+        ("web>", "wildcard"),
+        ("web 01", "whitespace"),
+        (&"x".repeat(65), "65 characters"),
+    ] {
+        let out = c.ctl_raw(&["target", "enlist", name], false);
+        assert_eq!(out.code, 4, "{name}: {out:?}");
+        assert!(out.stderr.contains(why), "{name}: {out:?}");
+        let out = c.ctl_raw(&["job", "create", name, "--command", "true"], false);
+        assert_eq!(out.code, 4, "{name}: {out:?}");
+    }
+    // The API refuses them too, whatever the client.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reply = rt.block_on(async {
+        let client = async_nats::connect(c.url()).await.unwrap();
+        client
+            .request("muster.api.target.enlist", r#"{"v":1,"name":"a.b"}"#.into())
+            .await
+            .unwrap()
+    });
+    let v: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(s(&v["error"], "code"), "invalid_request", "{v}");
+    assert!(s(&v["error"], "message").contains("'.'"), "{v}");
+}
+
+#[test]
+fn restarting_the_master_loses_nothing() {
+    let mut c = Cluster::with_master();
+    c.start_target("web01", 60);
+    c.wait_target_online("web01");
+    c.ctl(&["target", "enlist", "web02", "--location", "rack 2"]).expect("enlist");
+    c.ctl(&["job", "create", "keep", "--command", "echo kept"]).expect("create");
+    c.ctl(&["job", "assign", "keep", "--target", "web01", "--target", "web02"]).expect("assign");
+    c.ctl(&["job", "start", "keep", "--target", "web01"]).expect("start");
+    finished_runs(&c, "keep", 1);
+    let status_before: Vec<Value> = wait_for("job status", WAIT, || {
+        let st: Vec<Value> = c.ctl_ok(&["job", "status", "keep"]);
+        (st.len() == 1).then_some(st)
+    });
+    let jobs_before: Value = c.ctl_ok(&["job", "list"]);
+    let targets_before: Vec<Value> = c.ctl_ok(&["target", "list"]);
+
+    c.masters[0].kill();
+    assert!(c.ctl(&["job", "list"]).is_err_and(|e| e.code == 6), "no master: exit 6");
+    c.start_master();
+
+    assert_eq!(c.ctl_ok::<Value>(&["job", "list"]), jobs_before);
+    let targets_after: Vec<Value> = c.ctl_ok(&["target", "list"]);
+    let names = |ts: &[Value]| ts.iter().map(|t| (s(t, "name").to_owned(), s(t, "location").to_owned())).collect::<Vec<_>>();
+    assert_eq!(names(&targets_after), names(&targets_before));
+    assert_eq!(c.ctl_ok::<Vec<Value>>(&["job", "status", "keep"]), status_before);
+    // And it still works.
+    c.ctl(&["job", "start", "keep", "--target", "web01"]).expect("start after restart");
+    finished_runs(&c, "keep", 2);
+}

@@ -1,0 +1,5 @@
+//! End-to-end tests: a real nats-server, the real `muster-master`,
+//! `muster-target` and `musterctl` binaries, killed for real. Linked into one
+//! binary, grouped by theme.
+
+mod core_loop;
