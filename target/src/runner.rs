@@ -93,20 +93,10 @@ impl Runner {
     pub fn start(&self, job: JobDef, trigger: Trigger, run_id: Uuid) -> Started {
         let mut running = self.running.lock().expect("runner lock");
         if let Some(r) = running.get(&job.id) {
-            let now = Utc::now();
-            let record = RunRecord {
-                v: muster_shared::PROTOCOL_VERSION,
-                run_id,
-                job_id: job.id,
-                job: job.spec.name.clone(),
-                target: self.cfg.target.clone(),
-                trigger,
-                outcome: Outcome::Skipped,
-                started_at: now,
-                finished_at: Some(now),
-                message: format!("already running (run {})", r.run_id),
-                steps: Vec::new(),
-            };
+            let mut record = self.new_record(&job, trigger, run_id);
+            record.outcome = Outcome::Skipped;
+            record.finished_at = Some(record.started_at);
+            record.message = format!("already running (run {})", r.run_id);
             drop(running);
             if let Err(e) = self.record(&record) {
                 tracing::error!(job = %job.spec.name, error = %e, "could not record skipped run");
@@ -114,19 +104,7 @@ impl Runner {
             tracing::info!(job = %job.spec.name, %run_id, "start skipped: already running");
             return Started::Skipped(run_id);
         }
-        let record = RunRecord {
-            v: muster_shared::PROTOCOL_VERSION,
-            run_id,
-            job_id: job.id,
-            job: job.spec.name.clone(),
-            target: self.cfg.target.clone(),
-            trigger,
-            outcome: Outcome::Running,
-            started_at: Utc::now(),
-            finished_at: None,
-            message: String::new(),
-            steps: Vec::new(),
-        };
+        let record = self.new_record(&job, trigger, run_id);
         // The marker is durable before start() returns, so the caller may ack
         // the start instruction: from here on the run is either recorded or
         // reported as interrupted.
@@ -147,6 +125,23 @@ impl Runner {
             this.running.lock().expect("runner lock").remove(&job_id);
         });
         Started::Running(run_id)
+    }
+
+    /// A `running` record for a new run of `job`, starting now.
+    fn new_record(&self, job: &JobDef, trigger: Trigger, run_id: Uuid) -> RunRecord {
+        RunRecord {
+            v: muster_shared::PROTOCOL_VERSION,
+            run_id,
+            job_id: job.id,
+            job: job.spec.name.clone(),
+            target: self.cfg.target.clone(),
+            trigger,
+            outcome: Outcome::Running,
+            started_at: Utc::now(),
+            finished_at: None,
+            message: String::new(),
+            steps: Vec::new(),
+        }
     }
 
     /// Stops a running job. Returns whether it was running.
