@@ -48,8 +48,10 @@ async fn drain(store: &Store, shutdown: &CancellationToken) -> anyhow::Result<()
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(BATCH)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
+        .heartbeat(Duration::from_secs(1))
+        // Short pull requests: a killed master's outstanding request holds
+        // records (until ack_wait) only while it has not expired.
+        .expires(Duration::from_secs(5))
         .messages()
         .await?
         .ready_chunks(BATCH);

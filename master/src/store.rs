@@ -170,11 +170,9 @@ impl Store {
                 .map_err(|e| anyhow::anyhow!("stream {}: {e}", spec.name))?;
         }
         let results = js.get_stream(subjects.results_stream()).await?;
+        // Create or update: a new version's settings (e.g. ack wait) apply.
         results
-            .get_or_create_consumer(
-                streams::MASTER_CONSUMER,
-                consumer_config(&streams::master_consumer(subjects, options)),
-            )
+            .create_consumer(consumer_config(&streams::master_consumer(subjects, options)))
             .await
             .map_err(|e| anyhow::anyhow!("consumer {}: {e}", streams::MASTER_CONSUMER))?;
 

@@ -19,8 +19,13 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_owned()
 }
 
-/// Path of a workspace binary, built once per test run.
+/// Path of a workspace binary: from `MUSTER_BIN_DIR` when set (the
+/// benchmark points it at its release build), else the debug build, built
+/// once per test run.
 pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("MUSTER_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
     static BUILD: Once = Once::new();
     BUILD.call_once(|| {
         let status = Command::new(env!("CARGO"))

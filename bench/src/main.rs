@@ -1,0 +1,615 @@
+//! `muster-bench`: Muster's speed next to the raw broker, measured in the same
+//! run against the same nats-server, so the ratios survive a noisy machine.
+//!
+//! Run it with `scripts/bench` (release build) or `scripts/bench --quick`
+//! (under a minute). Every figure is printed beside its raw NATS/JetStream
+//! baseline and the ratio. The virtual targets used for fan-out and scale
+//! share one connection but go through the real per-target path: the
+//! master's force-poll on `muster.target.<t>.control`, a fetch from the
+//! durable consumer `<t>` on `MUSTER_ASSIGN`, and a confirmed ack.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use bytes::Bytes;
+use clap::Parser;
+use futures::StreamExt;
+use muster_master::client::ApiClient;
+use muster_shared::api::{EnlistRequest, JobInfo, JobSelect, JobWrite, Op, Selection, TargetInfo, TargetRef};
+use muster_shared::job::JobSpec;
+use muster_shared::msg::{self, ControlReply, PollReport, RunRecord};
+use muster_shared::name::{JobName, TargetName};
+use muster_shared::subject::Subjects;
+use muster_tests::{Cluster, Proc};
+use tokio::sync::Mutex;
+
+#[derive(Debug, Parser)]
+#[command(about = "Muster benchmarks against a raw NATS/JetStream baseline")]
+struct Args {
+    /// Small sizes: finishes in under a minute.
+    #[arg(long)]
+    quick: bool,
+    /// Tiny sizes, to keep the benchmark working from the test suite.
+    #[arg(long)]
+    tiny: bool,
+}
+
+struct Sizes {
+    rtt_samples: usize,
+    fanout: Vec<usize>,
+    results: usize,
+    scale_targets: usize,
+    scale_window: Duration,
+}
+
+impl Sizes {
+    fn for_args(a: &Args) -> Sizes {
+        if a.tiny {
+            Sizes { rtt_samples: 50, fanout: vec![10], results: 500, scale_targets: 20, scale_window: Duration::from_secs(2) }
+        } else if a.quick {
+            Sizes {
+                rtt_samples: 500,
+                fanout: vec![100, 1000],
+                results: 20_000,
+                scale_targets: 1000,
+                scale_window: Duration::from_secs(6),
+            }
+        } else {
+            Sizes {
+                rtt_samples: 2000,
+                fanout: vec![100, 1000, 10_000],
+                results: 100_000,
+                scale_targets: 10_000,
+                scale_window: Duration::from_secs(60),
+            }
+        }
+    }
+}
+
+/// One line of the report.
+struct Row {
+    what: String,
+    muster: String,
+    baseline: String,
+    ratio: String,
+}
+
+fn row(what: impl Into<String>, muster: impl Into<String>, baseline: impl Into<String>, ratio: impl Into<String>) -> Row {
+    Row { what: what.into(), muster: muster.into(), baseline: baseline.into(), ratio: ratio.into() }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_secs(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of /proc/pid/stat, counted after the ')' (state is 3).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn nats_pid() -> i32 {
+    // The harness's nats-server is our only child of that name.
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .find(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let comm_ok = stat.contains("(nats-server)");
+            let ppid = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+            comm_ok && ppid == Some(me)
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let sizes = Sizes::for_args(&args);
+    // The binaries beside this one (the same build profile).
+    let exe_dir = std::env::current_exe()?.parent().context("exe dir")?.to_owned();
+    std::env::set_var("MUSTER_BIN_DIR", &exe_dir);
+
+    let mut cluster = tokio::task::block_in_place(|| {
+        let mut c = Cluster::new();
+        c.env.push(("MUSTER_LOG".into(), "warn".into()));
+        c.start_master();
+        c
+    });
+    let url = cluster.url();
+    let client = async_nats::connect(&url).await?;
+    let js = jetstream::new(client.clone());
+    let subjects = Subjects::default();
+    let api = ApiClient::new(client.clone(), subjects.clone());
+    let mut rows = Vec::new();
+
+    println!("muster-bench: nats-server 2.15.1 (one node, file storage, loopback), {} cores", std::thread::available_parallelism().map_or(0, |n| n.get()));
+
+    // ---- force-poll round trip vs raw request/reply --------------------------------
+    eprintln!("muster-bench: force-poll");
+    let raw_rtt = raw_rtt(&client, sizes.rtt_samples).await?;
+    tokio::task::block_in_place(|| {
+        cluster.start_target("bench01", 3600);
+        cluster.wait_target_online("bench01");
+    });
+    let t = TargetName::new("bench01")?;
+    let mut fp = Vec::with_capacity(sizes.rtt_samples);
+    for _ in 0..sizes.rtt_samples {
+        let start = Instant::now();
+        let _: PollReport = api.call(Op::TargetForcePoll, TargetRef { name: t.clone() }).await?;
+        fp.push(start.elapsed());
+    }
+    fp.sort();
+    let (p50, p99) = (percentile(&fp, 0.5), percentile(&fp, 0.99));
+    let (r50, r99) = (percentile(&raw_rtt, 0.5), percentile(&raw_rtt, 0.99));
+    rows.push(row("force-poll p50 (API → master → target poll → reply)", ms(p50), ms(r50), format!("{:.1}×", p50.as_secs_f64() / r50.as_secs_f64())));
+    rows.push(row("force-poll p99", ms(p99), ms(r99), format!("{:.1}×", p99.as_secs_f64() / r99.as_secs_f64())));
+
+    // ---- footprint of a real target agent ----------------------------------------------
+    eprintln!("muster-bench: footprint");
+    let target_pid = cluster.target("bench01").pid();
+    let idle_rss = rss_kib(target_pid);
+    let job = JobSpec::from_commands(JobName::new("bench-sleep")?, &["sleep 1".to_owned()]);
+    let _: JobInfo = api.call(Op::JobCreate, JobWrite { spec: job }).await?;
+    let sel = |targets: Vec<TargetName>| JobSelect { job: JobName::new("bench-sleep").unwrap(), select: Selection { targets, groups: vec![], all: false } };
+    let _: JobInfo = api.call(Op::JobAssign, sel(vec![t.clone()])).await?;
+    let _: serde_json::Value = api.call(Op::JobStart, sel(vec![])).await?;
+    let mut busy_rss = 0;
+    for _ in 0..20 {
+        busy_rss = busy_rss.max(rss_kib(target_pid));
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    rows.push(row("target agent RSS, idle", format!("{:.1} MB", idle_rss as f64 / 1024.0), "-", "-"));
+    rows.push(row("target agent RSS, running a job", format!("{:.1} MB", busy_rss as f64 / 1024.0), "-", "-"));
+
+    // ---- fan-out ---------------------------------------------------------------------
+    eprintln!("muster-bench: fan-out");
+    let responder = VirtualTargets::start(client.clone(), js.clone(), subjects.clone()).await?;
+    let mut enlisted = 0usize;
+    for &n in &sizes.fanout {
+        let names: Vec<TargetName> = (0..n).map(|i| TargetName::new(format!("v{i:05}")).unwrap()).collect();
+        let start = Instant::now();
+        futures::stream::iter(names.iter().skip(enlisted).cloned())
+            .map(|name| {
+                let api = api.clone();
+                async move {
+                    let req = EnlistRequest { name, location: None, instance: None, poll_interval_secs: Some(60) };
+                    api.call::<_, TargetInfo>(Op::TargetEnlist, req).await
+                }
+            })
+            .buffer_unordered(64)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        let enlist_time = start.elapsed();
+        enlisted = enlisted.max(n);
+
+        let job = JobName::new(format!("fan{n}"))?;
+        let _: JobInfo = api.call(Op::JobCreate, JobWrite { spec: JobSpec::from_commands(job.clone(), &["true".into()]) }).await?;
+        responder.applied.store(0, Ordering::SeqCst);
+        let start = Instant::now();
+        let assign = JobSelect { job: job.clone(), select: Selection { targets: names.clone(), groups: vec![], all: false } };
+        let mut api_long = api.clone();
+        api_long.timeout = Duration::from_secs(600);
+        let _: JobInfo = api_long.call(Op::JobAssign, assign).await?;
+        let posted = start.elapsed();
+        futures::stream::iter(names.iter().cloned())
+            .map(|name| {
+                let api = api.clone();
+                async move { api.call::<_, PollReport>(Op::TargetForcePoll, TargetRef { name }).await }
+            })
+            .buffer_unordered(64)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        let total = start.elapsed();
+        let applied = responder.applied.load(Ordering::SeqCst);
+        anyhow::ensure!(applied as usize == n, "fan-out {n}: {applied} targets applied the job");
+        let raw = raw_fanout(&js, n).await?;
+        rows.push(row(
+            format!("fan-out to {n} targets: assign (post) + force-poll all until applied"),
+            format!("{} (post {})", ms(total), ms(posted)),
+            ms(raw),
+            format!("{:.1}×", total.as_secs_f64() / raw.as_secs_f64()),
+        ));
+        rows.push(row(format!("enlist {n} targets (API, 64 at once)"), ms(enlist_time), "-", "-"));
+    }
+    let master_pid = cluster.masters[0].pid();
+    let npid = nats_pid();
+    rows.push(row(format!("master RSS with {enlisted} enlisted targets"), format!("{:.1} MB", rss_kib(master_pid) as f64 / 1024.0), "-", "-"));
+    rows.push(row(format!("nats-server RSS with {enlisted} per-target consumers"), format!("{:.1} MB", rss_kib(npid) as f64 / 1024.0), "-", "-"));
+
+    // ---- scale: every target polls once per window ----------------------------------------
+    eprintln!("muster-bench: scale");
+    let scale_n = sizes.scale_targets.min(enlisted);
+    let (lat, master_cpu, nats_cpu) = scale(&responder, scale_n, sizes.scale_window, master_pid, npid).await?;
+    rows.push(row(
+        format!("{scale_n} targets polling once per {:?}: poll p50 / p99", sizes.scale_window),
+        format!("{} / {}", ms(percentile(&lat, 0.5)), ms(percentile(&lat, 0.99))),
+        "-",
+        "-",
+    ));
+    rows.push(row(
+        "  … CPU over that window: master / nats-server",
+        format!("{:.0}% / {:.0}% of one core", master_cpu * 100.0, nats_cpu * 100.0),
+        "-",
+        "-",
+    ));
+
+    // ---- result ingest ----------------------------------------------------------------
+    eprintln!("muster-bench: ingest");
+    let record = sample_record();
+    let body = Bytes::from(msg::encode(&record));
+    let raw_pub = raw_publish_rate(&js, sizes.results, body.len()).await?;
+    let raw_fetch = raw_fetch_ack_rate(&js, sizes.results, body.len()).await?;
+    let steady = ingest(&js, &subjects, sizes.results, &record, None).await?;
+    rows.push(row(
+        format!("result ingest, steady ({} results, {} B)", sizes.results, body.len()),
+        format!("{steady:.0} results/s"),
+        format!("{raw_pub:.0} msg/s async publish"),
+        format!("{:.0}%", 100.0 * steady / raw_pub),
+    ));
+    let backlog = ingest(&js, &subjects, sizes.results, &record, Some(&mut cluster)).await?;
+    rows.push(row(
+        format!("backlog drain after master outage ({} results)", sizes.results),
+        format!("{backlog:.0} results/s"),
+        format!("{raw_fetch:.0} msg/s fetch+ack"),
+        format!("{:.0}%", 100.0 * backlog / raw_fetch),
+    ));
+
+    print_rows(&rows);
+    drop(responder);
+    drop(cluster);
+    Ok(())
+}
+
+fn print_rows(rows: &[Row]) {
+    let w = rows.iter().map(|r| r.what.chars().count()).max().unwrap_or(10);
+    let m = rows.iter().map(|r| r.muster.chars().count()).max().unwrap_or(10).max(6);
+    let b = rows.iter().map(|r| r.baseline.chars().count()).max().unwrap_or(10).max(8);
+    println!();
+    println!("{:<w$}  {:>m$}  {:>b$}  ratio", "measure", "muster", "raw NATS");
+    for r in rows {
+        println!("{:<w$}  {:>m$}  {:>b$}  {}", r.what, r.muster, r.baseline, r.ratio);
+    }
+}
+
+/// Raw core request/reply round trips to a trivial responder.
+async fn raw_rtt(client: &async_nats::Client, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut sub = client.subscribe("bench.echo").await?;
+    let responder = client.clone();
+    let task = tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Some(reply) = m.reply {
+                responder.publish(reply, m.payload).await.ok();
+            }
+        }
+    });
+    client.flush().await?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        client.request("bench.echo", Bytes::from_static(&[0u8; 64])).await?;
+        out.push(start.elapsed());
+    }
+    task.abort();
+    out.sort();
+    Ok(out)
+}
+
+/// Raw baseline for fan-out: publish one message to each of `n` subjects,
+/// then one fetch + ack per subject from a consumer each.
+async fn raw_fanout(js: &jetstream::Context, n: usize) -> anyhow::Result<Duration> {
+    let name = format!("RAWFAN{n}");
+    let stream = js
+        .create_stream(jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("rawfan{n}.*")],
+            retention: jetstream::stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await?;
+    let consumers: Vec<PullConsumer> = futures::stream::iter(0..n)
+        .map(|i| {
+            let stream = stream.clone();
+            async move {
+                stream
+                    .create_consumer(jetstream::consumer::pull::Config {
+                        durable_name: Some(format!("c{i}")),
+                        filter_subject: format!("rawfan{n}.t{i}"),
+                        ..Default::default()
+                    })
+                    .await
+            }
+        })
+        .buffered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let start = Instant::now();
+    let mut acks = Vec::with_capacity(n);
+    for i in 0..n {
+        acks.push(js.publish(format!("rawfan{n}.t{i}"), Bytes::from_static(&[0u8; 512])).await?);
+    }
+    for a in acks {
+        a.await?;
+    }
+    futures::stream::iter(consumers)
+        .map(|c| async move {
+            let mut batch = c.fetch().max_messages(10).messages().await?;
+            while let Some(m) = batch.next().await {
+                m.map_err(|e| anyhow::anyhow!("{e}"))?.double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            Ok::<(), anyhow::Error>(())
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let took = start.elapsed();
+    js.delete_stream(&name).await?;
+    Ok(took)
+}
+
+async fn raw_publish_rate(js: &jetstream::Context, n: usize, size: usize) -> anyhow::Result<f64> {
+    js.create_stream(jetstream::stream::Config { name: "RAWPUB".into(), subjects: vec!["rawpub.>".into()], ..Default::default() })
+        .await?;
+    let body = Bytes::from(vec![b'x'; size]);
+    let start = Instant::now();
+    publish_all(js, n, |i| (format!("rawpub.{}", i % 100), body.clone())).await?;
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    Ok(rate)
+}
+
+/// Publishes `n` messages with many acks in flight, awaiting them in windows.
+async fn publish_all(js: &jetstream::Context, n: usize, msg: impl Fn(usize) -> (String, Bytes)) -> anyhow::Result<()> {
+    let mut window = Vec::with_capacity(1000);
+    for i in 0..n {
+        let (subject, body) = msg(i);
+        window.push(js.publish(subject, body).await?);
+        if window.len() == 1000 {
+            for a in window.drain(..) {
+                a.await?;
+            }
+        }
+    }
+    for a in window {
+        a.await?;
+    }
+    Ok(())
+}
+
+async fn raw_fetch_ack_rate(js: &jetstream::Context, n: usize, _size: usize) -> anyhow::Result<f64> {
+    let stream = js.get_stream("RAWPUB").await?;
+    let c: PullConsumer = stream
+        .create_consumer(jetstream::consumer::pull::Config { durable_name: Some("rawfetch".into()), ..Default::default() })
+        .await?;
+    let start = Instant::now();
+    let mut got = 0;
+    while got < n {
+        let mut batch = c.fetch().max_messages(1000).expires(Duration::from_secs(1)).messages().await?;
+        let mut last = None;
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+            got += 1;
+            if let Some(prev) = last.replace(m) {
+                prev.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+        }
+        if let Some(m) = last {
+            m.double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    js.delete_stream("RAWPUB").await?;
+    Ok(rate)
+}
+
+fn sample_record() -> RunRecord {
+    serde_json::from_value(serde_json::json!({
+        "v": 1, "run_id": uuid::Uuid::now_v7(), "job_id": uuid::Uuid::new_v4(), "job": "nightly-backup",
+        "target": "v00000", "trigger": {"kind": "schedule", "schedule": "nightly"}, "outcome": "succeeded",
+        "started_at": "2026-11-26T02:30:00Z", "finished_at": "2026-11-26T02:30:04Z",
+        "steps": [{"name": "dump", "index": 0, "outcome": "succeeded", "exit_code": 0,
+                   "started_at": "2026-11-26T02:30:00Z", "duration_ms": 4000, "retries": 0,
+                   "output": "dumped 1234 rows\n", "output_cut_bytes": 0}]
+    }))
+    .expect("sample record")
+}
+
+/// Publishes `n` final run records from 100 targets; returns results/s until
+/// the master's consumer has acked them all. With `outage`, the master is
+/// killed first and started after the backlog is in the stream.
+async fn ingest(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    n: usize,
+    template: &RunRecord,
+    outage: Option<&mut Cluster>,
+) -> anyhow::Result<f64> {
+    let target = TargetName::new("v00000")?;
+    let stream = js.get_stream(subjects.results_stream()).await?;
+    let had_outage = outage.is_some();
+    let mut cluster = outage;
+    if let Some(c) = cluster.as_deref_mut() {
+        c.masters[0].kill();
+    }
+    let mut records = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut r = template.clone();
+        r.run_id = uuid::Uuid::now_v7();
+        r.job_id = uuid::Uuid::from_u128(i as u128 % 100);
+        r.target = target.clone();
+        records.push(r);
+    }
+    let start = Instant::now();
+    publish_all(js, n, |i| (subjects.result_run(&target, records[i].job_id), Bytes::from(msg::encode(&records[i])))).await?;
+    let start = if let Some(c) = cluster {
+        tokio::task::block_in_place(|| {
+            let mut cmd = std::process::Command::new(muster_tests::bin("muster-master"));
+            cmd.env("NATS_URL", c.url()).env("MUSTER_LOG", "warn");
+            let log = c.dir.path().join("master-bench.log");
+            c.masters[0] = Proc::spawn("muster-master", cmd, log);
+        });
+        Instant::now()
+    } else {
+        start
+    };
+
+    loop {
+        let info = stream.consumer_info(muster_shared::streams::MASTER_CONSUMER).await?;
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        anyhow::ensure!(start.elapsed() < Duration::from_secs(600), "drain did not finish (outage: {had_outage})");
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Virtual targets: one wildcard subscription to every control subject; each
+/// poll fetches from the target's own durable consumer and acks, exactly as
+/// the agent does, then answers with a poll report.
+struct VirtualTargets {
+    applied: Arc<AtomicU64>,
+    consumers: Arc<Mutex<HashMap<String, PullConsumer>>>,
+    js: jetstream::Context,
+    subjects: Subjects,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for VirtualTargets {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl VirtualTargets {
+    async fn start(client: async_nats::Client, js: jetstream::Context, subjects: Subjects) -> anyhow::Result<VirtualTargets> {
+        let mut sub = client.subscribe(format!("{}.target.*.control", subjects.prefix())).await?;
+        client.flush().await?;
+        let applied = Arc::new(AtomicU64::new(0));
+        let consumers: Arc<Mutex<HashMap<String, PullConsumer>>> = Arc::default();
+        let (a, c, j, s) = (applied.clone(), consumers.clone(), js.clone(), subjects.clone());
+        let task = tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                let name = s.target_of(&m.subject).unwrap_or_default().to_owned();
+                if !name.starts_with('v') {
+                    continue;
+                }
+                let (client, a, c, j, s) = (client.clone(), a.clone(), c.clone(), j.clone(), s.clone());
+                tokio::spawn(async move {
+                    let Ok(n) = poll_one(&j, &s, &c, &name).await else { return };
+                    a.fetch_add(n, Ordering::SeqCst);
+                    let report = PollReport {
+                        v: 1,
+                        target: TargetName::new(name).unwrap(),
+                        polled_at: chrono::Utc::now(),
+                        agent_version: "bench".into(),
+                        instance: uuid::Uuid::nil(),
+                        poll_interval_secs: 60,
+                        applied: n as u32,
+                        failed: 0,
+                        jobs: 0,
+                        running: vec![],
+                        spooled: 0,
+                        clock_skew_ms: None,
+                        timezone: String::new(),
+                    };
+                    if let Some(reply) = m.reply {
+                        client.publish(reply, msg::encode(&ControlReply::report(report)).into()).await.ok();
+                    }
+                });
+            }
+        });
+        Ok(VirtualTargets { applied, consumers, js, subjects, task })
+    }
+}
+
+/// One poll of one virtual target: fetch all pending, confirm each ack.
+async fn poll_one(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    cache: &Mutex<HashMap<String, PullConsumer>>,
+    name: &str,
+) -> anyhow::Result<u64> {
+    let consumer = {
+        let cached = cache.lock().await.get(name).cloned();
+        match cached {
+            Some(c) => c,
+            None => {
+                let c: PullConsumer = js
+                    .get_consumer_from_stream(name, subjects.assign_stream())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                cache.lock().await.insert(name.to_owned(), c.clone());
+                c
+            }
+        }
+    };
+    let mut n = 0;
+    let mut batch = consumer.fetch().max_messages(256).messages().await?;
+    while let Some(m) = batch.next().await {
+        m.map_err(|e| anyhow::anyhow!("{e}"))?.double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// `n` virtual targets each poll once, spread evenly over `window`. Returns
+/// the poll latencies and the master's and nats-server's CPU share.
+async fn scale(
+    v: &VirtualTargets,
+    n: usize,
+    window: Duration,
+    master_pid: i32,
+    nats_pid: i32,
+) -> anyhow::Result<(Vec<Duration>, f64, f64)> {
+    let (m0, n0, t0) = (cpu_secs(master_pid), cpu_secs(nats_pid), Instant::now());
+    let gap = window / u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+    let mut tick = tokio::time::interval(gap);
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        tick.tick().await;
+        let (js, subjects, cache) = (v.js.clone(), v.subjects.clone(), v.consumers.clone());
+        tasks.push(tokio::spawn(async move {
+            let start = Instant::now();
+            poll_one(&js, &subjects, &cache, &format!("v{i:05}")).await.map(|_| start.elapsed())
+        }));
+    }
+    let mut lat = Vec::with_capacity(n);
+    for t in tasks {
+        lat.push(t.await??);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    lat.sort();
+    Ok((lat, (cpu_secs(master_pid) - m0) / secs, (cpu_secs(nats_pid) - n0) / secs))
+}
