@@ -35,9 +35,9 @@ Exit codes:
   2  usage error (bad flags)
   3  not found: no such job or group, or the target is not enlisted
   4  invalid input: a bad name, job file or value (the message names the field)
-  5  a target is offline or did not answer (its instructions stay queued)
+  5  a target is offline or did not answer (its instructions stay queued), or --wait gave up
   6  the master or NATS is unreachable
-  7  conflict: already exists, or changed concurrently (retry)
+  7  conflict: already exists, still in use, or changed concurrently (retry)
   8  a run did not succeed (job start --wait)
 
 Environment: NATS_URL (comma-separated), NATS_CREDS, NATS_USER, NATS_PASSWORD, MUSTER_PREFIX.";

@@ -175,7 +175,7 @@ impl Store {
                     Err(_) => js
                         .create_key_value(config)
                         .await
-                        .or_else(|e| Err(anyhow::anyhow!("bucket {name}: {e}"))),
+                        .map_err(|e| anyhow::anyhow!("bucket {name}: {e}")),
                 }
             }
         };
