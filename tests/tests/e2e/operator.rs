@@ -345,4 +345,31 @@ fn job_start_wait_follows_the_runs_and_exits_8_on_failure() {
     assert!(out.stderr.contains("did not succeed") && out.stderr.contains("musterctl history --job bad"), "{out:?}");
     let status: Value = c.ctl_ok(&["status"]);
     assert_eq!(s(&status["summary"]["failing"][0], "job"), "bad", "{status}");
+
+    // An offline target's start stays queued; --timeout gives up with exit 5.
+    c.ctl(&["target", "enlist", "late"]).expect("enlist late");
+    c.ctl(&["job", "assign", "ok", "--target", "late"]).expect("assign late");
+    let out = c.ctl_raw(&["job", "start", "ok", "--target", "late", "--wait", "--timeout", "1"], false);
+    assert_eq!(out.code, 5, "{out:?}");
+    assert!(out.stdout.contains("late: queued"), "{out:?}");
+    assert!(out.stderr.contains("still not finished on late"), "{out:?}");
+}
+
+#[test]
+fn every_command_has_help_completions_and_documented_exit_codes() {
+    let c = Cluster::new();
+    let help = c.ctl_raw(&["--help"], false);
+    assert_eq!(help.code, 0, "{help:?}");
+    for code in ["3  not found", "4  invalid input", "5  a target is offline", "6  the master", "7  conflict", "8  a run did not succeed"] {
+        assert!(help.stdout.contains(code), "{code}: {}", help.stdout);
+    }
+    let bash = c.ctl_raw(&["completions", "bash"], false);
+    assert_eq!(bash.code, 0, "{bash:?}");
+    for word in ["set-poll", "sync-time", "resync", "instructions", "status", "group", "--wait", "--errors"] {
+        assert!(bash.stdout.contains(word), "completions lack {word}");
+    }
+    // With no master running: exit 6 and what to check.
+    let out = c.ctl_raw(&["status"], false);
+    assert_eq!(out.code, 6, "{out:?}");
+    assert!(out.stderr.contains("is muster-master running"), "{out:?}");
 }
