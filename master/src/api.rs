@@ -936,3 +936,45 @@ pub fn job_info(j: &JobRecord) -> JobInfo {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> BTreeSet<TargetName> {
+        list.iter().map(|n| TargetName::new(*n).unwrap()).collect()
+    }
+
+    fn job() -> JobRecord {
+        let spec = JobSpec::from_commands(muster_shared::JobName::new("j").unwrap(), &["true".to_owned()]);
+        JobRecord {
+            id: Uuid::new_v4(),
+            revision: 1,
+            spec,
+            targets: names(&["a"]),
+            groups: BTreeSet::new(),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn reach_changes_post_upserts_to_gainers_and_deletes_to_losers_only() {
+        let j = job();
+        let items = reach_changes(&j, &names(&["a", "b"]), &names(&["b", "c"]));
+        let got: Vec<(String, &str)> = items.iter().map(|(t, op)| (t.to_string(), op.name())).collect();
+        assert_eq!(got, [("c".to_owned(), "upsert_job"), ("a".to_owned(), "delete_job")]);
+        assert!(reach_changes(&j, &names(&["a"]), &names(&["a"])).is_empty());
+    }
+
+    #[test]
+    fn expand_groups_names_a_missing_group() {
+        let g = GroupName::new("web").unwrap();
+        let mut groups = HashMap::new();
+        groups.insert(g.clone(), GroupRecord { name: g.clone(), members: names(&["a", "b"]), created_at: Utc::now() });
+        assert_eq!(expand_groups(&[g], &groups).unwrap(), names(&["a", "b"]));
+        let err = expand_groups(&[GroupName::new("db").unwrap()], &groups).unwrap_err();
+        assert_eq!(err.code, ErrorCode::NotFound);
+        assert!(err.message.contains("musterctl group list"), "{}", err.message);
+    }
+}

@@ -826,11 +826,17 @@ fn print_targets(ts: &[TargetInfo]) {
                 t.poll_interval_secs.to_string(),
                 t.unread.to_string(),
                 t.agent_version.clone().unwrap_or_else(|| "-".into()),
+                join(&t.groups),
                 if t.location.is_empty() { "-".into() } else { t.location.clone() },
             ]
         })
         .collect();
-    table(&["TARGET", "STATUS", "LAST POLL", "LOCAL TIME", "SKEW", "POLL(S)", "UNREAD", "AGENT", "LOCATION"], rows);
+    table(&["TARGET", "STATUS", "LAST POLL", "LOCAL TIME", "SKEW", "POLL(S)", "UNREAD", "AGENT", "GROUPS", "LOCATION"], rows);
+    for t in ts {
+        if let Some(why) = &t.blocked {
+            println!("{} is blocked by {why} (see `musterctl instructions --target {} --errors`)", t.name, t.name);
+        }
+    }
 }
 
 fn print_job(j: &JobInfo) {
