@@ -67,10 +67,17 @@ fn group_membership_changes_post_the_right_instructions() {
     assert_eq!(jobs_held(&c, "web02"), 1);
     assert_eq!(jobs_on_disk(&c, "web02"), 1);
 
+    // A job update reaches every member.
+    c.ctl(&["job", "update", "nightly", "--command", "echo changed"]).expect("job update");
+    for t in ["web01", "web02"] {
+        assert_eq!(ops(&c, t).last().expect("rows"), &("upsert_job".to_owned(), "pending".to_owned()), "{t}");
+    }
+
     // Assigned directly as well: leaving the group must not delete the job.
     c.ctl(&["job", "assign", "nightly", "--target", "web01", "--group", "web"]).expect("mixed assign");
+    let before = ops(&c, "web01").len();
     c.ctl(&["group", "remove", "web", "web01"]).expect("group remove web01");
-    assert_eq!(ops(&c, "web01").len(), 1, "nothing posted to web01: {:?}", ops(&c, "web01"));
+    assert_eq!(ops(&c, "web01").len(), before, "nothing posted to web01: {:?}", ops(&c, "web01"));
     assert_eq!(jobs_held(&c, "web01"), 1);
 
     // Leaving the group deletes the job from a target that reached it only that way.
@@ -183,6 +190,11 @@ fn a_stopped_target_becomes_suspected_offline() {
     assert_eq!(s(&status["summary"]["attention"][0], "name"), "web01", "{status}");
     let human = c.ctl_raw(&["target", "list"], false);
     assert!(human.stdout.contains("suspected_offline"), "{human:?}");
+
+    // A second master replica is seen by `status`.
+    c.start_master();
+    let status: Value = c.ctl_ok(&["status"]);
+    assert_eq!(status["masters"].as_array().map(Vec::len), Some(2), "{status}");
 }
 
 #[test]
