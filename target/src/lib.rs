@@ -207,6 +207,24 @@ async fn enlist(
     }
 }
 
+/// Asks the master to defect this target, on the agent's own subject
+/// `muster.api.agent.<t>.defect`: the same as `musterctl target defect <t>`.
+///
+/// # Errors
+/// When NATS or the master does not answer, or the master refuses.
+pub async fn defect_self(config: &TargetConfig) -> anyhow::Result<TargetInfo> {
+    let client = tokio::time::timeout(Duration::from_secs(10), connect(config))
+        .await
+        .context("NATS did not answer within 10 s (check --server)")??;
+    let subject = config.subjects.agent_api(&config.name, api::AGENT_DEFECT);
+    let body = msg::encode(&Request::new(api::TargetRef { name: config.name.clone() }));
+    let answer = tokio::time::timeout(Duration::from_secs(30), client.request(subject, body.into()))
+        .await
+        .context("no master answered within 30 s")?
+        .context("no master answered (is muster-master running?)")?;
+    Ok(msg::decode::<Reply<TargetInfo>>(&answer.payload).and_then(Reply::into_result)?)
+}
+
 /// Connects with this target's own inbox prefix (so its permissions need not
 /// include `_INBOX.>`), waiting for NATS and reconnecting forever.
 async fn connect(config: &TargetConfig) -> anyhow::Result<async_nats::Client> {

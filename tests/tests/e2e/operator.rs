@@ -283,8 +283,14 @@ fn defection_from_the_master_by_the_target_itself_and_forced() {
     };
     let wrong = ask("muster.api.agent.web02.defect", r#"{"v":1,"name":"web01"}"#);
     assert_eq!(s(&wrong["error"], "code"), "invalid_request", "{wrong}");
-    let own = ask("muster.api.agent.web02.defect", r#"{"v":1,"name":"web02"}"#);
-    assert!(own.get("ok").is_some(), "{own}");
+    let own = Command::new(bin("muster-target"))
+        .env("NATS_URL", c.url())
+        .args(["--name", "web02", "--defect", "--state-dir"])
+        .arg(c.state_dir("web02"))
+        .output()
+        .expect("muster-target --defect");
+    assert!(own.status.success(), "{own:?}");
+    assert!(String::from_utf8_lossy(&own.stdout).contains("defection requested"), "{own:?}");
     wait_for("web02's record removed", WAIT, || c.ctl(&["target", "show", "web02"]).is_err_and(|e| e.code == 3).then_some(()));
     assert_eq!(jobs_on_disk(&c, "web02"), 0);
 
