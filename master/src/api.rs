@@ -8,7 +8,7 @@
 //! ([`msg::decode`]); bad input gets an error reply, is logged with its
 //! subject and counted, and never stops the service.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,12 +17,14 @@ use async_nats::service::ServiceExt;
 use chrono::Utc;
 use futures::StreamExt;
 use muster_shared::api::{
-    self as wire, ApiError, Delivery, EnlistRequest, ErrorCode, JobInfo, JobRef, JobSelect,
-    JobTargetStatus, JobWrite, Op, Reply, Request, Selection, TargetInfo, TargetRef, TargetStatus,
+    self as wire, ApiError, Delivery, EnlistRequest, ErrorCode, GroupInfo, GroupMembers, GroupRef, InstrStatus,
+    InstructionsQuery, JobInfo, JobRef, JobSelect, JobTargetStatus, JobWrite, Op, PostRequest, Posted, Reply,
+    Request, Selection, StatusSummary, TargetInfo, TargetRef, TargetStatus,
 };
 use muster_shared::job::JobSpec;
 use muster_shared::msg::{self, ControlOp, ControlReply, ControlRequest, InstructionOp, PollReport};
-use muster_shared::name::TargetName;
+use muster_shared::msg::Outcome;
+use muster_shared::name::{GroupName, TargetName};
 use muster_shared::PROTOCOL_VERSION;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -32,18 +34,17 @@ use uuid::Uuid;
 
 use crate::config::MasterConfig;
 use crate::post;
-use crate::store::{JobRecord, Store, TargetRecord};
+use crate::store::{GroupRecord, InstrRow, JobRecord, Store, TargetRecord};
 
 /// Default poll interval for a target that does not say (SQL Server's too).
 pub const DEFAULT_POLL_INTERVAL_SECS: u64 = 60;
-/// The range `set-poll` accepts, as in SQL Server.
-pub const POLL_INTERVAL_RANGE: std::ops::RangeInclusive<u64> = 10..=28_800;
 
 /// Where a request came in.
 #[derive(Debug, Clone, Copy)]
 enum Route {
     Admin(Op),
     AgentEnlist,
+    AgentDefect,
 }
 
 /// Counters exposed in the service's stats (`nats micro stats muster`).
@@ -97,13 +98,15 @@ pub async fn serve(
             .map_err(|e| anyhow::anyhow!("endpoint {}: {e}", op.subject()))?;
         endpoints.push(ep.map(move |r| (Route::Admin(op), r)).boxed());
     }
-    let ep = service
-        .endpoint_builder()
-        .name("agent-enlist")
-        .add(config.subjects.agent_api_pattern(wire::AGENT_ENLIST))
-        .await
-        .map_err(|e| anyhow::anyhow!("agent endpoint: {e}"))?;
-    endpoints.push(ep.map(|r| (Route::AgentEnlist, r)).boxed());
+    for (op, route) in [(wire::AGENT_ENLIST, Route::AgentEnlist), (wire::AGENT_DEFECT, Route::AgentDefect)] {
+        let ep = service
+            .endpoint_builder()
+            .name(format!("agent-{op}"))
+            .add(config.subjects.agent_api_pattern(op))
+            .await
+            .map_err(|e| anyhow::anyhow!("agent endpoint {op}: {e}"))?;
+        endpoints.push(ep.map(move |r| (route, r)).boxed());
+    }
     let mut requests = futures::stream::select_all(endpoints);
     tracing::info!(service = %config.subjects.service_name(), api = %config.subjects.api(">"), "serving the API");
 
@@ -141,6 +144,7 @@ impl Ctx {
         self.metrics.requests.fetch_add(1, Ordering::Relaxed);
         let reply = match route {
             Route::AgentEnlist => self.agent_enlist(subject, payload).await,
+            Route::AgentDefect => self.agent_defect(subject, payload).await,
             Route::Admin(op) => self.admin(op, payload).await,
         };
         if let Err(e) = &reply {
@@ -179,6 +183,16 @@ impl Ctx {
             Op::JobEnable => ok(self.job_enable(body(p)?, true).await?),
             Op::JobDisable => ok(self.job_enable(body(p)?, false).await?),
             Op::JobStatus => ok(self.job_status(body(p)?).await?),
+            Op::TargetSetPoll => ok(self.set_poll(body(p)?).await?),
+            Op::TargetSyncTime => ok(self.sync_time(body(p)?).await?),
+            Op::TargetResync => ok(self.resync(body(p)?).await?),
+            Op::GroupCreate => ok(self.group_create(body(p)?).await?),
+            Op::GroupDelete => ok(self.group_delete(body(p)?).await?),
+            Op::GroupList => ok(self.group_list().await?),
+            Op::GroupAdd => ok(self.group_members(body(p)?, true).await?),
+            Op::GroupRemove => ok(self.group_members(body(p)?, false).await?),
+            Op::Instructions => ok(self.instructions(body(p)?).await?),
+            Op::Status => ok(self.status().await?),
         }
     }
 
@@ -186,21 +200,63 @@ impl Ctx {
 
     async fn agent_enlist(&self, subject: &str, p: &[u8]) -> Result<Vec<u8>, ApiError> {
         let req: EnlistRequest = body(p)?;
-        let on_subject = self.config.subjects.target_of(subject).unwrap_or_default();
-        if on_subject != req.name.as_str() {
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                format!("body names target '{}' but the subject carries '{on_subject}'", req.name),
-            ));
+        self.same_target(subject, &req.name)?;
+        if let Some(instance) = req.instance {
+            self.refuse_second_agent(&req.name, instance).await?;
         }
         Ok(encode_reply(Ok(self.enlist(req.clone(), req.instance).await?)))
+    }
+
+    /// A target defecting itself: the same as `musterctl target defect <t>`.
+    async fn agent_defect(&self, subject: &str, p: &[u8]) -> Result<Vec<u8>, ApiError> {
+        let req: TargetRef = body(p)?;
+        self.same_target(subject, &req.name)?;
+        Ok(encode_reply(Ok(self.defect(wire::DefectRequest { name: req.name, force: false }).await?)))
+    }
+
+    /// An agent may only speak for the target its subject carries.
+    fn same_target(&self, subject: &str, name: &TargetName) -> Result<(), ApiError> {
+        let on_subject = self.config.subjects.target_of(subject).unwrap_or_default();
+        if on_subject != name.as_str() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("body names target '{name}' but the subject carries '{on_subject}'"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses an agent whose name is already taken by another running agent:
+    /// one that still answers on the name's control subject with another
+    /// instance id. (A new agent enlists before it serves its own control
+    /// subject, so whoever answers is someone else.)
+    async fn refuse_second_agent(&self, name: &TargetName, instance: Uuid) -> Result<(), ApiError> {
+        let Some((record, _)) = Store::read::<TargetRecord>(&self.store.targets, name.as_str()).await? else {
+            return Ok(());
+        };
+        if record.instance.is_none_or(|i| i == instance) {
+            return Ok(());
+        }
+        match self.force_poll(name).await {
+            Ok(report) if report.instance != instance => Err(ApiError::new(
+                ErrorCode::AlreadyExists,
+                format!(
+                    "target '{name}' is already enlisted by another running agent (instance {}, agent {}); \
+                     stop that agent first, or start this one with another --name",
+                    report.instance, report.agent_version
+                ),
+            )),
+            // Nobody answers (the old agent is gone), or it is this very agent.
+            _ => Ok(()),
+        }
     }
 
     /// Records the target and creates its consumer. Enlisting again is
     /// harmless (it updates location and poll interval if given).
     async fn enlist(&self, req: EnlistRequest, instance: Option<Uuid>) -> Result<TargetInfo, ApiError> {
         if let Some(secs) = req.poll_interval_secs {
-            if secs == 0 || secs > *POLL_INTERVAL_RANGE.end() {
+            // Agents may poll faster than `set-poll` allows (tests, demos), never slower.
+            if secs == 0 || secs > *wire::POLL_INTERVAL_RANGE.end() {
                 return Err(ApiError::new(ErrorCode::InvalidRequest, format!("poll interval {secs}s is outside 1..=28800")));
             }
         }
@@ -231,10 +287,15 @@ impl Ctx {
         Ok(self.target_info(&record).await)
     }
 
+    /// Defects a target. Without `force` it is told to leave (it deletes its
+    /// jobs from this master at its next poll, and its record and consumer go
+    /// when it reports that); with `force` it is gone for good, and its
+    /// record, consumer and pending instructions are deleted now. Either way
+    /// it is taken out of every job and group at once, so nothing more is
+    /// posted to it.
     async fn defect(&self, req: wire::DefectRequest) -> Result<TargetInfo, ApiError> {
         let record = self.store.target(&req.name).await?;
         let info = self.target_info(&record).await;
-        // Unassign it from every job, so nothing is posted to it again.
         for job in self.store.all_jobs().await? {
             if job.targets.contains(&req.name) {
                 Store::modify(&self.store.jobs, job.spec.name.as_str(), |j: Option<JobRecord>| {
@@ -246,16 +307,23 @@ impl Ctx {
                 .await?;
             }
         }
-        if req.force {
-            // Gone for good: drop its queue, its consumer and its record.
-            if let Ok(stream) = self.store.js.get_stream_no_info(self.store.subjects.assign_stream()).await {
-                stream.purge().filter(self.store.subjects.assign(&req.name)).await.ok();
+        for group in self.store.all_groups().await?.into_values() {
+            if group.members.contains(&req.name) {
+                Store::modify(&self.store.groups, group.name.as_str(), |g: Option<GroupRecord>| {
+                    Ok(g.map(|mut g| {
+                        g.members.remove(&req.name);
+                        g
+                    }))
+                })
+                .await?;
             }
+        }
+        if req.force {
+            self.store.drop_pending(&req.name).await?;
             self.store.delete_target_consumer(&req.name).await?;
             self.store.targets.delete(req.name.as_str()).await.map_err(|e| ApiError::internal(format!("deleting record: {e}")))?;
+            tracing::info!(target = %req.name, "target defected (forced)");
         } else {
-            // The target deletes its jobs at its next poll; the record goes when
-            // it reports the defection applied.
             post::post(&self.store, &req.name, InstructionOp::Defect).await?;
             self.force_poll(&req.name).await.ok();
         }
@@ -278,11 +346,14 @@ impl Ctx {
         let groups = groups
             .map(|g| g.into_values().filter(|g| g.members.contains(&t.name)).map(|g| g.name).collect())
             .unwrap_or_default();
+        // The interval the agent says it uses wins over the record's: a
+        // set-poll not yet downloaded has not changed anything yet.
+        let interval = poll.as_ref().map_or(t.poll_interval_secs, |p| p.report.poll_interval_secs);
         let now = Utc::now();
         let status = match &poll {
             _ if t.blocked.is_some() => TargetStatus::Blocked,
             None => TargetStatus::NeverPolled,
-            Some(p) if (now - p.received_at).num_seconds() > 3 * t.poll_interval_secs as i64 => {
+            Some(p) if (now - p.received_at).num_milliseconds() > 3_000 * i64::try_from(interval).unwrap_or(i64::MAX / 4_000) => {
                 TargetStatus::SuspectedOffline
             }
             Some(_) => TargetStatus::Normal,
@@ -291,7 +362,8 @@ impl Ctx {
             name: t.name.clone(),
             location: t.location.clone(),
             enlisted_at: t.enlisted_at,
-            poll_interval_secs: t.poll_interval_secs,
+            poll_interval_secs: interval,
+            blocked: t.blocked.clone(),
             status,
             last_poll: poll.as_ref().map(|p| p.received_at),
             local_time: poll.as_ref().map(|p| p.report.polled_at),
@@ -429,11 +501,7 @@ impl Ctx {
         }
         self.store.require_enlisted(&req.select.targets).await?;
         let groups = self.store.all_groups().await?;
-        for g in &req.select.groups {
-            if !groups.contains_key(g) {
-                return Err(ApiError::new(ErrorCode::NotFound, format!("no group is named '{g}' (see `musterctl group list`)")));
-            }
-        }
+        expand_groups(&req.select.groups, &groups)?;
         let (before, _) = self.store.job(&req.job).await?;
         let after = Store::modify(&self.store.jobs, req.job.as_str(), |old: Option<JobRecord>| {
             let mut j = old.ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no job is named '{}'", req.job)))?;
@@ -448,13 +516,7 @@ impl Ctx {
         })
         .await?
         .expect("written");
-        let (was, now) = (Store::concerned(&before, &groups), Store::concerned(&after, &groups));
-        let mut items: Vec<_> =
-            now.difference(&was).map(|t| (t.clone(), InstructionOp::UpsertJob { job: after.def() })).collect();
-        items.extend(
-            was.difference(&now)
-                .map(|t| (t.clone(), InstructionOp::DeleteJob { job_id: after.id, job: after.spec.name.clone() })),
-        );
+        let items = reach_changes(&after, &Store::concerned(&before, &groups), &Store::concerned(&after, &groups));
         post::post_many(&self.store, items).await?;
         Ok(job_info(&after))
     }
@@ -475,12 +537,7 @@ impl Ctx {
         }
         self.store.require_enlisted(&select.targets).await?;
         let mut chosen: BTreeSet<TargetName> = select.targets.iter().cloned().collect();
-        for g in &select.groups {
-            let group = groups
-                .get(g)
-                .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no group is named '{g}'")))?;
-            chosen.extend(group.members.iter().cloned());
-        }
+        chosen.extend(expand_groups(&select.groups, &groups)?);
         if let Some(t) = chosen.iter().find(|t| !concerned.contains(*t)) {
             return Err(ApiError::new(
                 ErrorCode::InvalidRequest,
@@ -568,6 +625,289 @@ impl Ctx {
         }
         Ok(out)
     }
+
+    // ---- posting to chosen targets -------------------------------------------------
+
+    /// The targets a selection names: its targets (each enlisted), its groups'
+    /// members, or every enlisted target with `all`.
+    async fn resolve(&self, select: &Selection) -> Result<Vec<TargetName>, ApiError> {
+        if select.is_empty() {
+            return Err(ApiError::new(ErrorCode::InvalidRequest, "name at least one target, --group or --all"));
+        }
+        if select.all {
+            let all: Vec<TargetName> = self.store.all_targets().await?.into_iter().map(|t| t.name).collect();
+            if all.is_empty() {
+                return Err(ApiError::new(ErrorCode::NotFound, "no target is enlisted (see `musterctl target enlist`)"));
+            }
+            return Ok(all);
+        }
+        self.store.require_enlisted(&select.targets).await?;
+        let mut chosen: BTreeSet<TargetName> = select.targets.iter().cloned().collect();
+        chosen.extend(expand_groups(&select.groups, &self.store.all_groups().await?)?);
+        if chosen.is_empty() {
+            return Err(ApiError::new(ErrorCode::InvalidRequest, "the groups named have no members (see `musterctl group add`)"));
+        }
+        Ok(chosen.into_iter().collect())
+    }
+
+    /// `set-poll`: records the new interval and posts it; each target uses
+    /// it from the poll that downloads it.
+    async fn set_poll(&self, req: PostRequest) -> Result<Vec<Posted>, ApiError> {
+        let secs = req.secs.ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "set-poll needs the interval in seconds"))?;
+        if !wire::POLL_INTERVAL_RANGE.contains(&secs) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "poll interval {secs}s is outside {}..={} seconds",
+                    wire::POLL_INTERVAL_RANGE.start(),
+                    wire::POLL_INTERVAL_RANGE.end()
+                ),
+            ));
+        }
+        let targets = self.resolve(&req.select).await?;
+        for t in &targets {
+            Store::modify(&self.store.targets, t.as_str(), |old: Option<TargetRecord>| {
+                Ok(old.map(|mut r| {
+                    r.poll_interval_secs = secs;
+                    r
+                }))
+            })
+            .await?;
+        }
+        self.post_each(targets, |_| vec![InstructionOp::SetPollInterval { secs }]).await
+    }
+
+    /// `sync-time`: posts the master's clock, then force-polls so online
+    /// targets measure their skew now rather than a poll interval later.
+    async fn sync_time(&self, req: PostRequest) -> Result<Vec<Posted>, ApiError> {
+        let targets = self.resolve(&req.select).await?;
+        let posted = self.post_each(targets, |_| vec![InstructionOp::SyncTime { master_time: Utc::now() }]).await?;
+        futures::stream::iter(&posted)
+            .for_each_concurrent(64, |p| async move {
+                self.force_poll(&p.target).await.ok();
+            })
+            .await;
+        Ok(posted)
+    }
+
+    /// `resync`: drops each target's pending instructions, then posts
+    /// delete-all-jobs and one upsert per job that reaches it.
+    async fn resync(&self, req: PostRequest) -> Result<Vec<Posted>, ApiError> {
+        let targets = self.resolve(&req.select).await?;
+        let (jobs, groups) = (self.store.all_jobs().await?, self.store.all_groups().await?);
+        let mut dropped = HashMap::new();
+        for t in &targets {
+            dropped.insert(t.clone(), self.store.drop_pending(t).await?);
+        }
+        let mut posted = self
+            .post_each(targets, |t| {
+                std::iter::once(InstructionOp::DeleteAllJobs)
+                    .chain(
+                        jobs.iter()
+                            .filter(|j| Store::concerned(j, &groups).contains(t))
+                            .map(|j| InstructionOp::UpsertJob { job: j.def() }),
+                    )
+                    .collect()
+            })
+            .await?;
+        for p in &mut posted {
+            p.dropped = dropped.get(&p.target).copied().unwrap_or(0);
+        }
+        Ok(posted)
+    }
+
+    /// Posts `ops(t)` to each target, in order, in one pipelined batch.
+    async fn post_each(
+        &self,
+        targets: Vec<TargetName>,
+        ops: impl Fn(&TargetName) -> Vec<InstructionOp>,
+    ) -> Result<Vec<Posted>, ApiError> {
+        let mut items = Vec::new();
+        let mut posted = Vec::new();
+        for t in targets {
+            let ops = ops(&t);
+            posted.push(Posted { target: t.clone(), ops: ops.iter().map(|o| o.name().to_owned()).collect(), dropped: 0 });
+            items.extend(ops.into_iter().map(|o| (t.clone(), o)));
+        }
+        post::post_many(&self.store, items).await?;
+        Ok(posted)
+    }
+
+    // ---- groups ----------------------------------------------------------------------
+
+    async fn group_create(&self, req: GroupRef) -> Result<GroupInfo, ApiError> {
+        let record = GroupRecord { name: req.group.clone(), members: BTreeSet::new(), created_at: Utc::now() };
+        let created = Store::modify(&self.store.groups, req.group.as_str(), |old: Option<GroupRecord>| match old {
+            Some(_) => Err(ApiError::new(ErrorCode::AlreadyExists, format!("a group named '{}' already exists", req.group))),
+            None => Ok(Some(record.clone())),
+        })
+        .await?
+        .expect("written");
+        Ok(group_info(&created, &[]))
+    }
+
+    /// Deletes an empty-handed group: one that no job is assigned to.
+    async fn group_delete(&self, req: GroupRef) -> Result<GroupInfo, ApiError> {
+        let group = self.group(&req.group).await?;
+        let jobs = self.store.all_jobs().await?;
+        let users: Vec<String> = jobs.iter().filter(|j| j.groups.contains(&req.group)).map(|j| j.spec.name.to_string()).collect();
+        if let Some(first) = users.first() {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "group '{g}' is assigned to job(s) {}; unassign them first (`musterctl job unassign {first} --group {g}`)",
+                    users.join(", "),
+                    g = req.group
+                ),
+            ));
+        }
+        self.store.groups.delete(req.group.as_str()).await.map_err(|e| ApiError::internal(format!("deleting group: {e}")))?;
+        Ok(group_info(&group, &jobs))
+    }
+
+    async fn group_list(&self) -> Result<Vec<GroupInfo>, ApiError> {
+        let jobs = self.store.all_jobs().await?;
+        let mut groups: Vec<GroupInfo> = self.store.all_groups().await?.values().map(|g| group_info(g, &jobs)).collect();
+        groups.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(groups)
+    }
+
+    async fn group(&self, name: &GroupName) -> Result<GroupRecord, ApiError> {
+        Store::read(&self.store.groups, name.as_str())
+            .await?
+            .map(|(g, _)| g)
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no group is named '{name}' (see `musterctl group list`)")))
+    }
+
+    /// Adds or removes members, then posts the group's jobs to targets that
+    /// now reach them and deletes to targets that no longer do (a target
+    /// that still reaches a job directly or through another group keeps it).
+    async fn group_members(&self, req: GroupMembers, add: bool) -> Result<GroupInfo, ApiError> {
+        if req.targets.is_empty() {
+            return Err(ApiError::new(ErrorCode::InvalidRequest, "name at least one target"));
+        }
+        if add {
+            self.store.require_enlisted(&req.targets).await?;
+        }
+        self.group(&req.group).await?;
+        let before = self.store.all_groups().await?;
+        let updated = Store::modify(&self.store.groups, req.group.as_str(), |old: Option<GroupRecord>| {
+            let mut g = old.ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no group is named '{}'", req.group)))?;
+            for t in &req.targets {
+                if add { g.members.insert(t.clone()) } else { g.members.remove(t) };
+            }
+            Ok(Some(g))
+        })
+        .await?
+        .expect("written");
+        let mut after = before.clone();
+        after.insert(updated.name.clone(), updated.clone());
+        let jobs = self.store.all_jobs().await?;
+        let items = jobs
+            .iter()
+            .filter(|j| j.groups.contains(&req.group))
+            .flat_map(|j| reach_changes(j, &Store::concerned(j, &before), &Store::concerned(j, &after)))
+            .collect();
+        post::post_many(&self.store, items).await?;
+        Ok(group_info(&updated, &jobs))
+    }
+
+    // ---- download list and summary ------------------------------------------------
+
+    async fn instructions(&self, q: InstructionsQuery) -> Result<Vec<InstrRow>, ApiError> {
+        if let Some(t) = &q.target {
+            // A defected target's rows stay readable, so only refuse unknown names
+            // that have no rows at all.
+            let rows = self.store.instr_rows(Some(t)).await?;
+            if rows.is_empty() {
+                self.store.target(t).await?;
+            }
+        }
+        let mut rows: Vec<InstrRow> = self
+            .store
+            .instr_rows(q.target.as_ref())
+            .await?
+            .into_iter()
+            .filter(|r| !q.pending || r.status == InstrStatus::Pending)
+            .filter(|r| !q.errors || r.status == InstrStatus::Failed)
+            .collect();
+        if let Some(limit) = q.limit {
+            rows.drain(..rows.len().saturating_sub(limit));
+        }
+        Ok(rows)
+    }
+
+    async fn status(&self) -> Result<StatusSummary, ApiError> {
+        let targets = self.target_list().await?;
+        let (jobs, groups, rows) =
+            tokio::try_join!(self.store.all_jobs(), self.store.all_groups(), self.store.instr_rows(None))?;
+        let mut targets_by_status = BTreeMap::new();
+        for t in &targets {
+            *targets_by_status.entry(t.status.as_str().to_owned()).or_insert(0) += 1;
+        }
+        // Status keys are `<job-id>.<target>`: keep those of jobs that still exist.
+        let job_ids: BTreeSet<String> = jobs.iter().map(|j| j.id.to_string()).collect();
+        let mut failing = Vec::new();
+        for key in Store::keys(&self.store.jobstatus).await? {
+            if !key.split_once('.').is_some_and(|(id, _)| job_ids.contains(id)) {
+                continue;
+            }
+            if let Some((s, _)) = Store::read::<JobTargetStatus>(&self.store.jobstatus, &key).await? {
+                if is_failure(s.outcome) {
+                    failing.push(s);
+                }
+            }
+        }
+        failing.sort_by(|a, b| (&a.job, &a.target).cmp(&(&b.job, &b.target)));
+        Ok(StatusSummary {
+            targets_by_status,
+            pending_instructions: targets.iter().map(|t| t.unread).sum(),
+            attention: targets.into_iter().filter(|t| t.status != TargetStatus::Normal).collect(),
+            jobs: jobs.len() as u64,
+            groups: groups.len() as u64,
+            failing,
+            failed_instructions: rows.iter().filter(|r| r.status == InstrStatus::Failed).count() as u64,
+        })
+    }
+}
+
+/// Whether a last outcome needs an operator's attention.
+fn is_failure(o: Outcome) -> bool {
+    matches!(o, Outcome::Failed | Outcome::TimedOut | Outcome::Interrupted | Outcome::Canceled)
+}
+
+/// The members of the named groups.
+///
+/// # Errors
+/// `not_found` for a group that does not exist.
+fn expand_groups(names: &[GroupName], groups: &HashMap<GroupName, GroupRecord>) -> Result<BTreeSet<TargetName>, ApiError> {
+    let mut out = BTreeSet::new();
+    for g in names {
+        let group = groups
+            .get(g)
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no group is named '{g}' (see `musterctl group list`)")))?;
+        out.extend(group.members.iter().cloned());
+    }
+    Ok(out)
+}
+
+/// What moves a job from reaching `was` to reaching `now`: an upsert for
+/// each target that gains it, a delete for each that loses it.
+fn reach_changes(job: &JobRecord, was: &BTreeSet<TargetName>, now: &BTreeSet<TargetName>) -> Vec<(TargetName, InstructionOp)> {
+    let mut items: Vec<_> = now.difference(was).map(|t| (t.clone(), InstructionOp::UpsertJob { job: job.def() })).collect();
+    items.extend(
+        was.difference(now).map(|t| (t.clone(), InstructionOp::DeleteJob { job_id: job.id, job: job.spec.name.clone() })),
+    );
+    items
+}
+
+fn group_info(g: &GroupRecord, jobs: &[JobRecord]) -> GroupInfo {
+    GroupInfo {
+        name: g.name.clone(),
+        members: g.members.iter().cloned().collect(),
+        jobs: jobs.iter().filter(|j| j.groups.contains(&g.name)).map(|j| j.spec.name.clone()).collect(),
+        created_at: g.created_at,
+    }
 }
 
 fn sorted(mut d: Vec<Delivery>) -> Vec<Delivery> {
@@ -596,3 +936,45 @@ pub fn job_info(j: &JobRecord) -> JobInfo {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> BTreeSet<TargetName> {
+        list.iter().map(|n| TargetName::new(*n).unwrap()).collect()
+    }
+
+    fn job() -> JobRecord {
+        let spec = JobSpec::from_commands(muster_shared::JobName::new("j").unwrap(), &["true".to_owned()]);
+        JobRecord {
+            id: Uuid::new_v4(),
+            revision: 1,
+            spec,
+            targets: names(&["a"]),
+            groups: BTreeSet::new(),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn reach_changes_post_upserts_to_gainers_and_deletes_to_losers_only() {
+        let j = job();
+        let items = reach_changes(&j, &names(&["a", "b"]), &names(&["b", "c"]));
+        let got: Vec<(String, &str)> = items.iter().map(|(t, op)| (t.to_string(), op.name())).collect();
+        assert_eq!(got, [("c".to_owned(), "upsert_job"), ("a".to_owned(), "delete_job")]);
+        assert!(reach_changes(&j, &names(&["a"]), &names(&["a"])).is_empty());
+    }
+
+    #[test]
+    fn expand_groups_names_a_missing_group() {
+        let g = GroupName::new("web").unwrap();
+        let mut groups = HashMap::new();
+        groups.insert(g.clone(), GroupRecord { name: g.clone(), members: names(&["a", "b"]), created_at: Utc::now() });
+        assert_eq!(expand_groups(&[g], &groups).unwrap(), names(&["a", "b"]));
+        let err = expand_groups(&[GroupName::new("db").unwrap()], &groups).unwrap_err();
+        assert_eq!(err.code, ErrorCode::NotFound);
+        assert!(err.message.contains("musterctl group list"), "{}", err.message);
+    }
+}

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use muster_shared::api::{ApiError, ErrorCode, Op, Reply, Request};
+use futures::StreamExt;
+use muster_shared::api::{ApiError, ErrorCode, MasterSeen, Op, Reply, Request};
 use muster_shared::msg;
 use muster_shared::subject::Subjects;
 use serde::de::DeserializeOwned;
@@ -44,5 +45,29 @@ impl ApiClient {
             Ok(Ok(m)) => m,
         };
         msg::decode::<Reply<R>>(&message.payload)?.into_result()
+    }
+
+    /// Every master replica that answers the Service API's `$SRV.PING` for
+    /// this installation's service, collected for `wait`.
+    ///
+    /// # Errors
+    /// `master_unavailable` when NATS cannot be reached.
+    pub async fn masters_seen(&self, wait: Duration) -> Result<Vec<MasterSeen>, ApiError> {
+        let unreachable = |e: &dyn std::fmt::Display| ApiError::new(ErrorCode::MasterUnavailable, format!("pinging masters: {e}"));
+        let inbox = self.client.new_inbox();
+        let mut answers = self.client.subscribe(inbox.clone()).await.map_err(|e| unreachable(&e))?;
+        let ping = format!("$SRV.PING.{}", self.subjects.service_name());
+        self.client.publish_with_reply(ping, inbox, "".into()).await.map_err(|e| unreachable(&e))?;
+        self.client.flush().await.map_err(|e| unreachable(&e))?;
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, answers.next()).await {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.payload) {
+                let field = |k: &str| v.get(k).and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
+                seen.push(MasterSeen { id: field("id"), version: field("version") });
+            }
+        }
+        seen.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(seen)
     }
 }

@@ -13,8 +13,9 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use muster_shared::api::{
-    ApiError, DefectRequest, Delivery, EnlistRequest, ErrorCode, JobInfo, JobRef, JobSelect, JobTargetStatus,
-    JobWrite, Op, Selection, TargetInfo, TargetRef,
+    ApiError, DefectRequest, Delivery, EnlistRequest, ErrorCode, GroupInfo, GroupMembers, GroupRef, InstrRow,
+    InstructionsQuery, JobInfo, JobRef, JobSelect, JobTargetStatus, JobWrite, MasterSeen, Op, PostRequest, Posted,
+    Selection, StatusSummary, TargetInfo, TargetRef,
 };
 use muster_shared::job::JobSpec;
 use muster_shared::msg::{Outcome, PollReport, RunRecord};
@@ -34,10 +35,10 @@ Exit codes:
   2  usage error (bad flags)
   3  not found: no such job or group, or the target is not enlisted
   4  invalid input: a bad name, job file or value (the message names the field)
-  5  a target is offline or did not answer (its instructions stay queued)
+  5  a target is offline or did not answer (its instructions stay queued), or --wait gave up
   6  the master or NATS is unreachable
-  7  conflict: already exists, or changed concurrently (retry)
-  8  a run failed (job start --wait, or a failed outcome)
+  7  conflict: already exists, still in use, or changed concurrently (retry)
+  8  a run did not succeed (job start --wait)
 
 Environment: NATS_URL (comma-separated), NATS_CREDS, NATS_USER, NATS_PASSWORD, MUSTER_PREFIX.";
 
@@ -54,7 +55,7 @@ pub fn exit_code(code: ErrorCode) -> u8 {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "musterctl", version, about = "Control a Muster master: targets, jobs, history.", after_help = EXIT_CODES_HELP)]
+#[command(name = "musterctl", version, about = "Control a Muster master: targets, groups, jobs, instructions, history.", after_help = EXIT_CODES_HELP)]
 pub struct Cli {
     /// NATS server URL(s), comma-separated.
     #[arg(long, short = 's', env = "NATS_URL", default_value = "nats://127.0.0.1:4222", global = true)]
@@ -81,9 +82,16 @@ pub enum Command {
     /// Enlisted targets.
     #[command(subcommand)]
     Target(TargetCmd),
+    /// Target groups: jobs assigned to a group reach all its members.
+    #[command(subcommand)]
+    Group(GroupCmd),
     /// Jobs and where they run.
     #[command(subcommand)]
     Job(JobCmd),
+    /// The download list: every posted instruction and what became of it.
+    Instructions(InstructionsArgs),
+    /// One screen: targets by status, failing jobs, pending instructions, masters.
+    Status,
     /// Past and running runs, read from MUSTER_RESULTS (works without a master).
     History(HistoryArgs),
     /// One run.
@@ -119,6 +127,75 @@ pub enum TargetCmd {
         #[arg(required = true)]
         names: Vec<TargetName>,
     },
+    /// Post a new poll interval (10-28800 s); each target uses it from the poll that downloads it.
+    SetPoll {
+        /// Targets, then the interval in seconds: `set-poll web01 web02 120`, `set-poll --all 120`.
+        #[arg(value_name = "TARGET... SECS", required = true, num_args = 1..)]
+        args: Vec<String>,
+        /// A target group (repeat for several).
+        #[arg(long = "group", short = 'g')]
+        groups: Vec<GroupName>,
+        /// Every enlisted target.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Post the master's clock; each target records its clock skew (see `target list`).
+    SyncTime(PostArgs),
+    /// Drop pending instructions, then post delete-all-jobs and one upsert per assigned job.
+    Resync(PostArgs),
+}
+
+/// Which targets get a posted instruction.
+#[derive(Debug, Args)]
+pub struct PostArgs {
+    pub names: Vec<TargetName>,
+    /// A target group (repeat for several).
+    #[arg(long = "group", short = 'g')]
+    pub groups: Vec<GroupName>,
+    /// Every enlisted target.
+    #[arg(long)]
+    pub all: bool,
+}
+
+impl PostArgs {
+    fn request(self, secs: Option<u64>) -> PostRequest {
+        PostRequest { select: Selection { targets: self.names, groups: self.groups, all: self.all }, secs }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCmd {
+    Create { group: GroupName },
+    /// Delete a group no job is assigned to.
+    Delete { group: GroupName },
+    List,
+    /// Add targets: they get the group's jobs.
+    Add {
+        group: GroupName,
+        #[arg(required = true)]
+        targets: Vec<TargetName>,
+    },
+    /// Remove targets: they lose the group's jobs (unless assigned otherwise).
+    Remove {
+        group: GroupName,
+        #[arg(required = true)]
+        targets: Vec<TargetName>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct InstructionsArgs {
+    #[arg(long, short = 't')]
+    pub target: Option<TargetName>,
+    /// Only instructions not yet downloaded.
+    #[arg(long)]
+    pub pending: bool,
+    /// Only instructions that failed on their target.
+    #[arg(long)]
+    pub errors: bool,
+    /// Newest N rows.
+    #[arg(long)]
+    pub limit: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -179,6 +256,12 @@ pub enum JobCmd {
         /// Every target the job is assigned to (the default).
         #[arg(long)]
         all: bool,
+        /// Follow the runs until all finish; exit 8 if any did not succeed.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds (exit 5).
+        #[arg(long, requires = "wait")]
+        timeout: Option<u64>,
     },
     /// Stop a running job at once.
     Stop {
@@ -286,7 +369,22 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     let out = Out { json: cli.json };
     match cli.command {
         Command::Target(cmd) => target(&api, &out, cmd).await,
+        Command::Group(cmd) => group(&api, &out, cmd).await,
         Command::Job(cmd) => job(&api, &out, cmd).await,
+        Command::Instructions(a) => {
+            let q = InstructionsQuery { target: a.target, pending: a.pending, errors: a.errors, limit: a.limit };
+            let rows: Vec<InstrRow> = api.call(Op::Instructions, q).await?;
+            out.print(&rows, || print_instructions(&rows))
+        }
+        Command::Status => {
+            let (summary, masters) = tokio::join!(
+                api.call::<_, StatusSummary>(Op::Status, ()),
+                api.masters_seen(std::time::Duration::from_millis(500))
+            );
+            let (summary, masters) = (summary?, masters?);
+            let both = serde_json::json!({"summary": summary, "masters": masters});
+            out.print(&both, || print_status(&summary, &masters))
+        }
         Command::History(args) => {
             let js = async_nats::jetstream::new(client);
             let q = HistoryQuery {
@@ -371,7 +469,50 @@ async fn target(api: &ApiClient, out: &Out, cmd: TargetCmd) -> Result<(), Failur
                 None => Ok(()),
             }
         }
+        TargetCmd::SetPoll { mut args, groups, all } => {
+            let secs_text = args.pop().expect("clap requires one value");
+            let secs: u64 = secs_text
+                .parse()
+                .map_err(|_| invalid(format!("'{secs_text}' is not a number of seconds: give the interval last, e.g. `set-poll web01 120`")))?;
+            let names = args.into_iter().map(|a| a.parse::<TargetName>()).collect::<Result<Vec<_>, _>>().map_err(|e| invalid(e.to_string()))?;
+            let req = PostArgs { names, groups, all }.request(Some(secs));
+            let p: Vec<Posted> = api.call(Op::TargetSetPoll, req).await?;
+            out.print(&p, || print_posted(&p))
+        }
+        TargetCmd::SyncTime(a) => {
+            let p: Vec<Posted> = api.call(Op::TargetSyncTime, a.request(None)).await?;
+            out.print(&p, || {
+                print_posted(&p);
+                println!("online targets polled now; see the SKEW column of `musterctl target list`");
+            })
+        }
+        TargetCmd::Resync(a) => {
+            let p: Vec<Posted> = api.call(Op::TargetResync, a.request(None)).await?;
+            out.print(&p, || print_posted(&p))
+        }
     }
+}
+
+async fn group(api: &ApiClient, out: &Out, cmd: GroupCmd) -> Result<(), Failure> {
+    let (op, body) = match cmd {
+        GroupCmd::List => {
+            let gs: Vec<GroupInfo> = api.call(Op::GroupList, ()).await?;
+            return out.print(&gs, || {
+                let rows = gs.iter().map(|g| vec![g.name.to_string(), join(&g.members), join(&g.jobs)]).collect();
+                table(&["GROUP", "MEMBERS", "JOBS"], rows);
+            });
+        }
+        GroupCmd::Create { group } => (Op::GroupCreate, serde_json::to_value(GroupRef { group })),
+        GroupCmd::Delete { group } => (Op::GroupDelete, serde_json::to_value(GroupRef { group })),
+        GroupCmd::Add { group, targets } => (Op::GroupAdd, serde_json::to_value(GroupMembers { group, targets })),
+        GroupCmd::Remove { group, targets } => (Op::GroupRemove, serde_json::to_value(GroupMembers { group, targets })),
+    };
+    let body = body.map_err(|e| Failure { code: 1, message: e.to_string() })?;
+    let g: GroupInfo = api.call(op, body).await?;
+    out.print(&g, || {
+        let verb = if op == Op::GroupDelete { "deleted" } else { "group" };
+        println!("{verb} {}: members {}; jobs {}", g.name, join(&g.members), join(&g.jobs));
+    })
 }
 
 fn read_spec(name: Option<JobName>, commands: Vec<String>, file: Option<PathBuf>) -> Result<JobSpec, Failure> {
@@ -431,8 +572,13 @@ async fn job(api: &ApiClient, out: &Out, cmd: JobCmd) -> Result<(), Failure> {
         JobCmd::Unassign { job, select } => {
             show(api.call(Op::JobUnassign, JobSelect { job, select: select.selection(false) }).await?)
         }
-        JobCmd::Start { job, select, all } => {
-            let d: Vec<Delivery> = api.call(Op::JobStart, JobSelect { job, select: select.selection(all) }).await?;
+        JobCmd::Start { job, select, all, wait, timeout } => {
+            let d: Vec<Delivery> =
+                api.call(Op::JobStart, JobSelect { job: job.clone(), select: select.selection(all) }).await?;
+            if wait {
+                let timeout = timeout.map(std::time::Duration::from_secs);
+                return follow(api, out.json, &job, &d, timeout).await;
+            }
             out.print(&d, || print_deliveries(&d))
         }
         JobCmd::Stop { job, select } => {
@@ -460,6 +606,139 @@ async fn job(api: &ApiClient, out: &Out, cmd: JobCmd) -> Result<(), Failure> {
             })
         }
     }
+}
+
+// ---- job start --wait ------------------------------------------------------------------
+
+/// Where one target's run is, as `--wait` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+struct Progress {
+    target: TargetName,
+    run_id: Option<Uuid>,
+    /// `queued` (offline: at its next poll), `starting`, or the run's outcome.
+    state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_ms: Option<i64>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    message: String,
+    #[serde(skip)]
+    done: bool,
+}
+
+/// Follows the runs a start made until all are final, reading each target's
+/// last outcome (`job status`) and, when a later run has already replaced
+/// it there, the run's own record in history. On a terminal the lines are
+/// redrawn in place; otherwise a plain line is printed per change.
+///
+/// # Errors
+/// Exit 8 when a run did not succeed, 5 on `timeout`.
+async fn follow(
+    api: &ApiClient,
+    json: bool,
+    job: &JobName,
+    started: &[Delivery],
+    timeout: Option<std::time::Duration>,
+) -> Result<(), Failure> {
+    use std::io::IsTerminal as _;
+    let live = !json && std::io::stdout().is_terminal();
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let js = async_nats::jetstream::new(api.client.clone());
+    let mut progress: Vec<Progress> = started
+        .iter()
+        .map(|d| Progress {
+            target: d.target.clone(),
+            run_id: d.run_id,
+            state: if d.state == "delivered" { "starting".into() } else { d.state.clone() },
+            duration_ms: None,
+            message: d.message.clone(),
+            done: d.run_id.is_none(),
+        })
+        .collect();
+    let mut drawn = 0usize;
+    let mut last_printed: Vec<String> = vec![String::new(); progress.len()];
+    loop {
+        let statuses: Vec<JobTargetStatus> = api.call(Op::JobStatus, JobRef { job: job.clone() }).await?;
+        for p in progress.iter_mut().filter(|p| !p.done) {
+            let mine = statuses.iter().find(|s| s.target == p.target && Some(s.run_id) == p.run_id).cloned();
+            let newer = statuses.iter().any(|s| s.target == p.target && Some(s.run_id) != p.run_id && Some(s.run_id) > p.run_id);
+            let status = match (mine, newer, p.run_id) {
+                (Some(s), _, _) => Some(s),
+                (None, true, Some(run_id)) => {
+                    let q = HistoryQuery { run_id: Some(run_id), target: Some(p.target.clone()), ..HistoryQuery::default() };
+                    history::read(&js, &api.subjects, &q).await?.pop().map(|r| JobTargetStatus::from(&r))
+                }
+                _ => None,
+            };
+            if let Some(s) = status {
+                p.state = s.outcome.to_string();
+                p.duration_ms = s.duration_ms;
+                p.message = s.message;
+                p.done = s.outcome.is_final();
+            }
+        }
+        if !json {
+            let lines: Vec<String> = progress.iter().map(progress_line).collect();
+            if live {
+                // Move up over the previous block and redraw it.
+                let mut text = String::new();
+                if drawn > 0 {
+                    text.push_str(&format!("\x1b[{drawn}A"));
+                }
+                for l in &lines {
+                    text.push_str(&format!("\x1b[2K{l}\n"));
+                }
+                print!("{text}");
+                drawn = lines.len();
+            } else {
+                for (l, last) in lines.iter().zip(last_printed.iter_mut()) {
+                    if l != last {
+                        println!("{l}");
+                        last.clone_from(l);
+                    }
+                }
+            }
+            std::io::stdout().flush().ok();
+        }
+        if progress.iter().all(|p| p.done) {
+            break;
+        }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            let waiting: Vec<String> = progress.iter().filter(|p| !p.done).map(|p| p.target.to_string()).collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&progress).unwrap_or_default());
+            }
+            return Err(Failure {
+                code: 5,
+                message: format!("gave up waiting; still not finished on {} (see `musterctl job status {job}`)", waiting.join(", ")),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let failed: Vec<&Progress> = progress.iter().filter(|p| p.state != Outcome::Succeeded.as_str()).collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&progress).unwrap_or_default());
+    } else {
+        println!("{} of {} succeeded", progress.len() - failed.len(), progress.len());
+    }
+    match failed.first() {
+        None => Ok(()),
+        Some(first) => Err(Failure {
+            code: 8,
+            message: format!(
+                "{} run(s) did not succeed, e.g. on {}: {}; see `musterctl history --job {job} --target {}`",
+                failed.len(),
+                first.target,
+                first.state,
+                first.target
+            ),
+        }),
+    }
+}
+
+fn progress_line(p: &Progress) -> String {
+    let took = p.duration_ms.map_or(String::new(), |d| format!(" in {:.1}s", d as f64 / 1000.0));
+    let why = if p.message.is_empty() { String::new() } else { format!(": {}", p.message) };
+    format!("{}: {}{took}{why}", p.target, p.state)
 }
 
 // ---- output ------------------------------------------------------------------------
@@ -547,11 +826,17 @@ fn print_targets(ts: &[TargetInfo]) {
                 t.poll_interval_secs.to_string(),
                 t.unread.to_string(),
                 t.agent_version.clone().unwrap_or_else(|| "-".into()),
+                join(&t.groups),
                 if t.location.is_empty() { "-".into() } else { t.location.clone() },
             ]
         })
         .collect();
-    table(&["TARGET", "STATUS", "LAST POLL", "LOCAL TIME", "SKEW", "POLL(S)", "UNREAD", "AGENT", "LOCATION"], rows);
+    table(&["TARGET", "STATUS", "LAST POLL", "LOCAL TIME", "SKEW", "POLL(S)", "UNREAD", "AGENT", "GROUPS", "LOCATION"], rows);
+    for t in ts {
+        if let Some(why) = &t.blocked {
+            println!("{} is blocked by {why} (see `musterctl instructions --target {} --errors`)", t.name, t.name);
+        }
+    }
 }
 
 fn print_job(j: &JobInfo) {
@@ -614,5 +899,60 @@ fn print_run(r: &RunRecord) {
         for line in s.output.lines() {
             println!("    | {line}");
         }
+    }
+}
+
+fn print_posted(p: &[Posted]) {
+    let rows = p
+        .iter()
+        .map(|p| vec![p.target.to_string(), p.ops.join(", "), p.dropped.to_string()])
+        .collect();
+    table(&["TARGET", "POSTED", "DROPPED"], rows);
+}
+
+fn print_instructions(rows: &[InstrRow]) {
+    let rows = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                r.target.to_string(),
+                r.op.clone(),
+                r.job.as_ref().map_or("-".into(), ToString::to_string),
+                time(Some(r.posted_at)),
+                time(r.applied_at),
+                r.status.as_str().to_owned(),
+                r.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&["ID", "TARGET", "OP", "JOB", "POSTED", "DOWNLOADED", "STATUS", "ERROR"], rows);
+}
+
+fn print_status(s: &StatusSummary, masters: &[MasterSeen]) {
+    let total: u64 = s.targets_by_status.values().sum();
+    let by = s.targets_by_status.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ");
+    println!("targets:      {total}{}", if by.is_empty() { String::new() } else { format!(" ({by})") });
+    println!("jobs:         {}   groups: {}", s.jobs, s.groups);
+    println!("instructions: {} pending, {} failed", s.pending_instructions, s.failed_instructions);
+    let ids = masters.iter().map(|m| format!("{} v{}", m.id, m.version)).collect::<Vec<_>>().join(", ");
+    println!("masters:      {}{}", masters.len(), if ids.is_empty() { String::new() } else { format!(" ({ids})") });
+    if !s.attention.is_empty() {
+        println!();
+        let rows = s
+            .attention
+            .iter()
+            .map(|t| vec![t.name.to_string(), t.status.as_str().to_owned(), time(t.last_poll), t.blocked.clone().unwrap_or_default()])
+            .collect();
+        table(&["TARGET", "STATUS", "LAST POLL", "WHY"], rows);
+    }
+    if !s.failing.is_empty() {
+        println!();
+        let rows = s
+            .failing
+            .iter()
+            .map(|f| vec![f.job.to_string(), f.target.to_string(), f.outcome.to_string(), time(Some(f.started_at)), f.message.clone()])
+            .collect();
+        table(&["FAILING JOB", "TARGET", "OUTCOME", "STARTED", "MESSAGE"], rows);
     }
 }

@@ -67,33 +67,8 @@ pub struct GroupRecord {
     pub created_at: DateTime<Utc>,
 }
 
-/// Where a posted instruction is (`muster-instructions`, key `<t>.<id>`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InstrStatus {
-    /// Posted, not yet downloaded.
-    Pending,
-    Applied,
-    Failed,
-    /// Removed before download (resync or forced defection).
-    Dropped,
-}
-
-/// One row of the download list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InstrRow {
-    pub id: Uuid,
-    pub target: TargetName,
-    pub op: String,
-    #[serde(default)]
-    pub job: Option<JobName>,
-    pub posted_at: DateTime<Utc>,
-    pub status: InstrStatus,
-    #[serde(default)]
-    pub applied_at: Option<DateTime<Utc>>,
-    #[serde(default)]
-    pub error: Option<String>,
-}
+/// The download list's rows are wire types: `musterctl instructions` shows them as stored.
+pub use muster_shared::api::{InstrRow, InstrStatus};
 
 /// A poll report with the server's receive time (immune to target clock skew).
 #[derive(Debug, Clone)]
@@ -198,7 +173,7 @@ impl Store {
                     Err(_) => js
                         .create_key_value(config)
                         .await
-                        .or_else(|e| Err(anyhow::anyhow!("bucket {name}: {e}"))),
+                        .map_err(|e| anyhow::anyhow!("bucket {name}: {e}")),
                 }
             }
         };
@@ -231,11 +206,7 @@ impl Store {
 
     /// Every record of a bucket, decoded; corrupt ones are logged and skipped.
     pub async fn scan<T: DeserializeOwned>(kv: &kv::Store) -> Result<Vec<T>, ApiError> {
-        let keys: Vec<String> = match kv.keys().await {
-            Ok(keys) => keys.try_collect().await.map_err(|e| nats_err("listing keys")(&e))?,
-            Err(e) => return Err(nats_err("listing keys")(&e)),
-        };
-        let values = futures::stream::iter(keys)
+        let values = futures::stream::iter(Self::keys(kv).await?)
             .map(|key| async move { (Self::read::<T>(kv, &key).await, key) })
             .buffered(64)
             .collect::<Vec<_>>()
@@ -249,6 +220,14 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Every key of a bucket.
+    pub async fn keys(kv: &kv::Store) -> Result<Vec<String>, ApiError> {
+        match kv.keys().await {
+            Ok(keys) => keys.try_collect().await.map_err(|e| nats_err("listing keys")(&e)),
+            Err(e) => Err(nats_err("listing keys")(&e)),
+        }
     }
 
     /// Read-modify-write with compare-and-set, retried on conflict.
@@ -332,6 +311,60 @@ impl Store {
             Ok(info) => info.num_pending + info.num_ack_pending as u64,
             Err(_) => 0,
         }
+    }
+
+    /// Every download-list row, of one target or all, in posting order.
+    pub async fn instr_rows(&self, target: Option<&TargetName>) -> Result<Vec<InstrRow>, ApiError> {
+        let keys = Self::keys(&self.instructions).await?;
+        let prefix = target.map(|t| format!("{t}."));
+        let kv = &self.instructions;
+        let rows = futures::stream::iter(keys.into_iter().filter(|k| prefix.as_ref().is_none_or(|p| k.starts_with(p))))
+            .map(|key| async move { Self::read::<InstrRow>(kv, &key).await })
+            .buffered(64)
+            .collect::<Vec<_>>()
+            .await;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            if let Some((row, _)) = r? {
+                out.push(row);
+            }
+        }
+        out.sort_by_key(|r| r.id);
+        Ok(out)
+    }
+
+    /// Removes a target's queued instructions from `MUSTER_ASSIGN` and marks
+    /// their rows `dropped` (resync, forced defection). Returns how many rows
+    /// were dropped.
+    pub async fn drop_pending(&self, target: &TargetName) -> Result<u64, ApiError> {
+        let stream = self
+            .js
+            .get_stream_no_info(self.subjects.assign_stream())
+            .await
+            .map_err(|e| nats_err("opening the instruction stream")(&e))?;
+        stream
+            .purge()
+            .filter(self.subjects.assign(target))
+            .await
+            .map_err(|e| nats_err("purging the target's instructions")(&e))?;
+        let mut dropped = 0;
+        for row in self.instr_rows(Some(target)).await? {
+            if row.status != InstrStatus::Pending {
+                continue;
+            }
+            Self::modify(&self.instructions, &Self::instr_key(target, row.id), |old: Option<InstrRow>| {
+                // A row the target reported on meanwhile keeps its outcome.
+                Ok(old.map(|mut r| {
+                    if r.status == InstrStatus::Pending {
+                        r.status = InstrStatus::Dropped;
+                    }
+                    r
+                }))
+            })
+            .await?;
+            dropped += 1;
+        }
+        Ok(dropped)
     }
 
     /// The latest poll report of a target, if it ever polled.

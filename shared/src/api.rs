@@ -155,6 +155,16 @@ pub enum Op {
     JobEnable,
     JobDisable,
     JobStatus,
+    TargetSetPoll,
+    TargetSyncTime,
+    TargetResync,
+    GroupCreate,
+    GroupDelete,
+    GroupList,
+    GroupAdd,
+    GroupRemove,
+    Instructions,
+    Status,
 }
 
 impl Op {
@@ -176,6 +186,16 @@ impl Op {
         Op::JobEnable,
         Op::JobDisable,
         Op::JobStatus,
+        Op::TargetSetPoll,
+        Op::TargetSyncTime,
+        Op::TargetResync,
+        Op::GroupCreate,
+        Op::GroupDelete,
+        Op::GroupList,
+        Op::GroupAdd,
+        Op::GroupRemove,
+        Op::Instructions,
+        Op::Status,
     ];
 
     /// The subject suffix after `muster.api.`.
@@ -198,6 +218,16 @@ impl Op {
             Op::JobEnable => "job.enable",
             Op::JobDisable => "job.disable",
             Op::JobStatus => "job.status",
+            Op::TargetSetPoll => "target.set-poll",
+            Op::TargetSyncTime => "target.sync-time",
+            Op::TargetResync => "target.resync",
+            Op::GroupCreate => "group.create",
+            Op::GroupDelete => "group.delete",
+            Op::GroupList => "group.list",
+            Op::GroupAdd => "group.add",
+            Op::GroupRemove => "group.remove",
+            Op::Instructions => "instructions",
+            Op::Status => "status",
         }
     }
 
@@ -213,7 +243,11 @@ impl Op {
 
 /// Operations a target agent calls about itself on `muster.api.agent.<t>.<op>`.
 pub const AGENT_ENLIST: &str = "enlist";
+/// A target defecting itself: same effect as `musterctl target defect <t>`.
 pub const AGENT_DEFECT: &str = "defect";
+
+/// The range `set-poll` accepts, in seconds, as in SQL Server.
+pub const POLL_INTERVAL_RANGE: std::ops::RangeInclusive<u64> = 10..=28_800;
 
 // ---- request bodies -------------------------------------------------------------
 
@@ -269,6 +303,44 @@ impl Selection {
     }
 }
 
+/// `target set-poll|sync-time|resync`: which targets get the instruction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostRequest {
+    #[serde(flatten)]
+    pub select: Selection,
+    /// For `set-poll`: the new interval, within [`POLL_INTERVAL_RANGE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRef {
+    pub group: GroupName,
+}
+
+/// `group add|remove GROUP TARGET...`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMembers {
+    pub group: GroupName,
+    pub targets: Vec<TargetName>,
+}
+
+/// Which rows of the download list to show.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstructionsQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<TargetName>,
+    /// Only rows not yet downloaded.
+    #[serde(default)]
+    pub pending: bool,
+    /// Only rows that failed on the target.
+    #[serde(default)]
+    pub errors: bool,
+    /// Only the newest N rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSelect {
     pub job: JobName,
@@ -277,6 +349,91 @@ pub struct JobSelect {
 }
 
 // ---- reply bodies -----------------------------------------------------------------
+
+/// Where a posted instruction is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstrStatus {
+    /// Posted, not yet downloaded.
+    Pending,
+    Applied,
+    Failed,
+    /// Removed before download (resync or forced defection).
+    Dropped,
+}
+
+impl InstrStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstrStatus::Pending => "pending",
+            InstrStatus::Applied => "applied",
+            InstrStatus::Failed => "failed",
+            InstrStatus::Dropped => "dropped",
+        }
+    }
+}
+
+/// One row of the download list (`muster-instructions`, key `<t>.<id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstrRow {
+    /// UUIDv7: sorting by id is sorting by posting order.
+    pub id: Uuid,
+    pub target: TargetName,
+    pub op: String,
+    #[serde(default)]
+    pub job: Option<JobName>,
+    pub posted_at: DateTime<Utc>,
+    pub status: InstrStatus,
+    /// When the target downloaded and applied (or failed) it.
+    #[serde(default)]
+    pub applied_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// A target group and the jobs assigned to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    pub name: GroupName,
+    pub members: Vec<TargetName>,
+    pub jobs: Vec<JobName>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The instructions one post made (`set-poll`, `sync-time`, `resync`, group changes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Posted {
+    pub target: TargetName,
+    /// The operations posted, in order.
+    pub ops: Vec<String>,
+    /// Pending instructions dropped first (resync).
+    #[serde(default)]
+    pub dropped: u64,
+}
+
+/// `musterctl status`: the whole installation on one screen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusSummary {
+    /// How many targets have each status (`normal`, `blocked`, ...).
+    pub targets_by_status: std::collections::BTreeMap<String, u64>,
+    /// Every target whose status is not `normal`.
+    pub attention: Vec<TargetInfo>,
+    pub jobs: u64,
+    pub groups: u64,
+    /// Last outcomes per job and target that did not succeed.
+    pub failing: Vec<JobTargetStatus>,
+    /// Instructions posted and not yet downloaded, over every target.
+    pub pending_instructions: u64,
+    /// Download-list rows that failed on their target.
+    pub failed_instructions: u64,
+}
+
+/// A master replica that answered the Service API's `$SRV.PING`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterSeen {
+    pub id: String,
+    pub version: String,
+}
 
 /// A target's health, as in SQL Server's "Manage Target Servers" status tab.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -308,8 +465,12 @@ pub struct TargetInfo {
     #[serde(default)]
     pub location: String,
     pub enlisted_at: DateTime<Utc>,
+    /// What the agent reported at its last poll, else the registry's.
     pub poll_interval_secs: u64,
     pub status: TargetStatus,
+    /// Why it is blocked: the last instruction that failed to apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
     pub last_poll: Option<DateTime<Utc>>,
     /// The target's clock at its last poll.
     pub local_time: Option<DateTime<Utc>>,

@@ -90,7 +90,9 @@ pub async fn run(config: TargetConfig, shutdown: CancellationToken) -> anyhow::R
         config.poll_interval,
     ));
     if config.enlist {
-        enlist(&client, &config, &poller, &shutdown).await;
+        // Refused (the name is taken by another running agent): stop here,
+        // before this agent could poll the other one's instructions.
+        enlist(&client, &config, &poller, &shutdown).await?;
     }
     tasks.spawn({
         let (client, poller, stop) = (client.clone(), poller.clone(), stop_work.clone());
@@ -138,7 +140,15 @@ async fn poll_loop(poller: Arc<Poller>, stop: CancellationToken) {
 /// Asks the master to enlist this target, retrying with backoff until it
 /// answers (or shutdown). A master that is down does not stop the agent: if
 /// it was enlisted before, its consumer is there and polling works.
-async fn enlist(client: &async_nats::Client, config: &TargetConfig, poller: &Poller, shutdown: &CancellationToken) {
+///
+/// # Errors
+/// When the master refuses the name because another agent holds it.
+async fn enlist(
+    client: &async_nats::Client,
+    config: &TargetConfig,
+    poller: &Poller,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let subject = config.subjects.agent_api(&config.name, api::AGENT_ENLIST);
     let body = msg::encode(&Request::new(EnlistRequest {
         name: config.name.clone(),
@@ -160,11 +170,9 @@ async fn enlist(client: &async_nats::Client, config: &TargetConfig, poller: &Pol
                 if poller.state.defected() {
                     poller.state.set_defected(false).ok();
                 }
-                return;
+                return Ok(());
             }
-            Err(e) if e.contains("already enlisted") => {
-                tracing::error!("{e}");
-            }
+            Err(e) if e.contains("already enlisted") => anyhow::bail!("enlisting refused: {e}"),
             Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "enlisting failed; the master may be down"),
         }
         // Keep trying in the background once the first attempts failed, so
@@ -189,14 +197,32 @@ async fn enlist(client: &async_nats::Client, config: &TargetConfig, poller: &Pol
                     backoff = (backoff * 2).min(Duration::from_secs(60));
                 }
             });
-            return;
+            return Ok(());
         }
         tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return Ok(()),
             () = tokio::time::sleep(backoff) => {}
         }
         backoff *= 2;
     }
+}
+
+/// Asks the master to defect this target, on the agent's own subject
+/// `muster.api.agent.<t>.defect`: the same as `musterctl target defect <t>`.
+///
+/// # Errors
+/// When NATS or the master does not answer, or the master refuses.
+pub async fn defect_self(config: &TargetConfig) -> anyhow::Result<TargetInfo> {
+    let client = tokio::time::timeout(Duration::from_secs(10), connect(config))
+        .await
+        .context("NATS did not answer within 10 s (check --server)")??;
+    let subject = config.subjects.agent_api(&config.name, api::AGENT_DEFECT);
+    let body = msg::encode(&Request::new(api::TargetRef { name: config.name.clone() }));
+    let answer = tokio::time::timeout(Duration::from_secs(30), client.request(subject, body.into()))
+        .await
+        .context("no master answered within 30 s")?
+        .context("no master answered (is muster-master running?)")?;
+    Ok(msg::decode::<Reply<TargetInfo>>(&answer.payload).and_then(Reply::into_result)?)
 }
 
 /// Connects with this target's own inbox prefix (so its permissions need not

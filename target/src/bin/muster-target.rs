@@ -36,6 +36,10 @@ struct Flags {
     /// Do not enlist at start (an operator enlists this target instead).
     #[arg(long, env = "MUSTER_NO_ENLIST")]
     no_enlist: bool,
+    /// Defect this target from its master and exit: a running agent deletes
+    /// the master's jobs at once, a stopped one when it next starts.
+    #[arg(long, conflicts_with = "no_enlist")]
+    defect: bool,
     #[arg(long, env = "MUSTER_LOCATION")]
     location: Option<String>,
     /// Bytes of output kept per step (head and tail).
@@ -99,6 +103,20 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    if flags.defect {
+        return runtime.block_on(async {
+            match muster_target::defect_self(&config).await {
+                Ok(info) => {
+                    println!("{}: defection requested; its jobs from the master are deleted at its next poll", info.name);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("muster-target: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        });
+    }
     runtime.block_on(async {
         let shutdown = tokio_util::sync::CancellationToken::new();
         let token = shutdown.clone();
