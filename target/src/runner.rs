@@ -221,7 +221,7 @@ impl Runner {
             })
         });
 
-        let (outcome, message) = self.run_steps(&job, &mut record.steps, &step_cancel, &job_timed_out, &cancel).await;
+        let (outcome, message) = self.run_steps(&job, run_id, &mut record.steps, &step_cancel, &job_timed_out, &cancel).await;
         if let Some(t) = timer {
             t.abort();
         }
@@ -242,6 +242,7 @@ impl Runner {
     async fn run_steps(
         &self,
         job: &JobDef,
+        run_id: Uuid,
         steps: &mut Vec<StepRecord>,
         step_cancel: &CancellationToken,
         job_timed_out: &AtomicBool,
@@ -253,7 +254,7 @@ impl Runner {
             let mut retries = 0;
             let (exit, started_at) = loop {
                 let started_at = Utc::now();
-                let exit = run_step(&self.step_command(step), step_cancel).await;
+                let exit = run_step(&self.step_command(job, run_id, step), step_cancel).await;
                 let retry = !exit.succeeded() && !step_cancel.is_cancelled() && retries < step.retries;
                 if !retry {
                     break (exit, started_at);
@@ -317,16 +318,26 @@ impl Runner {
         (Outcome::Failed, format!("stopped after {MAX_STEP_EXECUTIONS} step executions (a goto loop without a job timeout?)"))
     }
 
-    fn step_command(&self, step: &muster_shared::job::Step) -> StepCommand {
+    /// The process to run for `step`. Besides the step's own environment it
+    /// gets `MUSTER_JOB`, `MUSTER_RUN_ID`, `MUSTER_TARGET` and `MUSTER_STEP`,
+    /// which win over step variables of the same name.
+    fn step_command(&self, job: &JobDef, run_id: Uuid, step: &muster_shared::job::Step) -> StepCommand {
         let program = match (&step.command, &step.argv) {
             (Some(c), _) => Program::Shell(c.clone()),
             (None, Some(argv)) => Program::Argv(argv.clone()),
             (None, None) => Program::Shell(String::new()),
         };
+        let mut env = step.env.clone();
+        env.extend([
+            ("MUSTER_JOB".to_owned(), job.spec.name.to_string()),
+            ("MUSTER_RUN_ID".to_owned(), run_id.to_string()),
+            ("MUSTER_TARGET".to_owned(), self.cfg.target.to_string()),
+            ("MUSTER_STEP".to_owned(), step.name.clone()),
+        ]);
         StepCommand {
             program,
             cwd: step.cwd.as_ref().map(Into::into),
-            env: step.env.clone(),
+            env,
             timeout: step.timeout_secs.map(Duration::from_secs),
             output_cap: self.cfg.output_cap,
             kill_grace: self.cfg.kill_grace,
