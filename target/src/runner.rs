@@ -21,13 +21,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::process::{run_step, Ended, Program, StepCommand};
+use crate::process::{self, run_step, Ended, Program, StepCommand};
 use crate::spool::{Entry, Spool};
 use crate::state::State;
 
 /// Steps one run may execute, `goto` loops included, when the job has no
 /// timeout to end them.
 pub const MAX_STEP_EXECUTIONS: usize = 10_000;
+
+/// The variable that carries the run id into every step's environment; it is
+/// also how leftover processes of an interrupted run are found.
+pub const RUN_ID_VAR: &str = "MUSTER_RUN_ID";
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -78,9 +82,15 @@ impl Runner {
     pub fn report_interrupted(&self) -> anyhow::Result<usize> {
         let runs = self.state.unfinished_runs()?;
         for mut r in runs.iter().cloned() {
+            let id = r.run_id.to_string();
+            let leftovers =
+                tokio::task::block_in_place(|| process::terminate_leftovers(RUN_ID_VAR, &id, self.cfg.kill_grace));
             r.outcome = Outcome::Interrupted;
             r.finished_at = Some(Utc::now());
             r.message = "the agent stopped while this run was in progress".into();
+            if leftovers > 0 {
+                r.message.push_str(&format!("; {leftovers} leftover processes of it were terminated at restart"));
+            }
             self.record(&r)?;
             self.state.mark_applied(&[r.run_id])?;
             self.state.run_finished(r.run_id)?;
@@ -330,7 +340,7 @@ impl Runner {
         let mut env = step.env.clone();
         env.extend([
             ("MUSTER_JOB".to_owned(), job.spec.name.to_string()),
-            ("MUSTER_RUN_ID".to_owned(), run_id.to_string()),
+            (RUN_ID_VAR.to_owned(), run_id.to_string()),
             ("MUSTER_TARGET".to_owned(), self.cfg.target.to_string()),
             ("MUSTER_STEP".to_owned(), step.name.clone()),
         ]);

@@ -335,6 +335,7 @@ fn a_target_killed_mid_run_reports_it_interrupted_after_restart() {
     });
     assert_eq!(s(&r, "outcome"), "interrupted", "{r}");
     assert_eq!(s(&r, "run_id"), run_id, "the same run, not a new one");
+    assert!(s(&r, "message").contains("leftover processes of it were terminated"), "{r}");
     let all = c.history("cut-short");
     assert_eq!(all.len(), 1, "exactly one record for the run: {all:?}");
     // The restarted agent does not leave the orphaned step running.
