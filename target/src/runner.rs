@@ -21,13 +21,23 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::process::{self, run_step, Ended, Program, StepCommand};
+use crate::process::{self, run_step, Ended, OutputCapture, Program, StepCommand};
 use crate::spool::{Entry, Spool};
 use crate::state::State;
 
 /// Steps one run may execute, `goto` loops included, when the job has no
 /// timeout to end them.
 pub const MAX_STEP_EXECUTIONS: usize = 10_000;
+
+/// The largest run record sent, JSON-encoded. The results stream refuses
+/// bodies over [`muster_shared::MAX_BODY_BYTES`], and a refused record would
+/// hold up every result behind it in the spool; the rest is headroom for
+/// headers. See [`fit_record`].
+pub const MAX_RECORD_BYTES: usize = muster_shared::MAX_BODY_BYTES / 4 * 3;
+
+/// Step records kept from each end of a run that executed more steps than
+/// twice this (a `goto` loop); the ones in between are left out.
+const KEEP_STEP_RECORDS: usize = 100;
 
 /// The variable that carries the run id into every step's environment; it is
 /// also how leftover processes of an interrupted run are found.
@@ -238,6 +248,7 @@ impl Runner {
         record.outcome = outcome;
         record.message = message;
         record.finished_at = Some(Utc::now());
+        fit_record(&mut record, MAX_RECORD_BYTES);
         self.record(&record)?;
         // Remember the run id before dropping the marker, so a start
         // instruction redelivered after a crash is not run again.
@@ -352,5 +363,130 @@ impl Runner {
             output_cap: self.cfg.output_cap,
             kill_grace: self.cfg.kill_grace,
         }
+    }
+}
+
+/// Shrinks a run record until it encodes to at most `max` bytes, so it can
+/// always be sent: the step records in the middle of a long `goto` loop are
+/// left out, then step outputs are cut in the middle to one size that fits
+/// (head and tail kept, as with the output cap). What was left out is said in the
+/// record's message and each step's `output_cut_bytes`.
+pub fn fit_record(record: &mut RunRecord, max: usize) {
+    if record.steps.len() > 2 * KEEP_STEP_RECORDS {
+        let left_out = record.steps.len() - 2 * KEEP_STEP_RECORDS;
+        record.steps.drain(KEEP_STEP_RECORDS..KEEP_STEP_RECORDS + left_out);
+        add_note(&mut record.message, &format!("{left_out} step records in the middle of the run left out"));
+    }
+    if msg::encode(record).len() <= max {
+        return;
+    }
+    add_note(&mut record.message, &format!("step output shortened to fit the {max}-byte record limit"));
+    // The largest per-step output size that fits, found by bisection: every
+    // step keeps the same share, so one chatty step does not wipe the others.
+    let (mut fits, mut too_big) = (0, record.steps.iter().map(|s| s.output.len()).max().unwrap_or(0));
+    while too_big - fits > 1 {
+        let cap = fits + (too_big - fits) / 2;
+        let mut trial = record.clone();
+        cap_outputs(&mut trial, cap);
+        if msg::encode(&trial).len() <= max {
+            fits = cap;
+        } else {
+            too_big = cap;
+        }
+    }
+    cap_outputs(record, fits);
+}
+
+/// Cuts every step output longer than `cap` to its head and tail.
+fn cap_outputs(record: &mut RunRecord, cap: usize) {
+    for step in record.steps.iter_mut().filter(|s| s.output.len() > cap) {
+        let mut capture = OutputCapture::new(cap);
+        capture.push(step.output.as_bytes());
+        let (output, cut) = capture.finish();
+        step.output = output;
+        step.output_cut_bytes += cut;
+    }
+}
+
+fn add_note(message: &mut String, note: &str) {
+    if !message.is_empty() {
+        message.push_str("; ");
+    }
+    message.push_str(note);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(steps: usize, output: &str) -> RunRecord {
+        let step = StepRecord {
+            name: "s".into(),
+            index: 0,
+            outcome: Outcome::Succeeded,
+            exit_code: Some(0),
+            signal: None,
+            started_at: Utc::now(),
+            duration_ms: 1,
+            retries: 0,
+            output: output.to_owned(),
+            output_cut_bytes: 0,
+            message: String::new(),
+        };
+        RunRecord {
+            v: muster_shared::PROTOCOL_VERSION,
+            run_id: Uuid::now_v7(),
+            job_id: Uuid::now_v7(),
+            job: JobName::new("j").unwrap(),
+            target: TargetName::new("t").unwrap(),
+            trigger: Trigger::Manual,
+            outcome: Outcome::Succeeded,
+            started_at: Utc::now(),
+            finished_at: Some(Utc::now()),
+            message: String::new(),
+            steps: vec![step; steps],
+        }
+    }
+
+    #[test]
+    fn a_small_record_is_left_alone() {
+        let mut r = record(3, "hello\n");
+        let before = r.clone();
+        fit_record(&mut r, MAX_RECORD_BYTES);
+        assert_eq!(r, before);
+    }
+
+    #[test]
+    fn big_outputs_are_cut_to_fit() {
+        // 30 steps of 64 KiB: about 2 MB, over the limit.
+        let mut r = record(30, &"x".repeat(64 * 1024));
+        fit_record(&mut r, MAX_RECORD_BYTES);
+        let size = msg::encode(&r).len();
+        assert!(size <= MAX_RECORD_BYTES, "{size}");
+        assert!(size > MAX_RECORD_BYTES / 4, "not cut much more than needed: {size}");
+        assert_eq!(r.steps.len(), 30);
+        assert!(r.steps.iter().all(|s| s.output_cut_bytes > 0 && s.output.contains("bytes cut ...]")));
+        assert!(r.message.contains("shortened"), "{}", r.message);
+    }
+
+    #[test]
+    fn escaping_heavy_output_is_cut_to_fit() {
+        // Control characters take six bytes each in JSON.
+        let mut r = record(2, &"\u{1}".repeat(400 * 1024));
+        fit_record(&mut r, MAX_RECORD_BYTES);
+        assert!(msg::encode(&r).len() <= MAX_RECORD_BYTES);
+    }
+
+    #[test]
+    fn long_goto_loops_keep_both_ends() {
+        let mut r = record(1000, "tick\n");
+        for (i, s) in r.steps.iter_mut().enumerate() {
+            s.index = i;
+        }
+        fit_record(&mut r, MAX_RECORD_BYTES);
+        assert_eq!(r.steps.len(), 2 * KEEP_STEP_RECORDS);
+        assert_eq!(r.steps[KEEP_STEP_RECORDS - 1].index, KEEP_STEP_RECORDS - 1);
+        assert_eq!(r.steps[KEEP_STEP_RECORDS].index, 1000 - KEEP_STEP_RECORDS);
+        assert!(r.message.contains("800 step records"), "{}", r.message);
     }
 }

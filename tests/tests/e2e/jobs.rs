@@ -214,6 +214,29 @@ fn output_over_the_cap_is_cut_with_a_marker_and_10_mb_does_not_deadlock() {
 }
 
 #[test]
+fn a_run_whose_outputs_add_up_past_the_message_limit_is_still_recorded() {
+    // Six steps of 300 kB each: about 1.8 MB, over the 1 MiB a result may be.
+    let c = cluster_with_target("big", &["--output-cap", "300000"]);
+    let counter = c.dir.path().join("loops");
+    create_and_start(
+        &c,
+        "big",
+        &json!({"name": "verbose-loop", "steps": [{"name": "shout", "on_success": {"goto": "shout"}, "on_failure": "quit_success",
+            "command": format!("n=$(cat {f} 2>/dev/null || echo 0); [ $n -lt 6 ] || exit 1; echo $((n+1)) > {f}; head -c 300000 /dev/zero | tr '\\0' x",
+                f = counter.display())}]}),
+    );
+    let r = only_run(&c, "verbose-loop");
+    assert_eq!(s(&r, "outcome"), "succeeded", "{r}");
+    let steps = r["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 7, "six loud rounds and the one that ends the loop");
+    assert!(steps[..6].iter().all(|st| st["output_cut_bytes"].as_u64() > Some(0)), "every output was shortened alike");
+    assert!(s(&r, "message").contains("shortened to fit"), "{}", s(&r, "message"));
+    // Results behind it are not held up.
+    create_and_start(&c, "big", &json!({"name": "after", "steps": [{"command": "echo next"}]}));
+    assert_eq!(s(&only_run(&c, "after"), "outcome"), "succeeded");
+}
+
+#[test]
 fn a_one_second_schedule_runs_on_a_live_target() {
     let c = cluster_with_target("web01", &[]);
     c.create_job_file(&json!({"name": "tick", "steps": [{"command": "echo tick"}], "schedules": [{"name": "every-second", "every_secs": 1}]}).to_string())
