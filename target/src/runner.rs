@@ -199,12 +199,13 @@ impl Runner {
     pub async fn shutdown(&self, grace: Duration) {
         self.tasks.close();
         if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
-            let running = self.running.lock().expect("runner lock");
-            tracing::warn!(jobs = running.len(), "shutdown grace over: canceling running jobs");
-            for r in running.values() {
-                r.cancel.cancel();
+            {
+                let running = self.running.lock().expect("runner lock");
+                tracing::warn!(jobs = running.len(), "shutdown grace over: canceling running jobs");
+                for r in running.values() {
+                    r.cancel.cancel();
+                }
             }
-            drop(running);
             self.tasks.wait().await;
         }
     }
