@@ -142,6 +142,16 @@ fn flow_actions_goto_and_retries_are_recorded() {
     assert_eq!(s(&r, "outcome"), "failed", "{r}");
     assert_eq!(steps(&r), [step("fail", "failed", Some(7), 2)]);
     assert!(s(&r, "message").contains("exit code 7"), "{r}");
+
+    // `job update -f` reaches the target: the next run follows the new flow.
+    let path = c.dir.path().join("update.json");
+    let fixed = json!({"name": "flow-default-failure", "steps": [{"name": "a", "command": "exit 5", "on_failure": "quit_success"}]});
+    std::fs::write(&path, fixed.to_string()).expect("write");
+    c.ctl(&["job", "update", "-f", path.to_str().expect("utf8")]).expect("update");
+    c.ctl(&["job", "start", "flow-default-failure"]).expect("start again");
+    let runs = finished_runs(&c, "flow-default-failure", 2);
+    assert_eq!(s(&runs[1], "outcome"), "succeeded", "{runs:?}");
+    assert_eq!(steps(&runs[1]), [step("a", "failed", Some(5), 0)]);
 }
 
 /// Milliseconds from a run's start to its end.
