@@ -281,12 +281,14 @@ impl Runner {
                 if !retry {
                     break (exit, started_at);
                 }
-                retries += 1;
-                tracing::info!(job = %job.spec.name, step = %step.name, attempt = retries + 1, "retrying step");
+                // A retry counts once it runs: a stop during the interval
+                // leaves the count at the attempts made.
                 tokio::select! {
                     () = step_cancel.cancelled() => break (exit, started_at),
                     () = tokio::time::sleep(Duration::from_secs(step.retry_interval_secs)) => {}
                 }
+                retries += 1;
+                tracing::info!(job = %job.spec.name, step = %step.name, attempt = retries + 1, "retrying step");
             };
             let outcome = match exit.ended {
                 Ended::Exited if exit.succeeded() => Outcome::Succeeded,

@@ -363,6 +363,11 @@ fn a_target_killed_mid_run_reports_it_interrupted_after_restart() {
     let running = wait_running(&c, "cut-short");
     assert_eq!(s(&running, "run_id"), run_id);
     let step_pid = read_pid(&pidfile);
+    // A job that runs when the agent starts: it will run once, after the restart.
+    c.create_job_file(&json!({"name": "boot", "steps": [{"command": "echo booted"}], "schedules": [{"name": "b", "on_start": true}]}).to_string())
+        .expect("create boot");
+    c.ctl(&["job", "assign", "boot", "--target", "web01"]).expect("assign boot");
+    c.ctl(&["target", "force-poll", "web01"]).expect("deliver boot");
 
     c.target("web01").kill();
     c.start_target("web01", 60);
@@ -374,6 +379,9 @@ fn a_target_killed_mid_run_reports_it_interrupted_after_restart() {
     assert!(s(&r, "message").contains("leftover processes of it were terminated"), "{r}");
     let all = c.history("cut-short");
     assert_eq!(all.len(), 1, "exactly one record for the run: {all:?}");
+    let boot = only_run(&c, "boot");
+    assert_eq!(boot["trigger"], json!({"kind": "on_start"}), "{boot}");
+    assert_eq!(s(&boot, "outcome"), "succeeded", "{boot}");
     // The restarted agent does not leave the orphaned step running.
     wait_for("the orphaned step to be killed", Duration::from_secs(10), || process_gone(step_pid).then_some(()));
 }
