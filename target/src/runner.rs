@@ -1,7 +1,10 @@
 //! Running jobs: step flow, retries, timeouts, stop, and the records of it all.
 //!
 //! A job never runs twice at once on one target: a start while it runs is
-//! recorded as `skipped`. Each run writes a marker before it starts and
+//! recorded as `skipped`. Manual starts are recorded every time; of the
+//! schedule fires that find one run still going, only the first is, so a
+//! stuck job on a 1-second schedule adds one `skipped` record per run, not
+//! one per second. Each run writes a marker before it starts and
 //! removes it after its final record is spooled, so a run the agent died in
 //! is found at the next start and reported as `interrupted` — with the same
 //! run id, so it replaces the `running` record instead of adding one.
@@ -57,6 +60,8 @@ struct Running {
     run_id: Uuid,
     name: JobName,
     cancel: CancellationToken,
+    /// A schedule fire was already recorded `skipped` during this run.
+    schedule_skip_recorded: bool,
 }
 
 /// What a start request led to.
@@ -112,7 +117,14 @@ impl Runner {
     /// Starts a run unless the job is already running.
     pub fn start(&self, job: JobDef, trigger: Trigger, run_id: Uuid) -> Started {
         let mut running = self.running.lock().expect("runner lock");
-        if let Some(r) = running.get(&job.id) {
+        if let Some(r) = running.get_mut(&job.id) {
+            if matches!(trigger, Trigger::Schedule { .. }) {
+                if r.schedule_skip_recorded {
+                    tracing::debug!(job = %job.spec.name, %trigger, "schedule fire skipped: already running");
+                    return Started::Skipped(run_id);
+                }
+                r.schedule_skip_recorded = true;
+            }
             let mut record = self.new_record(&job, trigger, run_id);
             record.outcome = Outcome::Skipped;
             record.finished_at = Some(record.started_at);
@@ -133,7 +145,10 @@ impl Runner {
             return Started::Failed(run_id);
         }
         let cancel = CancellationToken::new();
-        running.insert(job.id, Running { run_id, name: job.spec.name.clone(), cancel: cancel.clone() });
+        running.insert(
+            job.id,
+            Running { run_id, name: job.spec.name.clone(), cancel: cancel.clone(), schedule_skip_recorded: false },
+        );
         drop(running);
         let this = self.clone();
         self.tasks.spawn(async move {
@@ -449,6 +464,50 @@ mod tests {
             message: String::new(),
             steps: vec![step; steps],
         }
+    }
+
+    /// Run records in the spool, oldest first.
+    fn spooled(state: &State) -> Vec<RunRecord> {
+        let mut files: Vec<_> = std::fs::read_dir(state.spool_dir()).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files
+            .iter()
+            .filter_map(|f| serde_json::from_slice::<Entry>(&std::fs::read(f).ok()?).ok())
+            .map(|e| serde_json::from_str(&e.body).unwrap())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn repeated_schedule_fires_during_one_run_are_recorded_skipped_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path()).unwrap();
+        let spool = Spool::open(&state.spool_dir(), 1 << 20).unwrap();
+        let runner = Runner::new(
+            RunnerConfig {
+                target: TargetName::new("t").unwrap(),
+                subjects: Subjects::default(),
+                output_cap: 1024,
+                kill_grace: Duration::from_secs(1),
+                max_concurrent_runs: 4,
+            },
+            state.clone(),
+            spool,
+        );
+        let spec = muster_shared::job::JobSpec::from_json(r#"{"name":"slow","steps":[{"command":"sleep 60"}]}"#).unwrap();
+        let job = JobDef { id: Uuid::now_v7(), revision: 1, spec };
+        let tick = || Trigger::Schedule { schedule: "tick".into() };
+        assert!(matches!(runner.start(job.clone(), tick(), Uuid::now_v7()), Started::Running(_)));
+        for trigger in [tick(), tick(), Trigger::Manual, tick(), Trigger::Manual] {
+            assert!(matches!(runner.start(job.clone(), trigger, Uuid::now_v7()), Started::Skipped(_)));
+        }
+        let skipped: Vec<String> =
+            spooled(&state).iter().filter(|r| r.outcome == Outcome::Skipped).map(|r| r.trigger.to_string()).collect();
+        assert_eq!(skipped, ["schedule:tick", "manual", "manual"]);
+
+        assert!(runner.stop(&job.spec.name));
+        runner.shutdown(Duration::from_secs(10)).await;
+        let last = spooled(&state).pop().unwrap();
+        assert_eq!(last.outcome, Outcome::Canceled, "{last:?}");
     }
 
     #[test]
