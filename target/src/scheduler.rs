@@ -12,7 +12,7 @@
 //! was suspended, the clock stepped forward), every job with one or more
 //! fires in the gap is started **once**, named after its earliest due
 //! schedule ([`due`]). A fire that finds its job still running is recorded as
-//! `skipped` by the runner. A clock stepped backwards fires nothing until it
+//! `skipped` by the runner (the first such fire per run only). A clock stepped backwards fires nothing until it
 //! has caught up with the cursor.
 //!
 //! Schedule arithmetic (cron, time zones, DST) lives in

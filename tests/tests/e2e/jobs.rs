@@ -154,10 +154,14 @@ fn flow_actions_goto_and_retries_are_recorded() {
     assert_eq!(steps(&runs[1]), [step("a", "failed", Some(5), 0)]);
 }
 
+/// A time field of a run.
+fn time(run: &Value, key: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(s(run, key)).unwrap_or_else(|e| panic!("{key}: {e}: {run}")).to_utc()
+}
+
 /// Milliseconds from a run's start to its end.
 fn chrono_ms(run: &Value) -> i64 {
-    let t = |k: &str| chrono::DateTime::parse_from_rfc3339(s(run, k)).unwrap_or_else(|e| panic!("{k}: {e}: {run}"));
-    (t("finished_at") - t("started_at")).num_milliseconds()
+    (time(run, "finished_at") - time(run, "started_at")).num_milliseconds()
 }
 
 #[test]
@@ -262,6 +266,21 @@ fn a_one_second_schedule_runs_on_a_live_target() {
     starts.dedup();
     assert_eq!(starts.len(), runs.len(), "distinct runs");
 
+    // A run longer than the period: the fires during it are one `skipped`
+    // record, and the next fire after it starts the next run.
+    c.create_job_file(&json!({"name": "slow-tick", "steps": [{"command": "sleep 3.5"}], "schedules": [{"name": "s", "every_secs": 1}]}).to_string())
+        .expect("create slow-tick");
+    c.ctl(&["job", "assign", "slow-tick", "--target", "web01"]).expect("assign slow-tick");
+    c.ctl(&["target", "force-poll", "web01"]).expect("force-poll");
+    let runs = wait_for("two runs of slow-tick", WAIT, || {
+        let runs = c.history("slow-tick");
+        (runs.iter().filter(|r| s(r, "outcome") == "succeeded").count() >= 2).then_some(runs)
+    });
+    let second = runs.iter().filter(|r| s(r, "outcome") == "succeeded").nth(1).expect("second run");
+    let between: Vec<&str> =
+        runs.iter().filter(|r| time(r, "started_at") < time(second, "started_at")).map(|r| s(r, "outcome")).collect();
+    assert_eq!(between, ["succeeded", "skipped"], "{runs:?}");
+
     // Disabled, it stops firing. Another every-second job is the clock: three
     // of its runs later, the disabled job has at most the one run that may
     // have been under way when the disable arrived.
@@ -302,8 +321,7 @@ fn stopping_a_running_job_terms_then_kills_its_process_group() {
     assert_eq!(s(&r["steps"][0], "outcome"), "canceled", "{r}");
     assert_eq!(r["steps"][0]["signal"], 9, "SIGKILL after the grace period: {r}");
     assert!(std::fs::read_to_string(&termfile).unwrap_or_default().contains("TERM"), "SIGTERM came first");
-    let finished = chrono::DateTime::parse_from_rfc3339(s(&r, "finished_at")).expect("finished_at");
-    let took = (finished.with_timezone(&chrono::Utc) - asked).num_milliseconds();
+    let took = (time(&r, "finished_at") - asked).num_milliseconds();
     assert!((1000..10_000).contains(&took), "SIGKILL came after the 1 s grace, and the stop was prompt: {took} ms");
     assert!(process_gone(grandchild), "the whole group was killed");
 
