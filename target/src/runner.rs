@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use muster_shared::job::{JobDef, Next};
 use muster_shared::msg::{self, Outcome, RunRecord, StepRecord, Trigger};
 use muster_shared::name::{JobName, TargetName};
@@ -42,6 +42,11 @@ pub const MAX_RECORD_BYTES: usize = muster_shared::MAX_BODY_BYTES / 4 * 3;
 /// twice this (a `goto` loop); the ones in between are left out.
 const KEEP_STEP_RECORDS: usize = 100;
 
+/// How much later than a stop instruction's posting time a run may have
+/// started and still be stopped by it: room for clock skew between master
+/// and target. See [`Runner::stop_started_before`].
+pub const STOP_CLOCK_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+
 /// The variable that carries the run id into every step's environment; it is
 /// also how leftover processes of an interrupted run are found.
 pub const RUN_ID_VAR: &str = "MUSTER_RUN_ID";
@@ -60,6 +65,8 @@ struct Running {
     run_id: Uuid,
     name: JobName,
     cancel: CancellationToken,
+    /// When the run was started (this agent's clock).
+    started_at: DateTime<Utc>,
     /// A schedule fire was already recorded `skipped` during this run.
     schedule_skip_recorded: bool,
 }
@@ -147,7 +154,13 @@ impl Runner {
         let cancel = CancellationToken::new();
         running.insert(
             job.id,
-            Running { run_id, name: job.spec.name.clone(), cancel: cancel.clone(), schedule_skip_recorded: false },
+            Running {
+                run_id,
+                name: job.spec.name.clone(),
+                cancel: cancel.clone(),
+                started_at: record.started_at,
+                schedule_skip_recorded: false,
+            },
         );
         drop(running);
         let this = self.clone();
@@ -181,8 +194,27 @@ impl Runner {
 
     /// Stops a running job. Returns whether it was running.
     pub fn stop(&self, name: &JobName) -> bool {
+        self.stop_run(name, |_| true)
+    }
+
+    /// Stops a running job if its run began before a stop posted at
+    /// `posted_at` (master clock) — a queued stop instruction read late, say
+    /// after the agent restarted, must not stop a run that began after the
+    /// operator asked (an `on_start` run, the next scheduled one).
+    /// [`STOP_CLOCK_TOLERANCE`] allows for the master's and the target's
+    /// clocks disagreeing. Returns whether a run was stopped.
+    pub fn stop_started_before(&self, name: &JobName, posted_at: DateTime<Utc>) -> bool {
+        let limit = posted_at + STOP_CLOCK_TOLERANCE;
+        let stopped = self.stop_run(name, |r| r.started_at <= limit);
+        if !stopped && self.running_jobs().contains(name) {
+            tracing::info!(job = %name, %posted_at, "stop instruction is older than the running run; ignored");
+        }
+        stopped
+    }
+
+    fn stop_run(&self, name: &JobName, applies: impl Fn(&Running) -> bool) -> bool {
         let running = self.running.lock().expect("runner lock");
-        match running.values().find(|r| &r.name == name) {
+        match running.values().find(|r| &r.name == name && applies(r)) {
             Some(r) => {
                 tracing::info!(job = %name, run_id = %r.run_id, "stopping");
                 r.cancel.cancel();
@@ -478,7 +510,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn repeated_schedule_fires_during_one_run_are_recorded_skipped_once() {
+    async fn repeated_schedule_fires_are_recorded_skipped_once_and_stale_stops_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let state = State::open(dir.path()).unwrap();
         let spool = Spool::open(&state.spool_dir(), 1 << 20).unwrap();
@@ -504,7 +536,10 @@ mod tests {
             spooled(&state).iter().filter(|r| r.outcome == Outcome::Skipped).map(|r| r.trigger.to_string()).collect();
         assert_eq!(skipped, ["schedule:tick", "manual", "manual"]);
 
-        assert!(runner.stop(&job.spec.name));
+        // A stop posted a minute before this run began is stale.
+        assert!(!runner.stop_started_before(&job.spec.name, Utc::now() - chrono::TimeDelta::minutes(1)));
+        assert!(runner.is_running(job.id));
+        assert!(runner.stop_started_before(&job.spec.name, Utc::now()));
         runner.shutdown(Duration::from_secs(10)).await;
         let last = spooled(&state).pop().unwrap();
         assert_eq!(last.outcome, Outcome::Canceled, "{last:?}");
