@@ -42,7 +42,7 @@ fn yes() -> bool {
 }
 
 /// One step: a shell command line or an argv.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
     /// Defaults to `step-<n>` (1-based) when omitted in a file.
@@ -308,23 +308,6 @@ impl JobSpec {
     }
 }
 
-impl Default for Step {
-    fn default() -> Self {
-        Step {
-            name: String::new(),
-            command: None,
-            argv: None,
-            cwd: None,
-            env: BTreeMap::new(),
-            timeout_secs: None,
-            retries: 0,
-            retry_interval_secs: 0,
-            on_success: None,
-            on_failure: None,
-        }
-    }
-}
-
 /// A job as the master stores it and a target keeps it: the spec plus its
 /// identity and revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -393,6 +376,24 @@ mod tests {
         refuse(r#"{"name":"j","steps":[{"command":"a"}],"schedules":[{"name":"s","cron":"* * * * *","timezone":"Mars/Olympus"}]}"#,
             "schedules[0].timezone", "Mars/Olympus");
         refuse(r#"{"name":"j","steps":[{"command":"a","colour":"red"}]}"#, "job file", "colour");
+    }
+
+    #[test]
+    fn every_flow_action_resolves() {
+        let spec = JobSpec::from_json(
+            r#"{"name":"j","steps":[
+                {"name":"a","command":"x","on_success":"quit_success","on_failure":"next"},
+                {"name":"b","command":"x","on_success":{"goto":"a"},"on_failure":{"goto":"b"}},
+                {"name":"c","command":"x","on_success":"next","on_failure":"next"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.next_after(0, true), Next::QuitSuccess);
+        assert_eq!(spec.next_after(0, false), Next::Step(1), "next on failure goes on");
+        assert_eq!(spec.next_after(1, true), Next::Step(0), "goto backwards");
+        assert_eq!(spec.next_after(1, false), Next::Step(1), "goto itself");
+        // `next` from the last step ends the run with the step's own result.
+        assert_eq!(spec.next_after(2, true), Next::QuitSuccess);
+        assert_eq!(spec.next_after(2, false), Next::QuitFailure);
     }
 
     #[test]

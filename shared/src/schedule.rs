@@ -54,10 +54,9 @@
 //! # Missed runs
 //!
 //! Not this module's concern: it only answers "when is the first fire strictly
-//! after this instant". The agent computes the next fire from "now" when it
-//! starts, so fires missed while it was down are skipped unless the agent
-//! decides otherwise (it may compare the stored last fire with
-//! [`next_after`]`(last)` to detect a miss).
+//! after this instant". The agent's policy (`muster_target::scheduler`) is to
+//! skip fires missed while it was down, start a job once when it wakes late
+//! with several fires due, and run `on_start` schedules once at start.
 //!
 //! # Cost
 //!

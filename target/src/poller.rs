@@ -261,7 +261,7 @@ impl Poller {
                 }
             }
             InstructionOp::StopJob { job, .. } => {
-                self.runner.stop(job);
+                self.runner.stop_started_before(job, i.posted_at);
             }
             InstructionOp::SetPollInterval { secs } => {
                 if *secs == 0 {

@@ -26,6 +26,12 @@
 //!   the output size. Stdout and stderr are read at the same time, so a child that
 //!   fills one pipe while we wait on the other cannot deadlock.
 //!
+//! * **Leftovers of a dead agent are found by their environment**
+//!   ([`terminate_leftovers`]). An agent killed with `kill -9` cannot kill its
+//!   steps, which go on as orphans. Every step carries its run id in its
+//!   environment, so the restarted agent finds exactly those processes in
+//!   `/proc` (a recycled pid cannot match) and ends them like a stop would.
+//!
 //! Zombies: the agent may run under an init that does not reap orphans (some
 //! container inits do not). A grandchild killed there stays a zombie forever, and
 //! `killpg(pgid, 0)` still reports the group as alive. So the check "has the group
@@ -523,26 +529,75 @@ fn group_has_live_members(pgid: Pid) -> bool {
 /// Scans `/proc` for processes in the group that are not zombies. Returns
 /// `None` if `/proc` cannot be read (so the caller assumes the group is alive).
 fn live_members_by_proc(pgid: Pid) -> Option<bool> {
+    Some(live_processes()?.any(|p| p.pgrp == pgid.as_raw()))
+}
+
+/// A process found in `/proc`.
+struct ProcEntry {
+    pid: i32,
+    pgrp: i32,
+}
+
+/// Every process in `/proc` that is not a zombie, or `None` if `/proc`
+/// cannot be read. Processes that go away while we look are skipped.
+fn live_processes() -> Option<impl Iterator<Item = ProcEntry>> {
     let entries = std::fs::read_dir("/proc").ok()?;
-    for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let Some(pid) = file_name.to_str() else {
-            continue;
-        };
-        if !pid.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        // The process may disappear between read_dir and read: that's fine.
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        if let Some((state, pgrp)) = parse_proc_stat(&stat) {
-            if pgrp == pgid.as_raw() && state != 'Z' && state != 'X' {
-                return Some(true);
+    Some(entries.flatten().filter_map(|entry| {
+        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (state, pgrp) = parse_proc_stat(&stat)?;
+        (state != 'Z' && state != 'X').then_some(ProcEntry { pid, pgrp })
+    }))
+}
+
+/// Ends the processes left over from runs the agent died in (it was killed
+/// with `kill -9`, or the machine's OOM killer chose it): their steps kept
+/// running as orphans. They are found by their environment, which carries
+/// `var=value` (every step gets its run id), so a reused pid is never
+/// mistaken for one of them. Each one's process group gets
+/// `SIGTERM`, then `SIGKILL` after `grace`. Returns how many processes were
+/// found. Blocking; call it once at start. Without `/proc` it does nothing.
+pub fn terminate_leftovers(var: &str, value: &str, grace: Duration) -> usize {
+    let wanted = format!("{var}={value}").into_bytes();
+    let me = std::process::id() as i32;
+    let my_group = nix::unistd::getpgrp().as_raw();
+    let find = || -> Vec<ProcEntry> {
+        let Some(all) = live_processes() else { return Vec::new() };
+        all.filter(|p| p.pid != me)
+            .filter(|p| {
+                std::fs::read(format!("/proc/{}/environ", p.pid))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == wanted))
+            })
+            .collect()
+    };
+    let signal = |procs: &[ProcEntry], sig: Signal| {
+        for p in procs {
+            if p.pgrp != my_group {
+                signal_group(Some(Pid::from_raw(p.pgrp)), sig);
             }
+            // It may have left the group (setsid); signal it by itself too.
+            let _ = nix::sys::signal::kill(Pid::from_raw(p.pid), sig);
         }
+    };
+    let found = find();
+    if found.is_empty() {
+        return 0;
     }
-    Some(false)
+    tracing::warn!(processes = found.len(), "terminating processes left over from interrupted runs");
+    signal(&found, Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + grace;
+    loop {
+        let left = find();
+        if left.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            signal(&left, Signal::SIGKILL);
+            break;
+        }
+        std::thread::sleep(GROUP_POLL_INTERVAL);
+    }
+    found.len()
 }
 
 /// Reads the state and the process group from a `/proc/<pid>/stat` line:
@@ -901,6 +956,42 @@ mod tests {
         assert!(!r.succeeded());
         assert!(r.duration < Duration::from_secs(8), "{:?}", r.duration);
         assert_process_gone(grandchild).await;
+    }
+
+    #[test]
+    fn leftovers_are_found_by_their_environment_and_terminated() {
+        use std::os::unix::process::CommandExt as _;
+        let run_id = uuid_like();
+        // Its own group, like a step; the background sleep ignores SIGTERM,
+        // so the grace period has to run out and SIGKILL follow.
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "(trap '' TERM; exec sleep 300) & echo $!; exec sleep 300"])
+            .env("MUSTER_TEST_LEFTOVER", &run_id)
+            .stdout(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        let stubborn: i32 = line.trim().parse().unwrap();
+        let mut other = std::process::Command::new("sleep").arg("300").env("MUSTER_TEST_LEFTOVER", "another-run").spawn().unwrap();
+
+        let found = terminate_leftovers("MUSTER_TEST_LEFTOVER", &run_id, Duration::from_millis(300));
+        assert_eq!(found, 2, "the script and its background child");
+        child.wait().unwrap();
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            process_gone(stubborn)
+        });
+        assert!(gone, "the SIGTERM-ignoring child got SIGKILL");
+        assert!(!process_gone(other.id() as i32), "another run's process is left alone");
+        other.kill().unwrap();
+        other.wait().unwrap();
+        assert_eq!(terminate_leftovers("MUSTER_TEST_LEFTOVER", &run_id, Duration::ZERO), 0);
+    }
+
+    fn uuid_like() -> String {
+        format!("{}-{:?}", std::process::id(), std::time::SystemTime::now())
     }
 
     #[tokio::test]

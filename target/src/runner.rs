@@ -1,7 +1,10 @@
 //! Running jobs: step flow, retries, timeouts, stop, and the records of it all.
 //!
 //! A job never runs twice at once on one target: a start while it runs is
-//! recorded as `skipped`. Each run writes a marker before it starts and
+//! recorded as `skipped`. Manual starts are recorded every time; of the
+//! schedule fires that find one run still going, only the first is, so a
+//! stuck job on a 1-second schedule adds one `skipped` record per run, not
+//! one per second. Each run writes a marker before it starts and
 //! removes it after its final record is spooled, so a run the agent died in
 //! is found at the next start and reported as `interrupted` — with the same
 //! run id, so it replaces the `running` record instead of adding one.
@@ -11,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use muster_shared::job::{JobDef, Next};
 use muster_shared::msg::{self, Outcome, RunRecord, StepRecord, Trigger};
 use muster_shared::name::{JobName, TargetName};
@@ -21,13 +24,32 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::process::{run_step, Ended, Program, StepCommand};
+use crate::process::{self, run_step, Ended, OutputCapture, Program, StepCommand};
 use crate::spool::{Entry, Spool};
 use crate::state::State;
 
 /// Steps one run may execute, `goto` loops included, when the job has no
 /// timeout to end them.
 pub const MAX_STEP_EXECUTIONS: usize = 10_000;
+
+/// The largest run record sent, JSON-encoded. The results stream refuses
+/// bodies over [`muster_shared::MAX_BODY_BYTES`], and a refused record would
+/// hold up every result behind it in the spool; the rest is headroom for
+/// headers. See [`fit_record`].
+pub const MAX_RECORD_BYTES: usize = muster_shared::MAX_BODY_BYTES / 4 * 3;
+
+/// Step records kept from each end of a run that executed more steps than
+/// twice this (a `goto` loop); the ones in between are left out.
+const KEEP_STEP_RECORDS: usize = 100;
+
+/// How much later than a stop instruction's posting time a run may have
+/// started and still be stopped by it: room for clock skew between master
+/// and target. See [`Runner::stop_started_before`].
+pub const STOP_CLOCK_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+
+/// The variable that carries the run id into every step's environment; it is
+/// also how leftover processes of an interrupted run are found.
+pub const RUN_ID_VAR: &str = "MUSTER_RUN_ID";
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -43,6 +65,10 @@ struct Running {
     run_id: Uuid,
     name: JobName,
     cancel: CancellationToken,
+    /// When the run was started (this agent's clock).
+    started_at: DateTime<Utc>,
+    /// A schedule fire was already recorded `skipped` during this run.
+    schedule_skip_recorded: bool,
 }
 
 /// What a start request led to.
@@ -78,9 +104,15 @@ impl Runner {
     pub fn report_interrupted(&self) -> anyhow::Result<usize> {
         let runs = self.state.unfinished_runs()?;
         for mut r in runs.iter().cloned() {
+            let id = r.run_id.to_string();
+            let leftovers =
+                tokio::task::block_in_place(|| process::terminate_leftovers(RUN_ID_VAR, &id, self.cfg.kill_grace));
             r.outcome = Outcome::Interrupted;
             r.finished_at = Some(Utc::now());
             r.message = "the agent stopped while this run was in progress".into();
+            if leftovers > 0 {
+                r.message.push_str(&format!("; {leftovers} leftover processes of it were terminated at restart"));
+            }
             self.record(&r)?;
             self.state.mark_applied(&[r.run_id])?;
             self.state.run_finished(r.run_id)?;
@@ -92,7 +124,14 @@ impl Runner {
     /// Starts a run unless the job is already running.
     pub fn start(&self, job: JobDef, trigger: Trigger, run_id: Uuid) -> Started {
         let mut running = self.running.lock().expect("runner lock");
-        if let Some(r) = running.get(&job.id) {
+        if let Some(r) = running.get_mut(&job.id) {
+            if matches!(trigger, Trigger::Schedule { .. }) {
+                if r.schedule_skip_recorded {
+                    tracing::debug!(job = %job.spec.name, %trigger, "schedule fire skipped: already running");
+                    return Started::Skipped(run_id);
+                }
+                r.schedule_skip_recorded = true;
+            }
             let mut record = self.new_record(&job, trigger, run_id);
             record.outcome = Outcome::Skipped;
             record.finished_at = Some(record.started_at);
@@ -113,7 +152,16 @@ impl Runner {
             return Started::Failed(run_id);
         }
         let cancel = CancellationToken::new();
-        running.insert(job.id, Running { run_id, name: job.spec.name.clone(), cancel: cancel.clone() });
+        running.insert(
+            job.id,
+            Running {
+                run_id,
+                name: job.spec.name.clone(),
+                cancel: cancel.clone(),
+                started_at: record.started_at,
+                schedule_skip_recorded: false,
+            },
+        );
         drop(running);
         let this = self.clone();
         self.tasks.spawn(async move {
@@ -146,8 +194,27 @@ impl Runner {
 
     /// Stops a running job. Returns whether it was running.
     pub fn stop(&self, name: &JobName) -> bool {
+        self.stop_run(name, |_| true)
+    }
+
+    /// Stops a running job if its run began before a stop posted at
+    /// `posted_at` (master clock) — a queued stop instruction read late, say
+    /// after the agent restarted, must not stop a run that began after the
+    /// operator asked (an `on_start` run, the next scheduled one).
+    /// [`STOP_CLOCK_TOLERANCE`] allows for the master's and the target's
+    /// clocks disagreeing. Returns whether a run was stopped.
+    pub fn stop_started_before(&self, name: &JobName, posted_at: DateTime<Utc>) -> bool {
+        let limit = posted_at + STOP_CLOCK_TOLERANCE;
+        let stopped = self.stop_run(name, |r| r.started_at <= limit);
+        if !stopped && self.running_jobs().contains(name) {
+            tracing::info!(job = %name, %posted_at, "stop instruction is older than the running run; ignored");
+        }
+        stopped
+    }
+
+    fn stop_run(&self, name: &JobName, applies: impl Fn(&Running) -> bool) -> bool {
         let running = self.running.lock().expect("runner lock");
-        match running.values().find(|r| &r.name == name) {
+        match running.values().find(|r| &r.name == name && applies(r)) {
             Some(r) => {
                 tracing::info!(job = %name, run_id = %r.run_id, "stopping");
                 r.cancel.cancel();
@@ -179,12 +246,13 @@ impl Runner {
     pub async fn shutdown(&self, grace: Duration) {
         self.tasks.close();
         if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
-            let running = self.running.lock().expect("runner lock");
-            tracing::warn!(jobs = running.len(), "shutdown grace over: canceling running jobs");
-            for r in running.values() {
-                r.cancel.cancel();
+            {
+                let running = self.running.lock().expect("runner lock");
+                tracing::warn!(jobs = running.len(), "shutdown grace over: canceling running jobs");
+                for r in running.values() {
+                    r.cancel.cancel();
+                }
             }
-            drop(running);
             self.tasks.wait().await;
         }
     }
@@ -221,13 +289,14 @@ impl Runner {
             })
         });
 
-        let (outcome, message) = self.run_steps(&job, &mut record.steps, &step_cancel, &job_timed_out, &cancel).await;
+        let (outcome, message) = self.run_steps(&job, run_id, &mut record.steps, &step_cancel, &job_timed_out, &cancel).await;
         if let Some(t) = timer {
             t.abort();
         }
         record.outcome = outcome;
         record.message = message;
         record.finished_at = Some(Utc::now());
+        fit_record(&mut record, MAX_RECORD_BYTES);
         self.record(&record)?;
         // Remember the run id before dropping the marker, so a start
         // instruction redelivered after a crash is not run again.
@@ -242,6 +311,7 @@ impl Runner {
     async fn run_steps(
         &self,
         job: &JobDef,
+        run_id: Uuid,
         steps: &mut Vec<StepRecord>,
         step_cancel: &CancellationToken,
         job_timed_out: &AtomicBool,
@@ -253,17 +323,19 @@ impl Runner {
             let mut retries = 0;
             let (exit, started_at) = loop {
                 let started_at = Utc::now();
-                let exit = run_step(&self.step_command(step), step_cancel).await;
+                let exit = run_step(&self.step_command(job, run_id, step), step_cancel).await;
                 let retry = !exit.succeeded() && !step_cancel.is_cancelled() && retries < step.retries;
                 if !retry {
                     break (exit, started_at);
                 }
-                retries += 1;
-                tracing::info!(job = %job.spec.name, step = %step.name, attempt = retries + 1, "retrying step");
+                // A retry counts once it runs: a stop during the interval
+                // leaves the count at the attempts made.
                 tokio::select! {
                     () = step_cancel.cancelled() => break (exit, started_at),
                     () = tokio::time::sleep(Duration::from_secs(step.retry_interval_secs)) => {}
                 }
+                retries += 1;
+                tracing::info!(job = %job.spec.name, step = %step.name, attempt = retries + 1, "retrying step");
             };
             let outcome = match exit.ended {
                 Ended::Exited if exit.succeeded() => Outcome::Succeeded,
@@ -317,19 +389,201 @@ impl Runner {
         (Outcome::Failed, format!("stopped after {MAX_STEP_EXECUTIONS} step executions (a goto loop without a job timeout?)"))
     }
 
-    fn step_command(&self, step: &muster_shared::job::Step) -> StepCommand {
+    /// The process to run for `step`. Besides the step's own environment it
+    /// gets `MUSTER_JOB`, `MUSTER_RUN_ID`, `MUSTER_TARGET` and `MUSTER_STEP`,
+    /// which win over step variables of the same name.
+    fn step_command(&self, job: &JobDef, run_id: Uuid, step: &muster_shared::job::Step) -> StepCommand {
         let program = match (&step.command, &step.argv) {
             (Some(c), _) => Program::Shell(c.clone()),
             (None, Some(argv)) => Program::Argv(argv.clone()),
             (None, None) => Program::Shell(String::new()),
         };
+        let mut env = step.env.clone();
+        env.extend([
+            ("MUSTER_JOB".to_owned(), job.spec.name.to_string()),
+            (RUN_ID_VAR.to_owned(), run_id.to_string()),
+            ("MUSTER_TARGET".to_owned(), self.cfg.target.to_string()),
+            ("MUSTER_STEP".to_owned(), step.name.clone()),
+        ]);
         StepCommand {
             program,
             cwd: step.cwd.as_ref().map(Into::into),
-            env: step.env.clone(),
+            env,
             timeout: step.timeout_secs.map(Duration::from_secs),
             output_cap: self.cfg.output_cap,
             kill_grace: self.cfg.kill_grace,
         }
+    }
+}
+
+/// Shrinks a run record until it encodes to at most `max` bytes, so it can
+/// always be sent: the step records in the middle of a long `goto` loop are
+/// left out, then step outputs are cut in the middle to one size that fits
+/// (head and tail kept, as with the output cap). What was left out is said in the
+/// record's message and each step's `output_cut_bytes`.
+pub fn fit_record(record: &mut RunRecord, max: usize) {
+    if record.steps.len() > 2 * KEEP_STEP_RECORDS {
+        let left_out = record.steps.len() - 2 * KEEP_STEP_RECORDS;
+        record.steps.drain(KEEP_STEP_RECORDS..KEEP_STEP_RECORDS + left_out);
+        add_note(&mut record.message, &format!("{left_out} step records in the middle of the run left out"));
+    }
+    if msg::encode(record).len() <= max {
+        return;
+    }
+    add_note(&mut record.message, &format!("step output shortened to fit the {max}-byte record limit"));
+    // The largest per-step output size that fits, found by bisection: every
+    // step keeps the same share, so one chatty step does not wipe the others.
+    let (mut fits, mut too_big) = (0, record.steps.iter().map(|s| s.output.len()).max().unwrap_or(0));
+    while too_big - fits > 1 {
+        let cap = fits + (too_big - fits) / 2;
+        let mut trial = record.clone();
+        cap_outputs(&mut trial, cap);
+        if msg::encode(&trial).len() <= max {
+            fits = cap;
+        } else {
+            too_big = cap;
+        }
+    }
+    cap_outputs(record, fits);
+}
+
+/// Cuts every step output longer than `cap` to its head and tail.
+fn cap_outputs(record: &mut RunRecord, cap: usize) {
+    for step in record.steps.iter_mut().filter(|s| s.output.len() > cap) {
+        let mut capture = OutputCapture::new(cap);
+        capture.push(step.output.as_bytes());
+        let (output, cut) = capture.finish();
+        step.output = output;
+        step.output_cut_bytes += cut;
+    }
+}
+
+fn add_note(message: &mut String, note: &str) {
+    if !message.is_empty() {
+        message.push_str("; ");
+    }
+    message.push_str(note);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(steps: usize, output: &str) -> RunRecord {
+        let step = StepRecord {
+            name: "s".into(),
+            index: 0,
+            outcome: Outcome::Succeeded,
+            exit_code: Some(0),
+            signal: None,
+            started_at: Utc::now(),
+            duration_ms: 1,
+            retries: 0,
+            output: output.to_owned(),
+            output_cut_bytes: 0,
+            message: String::new(),
+        };
+        RunRecord {
+            v: muster_shared::PROTOCOL_VERSION,
+            run_id: Uuid::now_v7(),
+            job_id: Uuid::now_v7(),
+            job: JobName::new("j").unwrap(),
+            target: TargetName::new("t").unwrap(),
+            trigger: Trigger::Manual,
+            outcome: Outcome::Succeeded,
+            started_at: Utc::now(),
+            finished_at: Some(Utc::now()),
+            message: String::new(),
+            steps: vec![step; steps],
+        }
+    }
+
+    /// Run records in the spool, oldest first.
+    fn spooled(state: &State) -> Vec<RunRecord> {
+        let mut files: Vec<_> = std::fs::read_dir(state.spool_dir()).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files
+            .iter()
+            .filter_map(|f| serde_json::from_slice::<Entry>(&std::fs::read(f).ok()?).ok())
+            .map(|e| serde_json::from_str(&e.body).unwrap())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn repeated_schedule_fires_are_recorded_skipped_once_and_stale_stops_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path()).unwrap();
+        let spool = Spool::open(&state.spool_dir(), 1 << 20).unwrap();
+        let runner = Runner::new(
+            RunnerConfig {
+                target: TargetName::new("t").unwrap(),
+                subjects: Subjects::default(),
+                output_cap: 1024,
+                kill_grace: Duration::from_secs(1),
+                max_concurrent_runs: 4,
+            },
+            state.clone(),
+            spool,
+        );
+        let spec = muster_shared::job::JobSpec::from_json(r#"{"name":"slow","steps":[{"command":"sleep 60"}]}"#).unwrap();
+        let job = JobDef { id: Uuid::now_v7(), revision: 1, spec };
+        let tick = || Trigger::Schedule { schedule: "tick".into() };
+        assert!(matches!(runner.start(job.clone(), tick(), Uuid::now_v7()), Started::Running(_)));
+        for trigger in [tick(), tick(), Trigger::Manual, tick(), Trigger::Manual] {
+            assert!(matches!(runner.start(job.clone(), trigger, Uuid::now_v7()), Started::Skipped(_)));
+        }
+        let skipped: Vec<String> =
+            spooled(&state).iter().filter(|r| r.outcome == Outcome::Skipped).map(|r| r.trigger.to_string()).collect();
+        assert_eq!(skipped, ["schedule:tick", "manual", "manual"]);
+
+        // A stop posted a minute before this run began is stale.
+        assert!(!runner.stop_started_before(&job.spec.name, Utc::now() - chrono::TimeDelta::minutes(1)));
+        assert!(runner.is_running(job.id));
+        assert!(runner.stop_started_before(&job.spec.name, Utc::now()));
+        runner.shutdown(Duration::from_secs(10)).await;
+        let last = spooled(&state).pop().unwrap();
+        assert_eq!(last.outcome, Outcome::Canceled, "{last:?}");
+    }
+
+    #[test]
+    fn a_small_record_is_left_alone() {
+        let mut r = record(3, "hello\n");
+        let before = r.clone();
+        fit_record(&mut r, MAX_RECORD_BYTES);
+        assert_eq!(r, before);
+    }
+
+    #[test]
+    fn big_outputs_are_cut_to_fit() {
+        // 30 steps of 64 KiB: about 2 MB, over the limit.
+        let mut r = record(30, &"x".repeat(64 * 1024));
+        fit_record(&mut r, MAX_RECORD_BYTES);
+        let size = msg::encode(&r).len();
+        assert!(size <= MAX_RECORD_BYTES, "{size}");
+        assert!(size > MAX_RECORD_BYTES / 4, "not cut much more than needed: {size}");
+        assert_eq!(r.steps.len(), 30);
+        assert!(r.steps.iter().all(|s| s.output_cut_bytes > 0 && s.output.contains("bytes cut ...]")));
+        assert!(r.message.contains("shortened"), "{}", r.message);
+    }
+
+    #[test]
+    fn escaping_heavy_output_is_cut_to_fit() {
+        // Control characters take six bytes each in JSON.
+        let mut r = record(2, &"\u{1}".repeat(400 * 1024));
+        fit_record(&mut r, MAX_RECORD_BYTES);
+        assert!(msg::encode(&r).len() <= MAX_RECORD_BYTES);
+    }
+
+    #[test]
+    fn long_goto_loops_keep_both_ends() {
+        let mut r = record(1000, "tick\n");
+        for (i, s) in r.steps.iter_mut().enumerate() {
+            s.index = i;
+        }
+        fit_record(&mut r, MAX_RECORD_BYTES);
+        assert_eq!(r.steps.len(), 2 * KEEP_STEP_RECORDS);
+        assert_eq!(r.steps[KEEP_STEP_RECORDS - 1].index, KEEP_STEP_RECORDS - 1);
+        assert_eq!(r.steps[KEEP_STEP_RECORDS].index, 1000 - KEEP_STEP_RECORDS);
+        assert!(r.message.contains("800 step records"), "{}", r.message);
     }
 }

@@ -28,7 +28,21 @@ pub fn bin(name: &str) -> PathBuf {
     }
     static BUILD: Once = Once::new();
     BUILD.call_once(|| {
-        let status = Command::new(env!("CARGO"))
+        // `cargo test` gives this process its package's variables. Passed on,
+        // they change build-script inputs (ring watches CARGO_MANIFEST_DIR), so
+        // every switch between a plain `cargo build` and a test run would
+        // rebuild half the dependency tree.
+        let package_vars = std::env::vars_os().map(|(k, _)| k).filter(|k| {
+            let k = k.to_string_lossy();
+            k.starts_with("CARGO_PKG_")
+                || ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_CRATE_NAME", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"]
+                    .contains(&k.as_ref())
+        });
+        let mut build = Command::new(env!("CARGO"));
+        for k in package_vars {
+            build.env_remove(k);
+        }
+        let status = build
             .args(["build", "--workspace", "--bins", "--quiet"])
             .current_dir(workspace())
             .status()

@@ -4,3 +4,4 @@
 
 mod core_loop;
 mod operator;
+mod jobs;
