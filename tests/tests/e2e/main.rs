@@ -3,3 +3,4 @@
 //! binary, grouped by theme.
 
 mod core_loop;
+mod faults;
