@@ -386,6 +386,8 @@ pub struct ConsumerState {
     /// Delivered more than once and still unacked.
     pub redelivered: u64,
     pub delivered: u64,
+    /// Every message up to this consumer sequence is acked.
+    pub acked: u64,
 }
 
 /// One message as stored in a stream.
@@ -417,6 +419,7 @@ impl Cluster {
                 ack_pending: info.num_ack_pending as u64,
                 redelivered: info.num_redelivered as u64,
                 delivered: info.delivered.consumer_sequence,
+                acked: info.ack_floor.consumer_sequence,
             }
         })
     }

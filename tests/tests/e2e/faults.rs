@@ -73,13 +73,15 @@ fn finished(c: &Cluster, job: &str) -> Vec<Value> {
 fn settle(c: &Cluster, scenario: &str, job: &str, target: &str, out: &Path) -> Tally {
     c.ctl(&["job", "disable", job]).expect("disable");
     c.ctl(&["target", "force-poll", target]).expect("force-poll after disable");
-    let history = wait_for(&format!("every run of {job} in history"), Duration::from_secs(90), || {
+    wait_for(&format!("every run of {job} in history"), Duration::from_secs(90), || {
         let report: Vec<Value> = c.ctl(&["target", "force-poll", target]).ok()?.as_array()?.clone();
         let quiet = report.iter().all(|r| r["report"]["spooled"] == 0 && r["report"]["running"].as_array().is_some_and(Vec::is_empty));
-        let done = finished(c, job);
-        (quiet && done.len() >= lines(out)).then_some(done)
+        (quiet && finished(c, job).len() >= lines(out)).then_some(())
     });
     let ran = lines(out);
+    // Every record history shows, not only finished ones: a replayed start
+    // record shown beside its end would be a duplicate too.
+    let history = c.history(job);
     let ids: HashSet<&str> = history.iter().map(|r| s(r, "run_id")).collect();
     let stored = c
         .stored("MUSTER_RESULTS", &format!("muster.result.{target}.run.*"))
@@ -178,12 +180,13 @@ fn target_cut_off_past_the_dedup_window_delivers_everything_once() {
             *per_id.entry(m.msg_id.clone()).or_default() += 1;
         }
         let extra: usize = per_id.values().map(|n| n - 1).sum();
-        (extra > 0).then_some(extra)
+        let end_copied = per_id.iter().any(|(id, n)| id.ends_with("-end") && *n > 1);
+        (end_copied).then_some(extra)
     });
     proxy.restore();
     println!("TALLY cut-off: {copies} extra copies stored by replays beyond the window");
     let t = settle(&c, "cut off past the dedup window", "tick-cut", "cut1", &out);
-    assert!(t.stored > t.history || copies > 0, "{t:?}");
+    assert!(t.stored > t.history, "an end record was stored twice, history shows it once: {t:?}");
 }
 
 #[test]
@@ -254,6 +257,13 @@ fn master_drains_a_backlog_and_a_kill_mid_drain_loses_and_duplicates_nothing() {
                     let subject = format!("muster.result.{target}.run.{job_id}");
                     acks.push(js.publish_with_headers(subject, h, body.to_string().into()).await.unwrap());
                 }
+                // At most a few thousand acks in flight: the context
+                // back-pressures beyond that until they are awaited.
+                if acks.len() >= 1000 {
+                    for a in acks.drain(..) {
+                        a.await.expect("stored");
+                    }
+                }
                 last.insert(target, run_id);
             }
         }
@@ -268,11 +278,11 @@ fn master_drains_a_backlog_and_a_kill_mid_drain_loses_and_duplicates_nothing() {
     c.spawn_master();
     let at_kill = wait_for("the drain to start", WAIT, || {
         let st = c.consumer_state("MUSTER_RESULTS", "master");
-        (st.delivered > 0).then_some(st)
+        (st.acked > 0).then_some(st)
     });
     c.masters[1].kill();
     println!("killed the master mid-drain at {at_kill:?} of {total}");
-    assert!(at_kill.pending > 0, "the kill came before the drain finished: {at_kill:?}");
+    assert!(at_kill.acked < total, "the kill came before the drain finished: {at_kill:?}");
 
     let started = std::time::Instant::now();
     c.start_master();
