@@ -105,7 +105,7 @@ fn settle(c: &Cluster, scenario: &str, job: &str, target: &str, out: &Path) -> T
     let newest = history.last().expect("runs");
     wait_for("job status to show the newest run", WAIT, || {
         let st: Vec<Value> = c.ctl_ok(&["job", "status", job]);
-        st.iter().any(|x| s(x, "run_id") == s(newest, "run_id") && s(x, "outcome") == "succeeded").then_some(())
+        (st.len() == 1 && s(&st[0], "run_id") == s(newest, "run_id") && s(&st[0], "outcome") == "succeeded").then_some(())
     });
     tally
 }
@@ -399,6 +399,9 @@ fn garbage_on_every_subject_is_refused_and_the_system_keeps_working() {
             let v: Value = serde_json::from_slice(&m.payload).unwrap();
             control_errors.push(s(&v["error"], "code").to_owned());
         }
+        // Without a reply subject there is no one to answer: logged and counted.
+        client.publish("muster.target.g1.control", malformed.clone().into()).await.unwrap();
+        client.flush().await.unwrap();
 
         // Streams: assign and results. Oversized bodies are refused by the
         // stream itself (max_msg_size), the rest are stored and must be
@@ -457,7 +460,7 @@ fn garbage_on_every_subject_is_refused_and_the_system_keeps_working() {
     });
     let target_log = c.target("g1").log_text();
     assert!(target_log.contains("bad_instructions=4") && target_log.contains("muster.target.g1.assign"), "{target_log}");
-    assert!(target_log.contains("bad_control=4") && target_log.contains("muster.target.g1.control"), "{target_log}");
+    assert!(target_log.contains("bad_control=5") && target_log.contains("muster.target.g1.control"), "{target_log}");
     let master_log = c.masters[0].log_text();
     assert!(master_log.contains("bad_results=7") && master_log.contains(&format!("muster.result.g1.run.{job_id}")), "{master_log}");
     assert!(c.history("forged").is_empty(), "forged run records stay out of history");
