@@ -220,10 +220,10 @@ fn target_killed_between_apply_and_ack_reapplies_harmlessly() {
         let st = c.consumer_state("MUSTER_ASSIGN", "k1");
         (st.pending == 0 && st.ack_pending == 0).then_some(st)
     });
+    assert_eq!(lines(&out), 1, "the start ran once");
+    assert_eq!(std::fs::read_dir(&jobs_dir).unwrap().count(), 1, "the job is there, once");
     let log = c.target("k1").log_text();
     assert!(log.contains("already applied"), "the redelivery was recognised: {after:?}\n{log}");
-    assert_eq!(std::fs::read_dir(&jobs_dir).unwrap().count(), 1, "the job is there, once");
-    assert_eq!(lines(&out), 1, "the start ran once");
     let runs = finished(&c, "once");
     Tally { scenario: "target kill -9 between apply and ack".into(), ran: lines(&out), stored: runs.len(), history: runs.len(), duplicates: runs.len().saturating_sub(1), losses: 1 - runs.len().min(1) }.print();
     assert_eq!(runs.len(), 1, "{runs:?}");
