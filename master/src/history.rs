@@ -3,8 +3,13 @@
 //! History needs no master: it is whatever the stream holds (30 days by
 //! default). A run has up to two records (start and end) and may have been
 //! sent more than once (spool replays after the dedup window), so readers
-//! keep exactly one record per `run_id` — the final one when there is one.
-//! That is what makes "a run is recorded once" true for every reader.
+//! keep exactly one record per run — `(target, run_id)`, the final record
+//! when there is one. That is what makes "a run is recorded once" true for
+//! every reader, whatever order the copies arrived in.
+//!
+//! Identity is the subject: a record whose body names another target or
+//! job than its subject is refused by every reader ([`check_run`]), so a
+//! target cannot write into another target's history.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -57,7 +62,7 @@ pub async fn read(js: &jetstream::Context, subjects: &Subjects, q: &HistoryQuery
             ..Default::default()
         })
         .await?;
-    let mut runs: HashMap<Uuid, RunRecord> = HashMap::new();
+    let mut runs: HashMap<(TargetName, Uuid), RunRecord> = HashMap::new();
     let mut messages = consumer.messages().await?;
     loop {
         let next = tokio::time::timeout(Duration::from_secs(2), messages.next()).await;
@@ -67,8 +72,12 @@ pub async fn read(js: &jetstream::Context, subjects: &Subjects, q: &HistoryQuery
             Ok(Some(m)) => m?,
         };
         let pending = m.info().map(|i| i.pending).unwrap_or(0);
-        if let Ok(r) = msg::decode::<RunRecord>(&m.payload) {
-            keep(&mut runs, r);
+        match msg::decode::<RunRecord>(&m.payload).map_err(|e| e.to_string()).and_then(|r| {
+            check_run(subjects, &m.subject, &r)?;
+            Ok(r)
+        }) {
+            Ok(r) => keep(&mut runs, r),
+            Err(e) => tracing::debug!(subject = %m.subject, error = %e, "record left out of history"),
         }
         if pending == 0 {
             break;
@@ -89,13 +98,78 @@ pub async fn read(js: &jetstream::Context, subjects: &Subjects, q: &HistoryQuery
     Ok(out)
 }
 
-/// One record per run: the final record wins over the start record.
-fn keep(runs: &mut HashMap<Uuid, RunRecord>, r: RunRecord) {
-    match runs.get(&r.run_id) {
+/// Whether a run record may stand on the subject it came on: its body must
+/// name the target and the job that the subject carries.
+///
+/// # Errors
+/// A message fit for the log, naming both sides.
+pub fn check_run(subjects: &Subjects, subject: &str, r: &RunRecord) -> Result<(), String> {
+    let on_subject = subjects.target_of(subject).unwrap_or_default();
+    if r.target.as_str() != on_subject {
+        return Err(format!("run record names target '{}' but came on target '{on_subject}''s subject", r.target));
+    }
+    if subject != subjects.result_run(&r.target, r.job_id) {
+        return Err(format!("run record is for job {} but came on {subject}", r.job_id));
+    }
+    Ok(())
+}
+
+/// One record per run: the final record wins over the start record, and the
+/// first final record over later copies.
+fn keep(runs: &mut HashMap<(TargetName, Uuid), RunRecord>, r: RunRecord) {
+    let key = (r.target.clone(), r.run_id);
+    match runs.get(&key) {
         Some(have) if have.outcome.is_final() => {}
         _ => {
-            runs.insert(r.run_id, r);
+            runs.insert(key, r);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use muster_shared::msg::Trigger;
+
+    fn record(target: &str, run_id: Uuid, outcome: Outcome) -> RunRecord {
+        RunRecord {
+            v: 1,
+            run_id,
+            job_id: Uuid::nil(),
+            job: JobName::new("j").unwrap(),
+            target: TargetName::new(target).unwrap(),
+            trigger: Trigger::Manual,
+            outcome,
+            started_at: Utc::now(),
+            finished_at: None,
+            message: String::new(),
+            steps: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn one_record_per_run_whatever_the_order_of_copies() {
+        let id = Uuid::now_v7();
+        let mut runs = HashMap::new();
+        // start, end, then a replay of the start and of the end beyond the window
+        for o in [Outcome::Running, Outcome::Succeeded, Outcome::Running, Outcome::Succeeded] {
+            keep(&mut runs, record("a", id, o));
+        }
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs.values().next().unwrap().outcome, Outcome::Succeeded);
+        // the same run id on another target is another run
+        keep(&mut runs, record("b", id, Outcome::Running));
+        assert_eq!(runs.len(), 2);
+    }
+
+    #[test]
+    fn a_record_must_match_its_subject() {
+        let s = Subjects::default();
+        let r = record("a", Uuid::now_v7(), Outcome::Succeeded);
+        assert!(check_run(&s, &s.result_run(&r.target, r.job_id), &r).is_ok());
+        let b = TargetName::new("b").unwrap();
+        assert!(check_run(&s, &s.result_run(&b, r.job_id), &r).unwrap_err().contains("names target 'a'"));
+        assert!(check_run(&s, &s.result_run(&r.target, Uuid::now_v7()), &r).unwrap_err().contains("is for job"));
     }
 }
 

@@ -5,18 +5,29 @@
 //! a batch is acked only after its KV writes are confirmed, so a master killed
 //! mid-drain redelivers the batch, and the writes are idempotent (a record
 //! never moves job status backwards), so redelivery duplicates nothing.
+//!
+//! A record that cannot be read (not JSON, another version, too big) or that
+//! contradicts its subject (another target, another job) is logged with its
+//! subject, counted, and terminated: it is never redelivered and never
+//! blocks the records behind it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::AckKind;
 use futures::StreamExt;
 use muster_shared::api::{ApiError, JobTargetStatus};
 use muster_shared::msg::{self, InstrRecord, RunRecord};
 use muster_shared::streams::MASTER_CONSUMER;
 use tokio_util::sync::CancellationToken;
 
+use crate::history::check_run;
 use crate::store::{InstrRow, InstrStatus, Store, TargetRecord};
+
+/// Bad records terminated since the master started (logged with each one).
+static BAD_RESULTS: AtomicU64 = AtomicU64::new(0);
 
 /// Records handled per batch.
 pub const BATCH: usize = 512;
@@ -67,31 +78,36 @@ async fn drain(store: &Store, shutdown: &CancellationToken) -> anyhow::Result<()
         for m in chunk {
             batch.push(m?);
         }
-        handle_batch(store, &batch).await?;
-        for m in &batch {
-            m.ack().await.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+        let bad = handle_batch(store, &batch).await?;
+        for (i, m) in batch.iter().enumerate() {
+            let kind = if bad.contains(&i) { AckKind::Term } else { AckKind::Ack };
+            m.ack_with(kind).await.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
         }
     }
 }
 
-async fn handle_batch(store: &Store, batch: &[async_nats::jetstream::Message]) -> Result<(), ApiError> {
+/// Writes a batch's job status and download-list rows; returns the indexes
+/// of bad records, to be terminated.
+async fn handle_batch(store: &Store, batch: &[async_nats::jetstream::Message]) -> Result<Vec<usize>, ApiError> {
     // Keep only the newest record per (job, target); older ones in the same
     // batch would be overwritten anyway.
     let mut newest: HashMap<String, JobTargetStatus> = HashMap::new();
     let mut instr: Vec<InstrRecord> = Vec::new();
-    for m in batch {
+    let mut bad = Vec::new();
+    for (i, m) in batch.iter().enumerate() {
         let subject = m.subject.as_str();
         let on_subject = store.subjects.target_of(subject).unwrap_or_default();
-        if subject.ends_with(".instr") {
-            match msg::decode::<InstrRecord>(&m.payload) {
-                Ok(r) if r.target.as_str() == on_subject => instr.push(r),
-                Ok(r) => tracing::warn!(subject, body_target = %r.target, "instruction record names another target; ignored"),
-                Err(e) => tracing::warn!(subject, error = %e, "bad instruction record; ignored"),
-            }
-            continue;
-        }
-        match msg::decode::<RunRecord>(&m.payload) {
-            Ok(r) if r.target.as_str() == on_subject => {
+        let verdict = if subject.ends_with(".instr") {
+            msg::decode::<InstrRecord>(&m.payload).map_err(|e| e.to_string()).and_then(|r| {
+                if r.target.as_str() != on_subject {
+                    return Err(format!("instruction record names target '{}' but came on '{on_subject}''s subject", r.target));
+                }
+                instr.push(r);
+                Ok(())
+            })
+        } else {
+            msg::decode::<RunRecord>(&m.payload).map_err(|e| e.to_string()).and_then(|r| {
+                check_run(&store.subjects, subject, &r)?;
                 let status = JobTargetStatus::from(&r);
                 let key = Store::status_key(r.job_id, &r.target);
                 match newest.get(&key) {
@@ -100,9 +116,13 @@ async fn handle_batch(store: &Store, batch: &[async_nats::jetstream::Message]) -
                         newest.insert(key, status);
                     }
                 }
-            }
-            Ok(r) => tracing::warn!(subject, body_target = %r.target, "run record names another target; ignored"),
-            Err(e) => tracing::warn!(subject, error = %e, "bad run record; ignored"),
+                Ok(())
+            })
+        };
+        if let Err(error) = verdict {
+            let count = BAD_RESULTS.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(subject, error, bad_results = count, "bad result record terminated");
+            bad.push(i);
         }
     }
     let writes = futures::stream::iter(newest)
@@ -124,7 +144,7 @@ async fn handle_batch(store: &Store, batch: &[async_nats::jetstream::Message]) -
     for r in instr {
         apply_instr_record(store, &r).await?;
     }
-    Ok(())
+    Ok(bad)
 }
 
 /// Whether `new` should replace `have` as the last outcome: a later run, or

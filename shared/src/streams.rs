@@ -25,9 +25,10 @@ pub const MASTER_CONSUMER: &str = "master";
 /// Applying an instruction is a local file write, so this is generous.
 pub const ASSIGN_ACK_WAIT: Duration = Duration::from_secs(30);
 
-/// How long the master has to ack a results batch before redelivery: a
-/// master killed mid-batch delays its records by this much.
-pub const RESULTS_ACK_WAIT: Duration = Duration::from_secs(15);
+/// How long the master has to ack a results batch before redelivery. A batch
+/// is a few hundred KV writes (well under a second), and a master killed
+/// mid-batch leaves it unacked: this is how long its replacement waits for it.
+pub const RESULTS_ACK_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retention {

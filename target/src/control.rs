@@ -4,7 +4,6 @@
 //! request is never stored and never replayed. An offline target simply has
 //! no responder, which the master reports as "offline".
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -12,7 +11,7 @@ use muster_shared::api::{ApiError, ErrorCode};
 use muster_shared::msg::{self, ControlOp, ControlReply, ControlRequest};
 use tokio_util::sync::CancellationToken;
 
-use crate::poller::Poller;
+use crate::poller::{count, Poller};
 
 /// Answers control requests until `shutdown`. Each request is handled in its
 /// own task so a slow poll does not hold up a stop.
@@ -32,15 +31,16 @@ pub async fn serve(client: async_nats::Client, poller: Arc<Poller>, shutdown: Ca
             },
         };
         let Some(reply_to) = request.reply.clone() else {
-            tracing::warn!(subject = %request.subject, "control message without a reply subject ignored");
+            let total = count(&poller.metrics.bad_control);
+            tracing::warn!(subject = %request.subject, bad_control = total, "control message without a reply subject ignored");
             continue;
         };
         let (client, poller) = (client.clone(), poller.clone());
         tokio::spawn(async move {
             let reply = match msg::decode::<ControlRequest>(&request.payload) {
                 Err(e) => {
-                    poller.metrics.bad_instructions.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(subject = %request.subject, error = %e, "bad control request");
+                    let total = count(&poller.metrics.bad_control);
+                    tracing::warn!(subject = %request.subject, error = %e, bad_control = total, "bad control request refused");
                     ControlReply::error(e)
                 }
                 Ok(ControlRequest { op: ControlOp::Poll, .. }) => match poller.poll().await {

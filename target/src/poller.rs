@@ -30,11 +30,21 @@ use crate::state::State;
 /// Instructions fetched per request.
 pub const FETCH_BATCH: usize = 256;
 
-/// Counters for bad input, shown in logs and the poll report's spool count.
+/// Counters for polls and bad input; every bad message is logged with the
+/// running count.
 #[derive(Debug, Default)]
 pub struct PollMetrics {
     pub polls: AtomicU64,
+    /// Instructions terminated because they could not be read or named
+    /// another target.
     pub bad_instructions: AtomicU64,
+    /// Control requests refused.
+    pub bad_control: AtomicU64,
+}
+
+/// Counts one more and returns the total, for the log line.
+pub fn count(counter: &AtomicU64) -> u64 {
+    counter.fetch_add(1, Ordering::Relaxed) + 1
 }
 
 #[derive(Debug)]
@@ -176,13 +186,13 @@ impl Poller {
             for m in &messages {
                 match msg::decode::<Instruction>(&m.payload) {
                     Err(e) => {
-                        self.metrics.bad_instructions.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(subject = %m.subject, error = %e, "bad instruction terminated");
+                        let total = count(&self.metrics.bad_instructions);
+                        tracing::warn!(subject = %m.subject, error = %e, bad_instructions = total, "bad instruction terminated");
                         term.push(m);
                     }
                     Ok(i) if i.target != self.name => {
-                        self.metrics.bad_instructions.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(subject = %m.subject, body_target = %i.target, "instruction for another target terminated");
+                        let total = count(&self.metrics.bad_instructions);
+                        tracing::warn!(subject = %m.subject, body_target = %i.target, bad_instructions = total, "instruction for another target terminated");
                         outcomes.push(outcome(&i, Some(format!("instruction names target '{}', not '{}'", i.target, self.name))));
                         term.push(m);
                     }

@@ -12,7 +12,10 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use futures::StreamExt as _;
 use serde::de::DeserializeOwned;
+
+pub mod proxy;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -249,8 +252,13 @@ pub struct Cluster {
 impl Cluster {
     /// nats-server only.
     pub fn new() -> Cluster {
+        Self::new_with("")
+    }
+
+    /// nats-server with extra configuration text (e.g. `max_payload: 4MB`).
+    pub fn new_with(extra_config: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let nats = NatsServer::start(dir.path());
+        let nats = NatsServer::start_with(dir.path(), extra_config);
         Cluster { dir, nats, masters: Vec::new(), targets: Vec::new(), env: Vec::new() }
     }
 
@@ -267,12 +275,18 @@ impl Cluster {
 
     /// Starts a master and waits until its API answers.
     pub fn start_master(&mut self) -> usize {
+        let n = self.spawn_master();
+        wait_for("the master's API", Duration::from_secs(20), || self.ctl(&["target", "list"]).ok().map(|_| ()));
+        n
+    }
+
+    /// Starts a master without waiting for it (NATS may be down).
+    pub fn spawn_master(&mut self) -> usize {
         let mut cmd = Command::new(bin("muster-master"));
         cmd.env("NATS_URL", self.url()).env("MUSTER_LOG", "info,muster_master=debug").envs(self.env.clone());
         let n = self.masters.len();
         let log = self.dir.path().join(format!("master-{n}.log"));
         self.masters.push(Proc::spawn("muster-master", cmd, log));
-        wait_for("the master's API", Duration::from_secs(20), || self.ctl(&["target", "list"]).ok().map(|_| ()));
         n
     }
 
@@ -283,8 +297,14 @@ impl Cluster {
 
     /// Starts a target with extra flags.
     pub fn start_target_with(&mut self, name: &str, poll_secs: u64, flags: &[&str]) -> &mut Proc {
+        let url = self.url();
+        self.start_target_at(name, poll_secs, &url, flags)
+    }
+
+    /// Starts a target that connects to `url` (e.g. a [`proxy::Proxy`]).
+    pub fn start_target_at(&mut self, name: &str, poll_secs: u64, url: &str, flags: &[&str]) -> &mut Proc {
         let mut cmd = Command::new(bin("muster-target"));
-        cmd.env("NATS_URL", self.url())
+        cmd.env("NATS_URL", url)
             .env("MUSTER_LOG", "info,muster_target=debug")
             .envs(self.env.clone())
             .arg("--name")
@@ -372,6 +392,96 @@ impl Cluster {
             s.push_str(&format!("==== {} ====\n{}\n", p.name, p.log_text()));
         }
         s
+    }
+}
+
+/// A JetStream consumer's backlog, as `nats consumer info` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerState {
+    /// Not yet delivered.
+    pub pending: u64,
+    /// Delivered, not yet acked (or terminated).
+    pub ack_pending: u64,
+    /// Delivered more than once and still unacked.
+    pub redelivered: u64,
+    pub delivered: u64,
+    /// Every message up to this consumer sequence is acked.
+    pub acked: u64,
+}
+
+/// One message as stored in a stream.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub subject: String,
+    pub msg_id: String,
+    pub payload: Vec<u8>,
+}
+
+/// Runs a future to completion on a fresh runtime (tests are synchronous).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(f)
+}
+
+impl Cluster {
+    /// A consumer's state, read straight from JetStream.
+    ///
+    /// # Panics
+    /// When the consumer cannot be read.
+    pub fn consumer_state(&self, stream: &str, consumer: &str) -> ConsumerState {
+        let url = self.url();
+        block_on(async move {
+            let js = async_nats::jetstream::new(async_nats::connect(url).await.expect("connect"));
+            let s = js.get_stream(stream).await.expect("stream");
+            let info = s.consumer_info(consumer).await.expect("consumer info");
+            ConsumerState {
+                pending: info.num_pending,
+                ack_pending: info.num_ack_pending as u64,
+                redelivered: info.num_redelivered as u64,
+                delivered: info.delivered.consumer_sequence,
+                acked: info.ack_floor.consumer_sequence,
+            }
+        })
+    }
+
+    /// Every message a stream holds on `filter`, in order: what was really
+    /// stored, duplicates included.
+    ///
+    /// # Panics
+    /// When the stream cannot be read.
+    pub fn stored(&self, stream: &str, filter: &str) -> Vec<Stored> {
+        let (url, filter) = (self.url(), filter.to_owned());
+        block_on(async move {
+            let js = async_nats::jetstream::new(async_nats::connect(url).await.expect("connect"));
+            let mut s = js.get_stream(stream).await.expect("stream");
+            let total = s.info().await.expect("stream info").state.messages;
+            let mut out = Vec::new();
+            if total == 0 {
+                return out;
+            }
+            let consumer = s
+                .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                    filter_subject: filter,
+                    ..Default::default()
+                })
+                .await
+                .expect("ordered consumer");
+            let mut messages = consumer.messages().await.expect("messages");
+            while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), messages.next()).await {
+                let m = m.expect("message");
+                let pending = m.info().map(|i| i.pending).unwrap_or(0);
+                let msg_id = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Nats-Msg-Id"))
+                    .map(|v| v.to_string())
+                    .unwrap_or_default();
+                out.push(Stored { subject: m.subject.to_string(), msg_id, payload: m.payload.to_vec() });
+                if pending == 0 {
+                    break;
+                }
+            }
+            out
+        })
     }
 }
 

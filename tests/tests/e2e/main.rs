@@ -5,3 +5,4 @@
 mod core_loop;
 mod operator;
 mod jobs;
+mod faults;
