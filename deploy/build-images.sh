@@ -106,8 +106,10 @@ grep -q "$marker" deploy/Dockerfile || die "deploy/Dockerfile lost its runtime-s
 {
     echo "ARG RUNTIME_BASE"
     echo "FROM scratch AS muster-bin"
+    echo "LABEL org.opencontainers.image.title=muster-binaries"
     echo "COPY bin/muster-master bin/musterctl bin/muster-target /out/"
     echo "FROM scratch AS nats-bin"
+    echo "LABEL org.opencontainers.image.title=muster-binaries"
     echo "COPY bin/nats-server /out/"
     sed -n "/$marker/,\$p" deploy/Dockerfile
 } >"$ctx/Dockerfile"
@@ -117,5 +119,10 @@ for image in nats master target; do
     docker build --build-arg RUNTIME_BASE="$BASE_IMAGE" --target "$image" \
         -t "muster-$image:$MUSTER_TAG" "$ctx" >"$work/$image.log" 2>&1 ||
         { cat "$work/$image.log" >&2; die "docker build of muster-$image failed"; }
+done
+# Images these replaced, and the binary stages, are left untagged: without
+# this, every build with new binaries would keep another 100 MB.
+for title in muster muster-binaries; do
+    docker image prune -f --filter "label=org.opencontainers.image.title=$title" >/dev/null
 done
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "^muster-(nats|master|target|base):" || true

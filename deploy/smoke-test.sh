@@ -9,7 +9,8 @@
 #      finish, sees their results in the stream while the master is away,
 #      starts the master and sees its job status take all of them in;
 #   4. kills a target in the middle of a run (docker compose kill), starts it
-#      again and sees it report that run as interrupted;
+#      again and sees it report that run as interrupted; then kills another
+#      target's agent from inside (a crash) and sees Docker restart it;
 #   5. removes everything with `down -v`.
 #
 # Every wait is a bounded loop on a condition. Fails, loudly, when Docker is
@@ -126,10 +127,14 @@ enlisted() {
 step "1. docker compose up ($project, NATS on 127.0.0.1:$MUSTER_NATS_PORT)"
 dc up -d --no-build
 wait_for 120 "all services healthy" healthy "${services[@]}"
-step "1. healthy: ${services[*]}"
+for s in "${services[@]}"; do
+    uid="$(dc exec -T "$s" id -u)"
+    [ "$uid" != 0 ] || die "$s runs as root"
+done
+step "1. healthy, and not root: ${services[*]}"
 
 # ---- 2. enlist, create, force-poll, start, results -------------------------
-step "2. targets enlist themselves; enlisting again by hand changes nothing"
+step "2. targets enlist themselves; enlisting them by hand is accepted too"
 wait_for 60 "three enlisted targets" enlisted "${targets[@]}"
 for t in "${targets[@]}"; do
     ctl target enlist "$t" --location "compose service $t"
@@ -188,6 +193,16 @@ wait_for 60 "job status of smoke-long on target2" status_is smoke-long interrupt
 wait_for 60 "target2 healthy again" healthy target2
 ctl history --job smoke-long
 step "4. ok: run $long_run reported interrupted"
+
+step "4. target3's agent crashes (killed from inside): its restart policy brings it back"
+restarts="$(state_of target3 .RestartCount)"
+dc exec -T target3 sh -c 'for p in /proc/[0-9]*; do
+    [ "$(cat "$p/comm" 2>/dev/null)" = muster-target ] && kill -KILL "${p#/proc/}"; done'
+restarted() { [ "$(state_of target3 .RestartCount)" -gt "$restarts" ] && running target3; }
+wait_for 60 "target3 restarted by Docker" restarted
+wait_for 60 "target3 healthy again" healthy target3
+ctl target force-poll target3
+step "4. ok: target3 came back by itself"
 
 # ---- 5. down -v -------------------------------------------------------------
 step "5. docker compose down -v"
