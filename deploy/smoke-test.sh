@@ -95,12 +95,13 @@ if sys.argv[2] == "1":
 sys.exit(0 if r else 1)' "$1" "$print"
 }
 
-# runs_are JOB OUTCOME TARGET...: history holds a run of JOB with OUTCOME on
-# each TARGET. With CTL=ctl_alone it asks without the master.
+# runs_are CTL JOB OUTCOME TARGET...: the history, read with CTL (ctl, or
+# ctl_alone while the master is stopped), holds a run of JOB with OUTCOME on
+# each TARGET and on no other.
 runs_are() {
-    local job=$1 outcome=$2
-    shift 2
-    "${CTL:-ctl}" history --job "$job" --json |
+    local via=$1 job=$2 outcome=$3
+    shift 3
+    "$via" history --job "$job" --json |
         json "sorted({r['target'] for r in d if r['outcome'] == '$outcome'}) == sorted('$*'.split())"
 }
 
@@ -144,7 +145,7 @@ ctl job create smoke-hello --command 'echo "hello from $(hostname)"'
 ctl job assign smoke-hello --target target1 --target target2 --target target3
 ctl target force-poll "${targets[@]}"
 ctl job start smoke-hello
-wait_for 60 "smoke-hello succeeded on every target" runs_are smoke-hello succeeded "${targets[@]}"
+wait_for 60 "smoke-hello succeeded on every target" runs_are ctl smoke-hello succeeded "${targets[@]}"
 run_id="$(ctl history --job smoke-hello --target target2 --json | json --print 'd[-1]["run_id"]')"
 ctl run show "$run_id" --json | json "'hello from target2' in json.dumps(d)" ||
     die "run $run_id does not show target2's output"
@@ -159,15 +160,15 @@ ctl job create smoke-outage \
     --command "for i in \$(seq 1200); do [ -e $gate ] && exec echo released on \$(hostname); sleep 0.1; done; exit 1"
 ctl job assign smoke-outage --target target1 --target target2 --target target3
 ctl job start smoke-outage
-wait_for 60 "smoke-outage running on every target" runs_are smoke-outage running "${targets[@]}"
+wait_for 60 "smoke-outage running on every target" runs_are ctl smoke-outage running "${targets[@]}"
 dc stop master
 not_running master || die "the master is still running after docker compose stop"
 step "3. master stopped; releasing the runs"
 for t in "${targets[@]}"; do
     dc exec -T "$t" touch "$gate"
 done
-CTL=ctl_alone wait_for 60 "smoke-outage results in the stream, master away" \
-    runs_are smoke-outage succeeded "${targets[@]}"
+wait_for 60 "smoke-outage results in the stream, master away" \
+    runs_are ctl_alone smoke-outage succeeded "${targets[@]}"
 not_running master || die "the master came back by itself"
 ctl_alone history --job smoke-outage
 dc start master
@@ -182,7 +183,7 @@ step "4. a long run on target2"
 ctl job create smoke-long --command 'sleep 600'
 ctl job assign smoke-long --target target2
 ctl job start smoke-long --target target2
-wait_for 60 "smoke-long running on target2" runs_are smoke-long running target2
+wait_for 60 "smoke-long running on target2" runs_are ctl smoke-long running target2
 long_run="$(ctl history --job smoke-long --target target2 --json | json --print 'd[-1]["run_id"]')"
 dc kill target2
 wait_for 30 "target2 down after kill" not_running target2
