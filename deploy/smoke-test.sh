@@ -69,7 +69,12 @@ wait_for() {
     done
 }
 
-container() { dc ps -q "$1"; }
+# The container of a service, running or not (`docker compose ps` v2 lists
+# only running ones), leaving out one-off `run` containers.
+container() {
+    docker ps -aq --filter "label=com.docker.compose.project=$project" \
+        --filter "label=com.docker.compose.service=$1" --filter "label=com.docker.compose.oneoff=False"
+}
 state_of() { docker inspect -f "{{$2}}" "$(container "$1")"; }
 healthy() {
     local s
