@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::kv;
 use async_nats::jetstream::AckKind;
 use futures::StreamExt;
 use muster_shared::api::{ApiError, JobTargetStatus};
@@ -66,6 +67,7 @@ async fn drain(store: &Store, shutdown: &CancellationToken) -> anyhow::Result<()
         .messages()
         .await?
         .ready_chunks(BATCH);
+    let mut cache = StatusCache::default();
     loop {
         let chunk = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -78,7 +80,7 @@ async fn drain(store: &Store, shutdown: &CancellationToken) -> anyhow::Result<()
         for m in chunk {
             batch.push(m?);
         }
-        let bad = handle_batch(store, &batch).await?;
+        let bad = handle_batch(store, &mut cache, &batch).await?;
         for (i, m) in batch.iter().enumerate() {
             let kind = if bad.contains(&i) { AckKind::Term } else { AckKind::Ack };
             m.ack_with(kind).await.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
@@ -88,7 +90,11 @@ async fn drain(store: &Store, shutdown: &CancellationToken) -> anyhow::Result<()
 
 /// Writes a batch's job status and download-list rows; returns the indexes
 /// of bad records, to be terminated.
-async fn handle_batch(store: &Store, batch: &[async_nats::jetstream::Message]) -> Result<Vec<usize>, ApiError> {
+async fn handle_batch(
+    store: &Store,
+    cache: &mut StatusCache,
+    batch: &[async_nats::jetstream::Message],
+) -> Result<Vec<usize>, ApiError> {
     // Keep only the newest record per (job, target); older ones in the same
     // batch would be overwritten anyway.
     let mut newest: HashMap<String, JobTargetStatus> = HashMap::new();
@@ -127,24 +133,82 @@ async fn handle_batch(store: &Store, batch: &[async_nats::jetstream::Message]) -
     }
     let writes = futures::stream::iter(newest)
         .map(|(key, status)| {
-            let store = store.clone();
-            async move {
-            Store::modify(&store.jobstatus, &key, |old: Option<JobTargetStatus>| match old {
-                Some(have) if !supersedes(&status, &have) => Ok(Some(have)),
-                _ => Ok(Some(status.clone())),
-            })
-            .await
-        }})
-        .buffer_unordered(64)
+            let cached = cache.get(&key).cloned();
+            write_status(store, key, status, cached)
+        })
+        .buffer_unordered(WRITES_IN_FLIGHT)
         .collect::<Vec<_>>()
         .await;
     for w in writes {
+        let (key, status, revision) = w?;
+        cache.insert(key, status, revision);
+    }
+    let instr_writes = futures::stream::iter(instr)
+        .map(|r| async move { apply_instr_record(store, &r).await })
+        .buffer_unordered(WRITES_IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await;
+    for w in instr_writes {
         w?;
     }
-    for r in instr {
-        apply_instr_record(store, &r).await?;
-    }
     Ok(bad)
+}
+
+/// KV writes in flight at once while draining.
+const WRITES_IN_FLIGHT: usize = 256;
+
+/// The job status this master last wrote or read per key, with its KV
+/// revision. With it, a write is one compare-and-set and no read; when
+/// another master replica wrote in between, the compare-and-set fails and
+/// the key is read again. Bounded: cleared when full (it only saves reads).
+#[derive(Debug, Default)]
+pub struct StatusCache {
+    entries: HashMap<String, (JobTargetStatus, u64)>,
+}
+
+impl StatusCache {
+    const MAX_ENTRIES: usize = 100_000;
+
+    fn get(&self, key: &str) -> Option<&(JobTargetStatus, u64)> {
+        self.entries.get(key)
+    }
+
+    fn insert(&mut self, key: String, status: JobTargetStatus, revision: u64) {
+        if self.entries.len() >= Self::MAX_ENTRIES && !self.entries.contains_key(&key) {
+            self.entries.clear();
+        }
+        self.entries.insert(key, (status, revision));
+    }
+}
+
+/// Makes `status` the job status at `key` unless what is there supersedes
+/// it. Returns what the key holds afterwards, with its revision.
+async fn write_status(
+    store: &Store,
+    key: String,
+    status: JobTargetStatus,
+    cached: Option<(JobTargetStatus, u64)>,
+) -> Result<(String, JobTargetStatus, u64), ApiError> {
+    let body = || bytes::Bytes::from(msg::encode(&status));
+    let mut known = cached;
+    for _ in 0..32 {
+        let attempt = match known.take() {
+            Some((have, revision)) if !supersedes(&status, &have) => return Ok((key, have, revision)),
+            Some((_, revision)) => store.jobstatus.update(&key, body(), revision).await.map_err(|e| {
+                if e.kind() == kv::UpdateErrorKind::WrongLastRevision { None } else { Some(e.to_string()) }
+            }),
+            None => store.jobstatus.create(&key, body()).await.map_err(|e| {
+                if e.kind() == kv::CreateErrorKind::AlreadyExists { None } else { Some(e.to_string()) }
+            }),
+        };
+        match attempt {
+            Ok(revision) => return Ok((key, status, revision)),
+            // Someone else wrote it: read what is there and decide again.
+            Err(None) => known = Store::read::<JobTargetStatus>(&store.jobstatus, &key).await?,
+            Err(Some(e)) => return Err(ApiError::internal(format!("writing job status '{key}': {e}"))),
+        }
+    }
+    Err(ApiError::internal(format!("job status '{key}' kept changing under us")))
 }
 
 /// Whether `new` should replace `have` as the last outcome: a later run, or
@@ -189,6 +253,11 @@ async fn apply_instr_record(store: &Store, r: &InstrRecord) -> Result<(), ApiErr
         }
     }
     // Blocked while its latest poll had a failure; a clean poll clears it.
+    // Most polls change nothing: skip the write then.
+    match Store::read::<TargetRecord>(&store.targets, r.target.as_str()).await? {
+        Some((t, _)) if t.blocked != failure => {}
+        _ => return Ok(()),
+    }
     Store::modify(&store.targets, r.target.as_str(), |old: Option<TargetRecord>| {
         Ok(old.map(|mut t| {
             t.blocked.clone_from(&failure);

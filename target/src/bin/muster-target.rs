@@ -99,7 +99,9 @@ fn main() -> ExitCode {
     config.max_concurrent_runs = usize::try_from(flags.max_runs).unwrap_or(usize::MAX);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        // The agent waits on NATS, files and child processes: one worker is
+        // plenty, and each extra thread costs resident memory on every host.
+        .worker_threads(1)
         .enable_all()
         .build()
         .expect("tokio runtime");
