@@ -331,21 +331,25 @@ impl Ctx {
     }
 
     async fn target_list(&self) -> Result<Vec<TargetInfo>, ApiError> {
-        let targets = self.store.all_targets().await?;
+        let (targets, groups) = tokio::try_join!(self.store.all_targets(), self.store.all_groups())?;
+        let groups = Arc::new(groups);
         let infos = targets.into_iter().map(|t| {
-            let ctx = self.clone();
-            async move { ctx.target_info(&t).await }
+            let (ctx, groups) = (self.clone(), groups.clone());
+            async move { ctx.target_info_in(&t, &groups).await }
         });
         Ok(futures::stream::iter(infos).buffered(64).collect().await)
     }
 
     /// A target's registry entry joined with its last poll and queue.
     pub async fn target_info(&self, t: &TargetRecord) -> TargetInfo {
-        let (poll, unread, groups) =
-            tokio::join!(self.store.last_poll(&t.name), self.store.unread(&t.name), self.store.all_groups());
-        let groups = groups
-            .map(|g| g.into_values().filter(|g| g.members.contains(&t.name)).map(|g| g.name).collect())
-            .unwrap_or_default();
+        let groups = self.store.all_groups().await.unwrap_or_default();
+        self.target_info_in(t, &groups).await
+    }
+
+    /// [`Ctx::target_info`] with the groups already read (listing many targets).
+    async fn target_info_in(&self, t: &TargetRecord, groups: &HashMap<GroupName, GroupRecord>) -> TargetInfo {
+        let (poll, unread) = tokio::join!(self.store.last_poll(&t.name), self.store.unread(&t.name));
+        let groups = groups.values().filter(|g| g.members.contains(&t.name)).map(|g| g.name.clone()).collect();
         // The interval the agent says it uses wins over the record's: a
         // set-poll not yet downloaded has not changed anything yet.
         let interval = poll.as_ref().map_or(t.poll_interval_secs, |p| p.report.poll_interval_secs);
@@ -852,14 +856,9 @@ impl Ctx {
         // Status keys are `<job-id>.<target>`: keep those of jobs that still exist.
         let job_ids: BTreeSet<String> = jobs.iter().map(|j| j.id.to_string()).collect();
         let mut failing = Vec::new();
-        for key in Store::keys(&self.store.jobstatus).await? {
-            if !key.split_once('.').is_some_and(|(id, _)| job_ids.contains(id)) {
-                continue;
-            }
-            if let Some((s, _)) = Store::read::<JobTargetStatus>(&self.store.jobstatus, &key).await? {
-                if is_failure(s.outcome) {
-                    failing.push(s);
-                }
+        for (key, s) in Store::scan_entries::<JobTargetStatus>(&self.store.jobstatus, "").await? {
+            if key.split_once('.').is_some_and(|(id, _)| job_ids.contains(id)) && is_failure(s.outcome) {
+                failing.push(s);
             }
         }
         failing.sort_by(|a, b| (&a.job, &a.target).cmp(&(&b.job, &b.target)));

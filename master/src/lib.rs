@@ -29,13 +29,26 @@ pub use config::MasterConfig;
 /// streams and buckets, then serves the API and drains results side by side.
 ///
 /// # Errors
-/// When the streams or buckets cannot be created, or the service cannot start.
+/// When the service cannot start.
 pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let client = nats::connect(&config.nats, nats::Wait::Forever).await?;
     let js = async_nats::jetstream::new(client.clone());
-    let store = store::Store::open(&js, &config.subjects, &config.store)
-        .await
-        .context("creating Muster's streams and buckets")?;
+    // JetStream may not be ready yet (a server still starting, a cluster still
+    // electing its leader): keep trying, saying why, until it is.
+    let mut backoff = std::time::Duration::from_millis(250);
+    let store = loop {
+        match store::Store::open(&js, &config.subjects, &config.store).await {
+            Ok(store) => break store,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "cannot create Muster's streams and buckets yet");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    };
     tracing::info!(prefix = config.subjects.prefix(), replicas = config.store.replicas, "streams and buckets ready");
 
     let ingest = tokio::spawn(ingest::run(store.clone(), shutdown.clone()));

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, stream, Context};
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use muster_shared::api::{ApiError, ErrorCode};
 use muster_shared::job::{JobDef, JobSpec};
 use muster_shared::msg::PollReport;
@@ -104,6 +104,7 @@ fn stream_config(spec: &StreamSpec) -> stream::Config {
         duplicate_window: spec.duplicate_window,
         allow_direct: spec.allow_direct,
         max_message_size: spec.max_msg_size,
+        max_consumers: spec.max_consumers,
         num_replicas: spec.replicas,
         storage: stream::StorageType::File,
         ..Default::default()
@@ -205,29 +206,53 @@ impl Store {
     }
 
     /// Every record of a bucket, decoded; corrupt ones are logged and skipped.
+    ///
+    /// One ordered consumer reads the latest value of every key in a single
+    /// pass (not a key listing followed by one get per key), and is deleted
+    /// right after, so frequent scans do not leave consumers behind.
     pub async fn scan<T: DeserializeOwned>(kv: &kv::Store) -> Result<Vec<T>, ApiError> {
-        let values = futures::stream::iter(Self::keys(kv).await?)
-            .map(|key| async move { (Self::read::<T>(kv, &key).await, key) })
-            .buffered(64)
-            .collect::<Vec<_>>()
-            .await;
-        let mut out = Vec::with_capacity(values.len());
-        for (v, key) in values {
-            match v {
-                Ok(Some((v, _))) => out.push(v),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(key, error = %e, "skipping unreadable record"),
-            }
-        }
-        Ok(out)
+        Ok(Self::scan_entries(kv, "").await?.into_iter().map(|(_, v)| v).collect())
     }
 
-    /// Every key of a bucket.
-    pub async fn keys(kv: &kv::Store) -> Result<Vec<String>, ApiError> {
-        match kv.keys().await {
-            Ok(keys) => keys.try_collect().await.map_err(|e| nats_err("listing keys")(&e)),
-            Err(e) => Err(nats_err("listing keys")(&e)),
+    /// Like [`Store::scan`], with each record's key, for the keys that start
+    /// with `key_prefix` (whole tokens, e.g. `web01.`; empty for all).
+    pub async fn scan_entries<T: DeserializeOwned>(kv: &kv::Store, key_prefix: &str) -> Result<Vec<(String, T)>, ApiError> {
+        let err = nats_err("reading a bucket");
+        let consumer = kv
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("{}{key_prefix}>", kv.prefix),
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err(&e))?;
+        let name = consumer.cached_info().name.clone();
+        let mut out = Vec::new();
+        if consumer.cached_info().num_pending > 0 {
+            let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
+            while let Some(m) = messages.next().await {
+                let m = m.map_err(|e| err(&e))?;
+                let pending = m.info().map(|i| i.pending).unwrap_or(0);
+                let key = m.subject.as_str().strip_prefix(kv.prefix.as_str()).unwrap_or_default().to_owned();
+                let deleted = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("KV-Operation"))
+                    .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+                if !deleted {
+                    match serde_json::from_slice(&m.payload) {
+                        Ok(v) => out.push((key, v)),
+                        Err(e) => tracing::warn!(key, error = %e, "skipping unreadable record"),
+                    }
+                }
+                if pending == 0 {
+                    break;
+                }
+            }
         }
+        kv.stream.delete_consumer(&name).await.ok();
+        Ok(out)
     }
 
     /// Read-modify-write with compare-and-set, retried on conflict.
@@ -315,20 +340,8 @@ impl Store {
 
     /// Every download-list row, of one target or all, in posting order.
     pub async fn instr_rows(&self, target: Option<&TargetName>) -> Result<Vec<InstrRow>, ApiError> {
-        let keys = Self::keys(&self.instructions).await?;
-        let prefix = target.map(|t| format!("{t}."));
-        let kv = &self.instructions;
-        let rows = futures::stream::iter(keys.into_iter().filter(|k| prefix.as_ref().is_none_or(|p| k.starts_with(p))))
-            .map(|key| async move { Self::read::<InstrRow>(kv, &key).await })
-            .buffered(64)
-            .collect::<Vec<_>>()
-            .await;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            if let Some((row, _)) = r? {
-                out.push(row);
-            }
-        }
+        let prefix = target.map(|t| format!("{t}.")).unwrap_or_default();
+        let mut out: Vec<InstrRow> = Self::scan_entries(&self.instructions, &prefix).await?.into_iter().map(|(_, r)| r).collect();
         out.sort_by_key(|r| r.id);
         Ok(out)
     }

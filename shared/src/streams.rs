@@ -18,6 +18,10 @@ pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(30 * 24 * 36
 /// job of the run identity (see `msg::RunRecord`), not of this window.
 pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
+/// Most targets one installation enlists: the consumer limit of
+/// `MUSTER_ASSIGN`, one durable consumer per target.
+pub const MAX_TARGETS: i32 = 100_000;
+
 /// The durable consumer every master replica shares on `MUSTER_RESULTS`.
 pub const MASTER_CONSUMER: &str = "master";
 
@@ -73,6 +77,10 @@ pub struct StreamSpec {
     /// Lets `nats stream view` and direct gets read the stream.
     pub allow_direct: bool,
     pub max_msg_size: i32,
+    /// -1 = the server's default. nats-server 2.15 caps streams without an
+    /// explicit limit at 1,000 consumers (`default_max_consumers`), and
+    /// `MUSTER_ASSIGN` has one consumer per target.
+    pub max_consumers: i32,
     pub replicas: usize,
 }
 
@@ -88,6 +96,7 @@ pub fn assign_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
         duplicate_window: o.duplicate_window,
         allow_direct: true,
         max_msg_size: MAX_BODY_BYTES as i32,
+        max_consumers: MAX_TARGETS,
         replicas: o.replicas,
     }
 }
@@ -104,6 +113,7 @@ pub fn results_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
         duplicate_window: o.duplicate_window,
         allow_direct: true,
         max_msg_size: MAX_BODY_BYTES as i32,
+        max_consumers: -1,
         replicas: o.replicas,
     }
 }
@@ -120,6 +130,7 @@ pub fn polls_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
         duplicate_window: Duration::from_secs(1),
         allow_direct: true,
         max_msg_size: 64 * 1024,
+        max_consumers: -1,
         replicas: o.replicas,
     }
 }

@@ -243,6 +243,8 @@ impl NatsCluster {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nats: NatsServer,
+    /// The other nodes of a 3-node cluster ([`Cluster::clustered`]).
+    pub more_nodes: Vec<NatsServer>,
     pub masters: Vec<Proc>,
     pub targets: Vec<(String, Proc)>,
     /// Extra environment for every process (e.g. a short dedup window).
@@ -259,7 +261,16 @@ impl Cluster {
     pub fn new_with(extra_config: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let nats = NatsServer::start_with(dir.path(), extra_config);
-        Cluster { dir, nats, masters: Vec::new(), targets: Vec::new(), env: Vec::new() }
+        Cluster { dir, nats, more_nodes: Vec::new(), masters: Vec::new(), targets: Vec::new(), env: Vec::new() }
+    }
+
+    /// A 3-node JetStream cluster; streams and buckets get 3 replicas.
+    pub fn clustered() -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut nodes = NatsCluster::start(dir.path()).nodes;
+        let nats = nodes.remove(0);
+        let env = vec![("MUSTER_REPLICAS".to_owned(), "3".to_owned())];
+        Cluster { dir, nats, more_nodes: nodes, masters: Vec::new(), targets: Vec::new(), env }
     }
 
     /// nats-server and one master, ready to serve.
@@ -269,8 +280,9 @@ impl Cluster {
         c
     }
 
+    /// Every node's URL, comma-separated (as `NATS_URL` takes them).
     pub fn url(&self) -> String {
-        self.nats.url()
+        std::iter::once(&self.nats).chain(&self.more_nodes).map(NatsServer::url).collect::<Vec<_>>().join(",")
     }
 
     /// Starts a master and waits until its API answers.
