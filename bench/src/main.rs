@@ -36,6 +36,9 @@ struct Args {
     /// Tiny sizes, to keep the benchmark working from the test suite.
     #[arg(long)]
     tiny: bool,
+    /// Override the number of results for the ingest measurements.
+    #[arg(long)]
+    results: Option<usize>,
 }
 
 struct Sizes {
@@ -129,14 +132,18 @@ fn nats_pid() -> i32 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let sizes = Sizes::for_args(&args);
+    let mut sizes = Sizes::for_args(&args);
+    if let Some(n) = args.results {
+        sizes.results = n;
+    }
     // The binaries beside this one (the same build profile).
     let exe_dir = std::env::current_exe()?.parent().context("exe dir")?.to_owned();
     std::env::set_var("MUSTER_BIN_DIR", &exe_dir);
 
     let mut cluster = tokio::task::block_in_place(|| {
         let mut c = Cluster::new();
-        c.env.push(("MUSTER_LOG".into(), "warn".into()));
+        // BENCH_LOG sets the log filter of the processes under test.
+        c.env.push(("MUSTER_LOG".into(), std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into())));
         c.start_master();
         c
     });
@@ -284,6 +291,15 @@ async fn main() -> anyhow::Result<()> {
     ));
 
     print_rows(&rows);
+    if std::env::var_os("BENCH_LOG").is_some() {
+        // Keep the logs the filter asked for.
+        let keep = std::env::temp_dir().join("muster-bench-logs");
+        std::fs::create_dir_all(&keep)?;
+        for p in cluster.masters.iter().chain(cluster.targets.iter().map(|(_, p)| p)) {
+            std::fs::copy(&p.log, keep.join(p.log.file_name().context("log name")?))?;
+        }
+        eprintln!("muster-bench: logs kept in {}", keep.display());
+    }
     drop(responder);
     drop(cluster);
     Ok(())
@@ -475,7 +491,7 @@ async fn ingest(
     let start = if let Some(c) = cluster {
         tokio::task::block_in_place(|| {
             let mut cmd = std::process::Command::new(muster_tests::bin("muster-master"));
-            cmd.env("NATS_URL", c.url()).env("MUSTER_LOG", "warn");
+            cmd.env("NATS_URL", c.url()).envs(c.env.clone());
             let log = c.dir.path().join("master-bench.log");
             c.masters[0] = Proc::spawn("muster-master", cmd, log);
         });

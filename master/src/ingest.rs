@@ -12,12 +12,14 @@
 //! blocks the records behind it.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::kv;
 use async_nats::jetstream::AckKind;
+use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use muster_shared::api::{ApiError, JobTargetStatus};
 use muster_shared::msg::{self, InstrRecord, RunRecord};
@@ -65,34 +67,71 @@ async fn drain(store: &Store, shutdown: &CancellationToken) -> anyhow::Result<()
         // records (until ack_wait) only while it has not expired.
         .expires(Duration::from_secs(5))
         .messages()
-        .await?
-        .ready_chunks(BATCH);
-    let mut cache = StatusCache::default();
+        .await?;
+    let cache = Arc::new(Mutex::new(StatusCache::default()));
+    // Batches are written concurrently (each acks its own records once its
+    // writes are confirmed), so the next batch arrives while one is written.
+    let mut in_flight = FuturesUnordered::new();
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut flush_at: Option<tokio::time::Instant> = None;
     loop {
-        let chunk = tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            c = messages.next() => match c {
-                Some(c) => c,
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                let () = done?;
+            }
+            next = messages.next(), if in_flight.len() < BATCHES_IN_FLIGHT => match next {
+                Some(m) => {
+                    batch.push(m?);
+                    // Gather for a moment: more records per batch, fewer writes.
+                    flush_at.get_or_insert_with(|| tokio::time::Instant::now() + GATHER);
+                }
                 None => anyhow::bail!("results consumer ended"),
             },
-        };
-        let mut batch = Vec::with_capacity(chunk.len());
-        for m in chunk {
-            batch.push(m?);
+            () = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
+                flush_at = None;
+            }
         }
-        let bad = handle_batch(store, &mut cache, &batch).await?;
-        for (i, m) in batch.iter().enumerate() {
-            let kind = if bad.contains(&i) { AckKind::Term } else { AckKind::Ack };
-            m.ack_with(kind).await.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+        if !batch.is_empty() && (batch.len() >= BATCH || flush_at.is_none()) {
+            flush_at = None;
+            let (store, cache, records) = (store.clone(), cache.clone(), std::mem::take(&mut batch));
+            in_flight.push(async move { write_and_ack(&store, &cache, &records).await });
         }
     }
+    // Shutdown: finish what is being written, so its acks go out.
+    while let Some(done) = in_flight.next().await {
+        done?;
+    }
+    Ok(())
+}
+
+/// Batches being written at once.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// How long the first record of a batch waits for others to join it.
+const GATHER: Duration = Duration::from_millis(2);
+
+async fn write_and_ack(
+    store: &Store,
+    cache: &Mutex<StatusCache>,
+    batch: &[async_nats::jetstream::Message],
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let bad = handle_batch(store, cache, batch).await?;
+    tracing::debug!(records = batch.len(), bad = bad.len(), took = ?started.elapsed(), "results batch written");
+    for (i, m) in batch.iter().enumerate() {
+        let kind = if bad.contains(&i) { AckKind::Term } else { AckKind::Ack };
+        m.ack_with(kind).await.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Writes a batch's job status and download-list rows; returns the indexes
 /// of bad records, to be terminated.
 async fn handle_batch(
     store: &Store,
-    cache: &mut StatusCache,
+    cache: &Mutex<StatusCache>,
     batch: &[async_nats::jetstream::Message],
 ) -> Result<Vec<usize>, ApiError> {
     // Keep only the newest record per (job, target); older ones in the same
@@ -133,7 +172,7 @@ async fn handle_batch(
     }
     let writes = futures::stream::iter(newest)
         .map(|(key, status)| {
-            let cached = cache.get(&key).cloned();
+            let cached = cache.lock().expect("cache lock").get(&key).cloned();
             write_status(store, key, status, cached)
         })
         .buffer_unordered(WRITES_IN_FLIGHT)
@@ -141,7 +180,7 @@ async fn handle_batch(
         .await;
     for w in writes {
         let (key, status, revision) = w?;
-        cache.insert(key, status, revision);
+        cache.lock().expect("cache lock").insert(key, status, revision);
     }
     let instr_writes = futures::stream::iter(instr)
         .map(|r| async move { apply_instr_record(store, &r).await })
