@@ -32,7 +32,10 @@ impl ApiClient {
     pub async fn call<B: Serialize, R: DeserializeOwned>(&self, op: Op, body: B) -> Result<R, ApiError> {
         let payload = msg::encode(&Request::new(body));
         let subject = self.subjects.api(op.subject());
-        let sent = tokio::time::timeout(self.timeout, self.client.request(subject.clone(), payload.into())).await;
+        // The client's own request timeout (10 s by default) would cut long
+        // operations short: this call's timeout is the one that counts.
+        let request = async_nats::Request::new().payload(payload.into()).timeout(Some(self.timeout));
+        let sent = tokio::time::timeout(self.timeout, self.client.send_request(subject.clone(), request)).await;
         let message = match sent {
             Err(_) => return Err(ApiError::new(ErrorCode::Timeout, format!("no answer on {subject} within {:?}", self.timeout))),
             Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {

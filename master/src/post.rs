@@ -67,7 +67,7 @@ pub async fn post_many(store: &Store, items: Vec<(TargetName, InstructionOp)>) -
             })
             .await
         }})
-        .buffer_unordered(64)
+        .buffer_unordered(256)
         .collect::<Vec<_>>()
         .await;
     for r in rows {

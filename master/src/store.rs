@@ -298,10 +298,17 @@ impl Store {
 
     /// Fails with `not_enlisted` for the first name that is not enlisted.
     pub async fn require_enlisted(&self, names: &[TargetName]) -> Result<(), ApiError> {
-        for n in names {
-            self.target(n).await?;
-        }
-        Ok(())
+        // Checked concurrently (thousands of targets in one assign), and the
+        // first missing name in the caller's order is the one reported.
+        let checks: Vec<Result<TargetRecord, ApiError>> = futures::stream::iter(names.to_vec())
+            .map(|n| {
+                let store = self.clone();
+                async move { store.target(&n).await }
+            })
+            .buffered(256)
+            .collect()
+            .await;
+        checks.into_iter().try_for_each(|c| c.map(|_| ()))
     }
 
     pub async fn all_targets(&self) -> Result<Vec<TargetRecord>, ApiError> {
