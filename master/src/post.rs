@@ -17,6 +17,9 @@ use uuid::Uuid;
 
 use crate::store::{InstrRow, InstrStatus, Store};
 
+/// Publishes sent before their acks are awaited.
+const PUBLISH_WINDOW: usize = 1000;
+
 /// Builds the instruction without sending it.
 pub fn instruction(target: &TargetName, op: InstructionOp) -> Instruction {
     Instruction { v: PROTOCOL_VERSION, id: Uuid::now_v7(), target: target.clone(), posted_at: Utc::now(), op }
@@ -30,22 +33,26 @@ pub fn instruction(target: &TargetName, op: InstructionOp) -> Instruction {
 /// is idempotent on the target, so the caller may simply retry).
 pub async fn post_many(store: &Store, items: Vec<(TargetName, InstructionOp)>) -> Result<Vec<Instruction>, ApiError> {
     let instructions: Vec<Instruction> = items.into_iter().map(|(t, op)| instruction(&t, op)).collect();
-    // Send every publish first; JetStream keeps per-subject order for one
-    // publisher, and acks are awaited afterwards, together.
-    let mut acks = Vec::with_capacity(instructions.len());
-    for i in &instructions {
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", i.id.to_string().as_str());
-        headers.insert(KIND_HEADER, i.op.name());
-        let ack = store
-            .js
-            .publish_with_headers(store.subjects.assign(&i.target), headers, msg::encode(i).into())
-            .await
-            .map_err(|e| ApiError::internal(format!("posting to '{}': {e}", i.target)))?;
-        acks.push(ack);
-    }
-    for (ack, i) in acks.into_iter().zip(&instructions) {
-        ack.await.map_err(|e| ApiError::internal(format!("posting to '{}' was not confirmed: {e}", i.target)))?;
+    // Publishes are pipelined: sent in windows, each window's acks awaited
+    // together. JetStream keeps per-subject order for one publisher. The
+    // window stays below the context's limit of acks in flight (5,000),
+    // past which a publish waits for acks nobody is awaiting yet.
+    for window in instructions.chunks(PUBLISH_WINDOW) {
+        let mut acks = Vec::with_capacity(window.len());
+        for i in window {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", i.id.to_string().as_str());
+            headers.insert(KIND_HEADER, i.op.name());
+            let ack = store
+                .js
+                .publish_with_headers(store.subjects.assign(&i.target), headers, msg::encode(i).into())
+                .await
+                .map_err(|e| ApiError::internal(format!("posting to '{}': {e}", i.target)))?;
+            acks.push(ack);
+        }
+        for (ack, i) in acks.into_iter().zip(window) {
+            ack.await.map_err(|e| ApiError::internal(format!("posting to '{}' was not confirmed: {e}", i.target)))?;
+        }
     }
     let rows = futures::stream::iter(instructions.clone())
         .map(|i| {
