@@ -348,6 +348,8 @@ async fn raw_fanout(js: &jetstream::Context, n: usize) -> anyhow::Result<Duratio
             name: name.clone(),
             subjects: vec![format!("rawfan{n}.*")],
             retention: jetstream::stream::RetentionPolicy::WorkQueue,
+            // As MUSTER_ASSIGN: above nats-server's default of 1,000.
+            max_consumers: muster_shared::streams::MAX_TARGETS,
             ..Default::default()
         })
         .await?;
