@@ -81,8 +81,12 @@ struct Row {
     ratio: String,
 }
 
+/// A figure, also printed to stderr at once, so a long run that is stopped
+/// still shows what it measured.
 fn row(what: impl Into<String>, muster: impl Into<String>, baseline: impl Into<String>, ratio: impl Into<String>) -> Row {
-    Row { what: what.into(), muster: muster.into(), baseline: baseline.into(), ratio: ratio.into() }
+    let r = Row { what: what.into(), muster: muster.into(), baseline: baseline.into(), ratio: ratio.into() };
+    eprintln!("muster-bench:   {}: {} | raw {} | {}", r.what, r.muster, r.baseline, r.ratio);
+    r
 }
 
 fn ms(d: Duration) -> String {

@@ -218,6 +218,12 @@ impl Store {
     /// with `key_prefix` (whole tokens, e.g. `web01.`; empty for all).
     pub async fn scan_entries<T: DeserializeOwned>(kv: &kv::Store, key_prefix: &str) -> Result<Vec<(String, T)>, ApiError> {
         let err = nats_err("reading a bucket");
+        // An empty bucket (no groups yet, say) costs one info request, not a
+        // consumer created and deleted.
+        let mut stream = kv.stream.clone();
+        if stream.info().await.map_err(|e| err(&e))?.state.messages == 0 {
+            return Ok(Vec::new());
+        }
         let consumer = kv
             .stream
             .create_consumer(consumer::pull::OrderedConfig {
