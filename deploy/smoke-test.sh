@@ -202,8 +202,10 @@ step "4. ok: run $long_run reported interrupted"
 
 step "4. target3's agent crashes (killed from inside): its restart policy brings it back"
 restarts="$(state_of target3 .RestartCount)"
+# The container goes down with its agent, often taking this exec session
+# with it (exit 137): what counts is the restart checked below.
 dc exec -T target3 sh -c 'for p in /proc/[0-9]*; do
-    [ "$(cat "$p/comm" 2>/dev/null)" = muster-target ] && kill -KILL "${p#/proc/}"; done'
+    [ "$(cat "$p/comm" 2>/dev/null)" = muster-target ] && kill -KILL "${p#/proc/}"; done' || true
 restarted() { [ "$(state_of target3 .RestartCount)" -gt "$restarts" ] && running target3; }
 wait_for 60 "target3 restarted by Docker" restarted
 wait_for 60 "target3 healthy again" healthy target3
