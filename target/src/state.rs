@@ -103,8 +103,15 @@ impl State {
         self.inner.lock().expect("state lock poisoned")
     }
 
-    fn save_agent(&self, agent: &AgentFile) -> io::Result<()> {
-        write_atomic(&self.dir.join("agent.json"), &serde_json::to_vec(agent).expect("serialise"))
+    /// Changes `agent.json` durably; memory follows only once the file is
+    /// written, so a failed write leaves both as they were.
+    fn update_agent(&self, change: impl FnOnce(&mut AgentFile)) -> io::Result<()> {
+        let mut inner = self.lock();
+        let mut next = inner.agent.clone();
+        change(&mut next);
+        write_atomic(&self.dir.join("agent.json"), &serde_json::to_vec(&next).expect("serialise"))?;
+        inner.agent = next;
+        Ok(())
     }
 
     // ---- jobs ----------------------------------------------------------------
@@ -183,15 +190,11 @@ impl State {
     /// # Errors
     /// When `agent.json` cannot be written.
     pub fn mark_applied(&self, ids: &[Uuid]) -> io::Result<()> {
-        let mut inner = self.lock();
-        for id in ids {
-            inner.agent.applied.push_back(*id);
-        }
-        while inner.agent.applied.len() > APPLIED_MEMORY {
-            inner.agent.applied.pop_front();
-        }
-        let agent = inner.agent.clone();
-        self.save_agent(&agent)
+        self.update_agent(|a| {
+            a.applied.extend(ids);
+            let excess = a.applied.len().saturating_sub(APPLIED_MEMORY);
+            a.applied.drain(..excess);
+        })
     }
 
     pub fn poll_interval_secs(&self) -> Option<u64> {
@@ -201,10 +204,7 @@ impl State {
     /// # Errors
     /// When `agent.json` cannot be written.
     pub fn set_poll_interval_secs(&self, secs: u64) -> io::Result<()> {
-        let mut inner = self.lock();
-        inner.agent.poll_interval_secs = Some(secs);
-        let agent = inner.agent.clone();
-        self.save_agent(&agent)
+        self.update_agent(|a| a.poll_interval_secs = Some(secs))
     }
 
     pub fn clock_skew_ms(&self) -> Option<i64> {
@@ -214,10 +214,7 @@ impl State {
     /// # Errors
     /// When `agent.json` cannot be written.
     pub fn set_clock_skew_ms(&self, skew: i64) -> io::Result<()> {
-        let mut inner = self.lock();
-        inner.agent.clock_skew_ms = Some(skew);
-        let agent = inner.agent.clone();
-        self.save_agent(&agent)
+        self.update_agent(|a| a.clock_skew_ms = Some(skew))
     }
 
     pub fn defected(&self) -> bool {
@@ -227,10 +224,7 @@ impl State {
     /// # Errors
     /// When `agent.json` cannot be written.
     pub fn set_defected(&self, defected: bool) -> io::Result<()> {
-        let mut inner = self.lock();
-        inner.agent.defected = defected;
-        let agent = inner.agent.clone();
-        self.save_agent(&agent)
+        self.update_agent(|a| a.defected = defected)
     }
 
     // ---- run markers -----------------------------------------------------------------

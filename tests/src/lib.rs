@@ -382,6 +382,21 @@ impl Cluster {
         }
     }
 
+    /// Finished (not `running`) runs of `job` in history; `None` while
+    /// history cannot be read (e.g. a cluster electing a stream leader).
+    pub fn try_finished_runs(&self, job: &str) -> Option<Vec<serde_json::Value>> {
+        let runs: Vec<serde_json::Value> = serde_json::from_value(self.ctl(&["history", "--job", job]).ok()?).ok()?;
+        Some(runs.into_iter().filter(|r| s(r, "outcome") != "running").collect())
+    }
+
+    /// Finished runs of `job` in history.
+    ///
+    /// # Panics
+    /// When history cannot be read.
+    pub fn finished_runs(&self, job: &str) -> Vec<serde_json::Value> {
+        self.history(job).into_iter().filter(|r| s(r, "outcome") != "running").collect()
+    }
+
     /// Runs in history for a job, de-duplicated as musterctl reads them.
     pub fn history(&self, job: &str) -> Vec<serde_json::Value> {
         self.ctl_ok(&["history", "--job", job])

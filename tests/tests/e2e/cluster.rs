@@ -9,13 +9,6 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Finished runs in history; `None` while the cluster cannot answer (a
-/// stream leader election after a node loss takes a few seconds).
-fn finished(c: &Cluster, job: &str) -> Option<Vec<Value>> {
-    let runs: Vec<Value> = serde_json::from_value(c.ctl(&["history", "--job", job]).ok()?).ok()?;
-    Some(runs.into_iter().filter(|r| s(r, "outcome") != "running").collect())
-}
-
 #[test]
 fn a_cluster_keeps_every_run_once_when_a_node_and_a_master_die() {
     let mut c = Cluster::clustered();
@@ -50,16 +43,16 @@ fn a_cluster_keeps_every_run_once_when_a_node_and_a_master_die() {
     c.ctl(&["job", "assign", "tick", "--target", "east", "--target", "west"]).expect("assign");
     c.ctl(&["target", "force-poll", "east", "west"]).expect("force-poll");
     wait_for("runs on both targets", WAIT, || {
-        let runs = finished(&c, "tick")?;
+        let runs = c.try_finished_runs("tick")?;
         let targets: BTreeSet<String> = runs.iter().map(|r| s(r, "target").to_owned()).collect();
         (targets.len() == 2 && runs.len() >= 4).then_some(())
     });
 
     // Lose a node (possibly a stream leader) and a master at once.
-    let before = finished(&c, "tick").expect("history").len();
+    let before = c.try_finished_runs("tick").expect("history").len();
     c.nats.kill();
     c.masters[0].kill();
-    wait_for("runs to keep arriving after the loss", WAIT, || (finished(&c, "tick")?.len() >= before + 6).then_some(()));
+    wait_for("runs to keep arriving after the loss", WAIT, || (c.try_finished_runs("tick")?.len() >= before + 6).then_some(()));
 
     // Stop the schedule, let everything settle, and count.
     wait_for("the job disabled", WAIT, || c.ctl(&["job", "disable", "tick"]).ok());
@@ -67,7 +60,7 @@ fn a_cluster_keeps_every_run_once_when_a_node_and_a_master_die() {
     let runs = wait_for("history to match the runs that happened", WAIT, || {
         let happened: BTreeSet<String> =
             std::fs::read_to_string(&ran).unwrap_or_default().lines().map(str::to_owned).collect();
-        let runs: Vec<Value> = serde_json::from_value(c.ctl(&["history", "--job", "tick"]).ok()?).ok()?;
+        let runs = c.try_finished_runs("tick")?;
         let recorded: BTreeSet<String> = runs.iter().map(|r| s(r, "run_id").to_owned()).collect();
         let settled = runs.iter().all(|r| s(r, "outcome") == "succeeded");
         (settled && recorded == happened).then_some(runs)

@@ -10,8 +10,7 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Waits until `job` has `n` finished runs in history and returns them.
 pub fn finished_runs(c: &Cluster, job: &str, n: usize) -> Vec<Value> {
     wait_for(&format!("{n} finished runs of {job}"), WAIT, || {
-        let runs = c.history(job);
-        let done: Vec<Value> = runs.into_iter().filter(|r| s(r, "outcome") != "running").collect();
+        let done = c.finished_runs(job);
         (done.len() >= n).then_some(done)
     })
 }

@@ -64,9 +64,6 @@ impl Tally {
     }
 }
 
-fn finished(c: &Cluster, job: &str) -> Vec<Value> {
-    c.history(job).into_iter().filter(|r| s(r, "outcome") != "running").collect()
-}
 
 /// Stops `job`, waits until every run that happened is in history, and
 /// counts. Fails on any loss or duplicate, or if job status lags behind.
@@ -76,7 +73,7 @@ fn settle(c: &Cluster, scenario: &str, job: &str, target: &str, out: &Path) -> T
     wait_for(&format!("every run of {job} in history"), Duration::from_secs(90), || {
         let report: Vec<Value> = c.ctl(&["target", "force-poll", target]).ok()?.as_array()?.clone();
         let quiet = report.iter().all(|r| r["report"]["spooled"] == 0 && r["report"]["running"].as_array().is_some_and(Vec::is_empty));
-        (quiet && finished(c, job).len() >= lines(out)).then_some(())
+        (quiet && c.finished_runs(job).len() >= lines(out)).then_some(())
     });
     let ran = lines(out);
     // Every record history shows, not only finished ones: a replayed start
@@ -208,7 +205,7 @@ fn target_killed_between_apply_and_ack_reapplies_harmlessly() {
     });
     let _ = c.ctl(&["job", "start", "once"]);
     wait_lines(&out, 1);
-    wait_for("the run in history", WAIT, || (finished(&c, "once").len() == 1).then_some(()));
+    wait_for("the run in history", WAIT, || (c.finished_runs("once").len() == 1).then_some(()));
     let before = c.consumer_state("MUSTER_ASSIGN", "k1");
     assert!(proxy.dropped() >= 2 && before.ack_pending >= 2, "both acks were lost: {before:?}, dropped {}", proxy.dropped());
 
@@ -224,7 +221,7 @@ fn target_killed_between_apply_and_ack_reapplies_harmlessly() {
     assert_eq!(std::fs::read_dir(&jobs_dir).unwrap().count(), 1, "the job is there, once");
     let log = c.target("k1").log_text();
     assert!(log.contains("already applied"), "the redelivery was recognised: {after:?}\n{log}");
-    let runs = finished(&c, "once");
+    let runs = c.finished_runs("once");
     Tally { scenario: "target kill -9 between apply and ack".into(), ran: lines(&out), stored: runs.len(), history: runs.len(), duplicates: runs.len().saturating_sub(1), losses: 1 - runs.len().min(1) }.print();
     assert_eq!(runs.len(), 1, "{runs:?}");
 }
@@ -337,7 +334,7 @@ fn master_and_target_start_before_nats_and_connect_when_it_comes() {
     c.ctl(&["job", "create", "late-nats", "--command", "echo up"]).expect("create");
     c.ctl(&["job", "assign", "late-nats", "--target", "early"]).expect("assign");
     c.ctl(&["job", "start", "late-nats"]).expect("start");
-    wait_for("the run", WAIT, || (finished(&c, "late-nats").len() == 1).then_some(()));
+    wait_for("the run", WAIT, || (c.finished_runs("late-nats").len() == 1).then_some(()));
 }
 
 // ---- bad input -------------------------------------------------------------------
@@ -470,7 +467,7 @@ fn garbage_on_every_subject_is_refused_and_the_system_keeps_working() {
     c.ctl(&["job", "assign", "after-garbage", "--target", "g1"]).expect("assign");
     c.ctl(&["job", "start", "after-garbage"]).expect("start");
     let runs = wait_for("a normal run", WAIT, || {
-        let r = finished(&c, "after-garbage");
+        let r = c.finished_runs("after-garbage");
         (r.len() == 1).then_some(r)
     });
     assert_eq!(s(&runs[0], "outcome"), "succeeded");
