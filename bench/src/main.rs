@@ -39,6 +39,9 @@ struct Args {
     /// Override the number of results for the ingest measurements.
     #[arg(long)]
     results: Option<usize>,
+    /// Run only the result-ingest stage (steady and backlog drain).
+    #[arg(long)]
+    ingest_only: bool,
 }
 
 struct Sizes {
@@ -151,18 +154,49 @@ async fn main() -> anyhow::Result<()> {
         c.start_master();
         c
     });
-    let url = cluster.url();
-    let client = async_nats::connect(&url).await?;
-    let js = jetstream::new(client.clone());
-    let subjects = Subjects::default();
-    let api = ApiClient::new(client.clone(), subjects.clone());
+    let client = async_nats::connect(&cluster.url()).await?;
+    let bench = Bench {
+        js: jetstream::new(client.clone()),
+        api: ApiClient::new(client.clone(), Subjects::default()),
+        subjects: Subjects::default(),
+        client,
+    };
     let mut rows = Vec::new();
 
     println!("muster-bench: nats-server 2.15.1 (one node, file storage, loopback), {} cores", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    if !args.ingest_only {
+        force_poll_and_footprint(&bench, &mut cluster, &sizes, &mut rows).await?;
+        fan_out_and_scale(&bench, &cluster, &sizes, &mut rows).await?;
+    }
+    ingest_stage(&bench, &mut cluster, &sizes, &mut rows).await?;
 
-    // ---- force-poll round trip vs raw request/reply --------------------------------
+    print_rows(&rows);
+    if std::env::var_os("BENCH_LOG").is_some() {
+        // Keep the logs the filter asked for.
+        let keep = std::env::temp_dir().join("muster-bench-logs");
+        std::fs::create_dir_all(&keep)?;
+        for p in cluster.masters.iter().chain(cluster.targets.iter().map(|(_, p)| p)) {
+            std::fs::copy(&p.log, keep.join(p.log.file_name().context("log name")?))?;
+        }
+        eprintln!("muster-bench: logs kept in {}", keep.display());
+    }
+    drop(cluster);
+    Ok(())
+}
+
+/// What every stage talks through.
+struct Bench {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    api: ApiClient,
+    subjects: Subjects,
+}
+
+/// Force-poll round trips to a real agent against raw request/reply, then
+/// the agent's RSS idle and while running a job.
+async fn force_poll_and_footprint(b: &Bench, cluster: &mut Cluster, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     eprintln!("muster-bench: force-poll");
-    let raw_rtt = raw_rtt(&client, sizes.rtt_samples).await?;
+    let raw_rtt = raw_rtt(&b.client, sizes.rtt_samples).await?;
     tokio::task::block_in_place(|| {
         cluster.start_target("bench01", 3600);
         cluster.wait_target_online("bench01");
@@ -171,7 +205,7 @@ async fn main() -> anyhow::Result<()> {
     let mut fp = Vec::with_capacity(sizes.rtt_samples);
     for _ in 0..sizes.rtt_samples {
         let start = Instant::now();
-        let _: PollReport = api.call(Op::TargetForcePoll, TargetRef { name: t.clone() }).await?;
+        let _: PollReport = b.api.call(Op::TargetForcePoll, TargetRef { name: t.clone() }).await?;
         fp.push(start.elapsed());
     }
     fp.sort();
@@ -180,15 +214,14 @@ async fn main() -> anyhow::Result<()> {
     rows.push(row("force-poll p50 (API → master → target poll → reply)", ms(p50), ms(r50), format!("{:.1}×", p50.as_secs_f64() / r50.as_secs_f64())));
     rows.push(row("force-poll p99", ms(p99), ms(r99), format!("{:.1}×", p99.as_secs_f64() / r99.as_secs_f64())));
 
-    // ---- footprint of a real target agent ----------------------------------------------
     eprintln!("muster-bench: footprint");
     let target_pid = cluster.target("bench01").pid();
     let idle_rss = rss_kib(target_pid);
     let job = JobSpec::from_commands(JobName::new("bench-sleep")?, &["sleep 1".to_owned()]);
-    let _: JobInfo = api.call(Op::JobCreate, JobWrite { spec: job }).await?;
+    let _: JobInfo = b.api.call(Op::JobCreate, JobWrite { spec: job }).await?;
     let sel = |targets: Vec<TargetName>| JobSelect { job: JobName::new("bench-sleep").unwrap(), select: Selection { targets, groups: vec![], all: false } };
-    let _: JobInfo = api.call(Op::JobAssign, sel(vec![t.clone()])).await?;
-    let _: serde_json::Value = api.call(Op::JobStart, sel(vec![])).await?;
+    let _: JobInfo = b.api.call(Op::JobAssign, sel(vec![t.clone()])).await?;
+    let _: serde_json::Value = b.api.call(Op::JobStart, sel(vec![])).await?;
     let mut busy_rss = 0;
     for _ in 0..20 {
         busy_rss = busy_rss.max(rss_kib(target_pid));
@@ -196,17 +229,24 @@ async fn main() -> anyhow::Result<()> {
     }
     rows.push(row("target agent RSS, idle", format!("{:.1} MB", idle_rss as f64 / 1024.0), "-", "-"));
     rows.push(row("target agent RSS, running a job", format!("{:.1} MB", busy_rss as f64 / 1024.0), "-", "-"));
+    Ok(())
+}
 
-    // ---- fan-out ---------------------------------------------------------------------
+/// Fan-out to each size of virtual targets against raw publish + fetch, the
+/// footprint at the largest size, then every target polling once per window.
+async fn fan_out_and_scale(b: &Bench, cluster: &Cluster, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     eprintln!("muster-bench: fan-out");
-    let responder = VirtualTargets::start(client.clone(), js.clone(), subjects.clone()).await?;
+    let responder = VirtualTargets::start(b.client.clone(), b.js.clone(), b.subjects.clone()).await?;
     let mut enlisted = 0usize;
     for &n in &sizes.fanout {
+        // The raw baseline first, on a server that holds only the previous
+        // sizes' targets; its stream (and consumers) is deleted afterwards.
+        let raw = raw_fanout(&b.js, n).await?;
         let names: Vec<TargetName> = (0..n).map(|i| TargetName::new(format!("v{i:05}")).unwrap()).collect();
         let start = Instant::now();
         futures::stream::iter(names.iter().skip(enlisted).cloned())
             .map(|name| {
-                let api = api.clone();
+                let api = b.api.clone();
                 async move {
                     let req = EnlistRequest { name, location: None, instance: None, poll_interval_secs: Some(60) };
                     api.call::<_, TargetInfo>(Op::TargetEnlist, req).await
@@ -221,17 +261,17 @@ async fn main() -> anyhow::Result<()> {
         enlisted = enlisted.max(n);
 
         let job = JobName::new(format!("fan{n}"))?;
-        let _: JobInfo = api.call(Op::JobCreate, JobWrite { spec: JobSpec::from_commands(job.clone(), &["true".into()]) }).await?;
+        let _: JobInfo = b.api.call(Op::JobCreate, JobWrite { spec: JobSpec::from_commands(job.clone(), &["true".into()]) }).await?;
         responder.applied.store(0, Ordering::SeqCst);
         let start = Instant::now();
         let assign = JobSelect { job: job.clone(), select: Selection { targets: names.clone(), groups: vec![], all: false } };
-        let mut api_long = api.clone();
+        let mut api_long = b.api.clone();
         api_long.timeout = Duration::from_secs(600);
         let _: JobInfo = api_long.call(Op::JobAssign, assign).await?;
         let posted = start.elapsed();
         futures::stream::iter(names.iter().cloned())
             .map(|name| {
-                let api = api.clone();
+                let api = b.api.clone();
                 async move { api.call::<_, PollReport>(Op::TargetForcePoll, TargetRef { name }).await }
             })
             .buffer_unordered(64)
@@ -242,7 +282,6 @@ async fn main() -> anyhow::Result<()> {
         let total = start.elapsed();
         let applied = responder.applied.load(Ordering::SeqCst);
         anyhow::ensure!(applied as usize == n, "fan-out {n}: {applied} targets applied the job");
-        let raw = raw_fanout(&js, n).await?;
         rows.push(row(
             format!("fan-out to {n} targets: assign (post) + force-poll all until applied"),
             format!("{} (post {})", ms(total), ms(posted)),
@@ -256,57 +295,76 @@ async fn main() -> anyhow::Result<()> {
     rows.push(row(format!("master RSS with {enlisted} enlisted targets"), format!("{:.1} MB", rss_kib(master_pid) as f64 / 1024.0), "-", "-"));
     rows.push(row(format!("nats-server RSS with {enlisted} per-target consumers"), format!("{:.1} MB", rss_kib(npid) as f64 / 1024.0), "-", "-"));
 
-    // ---- scale: every target polls once per window ----------------------------------------
     eprintln!("muster-bench: scale");
     let scale_n = sizes.scale_targets.min(enlisted);
-    let (lat, master_cpu, nats_cpu) = scale(&responder, scale_n, sizes.scale_window, master_pid, npid).await?;
+    let (lat, cpu) = scale(&responder, scale_n, sizes.scale_window, master_pid, npid).await?;
     rows.push(row(
         format!("{scale_n} targets polling once per {:?}: poll p50 / p99", sizes.scale_window),
         format!("{} / {}", ms(percentile(&lat, 0.5)), ms(percentile(&lat, 0.99))),
         "-",
         "-",
     ));
-    rows.push(row(
-        "  … CPU over that window: master / nats-server",
-        format!("{:.0}% / {:.0}% of one core", master_cpu * 100.0, nats_cpu * 100.0),
-        "-",
-        "-",
-    ));
+    rows.push(row("  … CPU over that window: master / nats-server", cpu.to_string(), "-", "-"));
+    Ok(())
+}
 
-    // ---- result ingest ----------------------------------------------------------------
+/// Result ingest with the master running, then the drain of a backlog
+/// published while it was down, against raw async publish and fetch + ack.
+async fn ingest_stage(b: &Bench, cluster: &mut Cluster, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     eprintln!("muster-bench: ingest");
     let record = sample_record();
     let body = Bytes::from(msg::encode(&record));
-    let raw_pub = raw_publish_rate(&js, sizes.results, body.len()).await?;
-    let raw_fetch = raw_fetch_ack_rate(&js, sizes.results, body.len()).await?;
-    let steady = ingest(&js, &subjects, sizes.results, &record, None).await?;
+    let raw_pub = raw_publish_rate(&b.js, sizes.results, body.len()).await?;
+    let raw_fetch = raw_fetch_ack_rate(&b.js, sizes.results, body.len()).await?;
+    let (steady, steady_cpu) = ingest(b, sizes.results, &record, cluster, false).await?;
     rows.push(row(
         format!("result ingest, steady ({} results, {} B)", sizes.results, body.len()),
         format!("{steady:.0} results/s"),
         format!("{raw_pub:.0} msg/s async publish"),
         format!("{:.0}%", 100.0 * steady / raw_pub),
     ));
-    let backlog = ingest(&js, &subjects, sizes.results, &record, Some(&mut cluster)).await?;
+    rows.push(row("  … CPU while ingesting: master / nats-server", steady_cpu.to_string(), "-", "-"));
+    let (backlog, drain_cpu) = ingest(b, sizes.results, &record, cluster, true).await?;
     rows.push(row(
         format!("backlog drain after master outage ({} results)", sizes.results),
         format!("{backlog:.0} results/s"),
         format!("{raw_fetch:.0} msg/s fetch+ack"),
         format!("{:.0}%", 100.0 * backlog / raw_fetch),
     ));
-
-    print_rows(&rows);
-    if std::env::var_os("BENCH_LOG").is_some() {
-        // Keep the logs the filter asked for.
-        let keep = std::env::temp_dir().join("muster-bench-logs");
-        std::fs::create_dir_all(&keep)?;
-        for p in cluster.masters.iter().chain(cluster.targets.iter().map(|(_, p)| p)) {
-            std::fs::copy(&p.log, keep.join(p.log.file_name().context("log name")?))?;
-        }
-        eprintln!("muster-bench: logs kept in {}", keep.display());
-    }
-    drop(responder);
-    drop(cluster);
+    rows.push(row("  … CPU while draining: master / nats-server", drain_cpu.to_string(), "-", "-"));
     Ok(())
+}
+
+/// CPU shares of the master and nats-server over a measured interval.
+struct CpuShare {
+    master: f64,
+    nats: f64,
+}
+
+impl std::fmt::Display for CpuShare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.0}% / {:.0}% of one core", self.master * 100.0, self.nats * 100.0)
+    }
+}
+
+/// Measures the CPU the master and nats-server use from now until `finish`.
+struct CpuMeter {
+    master_pid: i32,
+    nats_pid: i32,
+    master0: f64,
+    nats0: f64,
+    t0: Instant,
+}
+
+impl CpuMeter {
+    fn start(master_pid: i32, nats_pid: i32) -> CpuMeter {
+        CpuMeter { master_pid, nats_pid, master0: cpu_secs(master_pid), nats0: cpu_secs(nats_pid), t0: Instant::now() }
+    }
+
+    fn finish(&self) -> CpuShare {
+        let secs = self.t0.elapsed().as_secs_f64();
+        CpuShare { master: (cpu_secs(self.master_pid) - self.master0) / secs, nats: (cpu_secs(self.nats_pid) - self.nats0) / secs }
+    }
 }
 
 fn print_rows(rows: &[Row]) {
@@ -467,22 +525,15 @@ fn sample_record() -> RunRecord {
     .expect("sample record")
 }
 
-/// Publishes `n` final run records from 100 targets; returns results/s until
-/// the master's consumer has acked them all. With `outage`, the master is
-/// killed first and started after the backlog is in the stream.
-async fn ingest(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-    n: usize,
-    template: &RunRecord,
-    outage: Option<&mut Cluster>,
-) -> anyhow::Result<f64> {
+/// Publishes `n` final run records of 100 jobs; returns results/s until
+/// the master's consumer has acked them all, and the CPU used meanwhile.
+/// With `outage`, the master is killed first and started after the backlog
+/// is in the stream; the drain is timed from its start.
+async fn ingest(b: &Bench, n: usize, template: &RunRecord, cluster: &mut Cluster, outage: bool) -> anyhow::Result<(f64, CpuShare)> {
     let target = TargetName::new("v00000")?;
-    let stream = js.get_stream(subjects.results_stream()).await?;
-    let had_outage = outage.is_some();
-    let mut cluster = outage;
-    if let Some(c) = cluster.as_deref_mut() {
-        c.masters[0].kill();
+    let stream = b.js.get_stream(b.subjects.results_stream()).await?;
+    if outage {
+        cluster.masters[0].kill();
     }
     let mut records = Vec::with_capacity(n);
     for i in 0..n {
@@ -493,17 +544,19 @@ async fn ingest(
         records.push(r);
     }
     let start = Instant::now();
-    publish_all(js, n, |i| (subjects.result_run(&target, records[i].job_id), Bytes::from(msg::encode(&records[i])))).await?;
-    let start = if let Some(c) = cluster {
+    let meter = CpuMeter::start(cluster.masters[0].pid(), nats_pid());
+    publish_all(&b.js, n, |i| (b.subjects.result_run(&target, records[i].job_id), Bytes::from(msg::encode(&records[i])))).await?;
+    let (start, meter) = if outage {
+        let c = &mut *cluster;
         tokio::task::block_in_place(|| {
             let mut cmd = std::process::Command::new(muster_tests::bin("muster-master"));
             cmd.env("NATS_URL", c.url()).envs(c.env.clone());
             let log = c.dir.path().join("master-bench.log");
             c.masters[0] = Proc::spawn("muster-master", cmd, log);
         });
-        Instant::now()
+        (Instant::now(), CpuMeter::start(c.masters[0].pid(), nats_pid()))
     } else {
-        start
+        (start, meter)
     };
 
     loop {
@@ -512,9 +565,9 @@ async fn ingest(
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(600), "drain did not finish (outage: {had_outage})");
+        anyhow::ensure!(start.elapsed() < Duration::from_secs(600), "drain did not finish (outage: {outage})");
     }
-    Ok(n as f64 / start.elapsed().as_secs_f64())
+    Ok((n as f64 / start.elapsed().as_secs_f64(), meter.finish()))
 }
 
 /// Virtual targets: one wildcard subscription to every control subject; each
@@ -614,8 +667,8 @@ async fn scale(
     window: Duration,
     master_pid: i32,
     nats_pid: i32,
-) -> anyhow::Result<(Vec<Duration>, f64, f64)> {
-    let (m0, n0, t0) = (cpu_secs(master_pid), cpu_secs(nats_pid), Instant::now());
+) -> anyhow::Result<(Vec<Duration>, CpuShare)> {
+    let meter = CpuMeter::start(master_pid, nats_pid);
     let gap = window / u32::try_from(n.max(1)).unwrap_or(u32::MAX);
     let mut tick = tokio::time::interval(gap);
     let mut tasks = Vec::with_capacity(n);
@@ -631,7 +684,6 @@ async fn scale(
     for t in tasks {
         lat.push(t.await??);
     }
-    let secs = t0.elapsed().as_secs_f64();
     lat.sort();
-    Ok((lat, (cpu_secs(master_pid) - m0) / secs, (cpu_secs(nats_pid) - n0) / secs))
+    Ok((lat, meter.finish()))
 }

@@ -68,7 +68,7 @@ async fn drain(store: &Store, shutdown: &CancellationToken) -> anyhow::Result<()
         .expires(Duration::from_secs(5))
         .messages()
         .await?;
-    let cache = Arc::new(Mutex::new(StatusCache::default()));
+    let cache = Arc::new(StatusCache::default());
     // Batches are written concurrently (each acks its own records once its
     // writes are confirmed), so the next batch arrives while one is written.
     let mut in_flight = FuturesUnordered::new();
@@ -114,7 +114,7 @@ const GATHER: Duration = Duration::from_millis(2);
 
 async fn write_and_ack(
     store: &Store,
-    cache: &Mutex<StatusCache>,
+    cache: &StatusCache,
     batch: &[async_nats::jetstream::Message],
 ) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
@@ -131,7 +131,7 @@ async fn write_and_ack(
 /// of bad records, to be terminated.
 async fn handle_batch(
     store: &Store,
-    cache: &Mutex<StatusCache>,
+    cache: &StatusCache,
     batch: &[async_nats::jetstream::Message],
 ) -> Result<Vec<usize>, ApiError> {
     // Keep only the newest record per (job, target); older ones in the same
@@ -171,16 +171,18 @@ async fn handle_batch(
         }
     }
     let writes = futures::stream::iter(newest)
-        .map(|(key, status)| {
-            let cached = cache.lock().expect("cache lock").get(&key).cloned();
-            write_status(store, key, status, cached)
+        .map(|(key, status)| async move {
+            // One write per key at a time: batches in flight together often
+            // carry the same keys, and racing compare-and-sets would fail.
+            let slot = cache.slot(&key);
+            let mut known = slot.lock().await;
+            write_status(store, &key, status, &mut known).await
         })
         .buffer_unordered(WRITES_IN_FLIGHT)
         .collect::<Vec<_>>()
         .await;
     for w in writes {
-        let (key, status, revision) = w?;
-        cache.lock().expect("cache lock").insert(key, status, revision);
+        w?;
     }
     let instr_writes = futures::stream::iter(instr)
         .map(|r| async move { apply_instr_record(store, &r).await })
@@ -197,53 +199,55 @@ async fn handle_batch(
 const WRITES_IN_FLIGHT: usize = 256;
 
 /// The job status this master last wrote or read per key, with its KV
-/// revision. With it, a write is one compare-and-set and no read; when
+/// revision, each behind its own lock. With it, a write is one
+/// compare-and-set and no read, and two batches never race on one key; when
 /// another master replica wrote in between, the compare-and-set fails and
-/// the key is read again. Bounded: cleared when full (it only saves reads).
+/// the key is read again. Bounded: idle entries are dropped when full (the
+/// cache only saves reads).
 #[derive(Debug, Default)]
 pub struct StatusCache {
-    entries: HashMap<String, (JobTargetStatus, u64)>,
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Known>>>>,
 }
+
+/// What a key is known to hold, and at which revision.
+type Known = Option<(JobTargetStatus, u64)>;
 
 impl StatusCache {
     const MAX_ENTRIES: usize = 100_000;
 
-    fn get(&self, key: &str) -> Option<&(JobTargetStatus, u64)> {
-        self.entries.get(key)
-    }
-
-    fn insert(&mut self, key: String, status: JobTargetStatus, revision: u64) {
-        if self.entries.len() >= Self::MAX_ENTRIES && !self.entries.contains_key(&key) {
-            self.entries.clear();
+    fn slot(&self, key: &str) -> Arc<tokio::sync::Mutex<Known>> {
+        let mut slots = self.slots.lock().expect("status cache lock");
+        if let Some(slot) = slots.get(key) {
+            return slot.clone();
         }
-        self.entries.insert(key, (status, revision));
+        if slots.len() >= Self::MAX_ENTRIES {
+            slots.retain(|_, slot| Arc::strong_count(slot) > 1);
+        }
+        slots.entry(key.to_owned()).or_default().clone()
     }
 }
 
 /// Makes `status` the job status at `key` unless what is there supersedes
-/// it. Returns what the key holds afterwards, with its revision.
-async fn write_status(
-    store: &Store,
-    key: String,
-    status: JobTargetStatus,
-    cached: Option<(JobTargetStatus, u64)>,
-) -> Result<(String, JobTargetStatus, u64), ApiError> {
+/// it; `known` is what the key held, and is kept up to date.
+async fn write_status(store: &Store, key: &str, status: JobTargetStatus, known: &mut Known) -> Result<(), ApiError> {
     let body = || bytes::Bytes::from(msg::encode(&status));
-    let mut known = cached;
     for _ in 0..32 {
-        let attempt = match known.take() {
-            Some((have, revision)) if !supersedes(&status, &have) => return Ok((key, have, revision)),
-            Some((_, revision)) => store.jobstatus.update(&key, body(), revision).await.map_err(|e| {
+        let attempt = match known.as_ref() {
+            Some((have, _)) if !supersedes(&status, have) => return Ok(()),
+            Some((_, revision)) => store.jobstatus.update(key, body(), *revision).await.map_err(|e| {
                 if e.kind() == kv::UpdateErrorKind::WrongLastRevision { None } else { Some(e.to_string()) }
             }),
-            None => store.jobstatus.create(&key, body()).await.map_err(|e| {
+            None => store.jobstatus.create(key, body()).await.map_err(|e| {
                 if e.kind() == kv::CreateErrorKind::AlreadyExists { None } else { Some(e.to_string()) }
             }),
         };
         match attempt {
-            Ok(revision) => return Ok((key, status, revision)),
+            Ok(revision) => {
+                *known = Some((status, revision));
+                return Ok(());
+            }
             // Someone else wrote it: read what is there and decide again.
-            Err(None) => known = Store::read::<JobTargetStatus>(&store.jobstatus, &key).await?,
+            Err(None) => *known = Store::read::<JobTargetStatus>(&store.jobstatus, key).await?,
             Err(Some(e)) => return Err(ApiError::internal(format!("writing job status '{key}': {e}"))),
         }
     }
