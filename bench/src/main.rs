@@ -19,7 +19,7 @@ use bytes::Bytes;
 use clap::Parser;
 use futures::StreamExt;
 use muster_master::client::ApiClient;
-use muster_shared::api::{EnlistRequest, JobInfo, JobSelect, JobWrite, Op, Selection, TargetInfo, TargetRef};
+use muster_shared::api::{EnlistRequest, ForcePollOutcome, JobInfo, JobSelect, JobWrite, Op, Selection, TargetInfo, TargetRef};
 use muster_shared::job::JobSpec;
 use muster_shared::msg::{self, ControlReply, PollReport, RunRecord};
 use muster_shared::name::{JobName, TargetName};
@@ -39,9 +39,19 @@ struct Args {
     /// Override the number of results for the ingest measurements.
     #[arg(long)]
     results: Option<usize>,
-    /// Run only the result-ingest stage (steady and backlog drain).
-    #[arg(long)]
-    ingest_only: bool,
+    /// Run only one stage.
+    #[arg(long, value_enum)]
+    only: Option<Stage>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Stage {
+    /// Force-poll round trip and the agent's footprint.
+    ForcePoll,
+    /// Fan-out, master and nats-server footprint, scale.
+    FanOut,
+    /// Result ingest, steady and backlog drain.
+    Ingest,
 }
 
 struct Sizes {
@@ -164,11 +174,16 @@ async fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
 
     println!("muster-bench: nats-server 2.15.1 (one node, file storage, loopback), {} cores", std::thread::available_parallelism().map_or(0, |n| n.get()));
-    if !args.ingest_only {
+    let runs = |stage: Stage| args.only.is_none_or(|only| only == stage);
+    if runs(Stage::ForcePoll) {
         force_poll_and_footprint(&bench, &mut cluster, &sizes, &mut rows).await?;
+    }
+    if runs(Stage::FanOut) {
         fan_out_and_scale(&bench, &cluster, &sizes, &mut rows).await?;
     }
-    ingest_stage(&bench, &mut cluster, &sizes, &mut rows).await?;
+    if runs(Stage::Ingest) {
+        ingest_stage(&bench, &mut cluster, &sizes, &mut rows).await?;
+    }
 
     print_rows(&rows);
     if std::env::var_os("BENCH_LOG").is_some() {
@@ -259,6 +274,9 @@ async fn fan_out_and_scale(b: &Bench, cluster: &Cluster, sizes: &Sizes, rows: &m
             .collect::<Result<Vec<_>, _>>()?;
         let enlist_time = start.elapsed();
         enlisted = enlisted.max(n);
+        // A real agent binds to its consumer once, at start: so do these,
+        // before the clock starts (the raw baseline's are bound too).
+        responder.bind(&names).await?;
 
         let job = JobName::new(format!("fan{n}"))?;
         let _: JobInfo = b.api.call(Op::JobCreate, JobWrite { spec: JobSpec::from_commands(job.clone(), &["true".into()]) }).await?;
@@ -269,17 +287,12 @@ async fn fan_out_and_scale(b: &Bench, cluster: &Cluster, sizes: &Sizes, rows: &m
         api_long.timeout = Duration::from_secs(600);
         let _: JobInfo = api_long.call(Op::JobAssign, assign).await?;
         let posted = start.elapsed();
-        futures::stream::iter(names.iter().cloned())
-            .map(|name| {
-                let api = b.api.clone();
-                async move { api.call::<_, PollReport>(Op::TargetForcePoll, TargetRef { name }).await }
-            })
-            .buffer_unordered(64)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?;
+        let polled: Vec<ForcePollOutcome> =
+            api_long.call(Op::TargetForcePollMany, Selection { targets: names.clone(), groups: vec![], all: false }).await?;
         let total = start.elapsed();
+        if let Some(failed) = polled.iter().find(|p| p.error.is_some()) {
+            anyhow::bail!("fan-out {n}: force-poll of {} failed: {:?}", failed.target, failed.error);
+        }
         let applied = responder.applied.load(Ordering::SeqCst);
         anyhow::ensure!(applied as usize == n, "fan-out {n}: {applied} targets applied the job");
         rows.push(row(
@@ -449,7 +462,8 @@ async fn raw_fanout(js: &jetstream::Context, n: usize) -> anyhow::Result<Duratio
             }
             Ok::<(), anyhow::Error>(())
         })
-        .buffer_unordered(64)
+        // As many at once as the master's force-poll of many targets.
+        .buffer_unordered(128)
         .collect::<Vec<_>>()
         .await
         .into_iter()
@@ -629,6 +643,36 @@ impl VirtualTargets {
     }
 }
 
+impl VirtualTargets {
+    /// Looks up each target's consumer once, as an agent does at start.
+    async fn bind(&self, names: &[TargetName]) -> anyhow::Result<()> {
+        futures::stream::iter(names)
+            .map(|name| consumer_of(&self.js, &self.subjects, &self.consumers, name.as_str()))
+            .buffer_unordered(64)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(())
+    }
+}
+
+/// A virtual target's consumer, looked up on first use.
+async fn consumer_of(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    cache: &Mutex<HashMap<String, PullConsumer>>,
+    name: &str,
+) -> anyhow::Result<PullConsumer> {
+    if let Some(c) = cache.lock().await.get(name) {
+        return Ok(c.clone());
+    }
+    let c: PullConsumer =
+        js.get_consumer_from_stream(name, subjects.assign_stream()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    cache.lock().await.insert(name.to_owned(), c.clone());
+    Ok(c)
+}
+
 /// One poll of one virtual target: fetch all pending, confirm each ack.
 async fn poll_one(
     js: &jetstream::Context,
@@ -636,20 +680,7 @@ async fn poll_one(
     cache: &Mutex<HashMap<String, PullConsumer>>,
     name: &str,
 ) -> anyhow::Result<u64> {
-    let consumer = {
-        let cached = cache.lock().await.get(name).cloned();
-        match cached {
-            Some(c) => c,
-            None => {
-                let c: PullConsumer = js
-                    .get_consumer_from_stream(name, subjects.assign_stream())
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                cache.lock().await.insert(name.to_owned(), c.clone());
-                c
-            }
-        }
-    };
+    let consumer = consumer_of(js, subjects, cache, name).await?;
     let mut n = 0;
     let mut batch = consumer.fetch().max_messages(256).messages().await?;
     while let Some(m) = batch.next().await {

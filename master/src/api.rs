@@ -17,7 +17,7 @@ use async_nats::service::ServiceExt;
 use chrono::Utc;
 use futures::StreamExt;
 use muster_shared::api::{
-    self as wire, ApiError, Delivery, EnlistRequest, ErrorCode, GroupInfo, GroupMembers, GroupRef, InstrStatus,
+    self as wire, ApiError, Delivery, EnlistRequest, ErrorCode, ForcePollOutcome, GroupInfo, GroupMembers, GroupRef, InstrStatus,
     InstructionsQuery, JobInfo, JobRef, JobSelect, JobTargetStatus, JobWrite, Op, PostRequest, Posted, Reply,
     Request, Selection, StatusSummary, TargetInfo, TargetRef, TargetStatus,
 };
@@ -38,6 +38,9 @@ use crate::store::{GroupRecord, InstrRow, JobRecord, Store, TargetRecord};
 
 /// Default poll interval for a target that does not say (SQL Server's too).
 pub const DEFAULT_POLL_INTERVAL_SECS: u64 = 60;
+
+/// Control requests (force-polls, stops) one operation has out at once.
+const CONTROL_IN_FLIGHT: usize = 128;
 
 /// Where a request came in.
 #[derive(Debug, Clone, Copy)]
@@ -171,6 +174,7 @@ impl Ctx {
             Op::TargetList => ok(self.target_list().await?),
             Op::TargetShow => ok(self.target_info(&self.store.target(&body::<TargetRef>(p)?.name).await?).await),
             Op::TargetForcePoll => ok(self.force_poll_enlisted(&body::<TargetRef>(p)?.name).await?),
+            Op::TargetForcePollMany => ok(self.force_poll_many(&body(p)?).await?),
             Op::JobCreate => ok(self.job_create(body::<JobWrite>(p)?.spec).await?),
             Op::JobUpdate => ok(self.job_update(body::<JobWrite>(p)?.spec).await?),
             Op::JobDelete => ok(self.job_delete(body(p)?).await?),
@@ -387,6 +391,22 @@ impl Ctx {
         polled
     }
 
+    /// Force-polls every selected target at once; one outcome per target,
+    /// in name order. A target that is offline or slow fails alone.
+    async fn force_poll_many(&self, select: &Selection) -> Result<Vec<ForcePollOutcome>, ApiError> {
+        let targets = self.resolve(select).await?;
+        Ok(futures::stream::iter(targets)
+            .map(|target| async move {
+                match self.force_poll(&target).await {
+                    Ok(report) => ForcePollOutcome { target, report: Some(report), error: None },
+                    Err(e) => ForcePollOutcome { target, report: None, error: Some(e) },
+                }
+            })
+            .buffered(CONTROL_IN_FLIGHT)
+            .collect()
+            .await)
+    }
+
     /// Asks a target to poll now; its answer is the poll report.
     ///
     /// # Errors
@@ -582,7 +602,7 @@ impl Ctx {
                 };
                 Delivery { target: i.target, run_id, state: state.to_owned(), message }
             }})
-            .buffer_unordered(64)
+            .buffer_unordered(CONTROL_IN_FLIGHT)
             .collect::<Vec<_>>()
             .await;
         Ok(sorted(deliveries))
@@ -616,7 +636,7 @@ impl Ctx {
                     }
                 }
             })
-            .buffer_unordered(64)
+            .buffer_unordered(CONTROL_IN_FLIGHT)
             .collect::<Vec<_>>()
             .await;
         Ok(sorted(deliveries))
@@ -691,7 +711,7 @@ impl Ctx {
         let targets = self.resolve(&req.select).await?;
         let posted = self.post_each(targets, |_| vec![InstructionOp::SyncTime { master_time: Utc::now() }]).await?;
         futures::stream::iter(&posted)
-            .for_each_concurrent(64, |p| async move {
+            .for_each_concurrent(CONTROL_IN_FLIGHT, |p| async move {
                 self.force_poll(&p.target).await.ok();
             })
             .await;

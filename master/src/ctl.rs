@@ -13,12 +13,12 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use muster_shared::api::{
-    ApiError, DefectRequest, Delivery, EnlistRequest, ErrorCode, GroupInfo, GroupMembers, GroupRef, InstrRow,
+    ApiError, DefectRequest, Delivery, EnlistRequest, ErrorCode, ForcePollOutcome, GroupInfo, GroupMembers, GroupRef, InstrRow,
     InstructionsQuery, JobInfo, JobRef, JobSelect, JobTargetStatus, JobWrite, MasterSeen, Op, PostRequest, Posted,
     Selection, StatusSummary, TargetInfo, TargetRef,
 };
 use muster_shared::job::JobSpec;
-use muster_shared::msg::{Outcome, PollReport, RunRecord};
+use muster_shared::msg::{Outcome, RunRecord};
 use muster_shared::name::{GroupName, JobName, TargetName};
 use muster_shared::subject::Subjects;
 use serde::Serialize;
@@ -40,7 +40,7 @@ Exit codes:
   7  conflict: already exists, still in use, or changed concurrently (retry)
   8  a run did not succeed (job start --wait)
 
-Environment: NATS_URL (comma-separated), NATS_CREDS, NATS_USER, NATS_PASSWORD, MUSTER_PREFIX.";
+Environment: NATS_URL (comma-separated), NATS_CREDS, NATS_USER, NATS_PASSWORD, MUSTER_PREFIX, MUSTER_TIMEOUT.";
 
 /// Maps an API error code to the documented exit code.
 pub fn exit_code(code: ErrorCode) -> u8 {
@@ -73,6 +73,9 @@ pub struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Seconds to wait for the master's answer.
+    #[arg(long, env = "MUSTER_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400), global = true)]
+    pub timeout: u64,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -122,11 +125,9 @@ pub enum TargetCmd {
     /// All targets with their status (SQL Server's "Target Servers Status").
     List,
     Show { name: TargetName },
-    /// Make targets poll now and print their poll reports.
-    ForcePoll {
-        #[arg(required = true)]
-        names: Vec<TargetName>,
-    },
+    /// Make targets poll now (all at once) and print their poll reports.
+    /// With many slow targets, raise --timeout.
+    ForcePoll(PostArgs),
     /// Post a new poll interval (10-28800 s); each target uses it from the poll that downloads it.
     SetPoll {
         /// Targets, then the interval in seconds: `set-poll web01 web02 120`, `set-poll --all 120`.
@@ -145,7 +146,7 @@ pub enum TargetCmd {
     Resync(PostArgs),
 }
 
-/// Which targets get a posted instruction.
+/// Which targets an operation concerns.
 #[derive(Debug, Args)]
 pub struct PostArgs {
     pub names: Vec<TargetName>,
@@ -158,8 +159,12 @@ pub struct PostArgs {
 }
 
 impl PostArgs {
+    fn selection(self) -> Selection {
+        Selection { targets: self.names, groups: self.groups, all: self.all }
+    }
+
     fn request(self, secs: Option<u64>) -> PostRequest {
-        PostRequest { select: Selection { targets: self.names, groups: self.groups, all: self.all }, secs }
+        PostRequest { select: self.selection(), secs }
     }
 }
 
@@ -365,7 +370,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     }
     .with_servers(&cli.server);
     let client = nats::connect(&opts, Wait::Once).await?;
-    let api = ApiClient::new(client.clone(), subjects.clone());
+    let mut api = ApiClient::new(client.clone(), subjects.clone());
+    api.timeout = std::time::Duration::from_secs(cli.timeout);
     let out = Out { json: cli.json };
     match cli.command {
         Command::Target(cmd) => target(&api, &out, cmd).await,
@@ -436,30 +442,23 @@ async fn target(api: &ApiClient, out: &Out, cmd: TargetCmd) -> Result<(), Failur
             let t: TargetInfo = api.call(Op::TargetShow, TargetRef { name }).await?;
             out.print(&t, || print_targets(std::slice::from_ref(&t)))
         }
-        TargetCmd::ForcePoll { names } => {
-            let mut reports = Vec::new();
-            let mut worst: Option<ApiError> = None;
-            for name in names {
-                match api.call::<_, PollReport>(Op::TargetForcePoll, TargetRef { name: name.clone() }).await {
-                    Ok(r) => reports.push(serde_json::json!({"target": name, "report": r})),
-                    Err(e) => {
-                        reports.push(serde_json::json!({"target": name, "error": e}));
-                        worst = Some(e);
-                    }
-                }
-            }
+        TargetCmd::ForcePoll(select) => {
+            let reports: Vec<ForcePollOutcome> = api.call(Op::TargetForcePollMany, select.selection()).await?;
+            let worst = reports.iter().filter_map(|r| r.error.clone()).last();
             out.print(&reports, || {
                 for r in &reports {
-                    match (r.get("report"), r.get("error")) {
+                    match (&r.report, &r.error) {
                         (Some(rep), _) => println!(
                             "{}: polled at {} (applied {}, failed {}, jobs {}, agent {})",
-                            r["target"].as_str().unwrap_or("?"),
-                            rep["polled_at"].as_str().unwrap_or("?"),
-                            rep["applied"], rep["failed"], rep["jobs"],
-                            rep["agent_version"].as_str().unwrap_or("?"),
+                            r.target,
+                            rep.polled_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                            rep.applied,
+                            rep.failed,
+                            rep.jobs,
+                            rep.agent_version,
                         ),
-                        (_, Some(e)) => println!("{}: {}", r["target"].as_str().unwrap_or("?"), e["message"].as_str().unwrap_or("?")),
-                        _ => {}
+                        (None, Some(e)) => println!("{}: {}", r.target, e.message),
+                        (None, None) => {}
                     }
                 }
             })?;

@@ -119,6 +119,7 @@ pub fn consumer_config(spec: &ConsumerSpec) -> consumer::pull::Config {
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: spec.ack_wait,
         max_deliver: spec.max_deliver,
+        max_ack_pending: spec.max_ack_pending.unwrap_or_default(),
         num_replicas: spec.replicas,
         ..Default::default()
     }

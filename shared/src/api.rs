@@ -143,6 +143,7 @@ pub enum Op {
     TargetList,
     TargetShow,
     TargetForcePoll,
+    TargetForcePollMany,
     JobCreate,
     JobUpdate,
     JobDelete,
@@ -174,6 +175,7 @@ impl Op {
         Op::TargetList,
         Op::TargetShow,
         Op::TargetForcePoll,
+        Op::TargetForcePollMany,
         Op::JobCreate,
         Op::JobUpdate,
         Op::JobDelete,
@@ -206,6 +208,7 @@ impl Op {
             Op::TargetList => "target.list",
             Op::TargetShow => "target.show",
             Op::TargetForcePoll => "target.force-poll",
+            Op::TargetForcePollMany => "target.force-poll-many",
             Op::JobCreate => "job.create",
             Op::JobUpdate => "job.update",
             Op::JobDelete => "job.delete",
@@ -493,7 +496,8 @@ pub struct JobInfo {
     pub updated_at: DateTime<Utc>,
 }
 
-/// What happened to a force-poll of one target.
+/// What happened to a force-poll of one target, in the answer to
+/// `target.force-poll-many` (body: a [`Selection`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForcePollOutcome {
     pub target: TargetName,

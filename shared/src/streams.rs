@@ -34,6 +34,11 @@ pub const ASSIGN_ACK_WAIT: Duration = Duration::from_secs(30);
 /// mid-batch leaves it unacked: this is how long its replacement waits for it.
 pub const RESULTS_ACK_WAIT: Duration = Duration::from_secs(10);
 
+/// Results the master may hold unacked: room for several batches being
+/// written at once per replica (the server's default of 1,000 stalls the
+/// drain while batches wait for their writes).
+pub const MASTER_MAX_ACK_PENDING: i64 = 8192;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retention {
     /// Kept until limits (age, count) remove it.
@@ -146,6 +151,9 @@ pub struct ConsumerSpec {
     /// -1 = no limit. Instructions are never dropped after N deliveries: a
     /// dropped instruction would be a lost one.
     pub max_deliver: i64,
+    /// Records delivered and not yet acked; the server's default (1,000)
+    /// when `None`.
+    pub max_ack_pending: Option<i64>,
     pub replicas: usize,
 }
 
@@ -155,6 +163,7 @@ pub fn target_consumer(s: &Subjects, t: &TargetName, o: &StoreOptions) -> Consum
         filter_subject: s.assign(t),
         ack_wait: ASSIGN_ACK_WAIT,
         max_deliver: -1,
+        max_ack_pending: None,
         replicas: o.replicas,
     }
 }
@@ -165,6 +174,7 @@ pub fn master_consumer(s: &Subjects, o: &StoreOptions) -> ConsumerSpec {
         filter_subject: s.results_all(),
         ack_wait: RESULTS_ACK_WAIT,
         max_deliver: -1,
+        max_ack_pending: Some(MASTER_MAX_ACK_PENDING),
         replicas: o.replicas,
     }
 }

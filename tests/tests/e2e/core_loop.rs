@@ -117,6 +117,38 @@ fn offline_target_is_reported_and_gets_its_instructions_at_first_poll() {
 }
 
 #[test]
+fn force_poll_by_group_and_all_answers_for_each_target() {
+    let mut c = Cluster::with_master();
+    c.start_target("web01", 3600);
+    c.start_target("web02", 3600);
+    c.wait_target_online("web01");
+    c.wait_target_online("web02");
+    c.ctl(&["target", "enlist", "late"]).expect("enlist an offline target");
+    c.ctl(&["group", "create", "web"]).expect("group");
+    c.ctl(&["group", "add", "web", "web01", "web02"]).expect("members");
+
+    let polled = c.ctl(&["target", "force-poll", "--group", "web"]).expect("force-poll a group");
+    let names: Vec<&str> = polled.as_array().unwrap().iter().map(|r| s(r, "target")).collect();
+    assert_eq!(names, ["web01", "web02"], "{polled}");
+    assert!(polled.as_array().unwrap().iter().all(|r| r["report"]["target"] == r["target"]), "{polled}");
+
+    // One offline target fails alone: the others' reports are there, and
+    // the exit code says that not every target polled.
+    let all = c.ctl_raw(&["target", "force-poll", "--all"], true);
+    assert_eq!(all.code, 5, "{all:?}");
+    let outcomes: Value = serde_json::from_str(&all.stdout).expect("JSON outcomes");
+    let by_name = |n: &str| outcomes.as_array().unwrap().iter().find(|r| s(r, "target") == n).cloned().unwrap();
+    assert_eq!(by_name("web01")["report"]["target"], "web01", "{outcomes}");
+    assert_eq!(by_name("web02")["report"]["target"], "web02", "{outcomes}");
+    assert_eq!(s(&by_name("late")["error"], "code"), "offline", "{outcomes}");
+    let human = c.ctl_raw(&["target", "force-poll", "--all"], false);
+    assert!(human.stdout.contains("web01: polled at") && human.stdout.contains("late: target 'late' is offline"), "{human:?}");
+
+    let none = c.ctl_raw(&["target", "force-poll"], false);
+    assert_eq!(none.code, 4, "naming nothing is refused: {none:?}");
+}
+
+#[test]
 fn operations_on_unenlisted_targets_fail_with_not_enlisted() {
     let c = Cluster::with_master();
     c.ctl(&["job", "create", "j", "--command", "true"]).expect("create");
