@@ -128,13 +128,33 @@ pub async fn serve(
         tokio::spawn(async move {
             let subject = request.message.subject.to_string();
             let reply = ctx.handle(route, &subject, &request.message.payload).await;
-            if let Err(e) = request.respond(Ok(reply.into())).await {
+            if let Err(e) = send_reply(&ctx.client, request, reply).await {
                 tracing::warn!(subject, error = %e, "could not send the API reply");
             }
             drop(permit);
         });
     }
     service.stop().await.ok();
+    Ok(())
+}
+
+/// Answers a request: in one message when the server takes it, otherwise
+/// in parts marked with [`wire::CHUNK_HEADER`], sent in order.
+async fn send_reply(client: &async_nats::Client, request: async_nats::service::Request, reply: Vec<u8>) -> anyhow::Result<()> {
+    // Room for the subject and headers next to the body.
+    let room = client.server_info().max_payload.saturating_sub(4096).max(4096);
+    if reply.len() <= room {
+        return Ok(request.respond(Ok(reply.into())).await?);
+    }
+    let Some(to) = request.message.reply.clone() else {
+        return Ok(());
+    };
+    let parts = reply.len().div_ceil(room);
+    for (i, part) in reply.chunks(room).enumerate() {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(wire::CHUNK_HEADER, format!("{}/{parts}", i + 1).as_str());
+        client.publish_with_headers(to.clone(), headers, bytes::Bytes::copy_from_slice(part)).await?;
+    }
     Ok(())
 }
 

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use muster_shared::api::{ApiError, ErrorCode, MasterSeen, Op, Reply, Request};
-use muster_shared::msg;
+use muster_shared::api::{parse_chunk, ApiError, ErrorCode, MasterSeen, Op, Reply, Request, CHUNK_HEADER};
+use muster_shared::{msg, MAX_REPLY_BYTES};
 use muster_shared::subject::Subjects;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -32,22 +32,38 @@ impl ApiClient {
     pub async fn call<B: Serialize, R: DeserializeOwned>(&self, op: Op, body: B) -> Result<R, ApiError> {
         let payload = msg::encode(&Request::new(body));
         let subject = self.subjects.api(op.subject());
-        // The client's own request timeout (10 s by default) would cut long
-        // operations short: this call's timeout is the one that counts.
-        let request = async_nats::Request::new().payload(payload.into()).timeout(Some(self.timeout));
-        let sent = tokio::time::timeout(self.timeout, self.client.send_request(subject.clone(), request)).await;
-        let message = match sent {
-            Err(_) => return Err(ApiError::new(ErrorCode::Timeout, format!("no answer on {subject} within {:?}", self.timeout))),
-            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+        let reply = tokio::time::timeout(self.timeout, self.exchange(&subject, payload))
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Timeout, format!("no answer on {subject} within {:?}", self.timeout)))??;
+        msg::decode_within::<Reply<R>>(&reply, MAX_REPLY_BYTES)?.into_result()
+    }
+
+    /// One request, and its reply gathered from its parts when the master
+    /// had to split it ([`CHUNK_HEADER`]). A subscription of its own rather
+    /// than `Client::request`, which takes only the first message.
+    async fn exchange(&self, subject: &str, payload: Vec<u8>) -> Result<Vec<u8>, ApiError> {
+        let unreachable = |e: &dyn std::fmt::Display| ApiError::new(ErrorCode::MasterUnavailable, format!("calling {subject}: {e}"));
+        let inbox = self.client.new_inbox();
+        let mut replies = self.client.subscribe(inbox.clone()).await.map_err(|e| unreachable(&e))?;
+        self.client.publish_with_reply(subject.to_owned(), inbox, payload.into()).await.map_err(|e| unreachable(&e))?;
+        let mut body = Vec::new();
+        loop {
+            let Some(m) = replies.next().await else {
+                return Err(unreachable(&"the connection closed"));
+            };
+            if m.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
                 return Err(ApiError::new(
                     ErrorCode::MasterUnavailable,
                     format!("no master is serving {subject}: is muster-master running and connected to this NATS?"),
-                ))
+                ));
             }
-            Ok(Err(e)) => return Err(ApiError::new(ErrorCode::MasterUnavailable, format!("calling {subject}: {e}"))),
-            Ok(Ok(m)) => m,
-        };
-        msg::decode::<Reply<R>>(&message.payload)?.into_result()
+            let part = m.headers.as_ref().and_then(|h| h.get(CHUNK_HEADER)).and_then(|v| parse_chunk(v.as_str()));
+            body.extend_from_slice(&m.payload);
+            match part {
+                Some((part, parts)) if part < parts && body.len() <= MAX_REPLY_BYTES => {}
+                _ => return Ok(body),
+            }
+        }
     }
 
     /// Every master replica that answers the Service API's `$SRV.PING` for

@@ -496,6 +496,18 @@ pub struct JobInfo {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Header on each part of an API reply too big for one NATS message:
+/// `<part>/<parts>`, counted from 1. The parts arrive in order on the
+/// request's reply subject; their bodies, concatenated, are the reply.
+pub const CHUNK_HEADER: &str = "Muster-Chunk";
+
+/// Parses a [`CHUNK_HEADER`] value into `(part, parts)`.
+pub fn parse_chunk(value: &str) -> Option<(usize, usize)> {
+    let (part, parts) = value.split_once('/')?;
+    let (part, parts) = (part.parse().ok()?, parts.parse().ok()?);
+    (1..=parts).contains(&part).then_some((part, parts))
+}
+
 /// What happened to a force-poll of one target, in the answer to
 /// `target.force-poll-many` (body: a [`Selection`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -544,6 +556,20 @@ impl From<&RunRecord> for JobTargetStatus {
             finished_at: r.finished_at,
             duration_ms: r.duration_ms(),
             message: r.message.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_headers_parse_only_when_sane() {
+        assert_eq!(parse_chunk("1/3"), Some((1, 3)));
+        assert_eq!(parse_chunk("3/3"), Some((3, 3)));
+        for bad in ["0/3", "4/3", "1/0", "x/2", "2", ""] {
+            assert_eq!(parse_chunk(bad), None, "{bad}");
         }
     }
 }

@@ -4,7 +4,8 @@
 //! It holds everything two processes must agree on and nothing else: validated
 //! names ([`name`]), the subjects built from them ([`subject`]), the streams,
 //! consumers and buckets ([`streams`]), the message bodies ([`msg`], [`api`]),
-//! and the job model ([`job`], [`schedule`]).
+//! the job model ([`job`], [`schedule`]), and what a target may
+//! touch on the server ([`perms`]).
 //!
 //! There is no tokio and no I/O here, so both sides can depend on it without
 //! pulling in each other. Every `Serialize` type is a versioned public API:
@@ -15,6 +16,7 @@ pub mod api;
 pub mod job;
 pub mod msg;
 pub mod name;
+pub mod perms;
 pub mod schedule;
 pub mod streams;
 pub mod subject;
@@ -28,6 +30,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// as bad input, before JSON parsing, so a hostile publisher cannot make a
 /// process allocate without bound.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Largest API reply a client reassembles. Replies about many targets (a
+/// list or force-poll of 10,000) outgrow one NATS message; the master then
+/// sends them in parts ([`api::CHUNK_HEADER`]).
+pub const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
 
 /// The agent (and master) version, reported in poll reports.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

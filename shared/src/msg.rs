@@ -22,10 +22,18 @@ use crate::{MAX_BODY_BYTES, PROTOCOL_VERSION};
 /// An [`ApiError`] with code `invalid_request` (too large, not JSON, wrong
 /// shape) or `bad_version`, whose message is fit to log and to send back.
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    if body.len() > MAX_BODY_BYTES {
+    decode_within(body, MAX_BODY_BYTES)
+}
+
+/// [`decode`] with another size cap (API replies, see [`crate::MAX_REPLY_BYTES`]).
+///
+/// # Errors
+/// As [`decode`].
+pub fn decode_within<T: DeserializeOwned>(body: &[u8], cap: usize) -> Result<T, ApiError> {
+    if body.len() > cap {
         return Err(ApiError::new(
             ErrorCode::InvalidRequest,
-            format!("body of {} bytes is over the {MAX_BODY_BYTES}-byte limit", body.len()),
+            format!("body of {} bytes is over the {cap}-byte limit", body.len()),
         ));
     }
     #[derive(Deserialize)]
