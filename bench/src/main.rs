@@ -447,13 +447,7 @@ async fn raw_fanout(js: &jetstream::Context, n: usize) -> anyhow::Result<Duratio
         .into_iter()
         .collect::<Result<_, _>>()?;
     let start = Instant::now();
-    let mut acks = Vec::with_capacity(n);
-    for i in 0..n {
-        acks.push(js.publish(format!("rawfan{n}.t{i}"), Bytes::from_static(&[0u8; 512])).await?);
-    }
-    for a in acks {
-        a.await?;
-    }
+    publish_all(js, n, |i| (format!("rawfan{n}.t{i}"), Bytes::from_static(&[0u8; 512]))).await?;
     futures::stream::iter(consumers)
         .map(|c| async move {
             let mut batch = c.fetch().max_messages(10).messages().await?;

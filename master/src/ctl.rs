@@ -100,8 +100,27 @@ pub enum Command {
     /// One run.
     #[command(subcommand)]
     Run(RunCmd),
+    /// NATS users for the master, operators and targets.
+    #[command(subcommand)]
+    Auth(AuthCmd),
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCmd {
+    /// Write a nats-server authorization file (DIR/auth.conf, to include from
+    /// the server's configuration) and one DIR/<user>.env per user. Each
+    /// target may touch only subjects that carry its name; the master and
+    /// operators are unrestricted. Needs no NATS connection.
+    NatsConfig {
+        /// Targets to add; targets that already have a file in DIR are kept,
+        /// and so is every existing password.
+        targets: Vec<TargetName>,
+        /// Where to write the files (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -355,6 +374,20 @@ pub async fn main() -> ExitCode {
 /// # Errors
 /// A [`Failure`] with its exit code.
 pub async fn run(cli: Cli) -> Result<(), Failure> {
+    if let Command::Auth(AuthCmd::NatsConfig { targets, dir }) = &cli.command {
+        let subjects = Subjects::new(&cli.prefix).map_err(|e| invalid(e.to_string()))?;
+        let written = crate::auth::write_config(dir, &subjects, targets)
+            .map_err(|e| Failure { code: 1, message: format!("{e:#}") })?;
+        let users: Vec<serde_json::Value> =
+            written.users.iter().map(|(u, f)| serde_json::json!({"user": u, "env_file": f})).collect();
+        let out = Out { json: cli.json };
+        return out.print(&serde_json::json!({"config": written.config, "users": users}), || {
+            println!("wrote {} (include it from nats-server.conf, then reload the server)", written.config.display());
+            for (user, file) in &written.users {
+                println!("  {user:<20} {}", file.display());
+            }
+        });
+    }
     if let Command::Completions { shell } = cli.command {
         let mut cmd = <Cli as clap::CommandFactory>::command();
         clap_complete::generate(shell, &mut cmd, "musterctl", &mut std::io::stdout());
@@ -413,7 +446,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             })?;
             out.print(&run, || print_run(&run))
         }
-        Command::Completions { .. } => unreachable!("handled above"),
+        Command::Completions { .. } | Command::Auth(_) => unreachable!("handled above"),
     }
 }
 

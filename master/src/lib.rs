@@ -6,11 +6,13 @@
 //! - [`api`] serves the `muster` NATS service that `musterctl` and targets call;
 //! - [`ingest`] drains `MUSTER_RESULTS` into job status and the download list;
 //! - [`history`] reads run history straight from `MUSTER_RESULTS`;
-//! - [`client`] and [`ctl`] are `musterctl`'s side of the API.
+//! - [`client`] and [`ctl`] are `musterctl`'s side of the API;
+//! - [`auth`] writes nats-server users that keep each target to its own subjects.
 //!
 //! The daemon's entry point is [`run`].
 
 pub mod api;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod ctl;

@@ -450,14 +450,25 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 impl Cluster {
+    /// Connection options for the test's own reads, with the user and
+    /// password the processes get (`NATS_USER`, `NATS_PASSWORD` in `env`).
+    pub fn connect_options(&self) -> async_nats::ConnectOptions {
+        let var = |k: &str| self.env.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        match (var("NATS_USER"), var("NATS_PASSWORD")) {
+            (Some(u), Some(p)) => async_nats::ConnectOptions::with_user_and_password(u, p),
+            _ => async_nats::ConnectOptions::new(),
+        }
+    }
+
     /// A consumer's state, read straight from JetStream.
     ///
     /// # Panics
     /// When the consumer cannot be read.
     pub fn consumer_state(&self, stream: &str, consumer: &str) -> ConsumerState {
+        let options = self.connect_options();
         let url = self.url();
         block_on(async move {
-            let js = async_nats::jetstream::new(async_nats::connect(url).await.expect("connect"));
+            let js = async_nats::jetstream::new(options.connect(url).await.expect("connect"));
             let s = js.get_stream(stream).await.expect("stream");
             let info = s.consumer_info(consumer).await.expect("consumer info");
             ConsumerState {
@@ -476,9 +487,9 @@ impl Cluster {
     /// # Panics
     /// When the stream cannot be read.
     pub fn stored(&self, stream: &str, filter: &str) -> Vec<Stored> {
-        let (url, filter) = (self.url(), filter.to_owned());
+        let (url, filter, options) = (self.url(), filter.to_owned(), self.connect_options());
         block_on(async move {
-            let js = async_nats::jetstream::new(async_nats::connect(url).await.expect("connect"));
+            let js = async_nats::jetstream::new(options.connect(url).await.expect("connect"));
             let mut s = js.get_stream(stream).await.expect("stream");
             let total = s.info().await.expect("stream info").state.messages;
             let mut out = Vec::new();

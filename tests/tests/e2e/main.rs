@@ -7,3 +7,4 @@ mod core_loop;
 mod operator;
 mod jobs;
 mod faults;
+mod security;

@@ -1,0 +1,197 @@
+//! `musterctl auth nats-config`: nats-server users for the master, for
+//! operators, and for each target, every target limited to the subjects that
+//! carry its own name ([`muster_shared::perms`]).
+//!
+//! Each user's password is generated once and kept in `<dir>/<user>.env`
+//! (`NATS_USER=…`, `NATS_PASSWORD=…`, mode 0600): that file is what the
+//! process is started with (`env_file:` in compose, `EnvironmentFile=` in
+//! systemd). Running the command again for a new target keeps everyone
+//! else's password, so adding a target is: run it again, reload nats-server
+//! (`nats-server --signal reload`), hand the new file to the new target.
+//! Removing one is deleting its `.env` file and running it again.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use muster_shared::name::TargetName;
+use muster_shared::perms::{self, Permissions};
+use muster_shared::subject::Subjects;
+
+/// The master daemon's user: unrestricted in its account (it creates the
+/// streams, buckets and consumers).
+pub const MASTER_USER: &str = "muster-master";
+
+/// The operators' user (`musterctl`, the `nats` CLI): unrestricted too.
+pub const ADMIN_USER: &str = "muster-admin";
+
+/// The authorization file, to `include` from the nats-server configuration.
+pub const CONFIG_FILE: &str = "auth.conf";
+
+/// One NATS user: its name, password, and limits (`None` = unrestricted).
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub password: String,
+    pub permissions: Option<Permissions>,
+}
+
+/// What [`write_config`] wrote.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub config: PathBuf,
+    /// Each user with its environment file.
+    pub users: Vec<(String, PathBuf)>,
+}
+
+/// Writes `<dir>/auth.conf` and one `<user>.env` per user: the master, the
+/// operators, `targets`, and every target that already has a file in `dir`.
+///
+/// # Errors
+/// When a target is named like a reserved user, or a file cannot be
+/// written; nothing already there is lost.
+pub fn write_config(dir: &Path, subjects: &Subjects, targets: &[TargetName]) -> anyhow::Result<Written> {
+    for t in targets {
+        if [MASTER_USER, ADMIN_USER].contains(&t.as_str()) {
+            bail!("'{t}' is the name of Muster's own NATS user; give the target another name");
+        }
+    }
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut names: Vec<TargetName> = known_targets(dir)?;
+    names.extend(targets.iter().cloned());
+    names.sort();
+    names.dedup();
+
+    let mut users = Vec::new();
+    for name in [MASTER_USER, ADMIN_USER] {
+        users.push(User { name: name.to_owned(), password: password_for(dir, name)?, permissions: None });
+    }
+    for t in &names {
+        users.push(User { name: t.to_string(), password: password_for(dir, t.as_str())?, permissions: Some(perms::target(subjects, t)) });
+    }
+    let config = dir.join(CONFIG_FILE);
+    write_private(&config, &render(&users))?;
+    Ok(Written { config, users: users.iter().map(|u| (u.name.clone(), env_file(dir, &u.name))).collect() })
+}
+
+/// The `authorization` block for `users`.
+pub fn render(users: &[User]) -> String {
+    let list = |items: &[String]| items.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+    let mut out = String::from(
+        "# Written by `musterctl auth nats-config`: include it from nats-server.conf.\n\
+         # Targets may touch only subjects that carry their own name.\n\
+         authorization {\n  users: [\n",
+    );
+    for u in users {
+        match &u.permissions {
+            None => {
+                let _ = writeln!(out, "    {{ user: \"{}\", password: \"{}\" }}", u.name, u.password);
+            }
+            Some(p) => {
+                let _ = writeln!(
+                    out,
+                    "    {{ user: \"{}\", password: \"{}\", permissions: {{\n        \
+                     publish: {{ allow: [{}] }}\n        \
+                     subscribe: {{ allow: [{}] }}\n        \
+                     allow_responses: {}\n    }} }}",
+                    u.name,
+                    u.password,
+                    list(&p.publish),
+                    list(&p.subscribe),
+                    p.allow_responses
+                );
+            }
+        }
+    }
+    out.push_str("  ]\n}\n");
+    out
+}
+
+fn env_file(dir: &Path, user: &str) -> PathBuf {
+    dir.join(format!("{user}.env"))
+}
+
+/// Targets that already have an environment file in `dir`.
+fn known_targets(dir: &Path) -> anyhow::Result<Vec<TargetName>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let Some(stem) = path.extension().filter(|e| *e == "env").and(path.file_stem()).and_then(|s| s.to_str()) else {
+            continue;
+        };
+        if [MASTER_USER, ADMIN_USER].contains(&stem) {
+            continue;
+        }
+        if let Ok(t) = TargetName::new(stem) {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+/// The user's password from its environment file, or a new one (written).
+fn password_for(dir: &Path, user: &str) -> anyhow::Result<String> {
+    let path = env_file(dir, user);
+    match fs::read_to_string(&path) {
+        Ok(text) => text
+            .lines()
+            .find_map(|l| l.strip_prefix("NATS_PASSWORD="))
+            .map(str::to_owned)
+            .filter(|p| !p.is_empty())
+            .with_context(|| format!("{} has no NATS_PASSWORD line; delete it to get a new password", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let password = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+            write_private(&path, &format!("NATS_USER={user}\nNATS_PASSWORD={password}\n"))?;
+            Ok(password)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Writes a file only its owner can read, whole or not at all.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
+    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_limited_and_passwords_survive_a_second_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Subjects::default();
+        let web01 = TargetName::new("web01").unwrap();
+        let first = write_config(dir.path(), &s, std::slice::from_ref(&web01)).unwrap();
+        let conf = fs::read_to_string(&first.config).unwrap();
+        assert!(conf.contains("{ user: \"muster-master\", password: \""), "{conf}");
+        assert!(conf.contains("\"muster.result.web01.>\""), "{conf}");
+        let mode = fs::metadata(&first.config).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let pw = fs::read_to_string(dir.path().join("web01.env")).unwrap();
+
+        // A second run for another target keeps web01 (and its password).
+        let second = write_config(dir.path(), &s, &[TargetName::new("web02").unwrap()]).unwrap();
+        let names: Vec<&str> = second.users.iter().map(|(u, _)| u.as_str()).collect();
+        assert_eq!(names, ["muster-master", "muster-admin", "web01", "web02"]);
+        assert_eq!(fs::read_to_string(dir.path().join("web01.env")).unwrap(), pw);
+
+        let err = write_config(dir.path(), &s, &[TargetName::new("muster-admin").unwrap()]).unwrap_err();
+        assert!(err.to_string().contains("Muster's own NATS user"), "{err}");
+    }
+}

@@ -1,0 +1,102 @@
+//! Identity is the subject. With the users `musterctl auth nats-config`
+//! writes, targets run the whole loop under least privilege, and a target
+//! using its own credentials cannot read another target's instructions or
+//! control subject, publish results as another target, or call the admin API.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull};
+use futures::StreamExt;
+use muster_tests::{bin, block_on, s, Cluster};
+
+fn credentials(dir: &Path, user: &str) -> (String, String) {
+    let text = std::fs::read_to_string(dir.join(format!("{user}.env"))).expect("env file");
+    let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).expect("field").to_owned();
+    (field("NATS_USER="), field("NATS_PASSWORD="))
+}
+
+fn env_of(dir: &Path, user: &str) -> Vec<(String, String)> {
+    let (u, p) = credentials(dir, user);
+    vec![("NATS_USER".into(), u), ("NATS_PASSWORD".into(), p)]
+}
+
+#[test]
+fn a_target_can_touch_only_its_own_subjects() {
+    // The real command writes the users before any server exists.
+    let keys = tempfile::tempdir().expect("tempdir");
+    let made = Command::new(bin("musterctl"))
+        .args(["auth", "nats-config", "web01", "web02", "--dir"])
+        .arg(keys.path())
+        .output()
+        .expect("musterctl auth");
+    assert!(made.status.success(), "{made:?}");
+    let auth = std::fs::read_to_string(keys.path().join("auth.conf")).expect("auth.conf");
+
+    let mut c = Cluster::new_with(&auth);
+    c.env = env_of(keys.path(), "muster-master");
+    c.start_master();
+    c.env = env_of(keys.path(), "muster-admin");
+    for t in ["web01", "web02"] {
+        let (user, password) = credentials(keys.path(), t);
+        c.start_target_with(t, 3600, &["--user", &user, "--password", &password]);
+    }
+    c.wait_target_online("web01");
+    c.wait_target_online("web02");
+
+    // The whole loop works under the targets' limits: enlist (done),
+    // fetch + ack, poll reports, control replies, results.
+    c.ctl(&["job", "create", "hello", "--command", "echo hi from $MUSTER_TARGET"]).expect("create");
+    c.ctl(&["job", "assign", "hello", "--target", "web01", "--target", "web02"]).expect("assign");
+    let polled = c.ctl(&["target", "force-poll", "web01", "web02"]).expect("force-poll");
+    assert!(polled.as_array().unwrap().iter().all(|r| r["report"]["jobs"] == 1), "{polled}");
+    c.ctl(&["job", "start", "hello"]).expect("start");
+    let runs = crate::core_loop::finished_runs(&c, "hello", 2);
+    assert!(runs.iter().all(|r| s(r, "outcome") == "succeeded"), "{runs:?}");
+
+    // Now web01 misbehaves, with its own credentials.
+    let (user, password) = credentials(keys.path(), "web01");
+    let url = c.url();
+    let forged_job = uuid::Uuid::new_v4();
+    let forged_subject = format!("muster.result.web02.run.{forged_job}");
+    block_on(async {
+        let web01 = async_nats::ConnectOptions::with_user_and_password(user, password)
+            .custom_inbox_prefix("_INBOX_web01")
+            .request_timeout(Some(Duration::from_secs(2)))
+            .connect(url)
+            .await
+            .expect("web01 connects");
+        let mut js = jetstream::new(web01.clone());
+        js.set_timeout(Duration::from_secs(2));
+        // Its own consumer: allowed, so what follows is refusal, not a broken connection.
+        js.get_consumer_from_stream::<pull::Config, _, _>("web01", "MUSTER_ASSIGN").await.expect("its own consumer");
+        // Another target's instructions.
+        assert!(js.get_consumer_from_stream::<pull::Config, _, _>("web02", "MUSTER_ASSIGN").await.is_err());
+        let next = web01.request("$JS.API.CONSUMER.MSG.NEXT.MUSTER_ASSIGN.web02", r#"{"batch":1,"no_wait":true}"#.into()).await;
+        assert!(next.is_err(), "fetched from web02's consumer: {next:?}");
+        // Results in another target's name: never acked.
+        let body = format!(r#"{{"v":1,"job_id":"{forged_job}","target":"web02"}}"#);
+        let forged = js.publish(forged_subject.clone(), body.into()).await.expect("sent").await;
+        assert!(forged.is_err(), "a forged result was stored: {forged:?}");
+        // The admin API.
+        let api = web01.request("muster.api.target.list", r#"{"v":1}"#.into()).await;
+        assert!(api.is_err(), "the admin API answered a target: {api:?}");
+
+        // Another target's control subject: web01 hears nothing while
+        // web02 is force-polled and answers.
+        let mut heard = web01.subscribe("muster.target.web02.control").await.expect("subscribe is sent");
+        web01.flush().await.expect("flush");
+        let polled = c.ctl(&["target", "force-poll", "web02"]).expect("web02 still answers");
+        assert_eq!(polled[0]["report"]["target"], "web02", "{polled}");
+        let overheard = tokio::time::timeout(Duration::from_secs(1), heard.next()).await;
+        assert!(!matches!(overheard, Ok(Some(_))), "web01 read web02's control request");
+    });
+
+    assert!(c.stored("MUSTER_RESULTS", &forged_subject).is_empty(), "the forged record is in the stream");
+    let server_log = c.nats.log_text();
+    assert!(server_log.contains("Violation") && server_log.contains("web02"), "the server logged the refusals");
+    // The agents themselves never needed more than they were given.
+    let agents = c.logs();
+    assert!(!agents.contains("Violation"), "an agent was refused something: {agents}");
+}
