@@ -48,8 +48,10 @@ struct Args {
 enum Stage {
     /// Force-poll round trip and the agent's footprint.
     ForcePoll,
-    /// Fan-out, master and nats-server footprint, scale.
+    /// Fan-out, and master and nats-server footprint.
     FanOut,
+    /// Every virtual target polling once per window.
+    Scale,
     /// Result ingest, steady and backlog drain.
     Ingest,
 }
@@ -178,8 +180,14 @@ async fn main() -> anyhow::Result<()> {
     if runs(Stage::ForcePoll) {
         force_poll_and_footprint(&bench, &mut cluster, &sizes, &mut rows).await?;
     }
-    if runs(Stage::FanOut) {
-        fan_out_and_scale(&bench, &cluster, &sizes, &mut rows).await?;
+    if runs(Stage::FanOut) || runs(Stage::Scale) {
+        let mut fleet = Fleet { targets: VirtualTargets::start(bench.client.clone(), bench.js.clone(), bench.subjects.clone()).await?, enlisted: 0 };
+        if runs(Stage::FanOut) {
+            fan_out(&bench, &mut fleet, &cluster, &sizes, &mut rows).await?;
+        }
+        if runs(Stage::Scale) {
+            scale_stage(&bench, &mut fleet, &cluster, &sizes, &mut rows).await?;
+        }
     }
     if runs(Stage::Ingest) {
         ingest_stage(&bench, &mut cluster, &sizes, &mut rows).await?;
@@ -247,19 +255,20 @@ async fn force_poll_and_footprint(b: &Bench, cluster: &mut Cluster, sizes: &Size
     Ok(())
 }
 
-/// Fan-out to each size of virtual targets against raw publish + fetch, the
-/// footprint at the largest size, then every target polling once per window.
-async fn fan_out_and_scale(b: &Bench, cluster: &Cluster, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    eprintln!("muster-bench: fan-out");
-    let responder = VirtualTargets::start(b.client.clone(), b.js.clone(), b.subjects.clone()).await?;
-    let mut enlisted = 0usize;
-    for &n in &sizes.fanout {
-        // The raw baseline first, on a server that holds only the previous
-        // sizes' targets; its stream (and consumers) is deleted afterwards.
-        let raw = raw_fanout(&b.js, n).await?;
+/// Virtual targets, and how many of them (`v00000`...) are enlisted.
+struct Fleet {
+    targets: VirtualTargets,
+    enlisted: usize,
+}
+
+impl Fleet {
+    /// Enlists the first `n` virtual targets (those not yet enlisted) and
+    /// binds them to their consumers, as agents do at start. Returns their
+    /// names and how long the enlisting took.
+    async fn enlist(&mut self, b: &Bench, n: usize) -> anyhow::Result<(Vec<TargetName>, Duration)> {
         let names: Vec<TargetName> = (0..n).map(|i| TargetName::new(format!("v{i:05}")).unwrap()).collect();
         let start = Instant::now();
-        futures::stream::iter(names.iter().skip(enlisted).cloned())
+        futures::stream::iter(names.iter().skip(self.enlisted).cloned())
             .map(|name| {
                 let api = b.api.clone();
                 async move {
@@ -272,15 +281,26 @@ async fn fan_out_and_scale(b: &Bench, cluster: &Cluster, sizes: &Sizes, rows: &m
             .await
             .into_iter()
             .collect::<Result<Vec<_>, _>>()?;
-        let enlist_time = start.elapsed();
-        enlisted = enlisted.max(n);
-        // A real agent binds to its consumer once, at start: so do these,
-        // before the clock starts (the raw baseline's are bound too).
-        responder.bind(&names).await?;
+        let took = start.elapsed();
+        self.enlisted = self.enlisted.max(n);
+        self.targets.bind(&names).await?;
+        Ok((names, took))
+    }
+}
+
+/// Fan-out to each size of virtual targets against raw publish + fetch, then
+/// the master's and nats-server's footprint at the largest size.
+async fn fan_out(b: &Bench, fleet: &mut Fleet, cluster: &Cluster, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    eprintln!("muster-bench: fan-out");
+    for &n in &sizes.fanout {
+        // The raw baseline first, on a server that holds only the previous
+        // sizes' targets; its stream (and consumers) is deleted afterwards.
+        let raw = raw_fanout(&b.js, n).await?;
+        let (names, enlist_time) = fleet.enlist(b, n).await?;
 
         let job = JobName::new(format!("fan{n}"))?;
         let _: JobInfo = b.api.call(Op::JobCreate, JobWrite { spec: JobSpec::from_commands(job.clone(), &["true".into()]) }).await?;
-        responder.applied.store(0, Ordering::SeqCst);
+        fleet.targets.applied.store(0, Ordering::SeqCst);
         let start = Instant::now();
         let assign = JobSelect { job: job.clone(), select: Selection { targets: names.clone(), groups: vec![], all: false } };
         let mut api_long = b.api.clone();
@@ -293,7 +313,7 @@ async fn fan_out_and_scale(b: &Bench, cluster: &Cluster, sizes: &Sizes, rows: &m
         if let Some(failed) = polled.iter().find(|p| p.error.is_some()) {
             anyhow::bail!("fan-out {n}: force-poll of {} failed: {:?}", failed.target, failed.error);
         }
-        let applied = responder.applied.load(Ordering::SeqCst);
+        let applied = fleet.targets.applied.load(Ordering::SeqCst);
         anyhow::ensure!(applied as usize == n, "fan-out {n}: {applied} targets applied the job");
         rows.push(row(
             format!("fan-out to {n} targets: assign (post) + force-poll all until applied"),
@@ -303,16 +323,25 @@ async fn fan_out_and_scale(b: &Bench, cluster: &Cluster, sizes: &Sizes, rows: &m
         ));
         rows.push(row(format!("enlist {n} targets (API, 64 at once)"), ms(enlist_time), "-", "-"));
     }
-    let master_pid = cluster.masters[0].pid();
-    let npid = nats_pid();
-    rows.push(row(format!("master RSS with {enlisted} enlisted targets"), format!("{:.1} MB", rss_kib(master_pid) as f64 / 1024.0), "-", "-"));
-    rows.push(row(format!("nats-server RSS with {enlisted} per-target consumers"), format!("{:.1} MB", rss_kib(npid) as f64 / 1024.0), "-", "-"));
+    let enlisted = fleet.enlisted;
+    rows.push(row(format!("master RSS with {enlisted} enlisted targets"), format!("{:.1} MB", rss_kib(cluster.masters[0].pid()) as f64 / 1024.0), "-", "-"));
+    rows.push(row(format!("nats-server RSS with {enlisted} per-target consumers"), format!("{:.1} MB", rss_kib(nats_pid()) as f64 / 1024.0), "-", "-"));
+    Ok(())
+}
 
+/// Every virtual target polls once, spread over the window (enlisting them
+/// first if the fan-out did not).
+async fn scale_stage(b: &Bench, fleet: &mut Fleet, cluster: &Cluster, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     eprintln!("muster-bench: scale");
-    let scale_n = sizes.scale_targets.min(enlisted);
-    let (lat, cpu) = scale(&responder, scale_n, sizes.scale_window, master_pid, npid).await?;
+    let n = sizes.scale_targets;
+    if fleet.enlisted < n {
+        fleet.enlist(b, n).await?;
+        rows.push(row(format!("master RSS with {n} enlisted targets"), format!("{:.1} MB", rss_kib(cluster.masters[0].pid()) as f64 / 1024.0), "-", "-"));
+        rows.push(row(format!("nats-server RSS with {n} per-target consumers"), format!("{:.1} MB", rss_kib(nats_pid()) as f64 / 1024.0), "-", "-"));
+    }
+    let (lat, cpu) = scale(&fleet.targets, n, sizes.scale_window, cluster.masters[0].pid(), nats_pid()).await?;
     rows.push(row(
-        format!("{scale_n} targets polling once per {:?}: poll p50 / p99", sizes.scale_window),
+        format!("{n} targets polling once per {:?}: poll p50 / p99", sizes.scale_window),
         format!("{} / {}", ms(percentile(&lat, 0.5)), ms(percentile(&lat, 0.99))),
         "-",
         "-",
@@ -610,23 +639,8 @@ impl VirtualTargets {
                 }
                 let (client, a, c, j, s) = (client.clone(), a.clone(), c.clone(), j.clone(), s.clone());
                 tokio::spawn(async move {
-                    let Ok(n) = poll_one(&j, &s, &c, &name).await else { return };
-                    a.fetch_add(n, Ordering::SeqCst);
-                    let report = PollReport {
-                        v: 1,
-                        target: TargetName::new(name).unwrap(),
-                        polled_at: chrono::Utc::now(),
-                        agent_version: "bench".into(),
-                        instance: uuid::Uuid::nil(),
-                        poll_interval_secs: 60,
-                        applied: n as u32,
-                        failed: 0,
-                        jobs: 0,
-                        running: vec![],
-                        spooled: 0,
-                        clock_skew_ms: None,
-                        timezone: String::new(),
-                    };
+                    let Ok(report) = poll_one(&j, &s, &c, &name).await else { return };
+                    a.fetch_add(u64::from(report.applied), Ordering::SeqCst);
                     if let Some(reply) = m.reply {
                         client.publish(reply, msg::encode(&ControlReply::report(report)).into()).await.ok();
                     }
@@ -667,21 +681,44 @@ async fn consumer_of(
     Ok(c)
 }
 
-/// One poll of one virtual target: fetch all pending, confirm each ack.
+/// One poll of one virtual target, as the agent polls: fetch all pending,
+/// confirm each ack, publish the poll report in the background.
 async fn poll_one(
     js: &jetstream::Context,
     subjects: &Subjects,
     cache: &Mutex<HashMap<String, PullConsumer>>,
     name: &str,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<PollReport> {
     let consumer = consumer_of(js, subjects, cache, name).await?;
-    let mut n = 0;
+    let mut applied = 0;
     let mut batch = consumer.fetch().max_messages(256).messages().await?;
     while let Some(m) = batch.next().await {
         m.map_err(|e| anyhow::anyhow!("{e}"))?.double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        n += 1;
+        applied += 1;
     }
-    Ok(n)
+    let target = TargetName::new(name)?;
+    let report = PollReport {
+        v: 1,
+        target: target.clone(),
+        polled_at: chrono::Utc::now(),
+        agent_version: "bench".into(),
+        instance: uuid::Uuid::nil(),
+        poll_interval_secs: 60,
+        applied,
+        failed: 0,
+        jobs: 0,
+        running: vec![],
+        spooled: 0,
+        clock_skew_ms: None,
+        timezone: String::new(),
+    };
+    let (js, subject, body) = (js.clone(), subjects.poll(&target), msg::encode(&report));
+    tokio::spawn(async move {
+        if let Ok(ack) = js.publish(subject, body.into()).await {
+            ack.await.ok();
+        }
+    });
+    Ok(report)
 }
 
 /// `n` virtual targets each poll once, spread evenly over `window`. Returns
