@@ -122,6 +122,9 @@ impl Poller {
         let (applied, failed) = result?;
         self.metrics.polls.fetch_add(1, Ordering::Relaxed);
         let report = self.report(applied, failed);
+        if let Err(e) = self.state.mark_polled(report.polled_at.timestamp(), report.poll_interval_secs) {
+            tracing::debug!(error = %e, "last-poll not written");
+        }
         self.publish_report(&report);
         Ok(report)
     }

@@ -6,9 +6,13 @@
 //!   between apply and ack is harmless), poll interval, clock skew;
 //! - `runs/<run-id>.json` — a marker for each run in progress; one found at
 //!   start-up is a run that the agent died in, reported as `interrupted`;
-//! - `spool/` — results not yet confirmed by JetStream (see [`crate::spool`]).
+//! - `spool/` — results not yet confirmed by JetStream (see [`crate::spool`]);
+//! - `last-poll` — `<unix seconds> <poll interval seconds>` of the latest
+//!   poll that reached NATS, for healthchecks that cannot ask the agent
+//!   (`deploy/image/target-healthcheck`). A hint, not state: it is written
+//!   without fsync, on every poll.
 //!
-//! Every write goes through [`crate::fsutil::write_atomic`].
+//! Every other write goes through [`crate::fsutil::write_atomic`].
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -97,6 +101,13 @@ impl State {
 
     pub fn spool_dir(&self) -> PathBuf {
         self.dir.join("spool")
+    }
+
+    /// Records a poll that reached NATS (see `last-poll` above).
+    pub fn mark_polled(&self, at_unix_secs: i64, interval_secs: u64) -> io::Result<()> {
+        let tmp = self.dir.join("last-poll.tmp");
+        std::fs::write(&tmp, format!("{at_unix_secs} {interval_secs}\n"))?;
+        std::fs::rename(tmp, self.dir.join("last-poll"))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

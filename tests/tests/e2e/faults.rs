@@ -473,3 +473,34 @@ fn garbage_on_every_subject_is_refused_and_the_system_keeps_working() {
     assert_eq!(s(&runs[0], "outcome"), "succeeded");
     assert!(c.masters[0].is_running() && c.target("g1").is_running());
 }
+
+/// Runs the target image's healthcheck script against an agent's state.
+fn target_healthcheck(c: &Cluster, name: &str) -> std::process::Output {
+    std::process::Command::new("sh")
+        .arg(muster_tests::workspace().join("deploy/image/target-healthcheck"))
+        .env("MUSTER_STATE_DIR", c.state_dir(name))
+        .env("MUSTER_HEALTH_POLL_GRACE_SECS", "1")
+        .output()
+        .expect("running the healthcheck")
+}
+
+#[test]
+fn the_target_healthcheck_fails_while_polls_do_not_reach_nats() {
+    let mut c = Cluster::with_master();
+    c.start_target("hc1", 1);
+    c.wait_target_online("hc1");
+    wait_for("a healthy agent", WAIT, || target_healthcheck(&c, "hc1").status.success().then_some(()));
+    let last_poll = std::fs::read_to_string(c.state_dir("hc1").join("last-poll")).expect("last-poll");
+    assert_eq!(last_poll.split_whitespace().nth(1), Some("1"), "the poll interval is recorded: {last_poll}");
+
+    c.nats.kill();
+    let sick = wait_for("the healthcheck to fail", WAIT, || {
+        let out = target_healthcheck(&c, "hc1");
+        (!out.status.success()).then_some(out)
+    });
+    let said = String::from_utf8_lossy(&sick.stdout);
+    assert!(said.contains("the last poll that reached NATS was"), "{said}");
+
+    c.nats.restart();
+    wait_for("healthy again once NATS is back", WAIT, || target_healthcheck(&c, "hc1").status.success().then_some(()));
+}
