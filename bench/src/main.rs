@@ -347,6 +347,16 @@ async fn scale_stage(b: &Bench, fleet: &mut Fleet, cluster: &Cluster, sizes: &Si
         "-",
     ));
     rows.push(row("  … CPU over that window: master / nats-server", cpu.to_string(), "-", "-"));
+
+    // What an operator waits for with that many targets.
+    let mut api_long = b.api.clone();
+    api_long.timeout = Duration::from_secs(600);
+    let start = Instant::now();
+    let listed: Vec<TargetInfo> = api_long.call(Op::TargetList, ()).await?;
+    rows.push(row(format!("`target list` of {} targets (one API call)", listed.len()), ms(start.elapsed()), "-", "-"));
+    let start = Instant::now();
+    let _: serde_json::Value = api_long.call(Op::Status, ()).await?;
+    rows.push(row(format!("`status` with {n} targets"), ms(start.elapsed()), "-", "-"));
     Ok(())
 }
 

@@ -95,6 +95,13 @@ pub enum Command {
     Instructions(InstructionsArgs),
     /// One screen: targets by status, failing jobs, pending instructions, masters.
     Status,
+    /// The master replicas that answer the service ping: a cheap healthcheck
+    /// (exit 6 when none answers).
+    Ping {
+        /// How long to collect answers, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        wait_ms: u64,
+    },
     /// Past and running runs, read from MUSTER_RESULTS (works without a master).
     History(HistoryArgs),
     /// One run.
@@ -423,6 +430,20 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let (summary, masters) = (summary?, masters?);
             let both = serde_json::json!({"summary": summary, "masters": masters});
             out.print(&both, || print_status(&summary, &masters))
+        }
+        Command::Ping { wait_ms } => {
+            let masters = api.masters_seen(std::time::Duration::from_millis(wait_ms)).await?;
+            if masters.is_empty() {
+                return Err(Failure {
+                    code: exit_code(ErrorCode::MasterUnavailable),
+                    message: format!("no master answered $SRV.PING.{} within {wait_ms} ms", subjects.service_name()),
+                });
+            }
+            out.print(&masters, || {
+                for m in &masters {
+                    println!("{} {}", m.id, m.version);
+                }
+            })
         }
         Command::History(args) => {
             let js = async_nats::jetstream::new(client);

@@ -224,3 +224,19 @@ fn restarting_the_master_loses_nothing() {
     c.ctl(&["job", "start", "keep", "--target", "web01"]).expect("start after restart");
     finished_runs(&c, "keep", 2);
 }
+
+#[test]
+fn ping_lists_the_masters_that_answer_and_fails_without_one() {
+    let mut c = Cluster::with_master();
+    c.spawn_master();
+    wait_for("both master replicas to answer the ping", WAIT, || {
+        let seen = c.ctl(&["ping"]).ok()?;
+        (seen.as_array()?.len() == 2).then_some(())
+    });
+    for m in &mut c.masters {
+        m.kill();
+    }
+    let none = c.ctl_raw(&["ping"], false);
+    assert_eq!(none.code, 6, "{none:?}");
+    assert!(none.stderr.contains("no master answered"), "{none:?}");
+}
