@@ -721,6 +721,8 @@ async fn poll_one(
         spooled: 0,
         clock_skew_ms: None,
         timezone: String::new(),
+        bad_instructions: 0,
+        bad_control: 0,
     };
     let (js, subject, body) = (js.clone(), subjects.poll(&target), msg::encode(&report));
     tokio::spawn(async move {

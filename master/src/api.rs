@@ -397,6 +397,8 @@ impl Ctx {
             local_time: poll.as_ref().map(|p| p.report.polled_at),
             clock_skew_ms: poll.as_ref().and_then(|p| p.report.clock_skew_ms),
             agent_version: poll.as_ref().map(|p| p.report.agent_version.clone()),
+            bad_instructions: poll.as_ref().map_or(0, |p| p.report.bad_instructions),
+            bad_control: poll.as_ref().map_or(0, |p| p.report.bad_control),
             unread,
             groups,
         }

@@ -889,6 +889,12 @@ fn print_targets(ts: &[TargetInfo]) {
         if let Some(why) = &t.blocked {
             println!("{} is blocked by {why} (see `musterctl instructions --target {} --errors`)", t.name, t.name);
         }
+        if t.bad_instructions + t.bad_control > 0 {
+            println!(
+                "{}'s agent refused {} bad instruction(s) and {} bad control request(s) since it started (each is in its log)",
+                t.name, t.bad_instructions, t.bad_control
+            );
+        }
     }
 }
 

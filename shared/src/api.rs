@@ -483,6 +483,12 @@ pub struct TargetInfo {
     pub unread: u64,
     #[serde(default)]
     pub groups: Vec<GroupName>,
+    /// Bad instructions and control requests its agent refused since it
+    /// started, from its last poll report.
+    #[serde(default)]
+    pub bad_instructions: u64,
+    #[serde(default)]
+    pub bad_control: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -210,6 +210,18 @@ pub struct PollReport {
     /// The target's IANA time zone or UTC offset, for operators.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub timezone: String,
+    /// Bad instructions this agent terminated since it started (each is
+    /// logged with its subject).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bad_instructions: u64,
+    /// Bad control requests this agent refused since it started.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bad_control: u64,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde passes a reference
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 // ---- results ----------------------------------------------------------------------

@@ -144,6 +144,8 @@ impl Poller {
             spooled: self.spool.len(),
             clock_skew_ms: self.state.clock_skew_ms(),
             timezone: std::env::var("TZ").unwrap_or_default(),
+            bad_instructions: self.metrics.bad_instructions.load(Ordering::Relaxed),
+            bad_control: self.metrics.bad_control.load(Ordering::Relaxed),
         }
     }
 

@@ -458,6 +458,14 @@ fn garbage_on_every_subject_is_refused_and_the_system_keeps_working() {
     let target_log = c.target("g1").log_text();
     assert!(target_log.contains("bad_instructions=4") && target_log.contains("muster.target.g1.assign"), "{target_log}");
     assert!(target_log.contains("bad_control=5") && target_log.contains("muster.target.g1.control"), "{target_log}");
+    // Operators see the counts without reading the agent's log.
+    // (The poll report goes out in the background, after the poll.)
+    wait_for("the counts in the poll report", WAIT, || {
+        let shown = c.ctl(&["target", "show", "g1"]).ok()?;
+        ((shown["bad_instructions"].as_u64(), shown["bad_control"].as_u64()) == (Some(4), Some(5))).then_some(())
+    });
+    let human = c.ctl_raw(&["target", "show", "g1"], false);
+    assert!(human.stdout.contains("refused 4 bad instruction(s) and 5 bad control request(s)"), "{human:?}");
     let master_log = c.masters[0].log_text();
     assert!(master_log.contains("bad_results=7") && master_log.contains(&format!("muster.result.g1.run.{job_id}")), "{master_log}");
     assert!(c.history("forged").is_empty(), "forged run records stay out of history");
