@@ -15,6 +15,9 @@
 #
 # Every wait is a bounded loop on a condition. Fails, loudly, when Docker is
 # not available. MUSTER_SMOKE_NO_BUILD=1 skips building the images.
+# MUSTER_SMOKE_AUTH=1 runs it all with least-privilege NATS users
+# (docker-compose.auth.yml, users written by the musterctl just built), and
+# first checks that the server refuses a client without credentials.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib.sh
@@ -30,7 +33,18 @@ t_built=$SECONDS
 
 project="muster-smoke-$$"
 export MUSTER_NATS_PORT="$(free_port)"
-dc() { "${COMPOSE[@]}" -f deploy/docker-compose.yml -p "$project" "$@"; }
+compose_files=(-f deploy/docker-compose.yml)
+host_bin="build/$([ "${MUSTER_CARGO_PROFILE:-release}" = dev ] && echo debug || echo release)"
+auth_dir=""
+if [ "${MUSTER_SMOKE_AUTH:-0}" = 1 ]; then
+    auth_dir="$(mktemp -d)"
+    "$host_bin/musterctl" auth nats-config target1 target2 target3 --dir "$auth_dir" >/dev/null
+    # The nats image runs as uid 10001; the file stays private to it.
+    chown 10001 "$auth_dir/auth.conf" 2>/dev/null || chmod 0644 "$auth_dir/auth.conf"
+    export MUSTER_AUTH_DIR="$auth_dir"
+    compose_files+=(-f deploy/docker-compose.auth.yml)
+fi
+dc() { "${COMPOSE[@]}" "${compose_files[@]}" -p "$project" "$@"; }
 # musterctl inside the master container, as an operator would run it.
 ctl() { dc exec -T master musterctl "$@"; }
 # musterctl in a one-off container: works while the master is stopped.
@@ -49,6 +63,7 @@ on_exit() {
         dc logs --no-color --tail 60 >&2 || true
         dc down -v --remove-orphans >/dev/null 2>&1 || true
     fi
+    [ -z "$auth_dir" ] || rm -rf "$auth_dir"
 }
 trap on_exit EXIT
 
@@ -138,6 +153,14 @@ for s in "${services[@]}"; do
     [ "$uid" != 0 ] || die "$s runs as root"
 done
 step "1. healthy, and not root: ${services[*]}"
+if [ -n "$auth_dir" ]; then
+    # With users configured, a client without credentials gets nowhere.
+    anon=0
+    NATS_USER="" NATS_PASSWORD="" "$host_bin/musterctl" --server "nats://127.0.0.1:$MUSTER_NATS_PORT" ping \
+        >/dev/null 2>&1 || anon=$?
+    [ "$anon" = 6 ] || die "a client without credentials was not refused (musterctl ping exit $anon)"
+    step "1. least-privilege users: anonymous clients refused; every service runs with its own user"
+fi
 
 # ---- 2. enlist, create, force-poll, start, results -------------------------
 step "2. targets enlist themselves; enlisting them by hand is accepted too"
