@@ -142,9 +142,18 @@ pub async fn serve(
 /// in parts marked with [`wire::CHUNK_HEADER`], sent in order.
 async fn send_reply(client: &async_nats::Client, request: async_nats::service::Request, reply: Vec<u8>) -> anyhow::Result<()> {
     // Room for the subject and headers next to the body.
-    let room = client.server_info().max_payload.saturating_sub(4096).max(4096);
+    let max = client.server_info().max_payload;
+    let room = if max > 16 * 1024 { max - 4096 } else { max / 2 }.max(1);
     if reply.len() <= room {
         return Ok(request.respond(Ok(reply.into())).await?);
+    }
+    if reply.len() > muster_shared::MAX_REPLY_BYTES {
+        let too_big = ApiError::internal(format!(
+            "the answer is {} bytes, over the {}-byte limit for one reply; narrow the request",
+            reply.len(),
+            muster_shared::MAX_REPLY_BYTES
+        ));
+        return Ok(request.respond(Ok(encode_reply::<()>(Err(too_big)).into())).await?);
     }
     let Some(to) = request.message.reply.clone() else {
         return Ok(());
@@ -414,19 +423,22 @@ impl Ctx {
     }
 
     /// Force-polls every selected target at once; one outcome per target,
-    /// in name order. A target that is offline or slow fails alone.
+    /// in name order. A target that is offline or slow fails alone, and
+    /// holds up only its own slot.
     async fn force_poll_many(&self, select: &Selection) -> Result<Vec<ForcePollOutcome>, ApiError> {
         let targets = self.resolve(select).await?;
-        Ok(futures::stream::iter(targets)
+        let mut outcomes: Vec<ForcePollOutcome> = futures::stream::iter(targets)
             .map(|target| async move {
                 match self.force_poll(&target).await {
                     Ok(report) => ForcePollOutcome { target, report: Some(report), error: None },
                     Err(e) => ForcePollOutcome { target, report: None, error: Some(e) },
                 }
             })
-            .buffered(CONTROL_IN_FLIGHT)
+            .buffer_unordered(CONTROL_IN_FLIGHT)
             .collect()
-            .await)
+            .await;
+        outcomes.sort_by(|a, b| a.target.cmp(&b.target));
+        Ok(outcomes)
     }
 
     /// Asks a target to poll now; its answer is the poll report.

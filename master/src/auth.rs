@@ -154,16 +154,20 @@ fn password_for(dir: &Path, user: &str) -> anyhow::Result<String> {
 /// Writes a file only its owner can read, whole or not at all.
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
+    // A fresh file (never one left behind, nor a link), private from the start.
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("removing {}", tmp.display())),
+        _ => {}
+    }
     let mut f = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;
+    f.set_permissions(fs::Permissions::from_mode(0o600))?;
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
     fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -47,6 +47,8 @@ impl ApiClient {
         let mut replies = self.client.subscribe(inbox.clone()).await.map_err(|e| unreachable(&e))?;
         self.client.publish_with_reply(subject.to_owned(), inbox, payload.into()).await.map_err(|e| unreachable(&e))?;
         let mut body = Vec::new();
+        // The last part seen, and how many there are.
+        let mut expected: (usize, Option<usize>) = (0, None);
         loop {
             let Some(m) = replies.next().await else {
                 return Err(unreachable(&"the connection closed"));
@@ -59,10 +61,21 @@ impl ApiClient {
             }
             let part = m.headers.as_ref().and_then(|h| h.get(CHUNK_HEADER)).and_then(|v| parse_chunk(v.as_str()));
             body.extend_from_slice(&m.payload);
-            match part {
-                Some((part, parts)) if part < parts && body.len() <= MAX_REPLY_BYTES => {}
-                _ => return Ok(body),
+            let Some((part, parts)) = part else { return Ok(body) };
+            // Parts come in order on one subscription; a gap means one was lost.
+            if part != expected.0 + 1 || expected.1.is_some_and(|n| n != parts) {
+                return Err(ApiError::internal(format!(
+                    "the answer on {subject} came with a part missing (got part {part} of {parts} after part {})",
+                    expected.0
+                )));
             }
+            if body.len() > MAX_REPLY_BYTES {
+                return Err(ApiError::internal(format!("the answer on {subject} is over {MAX_REPLY_BYTES} bytes")));
+            }
+            if part == parts {
+                return Ok(body);
+            }
+            expected = (part, Some(parts));
         }
     }
 

@@ -40,7 +40,7 @@ Exit codes:
   7  conflict: already exists, still in use, or changed concurrently (retry)
   8  a run did not succeed (job start --wait)
 
-Environment: NATS_URL (comma-separated), NATS_CREDS, NATS_USER, NATS_PASSWORD, MUSTER_PREFIX, MUSTER_TIMEOUT.";
+Environment: NATS_URL (comma-separated), NATS_CREDS, NATS_USER, NATS_PASSWORD, MUSTER_PREFIX, MUSTER_API_TIMEOUT.";
 
 /// Maps an API error code to the documented exit code.
 pub fn exit_code(code: ErrorCode) -> u8 {
@@ -73,9 +73,9 @@ pub struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Seconds to wait for the master's answer.
-    #[arg(long, env = "MUSTER_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400), global = true)]
-    pub timeout: u64,
+    /// Seconds to wait for the master's answer to each call.
+    #[arg(long = "api-timeout", env = "MUSTER_API_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400), global = true)]
+    pub api_timeout: u64,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -152,7 +152,7 @@ pub enum TargetCmd {
     List,
     Show { name: TargetName },
     /// Make targets poll now (all at once) and print their poll reports.
-    /// With many slow targets, raise --timeout.
+    /// With many slow targets, raise --api-timeout.
     ForcePoll(PostArgs),
     /// Post a new poll interval (10-28800 s); each target uses it from the poll that downloads it.
     SetPoll {
@@ -411,7 +411,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     .with_servers(&cli.server);
     let client = nats::connect(&opts, Wait::Once).await?;
     let mut api = ApiClient::new(client.clone(), subjects.clone());
-    api.timeout = std::time::Duration::from_secs(cli.timeout);
+    api.timeout = std::time::Duration::from_secs(cli.api_timeout);
     let out = Out { json: cli.json };
     match cli.command {
         Command::Target(cmd) => target(&api, &out, cmd).await,
@@ -1013,5 +1013,22 @@ fn print_status(s: &StatusSummary, masters: &[MasterSeen]) {
             .map(|f| vec![f.job.to_string(), f.target.to_string(), f.outcome.to_string(), time(Some(f.started_at)), f.message.clone()])
             .collect();
         table(&["FAILING JOB", "TARGET", "OUTCOME", "STARTED", "MESSAGE"], rows);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_api_timeout_does_not_leak_into_job_start_wait_timeout() {
+        let cli = Cli::try_parse_from(["musterctl", "job", "start", "x", "--wait"]).unwrap();
+        let Command::Job(JobCmd::Start { timeout, .. }) = cli.command else { panic!("parsed as {:?}", cli.command) };
+        assert_eq!(timeout, None, "--wait without --timeout waits until the runs end");
+        assert_eq!(cli.api_timeout, 30);
+
+        let cli = Cli::try_parse_from(["musterctl", "--api-timeout", "5", "job", "start", "x", "--wait", "--timeout", "600"]).unwrap();
+        let Command::Job(JobCmd::Start { timeout, .. }) = cli.command else { panic!("parsed as {:?}", cli.command) };
+        assert_eq!((cli.api_timeout, timeout), (5, Some(600)));
     }
 }
