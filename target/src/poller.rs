@@ -122,9 +122,6 @@ impl Poller {
         let (applied, failed) = result?;
         self.metrics.polls.fetch_add(1, Ordering::Relaxed);
         let report = self.report(applied, failed);
-        if let Err(e) = self.state.mark_polled(report.polled_at.timestamp(), report.poll_interval_secs) {
-            tracing::debug!(error = %e, "last-poll not written");
-        }
         self.publish_report(&report);
         Ok(report)
     }
@@ -150,19 +147,27 @@ impl Poller {
     }
 
     /// The latest report goes to `MUSTER_POLLS` in the background: only the
-    /// newest matters, so a lost one is replaced by the next poll.
+    /// newest matters, so a lost one is replaced by the next poll. Once it is
+    /// stored, `last-poll` records that polls reach NATS — off the poll's
+    /// own path, so a force-poll's answer does not wait for the disk.
     fn publish_report(&self, report: &PollReport) {
         let js = self.js.clone();
         let subject = self.subjects.poll(&self.name);
         let body = msg::encode(report);
+        let (state, polled_at, interval) = (self.state.clone(), report.polled_at.timestamp(), report.poll_interval_secs);
         tokio::spawn(async move {
             let sent = async {
                 let ack = js.publish(subject, body.into()).await?;
                 ack.await?;
                 Ok::<(), async_nats::Error>(())
             };
-            if let Err(e) = sent.await {
-                tracing::debug!(error = %e, "poll report not published");
+            match sent.await {
+                Ok(()) => {
+                    if let Err(e) = state.mark_polled(polled_at, interval) {
+                        tracing::debug!(error = %e, "last-poll not written");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "poll report not published"),
             }
         });
     }

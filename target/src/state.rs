@@ -8,7 +8,7 @@
 //!   start-up is a run that the agent died in, reported as `interrupted`;
 //! - `spool/` — results not yet confirmed by JetStream (see [`crate::spool`]);
 //! - `last-poll` — `<unix seconds> <poll interval seconds>` of the latest
-//!   poll that reached NATS, for healthchecks that cannot ask the agent
+//!   poll that reached NATS (its report stored), for healthchecks that cannot ask the agent
 //!   (`deploy/image/target-healthcheck`). A hint, not state: it is written
 //!   without fsync, on every poll.
 //!
