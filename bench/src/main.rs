@@ -255,6 +255,11 @@ async fn force_poll_and_footprint(b: &Bench, cluster: &mut Cluster, sizes: &Size
     Ok(())
 }
 
+/// The `i`th virtual target: `v00000`, `v00001`, ...
+fn virtual_name(i: usize) -> TargetName {
+    TargetName::new(format!("v{i:05}")).expect("a valid name")
+}
+
 /// Virtual targets, and how many of them (`v00000`...) are enlisted.
 struct Fleet {
     targets: VirtualTargets,
@@ -266,7 +271,7 @@ impl Fleet {
     /// binds them to their consumers, as agents do at start. Returns their
     /// names and how long the enlisting took.
     async fn enlist(&mut self, b: &Bench, n: usize) -> anyhow::Result<(Vec<TargetName>, Duration)> {
-        let names: Vec<TargetName> = (0..n).map(|i| TargetName::new(format!("v{i:05}")).unwrap()).collect();
+        let names: Vec<TargetName> = (0..n).map(virtual_name).collect();
         let start = Instant::now();
         futures::stream::iter(names.iter().skip(self.enlisted).cloned())
             .map(|name| {
@@ -323,10 +328,15 @@ async fn fan_out(b: &Bench, fleet: &mut Fleet, cluster: &Cluster, sizes: &Sizes,
         ));
         rows.push(row(format!("enlist {n} targets (API, 64 at once)"), ms(enlist_time), "-", "-"));
     }
-    let enlisted = fleet.enlisted;
-    rows.push(row(format!("master RSS with {enlisted} enlisted targets"), format!("{:.1} MB", rss_kib(cluster.masters[0].pid()) as f64 / 1024.0), "-", "-"));
-    rows.push(row(format!("nats-server RSS with {enlisted} per-target consumers"), format!("{:.1} MB", rss_kib(nats_pid()) as f64 / 1024.0), "-", "-"));
+    footprint_rows(cluster, fleet.enlisted, rows);
     Ok(())
+}
+
+/// The master's and nats-server's RSS with `enlisted` targets.
+fn footprint_rows(cluster: &Cluster, enlisted: usize, rows: &mut Vec<Row>) {
+    let mb = |pid| format!("{:.1} MB", rss_kib(pid) as f64 / 1024.0);
+    rows.push(row(format!("master RSS with {enlisted} enlisted targets"), mb(cluster.masters[0].pid()), "-", "-"));
+    rows.push(row(format!("nats-server RSS with {enlisted} per-target consumers"), mb(nats_pid()), "-", "-"));
 }
 
 /// Every virtual target polls once, spread over the window (enlisting them
@@ -336,8 +346,7 @@ async fn scale_stage(b: &Bench, fleet: &mut Fleet, cluster: &Cluster, sizes: &Si
     let n = sizes.scale_targets;
     if fleet.enlisted < n {
         fleet.enlist(b, n).await?;
-        rows.push(row(format!("master RSS with {n} enlisted targets"), format!("{:.1} MB", rss_kib(cluster.masters[0].pid()) as f64 / 1024.0), "-", "-"));
-        rows.push(row(format!("nats-server RSS with {n} per-target consumers"), format!("{:.1} MB", rss_kib(nats_pid()) as f64 / 1024.0), "-", "-"));
+        footprint_rows(cluster, n, rows);
     }
     let (lat, cpu) = scale(&fleet.targets, n, sizes.scale_window, cluster.masters[0].pid(), nats_pid()).await?;
     rows.push(row(
@@ -577,7 +586,7 @@ fn sample_record() -> RunRecord {
 /// With `outage`, the master is killed first and started after the backlog
 /// is in the stream; the drain is timed from its start.
 async fn ingest(b: &Bench, n: usize, template: &RunRecord, cluster: &mut Cluster, outage: bool) -> anyhow::Result<(f64, CpuShare)> {
-    let target = TargetName::new("v00000")?;
+    let target = virtual_name(0);
     let stream = b.js.get_stream(b.subjects.results_stream()).await?;
     if outage {
         cluster.masters[0].kill();
@@ -618,13 +627,11 @@ async fn ingest(b: &Bench, n: usize, template: &RunRecord, cluster: &mut Cluster
 }
 
 /// Virtual targets: one wildcard subscription to every control subject; each
-/// poll fetches from the target's own durable consumer and acks, exactly as
-/// the agent does, then answers with a poll report.
+/// control request makes that target poll ([`AgentPath::poll`]) and answer
+/// with its poll report.
 struct VirtualTargets {
     applied: Arc<AtomicU64>,
-    consumers: Arc<Mutex<HashMap<String, PullConsumer>>>,
-    js: jetstream::Context,
-    subjects: Subjects,
+    path: AgentPath,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -639,17 +646,17 @@ impl VirtualTargets {
         let mut sub = client.subscribe(format!("{}.target.*.control", subjects.prefix())).await?;
         client.flush().await?;
         let applied = Arc::new(AtomicU64::new(0));
-        let consumers: Arc<Mutex<HashMap<String, PullConsumer>>> = Arc::default();
-        let (a, c, j, s) = (applied.clone(), consumers.clone(), js.clone(), subjects.clone());
+        let path = AgentPath { js, subjects, consumers: Arc::default() };
+        let (a, p) = (applied.clone(), path.clone());
         let task = tokio::spawn(async move {
             while let Some(m) = sub.next().await {
-                let name = s.target_of(&m.subject).unwrap_or_default().to_owned();
-                if !name.starts_with('v') {
+                let Some(name) = p.subjects.target_of(&m.subject).and_then(|t| TargetName::new(t).ok()) else { continue };
+                if !name.as_str().starts_with('v') {
                     continue;
                 }
-                let (client, a, c, j, s) = (client.clone(), a.clone(), c.clone(), j.clone(), s.clone());
+                let (client, a, p) = (client.clone(), a.clone(), p.clone());
                 tokio::spawn(async move {
-                    let Ok(report) = poll_one(&j, &s, &c, &name).await else { return };
+                    let Ok(report) = p.poll(&name).await else { return };
                     a.fetch_add(u64::from(report.applied), Ordering::SeqCst);
                     if let Some(reply) = m.reply {
                         client.publish(reply, msg::encode(&ControlReply::report(report)).into()).await.ok();
@@ -657,15 +664,13 @@ impl VirtualTargets {
                 });
             }
         });
-        Ok(VirtualTargets { applied, consumers, js, subjects, task })
+        Ok(VirtualTargets { applied, path, task })
     }
-}
 
-impl VirtualTargets {
     /// Looks up each target's consumer once, as an agent does at start.
     async fn bind(&self, names: &[TargetName]) -> anyhow::Result<()> {
         futures::stream::iter(names)
-            .map(|name| consumer_of(&self.js, &self.subjects, &self.consumers, name.as_str()))
+            .map(|name| self.path.consumer(name))
             .buffer_unordered(64)
             .collect::<Vec<_>>()
             .await
@@ -675,62 +680,65 @@ impl VirtualTargets {
     }
 }
 
-/// A virtual target's consumer, looked up on first use.
-async fn consumer_of(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-    cache: &Mutex<HashMap<String, PullConsumer>>,
-    name: &str,
-) -> anyhow::Result<PullConsumer> {
-    if let Some(c) = cache.lock().await.get(name) {
-        return Ok(c.clone());
-    }
-    let c: PullConsumer =
-        js.get_consumer_from_stream(name, subjects.assign_stream()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    cache.lock().await.insert(name.to_owned(), c.clone());
-    Ok(c)
+/// The agent's side of the per-target path, for any virtual target: its
+/// durable consumer (looked up once), and a poll as the agent polls.
+#[derive(Clone)]
+struct AgentPath {
+    js: jetstream::Context,
+    subjects: Subjects,
+    consumers: Arc<Mutex<HashMap<TargetName, PullConsumer>>>,
 }
 
-/// One poll of one virtual target, as the agent polls: fetch all pending,
-/// confirm each ack, publish the poll report in the background.
-async fn poll_one(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-    cache: &Mutex<HashMap<String, PullConsumer>>,
-    name: &str,
-) -> anyhow::Result<PollReport> {
-    let consumer = consumer_of(js, subjects, cache, name).await?;
-    let mut applied = 0;
-    let mut batch = consumer.fetch().max_messages(256).messages().await?;
-    while let Some(m) = batch.next().await {
-        m.map_err(|e| anyhow::anyhow!("{e}"))?.double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        applied += 1;
-    }
-    let target = TargetName::new(name)?;
-    let report = PollReport {
-        v: 1,
-        target: target.clone(),
-        polled_at: chrono::Utc::now(),
-        agent_version: "bench".into(),
-        instance: uuid::Uuid::nil(),
-        poll_interval_secs: 60,
-        applied,
-        failed: 0,
-        jobs: 0,
-        running: vec![],
-        spooled: 0,
-        clock_skew_ms: None,
-        timezone: String::new(),
-        bad_instructions: 0,
-        bad_control: 0,
-    };
-    let (js, subject, body) = (js.clone(), subjects.poll(&target), msg::encode(&report));
-    tokio::spawn(async move {
-        if let Ok(ack) = js.publish(subject, body.into()).await {
-            ack.await.ok();
+impl AgentPath {
+    /// The target's consumer, looked up on first use.
+    async fn consumer(&self, name: &TargetName) -> anyhow::Result<PullConsumer> {
+        if let Some(c) = self.consumers.lock().await.get(name) {
+            return Ok(c.clone());
         }
-    });
-    Ok(report)
+        let c: PullConsumer = self
+            .js
+            .get_consumer_from_stream(name.as_str(), self.subjects.assign_stream())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.consumers.lock().await.insert(name.clone(), c.clone());
+        Ok(c)
+    }
+
+    /// One poll: fetch all pending, confirm each ack, publish the poll report
+    /// in the background.
+    async fn poll(&self, name: &TargetName) -> anyhow::Result<PollReport> {
+        let consumer = self.consumer(name).await?;
+        let mut applied = 0;
+        let mut batch = consumer.fetch().max_messages(256).messages().await?;
+        while let Some(m) = batch.next().await {
+            m.map_err(|e| anyhow::anyhow!("{e}"))?.double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            applied += 1;
+        }
+        let report = PollReport {
+            v: 1,
+            target: name.clone(),
+            polled_at: chrono::Utc::now(),
+            agent_version: "bench".into(),
+            instance: uuid::Uuid::nil(),
+            poll_interval_secs: 60,
+            applied,
+            failed: 0,
+            jobs: 0,
+            running: vec![],
+            spooled: 0,
+            clock_skew_ms: None,
+            timezone: String::new(),
+            bad_instructions: 0,
+            bad_control: 0,
+        };
+        let (js, subject, body) = (self.js.clone(), self.subjects.poll(name), msg::encode(&report));
+        tokio::spawn(async move {
+            if let Ok(ack) = js.publish(subject, body.into()).await {
+                ack.await.ok();
+            }
+        });
+        Ok(report)
+    }
 }
 
 /// `n` virtual targets each poll once, spread evenly over `window`. Returns
@@ -748,10 +756,10 @@ async fn scale(
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
         tick.tick().await;
-        let (js, subjects, cache) = (v.js.clone(), v.subjects.clone(), v.consumers.clone());
+        let path = v.path.clone();
         tasks.push(tokio::spawn(async move {
             let start = Instant::now();
-            poll_one(&js, &subjects, &cache, &format!("v{i:05}")).await.map(|_| start.elapsed())
+            path.poll(&virtual_name(i)).await.map(|_| start.elapsed())
         }));
     }
     let mut lat = Vec::with_capacity(n);

@@ -47,8 +47,8 @@ impl ApiClient {
         let mut replies = self.client.subscribe(inbox.clone()).await.map_err(|e| unreachable(&e))?;
         self.client.publish_with_reply(subject.to_owned(), inbox, payload.into()).await.map_err(|e| unreachable(&e))?;
         let mut body = Vec::new();
-        // The last part seen, and how many there are.
-        let mut expected: (usize, Option<usize>) = (0, None);
+        // How many parts the reply has, once its first part said so.
+        let mut parts_seen = 0;
         loop {
             let Some(m) = replies.next().await else {
                 return Err(unreachable(&"the connection closed"));
@@ -63,10 +63,11 @@ impl ApiClient {
             body.extend_from_slice(&m.payload);
             let Some((part, parts)) = part else { return Ok(body) };
             // Parts come in order on one subscription; a gap means one was lost.
-            if part != expected.0 + 1 || expected.1.is_some_and(|n| n != parts) {
+            parts_seen += 1;
+            if part != parts_seen {
                 return Err(ApiError::internal(format!(
                     "the answer on {subject} came with a part missing (got part {part} of {parts} after part {})",
-                    expected.0
+                    parts_seen - 1
                 )));
             }
             if body.len() > MAX_REPLY_BYTES {
@@ -75,7 +76,6 @@ impl ApiClient {
             if part == parts {
                 return Ok(body);
             }
-            expected = (part, Some(parts));
         }
     }
 

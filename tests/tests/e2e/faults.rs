@@ -64,7 +64,6 @@ impl Tally {
     }
 }
 
-
 /// Stops `job`, waits until every run that happened is in history, and
 /// counts. Fails on any loss or duplicate, or if job status lags behind.
 fn settle(c: &Cluster, scenario: &str, job: &str, target: &str, out: &Path) -> Tally {

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull};
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use muster_tests::{bin, block_on, s, Cluster};
 
 fn credentials(dir: &Path, user: &str) -> (String, String) {
@@ -84,13 +84,30 @@ fn a_target_can_touch_only_its_own_subjects() {
         assert!(api.is_err(), "the admin API answered a target: {api:?}");
 
         // Another target's control subject: web01 hears nothing while
-        // web02 is force-polled and answers.
+        // web02 is force-polled and answers. Markers published by the
+        // operator on web01's own inbox are the clock: web01's connection
+        // gets messages in the order the server routed them, so once a
+        // marker sent after the force-poll arrives, a control request that
+        // reached web01 would have arrived before it.
+        let admin = c.connect_options().connect(c.url()).await.expect("admin connects");
         let mut heard = web01.subscribe("muster.target.web02.control").await.expect("subscribe is sent");
+        let mut markers = web01.subscribe("_INBOX_web01.marker").await.expect("subscribe");
         web01.flush().await.expect("flush");
+        let marker = |n: &'static str| {
+            let admin = admin.clone();
+            async move {
+                admin.publish("_INBOX_web01.marker", n.into()).await.expect("marker");
+                admin.flush().await.expect("flush");
+            }
+        };
+        marker("subscriptions in place").await;
+        markers.next().await.expect("first marker");
         let polled = c.ctl(&["target", "force-poll", "web02"]).expect("web02 still answers");
         assert_eq!(polled[0]["report"]["target"], "web02", "{polled}");
-        let overheard = tokio::time::timeout(Duration::from_secs(1), heard.next()).await;
-        assert!(!matches!(overheard, Ok(Some(_))), "web01 read web02's control request");
+        marker("after the force-poll").await;
+        markers.next().await.expect("second marker");
+        let overheard = heard.next().now_or_never();
+        assert!(!matches!(overheard, Some(Some(_))), "web01 read web02's control request: {overheard:?}");
     });
 
     assert!(c.stored("MUSTER_RESULTS", &forged_subject).is_empty(), "the forged record is in the stream");
