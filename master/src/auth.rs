@@ -12,8 +12,6 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
@@ -70,7 +68,11 @@ pub fn write_config(dir: &Path, subjects: &Subjects, targets: &[TargetName]) -> 
         users.push(User { name: name.to_owned(), password: password_for(dir, name)?, permissions: None });
     }
     for t in &names {
-        users.push(User { name: t.to_string(), password: password_for(dir, t.as_str())?, permissions: Some(perms::target(subjects, t)) });
+        users.push(User {
+            name: t.to_string(),
+            password: password_for(dir, t.as_str())?,
+            permissions: Some(perms::target(subjects, t)),
+        });
     }
     let config = dir.join(CONFIG_FILE);
     write_private(&config, &render(&users))?;
@@ -153,22 +155,7 @@ fn password_for(dir: &Path, user: &str) -> anyhow::Result<String> {
 
 /// Writes a file only its owner can read, whole or not at all.
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    // A fresh file (never one left behind, nor a link), private from the start.
-    match fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("removing {}", tmp.display())),
-        _ => {}
-    }
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    muster_runtime::fsutil::write_private(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use muster_shared::streams::StoreOptions;
 use muster_shared::subject::Subjects;
 
-use crate::nats::NatsOptions;
+use muster_runtime::nats::NatsOptions;
 
 #[derive(Debug, Clone)]
 pub struct MasterConfig {

@@ -14,8 +14,8 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use muster_shared::api::{
     ApiError, DefectRequest, Delivery, EnlistRequest, ErrorCode, ForcePollOutcome, GroupInfo, GroupMembers, GroupRef, InstrRow,
-    InstructionsQuery, JobInfo, JobRef, JobSelect, JobTargetStatus, JobWrite, MasterSeen, Op, PostRequest, Posted,
-    Selection, StatusSummary, TargetInfo, TargetRef,
+    InstructionsQuery, JobInfo, JobRef, JobSelect, JobTargetStatus, JobWrite, MasterSeen, Op, PostRequest, Posted, Selection,
+    StatusSummary, TargetInfo, TargetRef,
 };
 use muster_shared::job::JobSpec;
 use muster_shared::msg::{Outcome, RunRecord};
@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use crate::client::ApiClient;
 use crate::history::{self, HistoryQuery};
-use crate::nats::{self, NatsOptions, Wait};
+use muster_runtime::nats::{self, ConnectError, NatsArgs, Wait};
 
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
@@ -57,16 +57,8 @@ pub fn exit_code(code: ErrorCode) -> u8 {
 #[derive(Debug, Parser)]
 #[command(name = "musterctl", version, about = "Control a Muster master: targets, groups, jobs, instructions, history.", after_help = EXIT_CODES_HELP)]
 pub struct Cli {
-    /// NATS server URL(s), comma-separated.
-    #[arg(long, short = 's', env = "NATS_URL", default_value = "nats://127.0.0.1:4222", global = true)]
-    pub server: String,
-    /// NATS credentials file.
-    #[arg(long, env = "NATS_CREDS", global = true)]
-    pub creds: Option<PathBuf>,
-    #[arg(long, env = "NATS_USER", global = true, hide = true)]
-    pub user: Option<String>,
-    #[arg(long, env = "NATS_PASSWORD", global = true, hide = true)]
-    pub password: Option<String>,
+    #[command(flatten)]
+    pub nats: NatsArgs,
     /// Subject prefix of the installation.
     #[arg(long, env = "MUSTER_PREFIX", default_value = "muster", global = true)]
     pub prefix: String,
@@ -150,7 +142,9 @@ pub enum TargetCmd {
     },
     /// All targets with their status (SQL Server's "Target Servers Status").
     List,
-    Show { name: TargetName },
+    Show {
+        name: TargetName,
+    },
     /// Make targets poll now (all at once) and print their poll reports.
     /// With many slow targets, raise --api-timeout.
     ForcePoll(PostArgs),
@@ -196,9 +190,13 @@ impl PostArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum GroupCmd {
-    Create { group: GroupName },
+    Create {
+        group: GroupName,
+    },
     /// Delete a group no job is assigned to.
-    Delete { group: GroupName },
+    Delete {
+        group: GroupName,
+    },
     List,
     /// Add targets: they get the group's jobs.
     Add {
@@ -265,9 +263,13 @@ pub enum JobCmd {
         #[arg(long, short = 'f', conflicts_with = "commands")]
         file: Option<PathBuf>,
     },
-    Delete { job: JobName },
+    Delete {
+        job: JobName,
+    },
     List,
-    Show { job: JobName },
+    Show {
+        job: JobName,
+    },
     /// Assign a job to targets and groups.
     Assign {
         job: JobName,
@@ -300,10 +302,16 @@ pub enum JobCmd {
         #[command(flatten)]
         select: SelectArgs,
     },
-    Enable { job: JobName },
-    Disable { job: JobName },
+    Enable {
+        job: JobName,
+    },
+    Disable {
+        job: JobName,
+    },
     /// Last outcome per target.
-    Status { job: JobName },
+    Status {
+        job: JobName,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -343,9 +351,17 @@ impl From<ApiError> for Failure {
 
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
-        let message = format!("{e:#}");
-        let code = if message.contains("cannot connect to NATS") { 6 } else { 1 };
-        Failure { code, message }
+        Failure { code: 1, message: format!("{e:#}") }
+    }
+}
+
+impl From<ConnectError> for Failure {
+    fn from(e: ConnectError) -> Self {
+        let code = match e {
+            ConnectError::Unreachable { .. } => 6,
+            ConnectError::BadUrl { .. } | ConnectError::Credentials { .. } => 1,
+        };
+        Failure { code, message: format!("{:#}", anyhow::Error::from(e)) }
     }
 }
 
@@ -383,8 +399,8 @@ pub async fn main() -> ExitCode {
 pub async fn run(cli: Cli) -> Result<(), Failure> {
     if let Command::Auth(AuthCmd::NatsConfig { targets, dir }) = &cli.command {
         let subjects = Subjects::new(&cli.prefix).map_err(|e| invalid(e.to_string()))?;
-        let written = crate::auth::write_config(dir, &subjects, targets)
-            .map_err(|e| Failure { code: 1, message: format!("{e:#}") })?;
+        let written =
+            crate::auth::write_config(dir, &subjects, targets).map_err(|e| Failure { code: 1, message: format!("{e:#}") })?;
         let users: Vec<serde_json::Value> =
             written.users.iter().map(|(u, f)| serde_json::json!({"user": u, "env_file": f})).collect();
         let out = Out { json: cli.json };
@@ -401,14 +417,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         return Ok(());
     }
     let subjects = Subjects::new(&cli.prefix).map_err(|e| invalid(e.to_string()))?;
-    let opts = NatsOptions {
-        creds: cli.creds.clone(),
-        user: cli.user.clone(),
-        password: cli.password.clone(),
-        name: Some("musterctl".into()),
-        ..NatsOptions::default()
-    }
-    .with_servers(&cli.server);
+    let opts = cli.nats.options("musterctl");
     let client = nats::connect(&opts, Wait::Once).await?;
     let mut api = ApiClient::new(client.clone(), subjects.clone());
     api.timeout = std::time::Duration::from_secs(cli.api_timeout);
@@ -461,10 +470,10 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Run(RunCmd::Show { run_id }) => {
             let js = async_nats::jetstream::new(client);
             let q = HistoryQuery { run_id: Some(run_id), ..HistoryQuery::default() };
-            let run = history::read(&js, &subjects, &q).await?.pop().ok_or_else(|| Failure {
-                code: 3,
-                message: format!("no run {run_id} in history"),
-            })?;
+            let run = history::read(&js, &subjects, &q)
+                .await?
+                .pop()
+                .ok_or_else(|| Failure { code: 3, message: format!("no run {run_id} in history") })?;
             out.print(&run, || print_run(&run))
         }
         Command::Completions { .. } | Command::Auth(_) => unreachable!("handled above"),
@@ -524,10 +533,14 @@ async fn target(api: &ApiClient, out: &Out, cmd: TargetCmd) -> Result<(), Failur
         }
         TargetCmd::SetPoll { mut args, groups, all } => {
             let secs_text = args.pop().expect("clap requires one value");
-            let secs: u64 = secs_text
-                .parse()
-                .map_err(|_| invalid(format!("'{secs_text}' is not a number of seconds: give the interval last, e.g. `set-poll web01 120`")))?;
-            let names = args.into_iter().map(|a| a.parse::<TargetName>()).collect::<Result<Vec<_>, _>>().map_err(|e| invalid(e.to_string()))?;
+            let secs: u64 = secs_text.parse().map_err(|_| {
+                invalid(format!("'{secs_text}' is not a number of seconds: give the interval last, e.g. `set-poll web01 120`"))
+            })?;
+            let names = args
+                .into_iter()
+                .map(|a| a.parse::<TargetName>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| invalid(e.to_string()))?;
             let req = PostArgs { names, groups, all }.request(Some(secs));
             let p: Vec<Posted> = api.call(Op::TargetSetPoll, req).await?;
             out.print(&p, || print_posted(&p))
@@ -626,8 +639,7 @@ async fn job(api: &ApiClient, out: &Out, cmd: JobCmd) -> Result<(), Failure> {
             show(api.call(Op::JobUnassign, JobSelect { job, select: select.selection(false) }).await?)
         }
         JobCmd::Start { job, select, all, wait, timeout } => {
-            let d: Vec<Delivery> =
-                api.call(Op::JobStart, JobSelect { job: job.clone(), select: select.selection(all) }).await?;
+            let d: Vec<Delivery> = api.call(Op::JobStart, JobSelect { job: job.clone(), select: select.selection(all) }).await?;
             if wait {
                 let timeout = timeout.map(std::time::Duration::from_secs);
                 return follow(api, out.json, &job, &d, timeout).await;
@@ -762,7 +774,10 @@ async fn follow(
             }
             return Err(Failure {
                 code: 5,
-                message: format!("gave up waiting; still not finished on {} (see `musterctl job status {job}`)", waiting.join(", ")),
+                message: format!(
+                    "gave up waiting; still not finished on {} (see `musterctl job status {job}`)",
+                    waiting.join(", ")
+                ),
             });
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -916,14 +931,7 @@ fn print_job(j: &JobInfo) {
 fn print_deliveries(d: &[Delivery]) {
     let rows = d
         .iter()
-        .map(|d| {
-            vec![
-                d.target.to_string(),
-                d.state.clone(),
-                d.run_id.map_or("-".into(), |r| r.to_string()),
-                d.message.clone(),
-            ]
-        })
+        .map(|d| vec![d.target.to_string(), d.state.clone(), d.run_id.map_or("-".into(), |r| r.to_string()), d.message.clone()])
         .collect();
     table(&["TARGET", "STATE", "RUN", "MESSAGE"], rows);
 }
@@ -962,10 +970,7 @@ fn print_run(r: &RunRecord) {
 }
 
 fn print_posted(p: &[Posted]) {
-    let rows = p
-        .iter()
-        .map(|p| vec![p.target.to_string(), p.ops.join(", "), p.dropped.to_string()])
-        .collect();
+    let rows = p.iter().map(|p| vec![p.target.to_string(), p.ops.join(", "), p.dropped.to_string()]).collect();
     table(&["TARGET", "POSTED", "DROPPED"], rows);
 }
 
@@ -1001,7 +1006,9 @@ fn print_status(s: &StatusSummary, masters: &[MasterSeen]) {
         let rows = s
             .attention
             .iter()
-            .map(|t| vec![t.name.to_string(), t.status.as_str().to_owned(), time(t.last_poll), t.blocked.clone().unwrap_or_default()])
+            .map(|t| {
+                vec![t.name.to_string(), t.status.as_str().to_owned(), time(t.last_poll), t.blocked.clone().unwrap_or_default()]
+            })
             .collect();
         table(&["TARGET", "STATUS", "LAST POLL", "WHY"], rows);
     }
@@ -1010,7 +1017,9 @@ fn print_status(s: &StatusSummary, masters: &[MasterSeen]) {
         let rows = s
             .failing
             .iter()
-            .map(|f| vec![f.job.to_string(), f.target.to_string(), f.outcome.to_string(), time(Some(f.started_at)), f.message.clone()])
+            .map(|f| {
+                vec![f.job.to_string(), f.target.to_string(), f.outcome.to_string(), time(Some(f.started_at)), f.message.clone()]
+            })
             .collect();
         table(&["FAILING JOB", "TARGET", "OUTCOME", "STARTED", "MESSAGE"], rows);
     }
@@ -1027,7 +1036,8 @@ mod tests {
         assert_eq!(timeout, None, "--wait without --timeout waits until the runs end");
         assert_eq!(cli.api_timeout, 30);
 
-        let cli = Cli::try_parse_from(["musterctl", "--api-timeout", "5", "job", "start", "x", "--wait", "--timeout", "600"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["musterctl", "--api-timeout", "5", "job", "start", "x", "--wait", "--timeout", "600"]).unwrap();
         let Command::Job(JobCmd::Start { timeout, .. }) = cli.command else { panic!("parsed as {:?}", cli.command) };
         assert_eq!((cli.api_timeout, timeout), (5, Some(600)));
     }

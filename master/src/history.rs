@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use muster_shared::msg::{self, Outcome, RunRecord};
 use muster_shared::name::{JobName, TargetName};
 use muster_shared::subject::Subjects;
@@ -36,6 +35,10 @@ pub struct HistoryQuery {
     pub limit: Option<usize>,
 }
 
+/// How long a history read may go without a message before it fails (it
+/// never ends early on silence: it knows how many messages are to come).
+const READ_STALL: Duration = Duration::from_secs(30);
+
 /// Reads, de-duplicates and filters runs; oldest first.
 ///
 /// # Errors
@@ -50,37 +53,22 @@ pub async fn read(js: &jetstream::Context, subjects: &Subjects, q: &HistoryQuery
     let deliver_policy = match q.since {
         // A run that started before `since` may have ended after it; read a
         // little earlier and filter on started_at below.
-        Some(since) => consumer::DeliverPolicy::ByStartTime {
-            start_time: time_from_chrono(since - chrono::Duration::hours(24)),
-        },
+        Some(since) => consumer::DeliverPolicy::ByStartTime { start_time: time_from_chrono(since - chrono::Duration::hours(24)) },
         None => consumer::DeliverPolicy::All,
     };
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: filter,
-            deliver_policy,
-            ..Default::default()
-        })
-        .await?;
+    let config = consumer::pull::OrderedConfig { filter_subject: filter, deliver_policy, ..Default::default() };
+    let mut messages = muster_runtime::stream::read_to_end(&stream, config, READ_STALL).await?;
     let mut runs: HashMap<(TargetName, Uuid), RunRecord> = HashMap::new();
-    let mut messages = consumer.messages().await?;
-    loop {
-        let next = tokio::time::timeout(Duration::from_secs(2), messages.next()).await;
-        let m = match next {
-            // Nothing more within the wait: the filter matched nothing (more).
-            Err(_) | Ok(None) => break,
-            Ok(Some(m)) => m?,
-        };
-        let pending = m.info().map(|i| i.pending).unwrap_or(0);
+    while let Some(m) = messages.next().await {
+        let m = m?;
         match msg::decode::<RunRecord>(&m.payload).map_err(|e| e.to_string()).and_then(|r| {
             check_run(subjects, &m.subject, &r)?;
             Ok(r)
         }) {
             Ok(r) => keep(&mut runs, r),
-            Err(e) => tracing::debug!(subject = %m.subject, error = %e, "record left out of history"),
-        }
-        if pending == 0 {
-            break;
+            Err(e) => {
+                tracing::debug!(subject = %m.subject, error = %e, "record left out of history")
+            }
         }
     }
     let mut out: Vec<RunRecord> = runs

@@ -18,11 +18,12 @@ pub mod config;
 pub mod ctl;
 pub mod history;
 pub mod ingest;
-pub mod nats;
 pub mod post;
 pub mod store;
 
 use anyhow::Context as _;
+use muster_runtime::backoff::Backoff;
+use muster_runtime::nats;
 use tokio_util::sync::CancellationToken;
 
 pub use config::MasterConfig;
@@ -37,17 +38,15 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> anyhow::R
     let js = async_nats::jetstream::new(client.clone());
     // JetStream may not be ready yet (a server still starting, a cluster still
     // electing its leader): keep trying, saying why, until it is.
-    let mut backoff = std::time::Duration::from_millis(250);
+    let mut backoff = Backoff::new(std::time::Duration::from_millis(250), std::time::Duration::from_secs(5));
     let store = loop {
         match store::Store::open(&js, &config.subjects, &config.store).await {
             Ok(store) => break store,
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "cannot create Muster's streams and buckets yet");
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(backoff) => {}
+                tracing::warn!(error = %format!("{e:#}"), "cannot create Muster's streams and buckets yet; retrying");
+                if !backoff.wait(&shutdown).await {
+                    return Ok(());
                 }
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
             }
         }
     };

@@ -11,7 +11,6 @@
 
 pub mod config;
 pub mod control;
-pub mod fsutil;
 pub mod poller;
 pub mod process;
 pub mod runner;
@@ -23,7 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use muster_shared::api::{self, EnlistRequest, Reply, Request, TargetInfo};
+use muster_runtime::backoff::Backoff;
+use muster_runtime::nats::{self, NatsOptions, Wait};
+use muster_shared::api::{self, ApiError, EnlistRequest, ErrorCode, Reply, Request, TargetInfo};
 use muster_shared::msg;
 use muster_shared::subject::Subjects;
 use rand::Rng as _;
@@ -45,8 +46,8 @@ use crate::state::State;
 /// # Errors
 /// When the state directory cannot be opened; NATS problems are retried.
 pub async fn run(config: TargetConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let state = State::open(&config.state_dir)
-        .with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
+    let state =
+        State::open(&config.state_dir).with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
     let spool = Spool::open(&state.spool_dir(), config.spool_max_bytes).context("opening the result spool")?;
     let runner = Runner::new(
         RunnerConfig {
@@ -126,7 +127,9 @@ async fn poll_loop(poller: Arc<Poller>, stop: CancellationToken) {
                 tracing::info!(applied = r.applied, failed = r.failed, "polled");
             }
             Ok(_) => tracing::debug!("polled: nothing new"),
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "poll failed; will retry at the next interval"),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "poll failed; will retry at the next interval")
+            }
         }
         let interval = poller.interval();
         let jitter = rand::rng().random_range(0.9..1.1);
@@ -156,15 +159,11 @@ async fn enlist(
         instance: Some(poller.instance),
         poll_interval_secs: Some(poller.interval().as_secs()),
     }));
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let attempt = tokio::time::timeout(Duration::from_secs(10), client.request(subject.clone(), body.clone().into())).await;
-        let outcome = match attempt {
-            Ok(Ok(m)) => msg::decode::<Reply<TargetInfo>>(&m.payload).and_then(Reply::into_result).map_err(|e| e.to_string()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("no answer".into()),
-        };
-        match outcome {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(60));
+    // The first attempts are made before polling starts, so that a refused
+    // agent stops before it could poll another agent's instructions.
+    for attempt in 1..=5 {
+        match ask_to_enlist(client, &subject, &body).await {
             Ok(info) => {
                 tracing::info!(target = %info.name, poll_interval = info.poll_interval_secs, "enlisted");
                 if poller.state.defected() {
@@ -172,38 +171,38 @@ async fn enlist(
                 }
                 return Ok(());
             }
-            Err(e) if e.contains("already enlisted") => anyhow::bail!("enlisting refused: {e}"),
-            Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "enlisting failed; the master may be down"),
+            Err(e) if e.code == ErrorCode::AlreadyExists => {
+                anyhow::bail!("enlisting refused: {}", e.message)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.message, attempt, "enlisting failed; the master may be down")
+            }
         }
-        // Keep trying in the background once the first attempts failed, so
-        // the agent polls with whatever consumer it already has.
-        if backoff >= Duration::from_secs(2) {
-            let (client, subject, body, shutdown) = (client.clone(), subject.clone(), body.clone(), shutdown.clone());
-            tokio::spawn(async move {
-                let mut backoff = Duration::from_secs(2);
-                loop {
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    if let Ok(Ok(m)) =
-                        tokio::time::timeout(Duration::from_secs(10), client.request(subject.clone(), body.clone().into())).await
-                    {
-                        if msg::decode::<Reply<TargetInfo>>(&m.payload).and_then(Reply::into_result).is_ok() {
-                            tracing::info!("enlisted");
-                            return;
-                        }
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
-                }
-            });
+        if attempt < 5 && !backoff.wait(shutdown).await {
             return Ok(());
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            () = tokio::time::sleep(backoff) => {}
+    }
+    // Keep trying in the background, so the agent polls with whatever
+    // consumer it already has.
+    let (client, shutdown) = (client.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        while backoff.wait(&shutdown).await {
+            if ask_to_enlist(&client, &subject, &body).await.is_ok() {
+                tracing::info!("enlisted");
+                return;
+            }
         }
-        backoff *= 2;
+    });
+    Ok(())
+}
+
+/// One enlist request, answered or failed within 10 s.
+async fn ask_to_enlist(client: &async_nats::Client, subject: &str, body: &[u8]) -> Result<TargetInfo, ApiError> {
+    let unavailable = |e: String| ApiError::new(ErrorCode::MasterUnavailable, e);
+    match tokio::time::timeout(Duration::from_secs(10), client.request(subject.to_owned(), body.to_vec().into())).await {
+        Ok(Ok(m)) => msg::decode::<Reply<TargetInfo>>(&m.payload).and_then(Reply::into_result),
+        Ok(Err(e)) => Err(unavailable(e.to_string())),
+        Err(_) => Err(unavailable("no answer".into())),
     }
 }
 
@@ -228,30 +227,13 @@ pub async fn defect_self(config: &TargetConfig) -> anyhow::Result<TargetInfo> {
 /// Connects with this target's own inbox prefix (so its permissions need not
 /// include `_INBOX.>`), waiting for NATS and reconnecting forever.
 async fn connect(config: &TargetConfig) -> anyhow::Result<async_nats::Client> {
-    let mut o = async_nats::ConnectOptions::new()
-        .name(format!("muster-target {}", config.name))
-        .custom_inbox_prefix(Subjects::inbox_prefix(&config.name))
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .connection_timeout(Duration::from_secs(5))
-        .reconnect_delay_callback(|attempt| Duration::from_millis((attempt as u64 * 100).min(2000)))
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS; results go to the spool"),
-                other => tracing::debug!(%other, "NATS event"),
-            }
-        });
-    if let Some(creds) = &config.creds {
-        o = o.credentials_file(creds).await.with_context(|| format!("reading {}", creds.display()))?;
-    }
-    if let (Some(u), Some(p)) = (&config.user, &config.password) {
-        o = o.user_and_password(u.clone(), p.clone());
-    }
-    let addrs: Vec<async_nats::ServerAddr> = config
-        .servers
-        .iter()
-        .map(|u| u.parse().with_context(|| format!("bad NATS URL '{u}'")))
-        .collect::<anyhow::Result<_>>()?;
-    Ok(o.connect(addrs).await?)
+    let opts = NatsOptions {
+        servers: config.servers.clone(),
+        creds: config.creds.clone(),
+        user: config.user.clone(),
+        password: config.password.clone(),
+        name: Some(format!("muster-target {}", config.name)),
+        inbox_prefix: Some(Subjects::inbox_prefix(&config.name)),
+    };
+    Ok(nats::connect(&opts, Wait::Forever).await?)
 }

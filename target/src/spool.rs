@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::fsutil::{remove_durable, sync_dir, write_atomic};
+use muster_runtime::backoff::Backoff;
+use muster_runtime::fsutil::{remove_durable, sync_dir, write_atomic};
 
 /// Publishes in flight at once while flushing.
 const IN_FLIGHT: usize = 64;
@@ -78,8 +79,7 @@ impl Spool {
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             let name = entry.file_name();
-            let Some(seq) = name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse::<u64>().ok())
-            else {
+            let Some(seq) = name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse::<u64>().ok()) else {
                 continue;
             };
             files.push((seq, entry.metadata()?.len()));
@@ -110,7 +110,12 @@ impl Spool {
         let bytes = serde_json::to_vec(entry).expect("serialise");
         let mut q = self.queue.lock().expect("spool lock");
         if q.bytes + bytes.len() as u64 > self.max_bytes {
-            tracing::error!(bytes = q.bytes, max = self.max_bytes, subject = entry.subject, "result spool is FULL; record refused");
+            tracing::error!(
+                bytes = q.bytes,
+                max = self.max_bytes,
+                subject = entry.subject,
+                "result spool is FULL; record refused"
+            );
             return Err(SpoolError::Full { bytes: q.bytes, max: self.max_bytes });
         }
         let seq = q.next_seq;
@@ -120,7 +125,11 @@ impl Spool {
         q.files.push_back((seq, bytes.len() as u64));
         if q.bytes * 10 >= self.max_bytes * 8 && !q.warned_full {
             q.warned_full = true;
-            tracing::warn!(bytes = q.bytes, max = self.max_bytes, "result spool is over 80% full: NATS has not taken results for a while");
+            tracing::warn!(
+                bytes = q.bytes,
+                max = self.max_bytes,
+                "result spool is over 80% full: NATS has not taken results for a while"
+            );
         }
         drop(q);
         self.wake.notify_one();
@@ -193,25 +202,23 @@ impl Flusher {
     /// Runs until `shutdown`; then makes one last attempt to empty the spool
     /// within `final_flush`.
     pub async fn run(self, shutdown: CancellationToken, final_flush: Duration) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             let notified = self.spool.wake.notified();
             match self.flush_once().await {
                 Ok(0) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     tokio::select! {
                         () = shutdown.cancelled() => break,
                         () = notified => {}
                     }
                 }
-                Ok(_) => backoff = Duration::from_millis(100),
+                Ok(_) => backoff.reset(),
                 Err(e) => {
-                    tracing::warn!(error = %e, waiting = self.spool.len(), retry_in = ?backoff, "results not accepted by NATS; kept in the spool");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
+                    tracing::warn!(error = %e, waiting = self.spool.len(), "results not accepted by NATS; kept in the spool");
+                    if !backoff.wait(&shutdown).await {
+                        break;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }

@@ -12,7 +12,7 @@
 //!   (`deploy/image/target-healthcheck`). A hint, not state: it is written
 //!   without fsync, on every poll.
 //!
-//! Every other write goes through [`crate::fsutil::write_atomic`].
+//! Every other write goes through [`muster_runtime::fsutil::write_atomic`].
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -25,7 +25,7 @@ use muster_shared::name::JobName;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::fsutil::{remove_durable, write_atomic};
+use muster_runtime::fsutil::{remove_durable, write_atomic};
 
 /// How many applied instruction ids are remembered. An instruction is
 /// redelivered only if it was not acked, which happens within one poll, so a
@@ -80,8 +80,12 @@ impl State {
                 Ok(Ok(job)) => {
                     jobs.insert(job.id, job);
                 }
-                Ok(Err(e)) => tracing::error!(path = %path.display(), error = %e, "corrupt job file skipped"),
-                Err(e) => tracing::error!(path = %path.display(), error = %e, "unreadable job file skipped"),
+                Ok(Err(e)) => {
+                    tracing::error!(path = %path.display(), error = %e, "corrupt job file skipped")
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "unreadable job file skipped")
+                }
             }
         }
         let agent = match std::fs::read(dir.join("agent.json")) {

@@ -4,8 +4,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use muster_master::nats::NatsOptions;
 use muster_master::MasterConfig;
+use muster_runtime::logging::{self, LogArgs};
+use muster_runtime::nats::NatsArgs;
 use muster_shared::streams::StoreOptions;
 use muster_shared::subject::Subjects;
 
@@ -13,15 +14,10 @@ use muster_shared::subject::Subjects;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Flags {
-    /// NATS server URL(s), comma-separated.
-    #[arg(long, short = 's', env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    server: String,
-    #[arg(long, env = "NATS_CREDS")]
-    creds: Option<std::path::PathBuf>,
-    #[arg(long, env = "NATS_USER", hide = true)]
-    user: Option<String>,
-    #[arg(long, env = "NATS_PASSWORD", hide = true)]
-    password: Option<String>,
+    #[command(flatten)]
+    nats: NatsArgs,
+    #[command(flatten)]
+    log: LogArgs,
     /// Subject prefix, so several installations can share one NATS account.
     #[arg(long, env = "MUSTER_PREFIX", default_value = "muster")]
     prefix: String,
@@ -48,19 +44,9 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MUSTER_LOG").unwrap_or_else(|_| "info".into()))
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    logging::init(flags.log.log_format);
     let config = MasterConfig {
-        nats: NatsOptions {
-            creds: flags.creds,
-            user: flags.user,
-            password: flags.password,
-            name: Some("muster-master".into()),
-            ..NatsOptions::default()
-        }
-        .with_servers(&flags.server),
+        nats: flags.nats.options("muster-master"),
         subjects,
         store: StoreOptions {
             replicas: usize::from(flags.replicas),
@@ -73,7 +59,7 @@ fn main() -> ExitCode {
     tracing::info!(servers = ?config.nats.servers, prefix = config.subjects.prefix(), "muster-master starting");
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(async {
-        let shutdown = muster_master_shutdown();
+        let shutdown = muster_runtime::signal::shutdown_on_signals();
         match muster_master::run(config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -82,20 +68,4 @@ fn main() -> ExitCode {
             }
         }
     })
-}
-
-/// Cancelled on SIGTERM or SIGINT.
-fn muster_master_shutdown() -> tokio_util::sync::CancellationToken {
-    let token = tokio_util::sync::CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        }
-        t.cancel();
-    });
-    token
 }

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use muster_runtime::logging::{self, LogArgs};
+use muster_runtime::nats::NatsArgs;
 use muster_shared::name::TargetName;
 use muster_shared::subject::Subjects;
 use muster_target::TargetConfig;
@@ -16,15 +18,10 @@ struct Flags {
     /// This target's name (letters, digits, '-', '_'; at most 64).
     #[arg(long, env = "MUSTER_NAME")]
     name: TargetName,
-    /// NATS server URL(s), comma-separated.
-    #[arg(long, short = 's', env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    server: String,
-    #[arg(long, env = "NATS_CREDS")]
-    creds: Option<PathBuf>,
-    #[arg(long, env = "NATS_USER", hide = true)]
-    user: Option<String>,
-    #[arg(long, env = "NATS_PASSWORD", hide = true)]
-    password: Option<String>,
+    #[command(flatten)]
+    nats: NatsArgs,
+    #[command(flatten)]
+    log: LogArgs,
     /// Jobs, run markers and the result spool are kept here.
     #[arg(long, env = "MUSTER_STATE_DIR")]
     state_dir: PathBuf,
@@ -79,15 +76,13 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MUSTER_LOG").unwrap_or_else(|_| "info".into()))
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    logging::init(flags.log.log_format);
+    let nats = flags.nats.options("muster-target");
     let mut config = TargetConfig::new(flags.name, flags.state_dir);
-    config.servers = flags.server.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
-    config.creds = flags.creds;
-    config.user = flags.user;
-    config.password = flags.password;
+    config.servers = nats.servers;
+    config.creds = nats.creds;
+    config.user = nats.user;
+    config.password = nats.password;
     config.subjects = subjects;
     config.poll_interval = Duration::from_secs(flags.poll_interval);
     config.enlist = !flags.no_enlist;
@@ -120,17 +115,7 @@ fn main() -> ExitCode {
         });
     }
     runtime.block_on(async {
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let token = shutdown.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
-            }
-            token.cancel();
-        });
+        let shutdown = muster_runtime::signal::shutdown_on_signals();
         match muster_target::run(config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -1,0 +1,18 @@
+//! What the master, the agent and `musterctl` do the same way at run time.
+//!
+//! `muster-shared` is the wire contract and has no I/O; this crate is the
+//! other half both daemons share, so that each of these is written once:
+//!
+//! - [`nats`]: connection flags (`NATS_URL`, `NATS_CREDS`, …) and connecting;
+//! - [`signal`]: one shutdown token cancelled by SIGTERM or SIGINT;
+//! - [`logging`]: `tracing` set-up, `MUSTER_LOG` filter, text or JSON lines;
+//! - [`backoff`]: the retry delays of every "try again later" loop;
+//! - [`stream`]: reading a stream's messages up to where it ended when asked;
+//! - [`fsutil`]: crash-safe file writes.
+
+pub mod backoff;
+pub mod fsutil;
+pub mod logging;
+pub mod nats;
+pub mod signal;
+pub mod stream;
