@@ -96,7 +96,7 @@ nats_server_binary() {
 build_base
 
 echo "==> cargo build --profile $profile (muster-master, musterctl, muster-target)"
-cargo build --profile "$profile" --quiet --bins -p muster-master -p muster-target
+cargo build --profile "$profile" --quiet --bins -p muster-master -p muster-ctl -p muster-target
 
 ctx="$work/context"
 mkdir -p "$ctx/bin" "$ctx/deploy"

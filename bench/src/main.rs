@@ -18,7 +18,8 @@ use async_nats::jetstream::{self, consumer::PullConsumer};
 use bytes::Bytes;
 use clap::Parser;
 use futures::StreamExt;
-use muster_master::client::ApiClient;
+use muster_ctl::render::table_aligned;
+use muster_ctl::ApiClient;
 use muster_shared::api::{EnlistRequest, ForcePollOutcome, JobInfo, JobSelect, JobWrite, Op, Selection, TargetInfo, TargetRef};
 use muster_shared::job::JobSpec;
 use muster_shared::msg::{self, ControlReply, PollReport, RunRecord};
@@ -428,15 +429,11 @@ impl CpuMeter {
     }
 }
 
+/// Every figure, as one table at the end.
 fn print_rows(rows: &[Row]) {
-    let w = rows.iter().map(|r| r.what.chars().count()).max().unwrap_or(10);
-    let m = rows.iter().map(|r| r.muster.chars().count()).max().unwrap_or(10).max(6);
-    let b = rows.iter().map(|r| r.baseline.chars().count()).max().unwrap_or(10).max(8);
+    let cells = rows.iter().map(|r| vec![r.what.clone(), r.muster.clone(), r.baseline.clone(), r.ratio.clone()]).collect();
     println!();
-    println!("{:<w$}  {:>m$}  {:>b$}  ratio", "measure", "muster", "raw NATS");
-    for r in rows {
-        println!("{:<w$}  {:>m$}  {:>b$}  {}", r.what, r.muster, r.baseline, r.ratio);
-    }
+    println!("{}", table_aligned(&["measure", "muster", "raw NATS", "ratio"], cells, &[1, 2]));
 }
 
 /// Raw core request/reply round trips to a trivial responder.

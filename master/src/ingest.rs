@@ -22,11 +22,11 @@ use async_nats::jetstream::AckKind;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use muster_shared::api::{ApiError, JobTargetStatus};
+use muster_shared::identity;
 use muster_shared::msg::{self, InstrRecord, RunRecord};
 use muster_shared::streams::MASTER_CONSUMER;
 use tokio_util::sync::CancellationToken;
 
-use crate::history::check_run;
 use crate::store::{InstrRow, InstrStatus, Store, TargetRecord};
 
 /// Bad records terminated since the master started (logged with each one).
@@ -141,18 +141,15 @@ async fn handle_batch(
     let mut bad = Vec::new();
     for (i, m) in batch.iter().enumerate() {
         let subject = m.subject.as_str();
-        let on_subject = store.subjects.target_of(subject).unwrap_or_default();
         let verdict = if subject.ends_with(".instr") {
             msg::decode::<InstrRecord>(&m.payload).map_err(|e| e.to_string()).and_then(|r| {
-                if r.target.as_str() != on_subject {
-                    return Err(format!("instruction record names target '{}' but came on '{on_subject}''s subject", r.target));
-                }
+                identity::check_instr(&store.subjects, subject, &r).map_err(|e| e.to_string())?;
                 instr.push(r);
                 Ok(())
             })
         } else {
             msg::decode::<RunRecord>(&m.payload).map_err(|e| e.to_string()).and_then(|r| {
-                check_run(&store.subjects, subject, &r)?;
+                identity::check_run(&store.subjects, subject, &r).map_err(|e| e.to_string())?;
                 let status = JobTargetStatus::from(&r);
                 let key = Store::status_key(r.job_id, &r.target);
                 match newest.get(&key) {

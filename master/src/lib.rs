@@ -4,19 +4,14 @@
 //! - [`store`] creates the streams and buckets and reads and writes records;
 //! - [`post`] turns every change into instructions on the targets' subjects;
 //! - [`api`] serves the `muster` NATS service that `musterctl` and targets call;
-//! - [`ingest`] drains `MUSTER_RESULTS` into job status and the download list;
-//! - [`history`] reads run history straight from `MUSTER_RESULTS`;
-//! - [`client`] and [`ctl`] are `musterctl`'s side of the API;
-//! - [`auth`] writes nats-server users that keep each target to its own subjects.
+//! - [`ingest`] drains `MUSTER_RESULTS` into job status and the download list.
 //!
-//! The daemon's entry point is [`run`].
+//! The daemon's entry point is [`run`]. `musterctl` and its API client live
+//! in `muster-ctl`, which does not depend on this crate: clients never link
+//! the daemon.
 
 pub mod api;
-pub mod auth;
-pub mod client;
 pub mod config;
-pub mod ctl;
-pub mod history;
 pub mod ingest;
 pub mod post;
 pub mod store;

@@ -202,6 +202,16 @@ impl Bucket {
             Bucket::Instructions => "instructions",
         }
     }
+
+    /// The [`Bucket::JobStatus`] key of a job on a target.
+    pub fn jobstatus_key(job_id: Uuid, t: &TargetName) -> String {
+        format!("{job_id}.{t}")
+    }
+
+    /// Every [`Bucket::JobStatus`] key of one job, to watch.
+    pub fn jobstatus_keys_of(job_id: Uuid) -> String {
+        format!("{job_id}.*")
+    }
 }
 
 #[cfg(test)]
@@ -218,6 +228,9 @@ mod tests {
         assert_eq!(s.result_instr(&t), "muster.result.web01.instr");
         assert_eq!(s.assign_stream(), "MUSTER_ASSIGN");
         assert_eq!(s.bucket(Bucket::JobStatus), "muster-jobstatus");
+        let job = Uuid::nil();
+        assert_eq!(Bucket::jobstatus_key(job, &t), format!("{job}.web01"));
+        assert_eq!(Bucket::jobstatus_keys_of(job), format!("{job}.*"));
         assert_eq!(s.agent_api(&t, "enlist"), "muster.api.agent.web01.enlist");
         for subj in [s.assign(&t), s.poll(&t), s.result_instr(&t), s.agent_api(&t, "enlist")] {
             assert_eq!(s.target_of(&subj), Some("web01"), "{subj}");

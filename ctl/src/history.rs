@@ -8,14 +8,22 @@
 //! every reader, whatever order the copies arrived in.
 //!
 //! Identity is the subject: a record whose body names another target or
-//! job than its subject is refused by every reader ([`check_run`]), so a
-//! target cannot write into another target's history.
+//! job than its subject is refused by every reader
+//! ([`muster_shared::identity::check_run`]), so a target cannot write into
+//! another target's history.
+//!
+//! This is the client's side: `musterctl history`, `run show`, and
+//! `job start --wait` when a later run has replaced the one it follows in
+//! job status ([`final_record`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer};
 use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
+use muster_shared::identity;
 use muster_shared::msg::{self, Outcome, RunRecord};
 use muster_shared::name::{JobName, TargetName};
 use muster_shared::subject::Subjects;
@@ -43,7 +51,11 @@ const READ_STALL: Duration = Duration::from_secs(30);
 ///
 /// # Errors
 /// When the stream cannot be read.
-pub async fn read(js: &jetstream::Context, subjects: &Subjects, q: &HistoryQuery) -> anyhow::Result<Vec<RunRecord>> {
+pub async fn read(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    q: &HistoryQuery,
+) -> anyhow::Result<Vec<RunRecord>> {
     let mut stream = js.get_stream(subjects.results_stream()).await?;
     let filter = subjects.runs_filter(q.target.as_ref(), q.job_id);
     let info = stream.info().await?;
@@ -53,22 +65,21 @@ pub async fn read(js: &jetstream::Context, subjects: &Subjects, q: &HistoryQuery
     let deliver_policy = match q.since {
         // A run that started before `since` may have ended after it; read a
         // little earlier and filter on started_at below.
-        Some(since) => consumer::DeliverPolicy::ByStartTime { start_time: time_from_chrono(since - chrono::Duration::hours(24)) },
+        Some(since) => consumer::DeliverPolicy::ByStartTime {
+            start_time: time_from_chrono(since - chrono::Duration::hours(24)),
+        },
         None => consumer::DeliverPolicy::All,
     };
-    let config = consumer::pull::OrderedConfig { filter_subject: filter, deliver_policy, ..Default::default() };
+    let config = consumer::pull::OrderedConfig {
+        filter_subject: filter,
+        deliver_policy,
+        ..Default::default()
+    };
     let mut messages = muster_runtime::stream::read_to_end(&stream, config, READ_STALL).await?;
     let mut runs: HashMap<(TargetName, Uuid), RunRecord> = HashMap::new();
     while let Some(m) = messages.next().await {
-        let m = m?;
-        match msg::decode::<RunRecord>(&m.payload).map_err(|e| e.to_string()).and_then(|r| {
-            check_run(subjects, &m.subject, &r)?;
-            Ok(r)
-        }) {
-            Ok(r) => keep(&mut runs, r),
-            Err(e) => {
-                tracing::debug!(subject = %m.subject, error = %e, "record left out of history")
-            }
+        if let Some(r) = record(subjects, &m?) {
+            keep(&mut runs, r);
         }
     }
     let mut out: Vec<RunRecord> = runs
@@ -78,7 +89,7 @@ pub async fn read(js: &jetstream::Context, subjects: &Subjects, q: &HistoryQuery
         .filter(|r| q.since.is_none_or(|s| r.started_at >= s))
         .filter(|r| q.run_id.is_none_or(|id| r.run_id == id))
         .collect();
-    out.sort_by(|a, b| (a.started_at, a.run_id).cmp(&(b.started_at, b.run_id)));
+    out.sort_by_key(|r| (r.started_at, r.run_id));
     if let Some(limit) = q.limit {
         let skip = out.len().saturating_sub(limit);
         out.drain(..skip);
@@ -86,20 +97,69 @@ pub async fn read(js: &jetstream::Context, subjects: &Subjects, q: &HistoryQuery
     Ok(out)
 }
 
-/// Whether a run record may stand on the subject it came on: its body must
-/// name the target and the job that the subject carries.
+/// The final record of one run of `job_id` on `target`: what history holds
+/// already, else the first final record the run publishes from now on.
+/// Waits as long as it takes; the caller bounds it.
 ///
 /// # Errors
-/// A message fit for the log, naming both sides.
-pub fn check_run(subjects: &Subjects, subject: &str, r: &RunRecord) -> Result<(), String> {
-    let on_subject = subjects.target_of(subject).unwrap_or_default();
-    if r.target.as_str() != on_subject {
-        return Err(format!("run record names target '{}' but came on target '{on_subject}''s subject", r.target));
+/// When the stream cannot be read.
+pub async fn final_record(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    target: &TargetName,
+    job_id: Uuid,
+    run_id: Uuid,
+) -> anyhow::Result<RunRecord> {
+    let mut stream = js.get_stream(subjects.results_stream()).await?;
+    // Everything up to here is read below; the follow starts after it, so
+    // a record stored in between is seen at least once.
+    let read_up_to = stream.info().await?.state.last_sequence;
+    let q = HistoryQuery {
+        job_id: Some(job_id),
+        target: Some(target.clone()),
+        run_id: Some(run_id),
+        ..HistoryQuery::default()
+    };
+    if let Some(r) = read(js, subjects, &q)
+        .await?
+        .pop()
+        .filter(|r| r.outcome.is_final())
+    {
+        return Ok(r);
     }
-    if subject != subjects.result_run(&r.target, r.job_id) {
-        return Err(format!("run record is for job {} but came on {subject}", r.job_id));
+    let config = consumer::pull::OrderedConfig {
+        filter_subject: subjects.result_run(target, job_id),
+        deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: read_up_to + 1,
+        },
+        ..Default::default()
+    };
+    let mut messages = stream.create_consumer(config).await?.messages().await?;
+    while let Some(m) = messages.next().await {
+        let m = m.context("following the results stream")?;
+        if let Some(r) = record(subjects, &m).filter(|r| r.run_id == run_id && r.outcome.is_final())
+        {
+            return Ok(r);
+        }
     }
-    Ok(())
+    anyhow::bail!("the results stream ended while waiting for run {run_id} on {target}")
+}
+
+/// A message's run record, if it is one that may stand on its subject
+/// (others are left out, and logged at debug level).
+fn record(subjects: &Subjects, m: &jetstream::Message) -> Option<RunRecord> {
+    let checked = msg::decode::<RunRecord>(&m.payload)
+        .map_err(|e| e.to_string())
+        .and_then(|r| {
+            identity::check_run(subjects, &m.subject, &r)
+                .map(|()| r)
+                .map_err(|e| e.to_string())
+        });
+    checked
+        .inspect_err(
+            |e| tracing::debug!(subject = %m.subject, error = %e, "record left out of history"),
+        )
+        .ok()
 }
 
 /// One record per run: the final record wins over the start record, and the
@@ -114,12 +174,19 @@ fn keep(runs: &mut HashMap<(TargetName, Uuid), RunRecord>, r: RunRecord) {
     }
 }
 
+fn time_from_chrono(t: DateTime<Utc>) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(
+        t.timestamp_nanos_opt().unwrap_or(0),
+    ))
+    .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use muster_shared::msg::Trigger;
 
-    fn record(target: &str, run_id: Uuid, outcome: Outcome) -> RunRecord {
+    fn run(target: &str, run_id: Uuid, outcome: Outcome) -> RunRecord {
         RunRecord {
             v: 1,
             run_id,
@@ -140,28 +207,18 @@ mod tests {
         let id = Uuid::now_v7();
         let mut runs = HashMap::new();
         // start, end, then a replay of the start and of the end beyond the window
-        for o in [Outcome::Running, Outcome::Succeeded, Outcome::Running, Outcome::Succeeded] {
-            keep(&mut runs, record("a", id, o));
+        for o in [
+            Outcome::Running,
+            Outcome::Succeeded,
+            Outcome::Running,
+            Outcome::Succeeded,
+        ] {
+            keep(&mut runs, run("a", id, o));
         }
         assert_eq!(runs.len(), 1);
         assert_eq!(runs.values().next().unwrap().outcome, Outcome::Succeeded);
         // the same run id on another target is another run
-        keep(&mut runs, record("b", id, Outcome::Running));
+        keep(&mut runs, run("b", id, Outcome::Running));
         assert_eq!(runs.len(), 2);
     }
-
-    #[test]
-    fn a_record_must_match_its_subject() {
-        let s = Subjects::default();
-        let r = record("a", Uuid::now_v7(), Outcome::Succeeded);
-        assert!(check_run(&s, &s.result_run(&r.target, r.job_id), &r).is_ok());
-        let b = TargetName::new("b").unwrap();
-        assert!(check_run(&s, &s.result_run(&b, r.job_id), &r).unwrap_err().contains("names target 'a'"));
-        assert!(check_run(&s, &s.result_run(&r.target, Uuid::now_v7()), &r).unwrap_err().contains("is for job"));
-    }
-}
-
-fn time_from_chrono(t: DateTime<Utc>) -> time::OffsetDateTime {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.timestamp_nanos_opt().unwrap_or(0)))
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }

@@ -1,0 +1,348 @@
+//! The command line, as clap parses it: every command, flag and environment
+//! variable of `musterctl`, and nothing that runs.
+//!
+//! Kept apart from what the commands do so the whole interface reads in one
+//! place (it is a promise to scripts: same commands, same flags) and so the
+//! completions (`musterctl completions`) come from the same definitions.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use muster_runtime::nats::NatsArgs;
+use muster_shared::api::{PostRequest, Selection};
+use muster_shared::msg::Outcome;
+use muster_shared::name::{GroupName, JobName, TargetName};
+use uuid::Uuid;
+
+#[derive(Debug, Parser)]
+#[command(name = "musterctl", version, about = "Control a Muster master: targets, groups, jobs, instructions, history.", after_help = crate::exit::help())]
+pub struct Cli {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Subject prefix of the installation.
+    #[arg(long, env = "MUSTER_PREFIX", default_value = "muster", global = true)]
+    pub prefix: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Seconds to wait for the master's answer to each call.
+    #[arg(long = "api-timeout", env = "MUSTER_API_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400), global = true)]
+    pub api_timeout: u64,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Enlisted targets.
+    #[command(subcommand)]
+    Target(TargetCmd),
+    /// Target groups: jobs assigned to a group reach all its members.
+    #[command(subcommand)]
+    Group(GroupCmd),
+    /// Jobs and where they run.
+    #[command(subcommand)]
+    Job(JobCmd),
+    /// The download list: every posted instruction and what became of it.
+    Instructions(InstructionsArgs),
+    /// One screen: targets by status, failing jobs, pending instructions, masters.
+    Status,
+    /// The master replicas that answer the service ping: a cheap healthcheck
+    /// (exit 6 when none answers).
+    Ping {
+        /// How long to collect answers, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        wait_ms: u64,
+    },
+    /// Past and running runs, read from MUSTER_RESULTS (works without a master).
+    History(HistoryArgs),
+    /// One run.
+    #[command(subcommand)]
+    Run(RunCmd),
+    /// NATS users for the master, operators and targets.
+    #[command(subcommand)]
+    Auth(AuthCmd),
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCmd {
+    /// Write a nats-server authorization file (DIR/auth.conf, to include from
+    /// the server's configuration) and one DIR/<user>.env per user. Each
+    /// target may touch only subjects that carry its name; the master and
+    /// operators are unrestricted. Needs no NATS connection.
+    NatsConfig {
+        /// Targets to add; targets that already have a file in DIR are kept,
+        /// and so is every existing password.
+        targets: Vec<TargetName>,
+        /// Where to write the files (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TargetCmd {
+    /// Enlist a target (an agent also enlists itself when it starts).
+    Enlist {
+        name: TargetName,
+        #[arg(long)]
+        location: Option<String>,
+        /// Poll interval in seconds.
+        #[arg(long)]
+        poll_interval: Option<u64>,
+    },
+    /// Defect a target: it deletes its jobs from this master at its next poll.
+    Defect {
+        name: TargetName,
+        /// The target is gone for good: delete its record, consumer and pending instructions now.
+        #[arg(long)]
+        force: bool,
+    },
+    /// All targets with their status (SQL Server's "Target Servers Status").
+    List,
+    Show {
+        name: TargetName,
+    },
+    /// Make targets poll now (all at once) and print their poll reports.
+    /// With many slow targets, raise --api-timeout.
+    ForcePoll(PostArgs),
+    /// Post a new poll interval (10-28800 s); each target uses it from the poll that downloads it.
+    SetPoll {
+        /// Targets, then the interval in seconds: `set-poll web01 web02 120`, `set-poll --all 120`.
+        #[arg(value_name = "TARGET... SECS", required = true, num_args = 1..)]
+        args: Vec<String>,
+        /// A target group (repeat for several).
+        #[arg(long = "group", short = 'g')]
+        groups: Vec<GroupName>,
+        /// Every enlisted target.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Post the master's clock; each target records its clock skew (see `target list`).
+    SyncTime(PostArgs),
+    /// Drop pending instructions, then post delete-all-jobs and one upsert per assigned job.
+    Resync(PostArgs),
+}
+
+/// Which targets an operation concerns.
+#[derive(Debug, Args)]
+pub struct PostArgs {
+    pub names: Vec<TargetName>,
+    /// A target group (repeat for several).
+    #[arg(long = "group", short = 'g')]
+    pub groups: Vec<GroupName>,
+    /// Every enlisted target.
+    #[arg(long)]
+    pub all: bool,
+}
+
+impl PostArgs {
+    pub fn selection(self) -> Selection {
+        Selection {
+            targets: self.names,
+            groups: self.groups,
+            all: self.all,
+        }
+    }
+
+    pub fn request(self, secs: Option<u64>) -> PostRequest {
+        PostRequest {
+            select: self.selection(),
+            secs,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCmd {
+    Create {
+        group: GroupName,
+    },
+    /// Delete a group no job is assigned to.
+    Delete {
+        group: GroupName,
+    },
+    List,
+    /// Add targets: they get the group's jobs.
+    Add {
+        group: GroupName,
+        #[arg(required = true)]
+        targets: Vec<TargetName>,
+    },
+    /// Remove targets: they lose the group's jobs (unless assigned otherwise).
+    Remove {
+        group: GroupName,
+        #[arg(required = true)]
+        targets: Vec<TargetName>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct InstructionsArgs {
+    #[arg(long, short = 't')]
+    pub target: Option<TargetName>,
+    /// Only instructions not yet downloaded.
+    #[arg(long)]
+    pub pending: bool,
+    /// Only instructions that failed on their target.
+    #[arg(long)]
+    pub errors: bool,
+    /// Newest N rows.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct SelectArgs {
+    /// A target (repeat for several).
+    #[arg(long = "target", short = 't')]
+    pub targets: Vec<TargetName>,
+    /// A target group (repeat for several).
+    #[arg(long = "group", short = 'g')]
+    pub groups: Vec<GroupName>,
+}
+
+impl SelectArgs {
+    pub fn selection(&self, all: bool) -> Selection {
+        Selection {
+            targets: self.targets.clone(),
+            groups: self.groups.clone(),
+            all,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCmd {
+    /// Create a job from a file (`-f job.json`) or from command lines.
+    Create {
+        /// Job name (taken from the file with -f).
+        name: Option<JobName>,
+        /// A shell command line; one step each, run in order.
+        #[arg(long = "command", short = 'c')]
+        commands: Vec<String>,
+        #[arg(long, short = 'f', conflicts_with = "commands")]
+        file: Option<PathBuf>,
+    },
+    /// Replace a job's definition and post it to every target concerned.
+    Update {
+        name: Option<JobName>,
+        #[arg(long = "command", short = 'c')]
+        commands: Vec<String>,
+        #[arg(long, short = 'f', conflicts_with = "commands")]
+        file: Option<PathBuf>,
+    },
+    Delete {
+        job: JobName,
+    },
+    List,
+    Show {
+        job: JobName,
+    },
+    /// Assign a job to targets and groups.
+    Assign {
+        job: JobName,
+        #[command(flatten)]
+        select: SelectArgs,
+    },
+    Unassign {
+        job: JobName,
+        #[command(flatten)]
+        select: SelectArgs,
+    },
+    /// Run a job now on its targets (or the ones named).
+    Start {
+        job: JobName,
+        #[command(flatten)]
+        select: SelectArgs,
+        /// Every target the job is assigned to (the default).
+        #[arg(long)]
+        all: bool,
+        /// Follow the runs until all finish; exit 8 if any did not succeed.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds (exit 5).
+        #[arg(long, requires = "wait")]
+        timeout: Option<u64>,
+    },
+    /// Stop a running job at once.
+    Stop {
+        job: JobName,
+        #[command(flatten)]
+        select: SelectArgs,
+    },
+    Enable {
+        job: JobName,
+    },
+    Disable {
+        job: JobName,
+    },
+    /// Last outcome per target.
+    Status {
+        job: JobName,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[arg(long)]
+    pub job: Option<JobName>,
+    #[arg(long)]
+    pub target: Option<TargetName>,
+    #[arg(long)]
+    pub outcome: Option<Outcome>,
+    /// RFC 3339 time, or a duration ago like 30m, 2h, 7d.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Newest N runs.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunCmd {
+    /// A whole run, step output included.
+    Show { run_id: Uuid },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_definitions_are_consistent() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn the_api_timeout_does_not_leak_into_job_start_wait_timeout() {
+        let cli = Cli::try_parse_from(["musterctl", "job", "start", "x", "--wait"]).unwrap();
+        let Command::Job(JobCmd::Start { timeout, .. }) = cli.command else {
+            panic!("parsed as {:?}", cli.command)
+        };
+        assert_eq!(
+            timeout, None,
+            "--wait without --timeout waits until the runs end"
+        );
+        assert_eq!(cli.api_timeout, 30);
+
+        let cli = Cli::try_parse_from([
+            "musterctl",
+            "--api-timeout",
+            "5",
+            "job",
+            "start",
+            "x",
+            "--wait",
+            "--timeout",
+            "600",
+        ])
+        .unwrap();
+        let Command::Job(JobCmd::Start { timeout, .. }) = cli.command else {
+            panic!("parsed as {:?}", cli.command)
+        };
+        assert_eq!((cli.api_timeout, timeout), (5, Some(600)));
+    }
+}

@@ -1,0 +1,88 @@
+//! `musterctl history` and `run show`: runs read straight from
+//! `MUSTER_RESULTS` ([`crate::history`]), so they work while no master runs.
+
+use chrono::{DateTime, Utc};
+
+use super::Ctx;
+use crate::args::{HistoryArgs, RunCmd};
+use crate::exit::{Exit, Failure};
+use crate::history::{self, HistoryQuery};
+use crate::render;
+
+pub(super) async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<(), Failure> {
+    let q = HistoryQuery {
+        job: args.job,
+        target: args.target,
+        outcome: args.outcome,
+        since: args
+            .since
+            .as_deref()
+            .map(|s| parse_since(s, Utc::now()))
+            .transpose()?,
+        limit: args.limit,
+        ..HistoryQuery::default()
+    };
+    let runs = history::read(&ctx.jetstream(), &ctx.api.subjects, &q).await?;
+    ctx.out.print(&runs, || render::print_runs(&runs))
+}
+
+pub(super) async fn run(ctx: &Ctx, cmd: RunCmd) -> Result<(), Failure> {
+    let RunCmd::Show { run_id } = cmd;
+    let q = HistoryQuery {
+        run_id: Some(run_id),
+        ..HistoryQuery::default()
+    };
+    let run = history::read(&ctx.jetstream(), &ctx.api.subjects, &q)
+        .await?
+        .pop()
+        .ok_or_else(|| Failure::new(Exit::NotFound, format!("no run {run_id} in history")))?;
+    ctx.out.print(&run, || render::print_run(&run))
+}
+
+/// `--since`: an RFC 3339 time, or a duration before `now` (`30m`, `2h`,
+/// `7d`, `1h30m`: anything `humantime` reads).
+fn parse_since(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Failure> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let bad = |why: &dyn std::fmt::Display| {
+        Failure::invalid(format!(
+            "--since '{s}': use RFC 3339 or a duration like 30m, 2h, 7d ({why})"
+        ))
+    };
+    let ago = humantime::parse_duration(s).map_err(|e| bad(&e))?;
+    chrono::Duration::from_std(ago)
+        .ok()
+        .and_then(|ago| now.checked_sub_signed(ago))
+        .ok_or_else(|| bad(&"too long ago"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_a_time_or_a_duration_ago() {
+        let now = DateTime::parse_from_rfc3339("2026-03-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let at = |s: &str| parse_since(s, now).map(|t| t.to_rfc3339());
+        assert_eq!(
+            at("2026-02-01T00:00:00+01:00").unwrap(),
+            "2026-01-31T23:00:00+00:00"
+        );
+        assert_eq!(at("30m").unwrap(), "2026-03-01T11:30:00+00:00");
+        assert_eq!(at("2h").unwrap(), "2026-03-01T10:00:00+00:00");
+        assert_eq!(at("7d").unwrap(), "2026-02-22T12:00:00+00:00");
+        assert_eq!(at("45s").unwrap(), "2026-03-01T11:59:15+00:00");
+        for bad in ["", "5", "2x", "yesterday", "99999999999d"] {
+            let err = parse_since(bad, now).unwrap_err();
+            assert_eq!(err.exit, Exit::Invalid, "{bad}");
+            assert!(
+                err.message.contains("use RFC 3339 or a duration"),
+                "{bad}: {}",
+                err.message
+            );
+        }
+    }
+}

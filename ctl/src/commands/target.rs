@@ -1,0 +1,127 @@
+//! `musterctl target …`: enlisting and defecting targets, their status, and
+//! what is posted to them (force-poll, set-poll, sync-time, resync).
+
+use muster_shared::api::{
+    DefectRequest, EnlistRequest, ForcePollOutcome, Op, Posted, TargetInfo, TargetRef,
+};
+use muster_shared::name::TargetName;
+
+use super::Ctx;
+use crate::args::{PostArgs, TargetCmd};
+use crate::exit::Failure;
+use crate::render;
+
+pub(super) async fn run(ctx: &Ctx, cmd: TargetCmd) -> Result<(), Failure> {
+    let (api, out) = (&ctx.api, &ctx.out);
+    match cmd {
+        TargetCmd::Enlist {
+            name,
+            location,
+            poll_interval,
+        } => {
+            let req = EnlistRequest {
+                name,
+                location,
+                instance: None,
+                poll_interval_secs: poll_interval,
+            };
+            let t: TargetInfo = api.call(Op::TargetEnlist, req).await?;
+            out.print(&t, || {
+                println!("enlisted {} (poll every {}s)", t.name, t.poll_interval_secs)
+            })
+        }
+        TargetCmd::Defect { name, force } => {
+            let t: TargetInfo = api
+                .call(Op::TargetDefect, DefectRequest { name, force })
+                .await?;
+            out.print(&t, || {
+                if force {
+                    println!(
+                        "{} defected (forced): record, consumer and pending instructions deleted",
+                        t.name
+                    );
+                } else {
+                    println!(
+                        "{} told to defect: it deletes its jobs at its next poll",
+                        t.name
+                    );
+                }
+            })
+        }
+        TargetCmd::List => {
+            let ts: Vec<TargetInfo> = api.call(Op::TargetList, ()).await?;
+            out.print(&ts, || render::print_targets(&ts))
+        }
+        TargetCmd::Show { name } => {
+            let t: TargetInfo = api.call(Op::TargetShow, TargetRef { name }).await?;
+            out.print(&t, || render::print_targets(std::slice::from_ref(&t)))
+        }
+        TargetCmd::ForcePoll(select) => force_poll(ctx, select).await,
+        TargetCmd::SetPoll {
+            mut args,
+            groups,
+            all,
+        } => {
+            let secs_text = args.pop().expect("clap requires one value");
+            let secs: u64 = secs_text.parse().map_err(|_| {
+                Failure::invalid(format!(
+                    "'{secs_text}' is not a number of seconds: give the interval last, e.g. `set-poll web01 120`"
+                ))
+            })?;
+            let names = args
+                .into_iter()
+                .map(|a| a.parse::<TargetName>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Failure::invalid(e.to_string()))?;
+            let req = PostArgs { names, groups, all }.request(Some(secs));
+            let p: Vec<Posted> = api.call(Op::TargetSetPoll, req).await?;
+            out.print(&p, || render::print_posted(&p))
+        }
+        TargetCmd::SyncTime(a) => {
+            let p: Vec<Posted> = api.call(Op::TargetSyncTime, a.request(None)).await?;
+            out.print(&p, || {
+                render::print_posted(&p);
+                println!(
+                    "online targets polled now; see the SKEW column of `musterctl target list`"
+                );
+            })
+        }
+        TargetCmd::Resync(a) => {
+            let p: Vec<Posted> = api.call(Op::TargetResync, a.request(None)).await?;
+            out.print(&p, || render::print_posted(&p))
+        }
+    }
+}
+
+/// Prints every target's poll report or error; fails with the last error's
+/// exit code when any target did not poll.
+async fn force_poll(ctx: &Ctx, select: PostArgs) -> Result<(), Failure> {
+    let reports: Vec<ForcePollOutcome> = ctx
+        .api
+        .call(Op::TargetForcePollMany, select.selection())
+        .await?;
+    let worst = reports.iter().filter_map(|r| r.error.clone()).next_back();
+    ctx.out.print(&reports, || {
+        for r in &reports {
+            match (&r.report, &r.error) {
+                (Some(rep), _) => println!(
+                    "{}: polled at {} (applied {}, failed {}, jobs {}, agent {})",
+                    r.target,
+                    rep.polled_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    rep.applied,
+                    rep.failed,
+                    rep.jobs,
+                    rep.agent_version,
+                ),
+                (None, Some(e)) => println!("{}: {}", r.target, e.message),
+                (None, None) => {}
+            }
+        }
+    })?;
+    match worst {
+        Some(e) if !ctx.out.json => Err(Failure::new(e.code.into(), "not every target polled")),
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,57 @@
+//! `musterctl`, and the client of the master's API.
+//!
+//! This crate is a client of the master, never a part of it: it speaks only
+//! the wire contract (`muster-shared`), so the benchmark and any other tool
+//! that calls the API link [`ApiClient`] and not the daemon. The rooms:
+//!
+//! - [`args`]: the command line as clap parses it;
+//! - [`commands`]: what each command does, one room per resource;
+//! - [`client`]: the API call, with reassembly of replies sent in parts;
+//! - [`history`]: runs read straight from `MUSTER_RESULTS` (no master needed);
+//! - [`follow`]: `job start --wait`, which follows runs by watching job status;
+//! - [`render`]: tables and other human output, and the `--json` switch;
+//! - [`exit`]: the exit codes scripts branch on, and [`Failure`];
+//! - [`auth`]: nats-server users that keep each target to its own subjects.
+//!
+//! The binary only calls [`main`].
+
+pub mod args;
+pub mod auth;
+pub mod client;
+pub mod commands;
+pub mod exit;
+pub mod follow;
+pub mod history;
+pub mod render;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+pub use client::ApiClient;
+pub use exit::{Exit, Failure};
+
+/// Parses arguments, runs the command, prints errors, returns the exit code.
+pub async fn main() -> ExitCode {
+    let cli = match args::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                // A value that parsed but broke a rule (a bad name): invalid input.
+                clap::error::ErrorKind::ValueValidation => ExitCode::from(Exit::Invalid.code()),
+                _ => ExitCode::from(Exit::Usage.code()),
+            };
+        }
+    };
+    match commands::run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("musterctl: {}", f.message);
+            ExitCode::from(f.exit.code())
+        }
+    }
+}
