@@ -20,6 +20,7 @@ pub mod history;
 pub mod ingest;
 pub mod nats;
 pub mod post;
+pub mod status;
 pub mod store;
 
 use anyhow::Context as _;
