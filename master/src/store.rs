@@ -421,8 +421,8 @@ impl Store {
     /// and holds what the key holds once this returns `Ok`.
     ///
     /// # Errors
-    /// `decide`'s error; [`StoreError::Conflict`] after [`CAS_ATTEMPTS`]
-    /// lost races; NATS errors.
+    /// `decide`'s error; [`StoreError::Conflict`] after 32 lost races; NATS
+    /// errors.
     pub async fn compare_and_set<T, E, F>(
         kv: &kv::Store,
         key: &str,

@@ -10,10 +10,10 @@
 //!
 //! This file is the service's plumbing: registering the endpoints, the
 //! request loop and the dispatch of each operation to its handler. The
-//! handlers live one file per resource: [`targets`], [`agent`] (what agents
-//! call about themselves), [`jobs`], [`groups`], [`posting`] (set-poll,
-//! sync-time, resync, the download list) and [`summary`]; [`reply`] encodes
-//! answers and splits big ones, and [`error`] is where store errors become
+//! handlers live one file per resource: `targets`, `agent` (what agents
+//! call about themselves), `jobs`, `groups`, `posting` (set-poll,
+//! sync-time, resync, the download list) and `summary`; `reply` encodes
+//! answers and splits big ones, and `error` is where store errors become
 //! wire errors.
 
 mod agent;
