@@ -713,7 +713,7 @@ async fn follow(
         .map(|d| Progress {
             target: d.target.clone(),
             run_id: d.run_id,
-            state: if d.state == "delivered" { "starting".into() } else { d.state.clone() },
+            state: if d.state == muster_shared::api::DeliveryState::Delivered { "starting".into() } else { d.state.to_string() },
             duration_ms: None,
             message: d.message.clone(),
             done: d.run_id.is_none(),
@@ -931,7 +931,7 @@ fn print_job(j: &JobInfo) {
 fn print_deliveries(d: &[Delivery]) {
     let rows = d
         .iter()
-        .map(|d| vec![d.target.to_string(), d.state.clone(), d.run_id.map_or("-".into(), |r| r.to_string()), d.message.clone()])
+        .map(|d| vec![d.target.to_string(), d.state.to_string(), d.run_id.map_or("-".into(), |r| r.to_string()), d.message.clone()])
         .collect();
     table(&["TARGET", "STATE", "RUN", "MESSAGE"], rows);
 }

@@ -19,6 +19,7 @@ pub mod ctl;
 pub mod history;
 pub mod ingest;
 pub mod post;
+pub mod status;
 pub mod store;
 
 use anyhow::Context as _;

@@ -307,5 +307,5 @@ impl Poller {
 }
 
 fn outcome(i: &Instruction, error: Option<String>) -> InstrOutcome {
-    InstrOutcome { id: i.id, op: i.op.name().to_owned(), applied_at: Utc::now(), error }
+    InstrOutcome { id: i.id, op: i.op.kind(), applied_at: Utc::now(), error }
 }
