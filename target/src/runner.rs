@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::process::{self, run_step, Ended, OutputCapture, Program, StepCommand};
+use crate::process::{self, add_note, run_step, Ended, OutputCapture, Program, StepCommand};
 use crate::spool::{Entry, Spool};
 use crate::state::State;
 
@@ -111,7 +111,7 @@ impl Runner {
             r.finished_at = Some(Utc::now());
             r.message = "the agent stopped while this run was in progress".into();
             if leftovers > 0 {
-                r.message.push_str(&format!("; {leftovers} leftover processes of it were terminated at restart"));
+                add_note(&mut r.message, &format!("{leftovers} leftover processes of it were terminated at restart"));
             }
             self.record(&r)?;
             self.state.mark_applied(&[r.run_id])?;
@@ -456,13 +456,6 @@ fn cap_outputs(record: &mut RunRecord, cap: usize) {
         step.output = output;
         step.output_cut_bytes += cut;
     }
-}
-
-fn add_note(message: &mut String, note: &str) {
-    if !message.is_empty() {
-        message.push_str("; ");
-    }
-    message.push_str(note);
 }
 
 #[cfg(test)]
