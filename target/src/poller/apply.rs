@@ -240,7 +240,7 @@ mod tests {
 
         /// Applies the instructions as one fetched batch.
         fn apply_all(&self, instructions: &[&Instruction]) -> BatchOutcome {
-            self.apply(&instructions.iter().map(|i| msg::encode(i)).collect::<Vec<_>>())
+            self.apply(&instructions.iter().map(msg::encode).collect::<Vec<_>>())
         }
 
         /// Whether the batch woke the scheduler (and takes the wake-up).
