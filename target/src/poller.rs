@@ -95,7 +95,9 @@ impl Poller {
 
     /// The current poll interval: the master's `set-poll`, else the configured one.
     pub fn interval(&self) -> Duration {
-        self.state.poll_interval_secs().map_or(self.default_interval, Duration::from_secs)
+        self.state
+            .poll_interval_secs()
+            .map_or(self.default_interval, Duration::from_secs)
     }
 
     /// Polls once: drains and applies instructions, publishes the report.
@@ -112,7 +114,11 @@ impl Poller {
                     .js
                     .get_consumer_from_stream(self.name.as_str(), self.subjects.assign_stream())
                     .await
-                    .map_err(|e| anyhow::anyhow!("cannot reach this target's consumer (is it enlisted?): {e}"))?;
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot reach this target's consumer (is it enlisted?): {e}"
+                        )
+                    })?;
                 *guard = Some(c.clone());
                 c
             }
@@ -157,7 +163,11 @@ impl Poller {
         let js = self.js.clone();
         let subject = self.subjects.poll(&self.name);
         let body = msg::encode(report);
-        let (state, polled_at, interval) = (self.state.clone(), report.polled_at.timestamp(), report.poll_interval_secs);
+        let (state, polled_at, interval) = (
+            self.state.clone(),
+            report.polled_at.timestamp(),
+            report.poll_interval_secs,
+        );
         tokio::spawn(async move {
             let sent = async {
                 let ack = js.publish(subject, body.into()).await?;
@@ -193,7 +203,11 @@ impl Poller {
                 break;
             }
             let full = messages.len() == FETCH_BATCH;
-            let batch = self.applier().apply_batch(messages.iter().map(|m| (m.subject.as_str(), &m.payload[..])))?;
+            let batch = self.applier().apply_batch(
+                messages
+                    .iter()
+                    .map(|m| (m.subject.as_str(), &m.payload[..])),
+            )?;
             applied += batch.applied;
             failed += batch.failed;
             let terminate = &batch.terminate;

@@ -193,11 +193,17 @@ pub async fn run_step(cmd: &StepCommand, cancel: &CancellationToken) -> StepExit
         Outcome::Exited(status) => (Ended::Exited, status),
         Outcome::Canceled => {
             tracing::debug!(program = %name, ?pgid, "step canceled, terminating process group");
-            (Ended::Canceled, group.terminate(&mut child, cmd.kill_grace).await)
+            (
+                Ended::Canceled,
+                group.terminate(&mut child, cmd.kill_grace).await,
+            )
         }
         Outcome::TimedOut => {
             tracing::debug!(program = %name, ?pgid, "step timed out, terminating process group");
-            (Ended::TimedOut, group.terminate(&mut child, cmd.kill_grace).await)
+            (
+                Ended::TimedOut,
+                group.terminate(&mut child, cmd.kill_grace).await,
+            )
         }
     };
 
@@ -225,12 +231,17 @@ pub async fn run_step(cmd: &StepCommand, cancel: &CancellationToken) -> StepExit
     let mut message = match ended {
         Ended::TimedOut => format!("timed out after {:?}", cmd.timeout.unwrap_or_default()),
         Ended::Canceled => "canceled".to_owned(),
-        Ended::Exited => signal.map(|sig| format!("killed by signal {}", signal_name(sig))).unwrap_or_default(),
+        Ended::Exited => signal
+            .map(|sig| format!("killed by signal {}", signal_name(sig)))
+            .unwrap_or_default(),
         Ended::SpawnFailed => String::new(),
     };
     add_note(&mut message, &wait_error);
     if ended == Ended::Exited && pipes_held {
-        add_note(&mut message, "leftover processes kept the output open after exit; process group killed");
+        add_note(
+            &mut message,
+            "leftover processes kept the output open after exit; process group killed",
+        );
     }
 
     StepExit {
@@ -267,7 +278,11 @@ fn build_command(cmd: &StepCommand) -> Option<Command> {
             c
         }
     };
-    command.envs(&cmd.env).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command
+        .envs(&cmd.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     if let Some(cwd) = &cmd.cwd {
         command.current_dir(cwd);
     }
@@ -276,14 +291,24 @@ fn build_command(cmd: &StepCommand) -> Option<Command> {
 
 /// A clear message for a failed spawn. A missing working directory also gives
 /// ENOENT, so it is checked separately to say which part is missing.
-async fn spawn_failure_message(name: &str, cwd: Option<&std::path::Path>, err: &io::Error) -> String {
+async fn spawn_failure_message(
+    name: &str,
+    cwd: Option<&std::path::Path>,
+    err: &io::Error,
+) -> String {
     if let Some(cwd) = cwd {
         match tokio::fs::metadata(cwd).await {
             Err(cwd_err) => {
-                return format!("cannot start '{name}': working directory '{}': {cwd_err}", cwd.display())
+                return format!(
+                    "cannot start '{name}': working directory '{}': {cwd_err}",
+                    cwd.display()
+                )
             }
             Ok(meta) if !meta.is_dir() => {
-                return format!("cannot start '{name}': working directory '{}' is not a directory", cwd.display())
+                return format!(
+                    "cannot start '{name}': working directory '{}' is not a directory",
+                    cwd.display()
+                )
             }
             Ok(_) => {}
         }
@@ -345,9 +370,12 @@ mod tests {
 
     async fn run(cmd: &StepCommand) -> StepExit {
         // Fail the test instead of hanging it forever.
-        tokio::time::timeout(Duration::from_secs(60), run_step(cmd, &CancellationToken::new()))
-            .await
-            .expect("run_step did not finish within 60s")
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            run_step(cmd, &CancellationToken::new()),
+        )
+        .await
+        .expect("run_step did not finish within 60s")
     }
 
     #[test]
@@ -502,7 +530,6 @@ mod tests {
         assert!(r.duration < Duration::from_secs(8), "{:?}", r.duration);
         assert_process_gone(grandchild).await;
     }
-
 
     #[tokio::test]
     async fn already_canceled_does_not_start() {

@@ -75,7 +75,13 @@ impl Applier<'_> {
                 Ok(i) if &i.target != self.name => {
                     let total = count(&self.metrics.bad_instructions);
                     tracing::warn!(subject = %subject, body_target = %i.target, bad_instructions = total, "instruction for another target terminated");
-                    outcomes.push(outcome(&i, Some(format!("instruction names target '{}', not '{}'", i.target, self.name))));
+                    outcomes.push(outcome(
+                        &i,
+                        Some(format!(
+                            "instruction names target '{}', not '{}'",
+                            i.target, self.name
+                        )),
+                    ));
                     batch.terminate.push(position);
                 }
                 Ok(i) if self.state.was_applied(i.id) => {
@@ -99,7 +105,11 @@ impl Applier<'_> {
             self.jobs_changed.notify_one();
         }
         if !outcomes.is_empty() {
-            let record = InstrRecord { v: PROTOCOL_VERSION, target: self.name.clone(), outcomes };
+            let record = InstrRecord {
+                v: PROTOCOL_VERSION,
+                target: self.name.clone(),
+                outcomes,
+            };
             let entry = Entry {
                 subject: self.subjects.result_instr(self.name),
                 msg_id: format!("instr-{}", record.outcomes[0].id),
@@ -118,21 +128,34 @@ impl Applier<'_> {
         let io = |e: std::io::Error| format!("local state: {e}");
         match &i.op {
             InstructionOp::UpsertJob { job } => {
-                job.spec.validate().map_err(|e| format!("job refused: {e}"))?;
+                job.spec
+                    .validate()
+                    .map_err(|e| format!("job refused: {e}"))?;
                 tokio::task::block_in_place(|| self.state.upsert_job(job)).map_err(io)?;
             }
             InstructionOp::DeleteJob { job_id, .. } => {
                 tokio::task::block_in_place(|| self.state.delete_job(*job_id)).map_err(io)?;
             }
-            InstructionOp::DeleteAllJobs => tokio::task::block_in_place(|| self.state.delete_all_jobs()).map_err(io)?,
-            InstructionOp::StartJob { job_id, job, run_id } => {
+            InstructionOp::DeleteAllJobs => {
+                tokio::task::block_in_place(|| self.state.delete_all_jobs()).map_err(io)?
+            }
+            InstructionOp::StartJob {
+                job_id,
+                job,
+                run_id,
+            } => {
                 if self.runner.knows_run(*run_id) {
                     return Ok(());
                 }
-                let def = self.state.job(*job_id).ok_or_else(|| format!("job '{job}' ({job_id}) is not on this target"))?;
+                let def = self
+                    .state
+                    .job(*job_id)
+                    .ok_or_else(|| format!("job '{job}' ({job_id}) is not on this target"))?;
                 match self.runner.start(def, Trigger::Manual, *run_id) {
                     Started::Running(_) | Started::Skipped(_) => {}
-                    Started::Failed(_) => return Err("the run could not be started (see the agent log)".into()),
+                    Started::Failed(_) => {
+                        return Err("the run could not be started (see the agent log)".into())
+                    }
                 }
             }
             InstructionOp::StopJob { job, .. } => {
@@ -142,7 +165,8 @@ impl Applier<'_> {
                 if *secs == 0 {
                     return Err("poll interval 0 refused".into());
                 }
-                tokio::task::block_in_place(|| self.state.set_poll_interval_secs(*secs)).map_err(io)?;
+                tokio::task::block_in_place(|| self.state.set_poll_interval_secs(*secs))
+                    .map_err(io)?;
             }
             InstructionOp::SyncTime { master_time } => {
                 let skew = (Utc::now() - *master_time).num_milliseconds();
@@ -162,7 +186,12 @@ impl Applier<'_> {
 }
 
 fn outcome(i: &Instruction, error: Option<String>) -> InstrOutcome {
-    InstrOutcome { id: i.id, op: i.op.name().to_owned(), applied_at: Utc::now(), error }
+    InstrOutcome {
+        id: i.id,
+        op: i.op.name().to_owned(),
+        applied_at: Utc::now(),
+        error,
+    }
 }
 
 #[cfg(test)]
@@ -235,7 +264,9 @@ mod tests {
         /// Applies the bodies as one fetched batch.
         fn apply(&self, bodies: &[Vec<u8>]) -> BatchOutcome {
             let subject = format!("muster.target.{TARGET}.assign");
-            self.applier().apply_batch(bodies.iter().map(|b| (subject.as_str(), &b[..]))).unwrap()
+            self.applier()
+                .apply_batch(bodies.iter().map(|b| (subject.as_str(), &b[..])))
+                .unwrap()
         }
 
         /// Applies the instructions as one fetched batch.
@@ -250,22 +281,39 @@ mod tests {
 
         /// What the spool holds for the master, oldest first.
         fn spooled(&self) -> Vec<Entry> {
-            let mut files: Vec<_> =
-                std::fs::read_dir(self.state.spool_dir()).unwrap().map(|e| e.unwrap().path()).collect();
+            let mut files: Vec<_> = std::fs::read_dir(self.state.spool_dir())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
             files.sort();
-            files.iter().map(|f| serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap()).collect()
+            files
+                .iter()
+                .map(|f| serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap())
+                .collect()
         }
 
         /// The instruction outcomes spooled, oldest first.
         fn outcomes(&self) -> Vec<InstrOutcome> {
             let records = self.spooled().into_iter().filter(|e| e.kind == "instr");
-            records.flat_map(|e| msg::decode::<InstrRecord>(e.body.as_bytes()).unwrap().outcomes).collect()
+            records
+                .flat_map(|e| {
+                    msg::decode::<InstrRecord>(e.body.as_bytes())
+                        .unwrap()
+                        .outcomes
+                })
+                .collect()
         }
 
         /// The run records spooled for `run_id`, oldest first.
         fn runs(&self, run_id: Uuid) -> Vec<RunRecord> {
-            let records = self.spooled().into_iter().filter(|e| e.kind.starts_with("run-"));
-            records.map(|e| msg::decode::<RunRecord>(e.body.as_bytes()).unwrap()).filter(|r| r.run_id == run_id).collect()
+            let records = self
+                .spooled()
+                .into_iter()
+                .filter(|e| e.kind.starts_with("run-"));
+            records
+                .map(|e| msg::decode::<RunRecord>(e.body.as_bytes()).unwrap())
+                .filter(|r| r.run_id == run_id)
+                .collect()
         }
     }
 
@@ -280,8 +328,15 @@ mod tests {
     }
 
     fn job(name: &str, command: &str) -> JobDef {
-        let spec = JobSpec::from_json(&format!(r#"{{"name":"{name}","steps":[{{"command":"{command}"}}]}}"#)).unwrap();
-        JobDef { id: Uuid::now_v7(), revision: 1, spec }
+        let spec = JobSpec::from_json(&format!(
+            r#"{{"name":"{name}","steps":[{{"command":"{command}"}}]}}"#
+        ))
+        .unwrap();
+        JobDef {
+            id: Uuid::now_v7(),
+            revision: 1,
+            spec,
+        }
     }
 
     fn upsert(job: &JobDef) -> Instruction {
@@ -289,19 +344,35 @@ mod tests {
     }
 
     fn delete(job: &JobDef) -> Instruction {
-        instruction(InstructionOp::DeleteJob { job_id: job.id, job: job.spec.name.clone() })
+        instruction(InstructionOp::DeleteJob {
+            job_id: job.id,
+            job: job.spec.name.clone(),
+        })
     }
 
     fn start(job: &JobDef, run_id: Uuid) -> Instruction {
-        instruction(InstructionOp::StartJob { job_id: job.id, job: job.spec.name.clone(), run_id })
+        instruction(InstructionOp::StartJob {
+            job_id: job.id,
+            job: job.spec.name.clone(),
+            run_id,
+        })
     }
 
     fn stop(job: &JobDef, posted_at: chrono::DateTime<Utc>) -> Instruction {
-        Instruction { posted_at, ..instruction(InstructionOp::StopJob { job_id: job.id, job: job.spec.name.clone() }) }
+        Instruction {
+            posted_at,
+            ..instruction(InstructionOp::StopJob {
+                job_id: job.id,
+                job: job.spec.name.clone(),
+            })
+        }
     }
 
     fn applied(n: u32) -> BatchOutcome {
-        BatchOutcome { applied: n, ..BatchOutcome::default() }
+        BatchOutcome {
+            applied: n,
+            ..BatchOutcome::default()
+        }
     }
 
     fn job_ids(state: &State) -> Vec<Uuid> {
@@ -319,21 +390,30 @@ mod tests {
         a2.revision = 2;
         a2.spec.description = "second revision".into();
 
-        assert_eq!(agent.apply_all(&[&upsert(&a), &upsert(&b), &upsert(&a2)]), applied(3));
+        assert_eq!(
+            agent.apply_all(&[&upsert(&a), &upsert(&b), &upsert(&a2)]),
+            applied(3)
+        );
         assert!(agent.woke_scheduler());
         // An upsert older than what is here is applied, and changes nothing.
         assert_eq!(agent.apply_all(&[&upsert(&a)]), applied(1));
         assert_eq!(agent.state.job(a.id).unwrap().revision, 2);
         let reopened = State::open(dir.path()).unwrap();
         assert_eq!(job_ids(&reopened), job_ids(&agent.state));
-        assert_eq!(reopened.job(a.id).unwrap().spec.description, "second revision");
+        assert_eq!(
+            reopened.job(a.id).unwrap().spec.description,
+            "second revision"
+        );
 
         // Deleting a job that is not here is no error.
         assert_eq!(agent.apply_all(&[&delete(&b), &delete(&b)]), applied(2));
         assert_eq!(job_ids(&agent.state), [a.id]);
         assert_eq!(job_ids(&State::open(dir.path()).unwrap()), [a.id]);
 
-        assert_eq!(agent.apply_all(&[&instruction(InstructionOp::DeleteAllJobs)]), applied(1));
+        assert_eq!(
+            agent.apply_all(&[&instruction(InstructionOp::DeleteAllJobs)]),
+            applied(1)
+        );
         assert_eq!(agent.state.job_count(), 0);
         assert_eq!(State::open(dir.path()).unwrap().job_count(), 0);
 
@@ -350,11 +430,23 @@ mod tests {
         bad.spec.steps.clear();
         let i = upsert(&bad);
 
-        assert_eq!(agent.apply_all(&[&i]), BatchOutcome { failed: 1, ..BatchOutcome::default() });
+        assert_eq!(
+            agent.apply_all(&[&i]),
+            BatchOutcome {
+                failed: 1,
+                ..BatchOutcome::default()
+            }
+        );
         assert_eq!(agent.state.job_count(), 0);
         let outcome = &agent.outcomes()[0];
         assert_eq!(outcome.id, i.id);
-        assert!(outcome.error.as_deref().is_some_and(|e| e.starts_with("job refused: ")), "{outcome:?}");
+        assert!(
+            outcome
+                .error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("job refused: ")),
+            "{outcome:?}"
+        );
         // Refused for good: redelivered, it is not tried again.
         assert!(State::open(dir.path()).unwrap().was_applied(i.id));
         assert_eq!(agent.apply_all(&[&i]), BatchOutcome::default());
@@ -368,13 +460,27 @@ mod tests {
         let run_id = Uuid::now_v7();
         let unknown = job("elsewhere", "true");
 
-        let batch = agent.apply_all(&[&upsert(&j), &start(&j, run_id), &start(&unknown, Uuid::now_v7())]);
-        assert_eq!(batch, BatchOutcome { applied: 2, failed: 1, terminate: vec![] });
+        let batch = agent.apply_all(&[
+            &upsert(&j),
+            &start(&j, run_id),
+            &start(&unknown, Uuid::now_v7()),
+        ]);
+        assert_eq!(
+            batch,
+            BatchOutcome {
+                applied: 2,
+                failed: 1,
+                terminate: vec![]
+            }
+        );
         let error = agent.outcomes()[2].error.clone().unwrap_or_default();
         assert!(error.contains("is not on this target"), "{error}");
         agent.runner.shutdown(Duration::from_secs(30)).await;
         let runs = agent.runs(run_id);
-        assert_eq!(runs.iter().map(|r| r.outcome).collect::<Vec<_>>(), [Outcome::Running, Outcome::Succeeded]);
+        assert_eq!(
+            runs.iter().map(|r| r.outcome).collect::<Vec<_>>(),
+            [Outcome::Running, Outcome::Succeeded]
+        );
         assert_eq!(runs[1].trigger, Trigger::Manual);
         assert_eq!(runs[1].steps[0].output, "hi\n");
 
@@ -392,19 +498,34 @@ mod tests {
 
         // A stop posted long before the run began (read late) leaves it alone.
         let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
-        assert_eq!(agent.apply_all(&[&upsert(&j), &start(&j, first)]), applied(2));
+        assert_eq!(
+            agent.apply_all(&[&upsert(&j), &start(&j, first)]),
+            applied(2)
+        );
         assert!(agent.runner.is_running(j.id));
-        assert_eq!(agent.apply_all(&[&stop(&j, Utc::now() - TimeDelta::hours(1))]), applied(1));
+        assert_eq!(
+            agent.apply_all(&[&stop(&j, Utc::now() - TimeDelta::hours(1))]),
+            applied(1)
+        );
         agent.runner.shutdown(Duration::from_secs(30)).await;
-        assert_eq!(agent.runs(first).last().unwrap().outcome, Outcome::Succeeded);
+        assert_eq!(
+            agent.runs(first).last().unwrap().outcome,
+            Outcome::Succeeded
+        );
 
         let j = job("slower", "sleep 60");
-        assert_eq!(agent.apply_all(&[&upsert(&j), &start(&j, second)]), applied(2));
+        assert_eq!(
+            agent.apply_all(&[&upsert(&j), &start(&j, second)]),
+            applied(2)
+        );
         assert_eq!(agent.apply_all(&[&stop(&j, Utc::now())]), applied(1));
         // Shutdown would wait a minute for the run: it ends sooner only because it was stopped.
-        tokio::time::timeout(Duration::from_secs(20), agent.runner.shutdown(Duration::from_secs(60)))
-            .await
-            .expect("the stop ended the run");
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            agent.runner.shutdown(Duration::from_secs(60)),
+        )
+        .await
+        .expect("the stop ended the run");
         let last = agent.runs(second).pop().unwrap();
         assert_eq!(last.outcome, Outcome::Canceled, "{last:?}");
         assert!(last.message.starts_with("stopped in step"), "{last:?}");
@@ -421,8 +542,18 @@ mod tests {
             &instruction(InstructionOp::SetPollInterval { secs: 0 }),
             &instruction(InstructionOp::SyncTime { master_time }),
         ]);
-        assert_eq!(batch, BatchOutcome { applied: 2, failed: 1, terminate: vec![] });
-        assert_eq!(agent.outcomes()[1].error.as_deref(), Some("poll interval 0 refused"));
+        assert_eq!(
+            batch,
+            BatchOutcome {
+                applied: 2,
+                failed: 1,
+                terminate: vec![]
+            }
+        );
+        assert_eq!(
+            agent.outcomes()[1].error.as_deref(),
+            Some("poll interval 0 refused")
+        );
         let reopened = State::open(dir.path()).unwrap();
         assert_eq!(reopened.poll_interval_secs(), Some(30));
         let skew = reopened.clock_skew_ms().unwrap();
@@ -453,10 +584,35 @@ mod tests {
         elsewhere.target = TargetName::new("db01").unwrap();
         let good = upsert(&job("b", "true"));
 
-        let batch = agent.apply(&[b"{not json".to_vec(), msg::encode(&elsewhere), msg::encode(&good)]);
-        assert_eq!(batch, BatchOutcome { applied: 1, failed: 0, terminate: vec![0, 1] });
-        assert_eq!(agent.metrics.bad_instructions.load(std::sync::atomic::Ordering::Relaxed), 2);
-        assert_eq!(agent.state.jobs().iter().map(|j| j.spec.name.as_str()).collect::<Vec<_>>(), ["b"]);
+        let batch = agent.apply(&[
+            b"{not json".to_vec(),
+            msg::encode(&elsewhere),
+            msg::encode(&good),
+        ]);
+        assert_eq!(
+            batch,
+            BatchOutcome {
+                applied: 1,
+                failed: 0,
+                terminate: vec![0, 1]
+            }
+        );
+        assert_eq!(
+            agent
+                .metrics
+                .bad_instructions
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        assert_eq!(
+            agent
+                .state
+                .jobs()
+                .iter()
+                .map(|j| j.spec.name.as_str())
+                .collect::<Vec<_>>(),
+            ["b"]
+        );
         assert!(!agent.state.was_applied(elsewhere.id));
 
         // One record for the batch, named after its first outcome.
@@ -465,8 +621,14 @@ mod tests {
         assert_eq!(spooled[0].msg_id, format!("instr-{}", elsewhere.id));
         assert_eq!(spooled[0].subject, agent.subjects.result_instr(&agent.name));
         let outcomes = agent.outcomes();
-        assert_eq!(outcomes.iter().map(|o| o.id).collect::<Vec<_>>(), [elsewhere.id, good.id]);
-        assert_eq!(outcomes[0].error.as_deref(), Some("instruction names target 'db01', not 'web01'"));
+        assert_eq!(
+            outcomes.iter().map(|o| o.id).collect::<Vec<_>>(),
+            [elsewhere.id, good.id]
+        );
+        assert_eq!(
+            outcomes[0].error.as_deref(),
+            Some("instruction names target 'db01', not 'web01'")
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -495,7 +657,11 @@ mod tests {
         assert_eq!(after.apply(&bodies), BatchOutcome::default());
         assert!(!after.woke_scheduler());
         assert!(!after.runner.is_running(keep.id));
-        assert_eq!(after.spooled(), spooled, "nothing new recorded: no outcome, no second run");
+        assert_eq!(
+            after.spooled(),
+            spooled,
+            "nothing new recorded: no outcome, no second run"
+        );
         assert_eq!(after.runs(run_id).len(), 2);
         assert_eq!(job_ids(&after.state), [keep.id]);
         assert_eq!(after.state.poll_interval_secs(), Some(30));
@@ -533,8 +699,14 @@ mod tests {
         let after = Agent::open(dir.path());
         assert_eq!(after.runner.report_interrupted().unwrap(), 1);
         assert_eq!(after.apply_all(&[&i]), applied(1));
-        assert!(!after.runner.is_running(j.id), "the run id is known: not run again");
+        assert!(
+            !after.runner.is_running(j.id),
+            "the run id is known: not run again"
+        );
         let runs = after.runs(run_id);
-        assert_eq!(runs.iter().map(|r| r.outcome).collect::<Vec<_>>(), [Outcome::Interrupted]);
+        assert_eq!(
+            runs.iter().map(|r| r.outcome).collect::<Vec<_>>(),
+            [Outcome::Interrupted]
+        );
     }
 }

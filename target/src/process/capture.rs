@@ -119,7 +119,11 @@ pub(super) struct OutputReader {
 
 impl OutputReader {
     /// Starts reading the pipes into a capture that keeps at most `cap` bytes.
-    pub(super) fn start(stdout: Option<ChildStdout>, stderr: Option<ChildStderr>, cap: usize) -> Self {
+    pub(super) fn start(
+        stdout: Option<ChildStdout>,
+        stderr: Option<ChildStderr>,
+        cap: usize,
+    ) -> Self {
         let capture = Arc::new(Mutex::new(OutputCapture::new(cap)));
         let task = tokio::spawn(pump_output(stdout, stderr, Arc::clone(&capture)));
         OutputReader { task, capture }
@@ -137,7 +141,10 @@ impl OutputReader {
 
     /// The output read so far (see [`OutputCapture::finish`]).
     pub(super) fn finish(self) -> (String, u64) {
-        let mut guard = self.capture.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut guard = self
+            .capture
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         std::mem::replace(&mut *guard, OutputCapture::new(0)).finish()
     }
 }
@@ -158,7 +165,10 @@ async fn pump_output(
     let mut out_buf = vec![0u8; READ_CHUNK];
     let mut err_buf = vec![0u8; READ_CHUNK];
     let push = |data: &[u8]| {
-        capture.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(data);
+        capture
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(data);
     };
     while stdout.is_some() || stderr.is_some() {
         // read() is cancel safe: data is never lost when the other branch wins.
@@ -176,7 +186,10 @@ async fn pump_output(
 }
 
 /// Reads from `reader`, or waits forever if it is closed (`None`).
-async fn read_opt<R: AsyncRead + Unpin>(reader: &mut Option<R>, buf: &mut [u8]) -> io::Result<usize> {
+async fn read_opt<R: AsyncRead + Unpin>(
+    reader: &mut Option<R>,
+    buf: &mut [u8],
+) -> io::Result<usize> {
     match reader {
         Some(r) => r.read(buf).await,
         None => std::future::pending().await,

@@ -36,7 +36,9 @@ pub(super) fn group_has_live_processes(pgid: Pid) -> Option<bool> {
 pub(super) fn processes_with_env(var: &str, value: &str) -> Vec<ProcEntry> {
     let wanted = format!("{var}={value}").into_bytes();
     let me = std::process::id() as i32;
-    let Some(all) = live_processes() else { return Vec::new() };
+    let Some(all) = live_processes() else {
+        return Vec::new();
+    };
     all.filter(|p| p.pid != me)
         .filter(|p| {
             std::fs::read(format!("/proc/{}/environ", p.pid))
@@ -75,7 +77,10 @@ mod tests {
 
     #[test]
     fn proc_stat_parsing() {
-        assert_eq!(parse_proc_stat("123 (sleep) S 1 120 120 0"), Some(('S', 120)));
+        assert_eq!(
+            parse_proc_stat("123 (sleep) S 1 120 120 0"),
+            Some(('S', 120))
+        );
         assert_eq!(parse_proc_stat("7 (a) b (c)) Z 1 99 99 0"), Some(('Z', 99)));
         assert_eq!(parse_proc_stat("garbage"), None);
     }
