@@ -19,7 +19,10 @@ pub mod proxy;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_owned()
 }
 
 /// Path of a workspace binary: from `MUSTER_BIN_DIR` when set (the
@@ -38,8 +41,15 @@ pub fn bin(name: &str) -> PathBuf {
         let package_vars = std::env::vars_os().map(|(k, _)| k).filter(|k| {
             let k = k.to_string_lossy();
             k.starts_with("CARGO_PKG_")
-                || ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_CRATE_NAME", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"]
-                    .contains(&k.as_ref())
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "OUT_DIR",
+                ]
+                .contains(&k.as_ref())
         });
         let mut build = Command::new(env!("CARGO"));
         for k in package_vars {
@@ -57,7 +67,10 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, or fails after `timeout`
@@ -71,7 +84,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         if let Some(v) = check() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -90,10 +106,22 @@ impl Proc {
     /// # Panics
     /// When the process cannot start.
     pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Proc {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
-        cmd.stdout(file.try_clone().expect("log")).stderr(file).stdin(Stdio::null());
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Proc { name: name.to_owned(), child: Some(child), log }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        cmd.stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .stdin(Stdio::null());
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Proc {
+            name: name.to_owned(),
+            child: Some(child),
+            log,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -101,7 +129,9 @@ impl Proc {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// `kill -9`, and reap.
@@ -118,8 +148,16 @@ impl Proc {
     /// When the process does not exit in time.
     pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
         let mut c = self.child.take()?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM).ok();
-        let status = wait_for(&format!("{} to exit after SIGTERM", self.name), timeout, || c.try_wait().ok().flatten());
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .ok();
+        let status = wait_for(
+            &format!("{} to exit after SIGTERM", self.name),
+            timeout,
+            || c.try_wait().ok().flatten(),
+        );
         status.code()
     }
 
@@ -172,7 +210,12 @@ impl NatsServer {
         )
         .expect("nats config");
         let proc = Self::launch(&config, dir, port);
-        NatsServer { port, store, proc, config }
+        NatsServer {
+            port,
+            store,
+            proc,
+            config,
+        }
     }
 
     fn launch(config: &Path, dir: &Path, port: u16) -> Proc {
@@ -216,7 +259,10 @@ impl NatsCluster {
     /// When the nodes do not come up.
     pub fn start(dir: &Path) -> NatsCluster {
         let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let routes: Vec<String> = cluster_ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
+        let routes: Vec<String> = cluster_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
         let nodes = cluster_ports
             .iter()
             .enumerate()
@@ -233,7 +279,11 @@ impl NatsCluster {
 
     /// All client URLs, comma-separated (as `NATS_URL` takes them).
     pub fn urls(&self) -> String {
-        self.nodes.iter().map(NatsServer::url).collect::<Vec<_>>().join(",")
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -261,7 +311,14 @@ impl Cluster {
     pub fn new_with(extra_config: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let nats = NatsServer::start_with(dir.path(), extra_config);
-        Cluster { dir, nats, more_nodes: Vec::new(), masters: Vec::new(), targets: Vec::new(), env: Vec::new() }
+        Cluster {
+            dir,
+            nats,
+            more_nodes: Vec::new(),
+            masters: Vec::new(),
+            targets: Vec::new(),
+            env: Vec::new(),
+        }
     }
 
     /// A 3-node JetStream cluster; streams and buckets get 3 replicas.
@@ -270,7 +327,14 @@ impl Cluster {
         let mut nodes = NatsCluster::start(dir.path()).nodes;
         let nats = nodes.remove(0);
         let env = vec![("MUSTER_REPLICAS".to_owned(), "3".to_owned())];
-        Cluster { dir, nats, more_nodes: nodes, masters: Vec::new(), targets: Vec::new(), env }
+        Cluster {
+            dir,
+            nats,
+            more_nodes: nodes,
+            masters: Vec::new(),
+            targets: Vec::new(),
+            env,
+        }
     }
 
     /// nats-server and one master, ready to serve.
@@ -282,20 +346,28 @@ impl Cluster {
 
     /// Every node's URL, comma-separated (as `NATS_URL` takes them).
     pub fn url(&self) -> String {
-        std::iter::once(&self.nats).chain(&self.more_nodes).map(NatsServer::url).collect::<Vec<_>>().join(",")
+        std::iter::once(&self.nats)
+            .chain(&self.more_nodes)
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Starts a master and waits until its API answers.
     pub fn start_master(&mut self) -> usize {
         let n = self.spawn_master();
-        wait_for("the master's API", Duration::from_secs(20), || self.ctl(&["target", "list"]).ok().map(|_| ()));
+        wait_for("the master's API", Duration::from_secs(20), || {
+            self.ctl(&["target", "list"]).ok().map(|_| ())
+        });
         n
     }
 
     /// Starts a master without waiting for it (NATS may be down).
     pub fn spawn_master(&mut self) -> usize {
         let mut cmd = Command::new(bin("muster-master"));
-        cmd.env("NATS_URL", self.url()).env("MUSTER_LOG", "info,muster_master=debug").envs(self.env.clone());
+        cmd.env("NATS_URL", self.url())
+            .env("MUSTER_LOG", "info,muster_master=debug")
+            .envs(self.env.clone());
         let n = self.masters.len();
         let log = self.dir.path().join(format!("master-{n}.log"));
         self.masters.push(Proc::spawn("muster-master", cmd, log));
@@ -314,7 +386,13 @@ impl Cluster {
     }
 
     /// Starts a target that connects to `url` (e.g. a [`proxy::Proxy`]).
-    pub fn start_target_at(&mut self, name: &str, poll_secs: u64, url: &str, flags: &[&str]) -> &mut Proc {
+    pub fn start_target_at(
+        &mut self,
+        name: &str,
+        poll_secs: u64,
+        url: &str,
+        flags: &[&str],
+    ) -> &mut Proc {
         let mut cmd = Command::new(bin("muster-target"));
         cmd.env("NATS_URL", url)
             .env("MUSTER_LOG", "info,muster_target=debug")
@@ -328,7 +406,10 @@ impl Cluster {
             .args(flags);
         let log = self.dir.path().join(format!("target-{name}.log"));
         self.targets.retain(|(n, _)| n != name);
-        self.targets.push((name.to_owned(), Proc::spawn(&format!("muster-target {name}"), cmd, log)));
+        self.targets.push((
+            name.to_owned(),
+            Proc::spawn(&format!("muster-target {name}"), cmd, log),
+        ));
         &mut self.targets.last_mut().expect("pushed").1
     }
 
@@ -337,14 +418,21 @@ impl Cluster {
     }
 
     pub fn target(&mut self, name: &str) -> &mut Proc {
-        &mut self.targets.iter_mut().find(|(n, _)| n == name).expect("target started").1
+        &mut self
+            .targets
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .expect("target started")
+            .1
     }
 
     /// Waits until a target answers a force-poll (it is up and enlisted).
     pub fn wait_target_online(&self, name: &str) {
-        wait_for(&format!("target {name} to answer force-poll"), Duration::from_secs(20), || {
-            self.ctl(&["target", "force-poll", name]).ok().map(|_| ())
-        });
+        wait_for(
+            &format!("target {name} to answer force-poll"),
+            Duration::from_secs(20),
+            || self.ctl(&["target", "force-poll", name]).ok().map(|_| ()),
+        );
     }
 
     /// Runs `musterctl ARGS --json`; `Ok(json)` on exit 0, else `Err` with the
@@ -352,9 +440,15 @@ impl Cluster {
     pub fn ctl(&self, args: &[&str]) -> Result<serde_json::Value, CtlError> {
         let out = self.ctl_raw(args, true);
         if out.code == 0 {
-            serde_json::from_str(&out.stdout).map_err(|e| CtlError { code: 0, stderr: format!("bad JSON ({e}): {}", out.stdout) })
+            serde_json::from_str(&out.stdout).map_err(|e| CtlError {
+                code: 0,
+                stderr: format!("bad JSON ({e}): {}", out.stdout),
+            })
         } else {
-            Err(CtlError { code: out.code, stderr: out.stderr })
+            Err(CtlError {
+                code: out.code,
+                stderr: out.stderr,
+            })
         }
     }
 
@@ -363,14 +457,18 @@ impl Cluster {
     /// # Panics
     /// When the command fails or its output does not decode.
     pub fn ctl_ok<T: DeserializeOwned>(&self, args: &[&str]) -> T {
-        let v = self.ctl(args).unwrap_or_else(|e| panic!("musterctl {args:?} failed: {e:?}"));
+        let v = self
+            .ctl(args)
+            .unwrap_or_else(|e| panic!("musterctl {args:?} failed: {e:?}"));
         serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("musterctl {args:?}: {e}: {v}"))
     }
 
     /// Runs `musterctl` as a person would (no `--json` unless `json`).
     pub fn ctl_raw(&self, args: &[&str], json: bool) -> CtlOutput {
         let mut cmd = Command::new(bin("musterctl"));
-        cmd.env("NATS_URL", self.url()).envs(self.env.clone()).args(args);
+        cmd.env("NATS_URL", self.url())
+            .envs(self.env.clone())
+            .args(args);
         if json {
             cmd.arg("--json");
         }
@@ -385,8 +483,13 @@ impl Cluster {
     /// Finished (not `running`) runs of `job` in history; `None` while
     /// history cannot be read (e.g. a cluster electing a stream leader).
     pub fn try_finished_runs(&self, job: &str) -> Option<Vec<serde_json::Value>> {
-        let runs: Vec<serde_json::Value> = serde_json::from_value(self.ctl(&["history", "--job", job]).ok()?).ok()?;
-        Some(runs.into_iter().filter(|r| s(r, "outcome") != "running").collect())
+        let runs: Vec<serde_json::Value> =
+            serde_json::from_value(self.ctl(&["history", "--job", job]).ok()?).ok()?;
+        Some(
+            runs.into_iter()
+                .filter(|r| s(r, "outcome") != "running")
+                .collect(),
+        )
     }
 
     /// Finished runs of `job` in history.
@@ -394,7 +497,10 @@ impl Cluster {
     /// # Panics
     /// When history cannot be read.
     pub fn finished_runs(&self, job: &str) -> Vec<serde_json::Value> {
-        self.history(job).into_iter().filter(|r| s(r, "outcome") != "running").collect()
+        self.history(job)
+            .into_iter()
+            .filter(|r| s(r, "outcome") != "running")
+            .collect()
     }
 
     /// Runs in history for a job, de-duplicated as musterctl reads them.
@@ -407,7 +513,10 @@ impl Cluster {
     /// # Errors
     /// The musterctl error.
     pub fn create_job_file(&self, json: &str) -> Result<serde_json::Value, CtlError> {
-        let path = self.dir.path().join(format!("job-{}.json", uuid::Uuid::new_v4()));
+        let path = self
+            .dir
+            .path()
+            .join(format!("job-{}.json", uuid::Uuid::new_v4()));
         std::fs::write(&path, json).expect("job file");
         self.ctl(&["job", "create", "-f", path.to_str().expect("utf8")])
     }
@@ -415,7 +524,11 @@ impl Cluster {
     /// All logs, for a failing test's message.
     pub fn logs(&self) -> String {
         let mut s = String::new();
-        for p in self.masters.iter().chain(self.targets.iter().map(|(_, p)| p)) {
+        for p in self
+            .masters
+            .iter()
+            .chain(self.targets.iter().map(|(_, p)| p))
+        {
             s.push_str(&format!("==== {} ====\n{}\n", p.name, p.log_text()));
         }
         s
@@ -446,14 +559,24 @@ pub struct Stored {
 
 /// Runs a future to completion on a fresh runtime (tests are synchronous).
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(f)
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
 }
 
 impl Cluster {
     /// Connection options for the test's own reads, with the user and
     /// password the processes get (`NATS_USER`, `NATS_PASSWORD` in `env`).
     pub fn connect_options(&self) -> async_nats::ConnectOptions {
-        let var = |k: &str| self.env.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let var = |k: &str| {
+            self.env
+                .iter()
+                .rev()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        };
         match (var("NATS_USER"), var("NATS_PASSWORD")) {
             (Some(u), Some(p)) => async_nats::ConnectOptions::with_user_and_password(u, p),
             _ => async_nats::ConnectOptions::new(),
@@ -504,7 +627,9 @@ impl Cluster {
                 .await
                 .expect("ordered consumer");
             let mut messages = consumer.messages().await.expect("messages");
-            while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), messages.next()).await {
+            while let Ok(Some(m)) =
+                tokio::time::timeout(Duration::from_secs(2), messages.next()).await
+            {
                 let m = m.expect("message");
                 let pending = m.info().map(|i| i.pending).unwrap_or(0);
                 let msg_id = m
@@ -513,7 +638,11 @@ impl Cluster {
                     .and_then(|h| h.get("Nats-Msg-Id"))
                     .map(|v| v.to_string())
                     .unwrap_or_default();
-                out.push(Stored { subject: m.subject.to_string(), msg_id, payload: m.payload.to_vec() });
+                out.push(Stored {
+                    subject: m.subject.to_string(),
+                    msg_id,
+                    payload: m.payload.to_vec(),
+                });
                 if pending == 0 {
                     break;
                 }

@@ -22,12 +22,22 @@ fn a_cluster_keeps_every_run_once_when_a_node_and_a_master_die() {
     // Everything Muster keeps is replicated three times.
     let url = c.url();
     let replicas: Vec<(String, usize)> = block_on(async {
-        let addrs: Vec<async_nats::ServerAddr> = url.split(',').map(|u| u.parse().unwrap()).collect();
+        let addrs: Vec<async_nats::ServerAddr> =
+            url.split(',').map(|u| u.parse().unwrap()).collect();
         let js = async_nats::jetstream::new(async_nats::connect(addrs).await.unwrap());
         let mut out = Vec::new();
-        for name in ["MUSTER_ASSIGN", "MUSTER_RESULTS", "MUSTER_POLLS", "KV_muster-jobs", "KV_muster-jobstatus"] {
+        for name in [
+            "MUSTER_ASSIGN",
+            "MUSTER_RESULTS",
+            "MUSTER_POLLS",
+            "KV_muster-jobs",
+            "KV_muster-jobstatus",
+        ] {
             let mut stream = js.get_stream(name).await.unwrap();
-            out.push((name.to_owned(), stream.info().await.unwrap().config.num_replicas));
+            out.push((
+                name.to_owned(),
+                stream.info().await.unwrap().config.num_replicas,
+            ));
         }
         out
     });
@@ -40,8 +50,12 @@ fn a_cluster_keeps_every_run_once_when_a_node_and_a_master_die() {
         ran.display()
     );
     c.create_job_file(&job).expect("create");
-    c.ctl(&["job", "assign", "tick", "--target", "east", "--target", "west"]).expect("assign");
-    c.ctl(&["target", "force-poll", "east", "west"]).expect("force-poll");
+    c.ctl(&[
+        "job", "assign", "tick", "--target", "east", "--target", "west",
+    ])
+    .expect("assign");
+    c.ctl(&["target", "force-poll", "east", "west"])
+        .expect("force-poll");
     wait_for("runs on both targets", WAIT, || {
         let runs = c.try_finished_runs("tick")?;
         let targets: BTreeSet<String> = runs.iter().map(|r| s(r, "target").to_owned()).collect();
@@ -52,14 +66,23 @@ fn a_cluster_keeps_every_run_once_when_a_node_and_a_master_die() {
     let before = c.try_finished_runs("tick").expect("history").len();
     c.nats.kill();
     c.masters[0].kill();
-    wait_for("runs to keep arriving after the loss", WAIT, || (c.try_finished_runs("tick")?.len() >= before + 6).then_some(()));
+    wait_for("runs to keep arriving after the loss", WAIT, || {
+        (c.try_finished_runs("tick")?.len() >= before + 6).then_some(())
+    });
 
     // Stop the schedule, let everything settle, and count.
-    wait_for("the job disabled", WAIT, || c.ctl(&["job", "disable", "tick"]).ok());
-    wait_for("both targets to poll", WAIT, || c.ctl(&["target", "force-poll", "east", "west"]).ok());
+    wait_for("the job disabled", WAIT, || {
+        c.ctl(&["job", "disable", "tick"]).ok()
+    });
+    wait_for("both targets to poll", WAIT, || {
+        c.ctl(&["target", "force-poll", "east", "west"]).ok()
+    });
     let runs = wait_for("history to match the runs that happened", WAIT, || {
-        let happened: BTreeSet<String> =
-            std::fs::read_to_string(&ran).unwrap_or_default().lines().map(str::to_owned).collect();
+        let happened: BTreeSet<String> = std::fs::read_to_string(&ran)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
         let runs = c.try_finished_runs("tick")?;
         let recorded: BTreeSet<String> = runs.iter().map(|r| s(r, "run_id").to_owned()).collect();
         let settled = runs.iter().all(|r| s(r, "outcome") == "succeeded");
@@ -67,12 +90,20 @@ fn a_cluster_keeps_every_run_once_when_a_node_and_a_master_die() {
     });
     let ids: BTreeSet<&str> = runs.iter().map(|r| s(r, "run_id")).collect();
     assert_eq!(ids.len(), runs.len(), "a run shows twice in history");
-    println!("TALLY cluster: runs happened {}, in history {}, duplicates 0, lost 0", runs.len(), ids.len());
+    println!(
+        "TALLY cluster: runs happened {}, in history {}, duplicates 0, lost 0",
+        runs.len(),
+        ids.len()
+    );
 
     // The surviving master still serves and has caught up.
     let status: Vec<Value> = wait_for("job status from the surviving master", WAIT, || {
-        let st: Vec<Value> = serde_json::from_value(c.ctl(&["job", "status", "tick"]).ok()?).ok()?;
+        let st: Vec<Value> =
+            serde_json::from_value(c.ctl(&["job", "status", "tick"]).ok()?).ok()?;
         (st.len() == 2 && st.iter().all(|x| s(x, "outcome") == "succeeded")).then_some(st)
     });
-    assert!(status.iter().all(|s_| s(s_, "outcome") == "succeeded"), "{status:?}");
+    assert!(
+        status.iter().all(|s_| s(s_, "outcome") == "succeeded"),
+        "{status:?}"
+    );
 }
