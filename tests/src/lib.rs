@@ -1,5 +1,5 @@
-//! Test harness: a real `nats-server` (one node or a 3-node cluster) on free
-//! ports with temporary stores, the real Muster binaries as child processes,
+//! Test harness: a real `nats-server` (one node or a 3-node cluster) on ports
+//! the kernel picks, with temporary stores, the real Muster binaries as child processes,
 //! and `musterctl` as the operator runs it. Everything is killed on drop.
 //!
 //! Waiting is done by [`wait_for`], which re-checks a condition against the
@@ -8,6 +8,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use futures::StreamExt as _;
 use serde::de::DeserializeOwned;
 
 pub mod proxy;
+pub mod tally;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -65,29 +67,53 @@ pub fn bin(name: &str) -> PathBuf {
     workspace().join("build").join("debug").join(name)
 }
 
-/// A free TCP port on loopback.
-pub fn free_port() -> u16 {
+/// A TCP port that was free on loopback a moment ago. Someone else may take
+/// it before it is used: only [`NatsCluster::start`] uses it, for the route
+/// ports the nodes must know of each other in advance, and it starts the
+/// cluster again on fresh ports when a node cannot bind.
+fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
 }
 
-/// Polls `check` every 20 ms until it returns `Some`, or fails after `timeout`
-/// with the last state `describe` gives.
+/// Polls `check` every 20 ms until it returns `Some`, or fails after
+/// `timeout` naming `what`. [`wait_for_described`] also shows the state that
+/// kept the condition false.
 ///
 /// # Panics
 /// When the deadline passes.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
+    wait_for_described(what, timeout, check, String::new)
+}
+
+/// Like [`wait_for`]; when the deadline passes, the failure also shows what
+/// `describe` says about the live system then (e.g. the set difference
+/// between what was expected and what is there).
+///
+/// # Panics
+/// When the deadline passes.
+pub fn wait_for_described<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+    describe: impl FnOnce() -> String,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check() {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            let state = describe();
+            let sep = if state.is_empty() {
+                ""
+            } else {
+                "; last state: "
+            };
+            panic!("timed out after {timeout:?} waiting for {what}{sep}{state}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -173,18 +199,36 @@ impl Drop for Proc {
     }
 }
 
-/// A nats-server with JetStream on a free port and a temporary store.
+/// A nats-server with JetStream and a temporary store, on a client port the
+/// kernel picked (`listen: 127.0.0.1:-1`), read back from the server's ports
+/// file: no other process can take the port between choosing and binding.
 /// `restart` keeps the port and the store, as a real restart would.
 #[derive(Debug)]
 pub struct NatsServer {
     pub port: u16,
     pub store: PathBuf,
     proc: Proc,
-    config: PathBuf,
+    files: NodeFiles,
+}
+
+/// Where one node keeps its configuration, log, store and ports file.
+#[derive(Debug)]
+struct NodeFiles {
+    dir: PathBuf,
+    /// `nats-<n>`: the name of its files in `dir`.
+    stem: String,
+    store: PathBuf,
+    extra_config: String,
+}
+
+/// A node that exited before it listened: a port it was given is taken.
+#[derive(Debug)]
+struct NotListening {
+    log: String,
 }
 
 impl NatsServer {
-    /// Starts one node and waits until it accepts connections.
+    /// Starts one node and waits until it listens.
     ///
     /// # Panics
     /// When nats-server is missing or does not come up.
@@ -197,35 +241,30 @@ impl NatsServer {
     /// # Panics
     /// When nats-server is missing or does not come up.
     pub fn start_with(dir: &Path, extra_config: &str) -> NatsServer {
-        let port = free_port();
-        let store = dir.join(format!("nats-{port}"));
+        Self::try_start(dir, extra_config)
+            .unwrap_or_else(|e| panic!("nats-server exited before it listened:\n{}", e.log))
+    }
+
+    /// Starts one node; `Err` when it exits before it listens (a port in
+    /// `extra_config` is taken).
+    fn try_start(dir: &Path, extra_config: &str) -> Result<NatsServer, NotListening> {
+        static NODES: AtomicUsize = AtomicUsize::new(0);
+        let stem = format!("nats-{}", NODES.fetch_add(1, Ordering::Relaxed));
+        let store = dir.join(&stem);
         std::fs::create_dir_all(&store).expect("store dir");
-        let config = dir.join(format!("nats-{port}.conf"));
-        std::fs::write(
-            &config,
-            format!(
-                "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\n{extra_config}\n",
-                store.display()
-            ),
-        )
-        .expect("nats config");
-        let proc = Self::launch(&config, dir, port);
-        NatsServer {
+        let files = NodeFiles {
+            dir: dir.to_owned(),
+            stem,
+            store: store.clone(),
+            extra_config: extra_config.to_owned(),
+        };
+        let (proc, port) = files.launch("-1")?;
+        Ok(NatsServer {
             port,
             store,
             proc,
-            config,
-        }
-    }
-
-    fn launch(config: &Path, dir: &Path, port: u16) -> Proc {
-        let mut cmd = Command::new("nats-server");
-        cmd.arg("-c").arg(config);
-        let proc = Proc::spawn("nats-server", cmd, dir.join(format!("nats-{port}.log")));
-        wait_for("nats-server to listen", Duration::from_secs(15), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        proc
+            files,
+        })
     }
 
     pub fn url(&self) -> String {
@@ -237,15 +276,99 @@ impl NatsServer {
         self.proc.kill();
     }
 
-    /// Starts it again on the same port and store.
+    /// Starts it again on the same port and store. Should another process
+    /// hold the port meanwhile, it tries again until the port is free.
+    ///
+    /// # Panics
+    /// When the port stays taken, or the server does not come up.
     pub fn restart(&mut self) {
-        let dir = self.config.parent().expect("dir").to_owned();
-        self.proc = Self::launch(&self.config, &dir, self.port);
+        let port = self.port.to_string();
+        self.proc = wait_for(
+            &format!("nats-server to listen again on port {port}"),
+            Duration::from_secs(30),
+            || match self.files.launch(&port) {
+                Ok((proc, _)) => Some(proc),
+                Err(e) => {
+                    eprintln!(
+                        "nats-server could not listen on port {port} again; trying again:\n{}",
+                        tail(&e.log)
+                    );
+                    None
+                }
+            },
+        );
     }
 
     pub fn log_text(&self) -> String {
         self.proc.log_text()
     }
+}
+
+impl NodeFiles {
+    /// Writes the configuration for `port` (`-1`: any) and starts the
+    /// server; returns it and the client port it listens on, once it has
+    /// written its ports file (which it does after every listener is up).
+    fn launch(&self, port: &str) -> Result<(Proc, u16), NotListening> {
+        let ports_dir = self.dir.join(format!("{}-ports", self.stem));
+        std::fs::create_dir_all(&ports_dir).expect("ports dir");
+        let config = self.dir.join(format!("{}.conf", self.stem));
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:{port}\nports_file_dir: \"{}\"\njetstream {{ store_dir: \"{}\" }}\n{}\n",
+                ports_dir.display(),
+                self.store.display(),
+                self.extra_config
+            ),
+        )
+        .expect("nats config");
+        let mut cmd = Command::new("nats-server");
+        cmd.arg("-c").arg(&config);
+        let mut proc = Proc::spawn(
+            "nats-server",
+            cmd,
+            self.dir.join(format!("{}.log", self.stem)),
+        );
+        let ports_file = ports_dir.join(format!("nats-server_{}.ports", proc.pid()));
+        let log = proc.log.clone();
+        let listening = wait_for_described(
+            "nats-server to listen",
+            Duration::from_secs(15),
+            || {
+                if let Some(port) = client_port(&ports_file) {
+                    return Some(Some(port));
+                }
+                (!proc.is_running()).then_some(None)
+            },
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+        );
+        match listening {
+            Some(port) => Ok((proc, port)),
+            None => Err(NotListening {
+                log: proc.log_text(),
+            }),
+        }
+    }
+}
+
+/// The last lines of a log: why a server stopped.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join("\n")
+}
+
+/// The client port in a nats-server ports file
+/// (`{"nats":["nats://127.0.0.1:PORT"],...}`), once it is there whole.
+fn client_port(ports_file: &Path) -> Option<u16> {
+    let ports: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ports_file).ok()?).ok()?;
+    ports["nats"]
+        .get(0)?
+        .as_str()?
+        .rsplit(':')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// A 3-node JetStream cluster on loopback.
@@ -255,9 +378,30 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
+    /// Each node's client port is picked by the kernel. The route ports must
+    /// be known to every node in advance, so they are chosen here; should one
+    /// be taken before its node binds it, that node exits and the whole
+    /// cluster starts again on fresh ports. Each attempt has a cluster name
+    /// of its own, so a route that reaches somebody else's node is refused.
+    ///
     /// # Panics
     /// When the nodes do not come up.
     pub fn start(dir: &Path) -> NatsCluster {
+        wait_for(
+            "a 3-node cluster",
+            Duration::from_secs(60),
+            || match Self::try_start(dir) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("a cluster node could not listen; starting the cluster again on fresh ports:\n{}", tail(&e.log));
+                    None
+                }
+            },
+        )
+    }
+
+    fn try_start(dir: &Path) -> Result<NatsCluster, NotListening> {
+        let name = format!("muster-test-{}", uuid::Uuid::new_v4().simple());
         let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let routes: Vec<String> = cluster_ports
             .iter()
@@ -268,13 +412,13 @@ impl NatsCluster {
             .enumerate()
             .map(|(i, cp)| {
                 let extra = format!(
-                    "server_name: n{i}\ncluster {{ name: muster-test, listen: 127.0.0.1:{cp}, routes: [{}] }}",
+                    "server_name: n{i}\ncluster {{ name: {name}, listen: 127.0.0.1:{cp}, routes: [{}] }}",
                     routes.join(", ")
                 );
-                NatsServer::start_with(dir, &extra)
+                NatsServer::try_start(dir, &extra)
             })
-            .collect();
-        NatsCluster { nodes }
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(NatsCluster { nodes })
     }
 
     /// All client URLs, comma-separated (as `NATS_URL` takes them).
@@ -353,13 +497,39 @@ impl Cluster {
             .join(",")
     }
 
-    /// Starts a master and waits until its API answers.
+    /// Starts a master and waits until it answers: the API answers, and
+    /// every master still running (this one included) answers the service
+    /// ping. With another master already up, the API alone would answer
+    /// before this one is there.
     pub fn start_master(&mut self) -> usize {
         let n = self.spawn_master();
-        wait_for("the master's API", Duration::from_secs(20), || {
-            self.ctl(&["target", "list"]).ok().map(|_| ())
-        });
+        let running = self
+            .masters
+            .iter_mut()
+            .filter_map(|m| m.is_running().then_some(()))
+            .count();
+        wait_for_described(
+            &format!("the master's API and {running} master(s) answering the ping"),
+            Duration::from_secs(20),
+            || {
+                let seen = self.masters_answering()?;
+                (seen >= running && self.ctl(&["target", "list"]).is_ok()).then_some(())
+            },
+            || {
+                format!(
+                    "{:?} answer the ping\n{}",
+                    self.masters_answering(),
+                    self.logs()
+                )
+            },
+        );
         n
+    }
+
+    /// How many masters answer the service ping (`musterctl ping`), `None`
+    /// when none does.
+    pub fn masters_answering(&self) -> Option<usize> {
+        self.ctl(&["ping"]).ok()?.as_array().map(Vec::len)
     }
 
     /// Starts a master without waiting for it (NATS may be down).
@@ -605,33 +775,47 @@ impl Cluster {
     }
 
     /// Every message a stream holds on `filter`, in order: what was really
-    /// stored, duplicates included.
+    /// stored, duplicates included. It reads until the server says nothing
+    /// more matches (the consumer's pending count), however slow the server;
+    /// a read that stalls fails rather than returning part of the stream.
     ///
     /// # Panics
-    /// When the stream cannot be read.
+    /// When the stream cannot be read, or no message comes for 30 s while
+    /// some are still pending.
     pub fn stored(&self, stream: &str, filter: &str) -> Vec<Stored> {
-        let (url, filter, options) = (self.url(), filter.to_owned(), self.connect_options());
+        const STALL: Duration = Duration::from_secs(30);
+        let (url, stream, filter, options) = (
+            self.url(),
+            stream.to_owned(),
+            filter.to_owned(),
+            self.connect_options(),
+        );
         block_on(async move {
             let js = async_nats::jetstream::new(options.connect(url).await.expect("connect"));
-            let mut s = js.get_stream(stream).await.expect("stream");
-            let total = s.info().await.expect("stream info").state.messages;
-            let mut out = Vec::new();
-            if total == 0 {
-                return out;
-            }
+            let s = js.get_stream(&stream).await.expect("stream");
             let consumer = s
                 .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-                    filter_subject: filter,
+                    filter_subject: filter.clone(),
                     ..Default::default()
                 })
                 .await
                 .expect("ordered consumer");
+            // The server counts the matching messages when it makes the consumer.
+            let matching = consumer.cached_info().num_pending;
+            let mut out = Vec::new();
+            if matching == 0 {
+                return out;
+            }
             let mut messages = consumer.messages().await.expect("messages");
-            while let Ok(Some(m)) =
-                tokio::time::timeout(Duration::from_secs(2), messages.next()).await
-            {
-                let m = m.expect("message");
-                let pending = m.info().map(|i| i.pending).unwrap_or(0);
+            loop {
+                let m = tokio::time::timeout(STALL, messages.next())
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!("reading {stream} ({filter}) stalled for {STALL:?} after {} of {matching} messages", out.len())
+                    })
+                    .unwrap_or_else(|| panic!("the read of {stream} ({filter}) ended after {} of {matching} messages", out.len()))
+                    .expect("message");
+                let pending = m.info().expect("JetStream message info").pending;
                 let msg_id = m
                     .headers
                     .as_ref()
@@ -644,10 +828,9 @@ impl Cluster {
                     payload: m.payload.to_vec(),
                 });
                 if pending == 0 {
-                    break;
+                    return out;
                 }
             }
-            out
         })
     }
 }
