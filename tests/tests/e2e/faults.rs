@@ -2,35 +2,35 @@
 //! past the dedup window, a backlog drained by a master killed mid-drain, and
 //! garbage on every subject Muster reads.
 //!
-//! Jobs append a line to a file each time they really run, so the runs that
-//! happened are counted against history: `ran` (lines), `stored` (end
-//! records in the stream, copies included), `history` (runs `musterctl
-//! history` shows), `duplicates` and `losses`. Each test prints its tally.
+//! Jobs append their run id to a file each time they really run, so the runs
+//! that happened are counted against history ([`RunTally`]): runs happened,
+//! in history, skipped, duplicates (a run id that ran twice or shows twice),
+//! losses; plus `stored` (end records in the stream, copies included). Each
+//! test prints its tally.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use muster_tests::proxy::Proxy;
-use muster_tests::{block_on, s, wait_for, Cluster};
+use muster_tests::tally::{self, RunTally};
+use muster_tests::{block_on, s, wait_for, wait_for_described, Cluster};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A job that appends a line to `out` every second.
+/// A job that appends its run id to `out` every second.
 fn ticker(name: &str, out: &Path) -> String {
     json!({
         "name": name,
-        "steps": [{"name": "tick", "command": format!("echo tick >> '{}'", out.display())}],
+        "steps": [{"name": "tick", "command": tally::append_run_id(out)}],
         "schedules": [{"name": "every-second", "every_secs": 1}],
     })
     .to_string()
 }
 
 fn lines(path: &Path) -> usize {
-    std::fs::read_to_string(path)
-        .map(|t| t.lines().count())
-        .unwrap_or(0)
+    tally::run_ids(path).len()
 }
 
 fn wait_lines(path: &Path, n: usize) {
@@ -54,84 +54,73 @@ fn start_ticker(c: &Cluster, job: &str, target: &str) -> PathBuf {
 #[derive(Debug)]
 struct Tally {
     scenario: String,
-    ran: usize,
+    runs: RunTally,
+    /// End records in the stream, copies included.
     stored: usize,
+    /// Records history shows (runs and `skipped` records).
     history: usize,
-    duplicates: usize,
-    losses: usize,
 }
 
 impl Tally {
     fn print(&self) {
         println!(
-            "TALLY {}: results sent (runs that ran) {}, end records stored {}, in history {}, duplicates {}, losses {}",
-            self.scenario, self.ran, self.stored, self.history, self.duplicates, self.losses
+            "TALLY {}: {}, end records stored {}",
+            self.scenario, self.runs, self.stored
         );
+    }
+
+    /// Prints the tally, then fails on anything wrong with it.
+    fn check(&self, c: &Cluster) {
+        self.print();
+        let problems = self.runs.problems();
+        assert!(problems.is_empty(), "{problems:?}\n{self:?}\n{}", c.logs());
     }
 }
 
+/// End records of `job` that `target` published, as the stream stores them
+/// (replays beyond the dedup window included).
+fn stored_ends(c: &Cluster, target: &str, job: &str) -> usize {
+    c.stored("MUSTER_RESULTS", &format!("muster.result.{target}.run.*"))
+        .iter()
+        .filter(|m| m.msg_id.ends_with("-end"))
+        .filter(|m| serde_json::from_slice::<Value>(&m.payload).is_ok_and(|r| s(&r, "job") == job))
+        .count()
+}
+
 /// Stops `job`, waits until every run that happened is in history, and
-/// counts. Fails on any loss or duplicate, or if job status lags behind.
+/// counts. Fails on any loss or duplicate, on a run that did not succeed or
+/// a `skipped` record that names no run, or if job status lags behind.
 fn settle(c: &Cluster, scenario: &str, job: &str, target: &str, out: &Path) -> Tally {
     c.ctl(&["job", "disable", job]).expect("disable");
-    c.ctl(&["target", "force-poll", target])
-        .expect("force-poll after disable");
-    wait_for(
-        &format!("every run of {job} in history"),
-        Duration::from_secs(90),
-        || {
-            let report: Vec<Value> = c
-                .ctl(&["target", "force-poll", target])
-                .ok()?
-                .as_array()?
-                .clone();
-            let quiet = report.iter().all(|r| {
-                r["report"]["spooled"] == 0
-                    && r["report"]["running"].as_array().is_some_and(Vec::is_empty)
-            });
-            (quiet && c.finished_runs(job).len() >= lines(out)).then_some(())
-        },
-    );
-    let ran = lines(out);
-    // Every record history shows, not only finished ones: a replayed start
-    // record shown beside its end would be a duplicate too.
-    let history = c.history(job);
-    let ids: HashSet<&str> = history.iter().map(|r| s(r, "run_id")).collect();
-    let stored = c
-        .stored("MUSTER_RESULTS", &format!("muster.result.{target}.run.*"))
-        .iter()
-        .filter(|m| {
-            m.msg_id.ends_with("-end")
-                && String::from_utf8_lossy(&m.payload).contains(&format!("\"job\":\"{job}\""))
-        })
-        .count();
+    let (runs, history) = tally::settle(c, job, &[target], out, Duration::from_secs(90));
     let tally = Tally {
         scenario: scenario.to_owned(),
-        ran,
-        stored,
+        runs,
+        stored: stored_ends(c, target, job),
         history: history.len(),
-        duplicates: history.len() - ids.len() + history.len().saturating_sub(ran),
-        losses: ran.saturating_sub(history.len()),
     };
-    tally.print();
-    assert_eq!(
-        (tally.duplicates, tally.losses),
-        (0, 0),
-        "{tally:?}\n{}",
-        c.logs()
-    );
-    for r in &history {
-        assert_eq!(s(r, "outcome"), "succeeded", "{r}");
-    }
-    // Job status caught up: it shows the newest run, finished.
+    tally.check(c);
+    // Job status caught up: it shows the newest record (a run, or a fire
+    // skipped during it), finished.
     let newest = history.last().expect("runs");
-    wait_for("job status to show the newest run", WAIT, || {
-        let st: Vec<Value> = c.ctl_ok(&["job", "status", job]);
-        (st.len() == 1
-            && s(&st[0], "run_id") == s(newest, "run_id")
-            && s(&st[0], "outcome") == "succeeded")
-            .then_some(())
-    });
+    let want = (
+        s(newest, "run_id").to_owned(),
+        s(newest, "outcome").to_owned(),
+    );
+    let status = || -> Option<Vec<(String, String)>> {
+        let st: Vec<Value> = serde_json::from_value(c.ctl(&["job", "status", job]).ok()?).ok()?;
+        Some(
+            st.iter()
+                .map(|x| (s(x, "run_id").to_owned(), s(x, "outcome").to_owned()))
+                .collect(),
+        )
+    };
+    wait_for_described(
+        "job status to show the newest run",
+        WAIT,
+        || (status()? == [want.clone()]).then_some(()),
+        || format!("newest in history {want:?}, job status {:?}", status()),
+    );
     tally
 }
 
@@ -147,7 +136,7 @@ fn master_killed_while_targets_run_every_second_loses_and_duplicates_nothing() {
     c.start_master();
     wait_lines(&out, lines(&out) + 2);
     let t = settle(&c, "master kill -9", "tick-m", "m1", &out);
-    assert!(t.ran >= 9, "{t:?}");
+    assert!(t.runs.happened >= 9, "{t:?}");
 }
 
 #[test]
@@ -246,7 +235,7 @@ fn target_killed_between_apply_and_ack_reapplies_harmlessly() {
         "create",
         "once",
         "--command",
-        &format!("echo ran >> '{}'", out.display()),
+        &tally::append_run_id(&out),
     ])
     .expect("create");
 
@@ -264,11 +253,21 @@ fn target_killed_between_apply_and_ack_reapplies_harmlessly() {
     wait_for("the run in history", WAIT, || {
         (c.finished_runs("once").len() == 1).then_some(())
     });
-    let before = c.consumer_state("MUSTER_ASSIGN", "k1");
-    assert!(
-        proxy.dropped() >= 2 && before.ack_pending >= 2,
-        "both acks were lost: {before:?}, dropped {}",
-        proxy.dropped()
+    // The acks went out after the applies; wait until both were dropped.
+    wait_for_described(
+        "both acks lost",
+        WAIT,
+        || {
+            (proxy.dropped() >= 2 && c.consumer_state("MUSTER_ASSIGN", "k1").ack_pending >= 2)
+                .then_some(())
+        },
+        || {
+            format!(
+                "dropped {}, consumer {:?}",
+                proxy.dropped(),
+                c.consumer_state("MUSTER_ASSIGN", "k1")
+            )
+        },
     );
 
     c.target("k1").kill();
@@ -294,17 +293,19 @@ fn target_killed_between_apply_and_ack_reapplies_harmlessly() {
         log.contains("already applied"),
         "the redelivery was recognised: {after:?}\n{log}"
     );
-    let runs = c.finished_runs("once");
-    Tally {
+    let history = c.history("once");
+    let t = Tally {
         scenario: "target kill -9 between apply and ack".into(),
-        ran: lines(&out),
-        stored: runs.len(),
-        history: runs.len(),
-        duplicates: runs.len().saturating_sub(1),
-        losses: 1 - runs.len().min(1),
-    }
-    .print();
-    assert_eq!(runs.len(), 1, "{runs:?}");
+        runs: RunTally::count(&tally::run_ids(&out), &history),
+        stored: stored_ends(&c, "k1", "once"),
+        history: history.len(),
+    };
+    t.check(&c);
+    assert_eq!(
+        (t.runs.happened, t.runs.recorded, t.history),
+        (1, 1, 1),
+        "the start ran once: {t:?}"
+    );
 }
 
 #[test]
@@ -316,6 +317,7 @@ fn master_drains_a_backlog_and_a_kill_mid_drain_loses_and_duplicates_nothing() {
     let job_id = uuid::Uuid::new_v4();
     // What targets would have published while the master was away.
     let mut last = HashMap::new();
+    let mut published = Vec::new();
     let url = c.url();
     block_on(async {
         let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
@@ -351,6 +353,7 @@ fn master_drains_a_backlog_and_a_kill_mid_drain_loses_and_duplicates_nothing() {
                         a.await.expect("stored");
                     }
                 }
+                published.push(run_id.to_string());
                 last.insert(target, run_id);
             }
         }
@@ -411,22 +414,24 @@ fn master_drains_a_backlog_and_a_kill_mid_drain_loses_and_duplicates_nothing() {
         wrong.len(),
         &wrong[..wrong.len().min(3)]
     );
+    // Every run published is in history once, succeeded, and nothing else.
     let history: Vec<Value> = c.ctl_ok(&["history", "--job", "backlog"]);
-    let ids: HashSet<&str> = history.iter().map(|r| s(r, "run_id")).collect();
-    Tally {
+    let t = Tally {
         scenario: "backlog drain, master kill -9 mid-drain".into(),
-        ran: TARGETS * RUNS,
+        runs: RunTally::count(&published, &history),
         stored: c
             .stored("MUSTER_RESULTS", &format!("muster.result.*.run.{job_id}"))
             .iter()
             .filter(|m| m.msg_id.ends_with("-end"))
             .count(),
         history: history.len(),
-        duplicates: history.len() - ids.len(),
-        losses: (TARGETS * RUNS).saturating_sub(ids.len()),
-    }
-    .print();
-    assert_eq!((history.len(), ids.len()), (TARGETS * RUNS, TARGETS * RUNS));
+    };
+    t.check(&c);
+    assert_eq!(
+        (t.runs.happened, t.runs.recorded, t.history),
+        (TARGETS * RUNS, TARGETS * RUNS, TARGETS * RUNS),
+        "{t:?}"
+    );
 }
 
 #[test]
@@ -641,14 +646,22 @@ fn garbage_on_every_subject_is_refused_and_the_system_keeps_working() {
         let st = c.consumer_state("MUSTER_RESULTS", "master");
         (st.pending == 0 && st.ack_pending == 0 && st.redelivered == 0).then_some(())
     });
-    let target_log = c.target("g1").log_text();
-    assert!(
-        target_log.contains("bad_instructions=4") && target_log.contains("muster.target.g1.assign"),
-        "{target_log}"
-    );
-    assert!(
-        target_log.contains("bad_control=5") && target_log.contains("muster.target.g1.control"),
-        "{target_log}"
+    // Each refusal is logged as it happens, the last one (a control request
+    // without a reply subject) possibly after the checks above.
+    let target_log = c.target("g1").log.clone();
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    wait_for_described(
+        "the target to log every refusal",
+        WAIT,
+        || {
+            let log = read(&target_log);
+            (log.contains("bad_instructions=4")
+                && log.contains("muster.target.g1.assign")
+                && log.contains("bad_control=5")
+                && log.contains("muster.target.g1.control"))
+            .then_some(())
+        },
+        || read(&target_log),
     );
     // Operators see the counts without reading the agent's log.
     // (The poll report goes out in the background, after the poll.)
@@ -667,11 +680,17 @@ fn garbage_on_every_subject_is_refused_and_the_system_keeps_working() {
             .contains("refused 4 bad instruction(s) and 5 bad control request(s)"),
         "{human:?}"
     );
-    let master_log = c.masters[0].log_text();
-    assert!(
-        master_log.contains("bad_results=7")
-            && master_log.contains(&format!("muster.result.g1.run.{job_id}")),
-        "{master_log}"
+    let master_log = c.masters[0].log.clone();
+    wait_for_described(
+        "the master to log every refused result",
+        WAIT,
+        || {
+            let log = read(&master_log);
+            (log.contains("bad_results=7")
+                && log.contains(&format!("muster.result.g1.run.{job_id}")))
+            .then_some(())
+        },
+        || read(&master_log),
     );
     assert!(
         c.history("forged").is_empty(),
