@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use muster_tests::{s, wait_for, Cluster};
+use muster_tests::{s, wait_for, wait_for_described, Cluster};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -28,7 +28,7 @@ fn two_targets_run_a_job_and_history_has_both() {
         "create",
         "hello",
         "--command",
-        "echo hello from $MUSTER_T",
+        "echo hello from $MUSTER_TARGET",
         "--command",
         "echo second",
     ]);
@@ -72,7 +72,11 @@ fn two_targets_run_a_job_and_history_has_both() {
         let steps = r["steps"].as_array().unwrap();
         assert_eq!(steps.len(), 2, "{r}");
         assert_eq!(steps[0]["exit_code"], 0);
-        assert_eq!(s(&steps[0], "output"), "hello from\n");
+        assert_eq!(
+            s(&steps[0], "output"),
+            format!("hello from {}\n", s(r, "target")),
+            "the step got its target's name"
+        );
         assert_eq!(s(&steps[1], "output"), "second\n");
     }
 
@@ -83,13 +87,21 @@ fn two_targets_run_a_job_and_history_has_both() {
     });
     assert_eq!(status.len(), 2);
 
-    // target list shows both, normal, with a last poll.
-    let targets: Vec<Value> = c.ctl_ok(&["target", "list"]);
-    assert_eq!(targets.len(), 2);
-    for t in &targets {
-        assert_eq!(s(t, "status"), "normal", "{t}");
-        assert!(!s(t, "last_poll").is_empty(), "{t}");
-    }
+    // target list shows both, normal, with a last poll (poll reports are
+    // stored in the background, after each poll).
+    wait_for_described(
+        "both targets listed normal, with a last poll",
+        WAIT,
+        || {
+            let targets: Vec<Value> = c.ctl_ok(&["target", "list"]);
+            (targets.len() == 2
+                && targets
+                    .iter()
+                    .all(|t| s(t, "status") == "normal" && !s(t, "last_poll").is_empty()))
+            .then_some(())
+        },
+        || format!("{:?}", c.ctl(&["target", "list"])),
+    );
 }
 
 #[test]
@@ -301,9 +313,16 @@ fn restarting_the_master_loses_nothing() {
     let targets_before: Vec<Value> = c.ctl_ok(&["target", "list"]);
 
     c.masters[0].kill();
-    assert!(
-        c.ctl(&["job", "list"]).is_err_and(|e| e.code == 6),
-        "no master: exit 6"
+    // Once the server has seen the master's connection close, no one answers.
+    wait_for_described(
+        "no master: exit 6",
+        WAIT,
+        || {
+            c.ctl(&["job", "list"])
+                .is_err_and(|e| e.code == 6)
+                .then_some(())
+        },
+        || format!("{:?}", c.ctl(&["job", "list"])),
     );
     c.start_master();
 
