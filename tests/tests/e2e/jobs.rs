@@ -6,7 +6,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use muster_tests::{s, wait_for, Cluster};
+use muster_shared::api::{ApiError, ErrorCode, Op, Reply};
+use muster_shared::subject::Subjects;
+use muster_tests::proxy::Proxy;
+use muster_tests::{block_on, s, wait_for, wait_for_described, Cluster};
 use serde_json::{json, Value};
 
 use crate::core_loop::finished_runs;
@@ -397,13 +400,30 @@ fn a_one_second_schedule_runs_on_a_live_target() {
         .collect();
     assert_eq!(between, ["succeeded", "skipped"], "{runs:?}");
 
-    // Disabled, it stops firing. Another every-second job is the clock: three
-    // of its runs later, the disabled job has at most the one run that may
-    // have been under way when the disable arrived.
+    // Disabled, it stops firing. Once the target has applied the disable,
+    // is not running it and has nothing left in its spool, history holds all
+    // the runs it will ever have. Another every-second job is the clock:
+    // three of its runs later, there is not one more.
     c.ctl(&["job", "disable", "tick"]).expect("disable");
     c.ctl(&["target", "force-poll", "web01"])
         .expect("force-poll");
-    let settled = c.history("tick").len();
+    let run_ids = || -> Vec<String> {
+        c.history("tick")
+            .iter()
+            .map(|r| s(r, "run_id").to_owned())
+            .collect()
+    };
+    wait_for_described(
+        "tick to be over: not running, nothing spooled",
+        WAIT,
+        || {
+            let report = &c.ctl(&["target", "force-poll", "web01"]).ok()?[0]["report"];
+            let running = report["running"].as_array()?.iter().any(|j| j == "tick");
+            (!running && report["spooled"] == 0).then_some(())
+        },
+        || format!("{:?}", c.ctl(&["target", "force-poll", "web01"])),
+    );
+    let settled = run_ids();
     c.create_job_file(&json!({"name": "clock", "steps": [{"command": "true"}], "schedules": [{"name": "s", "every_secs": 1}]}).to_string())
         .expect("create clock");
     c.ctl(&["job", "assign", "clock", "--target", "web01"])
@@ -411,11 +431,7 @@ fn a_one_second_schedule_runs_on_a_live_target() {
     c.ctl(&["target", "force-poll", "web01"])
         .expect("force-poll");
     finished_runs(&c, "clock", 3);
-    let later = c.history("tick").len();
-    assert!(
-        later <= settled + 1,
-        "runs kept coming after disable: {settled} then {later}"
-    );
+    assert_eq!(run_ids(), settled, "runs kept coming after the disable");
 }
 
 #[test]
@@ -462,22 +478,57 @@ fn stopping_a_running_job_terms_then_kills_its_process_group() {
     let again = c.ctl(&["job", "stop", "stubborn"]).expect("stop again");
     assert_eq!(s(&again[0], "message"), "was not running", "{again}");
 
-    // An offline target gets the stop as an instruction at its next poll.
-    c.ctl(&["target", "enlist", "away"]).expect("enlist");
-    c.ctl(&["job", "assign", "stubborn", "--target", "away"])
-        .expect("assign");
+    // A target the master cannot reach gets the stop as an instruction, and
+    // at its next poll it stops the run that was going when it was posted.
+    let proxy = Proxy::start(c.nats.port);
+    c.start_target_at("away", 3600, &proxy.url(), &["--kill-grace", "1"]);
+    c.wait_target_online("away");
+    let held = create_and_start(
+        &c,
+        "away",
+        &json!({"name": "held", "steps": [{"command": "sleep 300"}]}),
+    );
+    wait_running(&c, "held");
+    proxy.cut();
+    wait_for_described(
+        "away to be unreachable",
+        WAIT,
+        || {
+            c.ctl(&["target", "force-poll", "away"])
+                .is_err_and(|e| e.code == 5)
+                .then_some(())
+        },
+        || format!("{:?}", c.ctl(&["target", "force-poll", "away"])),
+    );
     let queued = c
-        .ctl(&["job", "stop", "stubborn", "--target", "away"])
-        .expect("stop offline");
+        .ctl(&["job", "stop", "held", "--target", "away"])
+        .expect("stop while cut off");
     assert_eq!(s(&queued[0], "state"), "queued", "{queued}");
-    let info: Value = c.ctl_ok(&["target", "show", "away"]);
-    assert_eq!(info["unread"], 2, "upsert and stop are queued: {info}");
-    c.start_target("away", 3600);
-    wait_for("the queued stop to be read", WAIT, || {
-        let info: Value = c.ctl_ok(&["target", "show", "away"]);
-        (info["unread"] == 0).then_some(())
-    });
+    assert_eq!(stop_rows(&c, "away"), ["pending"], "the stop is queued");
+    proxy.restore();
+    c.wait_target_online("away"); // its force-poll reads the stop
+    let r = only_run(&c, "held");
+    assert_eq!(
+        (s(&r, "run_id"), s(&r, "outcome")),
+        (held.as_str(), "canceled"),
+        "the queued stop stopped the run: {r}"
+    );
+    wait_for_described(
+        "the stop applied in the download list",
+        WAIT,
+        || (stop_rows(&c, "away") == ["applied"]).then_some(()),
+        || format!("{:?}", stop_rows(&c, "away")),
+    );
     assert!(c.target("away").is_running());
+}
+
+/// The status of each `stop_job` row in a target's download list.
+fn stop_rows(c: &Cluster, target: &str) -> Vec<String> {
+    let rows: Vec<Value> = c.ctl_ok(&["instructions", "--target", target]);
+    rows.iter()
+        .filter(|r| s(r, "op") == "stop_job")
+        .map(|r| s(r, "status").to_owned())
+        .collect()
 }
 
 #[test]
@@ -559,47 +610,82 @@ fn a_target_killed_mid_run_reports_it_interrupted_after_restart() {
     );
 }
 
+/// Sends a request body to the master's API as any client could, without
+/// `musterctl`'s own checks, and returns the master's reply.
+fn api(c: &Cluster, op: Op, body: &Value) -> Result<Value, ApiError> {
+    let (options, url, subject) = (
+        c.connect_options(),
+        c.url(),
+        Subjects::default().api(op.subject()),
+    );
+    let payload = serde_json::to_vec(body).expect("JSON");
+    let reply = block_on(async move {
+        let client = options.connect(url).await.expect("connect");
+        client
+            .request(subject, payload.into())
+            .await
+            .expect("the master answers")
+    });
+    serde_json::from_slice::<Reply<Value>>(&reply.payload)
+        .expect("a reply")
+        .into_result()
+}
+
 #[test]
 fn bad_job_files_are_refused_naming_the_field() {
     let c = Cluster::with_master();
     let good_step = json!({"name": "a", "command": "true"});
-    for (spec, field, why) in [
+    // A job that exists: a refused update must leave it as it is.
+    let good = json!({"name": "j", "steps": [good_step]});
+    c.create_job_file(&good.to_string())
+        .expect("create the good job");
+    let before: Value = c.ctl_ok(&["job", "show", "j"]);
+    for (spec, field, why, code) in [
         (
             json!({"name": "j", "steps": [{"name": "a", "command": "x", "on_failure": {"goto": "nope"}}]}),
             "steps[0].on_failure.goto",
             "no step is named 'nope'",
+            ErrorCode::InvalidJob,
         ),
         (
             json!({"name": "j", "steps": [good_step, {"name": "b", "command": "x", "argv": ["y"]}]}),
             "steps[1].argv",
             "not both",
+            ErrorCode::InvalidJob,
         ),
         (
             json!({"name": "j", "steps": [good_step], "schedules": [{"name": "s", "cron": "61 * * * *"}]}),
             "schedules[0].cron",
             "61 * * * *",
+            ErrorCode::InvalidJob,
         ),
         (
             json!({"name": "j", "steps": [good_step], "schedules": [{"name": "s", "cron": "0 2 * * *", "timezone": "Mars/Olympus"}]}),
             "schedules[0].timezone",
             "Mars/Olympus",
+            ErrorCode::InvalidJob,
         ),
         (
             json!({"name": "j", "steps": [good_step], "schedules": [{"name": "s", "every_secs": 0}]}),
             "schedules[0].every_secs",
             "at least 1",
+            ErrorCode::InvalidJob,
         ),
         (
             json!({"name": "j", "steps": []}),
             "steps",
             "at least one step",
+            ErrorCode::InvalidJob,
         ),
+        // Not a job at all: refused when the request is read.
         (
             json!({"name": "j", "steps": [{"name": "a", "command": "x", "colour": "red"}]}),
-            "job file",
+            "",
             "colour",
+            ErrorCode::InvalidRequest,
         ),
     ] {
+        // musterctl refuses the file before sending it...
         let path = c.dir.path().join("bad.json");
         std::fs::write(&path, spec.to_string()).expect("write");
         let out = c.ctl_raw(
@@ -607,16 +693,35 @@ fn bad_job_files_are_refused_naming_the_field() {
             false,
         );
         assert_eq!(out.code, 4, "{spec}: {out:?}");
+        let field_in_cli = if field.is_empty() { "job file" } else { field };
         assert!(
-            out.stderr.contains(field) && out.stderr.contains(why),
-            "{field} / {why} in {out:?}"
+            out.stderr.contains(field_in_cli) && out.stderr.contains(why),
+            "{field_in_cli} / {why} in {out:?}"
         );
         let out = c.ctl_raw(
             &["job", "update", "-f", path.to_str().expect("utf8")],
             false,
         );
         assert_eq!(out.code, 4, "update {spec}: {out:?}");
+
+        // ...and the master refuses it from any other client.
+        let mut fresh = spec.clone();
+        fresh["name"] = json!("fresh");
+        for (op, body) in [(Op::JobCreate, fresh), (Op::JobUpdate, spec.clone())] {
+            let refused =
+                api(&c, op, &json!({"v": 1, "spec": body})).expect_err("the master refuses it");
+            assert_eq!(refused.code, code, "{op:?} {body}: {refused:?}");
+            assert!(
+                refused.message.contains(field) && refused.message.contains(why),
+                "{field} / {why} in {refused:?}"
+            );
+        }
     }
     let jobs: Vec<Value> = c.ctl_ok(&["job", "list"]);
-    assert!(jobs.is_empty(), "nothing was stored: {jobs:?}");
+    assert_eq!(jobs.len(), 1, "nothing new was stored: {jobs:?}");
+    assert_eq!(
+        c.ctl_ok::<Value>(&["job", "show", "j"]),
+        before,
+        "the job is unchanged"
+    );
 }
