@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use muster_tests::{bin, s, wait_for, Cluster, Proc};
+use muster_tests::{bin, s, wait_for, wait_for_described, Cluster, Proc};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -243,7 +243,13 @@ fn set_poll_is_validated_and_takes_effect_at_the_next_poll() {
         let t: Value = c.ctl_ok(&["target", "show", "web01"]);
         (t["poll_interval_secs"] == 30).then_some(())
     });
-    assert_eq!(ops(&c, "web01"), pairs(&[("set_poll_interval", "applied")]));
+    // The applied row comes from the target's results, apart from its poll report.
+    wait_for_described(
+        "the set-poll applied in the download list",
+        WAIT,
+        || (ops(&c, "web01") == pairs(&[("set_poll_interval", "applied")])).then_some(()),
+        || format!("{:?}", ops(&c, "web01")),
+    );
 
     c.ctl(&["group", "create", "all-web"]).expect("group");
     c.ctl(&["group", "add", "all-web", "web01"]).expect("add");
@@ -252,8 +258,14 @@ fn set_poll_is_validated_and_takes_effect_at_the_next_poll() {
     let all: Vec<Value> = c.ctl_ok(&["target", "set-poll", "--all", "50"]);
     assert_eq!(s(&all[0], "target"), "web01", "{all:?}");
     jobs_held(&c, "web01");
-    let t: Value = c.ctl_ok(&["target", "show", "web01"]);
-    assert_eq!(t["poll_interval_secs"], 50, "{t}");
+    // The poll report is stored in the background, after the poll.
+    let interval = || c.ctl_ok::<Value>(&["target", "show", "web01"])["poll_interval_secs"].clone();
+    wait_for_described(
+        "the last set-poll reported",
+        WAIT,
+        || (interval() == 50).then_some(()),
+        || interval().to_string(),
+    );
 }
 
 #[test]
@@ -281,14 +293,19 @@ fn a_stopped_target_becomes_suspected_offline() {
     let human = c.ctl_raw(&["target", "list"], false);
     assert!(human.stdout.contains("suspected_offline"), "{human:?}");
 
-    // A second master replica is seen by `status`.
+    // A second master replica is seen by `status` once it answers.
     c.start_master();
-    let status: Value = c.ctl_ok(&["status"]);
-    assert_eq!(
-        status["masters"].as_array().map(Vec::len),
-        Some(2),
-        "{status}"
+    wait_for_described(
+        "status to show two masters",
+        WAIT,
+        || (masters_in_status(&c) == Some(2)).then_some(()),
+        || format!("{:?}", c.ctl(&["status"])),
     );
+}
+
+/// How many master replicas `musterctl status` saw answer its ping.
+fn masters_in_status(c: &Cluster) -> Option<usize> {
+    c.ctl(&["status"]).ok()?["masters"].as_array().map(Vec::len)
 }
 
 #[test]
@@ -336,22 +353,32 @@ fn a_bad_instruction_shows_its_error_and_blocks_the_target_until_a_clean_poll() 
     let human = c.ctl_raw(&["instructions", "--errors"], false);
     assert!(human.stdout.contains("is not on this target"), "{human:?}");
 
-    let status: Value = c.ctl_ok(&["status"]);
+    // `status` collects ping answers for 500 ms: on a busy machine the one
+    // master may answer later, so ask until it is counted.
+    let status: Value = wait_for_described(
+        "status to see the master",
+        WAIT,
+        || {
+            let st: Value = c.ctl_ok(&["status"]);
+            (st["masters"].as_array().map(Vec::len) == Some(1)).then_some(st)
+        },
+        || format!("{:?}", c.ctl(&["status"])),
+    );
     assert_eq!(status["summary"]["failed_instructions"], 1, "{status}");
     assert_eq!(
         status["summary"]["targets_by_status"]["blocked"], 1,
         "{status}"
     );
-    assert_eq!(
-        status["masters"].as_array().map(Vec::len),
-        Some(1),
-        "one master replica seen: {status}"
+    let human = wait_for_described(
+        "human status to see the master",
+        WAIT,
+        || {
+            let out = c.ctl_raw(&["status"], false);
+            out.stdout.contains("masters:      1").then_some(out)
+        },
+        || format!("{:?}", c.ctl_raw(&["status"], false)),
     );
-    let human = c.ctl_raw(&["status"], false);
-    assert!(
-        human.stdout.contains("masters:      1") && human.stdout.contains("blocked"),
-        "{human:?}"
-    );
+    assert!(human.stdout.contains("blocked"), "{human:?}");
 
     // The target carried on: the next instruction applies, and clears the block.
     let posted: Vec<Value> = c.ctl_ok(&["target", "sync-time", "web01"]);
