@@ -291,7 +291,7 @@ impl NatsServer {
                 Err(e) => {
                     eprintln!(
                         "nats-server could not listen on port {port} again; trying again:\n{}",
-                        tail(&e.log)
+                        last_line(&e.log)
                     );
                     None
                 }
@@ -351,10 +351,9 @@ impl NodeFiles {
     }
 }
 
-/// The last lines of a log: why a server stopped.
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(5)..].join("\n")
+/// The last line of a server's log: why it stopped.
+fn last_line(log: &str) -> &str {
+    log.lines().last().unwrap_or_default()
 }
 
 /// The client port in a nats-server ports file
@@ -393,7 +392,7 @@ impl NatsCluster {
             || match Self::try_start(dir) {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    eprintln!("a cluster node could not listen; starting the cluster again on fresh ports:\n{}", tail(&e.log));
+                    eprintln!("a cluster node could not listen; starting the cluster again on fresh ports:\n{}", last_line(&e.log));
                     None
                 }
             },
