@@ -18,7 +18,7 @@ use std::time::Duration;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt as _;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use muster_shared::api::{Delivery, JobInfo, JobRef, JobTargetStatus, Op};
+use muster_shared::api::{Delivery, DeliveryState, JobInfo, JobRef, JobTargetStatus, Op};
 use muster_shared::msg::Outcome;
 use muster_shared::name::{JobName, TargetName};
 use muster_shared::subject::Bucket;
@@ -52,14 +52,13 @@ impl Progress {
     /// Where a run is right after the start: a target that polled at once
     /// is starting it; one without a run (the start failed) is done.
     pub fn started(d: &Delivery) -> Self {
-        let state = d.state.to_string();
         Progress {
             target: d.target.clone(),
             run_id: d.run_id,
-            state: if state == "delivered" {
+            state: if d.state == DeliveryState::Delivered {
                 "starting".into()
             } else {
-                state
+                d.state.to_string()
             },
             duration_ms: None,
             message: d.message.clone(),

@@ -17,17 +17,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
-use async_nats::jetstream::kv;
 use async_nats::jetstream::AckKind;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use muster_shared::api::{ApiError, JobTargetStatus};
+use muster_shared::api::JobTargetStatus;
 use muster_shared::identity;
-use muster_shared::msg::{self, InstrRecord, RunRecord};
+use muster_shared::msg::{self, InstrRecord, InstructionKind, RunRecord};
 use muster_shared::streams::MASTER_CONSUMER;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{InstrRow, InstrStatus, Store, TargetRecord};
+use crate::store::{reported_row, Change, Current, InstrRow, Store, StoreError, TargetRecord};
 
 /// Bad records terminated since the master started (logged with each one).
 static BAD_RESULTS: AtomicU64 = AtomicU64::new(0);
@@ -133,7 +132,7 @@ async fn handle_batch(
     store: &Store,
     cache: &StatusCache,
     batch: &[async_nats::jetstream::Message],
-) -> Result<Vec<usize>, ApiError> {
+) -> Result<Vec<usize>, StoreError> {
     // Keep only the newest record per (job, target); older ones in the same
     // batch would be overwritten anyway.
     let mut newest: HashMap<String, JobTargetStatus> = HashMap::new();
@@ -207,7 +206,7 @@ pub struct StatusCache {
 }
 
 /// What a key is known to hold, and at which revision.
-type Known = Option<(JobTargetStatus, u64)>;
+type Known = Current<JobTargetStatus>;
 
 impl StatusCache {
     const MAX_ENTRIES: usize = 100_000;
@@ -226,29 +225,14 @@ impl StatusCache {
 
 /// Makes `status` the job status at `key` unless what is there supersedes
 /// it; `known` is what the key held, and is kept up to date.
-async fn write_status(store: &Store, key: &str, status: JobTargetStatus, known: &mut Known) -> Result<(), ApiError> {
-    let body = || bytes::Bytes::from(msg::encode(&status));
-    for _ in 0..32 {
-        let attempt = match known.as_ref() {
-            Some((have, _)) if !supersedes(&status, have) => return Ok(()),
-            Some((_, revision)) => store.jobstatus.update(key, body(), *revision).await.map_err(|e| {
-                if e.kind() == kv::UpdateErrorKind::WrongLastRevision { None } else { Some(e.to_string()) }
-            }),
-            None => store.jobstatus.create(key, body()).await.map_err(|e| {
-                if e.kind() == kv::CreateErrorKind::AlreadyExists { None } else { Some(e.to_string()) }
-            }),
-        };
-        match attempt {
-            Ok(revision) => {
-                *known = Some((status, revision));
-                return Ok(());
-            }
-            // Someone else wrote it: read what is there and decide again.
-            Err(None) => *known = Store::read::<JobTargetStatus>(&store.jobstatus, key).await?,
-            Err(Some(e)) => return Err(ApiError::internal(format!("writing job status '{key}': {e}"))),
-        }
-    }
-    Err(ApiError::internal(format!("job status '{key}' kept changing under us")))
+async fn write_status(store: &Store, key: &str, status: JobTargetStatus, known: &mut Known) -> Result<(), StoreError> {
+    Store::compare_and_set(&store.jobstatus, key, known, |have| {
+        Ok(match have {
+            Some(have) if !supersedes(&status, have) => Change::Keep,
+            _ => Change::Put(status.clone()),
+        })
+    })
+    .await
 }
 
 /// Whether `new` should replace `have` as the last outcome: a later run, or
@@ -260,31 +244,17 @@ pub fn supersedes(new: &JobTargetStatus, have: &JobTargetStatus) -> bool {
     (new.started_at, new.run_id) > (have.started_at, have.run_id)
 }
 
-async fn apply_instr_record(store: &Store, r: &InstrRecord) -> Result<(), ApiError> {
+/// Records a target's report on the instructions a poll applied: their
+/// download-list rows, and whether the target is blocked.
+pub(crate) async fn apply_instr_record(store: &Store, r: &InstrRecord) -> Result<(), StoreError> {
     let mut failure = None;
     for o in &r.outcomes {
         let key = Store::instr_key(&r.target, o.id);
-        Store::modify(&store.instructions, &key, |old: Option<InstrRow>| {
-            let mut row = old.unwrap_or_else(|| InstrRow {
-                id: o.id,
-                target: r.target.clone(),
-                op: o.op.clone(),
-                job: None,
-                posted_at: o.applied_at,
-                status: InstrStatus::Pending,
-                applied_at: None,
-                error: None,
-            });
-            row.status = if o.error.is_some() { InstrStatus::Failed } else { InstrStatus::Applied };
-            row.applied_at = Some(o.applied_at);
-            row.error.clone_from(&o.error);
-            Ok(Some(row))
-        })
-        .await?;
+        Store::modify(&store.instructions, &key, |old: Option<InstrRow>| Some(reported_row(&r.target, o, old))).await?;
         if let Some(e) = &o.error {
             failure = Some(format!("{} {}: {e}", o.op, o.id));
         }
-        if o.op == "defect" && o.error.is_none() {
+        if o.op == InstructionKind::Defect && o.error.is_none() {
             // The target left: its record and consumer go with it.
             store.delete_target_consumer(&r.target).await?;
             store.targets.delete(r.target.as_str()).await.ok();
@@ -299,11 +269,119 @@ async fn apply_instr_record(store: &Store, r: &InstrRecord) -> Result<(), ApiErr
         _ => return Ok(()),
     }
     Store::modify(&store.targets, r.target.as_str(), |old: Option<TargetRecord>| {
-        Ok(old.map(|mut t| {
+        old.map(|mut t| {
             t.blocked.clone_from(&failure);
             t
-        }))
+        })
     })
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Duration, Utc};
+    use muster_shared::api::InstrStatus;
+    use muster_shared::msg::{InstrOutcome, InstructionOp, Outcome};
+    use muster_shared::name::{JobName, TargetName};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::post;
+    use crate::store::testing::open;
+
+    fn status(run_id: Uuid, started_at: DateTime<Utc>, outcome: Outcome) -> JobTargetStatus {
+        JobTargetStatus {
+            job: JobName::new("backup").unwrap(),
+            target: TargetName::new("web01").unwrap(),
+            outcome,
+            run_id,
+            started_at,
+            finished_at: outcome.is_final().then_some(started_at),
+            duration_ms: None,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_end_of_a_run_supersedes_its_start_never_the_reverse() {
+        let (run, at) = (Uuid::now_v7(), Utc::now());
+        let running = status(run, at, Outcome::Running);
+        let done = status(run, at, Outcome::Succeeded);
+        assert!(supersedes(&done, &running));
+        assert!(!supersedes(&running, &done), "a replayed start does not undo the end");
+        assert!(!supersedes(&done, &done), "a replayed end changes nothing");
+        assert!(!supersedes(&status(run, at, Outcome::Failed), &done), "one run ends once");
+    }
+
+    #[test]
+    fn a_later_run_supersedes_an_earlier_one_whatever_their_outcomes() {
+        let at = Utc::now();
+        let earlier = status(Uuid::now_v7(), at, Outcome::Succeeded);
+        let later = status(Uuid::now_v7(), at + Duration::seconds(1), Outcome::Running);
+        assert!(supersedes(&later, &earlier));
+        assert!(!supersedes(&earlier, &later), "a replay of an older run never wins");
+    }
+
+    #[test]
+    fn runs_started_at_the_same_instant_are_ordered_by_run_id() {
+        let at = Utc::now();
+        let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+        assert!(first < second);
+        assert!(supersedes(&status(second, at, Outcome::Succeeded), &status(first, at, Outcome::Succeeded)));
+        assert!(!supersedes(&status(first, at, Outcome::Succeeded), &status(second, at, Outcome::Succeeded)));
+    }
+
+    #[tokio::test]
+    async fn an_older_record_does_not_overwrite_job_status_with_a_cold_cache() {
+        let t = open().await;
+        let at = Utc::now();
+        let newer = status(Uuid::now_v7(), at + Duration::seconds(1), Outcome::Succeeded);
+        let older = status(Uuid::now_v7(), at, Outcome::Failed);
+        let key = "k";
+        write_status(&t.store, key, newer.clone(), &mut None).await.unwrap();
+        // This replica's cache knows nothing of the key (another replica wrote it).
+        let mut known = None;
+        write_status(&t.store, key, older, &mut known).await.unwrap();
+        let stored = Store::read::<JobTargetStatus>(&t.store.jobstatus, key).await.unwrap();
+        assert_eq!(stored.as_ref().map(|(s, _)| s), Some(&newer));
+        assert_eq!(known, stored, "the cache learnt what is there");
+    }
+
+    /// The bug this guards against: when the target's report was written
+    /// first, the master's own row used to be dropped, leaving `job: None`
+    /// and the apply time as the post time.
+    #[tokio::test]
+    async fn a_report_that_arrives_before_the_posted_row_keeps_what_was_posted() {
+        let t = open().await;
+        let target = TargetName::new("web01").unwrap();
+        let job = JobName::new("backup").unwrap();
+        for target_first in [true, false] {
+            let op = InstructionOp::StartJob { job_id: Uuid::nil(), job: job.clone(), run_id: Uuid::now_v7() };
+            let i = post::instruction(&target, op);
+            let applied_at = i.posted_at + Duration::seconds(3);
+            let outcome = InstrOutcome { id: i.id, op: i.op.kind(), applied_at, error: None };
+            let report = InstrRecord { v: 1, target: target.clone(), outcomes: vec![outcome] };
+            if target_first {
+                apply_instr_record(&t.store, &report).await.unwrap();
+                post::record(&t.store, std::slice::from_ref(&i)).await.unwrap();
+            } else {
+                post::record(&t.store, std::slice::from_ref(&i)).await.unwrap();
+                apply_instr_record(&t.store, &report).await.unwrap();
+            }
+            let key = Store::instr_key(&target, i.id);
+            let (row, _) = Store::read::<InstrRow>(&t.store.instructions, &key).await.unwrap().expect("a row");
+            let expected = InstrRow {
+                id: i.id,
+                target: target.clone(),
+                op: "start_job".into(),
+                job: Some(job.clone()),
+                posted_at: i.posted_at,
+                status: InstrStatus::Applied,
+                applied_at: Some(applied_at),
+                error: None,
+            };
+            assert_eq!(row, expected, "target reported first: {target_first}");
+        }
+    }
 }

@@ -14,6 +14,7 @@ pub mod api;
 pub mod config;
 pub mod ingest;
 pub mod post;
+pub mod status;
 pub mod store;
 
 use anyhow::Context as _;

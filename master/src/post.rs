@@ -9,13 +9,12 @@
 use async_nats::HeaderMap;
 use chrono::Utc;
 use futures::StreamExt;
-use muster_shared::api::ApiError;
 use muster_shared::msg::{self, Instruction, InstructionOp};
 use muster_shared::name::TargetName;
 use muster_shared::{KIND_HEADER, PROTOCOL_VERSION};
 use uuid::Uuid;
 
-use crate::store::{InstrRow, InstrStatus, Store};
+use crate::store::{posted_row, InstrRow, Store, StoreError};
 
 /// Publishes sent before their acks are awaited.
 const PUBLISH_WINDOW: usize = 1000;
@@ -31,7 +30,7 @@ pub fn instruction(target: &TargetName, op: InstructionOp) -> Instruction {
 /// # Errors
 /// The first publish or record that failed; earlier ones stay posted (each
 /// is idempotent on the target, so the caller may simply retry).
-pub async fn post_many(store: &Store, items: Vec<(TargetName, InstructionOp)>) -> Result<Vec<Instruction>, ApiError> {
+pub async fn post_many(store: &Store, items: Vec<(TargetName, InstructionOp)>) -> Result<Vec<Instruction>, StoreError> {
     let instructions: Vec<Instruction> = items.into_iter().map(|(t, op)| instruction(&t, op)).collect();
     // Publishes are pipelined: sent in windows, each window's acks awaited
     // together. JetStream keeps per-subject order for one publisher. The
@@ -47,46 +46,40 @@ pub async fn post_many(store: &Store, items: Vec<(TargetName, InstructionOp)>) -
                 .js
                 .publish_with_headers(store.subjects.assign(&i.target), headers, msg::encode(i).into())
                 .await
-                .map_err(|e| ApiError::internal(format!("posting to '{}': {e}", i.target)))?;
+                .map_err(|e| StoreError::nats(format!("posting to '{}'", i.target), e))?;
             acks.push(ack);
         }
         for (ack, i) in acks.into_iter().zip(window) {
-            ack.await.map_err(|e| ApiError::internal(format!("posting to '{}' was not confirmed: {e}", i.target)))?;
+            ack.await.map_err(|e| StoreError::nats(format!("posting to '{}' was not confirmed", i.target), e))?;
         }
     }
-    let rows = futures::stream::iter(instructions.clone())
-        .map(|i| {
-            let store = store.clone();
-            async move {
-            let row = InstrRow {
-                id: i.id,
-                target: i.target.clone(),
-                op: i.op.name().to_owned(),
-                job: i.op.job_name().cloned(),
-                posted_at: i.posted_at,
-                status: InstrStatus::Pending,
-                applied_at: None,
-                error: None,
-            };
-            // Keep a row the target already reported on (it can poll first).
-            Store::modify(&store.instructions, &Store::instr_key(&i.target, i.id), |old: Option<InstrRow>| {
-                Ok(Some(old.unwrap_or(row.clone())))
-            })
-            .await
-        }})
+    record(store, &instructions).await?;
+    Ok(instructions)
+}
+
+/// Records posted instructions in the download list, each merged with the
+/// row its target may already have reported on (it can poll first).
+///
+/// # Errors
+/// The first row that could not be written.
+pub async fn record(store: &Store, instructions: &[Instruction]) -> Result<(), StoreError> {
+    // Owned items: a stream of futures borrowing from a closure's argument
+    // is not `Send` for every lifetime, which a spawned handler needs.
+    let rows = futures::stream::iter(instructions.to_vec())
+        .map(|i| async move {
+            let key = Store::instr_key(&i.target, i.id);
+            Store::modify(&store.instructions, &key, |old: Option<InstrRow>| Some(posted_row(&i, old))).await
+        })
         .buffer_unordered(256)
         .collect::<Vec<_>>()
         .await;
-    for r in rows {
-        r?;
-    }
-    Ok(instructions)
+    rows.into_iter().try_for_each(|r| r.map(|_| ()))
 }
 
 /// Posts one instruction to one target.
 ///
 /// # Errors
 /// See [`post_many`].
-pub async fn post(store: &Store, target: &TargetName, op: InstructionOp) -> Result<Instruction, ApiError> {
+pub async fn post(store: &Store, target: &TargetName, op: InstructionOp) -> Result<Instruction, StoreError> {
     Ok(post_many(store, vec![(target.clone(), op)]).await?.remove(0))
 }

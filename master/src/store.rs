@@ -3,7 +3,12 @@
 //! All master state lives in JetStream, never in process memory, so master
 //! replicas are interchangeable and a `kill -9` loses nothing. Records that
 //! several replicas may change at once are updated with compare-and-set on
-//! the KV revision ([`Store::modify`]).
+//! the KV revision ([`Store::modify`]), in one retry loop
+//! ([`Store::compare_and_set`]) that every such writer shares.
+//!
+//! Failures are [`StoreError`]s, told apart by kind (a lost compare-and-set
+//! is a [`StoreError::Conflict`], never a message to match); the API turns
+//! them into wire errors at its boundary.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -11,9 +16,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, kv, stream, Context};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use muster_shared::api::{ApiError, ErrorCode};
 use muster_shared::job::{JobDef, JobSpec};
-use muster_shared::msg::PollReport;
+use muster_shared::msg::{InstrOutcome, Instruction, PollReport};
 use muster_shared::name::{GroupName, JobName, TargetName};
 use muster_shared::streams::{self, ConsumerSpec, Retention, StoreOptions, StreamSpec};
 use muster_shared::subject::{Bucket, Subjects};
@@ -67,8 +71,119 @@ pub struct GroupRecord {
     pub created_at: DateTime<Utc>,
 }
 
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Other writers kept winning the compare-and-set on `key`.
+    #[error("'{key}' kept changing under us; try again")]
+    Conflict { key: String },
+    /// A record the caller named does not exist.
+    #[error("{0}")]
+    NotFound(Missing),
+    /// A stored record that does not decode.
+    #[error("record '{key}' is corrupt: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// NATS or JetStream failed; `what` says what was being done.
+    #[error("{what}: {source}")]
+    Nats {
+        what: String,
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+impl StoreError {
+    /// A NATS failure while doing `what`.
+    pub fn nats(what: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+        StoreError::Nats { what: what.into(), source: Box::new(source) }
+    }
+}
+
+/// The record a [`StoreError::NotFound`] names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Missing {
+    Target(TargetName),
+    Job(JobName),
+    Group(GroupName),
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Missing::Target(t) => write!(f, "target '{t}' is not enlisted"),
+            Missing::Job(j) => write!(f, "no job is named '{j}'"),
+            Missing::Group(g) => write!(f, "no group is named '{g}'"),
+        }
+    }
+}
+
+/// What a key holds as far as a writer knows: its value and KV revision, or
+/// `None` when it holds nothing.
+pub type Current<T> = Option<(T, u64)>;
+
+/// What a compare-and-set step decides to do with a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change<T> {
+    /// Write this value.
+    Put(T),
+    /// Delete the key (nothing to do when it holds nothing).
+    Delete,
+    /// Leave the key as it is.
+    Keep,
+}
+
+/// How many times a compare-and-set is tried before it gives up with
+/// [`StoreError::Conflict`].
+const CAS_ATTEMPTS: usize = 32;
+
 /// The download list's rows are wire types: `musterctl instructions` shows them as stored.
 pub use muster_shared::api::{InstrRow, InstrStatus};
+
+/// The download-list row of a posted instruction, merged with the row
+/// already there. A row has two writers, and either may write first (a
+/// target can poll and report before the master records what it posted):
+/// the master knows what was posted (op, job, when), the target what became
+/// of it (status, when applied, error).
+pub fn posted_row(i: &Instruction, old: Option<InstrRow>) -> InstrRow {
+    let posted = InstrRow {
+        id: i.id,
+        target: i.target.clone(),
+        op: i.op.name().to_owned(),
+        job: i.op.job_name().cloned(),
+        posted_at: i.posted_at,
+        status: InstrStatus::Pending,
+        applied_at: None,
+        error: None,
+    };
+    match old {
+        Some(reported) => InstrRow { status: reported.status, applied_at: reported.applied_at, error: reported.error, ..posted },
+        None => posted,
+    }
+}
+
+/// The download-list row after a target reported on one instruction,
+/// merged with the row already there (see [`posted_row`]). Until the
+/// master's row arrives, the post time shown is the apply time.
+pub fn reported_row(target: &TargetName, o: &InstrOutcome, old: Option<InstrRow>) -> InstrRow {
+    let mut row = old.unwrap_or_else(|| InstrRow {
+        id: o.id,
+        target: target.clone(),
+        op: o.op.as_str().to_owned(),
+        job: None,
+        posted_at: o.applied_at,
+        status: InstrStatus::Pending,
+        applied_at: None,
+        error: None,
+    });
+    row.status = if o.error.is_some() { InstrStatus::Failed } else { InstrStatus::Applied };
+    row.applied_at = Some(o.applied_at);
+    row.error.clone_from(&o.error);
+    row
+}
 
 /// A poll report with the server's receive time (immune to target clock skew).
 #[derive(Debug, Clone)]
@@ -123,11 +238,6 @@ pub fn consumer_config(spec: &ConsumerSpec) -> consumer::pull::Config {
         num_replicas: spec.replicas,
         ..Default::default()
     }
-}
-
-/// Maps any NATS error to an `internal` API error that says what failed.
-pub fn nats_err(what: &str) -> impl Fn(&dyn std::fmt::Display) -> ApiError + '_ {
-    move |e| ApiError::internal(format!("{what}: {e}"))
 }
 
 impl Store {
@@ -194,12 +304,12 @@ impl Store {
     // ---- generic KV helpers ---------------------------------------------------
 
     /// Reads and decodes one record, with its revision.
-    pub async fn read<T: DeserializeOwned>(kv: &kv::Store, key: &str) -> Result<Option<(T, u64)>, ApiError> {
-        let entry = kv.entry(key).await.map_err(|e| nats_err("reading KV")(&e))?;
+    pub async fn read<T: DeserializeOwned>(kv: &kv::Store, key: &str) -> Result<Current<T>, StoreError> {
+        let entry = kv.entry(key).await.map_err(|e| StoreError::nats("reading KV", e))?;
         match entry {
             Some(e) if e.operation == kv::Operation::Put => {
                 let value = serde_json::from_slice(&e.value)
-                    .map_err(|err| ApiError::internal(format!("record '{key}' is corrupt: {err}")))?;
+                    .map_err(|source| StoreError::Corrupt { key: key.to_owned(), source })?;
                 Ok(Some((value, e.revision)))
             }
             _ => Ok(None),
@@ -211,18 +321,21 @@ impl Store {
     /// One ordered consumer reads the latest value of every key in a single
     /// pass (not a key listing followed by one get per key), and is deleted
     /// right after, so frequent scans do not leave consumers behind.
-    pub async fn scan<T: DeserializeOwned>(kv: &kv::Store) -> Result<Vec<T>, ApiError> {
+    pub async fn scan<T: DeserializeOwned>(kv: &kv::Store) -> Result<Vec<T>, StoreError> {
         Ok(Self::scan_entries(kv, "").await?.into_iter().map(|(_, v)| v).collect())
     }
 
     /// Like [`Store::scan`], with each record's key, for the keys that start
     /// with `key_prefix` (whole tokens, e.g. `web01.`; empty for all).
-    pub async fn scan_entries<T: DeserializeOwned>(kv: &kv::Store, key_prefix: &str) -> Result<Vec<(String, T)>, ApiError> {
-        let err = nats_err("reading a bucket");
+    pub async fn scan_entries<T: DeserializeOwned>(
+        kv: &kv::Store,
+        key_prefix: &str,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        const READING: &str = "reading a bucket";
         // An empty bucket (no groups yet, say) costs one info request, not a
         // consumer created and deleted.
         let mut stream = kv.stream.clone();
-        if stream.info().await.map_err(|e| err(&e))?.state.messages == 0 {
+        if stream.info().await.map_err(|e| StoreError::nats(READING, e))?.state.messages == 0 {
             return Ok(Vec::new());
         }
         let consumer = kv
@@ -233,13 +346,13 @@ impl Store {
                 ..Default::default()
             })
             .await
-            .map_err(|e| err(&e))?;
+            .map_err(|e| StoreError::nats(READING, e))?;
         let name = consumer.cached_info().name.clone();
         let mut out = Vec::new();
         if consumer.cached_info().num_pending > 0 {
-            let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
+            let mut messages = consumer.messages().await.map_err(|e| StoreError::nats(READING, e))?;
             while let Some(m) = messages.next().await {
-                let m = m.map_err(|e| err(&e))?;
+                let m = m.map_err(|e| StoreError::nats(READING, e))?;
                 let pending = m.info().map(|i| i.pending).unwrap_or(0);
                 let key = m.subject.as_str().strip_prefix(kv.prefix.as_str()).unwrap_or_default().to_owned();
                 let deleted = m
@@ -263,51 +376,140 @@ impl Store {
     }
 
     /// Read-modify-write with compare-and-set, retried on conflict.
-    /// `f` gets the current value (if any) and returns the new one, `None` to
-    /// delete, or an error to abort. Returns what was written.
-    pub async fn modify<T, F>(kv: &kv::Store, key: &str, mut f: F) -> Result<Option<T>, ApiError>
+    /// `f` gets the current value (if any) and returns the new one, or `None`
+    /// to delete. Returns what was written.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when other writers kept winning; NATS errors.
+    pub async fn modify<T, F>(kv: &kv::Store, key: &str, mut f: F) -> Result<Option<T>, StoreError>
     where
-        T: Serialize + DeserializeOwned,
-        F: FnMut(Option<T>) -> Result<Option<T>, ApiError>,
+        T: Clone + Serialize + DeserializeOwned,
+        F: FnMut(Option<T>) -> Option<T>,
     {
-        for _ in 0..32 {
-            let current = Self::read::<T>(kv, key).await?;
-            let revision = current.as_ref().map(|(_, r)| *r);
-            let next = f(current.map(|(v, _)| v))?;
-            let written = match (&next, revision) {
-                (Some(v), Some(rev)) => kv.update(key, serde_json::to_vec(v).expect("serialise").into(), rev).await.map(|_| ()).map_err(|e| e.to_string()),
-                (Some(v), None) => kv.create(key, serde_json::to_vec(v).expect("serialise").into()).await.map(|_| ()).map_err(|e| e.to_string()),
-                (None, Some(rev)) => kv.delete_expect_revision(key, Some(rev)).await.map_err(|e| e.to_string()),
-                (None, None) => Ok(()),
-            };
-            match written {
-                Ok(()) => return Ok(next),
-                // Someone else wrote in between: read again and retry.
-                Err(e) if e.contains("wrong last sequence") || e.contains("exists") || e.contains("10071") => continue,
-                Err(e) => return Err(ApiError::internal(format!("writing '{key}': {e}"))),
-            }
-        }
-        Err(ApiError::new(ErrorCode::Conflict, format!("'{key}' kept changing under us; try again")))
+        Self::try_modify(kv, key, |current| Ok::<_, StoreError>(f(current))).await
     }
 
-    pub async fn put<T: Serialize>(kv: &kv::Store, key: &str, value: &T) -> Result<(), ApiError> {
+    /// [`Store::modify`] where `f` may refuse the change: its error aborts
+    /// the write and is returned as it is.
+    ///
+    /// # Errors
+    /// `f`'s error, or a [`StoreError`] converted into `E`.
+    pub async fn try_modify<T, E, F>(kv: &kv::Store, key: &str, mut f: F) -> Result<Option<T>, E>
+    where
+        T: Clone + Serialize + DeserializeOwned,
+        E: From<StoreError>,
+        F: FnMut(Option<T>) -> Result<Option<T>, E>,
+    {
+        let mut current = Self::read::<T>(kv, key).await?;
+        Self::compare_and_set::<T, E, _>(kv, key, &mut current, |value| {
+            Ok(match f(value.cloned())? {
+                Some(next) => Change::Put(next),
+                None => Change::Delete,
+            })
+        })
+        .await?;
+        Ok(current.map(|(value, _)| value))
+    }
+
+    /// The one compare-and-set loop: `decide` gets what `current` says the
+    /// key holds and chooses a [`Change`], which is written only if the key
+    /// is still at `current`'s revision. When another writer got there
+    /// first, the key is read again and `decide` asked again.
+    ///
+    /// `current` is the caller's knowledge of the key (read, or cached from
+    /// an earlier write: a right guess costs no read); it is kept up to date,
+    /// and holds what the key holds once this returns `Ok`.
+    ///
+    /// # Errors
+    /// `decide`'s error; [`StoreError::Conflict`] after 32 lost races; NATS
+    /// errors.
+    pub async fn compare_and_set<T, E, F>(
+        kv: &kv::Store,
+        key: &str,
+        current: &mut Current<T>,
+        mut decide: F,
+    ) -> Result<(), E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<StoreError>,
+        F: FnMut(Option<&T>) -> Result<Change<T>, E>,
+    {
+        let writing = || format!("writing '{key}'");
+        for _ in 0..CAS_ATTEMPTS {
+            let revision = current.as_ref().map(|(_, r)| *r);
+            match (decide(current.as_ref().map(|(v, _)| v))?, revision) {
+                (Change::Keep, _) | (Change::Delete, None) => return Ok(()),
+                (Change::Put(value), revision) => {
+                    let body = bytes::Bytes::from(serde_json::to_vec(&value).expect("records serialise"));
+                    let written = match revision {
+                        Some(revision) => match kv.update(key, body, revision).await {
+                            Ok(revision) => Some(revision),
+                            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => None,
+                            Err(e) => return Err(StoreError::nats(writing(), e).into()),
+                        },
+                        None => match kv.create(key, body).await {
+                            Ok(revision) => Some(revision),
+                            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => None,
+                            Err(e) => return Err(StoreError::nats(writing(), e).into()),
+                        },
+                    };
+                    if let Some(revision) = written {
+                        *current = Some((value, revision));
+                        return Ok(());
+                    }
+                }
+                (Change::Delete, Some(revision)) => match kv.delete_expect_revision(key, Some(revision)).await {
+                    Ok(()) => {
+                        *current = None;
+                        return Ok(());
+                    }
+                    Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => {}
+                    Err(e) => return Err(StoreError::nats(writing(), e).into()),
+                },
+            }
+            // Someone else wrote in between: read again and decide again.
+            *current = Self::read(kv, key).await?;
+        }
+        Err(StoreError::Conflict { key: key.to_owned() }.into())
+    }
+
+    /// Writes `value` whatever the key holds.
+    ///
+    /// # Errors
+    /// NATS errors.
+    pub async fn put<T: Serialize>(kv: &kv::Store, key: &str, value: &T) -> Result<(), StoreError> {
         kv.put(key, serde_json::to_vec(value).expect("serialise").into())
             .await
             .map(|_| ())
-            .map_err(|e| ApiError::internal(format!("writing '{key}': {e}")))
+            .map_err(|e| StoreError::nats(format!("writing '{key}'"), e))
+    }
+
+    /// Deletes a key (a delete marker: readers see nothing there).
+    ///
+    /// # Errors
+    /// NATS errors.
+    pub async fn delete(kv: &kv::Store, key: &str) -> Result<(), StoreError> {
+        kv.delete(key).await.map_err(|e| StoreError::nats(format!("deleting '{key}'"), e))
     }
 
     // ---- targets -----------------------------------------------------------------
 
-    pub async fn target(&self, name: &TargetName) -> Result<TargetRecord, ApiError> {
-        Self::read(&self.targets, name.as_str()).await?.map(|(t, _)| t).ok_or_else(|| ApiError::not_enlisted(name))
+    /// An enlisted target's record.
+    ///
+    /// # Errors
+    /// [`Missing::Target`] when it is not enlisted.
+    pub async fn target(&self, name: &TargetName) -> Result<TargetRecord, StoreError> {
+        Self::read(&self.targets, name.as_str())
+            .await?
+            .map(|(t, _)| t)
+            .ok_or_else(|| StoreError::NotFound(Missing::Target(name.clone())))
     }
 
-    /// Fails with `not_enlisted` for the first name that is not enlisted.
-    pub async fn require_enlisted(&self, names: &[TargetName]) -> Result<(), ApiError> {
+    /// Fails with [`Missing::Target`] for the first name that is not enlisted.
+    pub async fn require_enlisted(&self, names: &[TargetName]) -> Result<(), StoreError> {
         // Checked concurrently (thousands of targets in one assign), and the
         // first missing name in the caller's order is the one reported.
-        let checks: Vec<Result<TargetRecord, ApiError>> = futures::stream::iter(names.to_vec())
+        let checks: Vec<Result<TargetRecord, StoreError>> = futures::stream::iter(names.to_vec())
             .map(|n| {
                 let store = self.clone();
                 async move { store.target(&n).await }
@@ -318,27 +520,28 @@ impl Store {
         checks.into_iter().try_for_each(|c| c.map(|_| ()))
     }
 
-    pub async fn all_targets(&self) -> Result<Vec<TargetRecord>, ApiError> {
+    pub async fn all_targets(&self) -> Result<Vec<TargetRecord>, StoreError> {
         let mut all: Vec<TargetRecord> = Self::scan(&self.targets).await?;
         all.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(all)
     }
 
     /// Creates (or updates) a target's durable consumer on `MUSTER_ASSIGN`.
-    pub async fn ensure_target_consumer(&self, name: &TargetName) -> Result<(), ApiError> {
+    pub async fn ensure_target_consumer(&self, name: &TargetName) -> Result<(), StoreError> {
         let spec = streams::target_consumer(&self.subjects, name, &self.options);
         self.js
             .create_consumer_on_stream(consumer_config(&spec), self.subjects.assign_stream())
             .await
             .map(|_| ())
-            .map_err(|e| nats_err("creating the target's consumer")(&e))
+            .map_err(|e| StoreError::nats("creating the target's consumer", e))
     }
 
-    pub async fn delete_target_consumer(&self, name: &TargetName) -> Result<(), ApiError> {
+    /// Deletes a target's consumer; one already gone is no error.
+    pub async fn delete_target_consumer(&self, name: &TargetName) -> Result<(), StoreError> {
         match self.js.delete_consumer_from_stream(name.as_str(), self.subjects.assign_stream()).await {
             Ok(_) => Ok(()),
-            Err(e) if e.to_string().contains("not found") => Ok(()),
-            Err(e) => Err(nats_err("deleting the target's consumer")(&e)),
+            Err(e) if is_consumer_not_found(&e.kind()) => Ok(()),
+            Err(e) => Err(StoreError::nats("deleting the target's consumer", e)),
         }
     }
 
@@ -353,7 +556,7 @@ impl Store {
     }
 
     /// Every download-list row, of one target or all, in posting order.
-    pub async fn instr_rows(&self, target: Option<&TargetName>) -> Result<Vec<InstrRow>, ApiError> {
+    pub async fn instr_rows(&self, target: Option<&TargetName>) -> Result<Vec<InstrRow>, StoreError> {
         let prefix = target.map(|t| format!("{t}.")).unwrap_or_default();
         let mut out: Vec<InstrRow> = Self::scan_entries(&self.instructions, &prefix).await?.into_iter().map(|(_, r)| r).collect();
         out.sort_by_key(|r| r.id);
@@ -363,17 +566,17 @@ impl Store {
     /// Removes a target's queued instructions from `MUSTER_ASSIGN` and marks
     /// their rows `dropped` (resync, forced defection). Returns how many rows
     /// were dropped.
-    pub async fn drop_pending(&self, target: &TargetName) -> Result<u64, ApiError> {
+    pub async fn drop_pending(&self, target: &TargetName) -> Result<u64, StoreError> {
         let stream = self
             .js
             .get_stream_no_info(self.subjects.assign_stream())
             .await
-            .map_err(|e| nats_err("opening the instruction stream")(&e))?;
+            .map_err(|e| StoreError::nats("opening the instruction stream", e))?;
         stream
             .purge()
             .filter(self.subjects.assign(target))
             .await
-            .map_err(|e| nats_err("purging the target's instructions")(&e))?;
+            .map_err(|e| StoreError::nats("purging the target's instructions", e))?;
         let mut dropped = 0;
         for row in self.instr_rows(Some(target)).await? {
             if row.status != InstrStatus::Pending {
@@ -381,12 +584,12 @@ impl Store {
             }
             Self::modify(&self.instructions, &Self::instr_key(target, row.id), |old: Option<InstrRow>| {
                 // A row the target reported on meanwhile keeps its outcome.
-                Ok(old.map(|mut r| {
+                old.map(|mut r| {
                     if r.status == InstrStatus::Pending {
                         r.status = InstrStatus::Dropped;
                     }
                     r
-                }))
+                })
             })
             .await?;
             dropped += 1;
@@ -405,19 +608,46 @@ impl Store {
 
     // ---- jobs and groups -------------------------------------------------------------
 
-    pub async fn job(&self, name: &JobName) -> Result<(JobRecord, u64), ApiError> {
-        Self::read(&self.jobs, name.as_str())
-            .await?
-            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no job is named '{name}' (see `musterctl job list`)")))
+    /// A job's record, with its KV revision.
+    ///
+    /// # Errors
+    /// [`Missing::Job`] when there is none.
+    pub async fn job(&self, name: &JobName) -> Result<(JobRecord, u64), StoreError> {
+        Self::read(&self.jobs, name.as_str()).await?.ok_or_else(|| StoreError::NotFound(Missing::Job(name.clone())))
     }
 
-    pub async fn all_jobs(&self) -> Result<Vec<JobRecord>, ApiError> {
+    /// Deletes a job if it is still at `revision`.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when it changed since.
+    pub async fn delete_job(&self, name: &JobName, revision: u64) -> Result<(), StoreError> {
+        match self.jobs.delete_expect_revision(name.as_str(), Some(revision)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => {
+                Err(StoreError::Conflict { key: name.to_string() })
+            }
+            Err(e) => Err(StoreError::nats(format!("deleting job '{name}'"), e)),
+        }
+    }
+
+    pub async fn all_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
         let mut all: Vec<JobRecord> = Self::scan(&self.jobs).await?;
         all.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
         Ok(all)
     }
 
-    pub async fn all_groups(&self) -> Result<HashMap<GroupName, GroupRecord>, ApiError> {
+    /// A group's record.
+    ///
+    /// # Errors
+    /// [`Missing::Group`] when there is none.
+    pub async fn group(&self, name: &GroupName) -> Result<GroupRecord, StoreError> {
+        Self::read(&self.groups, name.as_str())
+            .await?
+            .map(|(g, _)| g)
+            .ok_or_else(|| StoreError::NotFound(Missing::Group(name.clone())))
+    }
+
+    pub async fn all_groups(&self) -> Result<HashMap<GroupName, GroupRecord>, StoreError> {
         Ok(Self::scan::<GroupRecord>(&self.groups).await?.into_iter().map(|g| (g.name.clone(), g)).collect())
     }
 
@@ -443,5 +673,271 @@ impl Store {
     }
 }
 
+/// Whether a consumer request failed because the consumer does not exist.
+fn is_consumer_not_found(kind: &stream::ConsumerErrorKind) -> bool {
+    matches!(kind, stream::ConsumerErrorKind::JetStream(e) if e.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND)
+}
+
 /// Re-exported for callers that build their own JetStream context.
 pub use jetstream::new as jetstream_context;
+
+/// A store on a real nats-server, for unit tests that need JetStream.
+#[cfg(test)]
+pub(crate) mod testing {
+    use muster_shared::streams::StoreOptions;
+    use muster_shared::subject::Subjects;
+    use muster_tests::NatsServer;
+
+    use super::Store;
+
+    /// A store on its own nats-server, killed (and its files removed) on drop.
+    #[derive(Debug)]
+    pub(crate) struct TestStore {
+        pub store: Store,
+        server: NatsServer,
+        _dir: tempfile::TempDir,
+    }
+
+    impl TestStore {
+        /// The server's URL, for a second client (another master replica).
+        pub fn url(&self) -> String {
+            self.server.url()
+        }
+    }
+
+    /// Starts a nats-server on a free port with a temporary store, and opens
+    /// Muster's streams and buckets on it.
+    pub(crate) async fn open() -> TestStore {
+        let (dir, server) = tokio::task::spawn_blocking(|| {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let server = NatsServer::start(dir.path());
+            (dir, server)
+        })
+        .await
+        .expect("starting nats-server");
+        let client = async_nats::connect(server.url()).await.expect("connecting to the test server");
+        let js = async_nats::jetstream::new(client);
+        let store = Store::open(&js, &Subjects::default(), &StoreOptions::default()).await.expect("opening the store");
+        TestStore { store, server, _dir: dir }
+    }
+
+    /// Writes `value` at `key` of `bucket` from another connection, as
+    /// another master replica would, and returns once it is stored. Blocks:
+    /// it is meant to be called between a read and a compare-and-set.
+    pub(crate) fn write_elsewhere(url: &str, bucket: &str, key: &str, value: &serde_json::Value) {
+        let body = serde_json::to_vec(value).expect("JSON");
+        let (url, bucket, key) = (url.to_owned(), bucket.to_owned(), key.to_owned());
+        std::thread::spawn(move || {
+            muster_tests::block_on(async move {
+                let client = async_nats::connect(url).await.expect("second client");
+                let kv = async_nats::jetstream::new(client).get_key_value(bucket).await.expect("bucket");
+                kv.put(key, body.into()).await.expect("the other writer's put");
+            });
+        })
+        .join()
+        .expect("the other writer");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+    use muster_shared::msg::{InstructionKind, InstructionOp};
+    use muster_shared::subject::Bucket;
+    use serde_json::{json, Value};
+
+    use super::testing::{open, write_elsewhere};
+    use super::*;
+
+    fn bucket(store: &Store) -> String {
+        store.subjects.bucket(Bucket::JobStatus)
+    }
+
+    #[tokio::test]
+    async fn modify_retries_after_a_conflicting_write() {
+        let t = open().await;
+        let kv = &t.store.jobstatus;
+        Store::put(kv, "k", &json!(["first"])).await.unwrap();
+        let mut seen = Vec::new();
+        let written = Store::modify(kv, "k", |old: Option<Value>| {
+            seen.push(old.clone());
+            if seen.len() == 1 {
+                // Another replica writes between this read and this write.
+                write_elsewhere(&t.url(), &bucket(&t.store), "k", &json!(["other"]));
+            }
+            let mut list = old.unwrap_or_else(|| json!([]));
+            list.as_array_mut().unwrap().push(json!("mine"));
+            Some(list)
+        })
+        .await
+        .unwrap();
+        assert_eq!(seen, [Some(json!(["first"])), Some(json!(["other"]))], "decided again on the other write");
+        assert_eq!(written, Some(json!(["other", "mine"])));
+        assert_eq!(Store::read::<Value>(kv, "k").await.unwrap().map(|(v, _)| v), written, "nothing was lost");
+    }
+
+    #[tokio::test]
+    async fn modify_creates_once_when_another_writer_creates_first() {
+        let t = open().await;
+        let kv = &t.store.jobstatus;
+        let mut calls = 0;
+        let written = Store::modify(kv, "new", |old: Option<Value>| {
+            calls += 1;
+            if calls == 1 {
+                assert_eq!(old, None);
+                write_elsewhere(&t.url(), &bucket(&t.store), "new", &json!(1));
+            }
+            Some(json!(old.and_then(|v| v.as_i64()).unwrap_or(0) + 10))
+        })
+        .await
+        .unwrap();
+        assert_eq!((calls, written), (2, Some(json!(11))));
+    }
+
+    #[tokio::test]
+    async fn modify_gives_up_with_a_conflict_when_every_write_loses() {
+        let t = open().await;
+        let kv = &t.store.jobstatus;
+        Store::put(kv, "hot", &json!(0)).await.unwrap();
+        let mut calls = 0;
+        let result = Store::modify(kv, "hot", |_: Option<Value>| {
+            calls += 1;
+            write_elsewhere(&t.url(), &bucket(&t.store), "hot", &json!(calls));
+            Some(json!("mine"))
+        })
+        .await;
+        assert!(matches!(result, Err(StoreError::Conflict { ref key }) if key == "hot"), "{result:?}");
+        assert_eq!(calls, CAS_ATTEMPTS);
+    }
+
+    #[tokio::test]
+    async fn try_modify_returns_the_refusal_and_writes_nothing() {
+        let t = open().await;
+        let kv = &t.store.jobstatus;
+        Store::put(kv, "k", &json!("kept")).await.unwrap();
+        let refused = Store::try_modify(kv, "k", |_: Option<Value>| Err(Refused("no".to_owned()))).await;
+        assert_eq!(refused, Err(Refused("no".to_owned())));
+        assert_eq!(Store::read::<Value>(kv, "k").await.unwrap().map(|(v, _)| v), Some(json!("kept")));
+        // `None` deletes.
+        assert_eq!(Store::modify(kv, "k", |_: Option<Value>| None).await.unwrap(), None);
+        assert_eq!(Store::read::<Value>(kv, "k").await.unwrap(), None);
+    }
+
+    /// An error type of a caller's own, as the API's is.
+    #[derive(Debug, PartialEq)]
+    struct Refused(String);
+
+    impl From<StoreError> for Refused {
+        fn from(e: StoreError) -> Self {
+            Refused(e.to_string())
+        }
+    }
+
+    #[tokio::test]
+    async fn compare_and_set_from_a_stale_revision_reads_again() {
+        let t = open().await;
+        let kv = &t.store.jobstatus;
+        let first = kv.put("k", serde_json::to_vec(&json!("a")).unwrap().into()).await.unwrap();
+        Store::put(kv, "k", &json!("b")).await.unwrap();
+        // What a cache would hold: the value before the other write.
+        let mut current: Current<Value> = Some((json!("a"), first));
+        let mut seen = Vec::new();
+        Store::compare_and_set::<_, StoreError, _>(kv, "k", &mut current, |have| {
+            seen.push(have.cloned());
+            Ok(Change::Put(json!(format!("{}!", have.and_then(Value::as_str).unwrap_or_default()))))
+        })
+        .await
+        .unwrap();
+        assert_eq!(seen, [Some(json!("a")), Some(json!("b"))]);
+        let stored = Store::read::<Value>(kv, "k").await.unwrap();
+        assert_eq!(stored, current, "the cache holds what was written, at its revision");
+        assert_eq!(stored.map(|(v, _)| v), Some(json!("b!")));
+
+        // Keep writes nothing: the revision stays.
+        let before = current.clone();
+        Store::compare_and_set::<_, StoreError, _>(kv, "k", &mut current, |_| Ok(Change::Keep)).await.unwrap();
+        assert_eq!(current, before);
+        assert_eq!(Store::read::<Value>(kv, "k").await.unwrap(), before);
+    }
+
+    #[tokio::test]
+    async fn missing_records_are_told_apart_by_kind() {
+        let t = open().await;
+        let web01 = TargetName::new("web01").unwrap();
+        assert!(matches!(t.store.target(&web01).await, Err(StoreError::NotFound(Missing::Target(ref n))) if *n == web01));
+        let job = JobName::new("backup").unwrap();
+        assert!(matches!(t.store.job(&job).await, Err(StoreError::NotFound(Missing::Job(_)))));
+        assert!(matches!(t.store.group(&GroupName::new("web").unwrap()).await, Err(StoreError::NotFound(Missing::Group(_)))));
+        // A consumer already gone is no error: defecting twice is harmless.
+        t.store.delete_target_consumer(&web01).await.unwrap();
+        t.store.ensure_target_consumer(&web01).await.unwrap();
+        t.store.delete_target_consumer(&web01).await.unwrap();
+        t.store.delete_target_consumer(&web01).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn deleting_a_job_that_changed_is_a_conflict() {
+        let t = open().await;
+        let name = JobName::new("backup").unwrap();
+        let spec = JobSpec::from_commands(name.clone(), &["true".to_owned()]);
+        let now = Utc::now();
+        let record = JobRecord {
+            id: Uuid::new_v4(),
+            revision: 1,
+            spec,
+            targets: BTreeSet::new(),
+            groups: BTreeSet::new(),
+            created_at: now,
+            updated_at: now,
+        };
+        Store::put(&t.store.jobs, name.as_str(), &record).await.unwrap();
+        let (_, stale) = t.store.job(&name).await.unwrap();
+        Store::put(&t.store.jobs, name.as_str(), &record).await.unwrap();
+        assert!(matches!(t.store.delete_job(&name, stale).await, Err(StoreError::Conflict { .. })));
+        let (_, fresh) = t.store.job(&name).await.unwrap();
+        t.store.delete_job(&name, fresh).await.unwrap();
+        assert!(matches!(t.store.job(&name).await, Err(StoreError::NotFound(_))));
+    }
+
+    fn start(target: &TargetName) -> Instruction {
+        let op = InstructionOp::StartJob { job_id: Uuid::nil(), job: JobName::new("backup").unwrap(), run_id: Uuid::now_v7() };
+        Instruction { v: 1, id: Uuid::now_v7(), target: target.clone(), posted_at: Utc::now(), op }
+    }
+
+    #[test]
+    fn a_download_list_row_merges_both_writers_in_either_order() {
+        let target = TargetName::new("web01").unwrap();
+        let i = start(&target);
+        let applied_at = i.posted_at + Duration::seconds(5);
+        let applied = InstrOutcome { id: i.id, op: InstructionKind::StartJob, applied_at, error: None };
+        let expected = InstrRow {
+            id: i.id,
+            target: target.clone(),
+            op: "start_job".into(),
+            job: Some(JobName::new("backup").unwrap()),
+            posted_at: i.posted_at,
+            status: InstrStatus::Applied,
+            applied_at: Some(applied.applied_at),
+            error: None,
+        };
+        let master_first = reported_row(&target, &applied, Some(posted_row(&i, None)));
+        let target_first = posted_row(&i, Some(reported_row(&target, &applied, None)));
+        assert_eq!(master_first, expected);
+        assert_eq!(target_first, expected);
+        assert_eq!(posted_row(&i, None).status, InstrStatus::Pending);
+    }
+
+    #[test]
+    fn a_failure_report_keeps_its_error_whichever_writer_was_first() {
+        let target = TargetName::new("web01").unwrap();
+        let i = start(&target);
+        let failed =
+            InstrOutcome { id: i.id, op: InstructionKind::StartJob, applied_at: i.posted_at, error: Some("no such job".into()) };
+        for row in [
+            reported_row(&target, &failed, Some(posted_row(&i, None))),
+            posted_row(&i, Some(reported_row(&target, &failed, None))),
+        ] {
+            assert_eq!((row.status, row.error.as_deref()), (InstrStatus::Failed, Some("no such job")));
+        }
+    }
+}

@@ -531,10 +531,37 @@ pub struct Delivery {
     pub target: TargetName,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<Uuid>,
-    /// `delivered` (the target polled now) or `queued` (offline: at its next poll).
-    pub state: String,
+    pub state: DeliveryState,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+}
+
+/// What became of a start or stop on one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// The target heard it now (it polled, or took the stop on its control subject).
+    Delivered,
+    /// The target is offline or slow: it gets it at its next poll.
+    Queued,
+    /// Neither: the message says why.
+    Failed,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Queued => "queued",
+            DeliveryState::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for DeliveryState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Last outcome of a job on one target (SQL Server's `sysjobservers`).
@@ -569,6 +596,19 @@ impl From<&RunRecord> for JobTargetStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delivery_keeps_its_wire_form() {
+        for (state, name) in
+            [(DeliveryState::Delivered, "delivered"), (DeliveryState::Queued, "queued"), (DeliveryState::Failed, "failed")]
+        {
+            let d = Delivery { target: TargetName::new("web01").unwrap(), run_id: None, state, message: String::new() };
+            let text = format!(r#"{{"target":"web01","state":"{name}"}}"#);
+            assert_eq!(serde_json::to_string(&d).unwrap(), text);
+            assert_eq!(serde_json::from_str::<Delivery>(&text).unwrap(), d);
+            assert_eq!(state.to_string(), name);
+        }
+    }
 
     #[test]
     fn chunk_headers_parse_only_when_sane() {

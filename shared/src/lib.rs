@@ -4,9 +4,10 @@
 //! It holds everything two processes must agree on and nothing else: validated
 //! names ([`name`]), the subjects built from them ([`subject`]), the streams,
 //! consumers and buckets ([`streams`]), the message bodies ([`msg`], [`api`]),
-//! the job model ([`job`], [`schedule`]), what a target may
-//! touch on the server ([`perms`]), and the rule that a record stands only
-//! on the subject it names ([`identity`]).
+//! each target's desired state and what it reports back ([`desired`]), the
+//! job model ([`job`], [`schedule`]), what a target may touch on the
+//! server ([`perms`]), and the rule that a record stands only on the
+//! subject it names ([`identity`]).
 //!
 //! There is no tokio and no I/O here, so both sides can depend on it without
 //! pulling in each other. Every `Serialize` type is a versioned public API:
@@ -14,6 +15,7 @@
 //! without bumping [`PROTOCOL_VERSION`].
 
 pub mod api;
+pub mod desired;
 pub mod identity;
 pub mod job;
 pub mod msg;

@@ -106,19 +106,62 @@ pub enum InstructionOp {
     Defect,
 }
 
+/// Which [`InstructionOp`] an instruction is, without its fields: what an
+/// [`InstrOutcome`] reports and the download list shows. Its serde form is
+/// the instruction's `"op"` tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstructionKind {
+    UpsertJob,
+    DeleteJob,
+    DeleteAllJobs,
+    StartJob,
+    StopJob,
+    SetPollInterval,
+    SyncTime,
+    Defect,
+}
+
+impl InstructionKind {
+    /// The short name shown in the download list (the serde form).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstructionKind::UpsertJob => "upsert_job",
+            InstructionKind::DeleteJob => "delete_job",
+            InstructionKind::DeleteAllJobs => "delete_all_jobs",
+            InstructionKind::StartJob => "start_job",
+            InstructionKind::StopJob => "stop_job",
+            InstructionKind::SetPollInterval => "set_poll_interval",
+            InstructionKind::SyncTime => "sync_time",
+            InstructionKind::Defect => "defect",
+        }
+    }
+}
+
+impl std::fmt::Display for InstructionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl InstructionOp {
+    /// Which instruction this is.
+    pub fn kind(&self) -> InstructionKind {
+        match self {
+            InstructionOp::UpsertJob { .. } => InstructionKind::UpsertJob,
+            InstructionOp::DeleteJob { .. } => InstructionKind::DeleteJob,
+            InstructionOp::DeleteAllJobs => InstructionKind::DeleteAllJobs,
+            InstructionOp::StartJob { .. } => InstructionKind::StartJob,
+            InstructionOp::StopJob { .. } => InstructionKind::StopJob,
+            InstructionOp::SetPollInterval { .. } => InstructionKind::SetPollInterval,
+            InstructionOp::SyncTime { .. } => InstructionKind::SyncTime,
+            InstructionOp::Defect => InstructionKind::Defect,
+        }
+    }
+
     /// The short name shown in the download list.
     pub fn name(&self) -> &'static str {
-        match self {
-            InstructionOp::UpsertJob { .. } => "upsert_job",
-            InstructionOp::DeleteJob { .. } => "delete_job",
-            InstructionOp::DeleteAllJobs => "delete_all_jobs",
-            InstructionOp::StartJob { .. } => "start_job",
-            InstructionOp::StopJob { .. } => "stop_job",
-            InstructionOp::SetPollInterval { .. } => "set_poll_interval",
-            InstructionOp::SyncTime { .. } => "sync_time",
-            InstructionOp::Defect => "defect",
-        }
+        self.kind().as_str()
     }
 
     /// The job an instruction is about, if any.
@@ -238,7 +281,7 @@ pub struct InstrRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstrOutcome {
     pub id: Uuid,
-    pub op: String,
+    pub op: InstructionKind,
     pub applied_at: DateTime<Utc>,
     /// `None` when applied; the reason when it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -392,6 +435,37 @@ mod tests {
         assert_eq!(decode::<ControlRequest>(br#"{"v":1,"op":"dance"}"#).unwrap_err().code, ErrorCode::InvalidRequest);
         let big = vec![b' '; MAX_BODY_BYTES + 1];
         assert!(decode::<ControlRequest>(&big).unwrap_err().message.contains("limit"));
+    }
+
+    #[test]
+    fn an_instruction_kind_is_named_as_its_op_tag() {
+        let (id, job) = (Uuid::nil(), JobName::new("j").unwrap());
+        let spec = crate::job::JobSpec::from_commands(job.clone(), &["true".to_owned()]);
+        let ops = [
+            InstructionOp::UpsertJob { job: JobDef { id, revision: 1, spec } },
+            InstructionOp::DeleteJob { job_id: id, job: job.clone() },
+            InstructionOp::DeleteAllJobs,
+            InstructionOp::StartJob { job_id: id, job: job.clone(), run_id: id },
+            InstructionOp::StopJob { job_id: id, job },
+            InstructionOp::SetPollInterval { secs: 5 },
+            InstructionOp::SyncTime { master_time: Utc::now() },
+            InstructionOp::Defect,
+        ];
+        for op in ops {
+            let tag = serde_json::to_value(&op).unwrap()["op"].clone();
+            assert_eq!(serde_json::to_value(op.kind()).unwrap(), tag);
+            assert_eq!(tag, op.name());
+            assert_eq!(op.kind().to_string(), op.name());
+        }
+    }
+
+    #[test]
+    fn an_instruction_outcome_keeps_its_wire_form() {
+        let text = r#"{"id":"00000000-0000-0000-0000-000000000000","op":"set_poll_interval","applied_at":"2024-01-02T03:04:05Z"}"#;
+        let o: InstrOutcome = serde_json::from_str(text).unwrap();
+        assert_eq!(o.op, InstructionKind::SetPollInterval);
+        assert_eq!(String::from_utf8(encode(&o)).unwrap(), text);
+        assert!(serde_json::from_str::<InstrOutcome>(&text.replace("set_poll_interval", "dance")).is_err());
     }
 
     #[test]

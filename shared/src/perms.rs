@@ -1,11 +1,28 @@
 //! What a target may publish and subscribe to, as nats-server permissions.
 //!
 //! Identity is the subject: every subject a target uses carries its own name
-//! (its consumer, its results, its poll report, its agent API, its control
-//! subject, its inbox prefix), so these lists are all that keeps target A out
-//! of B's instructions and results and out of the admin API. The agent needs
-//! nothing else; `musterctl auth nats-config` writes them into a nats-server
-//! authorization block, and the end-to-end tests run a target under them.
+//! (its desired state, its results, its poll report, its agent API, its
+//! control subject, its inbox prefix), so these lists are all that keeps
+//! target A out of B's jobs and results and out of the admin API. The agent
+//! needs nothing else; `musterctl auth nats-config` writes them into a
+//! nats-server authorization block, and the end-to-end tests run a target
+//! under them.
+//!
+//! [`target_desired`] is the set for delivery by desired state: a target
+//! reads its own manifest and job documents by Direct Get, with the subject
+//! in the API subject, and nothing else of `MUSTER_DESIRED` — not another
+//! target's, not the body form of Direct Get (whose subject no permission
+//! can confine), not `STREAM.INFO`. [`target`] is the previous design's set
+//! (its own consumer on `MUSTER_ASSIGN`), still written until the agent
+//! switches.
+//!
+//! The same handful of per-target patterns is what an account per target
+//! imports from the Muster account (the reply-subject fix): the two Direct
+//! Get subjects, `<prefix>.result.<t>.>`, `<prefix>.poll.<t>` and
+//! `<prefix>.api.agent.<t>.>` as service imports (so JetStream's and the
+//! master's answers cross back through the server's response mapping), and
+//! `<prefix>.target.<t>.control` as a service the target's account exports
+//! to the Muster account.
 
 use crate::name::TargetName;
 use crate::subject::Subjects;
@@ -20,9 +37,10 @@ pub struct Permissions {
     pub allow_responses: bool,
 }
 
-/// The least a target agent needs: fetch from and ack its own consumer,
-/// publish its own results and poll reports, call the agent API about
-/// itself, and hear its own control subject and replies.
+/// Previous design: the least a target agent needs to fetch from and ack its
+/// own consumer on `MUSTER_ASSIGN`, publish its own results and poll
+/// reports, call the agent API about itself, and hear its own control
+/// subject and replies.
 pub fn target(s: &Subjects, t: &TargetName) -> Permissions {
     let assign = s.assign_stream();
     Permissions {
@@ -30,6 +48,24 @@ pub fn target(s: &Subjects, t: &TargetName) -> Permissions {
             format!("$JS.API.CONSUMER.INFO.{assign}.{t}"),
             format!("$JS.API.CONSUMER.MSG.NEXT.{assign}.{t}"),
             format!("$JS.ACK.{assign}.{t}.>"),
+            s.results_of(t),
+            s.poll(t),
+            s.agent_api(t, ">"),
+        ],
+        subscribe: vec![format!("{}.>", Subjects::inbox_prefix(t)), s.control(t)],
+        allow_responses: true,
+    }
+}
+
+/// The least a target agent needs with desired state: read its own manifest
+/// and job documents by Direct Get, publish its own results (run records,
+/// applied records) and poll reports, call the agent API about itself, and
+/// hear its own control subject and replies.
+pub fn target_desired(s: &Subjects, t: &TargetName) -> Permissions {
+    Permissions {
+        publish: vec![
+            s.direct_get_state(t),
+            s.direct_get_job_docs(t),
             s.results_of(t),
             s.poll(t),
             s.agent_api(t, ">"),
@@ -49,10 +85,77 @@ mod tests {
         let t = TargetName::new("web01").unwrap();
         let p = target(&s, &t);
         for subject in p.publish.iter().chain(&p.subscribe) {
-            assert!(subject.contains("web01"), "{subject} does not name the target");
-            assert!(!subject.contains('*') && !subject.starts_with('>'), "{subject} is broader than one target");
+            assert!(
+                subject.contains("web01"),
+                "{subject} does not name the target"
+            );
+            assert!(
+                !subject.contains('*') && !subject.starts_with('>'),
+                "{subject} is broader than one target"
+            );
         }
         assert!(p.publish.contains(&"muster.result.web01.>".to_owned()));
-        assert!(p.subscribe.contains(&"muster.target.web01.control".to_owned()));
+        assert!(p
+            .subscribe
+            .contains(&"muster.target.web01.control".to_owned()));
+    }
+
+    fn allowed(list: &[String], subject: &str) -> bool {
+        list.iter().any(|p| crate::subject::matches(p, subject))
+    }
+
+    #[test]
+    fn a_target_reads_only_its_own_desired_state() {
+        let s = Subjects::default();
+        let (a, b) = (
+            TargetName::new("web01").unwrap(),
+            TargetName::new("web02").unwrap(),
+        );
+        let job = uuid::Uuid::now_v7();
+        let p = target_desired(&s, &a);
+        // Its own documents, by the confinable form of Direct Get.
+        assert!(allowed(&p.publish, &s.direct_get_state(&a)));
+        assert!(allowed(&p.publish, &s.direct_get_job_doc(&a, job)));
+        // Nothing of another target's, and no form a permission cannot confine.
+        for refused in [
+            s.direct_get_state(&b),
+            s.direct_get_job_doc(&b, job),
+            format!("$JS.API.DIRECT.GET.{}", s.desired_stream()),
+            format!("$JS.API.STREAM.INFO.{}", s.desired_stream()),
+            format!("$JS.API.CONSUMER.CREATE.{}", s.desired_stream()),
+            format!("$JS.API.STREAM.MSG.GET.{}", s.desired_stream()),
+            s.state(&a),
+            s.job_doc(&a, job),
+            s.result_run(&b, job),
+            s.poll(&b),
+            s.agent_api(&b, "enlist"),
+            s.api("job.create"),
+        ] {
+            assert!(!allowed(&p.publish, &refused), "{refused} must be refused");
+        }
+        assert!(!allowed(&p.subscribe, &s.control(&b)));
+        assert!(!allowed(&p.subscribe, "_INBOX.x"));
+        // Every pattern names the target; the only wildcards stay inside its own subjects.
+        for subject in p.publish.iter().chain(&p.subscribe) {
+            assert!(
+                subject.contains("web01"),
+                "{subject} does not name the target"
+            );
+            assert!(
+                !subject.starts_with('>') && !subject.starts_with('*'),
+                "{subject}"
+            );
+            let before_wildcard = subject.split(['*', '>']).next().unwrap_or_default();
+            assert!(
+                before_wildcard.contains("web01"),
+                "{subject} is broader than one target"
+            );
+        }
+        assert!(p.allow_responses);
+        // No consumer and no ack subject: nothing per target on the server.
+        assert!(p
+            .publish
+            .iter()
+            .all(|x| !x.contains("CONSUMER") && !x.starts_with("$JS.ACK")));
     }
 }

@@ -18,15 +18,18 @@ pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(30 * 24 * 36
 /// job of the run identity (see `msg::RunRecord`), not of this window.
 pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
-/// Most targets one installation enlists: the consumer limit of
-/// `MUSTER_ASSIGN`, one durable consumer per target.
+/// Most targets one installation enlists. Previous design: also the consumer
+/// limit of `MUSTER_ASSIGN`, one durable consumer per target. With desired
+/// state nothing per target but its documents exists on the server, and
+/// this is the size the benchmark proves on one server.
 pub const MAX_TARGETS: i32 = 100_000;
 
 /// The durable consumer every master replica shares on `MUSTER_RESULTS`.
 pub const MASTER_CONSUMER: &str = "master";
 
-/// How long a target has to ack an instruction before it is redelivered.
-/// Applying an instruction is a local file write, so this is generous.
+/// Previous design: how long a target has to ack an instruction before it is
+/// redelivered. Applying an instruction is a local file write, so this is
+/// generous.
 pub const ASSIGN_ACK_WAIT: Duration = Duration::from_secs(30);
 
 /// How long the master has to ack a results batch before redelivery. A batch
@@ -43,7 +46,8 @@ pub const MASTER_MAX_ACK_PENDING: i64 = 8192;
 pub enum Retention {
     /// Kept until limits (age, count) remove it.
     Limits,
-    /// Removed once acked: each instruction is consumed exactly by its target.
+    /// Removed once acked: each instruction is consumed exactly by its target
+    /// (previous design, `MUSTER_ASSIGN`).
     WorkQueue,
 }
 
@@ -89,7 +93,10 @@ pub struct StreamSpec {
     pub replicas: usize,
 }
 
-/// `MUSTER_ASSIGN`: instructions, one subject per target, consumed once.
+/// Previous design: `MUSTER_ASSIGN`, instructions, one subject per target,
+/// consumed once through a durable consumer per target. Replaced by
+/// [`desired_stream`]; kept while the master and agent still use it, and so
+/// that an upgrade can find and remove it.
 pub fn assign_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
     StreamSpec {
         name: s.assign_stream(),
@@ -123,6 +130,32 @@ pub fn results_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
     }
 }
 
+/// `MUSTER_DESIRED`: each target's manifest and job documents, the latest
+/// message per subject and nothing older, read by Direct Get.
+///
+/// No consumer is ever made per target (the master's reconcile uses one
+/// short-lived ordered consumer for all). Publishes carry no message id:
+/// each is a compare-and-set on the subject's last sequence
+/// (`Nats-Expected-Last-Subject-Sequence`), which orders writers better than
+/// de-duplication would, so the window is kept minimal. Nothing expires by
+/// age: a target offline for a month finds its state when it returns.
+pub fn desired_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
+    StreamSpec {
+        name: s.desired_stream(),
+        subjects: s.desired_subjects(),
+        retention: Retention::Limits,
+        max_age: Duration::ZERO,
+        max_msgs_per_subject: 1,
+        // Discard Old is what replaces a subject's message with the new one.
+        discard_new: false,
+        duplicate_window: Duration::from_secs(1),
+        allow_direct: true,
+        max_msg_size: MAX_BODY_BYTES as i32,
+        max_consumers: -1,
+        replicas: o.replicas,
+    }
+}
+
 /// `MUSTER_POLLS`: the latest poll report of each target, and nothing older.
 pub fn polls_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
     StreamSpec {
@@ -140,9 +173,8 @@ pub fn polls_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
     }
 }
 
-/// A target's durable pull consumer on `MUSTER_ASSIGN`, named after it and
-/// filtered to its own subject. No `inactive_threshold`: a target offline for
-/// days must find its consumer, and its instructions, when it returns.
+/// A durable pull consumer: a target's on `MUSTER_ASSIGN` (previous design),
+/// or the master's on `MUSTER_RESULTS`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerSpec {
     pub durable_name: String,
@@ -157,6 +189,10 @@ pub struct ConsumerSpec {
     pub replicas: usize,
 }
 
+/// Previous design: a target's durable pull consumer on `MUSTER_ASSIGN`, named
+/// after it and filtered to its own subject. No `inactive_threshold`: a
+/// target offline for days must find its consumer, and its instructions,
+/// when it returns.
 pub fn target_consumer(s: &Subjects, t: &TargetName, o: &StoreOptions) -> ConsumerSpec {
     ConsumerSpec {
         durable_name: t.to_string(),
@@ -176,5 +212,74 @@ pub fn master_consumer(s: &Subjects, o: &StoreOptions) -> ConsumerSpec {
         max_deliver: -1,
         max_ack_pending: Some(MASTER_MAX_ACK_PENDING),
         replicas: o.replicas,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn desired_stream_keeps_one_document_per_subject_readable_by_direct_get() {
+        let o = StoreOptions {
+            replicas: 3,
+            ..StoreOptions::default()
+        };
+        let d = desired_stream(&Subjects::default(), &o);
+        assert_eq!(d.name, "MUSTER_DESIRED");
+        assert_eq!(
+            d.subjects,
+            vec![
+                "muster.target.*.state".to_owned(),
+                "muster.target.*.job.*".to_owned()
+            ]
+        );
+        assert_eq!(
+            (d.retention, d.max_msgs_per_subject, d.discard_new),
+            (Retention::Limits, 1, false)
+        );
+        assert!(d.allow_direct, "targets read by Direct Get");
+        assert_eq!(
+            d.max_age,
+            Duration::ZERO,
+            "an offline target must find its state"
+        );
+        assert_eq!(d.max_msg_size, MAX_BODY_BYTES as i32);
+        assert_eq!(d.replicas, 3);
+        assert_eq!(d.max_consumers, -1, "no consumer per target");
+    }
+
+    #[test]
+    fn no_two_streams_share_a_subject() {
+        let s = Subjects::default();
+        let o = StoreOptions::default();
+        let all = [
+            assign_stream(&s, &o),
+            results_stream(&s, &o),
+            polls_stream(&s, &o),
+            desired_stream(&s, &o),
+        ];
+        let t = crate::TargetName::new("web01").unwrap();
+        let samples = [
+            s.assign(&t),
+            s.state(&t),
+            s.job_doc(&t, uuid::Uuid::nil()),
+            s.result_applied(&t),
+            s.poll(&t),
+            s.control(&t),
+        ];
+        for sample in &samples {
+            let owners: Vec<&str> = all
+                .iter()
+                .filter(|spec| {
+                    spec.subjects
+                        .iter()
+                        .any(|p| crate::subject::matches(p, sample))
+                })
+                .map(|spec| spec.name.as_str())
+                .collect();
+            let expected = usize::from(sample != &s.control(&t));
+            assert_eq!(owners.len(), expected, "{sample} is stored by {owners:?}");
+        }
     }
 }

@@ -6,16 +6,23 @@
 //!
 //! | subject | what |
 //! | --- | --- |
-//! | `muster.target.<t>.assign` | instructions for `<t>` (stream `MUSTER_ASSIGN`) |
+//! | `muster.target.<t>.state` | `<t>`'s manifest (stream `MUSTER_DESIRED`, read by Direct Get) |
+//! | `muster.target.<t>.job.<job-id>` | `<t>`'s copy of one assigned job (stream `MUSTER_DESIRED`) |
+//! | `muster.target.<t>.assign` | previous design: instructions for `<t>` (stream `MUSTER_ASSIGN`) |
 //! | `muster.target.<t>.control` | core request/reply: force poll, stop (no stream) |
 //! | `muster.result.<t>.run.<job-id>` | run records (stream `MUSTER_RESULTS`) |
-//! | `muster.result.<t>.instr` | instructions applied or failed (stream `MUSTER_RESULTS`) |
+//! | `muster.result.<t>.applied` | manifest revisions applied or refused (stream `MUSTER_RESULTS`) |
+//! | `muster.result.<t>.instr` | previous design: instructions applied or failed (stream `MUSTER_RESULTS`) |
 //! | `muster.poll.<t>` | the latest poll report (stream `MUSTER_POLLS`) |
 //! | `muster.api.<op>` | the master's admin API (service `muster`) |
 //! | `muster.api.agent.<t>.<op>` | the API a target may call, carrying its own name |
 //!
-//! Identity is the subject: everything a target publishes carries its name, so
-//! server permissions decide who is who.
+//! Identity is the subject: everything a target publishes or reads carries its
+//! name, so server permissions decide who is who. A target reads its desired
+//! state through `$JS.API.DIRECT.GET.<stream>.<subject>` ([`Subjects::direct_get`]),
+//! the form of Direct Get whose subject is in the API subject, so a
+//! permission can confine it; the body form (`{"last_by_subj": ...}`) cannot
+//! be confined and no target is granted it.
 
 use uuid::Uuid;
 
@@ -23,6 +30,9 @@ use crate::name::{NameError, TargetName};
 
 /// The default subject prefix.
 pub const DEFAULT_PREFIX: &str = "muster";
+
+/// JetStream's API prefix (no domain).
+pub const JS_API_PREFIX: &str = "$JS.API";
 
 /// Builds every subject, stream, bucket and service name of one installation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +42,9 @@ pub struct Subjects {
 
 impl Default for Subjects {
     fn default() -> Self {
-        Self { prefix: DEFAULT_PREFIX.to_owned() }
+        Self {
+            prefix: DEFAULT_PREFIX.to_owned(),
+        }
     }
 }
 
@@ -45,23 +57,98 @@ impl Subjects {
         // Reuse the name rules: one token of letters, digits, '-', '_'.
         TargetName::new(prefix).map_err(|e| match e {
             NameError::Empty { .. } => NameError::Empty { kind: "prefix" },
-            NameError::TooLong { name, len, .. } => NameError::TooLong { kind: "prefix", name, len },
-            NameError::BadChar { name, what, .. } => NameError::BadChar { kind: "prefix", name, what },
+            NameError::TooLong { name, len, .. } => NameError::TooLong {
+                kind: "prefix",
+                name,
+                len,
+            },
+            NameError::BadChar { name, what, .. } => NameError::BadChar {
+                kind: "prefix",
+                name,
+                what,
+            },
         })?;
-        Ok(Self { prefix: prefix.to_owned() })
+        Ok(Self {
+            prefix: prefix.to_owned(),
+        })
     }
 
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
+    // ---- desired state (stream MUSTER_DESIRED) -----------------------------
+
+    /// A target's manifest.
+    pub fn state(&self, t: &TargetName) -> String {
+        format!("{}.target.{t}.state", self.prefix)
+    }
+
+    /// Every target's manifest: a stream subject, and the filter of the
+    /// master's headers-only reconcile read.
+    pub fn state_all(&self) -> String {
+        format!("{}.target.*.state", self.prefix)
+    }
+
+    /// A target's copy of one job.
+    pub fn job_doc(&self, t: &TargetName, job_id: Uuid) -> String {
+        format!("{}.target.{t}.job.{job_id}", self.prefix)
+    }
+
+    /// Every job document of one target (a forced defection purges them).
+    pub fn job_docs_of(&self, t: &TargetName) -> String {
+        format!("{}.target.{t}.job.*", self.prefix)
+    }
+
+    /// One job's documents on every target (deleting a job purges them in
+    /// one request).
+    pub fn job_doc_everywhere(&self, job_id: Uuid) -> String {
+        format!("{}.target.*.job.{job_id}", self.prefix)
+    }
+
+    /// Every job document: a stream subject.
+    pub fn job_docs_all(&self) -> String {
+        format!("{}.target.*.job.*", self.prefix)
+    }
+
+    /// The subjects of `MUSTER_DESIRED`. They must not overlap another
+    /// stream's, nor the control subject (a stream stores every message
+    /// published on its subjects).
+    pub fn desired_subjects(&self) -> Vec<String> {
+        vec![self.state_all(), self.job_docs_all()]
+    }
+
+    /// The Direct Get API subject that reads the last message on `subject`,
+    /// e.g. `$JS.API.DIRECT.GET.MUSTER_DESIRED.muster.target.web01.state`
+    /// (sent with an empty body).
+    pub fn direct_get(stream: &str, subject: &str) -> String {
+        format!("{JS_API_PREFIX}.DIRECT.GET.{stream}.{subject}")
+    }
+
+    /// A target reads its manifest here.
+    pub fn direct_get_state(&self, t: &TargetName) -> String {
+        Self::direct_get(&self.desired_stream(), &self.state(t))
+    }
+
+    /// A target reads one of its job documents here.
+    pub fn direct_get_job_doc(&self, t: &TargetName, job_id: Uuid) -> String {
+        Self::direct_get(&self.desired_stream(), &self.job_doc(t, job_id))
+    }
+
+    /// Every job-document read of one target (a permission pattern).
+    pub fn direct_get_job_docs(&self, t: &TargetName) -> String {
+        Self::direct_get(&self.desired_stream(), &self.job_docs_of(t))
+    }
+
     // ---- per-target subjects -------------------------------------------
 
+    /// Previous design: a target's instruction queue on `MUSTER_ASSIGN`.
     pub fn assign(&self, t: &TargetName) -> String {
         format!("{}.target.{t}.assign", self.prefix)
     }
 
-    /// All targets' assign subjects: the `MUSTER_ASSIGN` stream's subject.
+    /// Previous design: all targets' assign subjects, the `MUSTER_ASSIGN`
+    /// stream's subject.
     pub fn assign_all(&self) -> String {
         format!("{}.target.*.assign", self.prefix)
     }
@@ -74,8 +161,20 @@ impl Subjects {
         format!("{}.result.{t}.run.{job_id}", self.prefix)
     }
 
+    /// Previous design: instruction outcomes.
     pub fn result_instr(&self, t: &TargetName) -> String {
         format!("{}.result.{t}.instr", self.prefix)
+    }
+
+    /// Manifest revisions a target applied or refused (`desired::AppliedRecord`).
+    pub fn result_applied(&self, t: &TargetName) -> String {
+        format!("{}.result.{t}.applied", self.prefix)
+    }
+
+    /// Filter for applied records, by target (`None` = any).
+    pub fn applied_filter(&self, t: Option<&TargetName>) -> String {
+        let t = t.map_or_else(|| "*".to_owned(), ToString::to_string);
+        format!("{}.result.{t}.applied", self.prefix)
     }
 
     /// Everything a target publishes to `MUSTER_RESULTS` (a permission).
@@ -90,7 +189,7 @@ impl Subjects {
         format!("{}.result.{t}.run.{j}", self.prefix)
     }
 
-    /// Filter for instruction records, by target (`None` = any).
+    /// Previous design: filter for instruction records, by target (`None` = any).
     pub fn instr_filter(&self, t: Option<&TargetName>) -> String {
         let t = t.map_or_else(|| "*".to_owned(), ToString::to_string);
         format!("{}.result.{t}.instr", self.prefix)
@@ -152,8 +251,14 @@ impl Subjects {
         self.prefix.to_uppercase().replace('-', "_")
     }
 
+    /// Previous design: the instruction queue, one consumer per target.
     pub fn assign_stream(&self) -> String {
         format!("{}_ASSIGN", self.upper())
+    }
+
+    /// Every target's desired state, one message per subject.
+    pub fn desired_stream(&self) -> String {
+        format!("{}_DESIRED", self.upper())
     }
 
     pub fn results_stream(&self) -> String {
@@ -185,13 +290,23 @@ pub enum Bucket {
     Groups,
     /// Last outcome per job and target, key `<job-id>.<target>`.
     JobStatus,
-    /// The download list: every posted instruction, key `<target>.<instr-id>`.
+    /// The download list: every posted change, key `<target>.<row-id>`.
     Instructions,
+    /// Where each run's record is in `MUSTER_RESULTS`, key `<run-id>`, so
+    /// `run show` reads one record instead of the stream (written by ingest,
+    /// aged out with history).
+    Runs,
 }
 
 impl Bucket {
-    pub const ALL: [Bucket; 5] =
-        [Bucket::Targets, Bucket::Jobs, Bucket::Groups, Bucket::JobStatus, Bucket::Instructions];
+    pub const ALL: [Bucket; 6] = [
+        Bucket::Targets,
+        Bucket::Jobs,
+        Bucket::Groups,
+        Bucket::JobStatus,
+        Bucket::Instructions,
+        Bucket::Runs,
+    ];
 
     fn suffix(self) -> &'static str {
         match self {
@@ -200,6 +315,7 @@ impl Bucket {
             Bucket::Groups => "groups",
             Bucket::JobStatus => "jobstatus",
             Bucket::Instructions => "instructions",
+            Bucket::Runs => "runs",
         }
     }
 
@@ -211,6 +327,21 @@ impl Bucket {
     /// Every [`Bucket::JobStatus`] key of one job, to watch.
     pub fn jobstatus_keys_of(job_id: Uuid) -> String {
         format!("{job_id}.*")
+    }
+}
+
+/// NATS subject matching for tests: `*` is one token, `>` the rest.
+#[cfg(test)]
+pub(crate) fn matches(pattern: &str, subject: &str) -> bool {
+    let (mut p, mut s) = (pattern.split('.'), subject.split('.'));
+    loop {
+        match (p.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
     }
 }
 
@@ -232,16 +363,94 @@ mod tests {
         assert_eq!(Bucket::jobstatus_key(job, &t), format!("{job}.web01"));
         assert_eq!(Bucket::jobstatus_keys_of(job), format!("{job}.*"));
         assert_eq!(s.agent_api(&t, "enlist"), "muster.api.agent.web01.enlist");
-        for subj in [s.assign(&t), s.poll(&t), s.result_instr(&t), s.agent_api(&t, "enlist")] {
+        for subj in [
+            s.assign(&t),
+            s.poll(&t),
+            s.result_instr(&t),
+            s.agent_api(&t, "enlist"),
+        ] {
             assert_eq!(s.target_of(&subj), Some("web01"), "{subj}");
         }
         assert_eq!(s.target_of("muster.api.job.create"), None);
     }
 
     #[test]
+    fn desired_state_layout() {
+        let s = Subjects::default();
+        let t = TargetName::new("web01").unwrap();
+        let job = Uuid::from_u128(1);
+        assert_eq!(s.desired_stream(), "MUSTER_DESIRED");
+        assert_eq!(s.state(&t), "muster.target.web01.state");
+        assert_eq!(
+            s.job_doc(&t, job),
+            "muster.target.web01.job.00000000-0000-0000-0000-000000000001"
+        );
+        assert_eq!(
+            s.direct_get_state(&t),
+            "$JS.API.DIRECT.GET.MUSTER_DESIRED.muster.target.web01.state"
+        );
+        assert_eq!(
+            s.direct_get_job_doc(&t, job),
+            "$JS.API.DIRECT.GET.MUSTER_DESIRED.muster.target.web01.job.00000000-0000-0000-0000-000000000001"
+        );
+        assert_eq!(
+            s.direct_get_job_docs(&t),
+            "$JS.API.DIRECT.GET.MUSTER_DESIRED.muster.target.web01.job.*"
+        );
+        assert_eq!(
+            s.job_doc_everywhere(job),
+            "muster.target.*.job.00000000-0000-0000-0000-000000000001"
+        );
+        assert_eq!(s.result_applied(&t), "muster.result.web01.applied");
+        assert_eq!(s.bucket(Bucket::Runs), "muster-runs");
+        for subj in [s.state(&t), s.job_doc(&t, job), s.result_applied(&t)] {
+            assert_eq!(s.target_of(&subj), Some("web01"), "{subj}");
+        }
+        assert_eq!(
+            Subjects::new("my-co").unwrap().direct_get_state(&t),
+            "$JS.API.DIRECT.GET.MY_CO_DESIRED.my-co.target.web01.state"
+        );
+    }
+
+    #[test]
+    fn desired_subjects_overlap_no_other_stream_nor_control() {
+        let s = Subjects::default();
+        let t = TargetName::new("web01").unwrap();
+        let others = [
+            s.assign(&t),
+            s.control(&t),
+            s.poll(&t),
+            s.result_applied(&t),
+            s.result_run(&t, Uuid::nil()),
+        ];
+        for pattern in s.desired_subjects() {
+            for other in &others {
+                assert!(!matches(&pattern, other), "{pattern} would store {other}");
+            }
+        }
+        assert!(matches(&s.state_all(), &s.state(&t)));
+        assert!(matches(&s.job_docs_all(), &s.job_doc(&t, Uuid::nil())));
+        assert!(matches(
+            &s.job_doc_everywhere(Uuid::nil()),
+            &s.job_doc(&t, Uuid::nil())
+        ));
+        assert!(!matches(
+            &s.job_docs_of(&t),
+            &s.job_doc(&TargetName::new("web02").unwrap(), Uuid::nil())
+        ));
+        assert!(!matches(&s.assign_all(), &s.state(&t)));
+    }
+
+    #[test]
     fn prefix_is_one_token() {
         assert!(Subjects::new("acme").is_ok());
-        assert!(Subjects::new("a.b").unwrap_err().to_string().contains("prefix"));
-        assert_eq!(Subjects::new("my-co").unwrap().assign_stream(), "MY_CO_ASSIGN");
+        assert!(Subjects::new("a.b")
+            .unwrap_err()
+            .to_string()
+            .contains("prefix"));
+        assert_eq!(
+            Subjects::new("my-co").unwrap().assign_stream(),
+            "MY_CO_ASSIGN"
+        );
     }
 }

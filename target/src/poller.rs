@@ -1,14 +1,15 @@
 //! Polling: fetch this target's instructions, apply them in order, persist,
 //! then ack — and report.
 //!
-//! One poll drains the consumer in batches. Each instruction is applied (a
-//! local file write, or a run started with its marker on disk), the batch's
-//! ids are saved as applied, and only then are the messages acked with
-//! `double_ack` (confirmed by the server). A crash anywhere in between means
+//! One poll drains the consumer in batches. Each batch is applied and its
+//! ids saved as applied (`poller/apply.rs`), and only then are the messages
+//! acked with `double_ack` (confirmed by the server). A crash anywhere in between means
 //! redelivery, and redelivery is harmless: upserts and deletes are
 //! idempotent, and a start whose run id is already known is not run again.
 //! Bad instructions are reported and terminated, never fatal, never
 //! redelivered forever.
+
+mod apply;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,14 +18,16 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use chrono::Utc;
 use futures::StreamExt;
-use muster_shared::msg::{self, InstrOutcome, InstrRecord, Instruction, InstructionOp, PollReport, Trigger};
+use muster_shared::msg::{self, PollReport};
 use muster_shared::subject::Subjects;
 use muster_shared::{name::TargetName, AGENT_VERSION, PROTOCOL_VERSION};
 use tokio::sync::{Mutex, Notify};
 use uuid::Uuid;
 
-use crate::runner::{Runner, Started};
-use crate::spool::{Entry, Spool};
+use apply::Applier;
+
+use crate::runner::Runner;
+use crate::spool::Spool;
 use crate::state::State;
 
 /// Instructions fetched per request.
@@ -92,7 +95,9 @@ impl Poller {
 
     /// The current poll interval: the master's `set-poll`, else the configured one.
     pub fn interval(&self) -> Duration {
-        self.state.poll_interval_secs().map_or(self.default_interval, Duration::from_secs)
+        self.state
+            .poll_interval_secs()
+            .map_or(self.default_interval, Duration::from_secs)
     }
 
     /// Polls once: drains and applies instructions, publishes the report.
@@ -109,7 +114,11 @@ impl Poller {
                     .js
                     .get_consumer_from_stream(self.name.as_str(), self.subjects.assign_stream())
                     .await
-                    .map_err(|e| anyhow::anyhow!("cannot reach this target's consumer (is it enlisted?): {e}"))?;
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot reach this target's consumer (is it enlisted?): {e}"
+                        )
+                    })?;
                 *guard = Some(c.clone());
                 c
             }
@@ -154,7 +163,11 @@ impl Poller {
         let js = self.js.clone();
         let subject = self.subjects.poll(&self.name);
         let body = msg::encode(report);
-        let (state, polled_at, interval) = (self.state.clone(), report.polled_at.timestamp(), report.poll_interval_secs);
+        let (state, polled_at, interval) = (
+            self.state.clone(),
+            report.polled_at.timestamp(),
+            report.poll_interval_secs,
+        );
         tokio::spawn(async move {
             let sent = async {
                 let ack = js.publish(subject, body.into()).await?;
@@ -190,59 +203,16 @@ impl Poller {
                 break;
             }
             let full = messages.len() == FETCH_BATCH;
-            let mut outcomes = Vec::new();
-            let mut ids = Vec::new();
-            let mut term = Vec::new();
-            for m in &messages {
-                match msg::decode::<Instruction>(&m.payload) {
-                    Err(e) => {
-                        let total = count(&self.metrics.bad_instructions);
-                        tracing::warn!(subject = %m.subject, error = %e, bad_instructions = total, "bad instruction terminated");
-                        term.push(m);
-                    }
-                    Ok(i) if i.target != self.name => {
-                        let total = count(&self.metrics.bad_instructions);
-                        tracing::warn!(subject = %m.subject, body_target = %i.target, bad_instructions = total, "instruction for another target terminated");
-                        outcomes.push(outcome(&i, Some(format!("instruction names target '{}', not '{}'", i.target, self.name))));
-                        term.push(m);
-                    }
-                    Ok(i) if self.state.was_applied(i.id) => {
-                        tracing::debug!(id = %i.id, "instruction already applied; acking again");
-                    }
-                    Ok(i) => {
-                        let error = self.apply(&i).err();
-                        if let Some(e) = &error {
-                            tracing::warn!(id = %i.id, op = i.op.name(), error = %e, "instruction failed");
-                            failed += 1;
-                        } else {
-                            applied += 1;
-                        }
-                        outcomes.push(outcome(&i, error));
-                        ids.push(i.id);
-                    }
-                }
-            }
-            if !ids.is_empty() {
-                let state = self.state.clone();
-                tokio::task::block_in_place(|| state.mark_applied(&ids))?;
-                self.jobs_changed.notify_one();
-            }
-            if !outcomes.is_empty() {
-                let record = InstrRecord { v: PROTOCOL_VERSION, target: self.name.clone(), outcomes };
-                let entry = Entry {
-                    subject: self.subjects.result_instr(&self.name),
-                    msg_id: format!("instr-{}", record.outcomes[0].id),
-                    kind: "instr".into(),
-                    body: String::from_utf8(msg::encode(&record)).expect("JSON is UTF-8"),
-                };
-                let spool = self.spool.clone();
-                if let Err(e) = tokio::task::block_in_place(|| spool.push(&entry)) {
-                    tracing::error!(error = %e, "instruction outcomes not recorded");
-                }
-            }
-            let term = &term;
-            let acks = messages.iter().map(|m| async move {
-                if term.iter().any(|t| std::ptr::eq(*t, m)) {
+            let batch = self.applier().apply_batch(
+                messages
+                    .iter()
+                    .map(|m| (m.subject.as_str(), &m.payload[..])),
+            )?;
+            applied += batch.applied;
+            failed += batch.failed;
+            let terminate = &batch.terminate;
+            let acks = messages.iter().enumerate().map(|(position, m)| async move {
+                if terminate.contains(&position) {
                     m.ack_with(AckKind::Term).await
                 } else {
                     m.double_ack().await
@@ -258,54 +228,16 @@ impl Poller {
         Ok((applied, failed))
     }
 
-    /// Applies one instruction to local state.
-    fn apply(&self, i: &Instruction) -> Result<(), String> {
-        let io = |e: std::io::Error| format!("local state: {e}");
-        match &i.op {
-            InstructionOp::UpsertJob { job } => {
-                job.spec.validate().map_err(|e| format!("job refused: {e}"))?;
-                tokio::task::block_in_place(|| self.state.upsert_job(job)).map_err(io)?;
-            }
-            InstructionOp::DeleteJob { job_id, .. } => {
-                tokio::task::block_in_place(|| self.state.delete_job(*job_id)).map_err(io)?;
-            }
-            InstructionOp::DeleteAllJobs => tokio::task::block_in_place(|| self.state.delete_all_jobs()).map_err(io)?,
-            InstructionOp::StartJob { job_id, job, run_id } => {
-                if self.runner.knows_run(*run_id) {
-                    return Ok(());
-                }
-                let def = self.state.job(*job_id).ok_or_else(|| format!("job '{job}' ({job_id}) is not on this target"))?;
-                match self.runner.start(def, Trigger::Manual, *run_id) {
-                    Started::Running(_) | Started::Skipped(_) => {}
-                    Started::Failed(_) => return Err("the run could not be started (see the agent log)".into()),
-                }
-            }
-            InstructionOp::StopJob { job, .. } => {
-                self.runner.stop_started_before(job, i.posted_at);
-            }
-            InstructionOp::SetPollInterval { secs } => {
-                if *secs == 0 {
-                    return Err("poll interval 0 refused".into());
-                }
-                tokio::task::block_in_place(|| self.state.set_poll_interval_secs(*secs)).map_err(io)?;
-            }
-            InstructionOp::SyncTime { master_time } => {
-                let skew = (Utc::now() - *master_time).num_milliseconds();
-                tokio::task::block_in_place(|| self.state.set_clock_skew_ms(skew)).map_err(io)?;
-            }
-            InstructionOp::Defect => {
-                tokio::task::block_in_place(|| {
-                    self.state.delete_all_jobs()?;
-                    self.state.set_defected(true)
-                })
-                .map_err(io)?;
-                tracing::warn!("defected: jobs from the master deleted");
-            }
+    /// The parts of the agent that instructions change.
+    fn applier(&self) -> Applier<'_> {
+        Applier {
+            name: &self.name,
+            subjects: &self.subjects,
+            state: &self.state,
+            runner: &self.runner,
+            spool: &self.spool,
+            jobs_changed: &self.jobs_changed,
+            metrics: &self.metrics,
         }
-        Ok(())
     }
-}
-
-fn outcome(i: &Instruction, error: Option<String>) -> InstrOutcome {
-    InstrOutcome { id: i.id, op: i.op.name().to_owned(), applied_at: Utc::now(), error }
 }

@@ -1,58 +1,48 @@
 //! Running one job step as a child process.
 //!
-//! [`run_step`] starts a step, captures its output, and waits for it to end. It
-//! also enforces the step's timeout and reacts to cancellation. Two design choices
-//! make that reliable:
+//! [`run_step`] starts a step, captures its output, and waits for it to end.
+//! It also enforces the step's timeout and reacts to cancellation. This file
+//! holds that flow and what it reports; the three mechanisms it relies on
+//! each have a room of their own:
 //!
-//! * **Each step runs in its own process group** (`setpgid(0, 0)` via
-//!   `process_group(0)`). A step is usually a shell script that starts
-//!   children of its own (pipelines, `cmd &`, tools that fork workers). If we
-//!   signal only the direct child, its descendants survive and keep running. They
-//!   also keep the output pipes open, so reading the output would never finish.
-//!   Because the step leads a process group, we can signal the whole tree at once
-//!   with `killpg`: first `SIGTERM`, then `SIGKILL` for anything still alive after
+//! * `process/group.rs`: each step runs in its own process group, so a
+//!   timeout, a stop or a cancel reaches the whole tree the step started:
+//!   `SIGTERM`, then `SIGKILL` for anything still alive after
 //!   [`StepCommand::kill_grace`].
-//!   After the main child exits normally, any descendants that still hold the
-//!   pipes get a short drain period ([`DRAIN_PERIOD`]). After that, the group is
-//!   killed so the step cannot hang. Descendants that have detached their output
-//!   (for example `daemon >/dev/null 2>&1 &`) are left alone after a normal exit.
-//!   On a timeout or a cancel, they are killed like everything else in the group.
+//! * `process/capture.rs`: output is capped to a head and a tail
+//!   ([`OutputCapture`]), stdout and stderr read at the same time.
+//! * `process/procfs.rs`: `/proc` tells zombies from live processes, and
+//!   finds the steps a dead agent left behind ([`terminate_leftovers`]).
 //!
-//! * **Output is capped to a head and a tail** ([`OutputCapture`]). A step can
-//!   print any amount, even gigabytes. We keep the first `cap/2` bytes and the
-//!   last `cap/2` bytes. For a failing step, the start shows what it was doing and
-//!   the end shows why it failed. A marker line records how many bytes were cut
-//!   from the middle. The tail is a ring buffer, so memory stays `O(cap)` whatever
-//!   the output size. Stdout and stderr are read at the same time, so a child that
-//!   fills one pipe while we wait on the other cannot deadlock.
-//!
-//! * **Leftovers of a dead agent are found by their environment**
-//!   ([`terminate_leftovers`]). An agent killed with `kill -9` cannot kill its
-//!   steps, which go on as orphans. Every step carries its run id in its
-//!   environment, so the restarted agent finds exactly those processes in
-//!   `/proc` (a recycled pid cannot match) and ends them like a stop would.
-//!
-//! Zombies: the agent may run under an init that does not reap orphans (some
-//! container inits do not). A grandchild killed there stays a zombie forever, and
-//! `killpg(pgid, 0)` still reports the group as alive. So the check "has the group
-//! gone away?" ignores zombies. On Linux, it reads `/proc/<pid>/stat`.
+//! After the main child exits normally, any descendants that still hold the
+//! pipes get a short drain period ([`DRAIN_PERIOD`]). After that, the group is
+//! killed so the step cannot hang. Descendants that have detached their output
+//! (for example `daemon >/dev/null 2>&1 &`) are left alone after a normal exit.
+//! On a timeout or a cancel, they are killed like everything else in the group.
 
-use std::collections::{BTreeMap, VecDeque};
+mod capture;
+mod group;
+mod procfs;
+#[cfg(test)]
+mod testing;
+
+use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nix::errno::Errno;
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::{Child, Command};
-use tokio::task::JoinHandle;
+use nix::sys::signal::Signal;
+use tokio::process::Command;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+pub use capture::OutputCapture;
+pub use group::terminate_leftovers;
+
+use capture::OutputReader;
+use group::ProcessGroup;
 
 /// After the main child exits, how long the output readers may keep going
 /// before the rest of the process group is killed. Descendants that still hold
@@ -64,12 +54,6 @@ pub const DRAIN_PERIOD: Duration = Duration::from_millis(200);
 /// example with `setsid`) can keep a pipe open anyway. In that case we stop
 /// reading and return the output captured so far.
 const DRAIN_AFTER_KILL: Duration = Duration::from_secs(1);
-
-/// While waiting for a signalled process group to go away, how often to check it.
-const GROUP_POLL_INTERVAL: Duration = Duration::from_millis(20);
-
-/// Size of each read from the stdout and stderr pipes.
-const READ_CHUNK: usize = 64 * 1024;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -151,89 +135,6 @@ impl StepExit {
     }
 }
 
-/// Output capture capped at `cap` bytes: the first `cap / 2` bytes (the head)
-/// and the last `cap - cap / 2` bytes (the tail).
-///
-/// Once the head is full, later bytes go into a ring buffer. It keeps only the
-/// newest `cap - cap / 2` bytes. Memory use is `O(cap)` whatever the amount of
-/// input. [`finish`](Self::finish) joins head and tail. If bytes were dropped,
-/// it puts a marker line between them, like `\n[... 123456 bytes cut ...]\n`.
-/// The marker does not count toward the cap.
-#[derive(Debug, Clone)]
-pub struct OutputCapture {
-    head_cap: usize,
-    tail_cap: usize,
-    head: Vec<u8>,
-    tail: VecDeque<u8>,
-    total: u64,
-}
-
-impl OutputCapture {
-    /// An empty capture that keeps at most `cap` bytes.
-    pub fn new(cap: usize) -> Self {
-        let head_cap = cap / 2;
-        OutputCapture {
-            head_cap,
-            tail_cap: cap - head_cap,
-            head: Vec::new(),
-            tail: VecDeque::new(),
-            total: 0,
-        }
-    }
-
-    /// Adds bytes to the end of the output.
-    pub fn push(&mut self, mut data: &[u8]) {
-        self.total += data.len() as u64;
-        if self.head.len() < self.head_cap {
-            let n = (self.head_cap - self.head.len()).min(data.len());
-            self.head.extend_from_slice(&data[..n]);
-            data = &data[n..];
-        }
-        if data.is_empty() {
-            return;
-        }
-        if data.len() >= self.tail_cap {
-            // The chunk alone fills the tail: keep only its last tail_cap bytes.
-            self.tail.clear();
-            self.tail.extend(&data[data.len() - self.tail_cap..]);
-        } else {
-            // Drop the oldest bytes first, so the buffer never grows past tail_cap.
-            let overflow = (self.tail.len() + data.len()).saturating_sub(self.tail_cap);
-            self.tail.drain(..overflow);
-            self.tail.extend(data);
-        }
-    }
-
-    /// Total bytes pushed so far, kept or not.
-    pub fn total_bytes(&self) -> u64 {
-        self.total
-    }
-
-    /// Bytes dropped so far.
-    pub fn cut_bytes(&self) -> u64 {
-        self.total - self.head.len() as u64 - self.tail.len() as u64
-    }
-
-    /// The captured text (lossy UTF-8), and the number of bytes cut from the middle.
-    pub fn finish(self) -> (String, u64) {
-        let cut = self.cut_bytes();
-        let (a, b) = self.tail.as_slices();
-        if cut == 0 {
-            let mut all = self.head;
-            all.extend_from_slice(a);
-            all.extend_from_slice(b);
-            return (String::from_utf8_lossy(&all).into_owned(), 0);
-        }
-        let mut tail = Vec::with_capacity(a.len() + b.len());
-        tail.extend_from_slice(a);
-        tail.extend_from_slice(b);
-        let mut out = String::from_utf8_lossy(&self.head).into_owned();
-        out.push_str(&format!("\n[... {cut} bytes cut ...]\n"));
-        out.push_str(&String::from_utf8_lossy(&tail));
-        (out, cut)
-    }
-}
-
 /// Runs the step until it ends.
 ///
 /// `cancel` stops it early. The process group gets `SIGTERM`, then `SIGKILL`
@@ -257,11 +158,13 @@ pub async fn run_step(cmd: &StepCommand, cancel: &CancellationToken) -> StepExit
     }
 
     let spawned = match build_command(cmd) {
-        Some(mut command) => command.spawn(),
+        Some(mut command) => ProcessGroup::spawn(&mut command),
         None => Err(io::Error::new(io::ErrorKind::InvalidInput, "empty argv")),
     };
-    let mut child = match spawned {
-        Ok(child) => child,
+    // Safety net: if this future is dropped midway, the group kills the whole
+    // tree, not only the child (which kill_on_drop covers).
+    let (mut child, mut group) = match spawned {
+        Ok(spawned) => spawned,
         Err(err) => {
             let message = spawn_failure_message(&name, cmd.cwd.as_deref(), &err).await;
             tracing::debug!(program = %name, %message, "step spawn failed");
@@ -276,23 +179,8 @@ pub async fn run_step(cmd: &StepCommand, cancel: &CancellationToken) -> StepExit
             };
         }
     };
-
-    // process_group(0) makes the child the leader of a new group whose id is
-    // its pid. The child is not reaped yet, so id() is Some here.
-    let pgid = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .map(Pid::from_raw);
-    // Safety net: if this future is dropped midway, kill the whole group, not
-    // only the child (which kill_on_drop covers).
-    let mut group_guard = GroupGuard { pgid };
-
-    let capture = Arc::new(Mutex::new(OutputCapture::new(cmd.output_cap)));
-    let mut reader = AbortOnDrop(tokio::spawn(pump_output(
-        child.stdout.take(),
-        child.stderr.take(),
-        Arc::clone(&capture),
-    )));
+    let pgid = group.id();
+    let mut reader = OutputReader::start(child.stdout.take(), child.stderr.take(), cmd.output_cap);
 
     let outcome = tokio::select! {
         biased;
@@ -307,14 +195,14 @@ pub async fn run_step(cmd: &StepCommand, cancel: &CancellationToken) -> StepExit
             tracing::debug!(program = %name, ?pgid, "step canceled, terminating process group");
             (
                 Ended::Canceled,
-                terminate_group(&mut child, pgid, cmd.kill_grace).await,
+                group.terminate(&mut child, cmd.kill_grace).await,
             )
         }
         Outcome::TimedOut => {
             tracing::debug!(program = %name, ?pgid, "step timed out, terminating process group");
             (
                 Ended::TimedOut,
-                terminate_group(&mut child, pgid, cmd.kill_grace).await,
+                group.terminate(&mut child, cmd.kill_grace).await,
             )
         }
     };
@@ -322,54 +210,38 @@ pub async fn run_step(cmd: &StepCommand, cancel: &CancellationToken) -> StepExit
     // The main child is gone. Let the readers finish, but do not let descendants
     // that still hold the pipes keep us waiting.
     let mut pipes_held = false;
-    if tokio::time::timeout(DRAIN_PERIOD, &mut reader.0)
-        .await
-        .is_err()
-    {
+    if !reader.finished_within(DRAIN_PERIOD).await {
         pipes_held = true;
         tracing::debug!(program = %name, ?pgid, "output still open after exit, killing process group");
-        signal_group(pgid, Signal::SIGKILL);
-        if tokio::time::timeout(DRAIN_AFTER_KILL, &mut reader.0)
-            .await
-            .is_err()
-        {
+        group.signal(Signal::SIGKILL);
+        if !reader.finished_within(DRAIN_AFTER_KILL).await {
             tracing::warn!(program = %name, "output pipes still open after SIGKILL to the process group; abandoning them");
-            reader.0.abort();
+            reader.abandon();
         }
     }
     // Past this point, the group is not signalled again.
-    group_guard.pgid = None;
+    group.release();
 
-    let (output, output_cut_bytes) = {
-        let mut guard = capture
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        std::mem::replace(&mut *guard, OutputCapture::new(0)).finish()
-    };
+    let (output, output_cut_bytes) = reader.finish();
 
-    let (exit_code, signal, mut message) = match &status {
+    let (exit_code, signal, wait_error) = match &status {
         Ok(st) => (st.code(), st.signal(), String::new()),
         Err(err) => (None, None, format!("cannot wait for '{name}': {err}")),
     };
-    match ended {
-        Ended::TimedOut => {
-            let limit = cmd.timeout.unwrap_or_default();
-            message = join_message(format!("timed out after {limit:?}"), message);
-        }
-        Ended::Canceled => message = join_message("canceled".to_owned(), message),
-        Ended::Exited => {
-            if let Some(sig) = signal {
-                message = join_message(format!("killed by signal {}", signal_name(sig)), message);
-            }
-            if pipes_held {
-                message = join_message(
-                    message,
-                    "leftover processes kept the output open after exit; process group killed"
-                        .to_owned(),
-                );
-            }
-        }
-        Ended::SpawnFailed => {}
+    let mut message = match ended {
+        Ended::TimedOut => format!("timed out after {:?}", cmd.timeout.unwrap_or_default()),
+        Ended::Canceled => "canceled".to_owned(),
+        Ended::Exited => signal
+            .map(|sig| format!("killed by signal {}", signal_name(sig)))
+            .unwrap_or_default(),
+        Ended::SpawnFailed => String::new(),
+    };
+    add_note(&mut message, &wait_error);
+    if ended == Ended::Exited && pipes_held {
+        add_note(
+            &mut message,
+            "leftover processes kept the output open after exit; process group killed",
+        );
     }
 
     StepExit {
@@ -390,7 +262,8 @@ enum Outcome {
     TimedOut,
 }
 
-/// Builds the command, or returns `None` for an empty argv.
+/// Builds the command, or returns `None` for an empty argv. Its process
+/// group is set up by [`ProcessGroup::spawn`].
 fn build_command(cmd: &StepCommand) -> Option<Command> {
     let mut command = match &cmd.program {
         Program::Shell(script) => {
@@ -409,9 +282,7 @@ fn build_command(cmd: &StepCommand) -> Option<Command> {
         .envs(&cmd.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+        .stderr(Stdio::piped());
     if let Some(cwd) = &cmd.cwd {
         command.current_dir(cwd);
     }
@@ -445,13 +316,17 @@ async fn spawn_failure_message(
     format!("cannot start '{name}': {err}")
 }
 
-/// Joins two message parts with "; ", leaving out empty ones.
-fn join_message(first: String, second: String) -> String {
-    match (first.is_empty(), second.is_empty()) {
-        (_, true) => first,
-        (true, false) => second,
-        (false, false) => format!("{first}; {second}"),
+/// Adds `note` to a message for people, after a "; " if the message already
+/// says something. An empty note adds nothing. Step and run messages (see
+/// `crate::runner`) are put together the same way.
+pub fn add_note(message: &mut String, note: &str) {
+    if note.is_empty() {
+        return;
     }
+    if !message.is_empty() {
+        message.push_str("; ");
+    }
+    message.push_str(note);
 }
 
 /// "9 (SIGKILL)", or just the number for an unknown signal.
@@ -470,212 +345,9 @@ async fn sleep_opt(timeout: Option<Duration>) {
     }
 }
 
-/// Sends `SIGTERM` to the group. It then waits up to `grace` for the main child
-/// and every other live group member to exit, and sends `SIGKILL` to whatever
-/// is left. Returns the main child's exit status.
-async fn terminate_group(
-    child: &mut Child,
-    pgid: Option<Pid>,
-    grace: Duration,
-) -> io::Result<ExitStatus> {
-    let deadline = Instant::now() + grace;
-    signal_group(pgid, Signal::SIGTERM);
-    if pgid.is_none() {
-        // Without a group id, we can only signal the child itself.
-        let _ = child.start_kill();
-    }
-    let status = match tokio::time::timeout_at(deadline, child.wait()).await {
-        Ok(status) => status,
-        Err(_) => {
-            signal_group(pgid, Signal::SIGKILL);
-            let _ = child.start_kill();
-            return child.wait().await;
-        }
-    };
-    // The main child is gone. Other group members (grandchildren) get the rest
-    // of the grace period.
-    if let Some(pgid) = pgid {
-        while group_has_live_members(pgid) {
-            if Instant::now() >= deadline {
-                signal_group(Some(pgid), Signal::SIGKILL);
-                break;
-            }
-            tokio::time::sleep(GROUP_POLL_INTERVAL).await;
-        }
-    }
-    status
-}
-
-/// Sends `sig` to the process group. A group that is already gone is not an
-/// error. Other errors are logged.
-fn signal_group(pgid: Option<Pid>, sig: Signal) {
-    let Some(pgid) = pgid else { return };
-    match killpg(pgid, sig) {
-        Ok(()) | Err(Errno::ESRCH) => {}
-        Err(err) => tracing::warn!(?pgid, ?sig, %err, "cannot signal process group"),
-    }
-}
-
-/// True if a process in the group is still running (zombies do not count).
-fn group_has_live_members(pgid: Pid) -> bool {
-    match killpg(pgid, None) {
-        Err(Errno::ESRCH) => false,
-        // EPERM (or anything else): something is in the group. Look closer if
-        // we can.
-        _ => live_members_by_proc(pgid).unwrap_or(true),
-    }
-}
-
-/// Scans `/proc` for processes in the group that are not zombies. Returns
-/// `None` if `/proc` cannot be read (so the caller assumes the group is alive).
-fn live_members_by_proc(pgid: Pid) -> Option<bool> {
-    Some(live_processes()?.any(|p| p.pgrp == pgid.as_raw()))
-}
-
-/// A process found in `/proc`.
-struct ProcEntry {
-    pid: i32,
-    pgrp: i32,
-}
-
-/// Every process in `/proc` that is not a zombie, or `None` if `/proc`
-/// cannot be read. Processes that go away while we look are skipped.
-fn live_processes() -> Option<impl Iterator<Item = ProcEntry>> {
-    let entries = std::fs::read_dir("/proc").ok()?;
-    Some(entries.flatten().filter_map(|entry| {
-        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let (state, pgrp) = parse_proc_stat(&stat)?;
-        (state != 'Z' && state != 'X').then_some(ProcEntry { pid, pgrp })
-    }))
-}
-
-/// Ends the processes left over from runs the agent died in (it was killed
-/// with `kill -9`, or the machine's OOM killer chose it): their steps kept
-/// running as orphans. They are found by their environment, which carries
-/// `var=value` (every step gets its run id), so a reused pid is never
-/// mistaken for one of them. Each one's process group gets
-/// `SIGTERM`, then `SIGKILL` after `grace`. Returns how many processes were
-/// found. Blocking; call it once at start. Without `/proc` it does nothing.
-pub fn terminate_leftovers(var: &str, value: &str, grace: Duration) -> usize {
-    let wanted = format!("{var}={value}").into_bytes();
-    let me = std::process::id() as i32;
-    let my_group = nix::unistd::getpgrp().as_raw();
-    let find = || -> Vec<ProcEntry> {
-        let Some(all) = live_processes() else { return Vec::new() };
-        all.filter(|p| p.pid != me)
-            .filter(|p| {
-                std::fs::read(format!("/proc/{}/environ", p.pid))
-                    .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == wanted))
-            })
-            .collect()
-    };
-    let signal = |procs: &[ProcEntry], sig: Signal| {
-        for p in procs {
-            if p.pgrp != my_group {
-                signal_group(Some(Pid::from_raw(p.pgrp)), sig);
-            }
-            // It may have left the group (setsid); signal it by itself too.
-            let _ = nix::sys::signal::kill(Pid::from_raw(p.pid), sig);
-        }
-    };
-    let found = find();
-    if found.is_empty() {
-        return 0;
-    }
-    tracing::warn!(processes = found.len(), "terminating processes left over from interrupted runs");
-    signal(&found, Signal::SIGTERM);
-    let deadline = std::time::Instant::now() + grace;
-    loop {
-        let left = find();
-        if left.is_empty() {
-            break;
-        }
-        if std::time::Instant::now() >= deadline {
-            signal(&left, Signal::SIGKILL);
-            break;
-        }
-        std::thread::sleep(GROUP_POLL_INTERVAL);
-    }
-    found.len()
-}
-
-/// Reads the state and the process group from a `/proc/<pid>/stat` line:
-/// `pid (comm) state ppid pgrp ...`. `comm` may hold spaces and parentheses,
-/// so parsing starts after the last `)`.
-fn parse_proc_stat(stat: &str) -> Option<(char, i32)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let _ppid = fields.next()?;
-    let pgrp = fields.next()?.parse().ok()?;
-    Some((state, pgrp))
-}
-
-/// Reads stdout and stderr at the same time, in the order data arrives, until
-/// both reach EOF (or an error).
-async fn pump_output(
-    mut stdout: Option<tokio::process::ChildStdout>,
-    mut stderr: Option<tokio::process::ChildStderr>,
-    capture: Arc<Mutex<OutputCapture>>,
-) {
-    let mut out_buf = vec![0u8; READ_CHUNK];
-    let mut err_buf = vec![0u8; READ_CHUNK];
-    let push = |data: &[u8]| {
-        capture
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(data);
-    };
-    while stdout.is_some() || stderr.is_some() {
-        // read() is cancel safe: data is never lost when the other branch wins.
-        tokio::select! {
-            r = read_opt(&mut stdout, &mut out_buf) => match r {
-                Ok(n) if n > 0 => push(&out_buf[..n]),
-                _ => stdout = None,
-            },
-            r = read_opt(&mut stderr, &mut err_buf) => match r {
-                Ok(n) if n > 0 => push(&err_buf[..n]),
-                _ => stderr = None,
-            },
-        }
-    }
-}
-
-/// Reads from `reader`, or waits forever if it is closed (`None`).
-async fn read_opt<R: AsyncRead + Unpin>(
-    reader: &mut Option<R>,
-    buf: &mut [u8],
-) -> io::Result<usize> {
-    match reader {
-        Some(r) => r.read(buf).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Aborts the reader task if `run_step` is dropped before it finishes.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Sends `SIGKILL` to the process group if `run_step` is dropped while the
-/// step runs.
-struct GroupGuard {
-    pgid: Option<Pid>,
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        signal_group(self.pgid, Signal::SIGKILL);
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::testing::{assert_process_gone, first_line_pid, process_gone};
     use super::*;
 
     fn shell(script: &str) -> StepCommand {
@@ -706,116 +378,17 @@ mod tests {
         .expect("run_step did not finish within 60s")
     }
 
-    /// True once `pid` no longer runs: gone entirely, or a zombie waiting for a
-    /// reaper (some container inits never reap orphans).
-    fn process_gone(pid: i32) -> bool {
-        match nix::sys::signal::kill(Pid::from_raw(pid), None) {
-            Err(Errno::ESRCH) => true,
-            _ => match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-                Ok(stat) => matches!(parse_proc_stat(&stat), Some(('Z' | 'X', _))),
-                Err(_) => true,
-            },
-        }
-    }
-
-    /// Checks, a bounded number of times, that `pid` has gone.
-    async fn assert_process_gone(pid: i32) {
-        for _ in 0..100 {
-            if process_gone(pid) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // Do not leak it even though the test fails.
-        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-        panic!("process {pid} is still running");
-    }
-
-    fn first_line_pid(output: &str) -> i32 {
-        output
-            .lines()
-            .next()
-            .and_then(|l| l.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no pid on the first line of {output:?}"))
-    }
-
-    // ---- OutputCapture ----
-
     #[test]
-    fn capture_under_cap_keeps_everything() {
-        let mut c = OutputCapture::new(10);
-        c.push(b"hello");
-        c.push(b"");
-        c.push(b"world");
-        assert_eq!(c.total_bytes(), 10);
-        assert_eq!(c.finish(), ("helloworld".to_owned(), 0));
+    fn notes_are_joined_and_empty_ones_left_out() {
+        let mut m = String::new();
+        add_note(&mut m, "");
+        assert_eq!(m, "");
+        add_note(&mut m, "first");
+        assert_eq!(m, "first");
+        add_note(&mut m, "");
+        add_note(&mut m, "second");
+        assert_eq!(m, "first; second");
     }
-
-    #[test]
-    fn capture_over_cap_keeps_head_and_tail() {
-        let data: Vec<u8> = (0..1000u32).map(|i| b'a' + (i % 26) as u8).collect();
-        // Push in uneven chunks, some larger than the tail, some smaller.
-        for chunk_size in [1usize, 3, 7, 64, 999, 5000] {
-            let mut c = OutputCapture::new(100);
-            for chunk in data.chunks(chunk_size) {
-                c.push(chunk);
-            }
-            let (text, cut) = c.finish();
-            assert_eq!(cut, 900, "chunk size {chunk_size}");
-            let expected = format!(
-                "{}\n[... 900 bytes cut ...]\n{}",
-                std::str::from_utf8(&data[..50]).unwrap(),
-                std::str::from_utf8(&data[950..]).unwrap()
-            );
-            assert_eq!(text, expected, "chunk size {chunk_size}");
-        }
-    }
-
-    #[test]
-    fn capture_odd_and_zero_caps() {
-        let mut c = OutputCapture::new(5);
-        c.push(b"0123456789");
-        assert_eq!(c.finish(), ("01\n[... 5 bytes cut ...]\n789".to_owned(), 5));
-
-        let mut c = OutputCapture::new(0);
-        c.push(b"abc");
-        c.push(b"de");
-        assert_eq!(c.finish(), ("\n[... 5 bytes cut ...]\n".to_owned(), 5));
-
-        let mut c = OutputCapture::new(0);
-        c.push(b"");
-        assert_eq!(c.finish(), (String::new(), 0));
-    }
-
-    #[test]
-    fn capture_memory_stays_bounded() {
-        let mut c = OutputCapture::new(1000);
-        let chunk = [b'x'; 300];
-        for _ in 0..10_000 {
-            c.push(&chunk);
-            assert!(c.head.len() + c.tail.len() <= 1000);
-        }
-        assert_eq!(c.cut_bytes(), 3_000_000 - 1000);
-    }
-
-    #[test]
-    fn capture_is_lossy_utf8() {
-        let mut c = OutputCapture::new(100);
-        c.push(b"ok \xff\xfe end");
-        assert_eq!(c.finish().0, "ok \u{fffd}\u{fffd} end");
-    }
-
-    #[test]
-    fn proc_stat_parsing() {
-        assert_eq!(
-            parse_proc_stat("123 (sleep) S 1 120 120 0"),
-            Some(('S', 120))
-        );
-        assert_eq!(parse_proc_stat("7 (a) b (c)) Z 1 99 99 0"), Some(('Z', 99)));
-        assert_eq!(parse_proc_stat("garbage"), None);
-    }
-
-    // ---- run_step ----
 
     #[tokio::test]
     async fn exit_zero_succeeds() {
@@ -956,42 +529,6 @@ mod tests {
         assert!(!r.succeeded());
         assert!(r.duration < Duration::from_secs(8), "{:?}", r.duration);
         assert_process_gone(grandchild).await;
-    }
-
-    #[test]
-    fn leftovers_are_found_by_their_environment_and_terminated() {
-        use std::os::unix::process::CommandExt as _;
-        let run_id = uuid_like();
-        // Its own group, like a step; the background sleep ignores SIGTERM,
-        // so the grace period has to run out and SIGKILL follow.
-        let mut child = std::process::Command::new("/bin/sh")
-            .args(["-c", "(trap '' TERM; exec sleep 300) & echo $!; exec sleep 300"])
-            .env("MUSTER_TEST_LEFTOVER", &run_id)
-            .stdout(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-        let stubborn: i32 = line.trim().parse().unwrap();
-        let mut other = std::process::Command::new("sleep").arg("300").env("MUSTER_TEST_LEFTOVER", "another-run").spawn().unwrap();
-
-        let found = terminate_leftovers("MUSTER_TEST_LEFTOVER", &run_id, Duration::from_millis(300));
-        assert_eq!(found, 2, "the script and its background child");
-        child.wait().unwrap();
-        let gone = (0..100).any(|_| {
-            std::thread::sleep(Duration::from_millis(20));
-            process_gone(stubborn)
-        });
-        assert!(gone, "the SIGTERM-ignoring child got SIGKILL");
-        assert!(!process_gone(other.id() as i32), "another run's process is left alone");
-        other.kill().unwrap();
-        other.wait().unwrap();
-        assert_eq!(terminate_leftovers("MUSTER_TEST_LEFTOVER", &run_id, Duration::ZERO), 0);
-    }
-
-    fn uuid_like() -> String {
-        format!("{}-{:?}", std::process::id(), std::time::SystemTime::now())
     }
 
     #[tokio::test]

@@ -1,0 +1,79 @@
+//! What an agent calls about itself: `muster.api.agent.<t>.enlist` and
+//! `.defect`.
+//!
+//! These subjects carry the target's own name, so server permissions can pin
+//! each agent to its own; the body must name the same target. One name has
+//! one running agent: an agent enlisting with a new instance id is refused
+//! while another still answers on the name's control subject.
+
+use muster_shared::api::{self as wire, ApiError, EnlistRequest, ErrorCode, TargetRef};
+use muster_shared::name::TargetName;
+use uuid::Uuid;
+
+use super::{body, reply, Ctx};
+use crate::store::{Store, TargetRecord};
+
+impl Ctx {
+    /// An agent enlisting itself.
+    pub(super) async fn agent_enlist(&self, subject: &str, p: &[u8]) -> Result<Vec<u8>, ApiError> {
+        let req: EnlistRequest = body(p)?;
+        self.same_target(subject, &req.name)?;
+        if let Some(instance) = req.instance {
+            self.refuse_second_agent(&req.name, instance).await?;
+        }
+        Ok(reply::encode(Ok(self
+            .enlist(req.clone(), req.instance)
+            .await?)))
+    }
+
+    /// A target defecting itself: the same as `musterctl target defect <t>`.
+    pub(super) async fn agent_defect(&self, subject: &str, p: &[u8]) -> Result<Vec<u8>, ApiError> {
+        let req: TargetRef = body(p)?;
+        self.same_target(subject, &req.name)?;
+        Ok(reply::encode(Ok(self
+            .defect(wire::DefectRequest {
+                name: req.name,
+                force: false,
+            })
+            .await?)))
+    }
+
+    /// An agent may only speak for the target its subject carries.
+    fn same_target(&self, subject: &str, name: &TargetName) -> Result<(), ApiError> {
+        let on_subject = self.config.subjects.target_of(subject).unwrap_or_default();
+        if on_subject != name.as_str() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("body names target '{name}' but the subject carries '{on_subject}'"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses an agent whose name is already taken by another running agent:
+    /// one that still answers on the name's control subject with another
+    /// instance id. (A new agent enlists before it serves its own control
+    /// subject, so whoever answers is someone else.)
+    async fn refuse_second_agent(&self, name: &TargetName, instance: Uuid) -> Result<(), ApiError> {
+        let Some((record, _)) =
+            Store::read::<TargetRecord>(&self.store.targets, name.as_str()).await?
+        else {
+            return Ok(());
+        };
+        if record.instance.is_none_or(|i| i == instance) {
+            return Ok(());
+        }
+        match self.force_poll(name).await {
+            Ok(report) if report.instance != instance => Err(ApiError::new(
+                ErrorCode::AlreadyExists,
+                format!(
+                    "target '{name}' is already enlisted by another running agent (instance {}, agent {}); \
+                     stop that agent first, or start this one with another --name",
+                    report.instance, report.agent_version
+                ),
+            )),
+            // Nobody answers (the old agent is gone), or it is this very agent.
+            _ => Ok(()),
+        }
+    }
+}

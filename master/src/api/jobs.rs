@@ -1,0 +1,415 @@
+//! Jobs: create, update, enable, delete, assign, start, stop and status.
+//!
+//! Every change to a job, or to who it reaches, is posted to the targets
+//! concerned: an upsert to each target that has or gains it, a delete to
+//! each that loses it ([`reach_changes`]). Starts are posted and then
+//! force-polled, so online targets start now and offline ones at their next
+//! poll; stops go straight to the control subject, queued only when the
+//! target does not answer.
+
+use std::collections::BTreeSet;
+
+use chrono::Utc;
+use futures::StreamExt;
+use muster_shared::api::{
+    ApiError, Delivery, DeliveryState, ErrorCode, JobInfo, JobRef, JobSelect, JobTargetStatus,
+    Selection,
+};
+use muster_shared::job::JobSpec;
+use muster_shared::msg::{ControlOp, InstructionOp};
+use muster_shared::name::{JobName, TargetName};
+use uuid::Uuid;
+
+use super::groups::expand_groups;
+use super::{Ctx, CONTROL_IN_FLIGHT};
+use crate::post;
+use crate::store::{JobRecord, Store, StoreError};
+
+impl Ctx {
+    pub(super) async fn job_create(&self, mut spec: JobSpec) -> Result<JobInfo, ApiError> {
+        spec.normalize();
+        spec.validate()
+            .map_err(|e| ApiError::new(ErrorCode::InvalidJob, e))?;
+        let now = Utc::now();
+        let record = JobRecord {
+            id: Uuid::new_v4(),
+            revision: 1,
+            spec,
+            targets: BTreeSet::new(),
+            groups: BTreeSet::new(),
+            created_at: now,
+            updated_at: now,
+        };
+        let name = record.spec.name.clone();
+        let created = Store::try_modify(
+            &self.store.jobs,
+            name.as_str(),
+            |old: Option<JobRecord>| match old {
+                Some(_) => Err(ApiError::new(
+                    ErrorCode::AlreadyExists,
+                    format!("a job named '{name}' already exists (use `musterctl job update`)"),
+                )),
+                None => Ok(Some(record.clone())),
+            },
+        )
+        .await?
+        .expect("written");
+        tracing::info!(job = %name, id = %created.id, "job created");
+        Ok(job_info(&created))
+    }
+
+    /// Replaces a job's definition and posts it to every target concerned.
+    pub(super) async fn job_update(&self, mut spec: JobSpec) -> Result<JobInfo, ApiError> {
+        spec.normalize();
+        spec.validate()
+            .map_err(|e| ApiError::new(ErrorCode::InvalidJob, e))?;
+        let name = spec.name.clone();
+        self.change_job(&name, |j| j.spec = spec.clone()).await
+    }
+
+    pub(super) async fn job_enable(&self, req: JobRef, enabled: bool) -> Result<JobInfo, ApiError> {
+        self.change_job(&req.job, |j| j.spec.enabled = enabled)
+            .await
+    }
+
+    /// Applies `f`, bumps the revision and posts the new definition.
+    async fn change_job(
+        &self,
+        name: &JobName,
+        f: impl Fn(&mut JobRecord),
+    ) -> Result<JobInfo, ApiError> {
+        self.store.job(name).await?;
+        let updated =
+            Store::try_modify(&self.store.jobs, name.as_str(), |old: Option<JobRecord>| {
+                let Some(mut j) = old else {
+                    return Err(ApiError::new(
+                        ErrorCode::NotFound,
+                        format!("no job is named '{name}'"),
+                    ));
+                };
+                f(&mut j);
+                j.revision += 1;
+                j.updated_at = Utc::now();
+                Ok(Some(j))
+            })
+            .await?
+            .expect("written");
+        let groups = self.store.all_groups().await?;
+        let items = Store::concerned(&updated, &groups)
+            .into_iter()
+            .map(|t| (t, InstructionOp::UpsertJob { job: updated.def() }))
+            .collect();
+        post::post_many(&self.store, items).await?;
+        Ok(job_info(&updated))
+    }
+
+    pub(super) async fn job_delete(&self, req: JobRef) -> Result<JobInfo, ApiError> {
+        let (job, revision) = self.store.job(&req.job).await?;
+        let groups = self.store.all_groups().await?;
+        self.store
+            .delete_job(&req.job, revision)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict { .. } => {
+                    ApiError::new(ErrorCode::Conflict, "job changed while deleting; try again")
+                }
+                e => e.into(),
+            })?;
+        let items = Store::concerned(&job, &groups)
+            .into_iter()
+            .map(|t| {
+                (
+                    t,
+                    InstructionOp::DeleteJob {
+                        job_id: job.id,
+                        job: job.spec.name.clone(),
+                    },
+                )
+            })
+            .collect();
+        post::post_many(&self.store, items).await?;
+        tracing::info!(job = %req.job, "job deleted");
+        Ok(job_info(&job))
+    }
+
+    /// Assigns (or unassigns) a job to targets and groups, posting upserts to
+    /// targets that gain it and deletes to targets that lose it.
+    pub(super) async fn job_assign(
+        &self,
+        req: JobSelect,
+        assign: bool,
+    ) -> Result<JobInfo, ApiError> {
+        if req.select.is_empty() || req.select.all {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "name at least one --target or --group",
+            ));
+        }
+        self.store.require_enlisted(&req.select.targets).await?;
+        let groups = self.store.all_groups().await?;
+        expand_groups(&req.select.groups, &groups)?;
+        let (before, _) = self.store.job(&req.job).await?;
+        let after = Store::try_modify(
+            &self.store.jobs,
+            req.job.as_str(),
+            |old: Option<JobRecord>| {
+                let Some(mut j) = old else {
+                    return Err(ApiError::new(
+                        ErrorCode::NotFound,
+                        format!("no job is named '{}'", req.job),
+                    ));
+                };
+                for t in &req.select.targets {
+                    if assign {
+                        j.targets.insert(t.clone())
+                    } else {
+                        j.targets.remove(t)
+                    };
+                }
+                for g in &req.select.groups {
+                    if assign {
+                        j.groups.insert(g.clone())
+                    } else {
+                        j.groups.remove(g)
+                    };
+                }
+                j.updated_at = Utc::now();
+                Ok(Some(j))
+            },
+        )
+        .await?
+        .expect("written");
+        let items = reach_changes(
+            &after,
+            &Store::concerned(&before, &groups),
+            &Store::concerned(&after, &groups),
+        );
+        post::post_many(&self.store, items).await?;
+        Ok(job_info(&after))
+    }
+
+    /// The targets an operation on a job reaches: the selection, which must be
+    /// among the job's targets, or all of them when the selection is empty.
+    async fn select_for_job(
+        &self,
+        job: &JobRecord,
+        select: &Selection,
+    ) -> Result<Vec<TargetName>, ApiError> {
+        let groups = self.store.all_groups().await?;
+        let concerned = Store::concerned(job, &groups);
+        if select.is_empty() || select.all {
+            if concerned.is_empty() {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "job '{}' is not assigned to any target (use `musterctl job assign`)",
+                        job.spec.name
+                    ),
+                ));
+            }
+            return Ok(concerned.into_iter().collect());
+        }
+        self.store.require_enlisted(&select.targets).await?;
+        let mut chosen: BTreeSet<TargetName> = select.targets.iter().cloned().collect();
+        chosen.extend(expand_groups(&select.groups, &groups)?);
+        if let Some(t) = chosen.iter().find(|t| !concerned.contains(*t)) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("job '{}' is not assigned to target '{t}' (use `musterctl job assign {} --target {t}`)", job.spec.name, job.spec.name),
+            ));
+        }
+        Ok(chosen.into_iter().collect())
+    }
+
+    /// Posts a start to each target, then force-polls them all at once so
+    /// online targets start now; offline ones start at their next poll.
+    pub(super) async fn job_start(&self, req: JobSelect) -> Result<Vec<Delivery>, ApiError> {
+        let (job, _) = self.store.job(&req.job).await?;
+        let targets = self.select_for_job(&job, &req.select).await?;
+        let items: Vec<_> = targets
+            .iter()
+            .map(|t| {
+                let op = InstructionOp::StartJob {
+                    job_id: job.id,
+                    job: job.spec.name.clone(),
+                    run_id: Uuid::now_v7(),
+                };
+                (t.clone(), op)
+            })
+            .collect();
+        let posted = post::post_many(&self.store, items).await?;
+        let deliveries = futures::stream::iter(posted)
+            .map(|i| {
+                let ctx = self.clone();
+                async move {
+                    let run_id = match &i.op {
+                        InstructionOp::StartJob { run_id, .. } => Some(*run_id),
+                        _ => None,
+                    };
+                    let (state, message) = match ctx.force_poll(&i.target).await {
+                        Ok(_) => (DeliveryState::Delivered, String::new()),
+                        Err(e) => (DeliveryState::Queued, e.message),
+                    };
+                    Delivery {
+                        target: i.target,
+                        run_id,
+                        state,
+                        message,
+                    }
+                }
+            })
+            .buffer_unordered(CONTROL_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await;
+        Ok(sorted(deliveries))
+    }
+
+    /// Stops a job at once through the control subject where the target is
+    /// online, and through a queued instruction where it is not.
+    pub(super) async fn job_stop(&self, req: JobSelect) -> Result<Vec<Delivery>, ApiError> {
+        let (job, _) = self.store.job(&req.job).await?;
+        let targets = self.select_for_job(&job, &req.select).await?;
+        let deliveries = futures::stream::iter(targets)
+            .map(|t| {
+                let job = job.clone();
+                let ctx = self.clone();
+                async move {
+                    let delivery = |target, state, message| Delivery {
+                        target,
+                        run_id: None,
+                        state,
+                        message,
+                    };
+                    match ctx
+                        .control(
+                            &t,
+                            ControlOp::Stop {
+                                job: job.spec.name.clone(),
+                            },
+                        )
+                        .await
+                    {
+                        Ok(r) => {
+                            let message = if r.stopped == Some(true) {
+                                "stopped"
+                            } else {
+                                "was not running"
+                            };
+                            delivery(t, DeliveryState::Delivered, message.into())
+                        }
+                        Err(e) if e.code == ErrorCode::Offline || e.code == ErrorCode::Timeout => {
+                            let op = InstructionOp::StopJob {
+                                job_id: job.id,
+                                job: job.spec.name.clone(),
+                            };
+                            match post::post(&ctx.store, &t, op).await {
+                                Ok(_) => delivery(t, DeliveryState::Queued, e.message),
+                                Err(e) => {
+                                    delivery(t, DeliveryState::Failed, ApiError::from(e).message)
+                                }
+                            }
+                        }
+                        Err(e) => delivery(t, DeliveryState::Failed, e.message),
+                    }
+                }
+            })
+            .buffer_unordered(CONTROL_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await;
+        Ok(sorted(deliveries))
+    }
+
+    pub(super) async fn job_status(&self, req: JobRef) -> Result<Vec<JobTargetStatus>, ApiError> {
+        let (job, _) = self.store.job(&req.job).await?;
+        let groups = self.store.all_groups().await?;
+        let mut out = Vec::new();
+        for t in Store::concerned(&job, &groups) {
+            if let Some((s, _)) = Store::read::<JobTargetStatus>(
+                &self.store.jobstatus,
+                &Store::status_key(job.id, &t),
+            )
+            .await?
+            {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What moves a job from reaching `was` to reaching `now`: an upsert for
+/// each target that gains it, a delete for each that loses it.
+pub(super) fn reach_changes(
+    job: &JobRecord,
+    was: &BTreeSet<TargetName>,
+    now: &BTreeSet<TargetName>,
+) -> Vec<(TargetName, InstructionOp)> {
+    let mut items: Vec<_> = now
+        .difference(was)
+        .map(|t| (t.clone(), InstructionOp::UpsertJob { job: job.def() }))
+        .collect();
+    items.extend(was.difference(now).map(|t| {
+        (
+            t.clone(),
+            InstructionOp::DeleteJob {
+                job_id: job.id,
+                job: job.spec.name.clone(),
+            },
+        )
+    }));
+    items
+}
+
+/// A job as the API shows it.
+pub fn job_info(j: &JobRecord) -> JobInfo {
+    JobInfo {
+        id: j.id,
+        revision: j.revision,
+        spec: j.spec.clone(),
+        targets: j.targets.iter().cloned().collect(),
+        groups: j.groups.iter().cloned().collect(),
+        created_at: j.created_at,
+        updated_at: j.updated_at,
+    }
+}
+
+fn sorted(mut d: Vec<Delivery>) -> Vec<Delivery> {
+    d.sort_by(|a, b| a.target.cmp(&b.target));
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> BTreeSet<TargetName> {
+        list.iter().map(|n| TargetName::new(*n).unwrap()).collect()
+    }
+
+    #[test]
+    fn reach_changes_post_upserts_to_gainers_and_deletes_to_losers_only() {
+        let spec = JobSpec::from_commands(JobName::new("j").unwrap(), &["true".to_owned()]);
+        let j = JobRecord {
+            id: Uuid::new_v4(),
+            revision: 1,
+            spec,
+            targets: names(&["a"]),
+            groups: BTreeSet::new(),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        };
+        let items = reach_changes(&j, &names(&["a", "b"]), &names(&["b", "c"]));
+        let got: Vec<(String, &str)> = items
+            .iter()
+            .map(|(t, op)| (t.to_string(), op.name()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("c".to_owned(), "upsert_job"),
+                ("a".to_owned(), "delete_job")
+            ]
+        );
+        assert!(reach_changes(&j, &names(&["a"]), &names(&["a"])).is_empty());
+    }
+}

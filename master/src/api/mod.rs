@@ -1,0 +1,231 @@
+//! The `muster` NATS service: every admin operation, and the calls targets
+//! make about themselves.
+//!
+//! Each [`Op`] is an endpoint on `muster.api.<op>`; agents enlist on
+//! `muster.api.agent.<t>.enlist`, a subject that carries their own name so
+//! server permissions can pin it. All master replicas serve the same queue
+//! group, so any one of them answers. A request is decoded in one place
+//! ([`msg::decode`]); bad input gets an error reply, is logged with its
+//! subject and counted, and never stops the service.
+//!
+//! This file is the service's plumbing: registering the endpoints, the
+//! request loop and the dispatch of each operation to its handler. The
+//! handlers live one file per resource: `targets`, `agent` (what agents
+//! call about themselves), `jobs`, `groups`, `posting` (set-poll,
+//! sync-time, resync, the download list) and `summary`; `reply` encodes
+//! answers and splits big ones, and `error` is where store errors become
+//! wire errors.
+
+mod agent;
+mod error;
+mod groups;
+mod jobs;
+mod posting;
+mod reply;
+mod summary;
+mod targets;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_nats::service::ServiceExt;
+use futures::StreamExt;
+use muster_shared::api::{
+    self as wire, ApiError, ErrorCode, JobRef, JobWrite, Op, Request, TargetRef,
+};
+use muster_shared::msg;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::MasterConfig;
+use crate::store::Store;
+
+pub use jobs::job_info;
+pub use targets::DEFAULT_POLL_INTERVAL_SECS;
+
+/// Control requests (force-polls, stops) one operation has out at once.
+const CONTROL_IN_FLIGHT: usize = 128;
+
+/// Where a request came in.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    Admin(Op),
+    AgentEnlist,
+    AgentDefect,
+}
+
+/// Counters exposed in the service's stats (`nats micro stats muster`).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub requests: AtomicU64,
+    pub bad_requests: AtomicU64,
+}
+
+/// Everything a handler needs.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub client: async_nats::Client,
+    pub store: Store,
+    pub config: MasterConfig,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Serves the API until `shutdown`.
+///
+/// # Errors
+/// When the service or one of its endpoints cannot be registered.
+pub async fn serve(
+    client: async_nats::Client,
+    store: Store,
+    config: MasterConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let stats_metrics = metrics.clone();
+    let service = client
+        .service_builder()
+        .description("Muster master: multiserver job administration")
+        .stats_handler(move |_endpoint, _stats| {
+            serde_json::json!({
+                "requests": stats_metrics.requests.load(Ordering::Relaxed),
+                "bad_requests": stats_metrics.bad_requests.load(Ordering::Relaxed),
+            })
+        })
+        .start(config.subjects.service_name(), muster_shared::AGENT_VERSION)
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the NATS service: {e}"))?;
+
+    let mut endpoints = Vec::new();
+    for &op in Op::ALL {
+        let ep = service
+            .endpoint_builder()
+            .name(op.endpoint_name())
+            .add(config.subjects.api(op.subject()))
+            .await
+            .map_err(|e| anyhow::anyhow!("endpoint {}: {e}", op.subject()))?;
+        endpoints.push(ep.map(move |r| (Route::Admin(op), r)).boxed());
+    }
+    for (op, route) in [
+        (wire::AGENT_ENLIST, Route::AgentEnlist),
+        (wire::AGENT_DEFECT, Route::AgentDefect),
+    ] {
+        let ep = service
+            .endpoint_builder()
+            .name(format!("agent-{op}"))
+            .add(config.subjects.agent_api_pattern(op))
+            .await
+            .map_err(|e| anyhow::anyhow!("agent endpoint {op}: {e}"))?;
+        endpoints.push(ep.map(move |r| (route, r)).boxed());
+    }
+    let mut requests = futures::stream::select_all(endpoints);
+    tracing::info!(service = %config.subjects.service_name(), api = %config.subjects.api(">"), "serving the API");
+
+    let limit = Arc::new(Semaphore::new(config.max_concurrent_requests));
+    let ctx = Ctx {
+        client,
+        store,
+        config,
+        metrics,
+    };
+    loop {
+        let (route, request) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            next = requests.next() => match next {
+                Some(r) => r,
+                None => anyhow::bail!("the API subscription ended"),
+            },
+        };
+        let permit = limit
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closes");
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let subject = request.message.subject.to_string();
+            let answer = ctx.handle(route, &subject, &request.message.payload).await;
+            if let Err(e) = reply::send(&ctx.client, request, answer).await {
+                tracing::warn!(subject, error = %e, "could not send the API reply");
+            }
+            drop(permit);
+        });
+    }
+    service.stop().await.ok();
+    Ok(())
+}
+
+impl Ctx {
+    async fn handle(&self, route: Route, subject: &str, payload: &[u8]) -> Vec<u8> {
+        self.metrics.requests.fetch_add(1, Ordering::Relaxed);
+        let answer = match route {
+            Route::AgentEnlist => self.agent_enlist(subject, payload).await,
+            Route::AgentDefect => self.agent_defect(subject, payload).await,
+            Route::Admin(op) => self.admin(op, payload).await,
+        };
+        if let Err(e) = &answer {
+            if matches!(e.code, ErrorCode::InvalidRequest | ErrorCode::BadVersion) {
+                self.metrics.bad_requests.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(subject, error = %e, "refused bad API request");
+            } else {
+                tracing::debug!(subject, error = %e, "API request failed");
+            }
+        }
+        match answer {
+            Ok(bytes) => bytes,
+            Err(e) => reply::encode::<()>(Err(e)),
+        }
+    }
+
+    async fn admin(&self, op: Op, p: &[u8]) -> Result<Vec<u8>, ApiError> {
+        fn ok<T: Serialize>(v: T) -> Result<Vec<u8>, ApiError> {
+            Ok(reply::encode(Ok(v)))
+        }
+        match op {
+            Op::TargetEnlist => ok(self.enlist(body(p)?, None).await?),
+            Op::TargetDefect => ok(self.defect(body(p)?).await?),
+            Op::TargetList => ok(self.target_list().await?),
+            Op::TargetShow => ok(self
+                .target_info(&self.store.target(&body::<TargetRef>(p)?.name).await?)
+                .await),
+            Op::TargetForcePoll => ok(self
+                .force_poll_enlisted(&body::<TargetRef>(p)?.name)
+                .await?),
+            Op::TargetForcePollMany => ok(self.force_poll_many(&body(p)?).await?),
+            Op::JobCreate => ok(self.job_create(body::<JobWrite>(p)?.spec).await?),
+            Op::JobUpdate => ok(self.job_update(body::<JobWrite>(p)?.spec).await?),
+            Op::JobDelete => ok(self.job_delete(body(p)?).await?),
+            Op::JobList => ok(self
+                .store
+                .all_jobs()
+                .await?
+                .iter()
+                .map(job_info)
+                .collect::<Vec<_>>()),
+            Op::JobShow => ok(job_info(&self.store.job(&body::<JobRef>(p)?.job).await?.0)),
+            Op::JobAssign => ok(self.job_assign(body(p)?, true).await?),
+            Op::JobUnassign => ok(self.job_assign(body(p)?, false).await?),
+            Op::JobStart => ok(self.job_start(body(p)?).await?),
+            Op::JobStop => ok(self.job_stop(body(p)?).await?),
+            Op::JobEnable => ok(self.job_enable(body(p)?, true).await?),
+            Op::JobDisable => ok(self.job_enable(body(p)?, false).await?),
+            Op::JobStatus => ok(self.job_status(body(p)?).await?),
+            Op::TargetSetPoll => ok(self.set_poll(body(p)?).await?),
+            Op::TargetSyncTime => ok(self.sync_time(body(p)?).await?),
+            Op::TargetResync => ok(self.resync(body(p)?).await?),
+            Op::GroupCreate => ok(self.group_create(body(p)?).await?),
+            Op::GroupDelete => ok(self.group_delete(body(p)?).await?),
+            Op::GroupList => ok(self.group_list().await?),
+            Op::GroupAdd => ok(self.group_members(body(p)?, true).await?),
+            Op::GroupRemove => ok(self.group_members(body(p)?, false).await?),
+            Op::Instructions => ok(self.instructions(body(p)?).await?),
+            Op::Status => ok(self.status().await?),
+        }
+    }
+}
+
+/// Decodes a request body (`{"v":1,...}`).
+fn body<T: DeserializeOwned>(p: &[u8]) -> Result<T, ApiError> {
+    msg::decode::<Request<T>>(p).map(|r| r.body)
+}

@@ -1,0 +1,278 @@
+//! Targets: enlist, defect, list, show, and the control requests the master
+//! sends a target (force poll, stop).
+//!
+//! A target's registry record is joined here with its latest poll report and
+//! its queue for `target list` and `target show`; the status shown comes from
+//! [`crate::status`]. Force-polls go to the target's control subject, outside
+//! every stream, so an offline target is known at once (no responders).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+use muster_shared::api::{
+    self as wire, ApiError, EnlistRequest, ErrorCode, ForcePollOutcome, Selection, TargetInfo,
+};
+use muster_shared::msg::{
+    self, ControlOp, ControlReply, ControlRequest, InstructionOp, PollReport,
+};
+use muster_shared::name::{GroupName, TargetName};
+use muster_shared::PROTOCOL_VERSION;
+use uuid::Uuid;
+
+use super::{Ctx, CONTROL_IN_FLIGHT};
+use crate::post;
+use crate::status;
+use crate::store::{GroupRecord, JobRecord, Store, TargetRecord};
+
+/// Default poll interval for a target that does not say (SQL Server's too).
+pub const DEFAULT_POLL_INTERVAL_SECS: u64 = 60;
+
+impl Ctx {
+    /// Records the target and creates its consumer. Enlisting again is
+    /// harmless (it updates location and poll interval if given).
+    pub(super) async fn enlist(
+        &self,
+        req: EnlistRequest,
+        instance: Option<Uuid>,
+    ) -> Result<TargetInfo, ApiError> {
+        if let Some(secs) = req.poll_interval_secs {
+            // Agents may poll faster than `set-poll` allows (tests, demos), never slower.
+            if secs == 0 || secs > *wire::POLL_INTERVAL_RANGE.end() {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("poll interval {secs}s is outside 1..=28800"),
+                ));
+            }
+        }
+        let record = Store::modify(
+            &self.store.targets,
+            req.name.as_str(),
+            |old: Option<TargetRecord>| {
+                let mut t = old.unwrap_or_else(|| TargetRecord {
+                    name: req.name.clone(),
+                    location: String::new(),
+                    enlisted_at: Utc::now(),
+                    poll_interval_secs: DEFAULT_POLL_INTERVAL_SECS,
+                    instance: None,
+                    blocked: None,
+                });
+                if let Some(l) = &req.location {
+                    t.location.clone_from(l);
+                }
+                if let Some(secs) = req.poll_interval_secs {
+                    t.poll_interval_secs = secs;
+                }
+                if instance.is_some() {
+                    t.instance = instance;
+                }
+                Some(t)
+            },
+        )
+        .await?
+        .expect("written");
+        self.store.ensure_target_consumer(&req.name).await?;
+        tracing::info!(target = %req.name, agent = instance.is_some(), "target enlisted");
+        Ok(self.target_info(&record).await)
+    }
+
+    /// Defects a target. Without `force` it is told to leave (it deletes its
+    /// jobs from this master at its next poll, and its record and consumer go
+    /// when it reports that); with `force` it is gone for good, and its
+    /// record, consumer and pending instructions are deleted now. Either way
+    /// it is taken out of every job and group at once, so nothing more is
+    /// posted to it.
+    pub(super) async fn defect(&self, req: wire::DefectRequest) -> Result<TargetInfo, ApiError> {
+        let record = self.store.target(&req.name).await?;
+        let info = self.target_info(&record).await;
+        for job in self.store.all_jobs().await? {
+            if job.targets.contains(&req.name) {
+                Store::modify(
+                    &self.store.jobs,
+                    job.spec.name.as_str(),
+                    |j: Option<JobRecord>| {
+                        j.map(|mut j| {
+                            j.targets.remove(&req.name);
+                            j
+                        })
+                    },
+                )
+                .await?;
+            }
+        }
+        for group in self.store.all_groups().await?.into_values() {
+            if group.members.contains(&req.name) {
+                Store::modify(
+                    &self.store.groups,
+                    group.name.as_str(),
+                    |g: Option<GroupRecord>| {
+                        g.map(|mut g| {
+                            g.members.remove(&req.name);
+                            g
+                        })
+                    },
+                )
+                .await?;
+            }
+        }
+        if req.force {
+            self.store.drop_pending(&req.name).await?;
+            self.store.delete_target_consumer(&req.name).await?;
+            Store::delete(&self.store.targets, req.name.as_str()).await?;
+            tracing::info!(target = %req.name, "target defected (forced)");
+        } else {
+            post::post(&self.store, &req.name, InstructionOp::Defect).await?;
+            self.force_poll(&req.name).await.ok();
+        }
+        Ok(info)
+    }
+
+    pub(super) async fn target_list(&self) -> Result<Vec<TargetInfo>, ApiError> {
+        let (targets, groups) =
+            tokio::try_join!(self.store.all_targets(), self.store.all_groups())?;
+        let groups = Arc::new(groups);
+        let infos = targets.into_iter().map(|t| {
+            let (ctx, groups) = (self.clone(), groups.clone());
+            async move { ctx.target_info_in(&t, &groups).await }
+        });
+        Ok(futures::stream::iter(infos).buffered(64).collect().await)
+    }
+
+    /// A target's registry entry joined with its last poll and queue.
+    pub async fn target_info(&self, t: &TargetRecord) -> TargetInfo {
+        let groups = self.store.all_groups().await.unwrap_or_default();
+        self.target_info_in(t, &groups).await
+    }
+
+    /// [`Ctx::target_info`] with the groups already read (listing many targets).
+    async fn target_info_in(
+        &self,
+        t: &TargetRecord,
+        groups: &HashMap<GroupName, GroupRecord>,
+    ) -> TargetInfo {
+        let (poll, unread) =
+            tokio::join!(self.store.last_poll(&t.name), self.store.unread(&t.name));
+        let groups = groups
+            .values()
+            .filter(|g| g.members.contains(&t.name))
+            .map(|g| g.name.clone())
+            .collect();
+        TargetInfo {
+            name: t.name.clone(),
+            location: t.location.clone(),
+            enlisted_at: t.enlisted_at,
+            poll_interval_secs: status::poll_interval_secs(t, poll.as_ref()),
+            blocked: t.blocked.clone(),
+            status: status::target_status(t, poll.as_ref(), Utc::now()),
+            last_poll: poll.as_ref().map(|p| p.received_at),
+            local_time: poll.as_ref().map(|p| p.report.polled_at),
+            clock_skew_ms: poll.as_ref().and_then(|p| p.report.clock_skew_ms),
+            agent_version: poll.as_ref().map(|p| p.report.agent_version.clone()),
+            bad_instructions: poll.as_ref().map_or(0, |p| p.report.bad_instructions),
+            bad_control: poll.as_ref().map_or(0, |p| p.report.bad_control),
+            unread,
+            groups,
+        }
+    }
+
+    /// Force-polls an enlisted target. The registry check and the poll go out
+    /// together (one round trip less on the hot path); a poll answered by an
+    /// agent that is not enlisted is discarded in favour of `not_enlisted`.
+    pub(super) async fn force_poll_enlisted(
+        &self,
+        name: &TargetName,
+    ) -> Result<PollReport, ApiError> {
+        let (enlisted, polled) = tokio::join!(self.store.target(name), self.force_poll(name));
+        enlisted?;
+        polled
+    }
+
+    /// Force-polls every selected target at once; one outcome per target,
+    /// in name order. A target that is offline or slow fails alone, and
+    /// holds up only its own slot.
+    pub(super) async fn force_poll_many(
+        &self,
+        select: &Selection,
+    ) -> Result<Vec<ForcePollOutcome>, ApiError> {
+        let targets = self.resolve(select).await?;
+        let mut outcomes: Vec<ForcePollOutcome> = futures::stream::iter(targets)
+            .map(|target| async move {
+                match self.force_poll(&target).await {
+                    Ok(report) => ForcePollOutcome {
+                        target,
+                        report: Some(report),
+                        error: None,
+                    },
+                    Err(e) => ForcePollOutcome {
+                        target,
+                        report: None,
+                        error: Some(e),
+                    },
+                }
+            })
+            .buffer_unordered(CONTROL_IN_FLIGHT)
+            .collect()
+            .await;
+        outcomes.sort_by(|a, b| a.target.cmp(&b.target));
+        Ok(outcomes)
+    }
+
+    /// Asks a target to poll now; its answer is the poll report.
+    ///
+    /// # Errors
+    /// `offline` when no agent listens (its instructions stay queued),
+    /// `timeout` when it did not answer in time.
+    pub async fn force_poll(&self, name: &TargetName) -> Result<PollReport, ApiError> {
+        let reply = self.control(name, ControlOp::Poll).await?;
+        reply
+            .report
+            .ok_or_else(|| ApiError::internal("the target answered without a poll report"))
+    }
+
+    /// Sends a control request to a target and waits for its answer.
+    ///
+    /// # Errors
+    /// `offline`, `timeout`, or the error the target answered with.
+    pub(super) async fn control(
+        &self,
+        name: &TargetName,
+        op: ControlOp,
+    ) -> Result<ControlReply, ApiError> {
+        let body = msg::encode(&ControlRequest {
+            v: PROTOCOL_VERSION,
+            op,
+        });
+        let request = self
+            .client
+            .request(self.config.subjects.control(name), body.into());
+        let answer = tokio::time::timeout(self.config.force_poll_timeout, request).await;
+        let message = match answer {
+            Err(_) => return Err(timeout_error(name, self.config.force_poll_timeout)),
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                return Err(ApiError::new(
+                    ErrorCode::Offline,
+                    format!("target '{name}' is offline (no agent answers on its control subject); its instructions stay queued for its next poll"),
+                ))
+            }
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::TimedOut => {
+                return Err(timeout_error(name, self.config.force_poll_timeout))
+            }
+            Ok(Err(e)) => return Err(ApiError::internal(format!("control request to '{name}': {e}"))),
+            Ok(Ok(m)) => m,
+        };
+        let reply: ControlReply = msg::decode(&message.payload)?;
+        match reply.error {
+            Some(e) => Err(e),
+            None => Ok(reply),
+        }
+    }
+}
+
+fn timeout_error(name: &TargetName, after: Duration) -> ApiError {
+    ApiError::new(
+        ErrorCode::Timeout,
+        format!("target '{name}' did not answer within {after:?}"),
+    )
+}
