@@ -18,8 +18,9 @@ use crate::name::{GroupName, JobName, TargetName};
 use crate::PROTOCOL_VERSION;
 
 /// Stable error codes. Never rename one: scripts branch on them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantArray)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum ErrorCode {
     /// A name breaks the naming rules.
     InvalidName,
@@ -45,20 +46,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidName => "invalid_name",
-            ErrorCode::InvalidRequest => "invalid_request",
-            ErrorCode::InvalidJob => "invalid_job",
-            ErrorCode::BadVersion => "bad_version",
-            ErrorCode::NotEnlisted => "not_enlisted",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::AlreadyExists => "already_exists",
-            ErrorCode::Offline => "offline",
-            ErrorCode::Timeout => "timeout",
-            ErrorCode::Conflict => "conflict",
-            ErrorCode::MasterUnavailable => "master_unavailable",
-            ErrorCode::Internal => "internal",
-        }
+        self.into()
     }
 }
 
@@ -136,7 +124,7 @@ impl<T> Reply<T> {
 
 /// Every admin operation, with its subject suffix. One list, used by the
 /// master to register endpoints and by clients to address them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::VariantArray)]
 pub enum Op {
     TargetEnlist,
     TargetDefect,
@@ -169,36 +157,7 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: &'static [Op] = &[
-        Op::TargetEnlist,
-        Op::TargetDefect,
-        Op::TargetList,
-        Op::TargetShow,
-        Op::TargetForcePoll,
-        Op::TargetForcePollMany,
-        Op::JobCreate,
-        Op::JobUpdate,
-        Op::JobDelete,
-        Op::JobList,
-        Op::JobShow,
-        Op::JobAssign,
-        Op::JobUnassign,
-        Op::JobStart,
-        Op::JobStop,
-        Op::JobEnable,
-        Op::JobDisable,
-        Op::JobStatus,
-        Op::TargetSetPoll,
-        Op::TargetSyncTime,
-        Op::TargetResync,
-        Op::GroupCreate,
-        Op::GroupDelete,
-        Op::GroupList,
-        Op::GroupAdd,
-        Op::GroupRemove,
-        Op::Instructions,
-        Op::Status,
-    ];
+    pub const ALL: &'static [Op] = <Op as strum::VariantArray>::VARIANTS;
 
     /// The subject suffix after `muster.api.`.
     pub fn subject(self) -> &'static str {
@@ -354,8 +313,9 @@ pub struct JobSelect {
 // ---- reply bodies -----------------------------------------------------------------
 
 /// Where a posted instruction is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantArray)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum InstrStatus {
     /// Posted, not yet downloaded.
     Pending,
@@ -367,12 +327,7 @@ pub enum InstrStatus {
 
 impl InstrStatus {
     pub fn as_str(self) -> &'static str {
-        match self {
-            InstrStatus::Pending => "pending",
-            InstrStatus::Applied => "applied",
-            InstrStatus::Failed => "failed",
-            InstrStatus::Dropped => "dropped",
-        }
+        self.into()
     }
 }
 
@@ -439,8 +394,9 @@ pub struct MasterSeen {
 }
 
 /// A target's health, as in SQL Server's "Manage Target Servers" status tab.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantArray)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum TargetStatus {
     Normal,
     /// Enlisted, never polled yet.
@@ -453,12 +409,7 @@ pub enum TargetStatus {
 
 impl TargetStatus {
     pub fn as_str(self) -> &'static str {
-        match self {
-            TargetStatus::Normal => "normal",
-            TargetStatus::NeverPolled => "never_polled",
-            TargetStatus::SuspectedOffline => "suspected_offline",
-            TargetStatus::Blocked => "blocked",
-        }
+        self.into()
     }
 }
 
@@ -537,8 +488,9 @@ pub struct Delivery {
 }
 
 /// What became of a start or stop on one target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr, strum::Display, strum::VariantArray)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum DeliveryState {
     /// The target heard it now (it polled, or took the stop on its control subject).
     Delivered,
@@ -550,17 +502,7 @@ pub enum DeliveryState {
 
 impl DeliveryState {
     pub fn as_str(self) -> &'static str {
-        match self {
-            DeliveryState::Delivered => "delivered",
-            DeliveryState::Queued => "queued",
-            DeliveryState::Failed => "failed",
-        }
-    }
-}
-
-impl fmt::Display for DeliveryState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 
@@ -608,6 +550,21 @@ mod tests {
             assert_eq!(serde_json::from_str::<Delivery>(&text).unwrap(), d);
             assert_eq!(state.to_string(), name);
         }
+    }
+
+    #[test]
+    fn every_name_is_the_serde_name() {
+        fn check<T: Serialize + strum::VariantArray + Copy + Into<&'static str>>() {
+            for v in T::VARIANTS {
+                assert_eq!(serde_json::to_value(v).unwrap(), Into::<&str>::into(*v));
+            }
+        }
+        check::<ErrorCode>();
+        check::<InstrStatus>();
+        check::<TargetStatus>();
+        check::<DeliveryState>();
+        assert_eq!(DeliveryState::Queued.to_string(), "queued");
+        assert_eq!(ErrorCode::MasterUnavailable.as_str(), "master_unavailable");
     }
 
     #[test]

@@ -109,8 +109,9 @@ pub enum InstructionOp {
 /// Which [`InstructionOp`] an instruction is, without its fields: what an
 /// [`InstrOutcome`] reports and the download list shows. Its serde form is
 /// the instruction's `"op"` tag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr, strum::Display, strum::VariantArray)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum InstructionKind {
     UpsertJob,
     DeleteJob,
@@ -125,22 +126,7 @@ pub enum InstructionKind {
 impl InstructionKind {
     /// The short name shown in the download list (the serde form).
     pub fn as_str(self) -> &'static str {
-        match self {
-            InstructionKind::UpsertJob => "upsert_job",
-            InstructionKind::DeleteJob => "delete_job",
-            InstructionKind::DeleteAllJobs => "delete_all_jobs",
-            InstructionKind::StartJob => "start_job",
-            InstructionKind::StopJob => "stop_job",
-            InstructionKind::SetPollInterval => "set_poll_interval",
-            InstructionKind::SyncTime => "sync_time",
-            InstructionKind::Defect => "defect",
-        }
-    }
-}
-
-impl std::fmt::Display for InstructionKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 
@@ -289,8 +275,9 @@ pub struct InstrOutcome {
 }
 
 /// How a run ended (or that it is still going).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr, strum::Display, strum::VariantArray)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Outcome {
     Running,
     Succeeded,
@@ -308,21 +295,7 @@ impl Outcome {
         self != Outcome::Running
     }
     pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Running => "running",
-            Outcome::Succeeded => "succeeded",
-            Outcome::Failed => "failed",
-            Outcome::Canceled => "canceled",
-            Outcome::TimedOut => "timed_out",
-            Outcome::Interrupted => "interrupted",
-            Outcome::Skipped => "skipped",
-        }
-    }
-}
-
-impl std::fmt::Display for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 
@@ -330,7 +303,8 @@ impl std::str::FromStr for Outcome {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
-            format!("unknown outcome '{s}' (running, succeeded, failed, canceled, timed_out, interrupted, skipped)")
+            let names: Vec<&str> = <Outcome as strum::VariantArray>::VARIANTS.iter().map(|o| o.as_str()).collect();
+            format!("unknown outcome '{s}' ({})", names.join(", "))
         })
     }
 }
@@ -471,6 +445,11 @@ mod tests {
     #[test]
     fn outcome_names() {
         assert_eq!("timed_out".parse::<Outcome>().unwrap(), Outcome::TimedOut);
-        assert!("meh".parse::<Outcome>().is_err());
+        let unknown = "meh".parse::<Outcome>().unwrap_err();
+        assert!(unknown.starts_with("unknown outcome 'meh' (running, succeeded, failed,"), "{unknown}");
+        for o in <Outcome as strum::VariantArray>::VARIANTS {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+            assert_eq!(o.to_string(), o.as_str());
+        }
     }
 }
