@@ -95,8 +95,9 @@ enum Seen {
     Other,
     /// This run's own status.
     Mine,
-    /// A later run on the target replaced it before it was seen final.
-    Replaced,
+    /// A later run on the target replaced it before it was seen final;
+    /// the followed run's id.
+    Replaced(Uuid),
 }
 
 fn seen(p: &Progress, s: &JobTargetStatus) -> Seen {
@@ -106,7 +107,7 @@ fn seen(p: &Progress, s: &JobTargetStatus) -> Seen {
     match p.run_id {
         Some(id) if id == s.run_id => Seen::Mine,
         // Run ids are UUIDv7: a greater one is a later run.
-        Some(id) if s.run_id > id && !p.superseded => Seen::Replaced,
+        Some(id) if s.run_id > id && !p.superseded => Seen::Replaced(id),
         _ => Seen::Other,
     }
 }
@@ -228,10 +229,9 @@ async fn watch(
                     match seen(p, &status) {
                         Seen::Other => {}
                         Seen::Mine => p.update(&status),
-                        Seen::Replaced => {
+                        Seen::Replaced(run_id) => {
                             p.superseded = true;
-                            let (js, subjects, target, run_id) = (js.clone(), api.subjects.clone(), p.target.clone(), p.run_id);
-                            let run_id = run_id.expect("a replaced run has an id");
+                            let (js, subjects, target) = (js.clone(), api.subjects.clone(), p.target.clone());
                             from_history.push(async move {
                                 (i, history::final_record(&js, &subjects, &target, info.id, run_id).await)
                             });
@@ -381,7 +381,7 @@ mod tests {
         let later = Uuid::now_v7();
         assert_eq!(
             seen(&p, &status("web01", later, Outcome::Skipped)),
-            Seen::Replaced
+            Seen::Replaced(mine)
         );
         p.superseded = true;
         assert_eq!(
