@@ -39,6 +39,14 @@ pub struct TargetRecord {
     /// The last instruction failure, until a later poll applies cleanly.
     #[serde(default)]
     pub blocked: Option<String>,
+    /// The interval an operator set with `set-poll`; `None` = the agent's
+    /// own (what the manifest's `poll_interval_secs` carries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_set_secs: Option<u64>,
+    /// When it was told to defect; its manifest says `defected` from then
+    /// on, until an enlist clears this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defected_at: Option<DateTime<Utc>>,
 }
 
 /// A job and where it is assigned (`muster-jobs`, key = job name).
@@ -53,6 +61,11 @@ pub struct JobRecord {
     pub groups: BTreeSet<GroupName>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Tombstone: the job is being deleted. It reaches no target, and its
+    /// record goes once every target concerned was republished and its
+    /// documents purged (reconcile finishes what a killed master left).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 impl JobRecord {
@@ -609,6 +622,16 @@ impl Store {
         Ok(dropped)
     }
 
+    /// Removes every job document of a target from `MUSTER_DESIRED`.
+    pub async fn purge_job_docs(&self, target: &TargetName) -> Result<(), StoreError> {
+        self.desired
+            .purge()
+            .filter(self.subjects.job_docs_of(target))
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::nats(format!("purging the job documents of '{target}'"), e))
+    }
+
     /// The latest poll report of a target, if it ever polled.
     pub async fn last_poll(&self, name: &TargetName) -> Option<LastPoll> {
         let stream = self.js.get_stream_no_info(self.subjects.polls_stream()).await.ok()?;
@@ -901,6 +924,7 @@ mod tests {
             groups: BTreeSet::new(),
             created_at: now,
             updated_at: now,
+            deleted_at: None,
         };
         Store::put(&t.store.jobs, name.as_str(), &record).await.unwrap();
         let (_, stale) = t.store.job(&name).await.unwrap();
