@@ -632,6 +632,16 @@ impl Store {
             .map_err(|e| StoreError::nats(format!("purging the job documents of '{target}'"), e))
     }
 
+    /// Removes a job's documents from every target (`MUSTER_DESIRED`).
+    pub async fn purge_job_docs_everywhere(&self, job_id: Uuid) -> Result<(), StoreError> {
+        self.desired
+            .purge()
+            .filter(self.subjects.job_doc_everywhere(job_id))
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::nats(format!("purging the documents of job {job_id}"), e))
+    }
+
     /// The latest poll report of a target, if it ever polled.
     pub async fn last_poll(&self, name: &TargetName) -> Option<LastPoll> {
         let stream = self.js.get_stream_no_info(self.subjects.polls_stream()).await.ok()?;
@@ -648,7 +658,10 @@ impl Store {
     /// # Errors
     /// [`Missing::Job`] when there is none.
     pub async fn job(&self, name: &JobName) -> Result<(JobRecord, u64), StoreError> {
-        Self::read(&self.jobs, name.as_str()).await?.ok_or_else(|| StoreError::NotFound(Missing::Job(name.clone())))
+        Self::read::<JobRecord>(&self.jobs, name.as_str())
+            .await?
+            .filter(|(j, _)| j.deleted_at.is_none())
+            .ok_or_else(|| StoreError::NotFound(Missing::Job(name.clone())))
     }
 
     /// Deletes a job if it is still at `revision`.
@@ -665,8 +678,10 @@ impl Store {
         }
     }
 
+    /// Every job, in name order; jobs being deleted (tombstones) are not
+    /// listed.
     pub async fn all_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
-        let mut all: Vec<JobRecord> = Self::scan(&self.jobs).await?;
+        let mut all: Vec<JobRecord> = Self::scan::<JobRecord>(&self.jobs).await?.into_iter().filter(|j| j.deleted_at.is_none()).collect();
         all.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
         Ok(all)
     }

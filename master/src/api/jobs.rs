@@ -48,6 +48,10 @@ impl Ctx {
             &self.store.jobs,
             name.as_str(),
             |old: Option<JobRecord>| match old {
+                Some(j) if j.deleted_at.is_some() => Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("a job named '{name}' is being deleted; retry in a moment"),
+                )),
                 Some(_) => Err(ApiError::new(
                     ErrorCode::AlreadyExists,
                     format!("a job named '{name}' already exists (use `musterctl job update`)"),
@@ -84,7 +88,7 @@ impl Ctx {
         self.store.job(name).await?;
         let updated =
             Store::try_modify(&self.store.jobs, name.as_str(), |old: Option<JobRecord>| {
-                let Some(mut j) = old else {
+                let Some(mut j) = old.filter(|j| j.deleted_at.is_none()) else {
                     return Err(ApiError::new(
                         ErrorCode::NotFound,
                         format!("no job is named '{name}'"),
@@ -107,18 +111,29 @@ impl Ctx {
         Ok(job_info(&updated))
     }
 
+    /// Deletes a job: its record becomes a tombstone (it reaches no
+    /// target), every target concerned is republished without it, its
+    /// documents are purged, then the record goes. A master killed in
+    /// between leaves the tombstone, and reconcile finishes the delete.
     pub(super) async fn job_delete(&self, req: JobRef) -> Result<JobInfo, ApiError> {
         let (job, revision) = self.store.job(&req.job).await?;
         let groups = self.store.all_groups().await?;
-        self.store
-            .delete_job(&req.job, revision)
-            .await
-            .map_err(|e| match e {
-                StoreError::Conflict { .. } => {
-                    ApiError::new(ErrorCode::Conflict, "job changed while deleting; try again")
-                }
-                e => e.into(),
-            })?;
+        let mut tombstone = job.clone();
+        tombstone.deleted_at = Some(Utc::now());
+        let conflict = |e| match e {
+            StoreError::Conflict { .. } => {
+                ApiError::new(ErrorCode::Conflict, "job changed while deleting; try again")
+            }
+            e => e.into(),
+        };
+        let body = serde_json::to_vec(&tombstone).expect("records serialise");
+        let revision = match self.store.jobs.update(req.job.as_str(), body.into(), revision).await {
+            Ok(r) => r,
+            Err(e) if e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => {
+                return Err(conflict(StoreError::Conflict { key: req.job.to_string() }))
+            }
+            Err(e) => return Err(StoreError::nats(format!("deleting job '{}'", req.job), e).into()),
+        };
         let items = Store::concerned(&job, &groups)
             .into_iter()
             .map(|t| {
@@ -132,13 +147,15 @@ impl Ctx {
             })
             .collect();
         let posted = post::post_many(&self.store, items).await?;
-        self.publish_posted(&posted, |_| Post::default()).await;
+        let published = self.publish_posted(&posted, |_| Post::default()).await;
+        if published.values().all(Result::is_ok) {
+            self.store.purge_job_docs_everywhere(job.id).await?;
+            self.store.delete_job(&req.job, revision).await.map_err(conflict)?;
+        }
         tracing::info!(job = %req.job, "job deleted");
         Ok(job_info(&job))
     }
 
-    /// Assigns (or unassigns) a job to targets and groups, posting upserts to
-    /// targets that gain it and deletes to targets that lose it.
     pub(super) async fn job_assign(
         &self,
         req: JobSelect,
@@ -158,7 +175,7 @@ impl Ctx {
             &self.store.jobs,
             req.job.as_str(),
             |old: Option<JobRecord>| {
-                let Some(mut j) = old else {
+                let Some(mut j) = old.filter(|j| j.deleted_at.is_none()) else {
                     return Err(ApiError::new(
                         ErrorCode::NotFound,
                         format!("no job is named '{}'", req.job),
