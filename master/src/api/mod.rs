@@ -12,11 +12,13 @@
 //! request loop and the dispatch of each operation to its handler. The
 //! handlers live one file per resource: `targets`, `agent` (what agents
 //! call about themselves), `jobs`, `groups`, `posting` (set-poll,
-//! sync-time, resync, the download list) and `summary`; `reply` encodes
+//! sync-time, resync, the download list) and `summary`; `desired` publishes
+//! what each change means for the targets' desired state; `reply` encodes
 //! answers and splits big ones, and `error` is where store errors become
 //! wire errors.
 
 mod agent;
+mod desired;
 mod error;
 mod groups;
 mod jobs;
@@ -40,6 +42,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MasterConfig;
+use crate::publish::Publisher;
 use crate::store::Store;
 
 pub use jobs::job_info;
@@ -70,17 +73,21 @@ pub struct Ctx {
     pub store: Store,
     pub config: MasterConfig,
     pub metrics: Arc<Metrics>,
+    pub publisher: Publisher,
 }
 
-/// Serves the API until `shutdown`.
+/// Serves the API until `shutdown`; `serving` is told once every endpoint
+/// is registered.
 ///
 /// # Errors
 /// When the service or one of its endpoints cannot be registered.
 pub async fn serve(
     client: async_nats::Client,
     store: Store,
+    publisher: Publisher,
     config: MasterConfig,
     shutdown: CancellationToken,
+    serving: tokio::sync::oneshot::Sender<()>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let stats_metrics = metrics.clone();
@@ -121,6 +128,8 @@ pub async fn serve(
     }
     let mut requests = futures::stream::select_all(endpoints);
     tracing::info!(service = %config.subjects.service_name(), api = %config.subjects.api(">"), "serving the API");
+    // Background work that should not delay the service (reconcile) starts now.
+    serving.send(()).ok();
 
     let limit = Arc::new(Semaphore::new(config.max_concurrent_requests));
     let ctx = Ctx {
@@ -128,6 +137,7 @@ pub async fn serve(
         store,
         config,
         metrics,
+        publisher,
     };
     loop {
         let (route, request) = tokio::select! {
