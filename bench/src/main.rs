@@ -3,14 +3,16 @@
 //!
 //! Run it with `scripts/bench` (release build) or `scripts/bench --quick`
 //! (under a minute). Every figure is printed beside its raw NATS/JetStream
-//! baseline and the ratio. The virtual targets used for fan-out and scale
-//! share one connection but go through the real per-target path: the
-//! master's force-poll on `muster.target.<t>.control`, a fetch from the
-//! durable consumer `<t>` on `MUSTER_ASSIGN`, and a confirmed ack.
+//! baseline and the ratio. The stages at scale (up to 100,000 targets,
+//! `--only STAGE --targets N`) use virtual targets that share a few
+//! connections but go through the agent's real path: the master's
+//! force-poll on `muster.target.<t>.control`, answered after a Direct Get of
+//! the target's own manifest and changed job documents
+//! ([`virtual_targets`], [`stages`]).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+mod stages;
+mod virtual_targets;
+
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -20,13 +22,13 @@ use clap::Parser;
 use futures::StreamExt;
 use muster_ctl::render::table_aligned;
 use muster_ctl::ApiClient;
-use muster_shared::api::{EnlistRequest, ForcePollOutcome, JobInfo, JobSelect, JobWrite, Op, Selection, TargetInfo, TargetRef};
+use muster_shared::api::{JobInfo, JobSelect, JobWrite, Op, Selection, TargetRef};
 use muster_shared::job::JobSpec;
-use muster_shared::msg::{self, ControlReply, PollReport, RunRecord};
+use muster_shared::msg::{self, PollReport, RunRecord};
 use muster_shared::name::{JobName, TargetName};
 use muster_shared::subject::Subjects;
 use muster_tests::{Cluster, Proc};
-use tokio::sync::Mutex;
+use virtual_targets::virtual_name;
 
 #[derive(Debug, Parser)]
 #[command(about = "Muster benchmarks against a raw NATS/JetStream baseline")]
@@ -43,48 +45,45 @@ struct Args {
     /// Run only one stage.
     #[arg(long, value_enum)]
     only: Option<Stage>,
+    /// The number of virtual targets for the stages at scale (and the
+    /// largest `job start` size).
+    #[arg(long)]
+    targets: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Stage {
     /// Force-poll round trip and the agent's footprint.
     ForcePoll,
-    /// Fan-out, and master and nats-server footprint.
+    /// Enlisting virtual targets, and nats-server's and the master's RSS.
+    Enlist,
+    /// Assign one job + force-poll every virtual target until it applied it.
     FanOut,
-    /// Every virtual target polling once per window.
+    /// Force-poll of a virtual target, and every one polling once per window.
     Scale,
+    /// `target list` and `status` with every virtual target enlisted.
+    List,
+    /// `job start` reply time to 1, 10, 50, 1,000 targets.
+    JobStart,
+    /// `job start --all --wait` until every run is final.
+    StartWait,
     /// Result ingest, steady and backlog drain.
     Ingest,
 }
 
 struct Sizes {
     rtt_samples: usize,
-    fanout: Vec<usize>,
     results: usize,
-    scale_targets: usize,
-    scale_window: Duration,
 }
 
 impl Sizes {
     fn for_args(a: &Args) -> Sizes {
         if a.tiny {
-            Sizes { rtt_samples: 50, fanout: vec![10], results: 500, scale_targets: 20, scale_window: Duration::from_secs(2) }
+            Sizes { rtt_samples: 50, results: 500 }
         } else if a.quick {
-            Sizes {
-                rtt_samples: 500,
-                fanout: vec![100, 1000],
-                results: 20_000,
-                scale_targets: 1000,
-                scale_window: Duration::from_secs(6),
-            }
+            Sizes { rtt_samples: 500, results: 20_000 }
         } else {
-            Sizes {
-                rtt_samples: 2000,
-                fanout: vec![100, 1000, 10_000],
-                results: 100_000,
-                scale_targets: 10_000,
-                scale_window: Duration::from_secs(60),
-            }
+            Sizes { rtt_samples: 2000, results: 100_000 }
         }
     }
 }
@@ -181,15 +180,15 @@ async fn main() -> anyhow::Result<()> {
     if runs(Stage::ForcePoll) {
         force_poll_and_footprint(&bench, &mut cluster, &sizes, &mut rows).await?;
     }
-    if runs(Stage::FanOut) || runs(Stage::Scale) {
-        let mut fleet = Fleet { targets: VirtualTargets::start(bench.client.clone(), bench.js.clone(), bench.subjects.clone()).await?, enlisted: 0 };
-        if runs(Stage::FanOut) {
-            fan_out(&bench, &mut fleet, &cluster, &sizes, &mut rows).await?;
-        }
-        if runs(Stage::Scale) {
-            scale_stage(&bench, &mut fleet, &cluster, &sizes, &mut rows).await?;
-        }
-    }
+    let want = stages::Want {
+        enlist: runs(Stage::Enlist),
+        fan_out: runs(Stage::FanOut),
+        polling: runs(Stage::Scale),
+        listing: runs(Stage::List),
+        job_start: runs(Stage::JobStart),
+        start_wait: runs(Stage::StartWait),
+    };
+    stages::run(want, &stages::Sizes::new(args.tiny, args.quick, args.targets), &mut rows).await?;
     if runs(Stage::Ingest) {
         ingest_stage(&bench, &mut cluster, &sizes, &mut rows).await?;
     }
@@ -253,120 +252,6 @@ async fn force_poll_and_footprint(b: &Bench, cluster: &mut Cluster, sizes: &Size
     }
     rows.push(row("target agent RSS, idle", format!("{:.1} MB", idle_rss as f64 / 1024.0), "-", "-"));
     rows.push(row("target agent RSS, running a job", format!("{:.1} MB", busy_rss as f64 / 1024.0), "-", "-"));
-    Ok(())
-}
-
-/// The `i`th virtual target: `v00000`, `v00001`, ...
-fn virtual_name(i: usize) -> TargetName {
-    TargetName::new(format!("v{i:05}")).expect("a valid name")
-}
-
-/// Virtual targets, and how many of them (`v00000`...) are enlisted.
-struct Fleet {
-    targets: VirtualTargets,
-    enlisted: usize,
-}
-
-impl Fleet {
-    /// Enlists the first `n` virtual targets (those not yet enlisted) and
-    /// binds them to their consumers, as agents do at start. Returns their
-    /// names and how long the enlisting took.
-    async fn enlist(&mut self, b: &Bench, n: usize) -> anyhow::Result<(Vec<TargetName>, Duration)> {
-        let names: Vec<TargetName> = (0..n).map(virtual_name).collect();
-        let start = Instant::now();
-        futures::stream::iter(names.iter().skip(self.enlisted).cloned())
-            .map(|name| {
-                let api = b.api.clone();
-                async move {
-                    let req = EnlistRequest { name, location: None, instance: None, poll_interval_secs: Some(60) };
-                    api.call::<_, TargetInfo>(Op::TargetEnlist, req).await
-                }
-            })
-            .buffer_unordered(64)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?;
-        let took = start.elapsed();
-        self.enlisted = self.enlisted.max(n);
-        self.targets.bind(&names).await?;
-        Ok((names, took))
-    }
-}
-
-/// Fan-out to each size of virtual targets against raw publish + fetch, then
-/// the master's and nats-server's footprint at the largest size.
-async fn fan_out(b: &Bench, fleet: &mut Fleet, cluster: &Cluster, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    eprintln!("muster-bench: fan-out");
-    for &n in &sizes.fanout {
-        // The raw baseline first, on a server that holds only the previous
-        // sizes' targets; its stream (and consumers) is deleted afterwards.
-        let raw = raw_fanout(&b.js, n).await?;
-        let (names, enlist_time) = fleet.enlist(b, n).await?;
-
-        let job = JobName::new(format!("fan{n}"))?;
-        let _: JobInfo = b.api.call(Op::JobCreate, JobWrite { spec: JobSpec::from_commands(job.clone(), &["true".into()]) }).await?;
-        fleet.targets.applied.store(0, Ordering::SeqCst);
-        let start = Instant::now();
-        let assign = JobSelect { job: job.clone(), select: Selection { targets: names.clone(), groups: vec![], all: false } };
-        let mut api_long = b.api.clone();
-        api_long.timeout = Duration::from_secs(600);
-        let _: JobInfo = api_long.call(Op::JobAssign, assign).await?;
-        let posted = start.elapsed();
-        let polled: Vec<ForcePollOutcome> =
-            api_long.call(Op::TargetForcePollMany, Selection { targets: names.clone(), groups: vec![], all: false }).await?;
-        let total = start.elapsed();
-        if let Some(failed) = polled.iter().find(|p| p.error.is_some()) {
-            anyhow::bail!("fan-out {n}: force-poll of {} failed: {:?}", failed.target, failed.error);
-        }
-        let applied = fleet.targets.applied.load(Ordering::SeqCst);
-        anyhow::ensure!(applied as usize == n, "fan-out {n}: {applied} targets applied the job");
-        rows.push(row(
-            format!("fan-out to {n} targets: assign (post) + force-poll all until applied"),
-            format!("{} (post {})", ms(total), ms(posted)),
-            ms(raw),
-            format!("{:.1}×", total.as_secs_f64() / raw.as_secs_f64()),
-        ));
-        rows.push(row(format!("enlist {n} targets (API, 64 at once)"), ms(enlist_time), "-", "-"));
-    }
-    footprint_rows(cluster, fleet.enlisted, rows);
-    Ok(())
-}
-
-/// The master's and nats-server's RSS with `enlisted` targets.
-fn footprint_rows(cluster: &Cluster, enlisted: usize, rows: &mut Vec<Row>) {
-    let mb = |pid| format!("{:.1} MB", rss_kib(pid) as f64 / 1024.0);
-    rows.push(row(format!("master RSS with {enlisted} enlisted targets"), mb(cluster.masters[0].pid()), "-", "-"));
-    rows.push(row(format!("nats-server RSS with {enlisted} per-target consumers"), mb(nats_pid()), "-", "-"));
-}
-
-/// Every virtual target polls once, spread over the window (enlisting them
-/// first if the fan-out did not).
-async fn scale_stage(b: &Bench, fleet: &mut Fleet, cluster: &Cluster, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    eprintln!("muster-bench: scale");
-    let n = sizes.scale_targets;
-    if fleet.enlisted < n {
-        fleet.enlist(b, n).await?;
-        footprint_rows(cluster, n, rows);
-    }
-    let (lat, cpu) = scale(&fleet.targets, n, sizes.scale_window, cluster.masters[0].pid(), nats_pid()).await?;
-    rows.push(row(
-        format!("{n} targets polling once per {:?}: poll p50 / p99", sizes.scale_window),
-        format!("{} / {}", ms(percentile(&lat, 0.5)), ms(percentile(&lat, 0.99))),
-        "-",
-        "-",
-    ));
-    rows.push(row("  … CPU over that window: master / nats-server", cpu.to_string(), "-", "-"));
-
-    // What an operator waits for with that many targets.
-    let mut api_long = b.api.clone();
-    api_long.timeout = Duration::from_secs(600);
-    let start = Instant::now();
-    let listed: Vec<TargetInfo> = api_long.call(Op::TargetList, ()).await?;
-    rows.push(row(format!("`target list` of {} targets (one API call)", listed.len()), ms(start.elapsed()), "-", "-"));
-    let start = Instant::now();
-    let _: serde_json::Value = api_long.call(Op::Status, ()).await?;
-    rows.push(row(format!("`status` with {n} targets"), ms(start.elapsed()), "-", "-"));
     Ok(())
 }
 
@@ -457,59 +342,6 @@ async fn raw_rtt(client: &async_nats::Client, n: usize) -> anyhow::Result<Vec<Du
     task.abort();
     out.sort();
     Ok(out)
-}
-
-/// Raw baseline for fan-out: publish one message to each of `n` subjects,
-/// then one fetch + ack per subject from a consumer each.
-async fn raw_fanout(js: &jetstream::Context, n: usize) -> anyhow::Result<Duration> {
-    let name = format!("RAWFAN{n}");
-    let stream = js
-        .create_stream(jetstream::stream::Config {
-            name: name.clone(),
-            subjects: vec![format!("rawfan{n}.*")],
-            retention: jetstream::stream::RetentionPolicy::WorkQueue,
-            // As MUSTER_ASSIGN: above nats-server's default of 1,000.
-            max_consumers: muster_shared::streams::MAX_TARGETS,
-            ..Default::default()
-        })
-        .await?;
-    let consumers: Vec<PullConsumer> = futures::stream::iter(0..n)
-        .map(|i| {
-            let stream = stream.clone();
-            async move {
-                stream
-                    .create_consumer(jetstream::consumer::pull::Config {
-                        durable_name: Some(format!("c{i}")),
-                        filter_subject: format!("rawfan{n}.t{i}"),
-                        ..Default::default()
-                    })
-                    .await
-            }
-        })
-        .buffered(64)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
-    let start = Instant::now();
-    publish_all(js, n, |i| (format!("rawfan{n}.t{i}"), Bytes::from_static(&[0u8; 512]))).await?;
-    futures::stream::iter(consumers)
-        .map(|c| async move {
-            let mut batch = c.fetch().max_messages(10).messages().await?;
-            while let Some(m) = batch.next().await {
-                m.map_err(|e| anyhow::anyhow!("{e}"))?.double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            }
-            Ok::<(), anyhow::Error>(())
-        })
-        // As many at once as the master's force-poll of many targets.
-        .buffer_unordered(128)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
-    let took = start.elapsed();
-    js.delete_stream(&name).await?;
-    Ok(took)
 }
 
 async fn raw_publish_rate(js: &jetstream::Context, n: usize, size: usize) -> anyhow::Result<f64> {
@@ -621,148 +453,4 @@ async fn ingest(b: &Bench, n: usize, template: &RunRecord, cluster: &mut Cluster
         anyhow::ensure!(start.elapsed() < Duration::from_secs(600), "drain did not finish (outage: {outage})");
     }
     Ok((n as f64 / start.elapsed().as_secs_f64(), meter.finish()))
-}
-
-/// Virtual targets: one wildcard subscription to every control subject; each
-/// control request makes that target poll ([`AgentPath::poll`]) and answer
-/// with its poll report.
-struct VirtualTargets {
-    applied: Arc<AtomicU64>,
-    path: AgentPath,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for VirtualTargets {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl VirtualTargets {
-    async fn start(client: async_nats::Client, js: jetstream::Context, subjects: Subjects) -> anyhow::Result<VirtualTargets> {
-        let mut sub = client.subscribe(format!("{}.target.*.control", subjects.prefix())).await?;
-        client.flush().await?;
-        let applied = Arc::new(AtomicU64::new(0));
-        let path = AgentPath { js, subjects, consumers: Arc::default() };
-        let (a, p) = (applied.clone(), path.clone());
-        let task = tokio::spawn(async move {
-            while let Some(m) = sub.next().await {
-                let Some(name) = p.subjects.target_of(&m.subject).and_then(|t| TargetName::new(t).ok()) else { continue };
-                if !name.as_str().starts_with('v') {
-                    continue;
-                }
-                let (client, a, p) = (client.clone(), a.clone(), p.clone());
-                tokio::spawn(async move {
-                    let Ok(report) = p.poll(&name).await else { return };
-                    a.fetch_add(u64::from(report.applied), Ordering::SeqCst);
-                    if let Some(reply) = m.reply {
-                        client.publish(reply, msg::encode(&ControlReply::report(report)).into()).await.ok();
-                    }
-                });
-            }
-        });
-        Ok(VirtualTargets { applied, path, task })
-    }
-
-    /// Looks up each target's consumer once, as an agent does at start.
-    async fn bind(&self, names: &[TargetName]) -> anyhow::Result<()> {
-        futures::stream::iter(names)
-            .map(|name| self.path.consumer(name))
-            .buffer_unordered(64)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(())
-    }
-}
-
-/// The agent's side of the per-target path, for any virtual target: its
-/// durable consumer (looked up once), and a poll as the agent polls.
-#[derive(Clone)]
-struct AgentPath {
-    js: jetstream::Context,
-    subjects: Subjects,
-    consumers: Arc<Mutex<HashMap<TargetName, PullConsumer>>>,
-}
-
-impl AgentPath {
-    /// The target's consumer, looked up on first use.
-    async fn consumer(&self, name: &TargetName) -> anyhow::Result<PullConsumer> {
-        if let Some(c) = self.consumers.lock().await.get(name) {
-            return Ok(c.clone());
-        }
-        let c: PullConsumer = self
-            .js
-            .get_consumer_from_stream(name.as_str(), self.subjects.assign_stream())
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        self.consumers.lock().await.insert(name.clone(), c.clone());
-        Ok(c)
-    }
-
-    /// One poll: fetch all pending, confirm each ack, publish the poll report
-    /// in the background.
-    async fn poll(&self, name: &TargetName) -> anyhow::Result<PollReport> {
-        let consumer = self.consumer(name).await?;
-        let mut applied = 0;
-        let mut batch = consumer.fetch().max_messages(256).messages().await?;
-        while let Some(m) = batch.next().await {
-            m.map_err(|e| anyhow::anyhow!("{e}"))?.double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            applied += 1;
-        }
-        let report = PollReport {
-            v: 1,
-            target: name.clone(),
-            polled_at: chrono::Utc::now(),
-            agent_version: "bench".into(),
-            instance: uuid::Uuid::nil(),
-            poll_interval_secs: 60,
-            applied,
-            failed: 0,
-            jobs: 0,
-            running: vec![],
-            spooled: 0,
-            clock_skew_ms: None,
-            timezone: String::new(),
-            bad_instructions: 0,
-            bad_control: 0,
-        };
-        let (js, subject, body) = (self.js.clone(), self.subjects.poll(name), msg::encode(&report));
-        tokio::spawn(async move {
-            if let Ok(ack) = js.publish(subject, body.into()).await {
-                ack.await.ok();
-            }
-        });
-        Ok(report)
-    }
-}
-
-/// `n` virtual targets each poll once, spread evenly over `window`. Returns
-/// the poll latencies and the master's and nats-server's CPU share.
-async fn scale(
-    v: &VirtualTargets,
-    n: usize,
-    window: Duration,
-    master_pid: i32,
-    nats_pid: i32,
-) -> anyhow::Result<(Vec<Duration>, CpuShare)> {
-    let meter = CpuMeter::start(master_pid, nats_pid);
-    let gap = window / u32::try_from(n.max(1)).unwrap_or(u32::MAX);
-    let mut tick = tokio::time::interval(gap);
-    let mut tasks = Vec::with_capacity(n);
-    for i in 0..n {
-        tick.tick().await;
-        let path = v.path.clone();
-        tasks.push(tokio::spawn(async move {
-            let start = Instant::now();
-            path.poll(&virtual_name(i)).await.map(|_| start.elapsed())
-        }));
-    }
-    let mut lat = Vec::with_capacity(n);
-    for t in tasks {
-        lat.push(t.await??);
-    }
-    lat.sort();
-    Ok((lat, meter.finish()))
 }

@@ -1,0 +1,137 @@
+//! `job start` at sizes: the reply to 1, 10, 50, 1,000 targets, and
+//! `job start --all --wait` until every run is final, on a fleet of virtual
+//! targets that answer each start with its run's final record.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use muster_shared::api::{
+    Delivery, DeliveryState, ForcePollOutcome, JobInfo, JobSelect, JobWrite, Op, Selection,
+};
+use muster_shared::job::JobSpec;
+use muster_shared::name::JobName;
+
+use super::fleet::Fleet;
+use super::{raw, Sizes, Want};
+use crate::{ms, row, Row};
+
+fn ratio(a: Duration, b: Duration) -> String {
+    format!("{:.1}×", a.as_secs_f64() / b.as_secs_f64())
+}
+
+pub async fn run(want: Want, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    eprintln!("muster-bench: job start");
+    let largest = sizes.start_sizes.iter().copied().max().unwrap_or(0);
+    let n = if want.start_wait {
+        largest.max(sizes.wait_targets)
+    } else {
+        largest
+    };
+    let mut fleet = Fleet::start().await?;
+    fleet.enlist_up_to(n).await?;
+    let job = JobName::new("start-bench")?;
+    let _: JobInfo = fleet
+        .api
+        .call(
+            Op::JobCreate,
+            JobWrite {
+                spec: JobSpec::from_commands(job.clone(), &["true".into()]),
+            },
+        )
+        .await?;
+    fleet.assign(&job, n).await?;
+    let _: Vec<ForcePollOutcome> = fleet
+        .api
+        .call(
+            Op::TargetForcePollMany,
+            Selection {
+                targets: vec![],
+                groups: vec![],
+                all: true,
+            },
+        )
+        .await?;
+
+    if want.job_start {
+        for &k in &sizes.start_sizes {
+            let raw = raw::requests(&fleet.client, k).await?;
+            let start = Instant::now();
+            let select = Selection {
+                targets: Fleet::names(k),
+                groups: vec![],
+                all: false,
+            };
+            let d: Vec<Delivery> = fleet
+                .api
+                .call(
+                    Op::JobStart,
+                    JobSelect {
+                        job: job.clone(),
+                        select,
+                    },
+                )
+                .await?;
+            let took = start.elapsed();
+            let delivered = d
+                .iter()
+                .filter(|d| d.state == DeliveryState::Delivered)
+                .count();
+            anyhow::ensure!(delivered == k, "job start to {k}: {delivered} delivered");
+            rows.push(row(
+                format!(
+                    "`job start` reply to {k} targets (raw: {k} request/replies, {} at once)",
+                    raw::IN_FLIGHT
+                ),
+                ms(took),
+                ms(raw),
+                ratio(took, raw),
+            ));
+        }
+    }
+    if want.start_wait {
+        let k = sizes.wait_targets;
+        anyhow::ensure!(
+            fleet.enlisted == k,
+            "--all needs exactly {k} enlisted, not {}",
+            fleet.enlisted
+        );
+        let raw = raw::start_and_follow(&fleet.client, &fleet.js, k).await?;
+        let took = start_wait(&fleet, &job)?;
+        rows.push(row(
+            format!("`job start --all --wait` on {k} targets until all runs final (raw: requests + {k} records published and read)"),
+            ms(took),
+            ms(raw),
+            ratio(took, raw),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `musterctl job start JOB --all --wait` as an operator does (output
+/// discarded); returns its wall time from spawn to exit.
+fn start_wait(fleet: &Fleet, job: &JobName) -> anyhow::Result<Duration> {
+    tokio::task::block_in_place(|| {
+        let start = Instant::now();
+        let status = std::process::Command::new(muster_tests::bin("musterctl"))
+            .env("NATS_URL", fleet.cluster.url())
+            .envs(fleet.cluster.env.clone())
+            .args([
+                "job",
+                "start",
+                job.as_str(),
+                "--all",
+                "--wait",
+                "--timeout",
+                "600",
+                "--json",
+            ])
+            .stdout(Stdio::null())
+            .status()?;
+        let took = start.elapsed();
+        anyhow::ensure!(
+            status.success(),
+            "musterctl job start --all --wait: {status}"
+        );
+        Ok(took)
+    })
+}
