@@ -42,9 +42,9 @@ struct Args {
     /// Override the number of results for the ingest measurements.
     #[arg(long)]
     results: Option<usize>,
-    /// Run only one stage.
-    #[arg(long, value_enum)]
-    only: Option<Stage>,
+    /// Run only these stages (comma-separated or repeated).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Stage>,
     /// The number of virtual targets for the stages at scale (and the
     /// largest `job start` size).
     #[arg(long)]
@@ -176,7 +176,7 @@ async fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
 
     println!("muster-bench: nats-server 2.15.1 (one node, file storage, loopback), {} cores", std::thread::available_parallelism().map_or(0, |n| n.get()));
-    let runs = |stage: Stage| args.only.is_none_or(|only| only == stage);
+    let runs = |stage: Stage| args.only.is_empty() || args.only.contains(&stage);
     if runs(Stage::ForcePoll) {
         force_poll_and_footprint(&bench, &mut cluster, &sizes, &mut rows).await?;
     }
