@@ -35,6 +35,18 @@ pub struct Fleet {
     pub enlisted: usize,
 }
 
+impl Drop for Fleet {
+    /// Stops the processes before the cluster's directory goes: removing a
+    /// store that nats-server is still writing (10,000 consumers) takes
+    /// minutes.
+    fn drop(&mut self) {
+        for m in &mut self.cluster.masters {
+            m.kill();
+        }
+        self.cluster.nats.kill();
+    }
+}
+
 impl Fleet {
     /// A new nats-server and master, and virtual targets connected to it.
     pub async fn start() -> anyhow::Result<Fleet> {
