@@ -195,6 +195,22 @@ async fn polling(
         lat.push(t.await??);
     }
     let cpu = meter.finish();
+    // When the slowest polls were started, to tell a stall of the server
+    // (bunched) from a slow path (spread).
+    let mut slowest: Vec<(Duration, usize)> = lat.iter().copied().zip(0..).collect();
+    slowest.sort_by(|a, b| b.cmp(a));
+    let at: Vec<String> = slowest
+        .iter()
+        .take(8)
+        .map(|(d, i)| {
+            format!(
+                "{} at +{:.1}s",
+                ms(*d),
+                (gap * u32::try_from(*i).unwrap_or(u32::MAX)).as_secs_f64()
+            )
+        })
+        .collect();
+    eprintln!("muster-bench:   slowest polls: {}", at.join(", "));
     lat.sort();
     let (p50, p99, r99) = (
         percentile(&lat, 0.5),
