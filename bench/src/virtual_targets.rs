@@ -15,6 +15,10 @@
 //! the agent's de-duplication id, so `job start --wait` and job status see a
 //! finished run. Nothing is executed.
 //!
+//! The fleet shares [`CONNECTIONS`] connections: each answers a share of
+//! the control requests (one queue group on `muster.target.*.control`), and
+//! target `i`'s timed polls go through connection `i % CONNECTIONS`.
+//!
 //! What a virtual target holds (applied revision, job revisions, handled
 //! starts) lives in one map in memory: one entry per target, bounded by the
 //! fleet's size.
@@ -140,8 +144,16 @@ impl VirtualTargets {
                     }
                     let (l, s, h) = (l.clone(), s.clone(), h.clone());
                     tokio::spawn(async move {
-                        let Ok(report) = poll(&l, &s, &h, &name).await else {
-                            return;
+                        let report = match poll(&l, &s, &h, &name).await {
+                            Ok(r) => r,
+                            Err(e) => {
+                                // Unanswered: the master's force-poll fails
+                                // and the stage reports it.
+                                eprintln!(
+                                    "muster-bench: virtual target {name}: poll failed: {e:#}"
+                                );
+                                return;
+                            }
                         };
                         if let Some(reply) = m.reply {
                             l.client
