@@ -53,7 +53,7 @@ impl From<ErrorCode> for Exit {
             | ErrorCode::BadVersion => Exit::Invalid,
             ErrorCode::Offline | ErrorCode::Timeout => Exit::Offline,
             ErrorCode::MasterUnavailable => Exit::Unreachable,
-            ErrorCode::AlreadyExists | ErrorCode::Conflict => Exit::Conflict,
+            ErrorCode::AlreadyExists | ErrorCode::Conflict | ErrorCode::Defected => Exit::Conflict,
         }
     }
 }

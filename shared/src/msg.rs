@@ -288,6 +288,9 @@ pub enum Outcome {
     Interrupted,
     /// A start refused because the job was already running on this target.
     Skipped,
+    /// A start read after its expiry (or never read: the master records it
+    /// a day later); it never ran (SSM's DeliveryTimedOut).
+    Expired,
 }
 
 impl Outcome {
