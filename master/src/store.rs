@@ -205,6 +205,10 @@ pub struct Store {
     pub groups: kv::Store,
     pub jobstatus: kv::Store,
     pub instructions: kv::Store,
+    /// The run index (`muster-runs`, key = run id), for `run show`.
+    pub runs: kv::Store,
+    /// `MUSTER_DESIRED`, for Direct Gets and compare-and-set publishes.
+    pub desired: stream::Stream<()>,
 }
 
 fn stream_config(spec: &StreamSpec) -> stream::Config {
@@ -251,6 +255,7 @@ impl Store {
     pub async fn open(js: &Context, subjects: &Subjects, options: &StoreOptions) -> anyhow::Result<Store> {
         for spec in [
             streams::assign_stream(subjects, options),
+            streams::desired_stream(subjects, options),
             streams::results_stream(subjects, options),
             streams::polls_stream(subjects, options),
         ] {
@@ -275,9 +280,9 @@ impl Store {
                     history: 1,
                     num_replicas: options.replicas,
                     max_value_size: muster_shared::MAX_BODY_BYTES as i32,
-                    // The download list and job status age out with history.
+                    // The download list and the run index age out with history.
                     max_age: match b {
-                        Bucket::Instructions => options.history_retention,
+                        Bucket::Instructions | Bucket::Runs => options.history_retention,
                         _ => Duration::ZERO,
                     },
                     ..Default::default()
@@ -300,6 +305,11 @@ impl Store {
             groups: bucket(Bucket::Groups).await?,
             jobstatus: bucket(Bucket::JobStatus).await?,
             instructions: bucket(Bucket::Instructions).await?,
+            runs: bucket(Bucket::Runs).await?,
+            desired: js
+                .get_stream_no_info(subjects.desired_stream())
+                .await
+                .map_err(|e| anyhow::anyhow!("stream {}: {e}", subjects.desired_stream()))?,
         })
     }
 
