@@ -8,3 +8,4 @@ mod operator;
 mod jobs;
 mod faults;
 mod security;
+mod history;
