@@ -208,17 +208,14 @@ async fn handle_batch(
             write_status(store, &key, status, &mut known).await
         })
         .buffer_unordered(WRITES_IN_FLIGHT)
-        .collect::<Vec<_>>()
-        .await;
-    for w in writes {
-        w?;
-    }
+        .collect::<Vec<_>>();
+    // The index is another bucket, written alongside job status.
     let index_writes = futures::stream::iter(index)
         .map(|(run_id, entry)| async move { write_index(store, run_id, entry).await })
         .buffer_unordered(WRITES_IN_FLIGHT)
-        .collect::<Vec<_>>()
-        .await;
-    for w in index_writes {
+        .collect::<Vec<_>>();
+    let (writes, index_writes) = futures::join!(writes, index_writes);
+    for w in writes.into_iter().chain(index_writes) {
         w?;
     }
     let instr_writes = futures::stream::iter(instr)
@@ -276,18 +273,24 @@ async fn write_status(store: &Store, key: &str, status: JobTargetStatus, known: 
     .await
 }
 
-/// Makes `entry` the run's index entry unless what is there supersedes it
-/// ("final wins", like job status). Tried as a create first: most runs'
-/// first record makes their entry.
+/// Makes `entry` the run's index entry, final wins, in one write: a final
+/// record's entry is put whatever is there (a start entry, or another copy
+/// of the same final record), a start record's entry is only created (it
+/// never replaces anything). In whatever order batches land, a run that has
+/// a final record ends up pointing at one.
 async fn write_index(store: &Store, run_id: Uuid, entry: RunIndexEntry) -> Result<(), StoreError> {
-    let mut known = None;
-    Store::compare_and_set(&store.runs, &run_id.to_string(), &mut known, |have: Option<&RunIndexEntry>| {
-        Ok(match have {
-            Some(have) if !entry.supersedes(have) => Change::Keep,
-            _ => Change::Put(entry.clone()),
-        })
-    })
-    .await
+    let key = run_id.to_string();
+    let body = bytes::Bytes::from(serde_json::to_vec(&entry).expect("index entries serialise"));
+    let writing = || format!("indexing run {key}");
+    if entry.is_final {
+        store.runs.put(&key, body).await.map_err(|e| StoreError::nats(writing(), e))?;
+        return Ok(());
+    }
+    match store.runs.create(&key, body).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::nats(writing(), e)),
+    }
 }
 
 /// Whether `new` should replace `have` as the last outcome: a later run, or
@@ -404,7 +407,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_run_index_keeps_the_first_final_record_whatever_the_order() {
+    async fn the_run_index_points_at_a_final_record_whatever_the_order() {
         let t = open().await;
         let entry = |seq: u64, is_final: bool| RunIndexEntry {
             v: 1,
@@ -413,13 +416,18 @@ mod tests {
             seq,
             is_final,
         };
-        for order in [[(3, false), (5, true), (9, true)], [(9, true), (5, true), (3, false)]] {
+        // start, end, and a replayed start; in stream order and reversed
+        for (order, want) in [
+            ([(3, false), (5, true), (9, false)], entry(5, true)),
+            ([(9, false), (5, true), (3, false)], entry(5, true)),
+            ([(3, false), (9, false), (12, false)], entry(3, false)),
+        ] {
             let run_id = Uuid::now_v7();
             for (seq, is_final) in order {
                 write_index(&t.store, run_id, entry(seq, is_final)).await.unwrap();
             }
             let stored = Store::read::<RunIndexEntry>(&t.store.runs, &run_id.to_string()).await.unwrap();
-            assert_eq!(stored.map(|(e, _)| e), Some(entry(5, true)), "{order:?}");
+            assert_eq!(stored.map(|(e, _)| e), Some(want), "{order:?}");
         }
     }
 

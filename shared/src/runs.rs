@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use crate::name::TargetName;
 
-/// One run's entry: the record history keeps for it (the first final
-/// record, else its start record).
+/// One run's entry: a final record of the run when it has one (copies of
+/// a final record are the same record), else its start record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunIndexEntry {
     #[serde(default = "v")]
