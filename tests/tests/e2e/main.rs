@@ -9,3 +9,4 @@ mod operator;
 mod jobs;
 mod faults;
 mod security;
+mod history;
