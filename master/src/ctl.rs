@@ -50,7 +50,7 @@ pub fn exit_code(code: ErrorCode) -> u8 {
         ErrorCode::InvalidName | ErrorCode::InvalidRequest | ErrorCode::InvalidJob | ErrorCode::BadVersion => 4,
         ErrorCode::Offline | ErrorCode::Timeout => 5,
         ErrorCode::MasterUnavailable => 6,
-        ErrorCode::AlreadyExists | ErrorCode::Conflict => 7,
+        ErrorCode::AlreadyExists | ErrorCode::Conflict | ErrorCode::Defected => 7,
     }
 }
 

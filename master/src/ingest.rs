@@ -383,6 +383,7 @@ mod tests {
                 status: InstrStatus::Applied,
                 applied_at: Some(applied_at),
                 error: None,
+                revision: None,
             };
             assert_eq!(row, expected, "target reported first: {target_first}");
         }

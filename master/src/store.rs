@@ -158,6 +158,7 @@ pub fn posted_row(i: &Instruction, old: Option<InstrRow>) -> InstrRow {
         status: InstrStatus::Pending,
         applied_at: None,
         error: None,
+        revision: None,
     };
     match old {
         Some(reported) => InstrRow { status: reported.status, applied_at: reported.applied_at, error: reported.error, ..posted },
@@ -178,6 +179,7 @@ pub fn reported_row(target: &TargetName, o: &InstrOutcome, old: Option<InstrRow>
         status: InstrStatus::Pending,
         applied_at: None,
         error: None,
+        revision: None,
     });
     row.status = if o.error.is_some() { InstrStatus::Failed } else { InstrStatus::Applied };
     row.applied_at = Some(o.applied_at);
@@ -919,6 +921,7 @@ mod tests {
             status: InstrStatus::Applied,
             applied_at: Some(applied.applied_at),
             error: None,
+            revision: None,
         };
         let master_first = reported_row(&target, &applied, Some(posted_row(&i, None)));
         let target_first = posted_row(&i, Some(reported_row(&target, &applied, None)));

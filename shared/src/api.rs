@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::desired::Revision;
 use crate::job::JobSpec;
 use crate::msg::{Outcome, PollReport, RunRecord};
 use crate::name::{GroupName, JobName, TargetName};
@@ -41,6 +42,9 @@ pub enum ErrorCode {
     MasterUnavailable,
     /// NATS or the master failed; the message says what.
     Internal,
+    /// The target has defected from this master; an operator's
+    /// `musterctl target enlist` brings it back.
+    Defected,
 }
 
 impl ErrorCode {
@@ -58,6 +62,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::MasterUnavailable => "master_unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Defected => "defected",
         }
     }
 }
@@ -392,6 +397,10 @@ pub struct InstrRow {
     pub applied_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub error: Option<String>,
+    /// The manifest revision that carried this change; `None` for a row of
+    /// the previous design (an instruction on `MUSTER_ASSIGN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<Revision>,
 }
 
 /// A target group and the jobs assigned to it.
@@ -449,6 +458,11 @@ pub enum TargetStatus {
     SuspectedOffline,
     /// An instruction failed to apply (see the download list).
     Blocked,
+    /// Its agent reports no applied revision: a previous version, still
+    /// reading `MUSTER_ASSIGN` (upgrade it).
+    Outdated,
+    /// It has defected; its manifest says so until it is enlisted again.
+    Defected,
 }
 
 impl TargetStatus {
@@ -458,6 +472,8 @@ impl TargetStatus {
             TargetStatus::NeverPolled => "never_polled",
             TargetStatus::SuspectedOffline => "suspected_offline",
             TargetStatus::Blocked => "blocked",
+            TargetStatus::Outdated => "outdated",
+            TargetStatus::Defected => "defected",
         }
     }
 }
@@ -489,6 +505,12 @@ pub struct TargetInfo {
     pub bad_instructions: u64,
     #[serde(default)]
     pub bad_control: u64,
+    /// The manifest revision its agent reported applied at its last poll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_revision: Option<Revision>,
+    /// The revision of its published manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_revision: Option<Revision>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

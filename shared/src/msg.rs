@@ -301,6 +301,9 @@ pub enum Outcome {
     Interrupted,
     /// A start refused because the job was already running on this target.
     Skipped,
+    /// A start read after its expiry (or never read: the master records it
+    /// a day later); it never ran (SSM's DeliveryTimedOut).
+    Expired,
 }
 
 impl Outcome {
@@ -316,6 +319,7 @@ impl Outcome {
             Outcome::TimedOut => "timed_out",
             Outcome::Interrupted => "interrupted",
             Outcome::Skipped => "skipped",
+            Outcome::Expired => "expired",
         }
     }
 }
@@ -330,7 +334,7 @@ impl std::str::FromStr for Outcome {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
-            format!("unknown outcome '{s}' (running, succeeded, failed, canceled, timed_out, interrupted, skipped)")
+            format!("unknown outcome '{s}' (running, succeeded, failed, canceled, timed_out, interrupted, skipped, expired)")
         })
     }
 }

@@ -174,6 +174,8 @@ impl Ctx {
             bad_control: poll.as_ref().map_or(0, |p| p.report.bad_control),
             unread,
             groups,
+            applied_revision: None,
+            published_revision: None,
         }
     }
 
