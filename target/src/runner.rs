@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use muster_shared::desired::StartEntry;
 use muster_shared::job::{JobDef, Next};
 use muster_shared::msg::{self, Outcome, RunRecord, StepRecord, Trigger};
 use muster_shared::name::{JobName, TargetName};
@@ -125,7 +126,7 @@ impl Runner {
                 );
             }
             self.record(&r)?;
-            self.state.mark_applied(&[r.run_id])?;
+            self.state.mark_run_finished(r.run_id)?;
             self.state.run_finished(r.run_id)?;
             tracing::warn!(job = %r.job, run_id = %r.run_id, "reported interrupted run");
         }
@@ -184,6 +185,37 @@ impl Runner {
             this.running.lock().expect("runner lock").remove(&job_id);
         });
         Started::Running(run_id)
+    }
+
+    /// Answers a start that is not run (`expired`, or `failed` when its
+    /// job is not here) with one final record under the start's run id, so
+    /// every start has exactly one answer.
+    ///
+    /// # Errors
+    /// When the record cannot be spooled.
+    pub fn record_not_run(
+        &self,
+        start: &StartEntry,
+        outcome: Outcome,
+        message: String,
+    ) -> anyhow::Result<()> {
+        let now = Utc::now();
+        let record = RunRecord {
+            v: muster_shared::PROTOCOL_VERSION,
+            run_id: start.run_id,
+            job_id: start.job_id,
+            job: start.job.clone(),
+            target: self.cfg.target.clone(),
+            trigger: Trigger::Manual,
+            outcome,
+            started_at: now,
+            finished_at: Some(now),
+            message,
+            steps: Vec::new(),
+        };
+        self.record(&record)?;
+        tracing::info!(job = %start.job, run_id = %start.run_id, %outcome, "start not run");
+        Ok(())
     }
 
     /// A `running` record for a new run of `job`, starting now.
@@ -245,7 +277,7 @@ impl Runner {
     /// Whether this run id was already started here (running, finished or
     /// reported interrupted): a start naming it must not run again.
     pub fn knows_run(&self, run_id: Uuid) -> bool {
-        self.state.was_applied(run_id)
+        self.state.run_finished_here(run_id)
             || self
                 .running
                 .lock()
@@ -347,10 +379,10 @@ impl Runner {
         record.finished_at = Some(Utc::now());
         fit_record(&mut record, MAX_RECORD_BYTES);
         self.record(&record)?;
-        // Remember the run id before dropping the marker, so a start
-        // instruction redelivered after a crash is not run again.
+        // Remember the run id before dropping the marker, so a start read
+        // again after a crash is not run again.
         tokio::task::block_in_place(|| {
-            self.state.mark_applied(&[run_id])?;
+            self.state.mark_run_finished(run_id)?;
             self.state.run_finished(run_id)
         })?;
         tracing::info!(job = %record.job, %run_id, outcome = %record.outcome, "run finished");
