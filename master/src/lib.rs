@@ -2,6 +2,10 @@
 //! all kept in JetStream so that any number of master replicas can run at once.
 //!
 //! - [`store`] creates the streams and buckets and reads and writes records;
+//! - [`desired`] derives each target's desired state from the records, and
+//!   [`publish`] publishes it on `MUSTER_DESIRED` (dual-written with [`post`]
+//!   until the agents read it); [`reconcile`] republishes whatever differs
+//!   from the records, at start and after any failed publish;
 //! - [`post`] turns every change into instructions on the targets' subjects;
 //! - [`api`] serves the `muster` NATS service that `musterctl` and targets call;
 //! - [`ingest`] drains `MUSTER_RESULTS` into job status and the download list;
@@ -16,9 +20,12 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod ctl;
+pub mod desired;
 pub mod history;
 pub mod ingest;
 pub mod post;
+pub mod publish;
+pub mod reconcile;
 pub mod status;
 pub mod store;
 
@@ -54,10 +61,14 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> anyhow::R
     tracing::info!(prefix = config.subjects.prefix(), replicas = config.store.replicas, "streams and buckets ready");
 
     let ingest = tokio::spawn(ingest::run(store.clone(), shutdown.clone()));
-    let served = api::serve(client.clone(), store, config.clone(), shutdown.clone()).await;
+    let publisher = publish::Publisher::new(store.clone());
+    // The API serves at once; reconcile repairs what a predecessor left.
+    let reconciling = tokio::spawn(reconcile::run(publisher.clone(), shutdown.clone()));
+    let served = api::serve(client.clone(), store, publisher, config.clone(), shutdown.clone()).await;
     // The API stopped (shutdown, or a fatal error): stop the drain too.
     shutdown.cancel();
     let ingested = ingest.await.context("results drain task panicked")?;
+    reconciling.await.context("reconcile task panicked")?;
     client.drain().await.ok();
     served.and(ingested)
 }

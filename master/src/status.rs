@@ -64,6 +64,8 @@ mod tests {
             poll_interval_secs,
             instance: None,
             blocked: None,
+            poll_set_secs: None,
+            defected_at: None,
         }
     }
 

@@ -39,6 +39,14 @@ pub struct TargetRecord {
     /// The last instruction failure, until a later poll applies cleanly.
     #[serde(default)]
     pub blocked: Option<String>,
+    /// The interval an operator set with `set-poll`; `None` = the agent's
+    /// own (what the manifest's `poll_interval_secs` carries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_set_secs: Option<u64>,
+    /// When it was told to defect; its manifest says `defected` from then
+    /// on, until an enlist clears this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defected_at: Option<DateTime<Utc>>,
 }
 
 /// A job and where it is assigned (`muster-jobs`, key = job name).
@@ -53,6 +61,11 @@ pub struct JobRecord {
     pub groups: BTreeSet<GroupName>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Tombstone: the job is being deleted. It reaches no target, and its
+    /// record goes once every target concerned was republished and its
+    /// documents purged (reconcile finishes what a killed master left).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 impl JobRecord {
@@ -205,6 +218,10 @@ pub struct Store {
     pub groups: kv::Store,
     pub jobstatus: kv::Store,
     pub instructions: kv::Store,
+    /// The run index (`muster-runs`, key = run id), for `run show`.
+    pub runs: kv::Store,
+    /// `MUSTER_DESIRED`, for Direct Gets and compare-and-set publishes.
+    pub desired: stream::Stream<()>,
 }
 
 fn stream_config(spec: &StreamSpec) -> stream::Config {
@@ -251,6 +268,7 @@ impl Store {
     pub async fn open(js: &Context, subjects: &Subjects, options: &StoreOptions) -> anyhow::Result<Store> {
         for spec in [
             streams::assign_stream(subjects, options),
+            streams::desired_stream(subjects, options),
             streams::results_stream(subjects, options),
             streams::polls_stream(subjects, options),
         ] {
@@ -275,9 +293,9 @@ impl Store {
                     history: 1,
                     num_replicas: options.replicas,
                     max_value_size: muster_shared::MAX_BODY_BYTES as i32,
-                    // The download list and job status age out with history.
+                    // The download list and the run index age out with history.
                     max_age: match b {
-                        Bucket::Instructions => options.history_retention,
+                        Bucket::Instructions | Bucket::Runs => options.history_retention,
                         _ => Duration::ZERO,
                     },
                     ..Default::default()
@@ -300,6 +318,11 @@ impl Store {
             groups: bucket(Bucket::Groups).await?,
             jobstatus: bucket(Bucket::JobStatus).await?,
             instructions: bucket(Bucket::Instructions).await?,
+            runs: bucket(Bucket::Runs).await?,
+            desired: js
+                .get_stream_no_info(subjects.desired_stream())
+                .await
+                .map_err(|e| anyhow::anyhow!("stream {}: {e}", subjects.desired_stream()))?,
         })
     }
 
@@ -599,6 +622,26 @@ impl Store {
         Ok(dropped)
     }
 
+    /// Removes every job document of a target from `MUSTER_DESIRED`.
+    pub async fn purge_job_docs(&self, target: &TargetName) -> Result<(), StoreError> {
+        self.desired
+            .purge()
+            .filter(self.subjects.job_docs_of(target))
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::nats(format!("purging the job documents of '{target}'"), e))
+    }
+
+    /// Removes a job's documents from every target (`MUSTER_DESIRED`).
+    pub async fn purge_job_docs_everywhere(&self, job_id: Uuid) -> Result<(), StoreError> {
+        self.desired
+            .purge()
+            .filter(self.subjects.job_doc_everywhere(job_id))
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::nats(format!("purging the documents of job {job_id}"), e))
+    }
+
     /// The latest poll report of a target, if it ever polled.
     pub async fn last_poll(&self, name: &TargetName) -> Option<LastPoll> {
         let stream = self.js.get_stream_no_info(self.subjects.polls_stream()).await.ok()?;
@@ -615,7 +658,10 @@ impl Store {
     /// # Errors
     /// [`Missing::Job`] when there is none.
     pub async fn job(&self, name: &JobName) -> Result<(JobRecord, u64), StoreError> {
-        Self::read(&self.jobs, name.as_str()).await?.ok_or_else(|| StoreError::NotFound(Missing::Job(name.clone())))
+        Self::read::<JobRecord>(&self.jobs, name.as_str())
+            .await?
+            .filter(|(j, _)| j.deleted_at.is_none())
+            .ok_or_else(|| StoreError::NotFound(Missing::Job(name.clone())))
     }
 
     /// Deletes a job if it is still at `revision`.
@@ -632,8 +678,10 @@ impl Store {
         }
     }
 
+    /// Every job, in name order; jobs being deleted (tombstones) are not
+    /// listed.
     pub async fn all_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
-        let mut all: Vec<JobRecord> = Self::scan(&self.jobs).await?;
+        let mut all: Vec<JobRecord> = Self::scan::<JobRecord>(&self.jobs).await?.into_iter().filter(|j| j.deleted_at.is_none()).collect();
         all.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
         Ok(all)
     }
@@ -891,6 +939,7 @@ mod tests {
             groups: BTreeSet::new(),
             created_at: now,
             updated_at: now,
+            deleted_at: None,
         };
         Store::put(&t.store.jobs, name.as_str(), &record).await.unwrap();
         let (_, stale) = t.store.job(&name).await.unwrap();

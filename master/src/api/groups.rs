@@ -13,6 +13,7 @@ use muster_shared::name::{GroupName, TargetName};
 use super::jobs::reach_changes;
 use super::Ctx;
 use crate::post;
+use crate::publish::Post;
 use crate::store::{GroupRecord, JobRecord, Missing, Store, StoreError};
 
 impl Ctx {
@@ -129,7 +130,8 @@ impl Ctx {
                 )
             })
             .collect();
-        post::post_many(&self.store, items).await?;
+        let posted = post::post_many(&self.store, items).await?;
+        self.publish_posted(&posted, |_| Post::default()).await;
         Ok(group_info(&updated, &jobs))
     }
 }

@@ -7,7 +7,7 @@
 //! poll; stops go straight to the control subject, queued only when the
 //! target does not answer.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::Utc;
 use futures::StreamExt;
@@ -16,13 +16,15 @@ use muster_shared::api::{
     Selection,
 };
 use muster_shared::job::JobSpec;
-use muster_shared::msg::{ControlOp, InstructionOp};
+use muster_shared::desired::{StartEntry, StopEntry, DEFAULT_EXPIRY};
+use muster_shared::msg::{ControlOp, Instruction, InstructionOp};
 use muster_shared::name::{JobName, TargetName};
 use uuid::Uuid;
 
 use super::groups::expand_groups;
 use super::{Ctx, CONTROL_IN_FLIGHT};
 use crate::post;
+use crate::publish::Post;
 use crate::store::{JobRecord, Store, StoreError};
 
 impl Ctx {
@@ -39,12 +41,17 @@ impl Ctx {
             groups: BTreeSet::new(),
             created_at: now,
             updated_at: now,
+            deleted_at: None,
         };
         let name = record.spec.name.clone();
         let created = Store::try_modify(
             &self.store.jobs,
             name.as_str(),
             |old: Option<JobRecord>| match old {
+                Some(j) if j.deleted_at.is_some() => Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("a job named '{name}' is being deleted; retry in a moment"),
+                )),
                 Some(_) => Err(ApiError::new(
                     ErrorCode::AlreadyExists,
                     format!("a job named '{name}' already exists (use `musterctl job update`)"),
@@ -81,7 +88,7 @@ impl Ctx {
         self.store.job(name).await?;
         let updated =
             Store::try_modify(&self.store.jobs, name.as_str(), |old: Option<JobRecord>| {
-                let Some(mut j) = old else {
+                let Some(mut j) = old.filter(|j| j.deleted_at.is_none()) else {
                     return Err(ApiError::new(
                         ErrorCode::NotFound,
                         format!("no job is named '{name}'"),
@@ -99,22 +106,34 @@ impl Ctx {
             .into_iter()
             .map(|t| (t, InstructionOp::UpsertJob { job: updated.def() }))
             .collect();
-        post::post_many(&self.store, items).await?;
+        let posted = post::post_many(&self.store, items).await?;
+        self.publish_posted(&posted, |_| Post::default()).await;
         Ok(job_info(&updated))
     }
 
+    /// Deletes a job: its record becomes a tombstone (it reaches no
+    /// target), every target concerned is republished without it, its
+    /// documents are purged, then the record goes. A master killed in
+    /// between leaves the tombstone, and reconcile finishes the delete.
     pub(super) async fn job_delete(&self, req: JobRef) -> Result<JobInfo, ApiError> {
         let (job, revision) = self.store.job(&req.job).await?;
         let groups = self.store.all_groups().await?;
-        self.store
-            .delete_job(&req.job, revision)
-            .await
-            .map_err(|e| match e {
-                StoreError::Conflict { .. } => {
-                    ApiError::new(ErrorCode::Conflict, "job changed while deleting; try again")
-                }
-                e => e.into(),
-            })?;
+        let mut tombstone = job.clone();
+        tombstone.deleted_at = Some(Utc::now());
+        let conflict = |e| match e {
+            StoreError::Conflict { .. } => {
+                ApiError::new(ErrorCode::Conflict, "job changed while deleting; try again")
+            }
+            e => e.into(),
+        };
+        let body = serde_json::to_vec(&tombstone).expect("records serialise");
+        let revision = match self.store.jobs.update(req.job.as_str(), body.into(), revision).await {
+            Ok(r) => r,
+            Err(e) if e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => {
+                return Err(conflict(StoreError::Conflict { key: req.job.to_string() }))
+            }
+            Err(e) => return Err(StoreError::nats(format!("deleting job '{}'", req.job), e).into()),
+        };
         let items = Store::concerned(&job, &groups)
             .into_iter()
             .map(|t| {
@@ -127,13 +146,16 @@ impl Ctx {
                 )
             })
             .collect();
-        post::post_many(&self.store, items).await?;
+        let posted = post::post_many(&self.store, items).await?;
+        let published = self.publish_posted(&posted, |_| Post::default()).await;
+        if published.values().all(Result::is_ok) {
+            self.store.purge_job_docs_everywhere(job.id).await?;
+            self.store.delete_job(&req.job, revision).await.map_err(conflict)?;
+        }
         tracing::info!(job = %req.job, "job deleted");
         Ok(job_info(&job))
     }
 
-    /// Assigns (or unassigns) a job to targets and groups, posting upserts to
-    /// targets that gain it and deletes to targets that lose it.
     pub(super) async fn job_assign(
         &self,
         req: JobSelect,
@@ -153,7 +175,7 @@ impl Ctx {
             &self.store.jobs,
             req.job.as_str(),
             |old: Option<JobRecord>| {
-                let Some(mut j) = old else {
+                let Some(mut j) = old.filter(|j| j.deleted_at.is_none()) else {
                     return Err(ApiError::new(
                         ErrorCode::NotFound,
                         format!("no job is named '{}'", req.job),
@@ -184,7 +206,8 @@ impl Ctx {
             &Store::concerned(&before, &groups),
             &Store::concerned(&after, &groups),
         );
-        post::post_many(&self.store, items).await?;
+        let posted = post::post_many(&self.store, items).await?;
+        self.publish_posted(&posted, |_| Post::default()).await;
         Ok(job_info(&after))
     }
 
@@ -238,6 +261,25 @@ impl Ctx {
             })
             .collect();
         let posted = post::post_many(&self.store, items).await?;
+        // The same run id in the manifest's start entry as in the
+        // instruction: whichever the agent reads, the run is one run.
+        let now = Utc::now();
+        let starts: HashMap<TargetName, StartEntry> = posted
+            .iter()
+            .filter_map(|i| match &i.op {
+                InstructionOp::StartJob { job_id, job, run_id } => {
+                    StartEntry::new(*run_id, *job_id, job.clone(), now, DEFAULT_EXPIRY)
+                        .ok()
+                        .map(|s| (i.target.clone(), s))
+                }
+                _ => None,
+            })
+            .collect();
+        self.publish_posted(&posted, |t| Post {
+            starts: starts.get(t).cloned().into_iter().collect(),
+            ..Post::default()
+        })
+        .await;
         let deliveries = futures::stream::iter(posted)
             .map(|i| {
                 let ctx = self.clone();
@@ -295,7 +337,7 @@ impl Ctx {
                             } else {
                                 "was not running"
                             };
-                            delivery(t, DeliveryState::Delivered, message.into())
+                            (delivery(t, DeliveryState::Delivered, message.into()), None)
                         }
                         Err(e) if e.code == ErrorCode::Offline || e.code == ErrorCode::Timeout => {
                             let op = InstructionOp::StopJob {
@@ -303,19 +345,33 @@ impl Ctx {
                                 job: job.spec.name.clone(),
                             };
                             match post::post(&ctx.store, &t, op).await {
-                                Ok(_) => delivery(t, DeliveryState::Queued, e.message),
-                                Err(e) => {
-                                    delivery(t, DeliveryState::Failed, ApiError::from(e).message)
-                                }
+                                Ok(i) => (delivery(t, DeliveryState::Queued, e.message), Some(i)),
+                                Err(e) => (
+                                    delivery(t, DeliveryState::Failed, ApiError::from(e).message),
+                                    None,
+                                ),
                             }
                         }
-                        Err(e) => delivery(t, DeliveryState::Failed, e.message),
+                        Err(e) => (delivery(t, DeliveryState::Failed, e.message), None),
                     }
                 }
             })
             .buffer_unordered(CONTROL_IN_FLIGHT)
             .collect::<Vec<_>>()
             .await;
+        // Targets that did not answer get a stop entry, for when they read.
+        let (deliveries, queued): (Vec<Delivery>, Vec<Option<Instruction>>) =
+            deliveries.into_iter().unzip();
+        let queued: Vec<Instruction> = queued.into_iter().flatten().collect();
+        let now = Utc::now();
+        self.publish_posted(&queued, |_| Post {
+            stops: StopEntry::new(Uuid::now_v7(), job.id, job.spec.name.clone(), now, DEFAULT_EXPIRY)
+                .ok()
+                .into_iter()
+                .collect(),
+            ..Post::default()
+        })
+        .await;
         Ok(sorted(deliveries))
     }
 
@@ -397,6 +453,7 @@ mod tests {
             groups: BTreeSet::new(),
             created_at: Utc::now(),
             updated_at: Utc::now(),
+            deleted_at: None,
         };
         let items = reach_changes(&j, &names(&["a", "b"]), &names(&["b", "c"]));
         let got: Vec<(String, &str)> = items

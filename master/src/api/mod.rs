@@ -12,11 +12,13 @@
 //! request loop and the dispatch of each operation to its handler. The
 //! handlers live one file per resource: `targets`, `agent` (what agents
 //! call about themselves), `jobs`, `groups`, `posting` (set-poll,
-//! sync-time, resync, the download list) and `summary`; `reply` encodes
+//! sync-time, resync, the download list) and `summary`; `desired` publishes
+//! what each change means for the targets' desired state; `reply` encodes
 //! answers and splits big ones, and `error` is where store errors become
 //! wire errors.
 
 mod agent;
+mod desired;
 mod error;
 mod groups;
 mod jobs;
@@ -40,6 +42,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MasterConfig;
+use crate::publish::Publisher;
 use crate::store::Store;
 
 pub use jobs::job_info;
@@ -70,6 +73,7 @@ pub struct Ctx {
     pub store: Store,
     pub config: MasterConfig,
     pub metrics: Arc<Metrics>,
+    pub publisher: Publisher,
 }
 
 /// Serves the API until `shutdown`.
@@ -79,6 +83,7 @@ pub struct Ctx {
 pub async fn serve(
     client: async_nats::Client,
     store: Store,
+    publisher: Publisher,
     config: MasterConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -128,6 +133,7 @@ pub async fn serve(
         store,
         config,
         metrics,
+        publisher,
     };
     loop {
         let (route, request) = tokio::select! {

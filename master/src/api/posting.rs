@@ -13,12 +13,15 @@ use muster_shared::api::{
     self as wire, ApiError, ErrorCode, InstrStatus, InstructionsQuery, PostRequest, Posted,
     Selection,
 };
+use muster_shared::desired::ClockRef;
 use muster_shared::msg::InstructionOp;
 use muster_shared::name::TargetName;
+use uuid::Uuid;
 
 use super::groups::expand_groups;
 use super::{Ctx, CONTROL_IN_FLIGHT};
 use crate::post;
+use crate::publish::Post;
 use crate::store::{InstrRow, Store, TargetRecord};
 
 impl Ctx {
@@ -89,26 +92,42 @@ impl Ctx {
                 |old: Option<TargetRecord>| {
                     old.map(|mut r| {
                         r.poll_interval_secs = secs;
+                        r.poll_set_secs = Some(secs);
                         r
                     })
                 },
             )
             .await?;
         }
-        self.post_each(targets, |_| vec![InstructionOp::SetPollInterval { secs }])
-            .await
+        self.post_each(
+            targets,
+            |_| vec![InstructionOp::SetPollInterval { secs }],
+            |_| Post::default(),
+        )
+        .await
     }
 
     /// `sync-time`: posts the master's clock, then force-polls so online
     /// targets measure their skew now rather than a poll interval later.
     pub(super) async fn sync_time(&self, req: PostRequest) -> Result<Vec<Posted>, ApiError> {
         let targets = self.resolve(&req.select).await?;
+        let clock = ClockRef {
+            id: Uuid::now_v7(),
+            master_time: Utc::now(),
+        };
         let posted = self
-            .post_each(targets, |_| {
-                vec![InstructionOp::SyncTime {
-                    master_time: Utc::now(),
-                }]
-            })
+            .post_each(
+                targets,
+                |_| {
+                    vec![InstructionOp::SyncTime {
+                        master_time: Utc::now(),
+                    }]
+                },
+                |_| Post {
+                    clock: Some(clock),
+                    ..Post::default()
+                },
+            )
             .await?;
         futures::stream::iter(&posted)
             .for_each_concurrent(CONTROL_IN_FLIGHT, |p| async move {
@@ -128,7 +147,9 @@ impl Ctx {
             dropped.insert(t.clone(), self.store.drop_pending(t).await?);
         }
         let mut posted = self
-            .post_each(targets, |t| {
+            .post_each(
+                targets,
+                |t| {
                 std::iter::once(InstructionOp::DeleteAllJobs)
                     .chain(
                         jobs.iter()
@@ -136,7 +157,12 @@ impl Ctx {
                             .map(|j| InstructionOp::UpsertJob { job: j.def() }),
                     )
                     .collect()
-            })
+                },
+                |_| Post {
+                    force: true,
+                    ..Post::default()
+                },
+            )
             .await?;
         for p in &mut posted {
             p.dropped = dropped.get(&p.target).copied().unwrap_or(0);
@@ -144,11 +170,13 @@ impl Ctx {
         Ok(posted)
     }
 
-    /// Posts `ops(t)` to each target, in order, in one pipelined batch.
+    /// Posts `ops(t)` to each target, in order, in one pipelined batch, then
+    /// publishes each target's desired state with what `extra(t)` adds.
     async fn post_each(
         &self,
         targets: Vec<TargetName>,
         ops: impl Fn(&TargetName) -> Vec<InstructionOp>,
+        extra: impl Fn(&TargetName) -> Post,
     ) -> Result<Vec<Posted>, ApiError> {
         let mut items = Vec::new();
         let mut posted = Vec::new();
@@ -161,7 +189,8 @@ impl Ctx {
             });
             items.extend(ops.into_iter().map(|o| (t.clone(), o)));
         }
-        post::post_many(&self.store, items).await?;
+        let instructions = post::post_many(&self.store, items).await?;
+        self.publish_posted(&instructions, extra).await;
         Ok(posted)
     }
 

@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use super::{Ctx, CONTROL_IN_FLIGHT};
 use crate::post;
+use crate::publish::Post;
 use crate::status;
 use crate::store::{GroupRecord, JobRecord, Store, TargetRecord};
 
@@ -58,6 +59,8 @@ impl Ctx {
                     poll_interval_secs: DEFAULT_POLL_INTERVAL_SECS,
                     instance: None,
                     blocked: None,
+                    poll_set_secs: None,
+                    defected_at: None,
                 });
                 if let Some(l) = &req.location {
                     t.location.clone_from(l);
@@ -68,12 +71,15 @@ impl Ctx {
                 if instance.is_some() {
                     t.instance = instance;
                 }
+                // Enlisting again brings a defected target back.
+                t.defected_at = None;
                 Some(t)
             },
         )
         .await?
         .expect("written");
         self.store.ensure_target_consumer(&req.name).await?;
+        self.publish(vec![(req.name.clone(), Post::default())]).await;
         tracing::info!(target = %req.name, agent = instance.is_some(), "target enlisted");
         Ok(self.target_info(&record).await)
     }
@@ -121,9 +127,21 @@ impl Ctx {
             self.store.drop_pending(&req.name).await?;
             self.store.delete_target_consumer(&req.name).await?;
             Store::delete(&self.store.targets, req.name.as_str()).await?;
+            // No record: its manifest says defected, and stays behind so a
+            // returning agent stays out; its job documents go now.
+            self.publish(vec![(req.name.clone(), Post::default())]).await;
+            self.store.purge_job_docs(&req.name).await?;
             tracing::info!(target = %req.name, "target defected (forced)");
         } else {
-            post::post(&self.store, &req.name, InstructionOp::Defect).await?;
+            Store::modify(&self.store.targets, req.name.as_str(), |t: Option<TargetRecord>| {
+                t.map(|mut t| {
+                    t.defected_at = Some(Utc::now());
+                    t
+                })
+            })
+            .await?;
+            let posted = post::post(&self.store, &req.name, InstructionOp::Defect).await?;
+            self.publish_posted(std::slice::from_ref(&posted), |_| Post::default()).await;
             self.force_poll(&req.name).await.ok();
         }
         Ok(info)
