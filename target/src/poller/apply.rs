@@ -87,6 +87,7 @@ impl Applier<'_> {
         };
         let total = count(&self.metrics.bad_instructions);
         tracing::warn!(
+            subject = %self.subjects.state(self.name),
             error,
             bad_instructions = total,
             "desired state refused; keeping the jobs held"

@@ -4,6 +4,7 @@
 
 mod cluster;
 mod core_loop;
+mod desired_agent;
 mod operator;
 mod jobs;
 mod faults;
