@@ -198,7 +198,7 @@ async fn enlist(
     }));
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(60));
     // The first attempts are made before polling starts, so that a refused
-    // agent stops before it could poll another agent's instructions.
+    // agent stops before it could act on another agent's desired state.
     for attempt in 1..=5 {
         match ask_to_enlist(client, &subject, &body).await {
             Ok(info) => {

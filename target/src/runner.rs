@@ -43,7 +43,7 @@ pub const MAX_RECORD_BYTES: usize = muster_shared::MAX_BODY_BYTES / 4 * 3;
 /// twice this (a `goto` loop); the ones in between are left out.
 const KEEP_STEP_RECORDS: usize = 100;
 
-/// How much later than a stop instruction's posting time a run may have
+/// How much later than a queued stop's posting time a run may have
 /// started and still be stopped by it: room for clock skew between master
 /// and target. See [`Runner::stop_started_before`].
 pub const STOP_CLOCK_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
@@ -156,9 +156,8 @@ impl Runner {
             return Started::Skipped(run_id);
         }
         let record = self.new_record(&job, trigger, run_id);
-        // The marker is durable before start() returns, so the caller may ack
-        // the start instruction: from here on the run is either recorded or
-        // reported as interrupted.
+        // The marker is durable before start() returns: from here on the
+        // run is either recorded or reported as interrupted, under its id.
         if let Err(e) = tokio::task::block_in_place(|| self.state.run_started(&record)) {
             tracing::error!(job = %job.spec.name, error = %e, "cannot write the run marker; run not started");
             return Started::Failed(run_id);
@@ -241,7 +240,7 @@ impl Runner {
     }
 
     /// Stops a running job if its run began before a stop posted at
-    /// `posted_at` (master clock) — a queued stop instruction read late, say
+    /// `posted_at` (master clock) — a queued stop read late, say
     /// after the agent restarted, must not stop a run that began after the
     /// operator asked (an `on_start` run, the next scheduled one).
     /// [`STOP_CLOCK_TOLERANCE`] allows for the master's and the target's
@@ -250,7 +249,7 @@ impl Runner {
         let limit = posted_at + STOP_CLOCK_TOLERANCE;
         let stopped = self.stop_run(name, |r| r.started_at <= limit);
         if !stopped && self.running_jobs().contains(name) {
-            tracing::info!(job = %name, %posted_at, "stop instruction is older than the running run; ignored");
+            tracing::info!(job = %name, %posted_at, "queued stop is older than the running run; ignored");
         }
         stopped
     }
