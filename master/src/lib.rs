@@ -62,9 +62,18 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> anyhow::R
 
     let ingest = tokio::spawn(ingest::run(store.clone(), shutdown.clone()));
     let publisher = publish::Publisher::new(store.clone());
-    // The API serves at once; reconcile repairs what a predecessor left.
-    let reconciling = tokio::spawn(reconcile::run(publisher.clone(), shutdown.clone()));
-    let served = api::serve(client.clone(), store, publisher, config.clone(), shutdown.clone()).await;
+    // The API serves at once; reconcile repairs what a predecessor left, in
+    // the background, from the moment the API is up.
+    let (serving, up) = tokio::sync::oneshot::channel();
+    let reconciling = tokio::spawn({
+        let (publisher, shutdown) = (publisher.clone(), shutdown.clone());
+        async move {
+            if up.await.is_ok() {
+                reconcile::run(publisher, shutdown).await;
+            }
+        }
+    });
+    let served = api::serve(client.clone(), store, publisher, config.clone(), shutdown.clone(), serving).await;
     // The API stopped (shutdown, or a fatal error): stop the drain too.
     shutdown.cancel();
     let ingested = ingest.await.context("results drain task panicked")?;

@@ -789,6 +789,34 @@ mod tests {
         p.publish(&t(n), &post, &records).await.unwrap()
     }
 
+    #[test]
+    fn the_cache_stays_within_its_byte_budget() {
+        let mut cache = Cache::default();
+        let seen = |bytes| Seen {
+            seq: 1,
+            manifest: None,
+            docs: HashMap::new(),
+            bytes,
+        };
+        for n in 0..100 {
+            cache.put(&t(&format!("t{n}")), seen(CACHE_BYTES / 10));
+            assert!(cache.bytes <= CACHE_BYTES);
+        }
+        assert_eq!(cache.entries.len(), 10);
+        cache.put(&t("huge"), seen(CACHE_BYTES));
+        assert!(cache.get(&t("huge")).is_none(), "too big to keep");
+        cache.put(&t("t99"), seen(1));
+        assert_eq!(
+            cache.get(&t("t99")).unwrap().bytes,
+            1,
+            "replaced, not added"
+        );
+        assert_eq!(
+            cache.bytes,
+            cache.entries.values().map(|s| s.bytes).sum::<usize>()
+        );
+    }
+
     #[tokio::test]
     async fn a_change_publishes_documents_then_a_manifest_one_revision_up() {
         let ts = open().await;

@@ -45,6 +45,10 @@ use crate::store::{JobRecord, Store, StoreError};
 /// How often the expiry sweep reads the summaries.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
+/// How long a full pass waits after the first failed or overtaken publish,
+/// so a burst of concurrent changes is checked once.
+const DIRTY_DEBOUNCE: Duration = Duration::from_secs(1);
+
 /// What one pass did, for the log and for tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pass {
@@ -108,7 +112,14 @@ pub async fn run(publisher: Publisher, shutdown: CancellationToken) {
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = publisher.wait_dirty() => full = true,
+            () = publisher.wait_dirty() => {
+                full = true;
+                // Debounce: a burst of changes costs one pass, not one each.
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(DIRTY_DEBOUNCE) => {}
+                }
+            }
             () = tokio::time::sleep(SWEEP_EVERY) => {}
         }
     }
@@ -241,6 +252,7 @@ pub async fn summaries(
         .await
         .map_err(|e| StoreError::nats(READING, e))?;
     let total = consumer.cached_info().num_pending;
+    let name = consumer.cached_info().name.clone();
     let mut out = HashMap::new();
     if total > 0 {
         let mut messages = consumer
@@ -267,6 +279,8 @@ pub async fn summaries(
             }
         }
     }
+    // Gone now rather than at the server's inactivity timeout.
+    store.desired.delete_consumer(&name).await.ok();
     Ok(out)
 }
 

@@ -266,16 +266,21 @@ impl Store {
     /// # Errors
     /// When JetStream refuses a stream or bucket (e.g. JetStream disabled).
     pub async fn open(js: &Context, subjects: &Subjects, options: &StoreOptions) -> anyhow::Result<Store> {
-        for spec in [
-            streams::assign_stream(subjects, options),
-            streams::desired_stream(subjects, options),
-            streams::results_stream(subjects, options),
-            streams::polls_stream(subjects, options),
-        ] {
-            js.create_or_update_stream(stream_config(&spec))
-                .await
-                .map_err(|e| anyhow::anyhow!("stream {}: {e}", spec.name))?;
-        }
+        // Concurrently: a master (re)starting is serving sooner.
+        futures::future::try_join_all(
+            [
+                streams::assign_stream(subjects, options),
+                streams::desired_stream(subjects, options),
+                streams::results_stream(subjects, options),
+                streams::polls_stream(subjects, options),
+            ]
+            .map(|spec| async move {
+                js.create_or_update_stream(stream_config(&spec))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("stream {}: {e}", spec.name))
+            }),
+        )
+        .await?;
         let results = js.get_stream(subjects.results_stream()).await?;
         // Create or update: a new version's settings (e.g. ack wait) apply.
         results
@@ -309,16 +314,24 @@ impl Store {
                 }
             }
         };
+        let (targets, jobs, groups, jobstatus, instructions, runs) = tokio::try_join!(
+            bucket(Bucket::Targets),
+            bucket(Bucket::Jobs),
+            bucket(Bucket::Groups),
+            bucket(Bucket::JobStatus),
+            bucket(Bucket::Instructions),
+            bucket(Bucket::Runs),
+        )?;
         Ok(Store {
             js: js.clone(),
             subjects: subjects.clone(),
             options: options.clone(),
-            targets: bucket(Bucket::Targets).await?,
-            jobs: bucket(Bucket::Jobs).await?,
-            groups: bucket(Bucket::Groups).await?,
-            jobstatus: bucket(Bucket::JobStatus).await?,
-            instructions: bucket(Bucket::Instructions).await?,
-            runs: bucket(Bucket::Runs).await?,
+            targets,
+            jobs,
+            groups,
+            jobstatus,
+            instructions,
+            runs,
             desired: js
                 .get_stream_no_info(subjects.desired_stream())
                 .await

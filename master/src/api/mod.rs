@@ -76,7 +76,8 @@ pub struct Ctx {
     pub publisher: Publisher,
 }
 
-/// Serves the API until `shutdown`.
+/// Serves the API until `shutdown`; `serving` is told once every endpoint
+/// is registered.
 ///
 /// # Errors
 /// When the service or one of its endpoints cannot be registered.
@@ -86,6 +87,7 @@ pub async fn serve(
     publisher: Publisher,
     config: MasterConfig,
     shutdown: CancellationToken,
+    serving: tokio::sync::oneshot::Sender<()>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let stats_metrics = metrics.clone();
@@ -126,6 +128,8 @@ pub async fn serve(
     }
     let mut requests = futures::stream::select_all(endpoints);
     tracing::info!(service = %config.subjects.service_name(), api = %config.subjects.api(">"), "serving the API");
+    // Background work that should not delay the service (reconcile) starts now.
+    serving.send(()).ok();
 
     let limit = Arc::new(Semaphore::new(config.max_concurrent_requests));
     let ctx = Ctx {

@@ -3,6 +3,7 @@
 //! binary, grouped by theme.
 
 mod cluster;
+mod desired;
 mod core_loop;
 mod desired_agent;
 mod operator;
