@@ -1,6 +1,7 @@
-//! Nothing lost: real processes killed for real, a target cut off from NATS
-//! past the dedup window, a backlog drained by a master killed mid-drain, and
-//! garbage on every subject Muster reads.
+//! Nothing lost: real processes killed for real (a master before its
+//! publishes, a target mid-apply), a target cut off from NATS past the dedup
+//! window, a backlog drained by a master killed mid-drain, and garbage on
+//! every subject Muster reads.
 //!
 //! Jobs append a line to a file each time they really run, so the runs that
 //! happened are counted against history: `ran` (lines), `stored` (end
@@ -549,4 +550,111 @@ fn the_target_healthcheck_fails_while_polls_do_not_reach_nats() {
 
     c.nats.restart();
     wait_for("healthy again once NATS is back", WAIT, || target_healthcheck(&c, "hc1").status.success().then_some(()));
+}
+
+/// Starts a master that reaches NATS through `proxy`, and waits for its API.
+fn start_master_behind(c: &mut Cluster, proxy: &Proxy) -> usize {
+    c.env.push(("NATS_URL".into(), proxy.url()));
+    let n = c.spawn_master();
+    c.env.pop();
+    wait_for("the master's API", WAIT, || c.ctl(&["target", "list"]).ok().map(|_| ()));
+    n
+}
+
+/// Runs `musterctl ARGS` in the background (it may hang on a master that dies).
+fn ctl_in_background(c: &Cluster, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(muster_tests::bin("musterctl"))
+        .env("NATS_URL", c.url())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("musterctl")
+}
+
+/// The agents' half of a master killed between its record writes and its
+/// publishes: every target converges to the records once a new master
+/// reconciles, a start posted before the kill runs at most once per target,
+/// and a deleted job stops running everywhere.
+#[test]
+fn master_killed_before_publishing_every_agent_converges_nothing_runs_twice() {
+    let mut c = Cluster::new();
+    let proxy = Proxy::start(c.nats.port);
+    let first = start_master_behind(&mut c, &proxy);
+    for t in ["a1", "a2"] {
+        c.start_target(t, 2);
+        c.wait_target_online(t);
+    }
+    let dir = c.dir.path().to_owned();
+    let ticks = |t: &str| dir.join(format!("tick.{t}"));
+    let once = |t: &str| dir.join(format!("once.{t}"));
+    let tick = json!({"name": "tick", "steps": [{"command": format!("echo tick >> '{}/tick.'$MUSTER_TARGET", dir.display())}],
+        "schedules": [{"name": "every-second", "every_secs": 1}]});
+    c.create_job_file(&tick.to_string()).expect("create tick");
+    c.ctl(&["job", "create", "once", "--command", &format!("echo $MUSTER_RUN_ID >> '{}/once.'$MUSTER_TARGET", dir.display())]).expect("create once");
+    c.ctl(&["job", "assign", "once", "--target", "a1", "--target", "a2"]).expect("assign once");
+
+    // (a) Assigned, nothing published: the master dies after the record write.
+    proxy.drop_publishes_to("muster.target.");
+    let mut assign = ctl_in_background(&c, &["job", "assign", "tick", "--target", "a1", "--target", "a2"]);
+    wait_for("the assignment recorded", WAIT, || {
+        let info: Value = c.ctl_ok(&["job", "show", "tick"]);
+        (info["targets"].as_array().map_or(0, Vec::len) == 2).then_some(())
+    });
+    c.masters[first].kill();
+    assign.wait().ok();
+
+    // (b) A start published to a1 only; the master dies.
+    proxy.drop_publishes_to("muster.target.a2.state");
+    let second = start_master_behind(&mut c, &proxy);
+    // (The old queue still gets a2's start: the master dual-writes until the switch.)
+    let _ = c.ctl(&["job", "start", "once"]);
+    c.masters[second].kill();
+
+    // A new master reconciles: both agents hold and run tick at their next polls.
+    proxy.restore();
+    let third = start_master_behind(&mut c, &proxy);
+    for t in ["a1", "a2"] {
+        wait_lines(&ticks(t), 2);
+    }
+    wait_lines(&once("a1"), 1);
+
+    // (c) Deleted, nothing published: the master dies; the next one finishes the delete.
+    proxy.drop_publishes_to("muster.target.");
+    let mut delete = ctl_in_background(&c, &["job", "delete", "tick"]);
+    wait_for("the delete recorded", WAIT, || c.ctl(&["job", "show", "tick"]).is_err_and(|e| e.code == 3).then_some(()));
+    c.masters[third].kill();
+    delete.wait().ok();
+    proxy.restore();
+    c.start_master();
+    for t in ["a1", "a2"] {
+        wait_for(&format!("tick gone from {t}"), WAIT, || {
+            let polled = c.ctl(&["target", "force-poll", t]).ok()?;
+            let r = &polled[0]["report"];
+            (r["jobs"] == 1 && r["running"].as_array().is_some_and(Vec::is_empty)).then_some(())
+        });
+        let on_disk: Vec<String> = std::fs::read_dir(c.state_dir(t).join("jobs"))
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect();
+        assert!(on_disk.len() == 1 && on_disk[0].contains("\"once\""), "{t}: {on_disk:?}");
+    }
+
+    // The start posted before the kills ran at most once on each target.
+    for t in ["a1", "a2"] {
+        let ran = std::fs::read_to_string(once(t)).unwrap_or_default();
+        assert!(ran.lines().count() <= 1, "once ran twice on {t}: {ran}");
+    }
+    let runs = wait_for("once's runs in history", WAIT, || c.try_finished_runs("once"));
+    let ids: HashSet<&str> = runs.iter().map(|r| s(r, "run_id")).collect();
+    assert_eq!(ids.len(), runs.len(), "{runs:?}");
+    Tally {
+        scenario: "master kill -9 before publishing".into(),
+        ran: lines(&once("a1")) + lines(&once("a2")),
+        stored: runs.len(),
+        history: runs.len(),
+        duplicates: runs.len() - ids.len(),
+        losses: 0,
+    }
+    .print();
 }
