@@ -129,11 +129,11 @@ fn a_target_can_touch_only_its_own_subjects() {
             }
         };
         marker("subscriptions in place").await;
-        markers.next().await.expect("first marker");
+        tokio::time::timeout(Duration::from_secs(30), markers.next()).await.expect("first marker within 30 s").expect("first marker");
         let polled = c.ctl(&["target", "force-poll", "web02"]).expect("web02 still answers");
         assert_eq!(polled[0]["report"]["target"], "web02", "{polled}");
         marker("after the force-poll").await;
-        markers.next().await.expect("second marker");
+        tokio::time::timeout(Duration::from_secs(30), markers.next()).await.expect("second marker within 30 s").expect("second marker");
         let overheard = heard.next().now_or_never();
         assert!(!matches!(overheard, Some(Some(_))), "web01 read web02's control request: {overheard:?}");
     });
