@@ -5,6 +5,7 @@
 mod cluster;
 mod desired;
 mod core_loop;
+mod desired_agent;
 mod operator;
 mod jobs;
 mod faults;
