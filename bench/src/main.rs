@@ -30,6 +30,8 @@ use muster_shared::subject::Subjects;
 use muster_tests::{Cluster, Proc};
 use virtual_targets::virtual_name;
 
+mod history;
+
 #[derive(Debug, Parser)]
 #[command(about = "Muster benchmarks against a raw NATS/JetStream baseline")]
 struct Args {
@@ -49,6 +51,9 @@ struct Args {
     /// largest `job start` size).
     #[arg(long)]
     targets: Option<usize>,
+    /// Records in the results stream for the history stage.
+    #[arg(long)]
+    records: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -69,6 +74,8 @@ enum Stage {
     StartWait,
     /// Result ingest, steady and backlog drain.
     Ingest,
+    /// `history` and `run show` over a full results stream.
+    History,
 }
 
 struct Sizes {
@@ -191,6 +198,16 @@ async fn main() -> anyhow::Result<()> {
     stages::run(want, &stages::Sizes::new(args.tiny, args.quick, args.targets), &mut rows).await?;
     if runs(Stage::Ingest) {
         ingest_stage(&bench, &mut cluster, &sizes, &mut rows).await?;
+    }
+    if runs(Stage::History) {
+        let records = args.records.unwrap_or(if args.tiny {
+            2_000
+        } else if args.quick {
+            50_000
+        } else {
+            1_000_000
+        });
+        history::history_stage(&bench, &cluster, records, &mut rows).await?;
     }
 
     print_rows(&rows);

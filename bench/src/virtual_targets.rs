@@ -233,6 +233,7 @@ async fn poll(
         timezone: String::new(),
         bad_instructions: 0,
         bad_control: 0,
+        applied_revision: mine.applied,
     };
     held.lock().expect("held").insert(name.clone(), mine);
     // The agent publishes its report and does not wait for the ack to answer.

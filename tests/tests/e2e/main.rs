@@ -5,7 +5,9 @@
 mod cluster;
 mod desired;
 mod core_loop;
+mod desired_agent;
 mod operator;
 mod jobs;
 mod faults;
 mod security;
+mod history;
