@@ -1,4 +1,5 @@
 //! Draining `MUSTER_RESULTS` into job status and the download list.
+//! Applied records and answered starts are handed to [`crate::applied`].
 //!
 //! Every master replica pulls from the one durable consumer `master`, so each
 //! record is handled by one replica at a time. Records are handled in batches;
@@ -22,11 +23,14 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use muster_shared::api::JobTargetStatus;
 use muster_shared::identity;
-use muster_shared::msg::{self, InstrRecord, InstructionKind, RunRecord};
+use muster_shared::desired::AppliedRecord;
+use muster_shared::msg::{self, InstrRecord, InstructionKind, RunRecord, Trigger};
 use muster_shared::streams::MASTER_CONSUMER;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{reported_row, Change, Current, InstrRow, Store, StoreError, TargetRecord};
+use crate::applied;
+use crate::publish::Publisher;
+use crate::store::{reported_row, Change, Current, InstrRow, Store, StoreError};
 
 /// Bad records terminated since the master started (logged with each one).
 static BAD_RESULTS: AtomicU64 = AtomicU64::new(0);
@@ -38,11 +42,11 @@ pub const BATCH: usize = 512;
 ///
 /// # Errors
 /// Never in practice: failures are logged and retried.
-pub async fn run(store: Store, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(publisher: Publisher, shutdown: CancellationToken) -> anyhow::Result<()> {
     loop {
         let result = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            r = drain(&store, &shutdown) => r,
+            r = drain(&publisher, &shutdown) => r,
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "results drain interrupted; resuming");
@@ -54,7 +58,8 @@ pub async fn run(store: Store, shutdown: CancellationToken) -> anyhow::Result<()
     }
 }
 
-async fn drain(store: &Store, shutdown: &CancellationToken) -> anyhow::Result<()> {
+async fn drain(publisher: &Publisher, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let store = publisher.store();
     let stream = store.js.get_stream_no_info(store.subjects.results_stream()).await?;
     let consumer: PullConsumer =
         stream.get_consumer(MASTER_CONSUMER).await.map_err(|e| anyhow::anyhow!("results consumer: {e}"))?;
@@ -94,8 +99,8 @@ async fn drain(store: &Store, shutdown: &CancellationToken) -> anyhow::Result<()
         }
         if !batch.is_empty() && (batch.len() >= BATCH || flush_at.is_none()) {
             flush_at = None;
-            let (store, cache, records) = (store.clone(), cache.clone(), std::mem::take(&mut batch));
-            in_flight.push(async move { write_and_ack(&store, &cache, &records).await });
+            let (publisher, cache, records) = (publisher.clone(), cache.clone(), std::mem::take(&mut batch));
+            in_flight.push(async move { write_and_ack(&publisher, &cache, &records).await });
         }
     }
     // Shutdown: finish what is being written, so its acks go out.
@@ -112,12 +117,12 @@ const BATCHES_IN_FLIGHT: usize = 4;
 const GATHER: Duration = Duration::from_millis(2);
 
 async fn write_and_ack(
-    store: &Store,
+    publisher: &Publisher,
     cache: &StatusCache,
     batch: &[async_nats::jetstream::Message],
 ) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let bad = handle_batch(store, cache, batch).await?;
+    let bad = handle_batch(publisher, cache, batch).await?;
     tracing::debug!(records = batch.len(), bad = bad.len(), took = ?started.elapsed(), "results batch written");
     for (i, m) in batch.iter().enumerate() {
         let kind = if bad.contains(&i) { AckKind::Term } else { AckKind::Ack };
@@ -129,10 +134,14 @@ async fn write_and_ack(
 /// Writes a batch's job status and download-list rows; returns the indexes
 /// of bad records, to be terminated.
 async fn handle_batch(
-    store: &Store,
+    publisher: &Publisher,
     cache: &StatusCache,
     batch: &[async_nats::jetstream::Message],
 ) -> Result<Vec<usize>, StoreError> {
+    let store = publisher.store();
+    // Applied records, and the manual runs whose start entries they answer.
+    let mut applied_records: Vec<AppliedRecord> = Vec::new();
+    let mut answered = Vec::new();
     // Keep only the newest record per (job, target); older ones in the same
     // batch would be overwritten anyway.
     let mut newest: HashMap<String, JobTargetStatus> = HashMap::new();
@@ -140,7 +149,13 @@ async fn handle_batch(
     let mut bad = Vec::new();
     for (i, m) in batch.iter().enumerate() {
         let subject = m.subject.as_str();
-        let verdict = if subject.ends_with(".instr") {
+        let verdict = if subject.ends_with(".applied") {
+            msg::decode::<AppliedRecord>(&m.payload).map_err(|e| e.to_string()).and_then(|r| {
+                identity::check_applied(&store.subjects, subject, &r).map_err(|e| e.to_string())?;
+                applied_records.push(r);
+                Ok(())
+            })
+        } else if subject.ends_with(".instr") {
             msg::decode::<InstrRecord>(&m.payload).map_err(|e| e.to_string()).and_then(|r| {
                 identity::check_instr(&store.subjects, subject, &r).map_err(|e| e.to_string())?;
                 instr.push(r);
@@ -149,6 +164,9 @@ async fn handle_batch(
         } else {
             msg::decode::<RunRecord>(&m.payload).map_err(|e| e.to_string()).and_then(|r| {
                 identity::check_run(&store.subjects, subject, &r).map_err(|e| e.to_string())?;
+                if r.trigger == Trigger::Manual {
+                    answered.push((r.target.clone(), r.run_id));
+                }
                 let status = JobTargetStatus::from(&r);
                 let key = Store::status_key(r.job_id, &r.target);
                 match newest.get(&key) {
@@ -188,6 +206,10 @@ async fn handle_batch(
     for w in instr_writes {
         w?;
     }
+    for r in &applied_records {
+        applied::record_applied(store, r).await?;
+    }
+    applied::answered(publisher, &answered).await?;
     Ok(bad)
 }
 
@@ -263,19 +285,7 @@ pub(crate) async fn apply_instr_record(store: &Store, r: &InstrRecord) -> Result
         }
     }
     // Blocked while its latest poll had a failure; a clean poll clears it.
-    // Most polls change nothing: skip the write then.
-    match Store::read::<TargetRecord>(&store.targets, r.target.as_str()).await? {
-        Some((t, _)) if t.blocked != failure => {}
-        _ => return Ok(()),
-    }
-    Store::modify(&store.targets, r.target.as_str(), |old: Option<TargetRecord>| {
-        old.map(|mut t| {
-            t.blocked.clone_from(&failure);
-            t
-        })
-    })
-    .await?;
-    Ok(())
+    applied::set_blocked(store, &r.target, failure).await
 }
 
 #[cfg(test)]

@@ -8,13 +8,15 @@
 //!   from the records, at start and after any failed publish;
 //! - [`post`] turns every change into instructions on the targets' subjects;
 //! - [`api`] serves the `muster` NATS service that `musterctl` and targets call;
-//! - [`ingest`] drains `MUSTER_RESULTS` into job status and the download list.
+//! - [`ingest`] drains `MUSTER_RESULTS` into job status and the download list;
+//!   [`applied`] says what targets' applied records and answered starts mean.
 //!
 //! The daemon's entry point is [`run`]. `musterctl` and its API client live
 //! in `muster-ctl`, which does not depend on this crate: clients never link
 //! the daemon.
 
 pub mod api;
+pub mod applied;
 pub mod config;
 pub mod desired;
 pub mod ingest;
@@ -55,8 +57,8 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> anyhow::R
     };
     tracing::info!(prefix = config.subjects.prefix(), replicas = config.store.replicas, "streams and buckets ready");
 
-    let ingest = tokio::spawn(ingest::run(store.clone(), shutdown.clone()));
     let publisher = publish::Publisher::new(store.clone());
+    let ingest = tokio::spawn(ingest::run(publisher.clone(), shutdown.clone()));
     // The API serves at once; reconcile repairs what a predecessor left, in
     // the background, from the moment the API is up.
     let (serving, up) = tokio::sync::oneshot::channel();

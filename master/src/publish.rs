@@ -67,6 +67,10 @@ pub struct Post {
     pub prune: bool,
     /// The download-list rows this change posted to the target.
     pub rows: Vec<Row>,
+    /// Run ids whose first record arrived: their start entries leave the
+    /// manifest (a start is never run twice). An id the manifest does not
+    /// list changes nothing.
+    pub answered: Vec<Uuid>,
 }
 
 impl Post {
@@ -403,7 +407,11 @@ impl Publisher {
                 None if record.is_none() => return Ok(Published::Unchanged(None)),
                 None => Manifest::first(t.clone(), Uuid::new_v4(), derived, now),
                 Some(m) => {
-                    if post.adds_nothing() && m.derived().digest() == derived.digest() {
+                    let answers = m
+                        .starts
+                        .iter()
+                        .any(|s| post.answered.contains(&s.run_id));
+                    if post.adds_nothing() && !answers && m.derived().digest() == derived.digest() {
                         let revision = m.revision;
                         self.remember(t, cur);
                         return Ok(Published::Unchanged(Some(revision)));
@@ -415,6 +423,9 @@ impl Publisher {
                 target: t.clone(),
                 source,
             };
+            for run_id in &post.answered {
+                next.remove_start(*run_id);
+            }
             for s in &post.starts {
                 next.add_start(s.clone()).map_err(manifest_err)?;
             }
@@ -434,6 +445,7 @@ impl Publisher {
                         && post.starts.is_empty()
                         && post.stops.is_empty()
                         && post.clock.is_none()
+                        && post.answered.is_empty()
                         && !post.force
                 });
                 if let Some(revision) = unchanged.map(|m| m.revision) {

@@ -2,6 +2,7 @@
 //! `muster-target` and `musterctl` binaries, killed for real. Linked into one
 //! binary, grouped by theme.
 
+mod applied;
 mod cluster;
 mod desired;
 mod core_loop;
