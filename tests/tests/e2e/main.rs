@@ -8,5 +8,6 @@ mod desired;
 mod core_loop;
 mod operator;
 mod jobs;
+mod expiry;
 mod faults;
 mod security;

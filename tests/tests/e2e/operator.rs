@@ -558,26 +558,33 @@ fn job_start_wait_follows_the_runs_and_exits_8_on_failure() {
         "{status}"
     );
 
-    // An offline target's start stays queued; --timeout gives up with exit 5.
+    // An offline target is reported and not waited for (its start waits
+    // on the server until it expires): --wait returns at once, exit 5,
+    // with no --timeout.
     c.ctl(&["target", "enlist", "late"]).expect("enlist late");
     c.ctl(&["job", "assign", "ok", "--target", "late"])
         .expect("assign late");
+    let started = std::time::Instant::now();
     let out = c.ctl_raw(
-        &[
-            "job",
-            "start",
-            "ok",
-            "--target",
-            "late",
-            "--wait",
-            "--timeout",
-            "1",
-        ],
+        &["job", "start", "ok", "--target", "late", "--target", "web01", "--wait"],
         false,
     );
     assert_eq!(out.code, 5, "{out:?}");
-    assert!(out.stdout.contains("late: queued"), "{out:?}");
-    assert!(out.stderr.contains("still not finished on late"), "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(60), "{out:?}");
+    assert!(out.stdout.contains("late: offline"), "{out:?}");
+    assert!(out.stdout.contains("web01: succeeded"), "the online one is followed: {out:?}");
+    assert!(out.stdout.contains("1 of 2 succeeded, 1 offline"), "{out:?}");
+    assert!(out.stderr.contains("offline, not waited for: late"), "{out:?}");
+
+    // A run longer than --timeout: gives up with exit 5, naming it.
+    c.ctl(&["job", "create", "slow", "--command", "sleep 20"])
+        .expect("create slow");
+    c.ctl(&["job", "assign", "slow", "--target", "web01"])
+        .expect("assign slow");
+    let out = c.ctl_raw(&["job", "start", "slow", "--wait", "--timeout", "1"], false);
+    assert_eq!(out.code, 5, "{out:?}");
+    assert!(out.stderr.contains("still not finished on web01"), "{out:?}");
+    c.ctl(&["job", "stop", "slow"]).expect("stop slow");
 }
 
 #[test]
