@@ -12,6 +12,8 @@
 //!   whole revision refused, or the row's job not applied). The target is
 //!   `blocked` while its latest applied record had a failure, as with the
 //!   previous design's instruction records.
+//!   An applied record at or above the revision that told a target to
+//!   defect ends its record (the manifest stays, saying `defected`).
 //! - A manual run's first record (any outcome: running, or at once expired,
 //!   failed, skipped) answers its start entry, which leaves the manifest: a
 //!   start is never run twice, and the manifest does not grow. One publish
@@ -96,7 +98,43 @@ pub async fn record_applied(store: &Store, r: &AppliedRecord) -> Result<(), Stor
     for w in results {
         w?;
     }
+    if defection_applied(store, r).await? {
+        return Ok(());
+    }
     set_blocked(store, &r.target, failure(r)).await
+}
+
+/// When the record says the target applied the defection its record marks
+/// (the manifest that says `defected`, or a later one), the record goes, as
+/// with a forced defection; the manifest stays and keeps the agent out.
+/// Returns whether it went.
+async fn defection_applied(store: &Store, r: &AppliedRecord) -> Result<bool, StoreError> {
+    if r.refused.is_some() {
+        return Ok(false);
+    }
+    match Store::read::<TargetRecord>(&store.targets, r.target.as_str()).await? {
+        Some((t, _)) if t.defected_at.is_some() => {}
+        _ => return Ok(false),
+    }
+    let Some(m) = store.manifest(&r.target).await? else {
+        return Ok(false);
+    };
+    if !m.defected || m.epoch != r.applied.epoch || r.applied.revision < m.revision {
+        return Ok(false);
+    }
+    store.delete_target_consumer(&r.target).await?;
+    // Only while still defected: an operator may have enlisted it meanwhile.
+    Store::modify(
+        &store.targets,
+        r.target.as_str(),
+        |old: Option<TargetRecord>| match old {
+            Some(t) if t.defected_at.is_some() => None,
+            other => other,
+        },
+    )
+    .await?;
+    tracing::info!(target = %r.target, "target defected");
+    Ok(true)
 }
 
 /// Makes the target `blocked` with `failure`, or clears it. Most reports

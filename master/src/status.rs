@@ -22,6 +22,8 @@ pub fn poll_interval_secs(record: &TargetRecord, poll: Option<&LastPoll>) -> u64
 }
 
 /// A target's status at `now`:
+/// - `defected` once told to defect, until it applied that (its record
+///   then goes);
 /// - `blocked` while its latest instruction record had a failure;
 /// - `never_polled` before its first poll report;
 /// - `suspected_offline` when the server received its last poll report more
@@ -32,6 +34,9 @@ pub fn target_status(
     poll: Option<&LastPoll>,
     now: DateTime<Utc>,
 ) -> TargetStatus {
+    if record.defected_at.is_some() {
+        return TargetStatus::Defected;
+    }
     if record.blocked.is_some() {
         return TargetStatus::Blocked;
     }
@@ -124,6 +129,16 @@ mod tests {
             target_status(&blocked, Some(&polled(1, now - Duration::hours(1))), now),
             TargetStatus::Blocked
         );
+    }
+
+    #[test]
+    fn a_target_told_to_defect_is_defected_until_its_record_goes() {
+        let mut d = record(60);
+        d.defected_at = Some(Utc::now());
+        d.blocked = Some("x".into());
+        let now = Utc::now();
+        assert_eq!(target_status(&d, None, now), TargetStatus::Defected);
+        assert_eq!(target_status(&d, Some(&polled(60, now)), now), TargetStatus::Defected);
     }
 
     #[test]

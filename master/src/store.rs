@@ -635,6 +635,20 @@ impl Store {
         Ok(dropped)
     }
 
+    /// A target's published manifest, read by Direct Get (`None`: none, or
+    /// one that does not decode).
+    ///
+    /// # Errors
+    /// NATS errors reading the stream.
+    pub async fn manifest(&self, target: &TargetName) -> Result<Option<muster_shared::desired::Manifest>, StoreError> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        match self.desired.direct_get_last_for_subject(self.subjects.state(target)).await {
+            Ok(m) => Ok(muster_shared::msg::decode(&m.payload).ok()),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::nats(format!("reading the manifest of '{target}'"), e)),
+        }
+    }
+
     /// Removes every job document of a target from `MUSTER_DESIRED`.
     pub async fn purge_job_docs(&self, target: &TargetName) -> Result<(), StoreError> {
         self.desired

@@ -4,6 +4,7 @@
 
 mod applied;
 mod cluster;
+mod defection;
 mod desired;
 mod core_loop;
 mod operator;
