@@ -25,6 +25,7 @@ pub mod publish;
 pub mod reconcile;
 pub mod status;
 pub mod store;
+pub mod upgrade;
 
 use anyhow::Context as _;
 use muster_runtime::backoff::Backoff;
