@@ -28,6 +28,8 @@ use muster_shared::subject::Subjects;
 use muster_tests::{Cluster, Proc};
 use tokio::sync::Mutex;
 
+mod history;
+
 #[derive(Debug, Parser)]
 #[command(about = "Muster benchmarks against a raw NATS/JetStream baseline")]
 struct Args {
@@ -43,6 +45,9 @@ struct Args {
     /// Run only one stage.
     #[arg(long, value_enum)]
     only: Option<Stage>,
+    /// Records in the results stream for the history stage.
+    #[arg(long)]
+    records: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -55,6 +60,8 @@ enum Stage {
     Scale,
     /// Result ingest, steady and backlog drain.
     Ingest,
+    /// `history` and `run show` over a full results stream.
+    History,
 }
 
 struct Sizes {
@@ -192,6 +199,16 @@ async fn main() -> anyhow::Result<()> {
     }
     if runs(Stage::Ingest) {
         ingest_stage(&bench, &mut cluster, &sizes, &mut rows).await?;
+    }
+    if runs(Stage::History) {
+        let records = args.records.unwrap_or(if args.tiny {
+            2_000
+        } else if args.quick {
+            50_000
+        } else {
+            1_000_000
+        });
+        history::history_stage(&bench, &cluster, records, &mut rows).await?;
     }
 
     print_rows(&rows);

@@ -1,33 +1,49 @@
-//! Run history, read straight from `MUSTER_RESULTS` by subject filter.
+//! Run history, read straight from `MUSTER_RESULTS`.
 //!
 //! History needs no master: it is whatever the stream holds (30 days by
-//! default). A run has up to two records (start and end) and may have been
-//! sent more than once (spool replays after the dedup window), so readers
-//! keep exactly one record per run — `(target, run_id)`, the final record
-//! when there is one. That is what makes "a run is recorded once" true for
-//! every reader, whatever order the copies arrived in.
+//! default, a million records expected). A run has up to two records (start
+//! and end) and may have been sent more than once (spool replays after the
+//! dedup window), so readers keep exactly one record per run — `(target,
+//! run_id)`, the first final record when there is one. That is what makes
+//! "a run is recorded once" true for every reader, whatever order the
+//! copies arrived in.
+//!
+//! Reads cost what they return, not the stream:
+//! - `--limit N` reads the tail backwards in windows ([`window`]) with the
+//!   narrowest subject filter the query allows (a literal
+//!   `<t>.run.<job-id>` subject when both are known: the server skips the
+//!   rest by its per-subject index), and stops once it has N runs;
+//! - `--since` seeks by time;
+//! - `run show` looks the run up in the `muster-runs` index the master's
+//!   ingest keeps, then reads that one message; a run not indexed (no
+//!   master, ingest behind) is found by a forward read from its UUIDv7 time.
+//!
+//! Every read ends by count, never by silence
+//! ([`muster_runtime::stream::read_to_end`]): it returns everything asked
+//! for, or fails.
 //!
 //! Identity is the subject: a record whose body names another target or
 //! job than its subject is refused by every reader
 //! ([`muster_shared::identity::check_run`]), so a target cannot write into
 //! another target's history.
-//!
-//! This is the client's side: `musterctl history`, `run show`, and
-//! `job start --wait` when a later run has replaced the one it follows in
-//! job status ([`final_record`]).
+
+mod window;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use chrono::{DateTime, Utc};
-use futures::StreamExt as _;
+use muster_runtime::stream::{read_to_end, Span};
 use muster_shared::identity;
 use muster_shared::msg::{self, Outcome, RunRecord};
 use muster_shared::name::{JobName, TargetName};
-use muster_shared::subject::Subjects;
+use muster_shared::runs::RunIndexEntry;
+use muster_shared::subject::{Bucket, Subjects};
 use uuid::Uuid;
+
+pub use window::{Window, Windows};
 
 /// Which runs to read.
 #[derive(Debug, Clone, Default)]
@@ -39,7 +55,7 @@ pub struct HistoryQuery {
     pub outcome: Option<Outcome>,
     pub since: Option<DateTime<Utc>>,
     pub run_id: Option<Uuid>,
-    /// Keep only the newest N runs.
+    /// Keep only the N runs recorded last.
     pub limit: Option<usize>,
 }
 
@@ -47,54 +63,248 @@ pub struct HistoryQuery {
 /// never ends early on silence: it knows how many messages are to come).
 const READ_STALL: Duration = Duration::from_secs(30);
 
-/// Reads, de-duplicates and filters runs; oldest first.
+/// A run that is not in the index is looked for from this long before the
+/// time in its UUIDv7 id (the agent's clock made the id; the server's
+/// stamped the record).
+const LOOKUP_BEFORE: Duration = Duration::from_secs(600);
+
+/// Reads, de-duplicates and filters runs; oldest first (by start time).
+/// With a limit, the runs are the N recorded last (whose latest record is
+/// nearest the stream's end).
 ///
 /// # Errors
-/// When the stream cannot be read.
+/// When the stream cannot be read to the end of what was asked.
 pub async fn read(
     js: &jetstream::Context,
     subjects: &Subjects,
     q: &HistoryQuery,
 ) -> anyhow::Result<Vec<RunRecord>> {
-    let mut stream = js.get_stream(subjects.results_stream()).await?;
-    let filter = subjects.runs_filter(q.target.as_ref(), q.job_id);
-    let info = stream.info().await?;
-    if info.state.messages == 0 {
+    if let Some(run_id) = q.run_id {
+        let hint = q.target.as_ref().zip(q.job_id);
+        let found = find_run(js, subjects, run_id, hint).await?;
+        return Ok(found
+            .map(|f| f.record)
+            .filter(|r| wanted(q, r))
+            .into_iter()
+            .collect());
+    }
+    if q.limit == Some(0) {
         return Ok(Vec::new());
     }
-    let deliver_policy = match q.since {
-        // A run that started before `since` may have ended after it; read a
-        // little earlier and filter on started_at below.
-        Some(since) => consumer::DeliverPolicy::ByStartTime {
-            start_time: time_from_chrono(since - chrono::Duration::hours(24)),
-        },
-        None => consumer::DeliverPolicy::All,
-    };
-    let config = consumer::pull::OrderedConfig {
-        filter_subject: filter,
-        deliver_policy,
-        ..Default::default()
-    };
-    let mut messages = muster_runtime::stream::read_to_end(&stream, config, READ_STALL).await?;
-    let mut runs: HashMap<(TargetName, Uuid), RunRecord> = HashMap::new();
-    while let Some(m) = messages.next().await {
-        if let Some(r) = record(subjects, &m?) {
-            keep(&mut runs, r);
+    let stream = results_stream(js, subjects).await?;
+    let state = stream.cached_info().state.clone();
+    if state.messages == 0 {
+        return Ok(Vec::new());
+    }
+    let filter = subjects.runs_filter(q.target.as_ref(), q.job_id);
+    let mut kept = Kept::default();
+    match (q.since, q.limit) {
+        (None, Some(limit)) => {
+            for w in Windows::new(state.first_sequence, state.last_sequence, limit) {
+                let span = Span {
+                    filter: filter.clone(),
+                    deliver: DeliverPolicy::ByStartSequence {
+                        start_sequence: w.from,
+                    },
+                    up_to: w.up_to,
+                };
+                read_span(&stream, subjects, span, None, &mut kept).await?;
+                if kept.wanted(q) >= limit {
+                    break;
+                }
+            }
+        }
+        (since, _) => {
+            let deliver = match since {
+                // A run that started before `since` may have ended after it;
+                // read a little earlier and filter on started_at below.
+                Some(since) => DeliverPolicy::ByStartTime {
+                    start_time: time_from_chrono(since - chrono::Duration::hours(24)),
+                },
+                None => DeliverPolicy::All,
+            };
+            read_span(
+                &stream,
+                subjects,
+                Span {
+                    filter,
+                    deliver,
+                    up_to: None,
+                },
+                None,
+                &mut kept,
+            )
+            .await?;
         }
     }
-    let mut out: Vec<RunRecord> = runs
-        .into_values()
-        .filter(|r| q.job.as_ref().is_none_or(|j| &r.job == j))
-        .filter(|r| q.outcome.is_none_or(|o| r.outcome == o))
-        .filter(|r| q.since.is_none_or(|s| r.started_at >= s))
-        .filter(|r| q.run_id.is_none_or(|id| r.run_id == id))
-        .collect();
-    out.sort_by_key(|r| (r.started_at, r.run_id));
-    if let Some(limit) = q.limit {
-        let skip = out.len().saturating_sub(limit);
-        out.drain(..skip);
+    Ok(kept.into_runs(q))
+}
+
+/// The id of the job named `job`, from the master's job records
+/// (`muster-jobs`, read directly: no master needed), so a `--job` read can
+/// use the job's own subjects. `None` when there is no such job now (a
+/// deleted job's runs are then found by name, on every run subject).
+pub async fn job_id(js: &jetstream::Context, subjects: &Subjects, job: &JobName) -> Option<Uuid> {
+    /// The one field of a job record history needs.
+    #[derive(serde::Deserialize)]
+    struct JobId {
+        id: Uuid,
     }
-    Ok(out)
+    let bucket = subjects.bucket(Bucket::Jobs);
+    let found = async {
+        let jobs = js.get_key_value(&bucket).await?;
+        let value = jobs.get(job.as_str()).await?;
+        anyhow::Ok(
+            value
+                .map(|v| serde_json::from_slice::<JobId>(&v))
+                .transpose()?,
+        )
+    };
+    match found.await {
+        Ok(id) => id.map(|j| j.id),
+        Err(e) => {
+            tracing::debug!(bucket, %job, error = %e, "job id unknown; reading every run subject");
+            None
+        }
+    }
+}
+
+/// How [`find_run`] found a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// Through the `muster-runs` index: one message read.
+    Index,
+    /// Not indexed (no master, or ingest behind): read from the stream,
+    /// from the run id's time on.
+    Scan,
+}
+
+/// A run's kept record, and how it was found.
+#[derive(Debug, Clone)]
+pub struct FoundRun {
+    pub record: RunRecord,
+    pub via: Via,
+}
+
+/// The kept record of one run (its first final record, else its start):
+/// through the run index, else by a forward read from the run id's time
+/// (UUIDv7), on `hint`'s subject when the target and job are known.
+///
+/// # Errors
+/// When the stream cannot be read.
+pub async fn find_run(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    run_id: Uuid,
+    hint: Option<(&TargetName, Uuid)>,
+) -> anyhow::Result<Option<FoundRun>> {
+    let stream = results_stream(js, subjects).await?;
+    if let Some(record) = indexed(js, subjects, &stream, run_id).await? {
+        return Ok(Some(FoundRun {
+            record,
+            via: Via::Index,
+        }));
+    }
+    let deliver = match run_id.get_timestamp() {
+        Some(ts) => {
+            let (secs, _) = ts.to_unix();
+            let from = secs.saturating_sub(LOOKUP_BEFORE.as_secs());
+            DeliverPolicy::ByStartTime {
+                start_time: time::OffsetDateTime::from_unix_timestamp(
+                    i64::try_from(from).unwrap_or(0),
+                )
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+            }
+        }
+        None => DeliverPolicy::All,
+    };
+    let filter = hint.map_or_else(
+        || subjects.runs_filter(None, None),
+        |(t, job_id)| subjects.result_run(t, job_id),
+    );
+    let mut kept = Kept::default();
+    read_span(
+        &stream,
+        subjects,
+        Span {
+            filter,
+            deliver,
+            up_to: None,
+        },
+        Some(run_id),
+        &mut kept,
+    )
+    .await?;
+    Ok(kept
+        .into_runs(&HistoryQuery::default())
+        .pop()
+        .map(|record| FoundRun {
+            record,
+            via: Via::Scan,
+        }))
+}
+
+/// The run as the index places it, `None` when the index has no usable
+/// entry (no bucket, no key, or an entry that no longer matches the
+/// message at its sequence).
+async fn indexed(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    stream: &jetstream::stream::Stream,
+    run_id: Uuid,
+) -> anyhow::Result<Option<RunRecord>> {
+    let bucket = subjects.bucket(Bucket::Runs);
+    let index = match js.get_key_value(&bucket).await {
+        Ok(index) => index,
+        Err(e) => {
+            tracing::debug!(bucket, error = %e, "no run index");
+            return Ok(None);
+        }
+    };
+    let Some(value) = index
+        .get(run_id.to_string())
+        .await
+        .with_context(|| format!("reading {bucket}"))?
+    else {
+        return Ok(None);
+    };
+    let entry: RunIndexEntry = match serde_json::from_slice(&value) {
+        Ok(entry) => entry,
+        Err(e) => {
+            tracing::debug!(%run_id, error = %e, "unreadable run index entry");
+            return Ok(None);
+        }
+    };
+    let m = match stream.direct_get(entry.seq).await {
+        Ok(m) => m,
+        Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("reading record {} of the results stream", entry.seq));
+        }
+    };
+    let Some(r) = record(subjects, m.subject.as_str(), &m.payload)
+        .filter(|r| r.run_id == run_id && r.target == entry.target)
+    else {
+        return Ok(None);
+    };
+    if r.outcome.is_final() {
+        return Ok(Some(r));
+    }
+    // Indexed while it ran: its end, if stored since, is later on the same
+    // subject (a literal filter: the read costs that job's later records
+    // on that target, not the stream).
+    let mut kept = Kept::default();
+    kept.keep(r, entry.seq);
+    let span = Span {
+        filter: subjects.result_run(&entry.target, entry.job_id),
+        deliver: DeliverPolicy::ByStartSequence {
+            start_sequence: entry.seq + 1,
+        },
+        up_to: None,
+    };
+    read_span(stream, subjects, span, Some(run_id), &mut kept).await?;
+    Ok(kept.into_runs(&HistoryQuery::default()).pop())
 }
 
 /// The final record of one run of `job_id` on `target`: what history holds
@@ -110,34 +320,31 @@ pub async fn final_record(
     job_id: Uuid,
     run_id: Uuid,
 ) -> anyhow::Result<RunRecord> {
-    let mut stream = js.get_stream(subjects.results_stream()).await?;
+    let stream = results_stream(js, subjects).await?;
     // Everything up to here is read below; the follow starts after it, so
     // a record stored in between is seen at least once.
-    let read_up_to = stream.info().await?.state.last_sequence;
-    let q = HistoryQuery {
-        job_id: Some(job_id),
-        target: Some(target.clone()),
-        run_id: Some(run_id),
-        ..HistoryQuery::default()
-    };
-    if let Some(r) = read(js, subjects, &q)
+    let read_up_to = stream.cached_info().state.last_sequence;
+    if let Some(found) = find_run(js, subjects, run_id, Some((target, job_id)))
         .await?
-        .pop()
-        .filter(|r| r.outcome.is_final())
+        .filter(|f| f.record.outcome.is_final())
     {
-        return Ok(r);
+        return Ok(found.record);
     }
-    let config = consumer::pull::OrderedConfig {
+    let config = jetstream::consumer::pull::OrderedConfig {
         filter_subject: subjects.result_run(target, job_id),
-        deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+        deliver_policy: DeliverPolicy::ByStartSequence {
             start_sequence: read_up_to + 1,
         },
+        // Waiting, not reading a backlog: one record at a time is plenty,
+        // and a pull never asks for more than one message's worth.
+        max_batch: 1,
         ..Default::default()
     };
     let mut messages = stream.create_consumer(config).await?.messages().await?;
-    while let Some(m) = messages.next().await {
+    while let Some(m) = futures::StreamExt::next(&mut messages).await {
         let m = m.context("following the results stream")?;
-        if let Some(r) = record(subjects, &m).filter(|r| r.run_id == run_id && r.outcome.is_final())
+        if let Some(r) = record(subjects, m.subject.as_str(), &m.payload)
+            .filter(|r| r.run_id == run_id && r.outcome.is_final())
         {
             return Ok(r);
         }
@@ -145,32 +352,137 @@ pub async fn final_record(
     anyhow::bail!("the results stream ended while waiting for run {run_id} on {target}")
 }
 
+async fn results_stream(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> anyhow::Result<jetstream::stream::Stream> {
+    let name = subjects.results_stream();
+    js.get_stream(&name)
+        .await
+        .with_context(|| format!("cannot open stream {name}"))
+}
+
+/// Reads `span` into `kept`: every run record, or with `only`, that run's
+/// records, stopping at its first final one.
+async fn read_span(
+    stream: &jetstream::stream::Stream,
+    subjects: &Subjects,
+    span: Span,
+    only: Option<Uuid>,
+    kept: &mut Kept,
+) -> anyhow::Result<()> {
+    let mut messages = read_to_end(stream, span, READ_STALL).await?;
+    while let Some(m) = messages.next().await {
+        let m = m?;
+        let seq = m
+            .info()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .stream_sequence;
+        let Some(r) = record(subjects, m.subject.as_str(), &m.payload) else {
+            continue;
+        };
+        if only.is_some_and(|id| id != r.run_id) {
+            continue;
+        }
+        let done = only.is_some() && r.outcome.is_final();
+        kept.keep(r, seq);
+        if done {
+            messages.close().await;
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// A message's run record, if it is one that may stand on its subject
 /// (others are left out, and logged at debug level).
-fn record(subjects: &Subjects, m: &jetstream::Message) -> Option<RunRecord> {
-    let checked = msg::decode::<RunRecord>(&m.payload)
+fn record(subjects: &Subjects, subject: &str, payload: &[u8]) -> Option<RunRecord> {
+    let checked = msg::decode::<RunRecord>(payload)
         .map_err(|e| e.to_string())
         .and_then(|r| {
-            identity::check_run(subjects, &m.subject, &r)
+            identity::check_run(subjects, subject, &r)
                 .map(|()| r)
                 .map_err(|e| e.to_string())
         });
     checked
-        .inspect_err(
-            |e| tracing::debug!(subject = %m.subject, error = %e, "record left out of history"),
-        )
+        .inspect_err(|e| tracing::debug!(subject, error = %e, "record left out of history"))
         .ok()
 }
 
-/// One record per run: the final record wins over the start record, and the
-/// first final record over later copies.
-fn keep(runs: &mut HashMap<(TargetName, Uuid), RunRecord>, r: RunRecord) {
-    let key = (r.target.clone(), r.run_id);
-    match runs.get(&key) {
-        Some(have) if have.outcome.is_final() => {}
-        _ => {
-            runs.insert(key, r);
+/// Whether a run is one the query asks for (the subject filter did the
+/// rest).
+fn wanted(q: &HistoryQuery, r: &RunRecord) -> bool {
+    q.job.as_ref().is_none_or(|j| &r.job == j)
+        && q.outcome.is_none_or(|o| r.outcome == o)
+        && q.since.is_none_or(|s| r.started_at >= s)
+        && q.run_id.is_none_or(|id| r.run_id == id)
+}
+
+/// One record per run, `(target, run_id)`: the first final record in stream
+/// order, else the first start record; with the last stream sequence any of
+/// its records had (how recently it was recorded).
+#[derive(Debug, Default)]
+struct Kept {
+    runs: HashMap<(TargetName, Uuid), KeptRun>,
+}
+
+#[derive(Debug)]
+struct KeptRun {
+    record: RunRecord,
+    /// The kept record's stream sequence.
+    seq: u64,
+    /// The last stream sequence of any of the run's records.
+    last: u64,
+}
+
+impl Kept {
+    /// Order-free: whatever order the copies are read in (windows are read
+    /// newest first), the same record is kept.
+    fn keep(&mut self, r: RunRecord, seq: u64) {
+        let key = (r.target.clone(), r.run_id);
+        match self.runs.get_mut(&key) {
+            Some(have) => {
+                have.last = have.last.max(seq);
+                let rank = |final_: bool, seq: u64| (final_, std::cmp::Reverse(seq));
+                if rank(r.outcome.is_final(), seq) > rank(have.record.outcome.is_final(), have.seq)
+                {
+                    have.record = r;
+                    have.seq = seq;
+                }
+            }
+            None => {
+                self.runs.insert(
+                    key,
+                    KeptRun {
+                        record: r,
+                        seq,
+                        last: seq,
+                    },
+                );
+            }
         }
+    }
+
+    /// How many kept runs the query asks for.
+    fn wanted(&self, q: &HistoryQuery) -> usize {
+        self.runs.values().filter(|k| wanted(q, &k.record)).count()
+    }
+
+    /// The runs the query asks for (with a limit, the N recorded last),
+    /// oldest first by start time.
+    fn into_runs(self, q: &HistoryQuery) -> Vec<RunRecord> {
+        let mut out: Vec<KeptRun> = self
+            .runs
+            .into_values()
+            .filter(|k| wanted(q, &k.record))
+            .collect();
+        if let Some(limit) = q.limit {
+            out.sort_by_key(|k| std::cmp::Reverse(k.last));
+            out.truncate(limit);
+        }
+        let mut out: Vec<RunRecord> = out.into_iter().map(|k| k.record).collect();
+        out.sort_by_key(|r| (r.started_at, r.run_id));
+        out
     }
 }
 
@@ -205,20 +517,68 @@ mod tests {
     #[test]
     fn one_record_per_run_whatever_the_order_of_copies() {
         let id = Uuid::now_v7();
-        let mut runs = HashMap::new();
         // start, end, then a replay of the start and of the end beyond the window
-        for o in [
-            Outcome::Running,
-            Outcome::Succeeded,
-            Outcome::Running,
-            Outcome::Succeeded,
-        ] {
-            keep(&mut runs, run("a", id, o));
+        let copies = [
+            (1, Outcome::Running),
+            (2, Outcome::Succeeded),
+            (9, Outcome::Running),
+            (10, Outcome::Succeeded),
+        ];
+        for reversed in [false, true] {
+            let mut kept = Kept::default();
+            let mut order = copies.to_vec();
+            if reversed {
+                order.reverse();
+            }
+            for (seq, o) in order {
+                let mut r = run("a", id, o);
+                r.message = format!("copy at {seq}");
+                kept.keep(r, seq);
+            }
+            assert_eq!(kept.runs.len(), 1);
+            let k = kept.runs.values().next().unwrap();
+            assert_eq!(
+                (k.record.outcome, k.seq, k.last),
+                (Outcome::Succeeded, 2, 10),
+                "reversed: {reversed}"
+            );
+            // the same run id on another target is another run
+            kept.keep(run("b", id, Outcome::Running), 11);
+            assert_eq!(kept.runs.len(), 2);
         }
-        assert_eq!(runs.len(), 1);
-        assert_eq!(runs.values().next().unwrap().outcome, Outcome::Succeeded);
-        // the same run id on another target is another run
-        keep(&mut runs, run("b", id, Outcome::Running));
-        assert_eq!(runs.len(), 2);
+    }
+
+    #[test]
+    fn a_limit_keeps_the_runs_recorded_last_shown_by_start_time() {
+        let mut kept = Kept::default();
+        let t0 = Utc::now();
+        // A long run: started first, ended last.
+        let mut long = run("a", Uuid::now_v7(), Outcome::Running);
+        long.started_at = t0;
+        kept.keep(long.clone(), 1);
+        let mut short = run("a", Uuid::now_v7(), Outcome::Succeeded);
+        short.started_at = t0 + chrono::Duration::seconds(5);
+        kept.keep(short.clone(), 2);
+        let mut old = run("a", Uuid::now_v7(), Outcome::Succeeded);
+        old.started_at = t0 + chrono::Duration::seconds(1);
+        kept.keep(old, 0);
+        long.outcome = Outcome::Failed;
+        kept.keep(long.clone(), 3);
+        let q = HistoryQuery {
+            limit: Some(2),
+            ..HistoryQuery::default()
+        };
+        let got: Vec<(Uuid, Outcome)> = kept
+            .into_runs(&q)
+            .iter()
+            .map(|r| (r.run_id, r.outcome))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (long.run_id, Outcome::Failed),
+                (short.run_id, Outcome::Succeeded)
+            ]
+        );
     }
 }

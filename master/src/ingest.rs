@@ -1,4 +1,5 @@
-//! Draining `MUSTER_RESULTS` into job status and the download list.
+//! Draining `MUSTER_RESULTS` into job status, the download list and the
+//! run index (`muster-runs`: where each run's kept record is, for `run show`).
 //! Applied records and answered starts are handed to [`crate::applied`].
 //!
 //! Every master replica pulls from the one durable consumer `master`, so each
@@ -11,6 +12,11 @@
 //! contradicts its subject (another target, another job) is logged with its
 //! subject, counted, and terminated: it is never redelivered and never
 //! blocks the records behind it.
+//!
+//! Batches are bounded in bytes as well as in count ([`BATCH_BYTES`], also
+//! the most one pull asks for): run records reach 1 MiB, and a count alone
+//! would hold hundreds of megabytes and get the master dropped as a slow
+//! consumer while it drains a backlog.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,7 +31,9 @@ use muster_shared::api::JobTargetStatus;
 use muster_shared::identity;
 use muster_shared::desired::AppliedRecord;
 use muster_shared::msg::{self, InstrRecord, InstructionKind, RunRecord, Trigger};
+use muster_shared::runs::RunIndexEntry;
 use muster_shared::streams::MASTER_CONSUMER;
+use uuid::Uuid;
 use tokio_util::sync::CancellationToken;
 
 use crate::applied;
@@ -37,6 +45,10 @@ static BAD_RESULTS: AtomicU64 = AtomicU64::new(0);
 
 /// Records handled per batch.
 pub const BATCH: usize = 512;
+
+/// Bytes of records per batch, and per pull: with [`BATCHES_IN_FLIGHT`],
+/// the master holds at most a few tens of megabytes of records.
+pub const BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 /// Runs until `shutdown`, reconnecting to the consumer whenever it fails.
 ///
@@ -66,6 +78,7 @@ async fn drain(publisher: &Publisher, shutdown: &CancellationToken) -> anyhow::R
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(BATCH)
+        .max_bytes_per_batch(BATCH_BYTES)
         .heartbeat(Duration::from_secs(1))
         // Short pull requests: a killed master's outstanding request holds
         // records (until ack_wait) only while it has not expired.
@@ -77,6 +90,7 @@ async fn drain(publisher: &Publisher, shutdown: &CancellationToken) -> anyhow::R
     // writes are confirmed), so the next batch arrives while one is written.
     let mut in_flight = FuturesUnordered::new();
     let mut batch = Vec::with_capacity(BATCH);
+    let mut batch_bytes = 0;
     let mut flush_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
@@ -87,7 +101,9 @@ async fn drain(publisher: &Publisher, shutdown: &CancellationToken) -> anyhow::R
             }
             next = messages.next(), if in_flight.len() < BATCHES_IN_FLIGHT => match next {
                 Some(m) => {
-                    batch.push(m?);
+                    let m = m?;
+                    batch_bytes += m.payload.len();
+                    batch.push(m);
                     // Gather for a moment: more records per batch, fewer writes.
                     flush_at.get_or_insert_with(|| tokio::time::Instant::now() + GATHER);
                 }
@@ -97,8 +113,9 @@ async fn drain(publisher: &Publisher, shutdown: &CancellationToken) -> anyhow::R
                 flush_at = None;
             }
         }
-        if !batch.is_empty() && (batch.len() >= BATCH || flush_at.is_none()) {
+        if !batch.is_empty() && (batch.len() >= BATCH || batch_bytes >= BATCH_BYTES || flush_at.is_none()) {
             flush_at = None;
+            batch_bytes = 0;
             let (publisher, cache, records) = (publisher.clone(), cache.clone(), std::mem::take(&mut batch));
             in_flight.push(async move { write_and_ack(&publisher, &cache, &records).await });
         }
@@ -146,6 +163,8 @@ async fn handle_batch(
     // batch would be overwritten anyway.
     let mut newest: HashMap<String, JobTargetStatus> = HashMap::new();
     let mut instr: Vec<InstrRecord> = Vec::new();
+    // The run index entry each run's records in this batch make.
+    let mut index: HashMap<Uuid, RunIndexEntry> = HashMap::new();
     let mut bad = Vec::new();
     for (i, m) in batch.iter().enumerate() {
         let subject = m.subject.as_str();
@@ -166,6 +185,20 @@ async fn handle_batch(
                 identity::check_run(&store.subjects, subject, &r).map_err(|e| e.to_string())?;
                 if r.trigger == Trigger::Manual {
                     answered.push((r.target.clone(), r.run_id));
+                }
+                let seq = m.info().map_err(|e| format!("not a stream message: {e}"))?.stream_sequence;
+                let entry = RunIndexEntry {
+                    v: 1,
+                    target: r.target.clone(),
+                    job_id: r.job_id,
+                    seq,
+                    is_final: r.outcome.is_final(),
+                };
+                match index.get(&r.run_id) {
+                    Some(have) if !entry.supersedes(have) => {}
+                    _ => {
+                        index.insert(r.run_id, entry);
+                    }
                 }
                 let status = JobTargetStatus::from(&r);
                 let key = Store::status_key(r.job_id, &r.target);
@@ -193,9 +226,14 @@ async fn handle_batch(
             write_status(store, &key, status, &mut known).await
         })
         .buffer_unordered(WRITES_IN_FLIGHT)
-        .collect::<Vec<_>>()
-        .await;
-    for w in writes {
+        .collect::<Vec<_>>();
+    // The index is another bucket, written alongside job status.
+    let index_writes = futures::stream::iter(index)
+        .map(|(run_id, entry)| async move { write_index(store, run_id, entry).await })
+        .buffer_unordered(WRITES_IN_FLIGHT)
+        .collect::<Vec<_>>();
+    let (writes, index_writes) = futures::join!(writes, index_writes);
+    for w in writes.into_iter().chain(index_writes) {
         w?;
     }
     let instr_writes = futures::stream::iter(instr)
@@ -255,6 +293,26 @@ async fn write_status(store: &Store, key: &str, status: JobTargetStatus, known: 
         })
     })
     .await
+}
+
+/// Makes `entry` the run's index entry, final wins, in one write: a final
+/// record's entry is put whatever is there (a start entry, or another copy
+/// of the same final record), a start record's entry is only created (it
+/// never replaces anything). In whatever order batches land, a run that has
+/// a final record ends up pointing at one.
+async fn write_index(store: &Store, run_id: Uuid, entry: RunIndexEntry) -> Result<(), StoreError> {
+    let key = run_id.to_string();
+    let body = bytes::Bytes::from(serde_json::to_vec(&entry).expect("index entries serialise"));
+    let writing = || format!("indexing run {key}");
+    if entry.is_final {
+        store.runs.put(&key, body).await.map_err(|e| StoreError::nats(writing(), e))?;
+        return Ok(());
+    }
+    match store.runs.create(&key, body).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::nats(writing(), e)),
+    }
 }
 
 /// Whether `new` should replace `have` as the last outcome: a later run, or
@@ -356,6 +414,31 @@ mod tests {
         let stored = Store::read::<JobTargetStatus>(&t.store.jobstatus, key).await.unwrap();
         assert_eq!(stored.as_ref().map(|(s, _)| s), Some(&newer));
         assert_eq!(known, stored, "the cache learnt what is there");
+    }
+
+    #[tokio::test]
+    async fn the_run_index_points_at_a_final_record_whatever_the_order() {
+        let t = open().await;
+        let entry = |seq: u64, is_final: bool| RunIndexEntry {
+            v: 1,
+            target: TargetName::new("web01").unwrap(),
+            job_id: Uuid::nil(),
+            seq,
+            is_final,
+        };
+        // start, end, and a replayed start; in stream order and reversed
+        for (order, want) in [
+            ([(3, false), (5, true), (9, false)], entry(5, true)),
+            ([(9, false), (5, true), (3, false)], entry(5, true)),
+            ([(3, false), (9, false), (12, false)], entry(3, false)),
+        ] {
+            let run_id = Uuid::now_v7();
+            for (seq, is_final) in order {
+                write_index(&t.store, run_id, entry(seq, is_final)).await.unwrap();
+            }
+            let stored = Store::read::<RunIndexEntry>(&t.store.runs, &run_id.to_string()).await.unwrap();
+            assert_eq!(stored.map(|(e, _)| e), Some(want), "{order:?}");
+        }
     }
 
     /// The bug this guards against: when the target's report was written

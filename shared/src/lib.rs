@@ -21,6 +21,7 @@ pub mod job;
 pub mod msg;
 pub mod name;
 pub mod perms;
+pub mod runs;
 pub mod schedule;
 pub mod streams;
 pub mod subject;

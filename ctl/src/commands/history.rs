@@ -1,17 +1,24 @@
 //! `musterctl history` and `run show`: runs read straight from
-//! `MUSTER_RESULTS` ([`crate::history`]), so they work while no master runs.
+//! `MUSTER_RESULTS` ([`crate::history`]), so they work while no master runs
+//! (the run index and the job's id only make them faster).
 
 use chrono::{DateTime, Utc};
 
 use super::Ctx;
 use crate::args::{HistoryArgs, RunCmd};
 use crate::exit::{Exit, Failure};
-use crate::history::{self, HistoryQuery};
+use crate::history::{self, HistoryQuery, Via};
 use crate::render;
 
 pub(super) async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<(), Failure> {
+    let js = ctx.jetstream();
+    let job_id = match &args.job {
+        Some(job) => history::job_id(&js, &ctx.api.subjects, job).await,
+        None => None,
+    };
     let q = HistoryQuery {
         job: args.job,
+        job_id,
         target: args.target,
         outcome: args.outcome,
         since: args
@@ -22,20 +29,21 @@ pub(super) async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<(), Failure>
         limit: args.limit,
         ..HistoryQuery::default()
     };
-    let runs = history::read(&ctx.jetstream(), &ctx.api.subjects, &q).await?;
+    let runs = history::read(&js, &ctx.api.subjects, &q).await?;
     ctx.out.print(&runs, || render::print_runs(&runs))
 }
 
 pub(super) async fn run(ctx: &Ctx, cmd: RunCmd) -> Result<(), Failure> {
     let RunCmd::Show { run_id } = cmd;
-    let q = HistoryQuery {
-        run_id: Some(run_id),
-        ..HistoryQuery::default()
-    };
-    let run = history::read(&ctx.jetstream(), &ctx.api.subjects, &q)
+    let found = history::find_run(&ctx.jetstream(), &ctx.api.subjects, run_id, None)
         .await?
-        .pop()
         .ok_or_else(|| Failure::new(Exit::NotFound, format!("no run {run_id} in history")))?;
+    if found.via == Via::Scan {
+        eprintln!(
+            "note: run {run_id} is not in the run index (no master, or it is behind); found by reading history from the run's time"
+        );
+    }
+    let run = found.record;
     ctx.out.print(&run, || render::print_run(&run))
 }
 

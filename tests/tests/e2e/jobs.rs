@@ -474,9 +474,20 @@ fn stopping_a_running_job_terms_then_kills_its_process_group() {
     );
     assert!(process_gone(grandchild), "the whole group was killed");
 
-    // Not running any more.
-    let again = c.ctl(&["job", "stop", "stubborn"]).expect("stop again");
-    assert_eq!(s(&again[0], "message"), "was not running", "{again}");
+    // Not running any more. The agent lets go of the run just after its final
+    // record is stored, so history can show it a moment before: wait for it.
+    let last = std::cell::RefCell::new(serde_json::Value::Null);
+    wait_for_described(
+        "a second stop to find nothing running",
+        WAIT,
+        || {
+            let again = c.ctl(&["job", "stop", "stubborn"]).expect("stop again");
+            let done = s(&again[0], "message") == "was not running";
+            *last.borrow_mut() = again;
+            done.then_some(())
+        },
+        || format!("the last stop answered {}", last.borrow()),
+    );
 
     // A target the master cannot reach gets the stop as an instruction, and
     // at its next poll it stops the run that was going when it was posted.

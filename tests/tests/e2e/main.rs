@@ -12,3 +12,4 @@ mod jobs;
 mod expiry;
 mod faults;
 mod security;
+mod history;
