@@ -744,6 +744,7 @@ impl AgentPath {
             timezone: String::new(),
             bad_instructions: 0,
             bad_control: 0,
+            applied_revision: None,
         };
         let (js, subject, body) = (self.js.clone(), self.subjects.poll(name), msg::encode(&report));
         tokio::spawn(async move {

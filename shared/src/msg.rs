@@ -1,6 +1,7 @@
-//! Messages between the master and its targets: instructions (on
-//! `MUSTER_ASSIGN`), control requests (force poll, stop), poll reports and the
-//! records a target uploads to `MUSTER_RESULTS`.
+//! Messages between the master and its targets: control requests (force
+//! poll, stop), poll reports, the records a target uploads to
+//! `MUSTER_RESULTS`, and the previous design's instructions (kept for the
+//! upgrade from `MUSTER_ASSIGN`; desired state is in [`crate::desired`]).
 //!
 //! Every body carries `"v"` ([`crate::PROTOCOL_VERSION`]). Use [`decode`] to
 //! read any of them: it checks size, JSON and version in one place, so every
@@ -222,7 +223,9 @@ pub struct PollReport {
     /// This agent process; a second process with the same name has another.
     pub instance: Uuid,
     pub poll_interval_secs: u64,
-    /// Instructions applied and failed in this poll.
+    /// Changes applied and failed in this poll (with desired state: jobs
+    /// written or removed, starts and stops handled; failed jobs, or 1 for
+    /// a refused manifest).
     pub applied: u32,
     pub failed: u32,
     /// Jobs from the master the target holds.
@@ -246,6 +249,12 @@ pub struct PollReport {
     /// Bad control requests this agent refused since it started.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub bad_control: u64,
+    /// The desired-state revision this target holds (`None`: nothing
+    /// applied yet, or an agent of the previous design). With the
+    /// manifest's own `changes`, this is how the master counts what a
+    /// target has not read without scanning rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_revision: Option<crate::desired::Applied>,
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde passes a reference

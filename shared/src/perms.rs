@@ -8,13 +8,12 @@
 //! nats-server authorization block, and the end-to-end tests run a target
 //! under them.
 //!
-//! [`target_desired`] is the set for delivery by desired state: a target
-//! reads its own manifest and job documents by Direct Get, with the subject
-//! in the API subject, and nothing else of `MUSTER_DESIRED` — not another
+//! [`target`] is the set for delivery by desired state: a target reads its
+//! own manifest and job documents by Direct Get, with the subject in the
+//! API subject, and nothing else of `MUSTER_DESIRED` — not another
 //! target's, not the body form of Direct Get (whose subject no permission
-//! can confine), not `STREAM.INFO`. [`target`] is the previous design's set
-//! (its own consumer on `MUSTER_ASSIGN`), still written until the agent
-//! switches.
+//! can confine), not `STREAM.INFO` — and nothing of `MUSTER_ASSIGN` (no
+//! consumer, no ack subject: nothing per target on the server).
 //!
 //! The same handful of per-target patterns is what an account per target
 //! imports from the Muster account (the reply-subject fix): the two Direct
@@ -37,31 +36,11 @@ pub struct Permissions {
     pub allow_responses: bool,
 }
 
-/// Previous design: the least a target agent needs to fetch from and ack its
-/// own consumer on `MUSTER_ASSIGN`, publish its own results and poll
-/// reports, call the agent API about itself, and hear its own control
-/// subject and replies.
-pub fn target(s: &Subjects, t: &TargetName) -> Permissions {
-    let assign = s.assign_stream();
-    Permissions {
-        publish: vec![
-            format!("$JS.API.CONSUMER.INFO.{assign}.{t}"),
-            format!("$JS.API.CONSUMER.MSG.NEXT.{assign}.{t}"),
-            format!("$JS.ACK.{assign}.{t}.>"),
-            s.results_of(t),
-            s.poll(t),
-            s.agent_api(t, ">"),
-        ],
-        subscribe: vec![format!("{}.>", Subjects::inbox_prefix(t)), s.control(t)],
-        allow_responses: true,
-    }
-}
-
 /// The least a target agent needs with desired state: read its own manifest
 /// and job documents by Direct Get, publish its own results (run records,
 /// applied records) and poll reports, call the agent API about itself, and
 /// hear its own control subject and replies.
-pub fn target_desired(s: &Subjects, t: &TargetName) -> Permissions {
+pub fn target(s: &Subjects, t: &TargetName) -> Permissions {
     Permissions {
         publish: vec![
             s.direct_get_state(t),
@@ -90,8 +69,8 @@ mod tests {
                 "{subject} does not name the target"
             );
             assert!(
-                !subject.contains('*') && !subject.starts_with('>'),
-                "{subject} is broader than one target"
+                !subject.contains("ASSIGN") && !subject.contains(".assign"),
+                "{subject}: nothing of the previous design's queue"
             );
         }
         assert!(p.publish.contains(&"muster.result.web01.>".to_owned()));
@@ -112,7 +91,7 @@ mod tests {
             TargetName::new("web02").unwrap(),
         );
         let job = uuid::Uuid::now_v7();
-        let p = target_desired(&s, &a);
+        let p = target(&s, &a);
         // Its own documents, by the confinable form of Direct Get.
         assert!(allowed(&p.publish, &s.direct_get_state(&a)));
         assert!(allowed(&p.publish, &s.direct_get_job_doc(&a, job)));

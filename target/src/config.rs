@@ -16,7 +16,8 @@ pub struct TargetConfig {
     pub user: Option<String>,
     pub password: Option<String>,
     pub subjects: Subjects,
-    /// Jobs, applied-instruction ids, run markers and the spool live here.
+    /// Jobs, the applied revision and handled starts, run markers and the
+    /// spool live here.
     pub state_dir: PathBuf,
     /// Until the master sets another with `set-poll`.
     pub poll_interval: Duration,

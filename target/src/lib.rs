@@ -1,7 +1,8 @@
 //! The Muster target agent.
 //!
-//! It enlists with the master, polls its own consumer on `MUSTER_ASSIGN`
-//! ([`poller`]), answers force-polls and stops on its control subject
+//! It enlists with the master (unless its manifest, or its own state, says
+//! it defected), reads its desired state on `MUSTER_DESIRED` ([`poller`]),
+//! answers force-polls and stops on its control subject
 //! ([`control`]), keeps its jobs on local disk ([`state`]), runs them on
 //! their schedules or when told ([`scheduler`], [`runner`], [`process`]), and
 //! uploads every outcome through a write-ahead spool ([`spool`]) so nothing is
@@ -33,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::TargetConfig;
 
-use crate::poller::Poller;
+use crate::poller::{PollError, Poller};
 use crate::runner::{Runner, RunnerConfig};
 use crate::scheduler::Scheduler;
 use crate::spool::{Flusher, Spool};
@@ -46,9 +47,10 @@ use crate::state::State;
 /// # Errors
 /// When the state directory cannot be opened; NATS problems are retried.
 pub async fn run(config: TargetConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let state =
-        State::open(&config.state_dir).with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
-    let spool = Spool::open(&state.spool_dir(), config.spool_max_bytes).context("opening the result spool")?;
+    let state = State::open(&config.state_dir)
+        .with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
+    let spool = Spool::open(&state.spool_dir(), config.spool_max_bytes)
+        .context("opening the result spool")?;
     let runner = Runner::new(
         RunnerConfig {
             target: config.name.clone(),
@@ -77,22 +79,31 @@ pub async fn run(config: TargetConfig, shutdown: CancellationToken) -> anyhow::R
     // after the runner has recorded the last runs.
     let stop_work = CancellationToken::new();
     let stop_flusher = CancellationToken::new();
-    tasks.spawn(Flusher { spool: spool.clone(), js: js.clone() }.run(stop_flusher.clone(), Duration::from_secs(5)));
+    tasks.spawn(
+        Flusher {
+            spool: spool.clone(),
+            js: js.clone(),
+        }
+        .run(stop_flusher.clone(), Duration::from_secs(5)),
+    );
 
     let jobs_changed = Arc::new(Notify::new());
-    let poller = Arc::new(Poller::new(
-        config.name.clone(),
-        config.subjects.clone(),
-        js.clone(),
-        state.clone(),
-        runner.clone(),
-        spool.clone(),
-        jobs_changed.clone(),
-        config.poll_interval,
-    ));
-    if config.enlist {
+    let poller = Arc::new(
+        Poller::new(
+            config.name.clone(),
+            config.subjects.clone(),
+            js.clone(),
+            state.clone(),
+            runner.clone(),
+            spool.clone(),
+            jobs_changed.clone(),
+            config.poll_interval,
+        )
+        .await?,
+    );
+    if config.enlist && !stays_out(&poller).await {
         // Refused (the name is taken by another running agent): stop here,
-        // before this agent could poll the other one's instructions.
+        // before this agent could act on the other one's desired state.
         enlist(&client, &config, &poller, &shutdown).await?;
     }
     tasks.spawn({
@@ -103,7 +114,14 @@ pub async fn run(config: TargetConfig, shutdown: CancellationToken) -> anyhow::R
             }
         }
     });
-    tasks.spawn(Scheduler { state: state.clone(), runner: runner.clone(), jobs_changed }.run(stop_work.clone()));
+    tasks.spawn(
+        Scheduler {
+            state: state.clone(),
+            runner: runner.clone(),
+            jobs_changed,
+        }
+        .run(stop_work.clone()),
+    );
     tasks.spawn(poll_loop(poller.clone(), stop_work.clone()));
 
     shutdown.cancelled().await;
@@ -118,6 +136,21 @@ pub async fn run(config: TargetConfig, shutdown: CancellationToken) -> anyhow::R
     Ok(())
 }
 
+/// Whether this target defected and must not enlist itself again: its
+/// manifest says so (read first, not applied), or — no manifest readable —
+/// its own state does. An operator's `target enlist` brings it back: the
+/// next manifest says `defected: false`, and the next poll clears the flag.
+async fn stays_out(poller: &Poller) -> bool {
+    let defected = poller
+        .manifest_says_defected()
+        .await
+        .unwrap_or_else(|| poller.state.defected());
+    if defected {
+        tracing::warn!("this target defected: not enlisting; reading its desired state until an operator enlists it again");
+    }
+    defected
+}
+
 /// Polls every interval (with ±10% jitter so thousands of targets do not
 /// poll in step), until `stop`.
 async fn poll_loop(poller: Arc<Poller>, stop: CancellationToken) {
@@ -127,8 +160,11 @@ async fn poll_loop(poller: Arc<Poller>, stop: CancellationToken) {
                 tracing::info!(applied = r.applied, failed = r.failed, "polled");
             }
             Ok(_) => tracing::debug!("polled: nothing new"),
+            Err(PollError::NotEnlisted) => {
+                tracing::info!("no desired state for this target yet (not enlisted); will read again at the next interval")
+            }
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "poll failed; will retry at the next interval")
+                tracing::warn!(error = %e, "poll failed; will retry at the next interval")
             }
         }
         let interval = poller.interval();
@@ -142,7 +178,8 @@ async fn poll_loop(poller: Arc<Poller>, stop: CancellationToken) {
 
 /// Asks the master to enlist this target, retrying with backoff until it
 /// answers (or shutdown). A master that is down does not stop the agent: if
-/// it was enlisted before, its consumer is there and polling works.
+/// it was enlisted before, its desired state is there and polling works.
+/// A master that says the target defected is not asked again.
 ///
 /// # Errors
 /// When the master refuses the name because another agent holds it.
@@ -161,18 +198,19 @@ async fn enlist(
     }));
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(60));
     // The first attempts are made before polling starts, so that a refused
-    // agent stops before it could poll another agent's instructions.
+    // agent stops before it could act on another agent's desired state.
     for attempt in 1..=5 {
         match ask_to_enlist(client, &subject, &body).await {
             Ok(info) => {
                 tracing::info!(target = %info.name, poll_interval = info.poll_interval_secs, "enlisted");
-                if poller.state.defected() {
-                    poller.state.set_defected(false).ok();
-                }
                 return Ok(());
             }
             Err(e) if e.code == ErrorCode::AlreadyExists => {
                 anyhow::bail!("enlisting refused: {}", e.message)
+            }
+            Err(e) if e.code == ErrorCode::Defected => {
+                tracing::warn!(error = %e.message, "enlisting refused: this target defected; reading its desired state until an operator enlists it again");
+                return Ok(());
             }
             Err(e) => {
                 tracing::warn!(error = %e.message, attempt, "enlisting failed; the master may be down")
@@ -182,14 +220,21 @@ async fn enlist(
             return Ok(());
         }
     }
-    // Keep trying in the background, so the agent polls with whatever
-    // consumer it already has.
+    // Keep trying in the background, so the agent polls whatever desired
+    // state it already has.
     let (client, shutdown) = (client.clone(), shutdown.clone());
     tokio::spawn(async move {
         while backoff.wait(&shutdown).await {
-            if ask_to_enlist(&client, &subject, &body).await.is_ok() {
-                tracing::info!("enlisted");
-                return;
+            match ask_to_enlist(&client, &subject, &body).await {
+                Ok(_) => {
+                    tracing::info!("enlisted");
+                    return;
+                }
+                Err(e) if matches!(e.code, ErrorCode::AlreadyExists | ErrorCode::Defected) => {
+                    tracing::error!(error = %e.message, "enlisting refused");
+                    return;
+                }
+                Err(_) => {}
             }
         }
     });
@@ -197,9 +242,18 @@ async fn enlist(
 }
 
 /// One enlist request, answered or failed within 10 s.
-async fn ask_to_enlist(client: &async_nats::Client, subject: &str, body: &[u8]) -> Result<TargetInfo, ApiError> {
+async fn ask_to_enlist(
+    client: &async_nats::Client,
+    subject: &str,
+    body: &[u8],
+) -> Result<TargetInfo, ApiError> {
     let unavailable = |e: String| ApiError::new(ErrorCode::MasterUnavailable, e);
-    match tokio::time::timeout(Duration::from_secs(10), client.request(subject.to_owned(), body.to_vec().into())).await {
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(subject.to_owned(), body.to_vec().into()),
+    )
+    .await
+    {
         Ok(Ok(m)) => msg::decode::<Reply<TargetInfo>>(&m.payload).and_then(Reply::into_result),
         Ok(Err(e)) => Err(unavailable(e.to_string())),
         Err(_) => Err(unavailable("no answer".into())),
@@ -216,11 +270,16 @@ pub async fn defect_self(config: &TargetConfig) -> anyhow::Result<TargetInfo> {
         .await
         .context("NATS did not answer within 10 s (check --server)")??;
     let subject = config.subjects.agent_api(&config.name, api::AGENT_DEFECT);
-    let body = msg::encode(&Request::new(api::TargetRef { name: config.name.clone() }));
-    let answer = tokio::time::timeout(Duration::from_secs(30), client.request(subject, body.into()))
-        .await
-        .context("no master answered within 30 s")?
-        .context("no master answered (is muster-master running?)")?;
+    let body = msg::encode(&Request::new(api::TargetRef {
+        name: config.name.clone(),
+    }));
+    let answer = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.request(subject, body.into()),
+    )
+    .await
+    .context("no master answered within 30 s")?
+    .context("no master answered (is muster-master running?)")?;
     Ok(msg::decode::<Reply<TargetInfo>>(&answer.payload).and_then(Reply::into_result)?)
 }
 

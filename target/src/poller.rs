@@ -1,13 +1,17 @@
-//! Polling: fetch this target's instructions, apply them in order, persist,
-//! then ack — and report.
+//! Polling: read this target's desired state, apply what changed, persist,
+//! then report.
 //!
-//! One poll drains the consumer in batches. Each batch is applied and its
-//! ids saved as applied (`poller/apply.rs`), and only then are the messages
-//! acked with `double_ack` (confirmed by the server). A crash anywhere in between means
-//! redelivery, and redelivery is harmless: upserts and deletes are
-//! idempotent, and a start whose run id is already known is not run again.
-//! Bad instructions are reported and terminated, never fatal, never
-//! redelivered forever.
+//! A poll is one Direct Get of the target's own manifest on the API subject
+//! form (`$JS.API.DIRECT.GET.<stream>.<prefix>.target.<t>.state`, empty
+//! body), which its permissions allow and nothing else of the stream: no
+//! `STREAM.INFO` (the stream handle comes from `get_stream_no_info`), no
+//! consumer, no ack. A revision already applied (same epoch, not higher)
+//! ends the poll there, so an idle poll costs one request and adds nothing
+//! to the results stream. Otherwise only the job documents whose revision
+//! changed are fetched (a few at once), and the revision is applied and
+//! saved (`poller/apply.rs`). A crash anywhere before the save means the
+//! next poll applies it again, which is harmless: jobs already at their
+//! revision are not fetched again, and handled starts are remembered.
 
 mod apply;
 
@@ -15,9 +19,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use async_nats::jetstream::{
+    self,
+    stream::{DirectGetError, DirectGetErrorKind, Stream},
+};
+use bytes::Bytes;
 use chrono::Utc;
-use futures::StreamExt;
+use futures::{StreamExt as _, TryStreamExt as _};
+use muster_shared::desired::{JobRef, Manifest};
 use muster_shared::msg::{self, PollReport};
 use muster_shared::subject::Subjects;
 use muster_shared::{name::TargetName, AGENT_VERSION, PROTOCOL_VERSION};
@@ -30,16 +39,15 @@ use crate::runner::Runner;
 use crate::spool::Spool;
 use crate::state::State;
 
-/// Instructions fetched per request.
-pub const FETCH_BATCH: usize = 256;
+/// Job documents fetched at once by one poll.
+pub const FETCH_CONCURRENCY: usize = 16;
 
 /// Counters for polls and bad input; every bad message is logged with the
 /// running count.
 #[derive(Debug, Default)]
 pub struct PollMetrics {
     pub polls: AtomicU64,
-    /// Instructions terminated because they could not be read or named
-    /// another target.
+    /// Manifests refused (unreadable, another target's, over limits).
     pub bad_instructions: AtomicU64,
     /// Control requests refused.
     pub bad_control: AtomicU64,
@@ -48,6 +56,26 @@ pub struct PollMetrics {
 /// Counts one more and returns the total, for the log line.
 pub fn count(counter: &AtomicU64) -> u64 {
     counter.fetch_add(1, Ordering::Relaxed) + 1
+}
+
+/// Why a poll did not end with a report.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    /// No manifest for this target: the master has not enlisted it (yet).
+    #[error("no desired state for this target: not enlisted (yet)")]
+    NotEnlisted,
+    #[error("reading desired state: {0}")]
+    Read(#[from] DirectGetError),
+    #[error("applying desired state: {0:#}")]
+    Apply(#[from] anyhow::Error),
+}
+
+/// What the previous polls leave for the next one.
+#[derive(Debug, Default)]
+struct PollMemory {
+    /// The stream sequence of the last manifest refused: the same message
+    /// is not refused (logged, counted, recorded) again at every poll.
+    refused_seq: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -63,12 +91,24 @@ pub struct Poller {
     pub instance: Uuid,
     pub default_interval: Duration,
     pub metrics: PollMetrics,
-    consumer: Mutex<Option<PullConsumer>>,
+    /// `MUSTER_DESIRED`, without a `STREAM.INFO` request.
+    desired: Stream<()>,
+    /// Held for a whole poll: polls never overlap.
+    memory: Mutex<PollMemory>,
+}
+
+/// A manifest as read, with its stream sequence.
+#[derive(Debug)]
+pub struct Read {
+    pub seq: u64,
+    pub body: Bytes,
 }
 
 impl Poller {
+    /// # Errors
+    /// When the desired-state stream name is not a valid stream name.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub async fn new(
         name: TargetName,
         subjects: Subjects,
         js: jetstream::Context,
@@ -77,8 +117,9 @@ impl Poller {
         spool: Spool,
         jobs_changed: Arc<Notify>,
         default_interval: Duration,
-    ) -> Self {
-        Self {
+    ) -> anyhow::Result<Self> {
+        let desired = js.get_stream_no_info(subjects.desired_stream()).await?;
+        Ok(Self {
             name,
             subjects,
             js,
@@ -89,50 +130,109 @@ impl Poller {
             instance: Uuid::new_v4(),
             default_interval,
             metrics: PollMetrics::default(),
-            consumer: Mutex::new(None),
-        }
+            desired,
+            memory: Mutex::new(PollMemory::default()),
+        })
     }
 
-    /// The current poll interval: the master's `set-poll`, else the configured one.
+    /// The current poll interval: the manifest's, else the configured one.
     pub fn interval(&self) -> Duration {
         self.state
             .poll_interval_secs()
             .map_or(self.default_interval, Duration::from_secs)
     }
 
-    /// Polls once: drains and applies instructions, publishes the report.
-    /// Polls never overlap: the consumer handle's lock serialises them.
+    /// Reads this target's manifest: one request.
     ///
     /// # Errors
-    /// When the consumer cannot be reached (not enlisted yet, NATS down).
-    pub async fn poll(&self) -> anyhow::Result<PollReport> {
-        let mut guard = self.consumer.lock().await;
-        let consumer = match guard.as_ref() {
-            Some(c) => c.clone(),
-            None => {
-                let c: PullConsumer = self
-                    .js
-                    .get_consumer_from_stream(self.name.as_str(), self.subjects.assign_stream())
-                    .await
-                    .map_err(|e| {
-                        anyhow::anyhow!(
-                            "cannot reach this target's consumer (is it enlisted?): {e}"
-                        )
-                    })?;
-                *guard = Some(c.clone());
-                c
-            }
-        };
-        let result = self.drain(&consumer).await;
-        if result.is_err() {
-            // Re-fetch the consumer next time (it may have been re-created).
-            *guard = None;
+    /// [`PollError::NotEnlisted`] when there is none; [`PollError::Read`]
+    /// when NATS does not answer.
+    pub async fn read_manifest(&self) -> Result<Read, PollError> {
+        match self
+            .desired
+            .direct_get_last_for_subject(self.subjects.state(&self.name))
+            .await
+        {
+            Ok(m) => Ok(Read {
+                seq: m.sequence,
+                body: m.payload,
+            }),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Err(PollError::NotEnlisted),
+            Err(e) => Err(PollError::Read(e)),
         }
-        let (applied, failed) = result?;
+    }
+
+    /// Whether this target's manifest says it defected: read, not applied
+    /// (the agent asks before it enlists, and must not act on its desired
+    /// state before the master let it have the name). `None`: no manifest,
+    /// or none readable.
+    pub async fn manifest_says_defected(&self) -> Option<bool> {
+        let read = self.read_manifest().await.ok()?;
+        let m = msg::decode::<Manifest>(&read.body).ok()?;
+        m.validate(&self.name).ok()?;
+        Some(m.defected)
+    }
+
+    /// Polls once: reads the manifest, applies a new revision, publishes the
+    /// report. Polls never overlap.
+    ///
+    /// # Errors
+    /// When there is no manifest (not enlisted), NATS does not answer, or
+    /// local state cannot be written.
+    pub async fn poll(&self) -> Result<PollReport, PollError> {
+        let mut memory = self.memory.lock().await;
+        let read = self.read_manifest().await?;
+        let (mut changed, mut failed) = (0, 0);
+        if memory.refused_seq != Some(read.seq) {
+            match self.applier().read(&read.body) {
+                Err(_) => {
+                    memory.refused_seq = Some(read.seq);
+                    failed = 1;
+                }
+                Ok(m) if m.is_news_to(self.state.desired().as_ref()) => {
+                    memory.refused_seq = None;
+                    let outcome = self.apply(&m).await?;
+                    changed = outcome.changed;
+                    failed = outcome.failed;
+                    if outcome.applied {
+                        tracing::info!(revision = %m.revision, changed, failed, "desired state applied");
+                    }
+                }
+                Ok(_) => memory.refused_seq = None,
+            }
+        }
+        drop(memory);
         self.metrics.polls.fetch_add(1, Ordering::Relaxed);
-        let report = self.report(applied, failed);
+        let report = self.report(changed, failed);
         self.publish_report(&report);
         Ok(report)
+    }
+
+    /// Fetches the job documents the manifest lists at a revision this
+    /// target does not hold, [`FETCH_CONCURRENCY`] at once, and applies.
+    async fn apply(&self, m: &Manifest) -> Result<apply::ApplyOutcome, PollError> {
+        let held = self.state.job_revisions();
+        let wanted: Vec<JobRef> = m.job_changes(&held).fetch.into_iter().cloned().collect();
+        let (desired, subjects, name) = (&self.desired, &self.subjects, &self.name);
+        let fetched: Vec<(JobRef, Option<Bytes>)> = futures::stream::iter(wanted)
+            .map(|listed: JobRef| {
+                let subject = subjects.job_doc(name, listed.id);
+                async move {
+                    match desired.direct_get_last_for_subject(subject).await {
+                        Ok(doc) => Ok((listed, Some(doc.payload))),
+                        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok((listed, None)),
+                        Err(e) => Err(PollError::Read(e)),
+                    }
+                }
+            })
+            .buffered(FETCH_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let docs = fetched
+            .iter()
+            .map(|(listed, body)| (listed, body.as_deref()))
+            .collect();
+        Ok(self.applier().apply(m, docs, Utc::now())?)
     }
 
     fn report(&self, applied: u32, failed: u32) -> PollReport {
@@ -152,6 +252,7 @@ impl Poller {
             timezone: std::env::var("TZ").unwrap_or_default(),
             bad_instructions: self.metrics.bad_instructions.load(Ordering::Relaxed),
             bad_control: self.metrics.bad_control.load(Ordering::Relaxed),
+            applied_revision: self.state.desired(),
         }
     }
 
@@ -185,50 +286,7 @@ impl Poller {
         });
     }
 
-    async fn drain(&self, consumer: &PullConsumer) -> anyhow::Result<(u32, u32)> {
-        let (mut applied, mut failed) = (0u32, 0u32);
-        loop {
-            let fetch = consumer.fetch().max_messages(FETCH_BATCH).messages();
-            let mut batch = tokio::time::timeout(Duration::from_secs(10), fetch)
-                .await
-                .map_err(|_| anyhow::anyhow!("fetch timed out"))??;
-            let mut messages = Vec::new();
-            while let Some(m) = tokio::time::timeout(Duration::from_secs(10), batch.next())
-                .await
-                .map_err(|_| anyhow::anyhow!("fetch timed out"))?
-            {
-                messages.push(m.map_err(|e| anyhow::anyhow!("fetch: {e}"))?);
-            }
-            if messages.is_empty() {
-                break;
-            }
-            let full = messages.len() == FETCH_BATCH;
-            let batch = self.applier().apply_batch(
-                messages
-                    .iter()
-                    .map(|m| (m.subject.as_str(), &m.payload[..])),
-            )?;
-            applied += batch.applied;
-            failed += batch.failed;
-            let terminate = &batch.terminate;
-            let acks = messages.iter().enumerate().map(|(position, m)| async move {
-                if terminate.contains(&position) {
-                    m.ack_with(AckKind::Term).await
-                } else {
-                    m.double_ack().await
-                }
-            });
-            for r in futures::future::join_all(acks).await {
-                r.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
-            }
-            if !full {
-                break;
-            }
-        }
-        Ok((applied, failed))
-    }
-
-    /// The parts of the agent that instructions change.
+    /// The parts of the agent that a manifest changes.
     fn applier(&self) -> Applier<'_> {
         Applier {
             name: &self.name,

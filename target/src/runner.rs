@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use muster_shared::desired::StartEntry;
 use muster_shared::job::{JobDef, Next};
 use muster_shared::msg::{self, Outcome, RunRecord, StepRecord, Trigger};
 use muster_shared::name::{JobName, TargetName};
@@ -42,7 +43,7 @@ pub const MAX_RECORD_BYTES: usize = muster_shared::MAX_BODY_BYTES / 4 * 3;
 /// twice this (a `goto` loop); the ones in between are left out.
 const KEEP_STEP_RECORDS: usize = 100;
 
-/// How much later than a stop instruction's posting time a run may have
+/// How much later than a queued stop's posting time a run may have
 /// started and still be stopped by it: room for clock skew between master
 /// and target. See [`Runner::stop_started_before`].
 pub const STOP_CLOCK_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
@@ -125,7 +126,7 @@ impl Runner {
                 );
             }
             self.record(&r)?;
-            self.state.mark_applied(&[r.run_id])?;
+            self.state.mark_run_finished(r.run_id)?;
             self.state.run_finished(r.run_id)?;
             tracing::warn!(job = %r.job, run_id = %r.run_id, "reported interrupted run");
         }
@@ -155,9 +156,8 @@ impl Runner {
             return Started::Skipped(run_id);
         }
         let record = self.new_record(&job, trigger, run_id);
-        // The marker is durable before start() returns, so the caller may ack
-        // the start instruction: from here on the run is either recorded or
-        // reported as interrupted.
+        // The marker is durable before start() returns: from here on the
+        // run is either recorded or reported as interrupted, under its id.
         if let Err(e) = tokio::task::block_in_place(|| self.state.run_started(&record)) {
             tracing::error!(job = %job.spec.name, error = %e, "cannot write the run marker; run not started");
             return Started::Failed(run_id);
@@ -186,6 +186,37 @@ impl Runner {
         Started::Running(run_id)
     }
 
+    /// Answers a start that is not run (`expired`, or `failed` when its
+    /// job is not here) with one final record under the start's run id, so
+    /// every start has exactly one answer.
+    ///
+    /// # Errors
+    /// When the record cannot be spooled.
+    pub fn record_not_run(
+        &self,
+        start: &StartEntry,
+        outcome: Outcome,
+        message: String,
+    ) -> anyhow::Result<()> {
+        let now = Utc::now();
+        let record = RunRecord {
+            v: muster_shared::PROTOCOL_VERSION,
+            run_id: start.run_id,
+            job_id: start.job_id,
+            job: start.job.clone(),
+            target: self.cfg.target.clone(),
+            trigger: Trigger::Manual,
+            outcome,
+            started_at: now,
+            finished_at: Some(now),
+            message,
+            steps: Vec::new(),
+        };
+        self.record(&record)?;
+        tracing::info!(job = %start.job, run_id = %start.run_id, %outcome, "start not run");
+        Ok(())
+    }
+
     /// A `running` record for a new run of `job`, starting now.
     fn new_record(&self, job: &JobDef, trigger: Trigger, run_id: Uuid) -> RunRecord {
         RunRecord {
@@ -209,7 +240,7 @@ impl Runner {
     }
 
     /// Stops a running job if its run began before a stop posted at
-    /// `posted_at` (master clock) — a queued stop instruction read late, say
+    /// `posted_at` (master clock) — a queued stop read late, say
     /// after the agent restarted, must not stop a run that began after the
     /// operator asked (an `on_start` run, the next scheduled one).
     /// [`STOP_CLOCK_TOLERANCE`] allows for the master's and the target's
@@ -218,7 +249,7 @@ impl Runner {
         let limit = posted_at + STOP_CLOCK_TOLERANCE;
         let stopped = self.stop_run(name, |r| r.started_at <= limit);
         if !stopped && self.running_jobs().contains(name) {
-            tracing::info!(job = %name, %posted_at, "stop instruction is older than the running run; ignored");
+            tracing::info!(job = %name, %posted_at, "queued stop is older than the running run; ignored");
         }
         stopped
     }
@@ -245,7 +276,7 @@ impl Runner {
     /// Whether this run id was already started here (running, finished or
     /// reported interrupted): a start naming it must not run again.
     pub fn knows_run(&self, run_id: Uuid) -> bool {
-        self.state.was_applied(run_id)
+        self.state.run_finished_here(run_id)
             || self
                 .running
                 .lock()
@@ -347,10 +378,10 @@ impl Runner {
         record.finished_at = Some(Utc::now());
         fit_record(&mut record, MAX_RECORD_BYTES);
         self.record(&record)?;
-        // Remember the run id before dropping the marker, so a start
-        // instruction redelivered after a crash is not run again.
+        // Remember the run id before dropping the marker, so a start read
+        // again after a crash is not run again.
         tokio::task::block_in_place(|| {
-            self.state.mark_applied(&[run_id])?;
+            self.state.mark_run_finished(run_id)?;
             self.state.run_finished(run_id)
         })?;
         tracing::info!(job = %record.job, %run_id, outcome = %record.outcome, "run finished");

@@ -11,7 +11,7 @@ use muster_shared::name::TargetName;
 use muster_shared::subject::Subjects;
 use muster_target::TargetConfig;
 
-/// The Muster target agent: polls its master's instructions and runs jobs.
+/// The Muster target agent: polls its desired state from the master and runs jobs.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Flags {

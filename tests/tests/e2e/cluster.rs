@@ -27,13 +27,7 @@ fn a_cluster_keeps_every_run_once_when_a_node_and_a_master_die() {
             url.split(',').map(|u| u.parse().unwrap()).collect();
         let js = async_nats::jetstream::new(async_nats::connect(addrs).await.unwrap());
         let mut out = Vec::new();
-        for name in [
-            "MUSTER_ASSIGN",
-            "MUSTER_RESULTS",
-            "MUSTER_POLLS",
-            "KV_muster-jobs",
-            "KV_muster-jobstatus",
-        ] {
+        for name in ["MUSTER_DESIRED", "MUSTER_RESULTS", "MUSTER_POLLS", "KV_muster-jobs", "KV_muster-jobstatus"] {
             let mut stream = js.get_stream(name).await.unwrap();
             out.push((
                 name.to_owned(),

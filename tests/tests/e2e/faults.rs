@@ -1,6 +1,7 @@
-//! Nothing lost: real processes killed for real, a target cut off from NATS
-//! past the dedup window, a backlog drained by a master killed mid-drain, and
-//! garbage on every subject Muster reads.
+//! Nothing lost: real processes killed for real (a master before its
+//! publishes, a target mid-apply), a target cut off from NATS past the dedup
+//! window, a backlog drained by a master killed mid-drain, and garbage on
+//! every subject Muster reads.
 //!
 //! Jobs append their run id to a file each time they really run, so the runs
 //! that happened are counted against history ([`RunTally`]): runs happened,
@@ -223,89 +224,73 @@ fn target_cut_off_past_the_dedup_window_delivers_everything_once() {
     );
 }
 
+/// A target killed while applying a new revision (its job documents half
+/// written, its starts not yet handled) converges at its next poll: every
+/// job there, no start run twice, each answered once.
 #[test]
-fn target_killed_between_apply_and_ack_reapplies_harmlessly() {
+fn an_agent_killed_while_applying_a_revision_converges_with_nothing_twice_or_lost() {
+    const JOBS: usize = 40;
     let mut c = Cluster::with_master();
-    let proxy = Proxy::start(c.nats.port);
-    c.start_target_at("k1", 60, &proxy.url(), &[]);
+    c.start_target("k1", 3600);
     c.wait_target_online("k1");
-    let out = c.dir.path().join("once.ticks");
-    c.ctl(&[
-        "job",
-        "create",
-        "once",
-        "--command",
-        &tally::append_run_id(&out),
-    ])
-    .expect("create");
+    c.target("k1").terminate(Duration::from_secs(20));
 
-    // From here the target applies instructions but its acks never arrive.
-    proxy.drop_publishes_to("$JS.ACK.MUSTER_ASSIGN.");
-    c.ctl(&["job", "assign", "once", "--target", "k1"])
-        .expect("assign");
-    let _ = c.ctl(&["target", "force-poll", "k1"]); // applies; the ack is lost
+    // While it is away: forty jobs, each appending its run id to its own
+    // file, and a start of each (a revision's worth of work to apply).
+    let out = c.dir.path().join("lines");
+    std::fs::create_dir_all(&out).unwrap();
+    for n in 0..JOBS {
+        let job = format!("job{n:02}");
+        let file = out.join(&job);
+        c.ctl(&["job", "create", &job, "--command", &format!("echo $MUSTER_RUN_ID >> '{}'", file.display())]).expect("create");
+        c.ctl(&["job", "assign", &job, "--target", "k1"]).expect("assign");
+        c.ctl(&["job", "start", &job]).expect("start");
+    }
+    let (_, published) = crate::desired_agent::manifest(&c, "k1");
+    assert_eq!((published.jobs.len(), published.starts.len()), (JOBS, JOBS));
+
+    // Back, and killed as soon as it has written part of the revision.
+    c.start_target("k1", 3600);
     let jobs_dir = c.state_dir("k1").join("jobs");
-    wait_for("the job file on the target's disk", WAIT, || {
-        (std::fs::read_dir(&jobs_dir).map(|d| d.count()).unwrap_or(0) == 1).then_some(())
+    let seen = wait_for("the apply under way", Duration::from_secs(30), || {
+        let n = std::fs::read_dir(&jobs_dir).map_or(0, Iterator::count);
+        (n > 0).then_some(n)
     });
-    let _ = c.ctl(&["job", "start", "once"]);
-    wait_lines(&out, 1);
-    wait_for("the run in history", WAIT, || {
-        (c.finished_runs("once").len() == 1).then_some(())
-    });
-    // The acks went out after the applies; wait until both were dropped.
-    wait_for_described(
-        "both acks lost",
-        WAIT,
-        || {
-            (proxy.dropped() >= 2 && c.consumer_state("MUSTER_ASSIGN", "k1").ack_pending >= 2)
-                .then_some(())
-        },
-        || {
-            format!(
-                "dropped {}, consumer {:?}",
-                proxy.dropped(),
-                c.consumer_state("MUSTER_ASSIGN", "k1")
-            )
-        },
-    );
-
     c.target("k1").kill();
-    proxy.restore();
-    c.start_target_at("k1", 1, &proxy.url(), &[]);
-    // The unacked instructions come back after the consumer's ack wait.
-    let after = wait_for(
-        "the instructions redelivered and acked",
-        Duration::from_secs(90),
-        || {
-            let st = c.consumer_state("MUSTER_ASSIGN", "k1");
-            (st.pending == 0 && st.ack_pending == 0).then_some(st)
-        },
-    );
-    assert_eq!(lines(&out), 1, "the start ran once");
-    assert_eq!(
-        std::fs::read_dir(&jobs_dir).unwrap().count(),
-        1,
-        "the job is there, once"
-    );
-    let log = c.target("k1").log_text();
-    assert!(
-        log.contains("already applied"),
-        "the redelivery was recognised: {after:?}\n{log}"
-    );
-    let history = c.history("once");
-    let t = Tally {
-        scenario: "target kill -9 between apply and ack".into(),
-        runs: RunTally::count(&tally::run_ids(&out), &history),
-        stored: stored_ends(&c, "k1", "once"),
-        history: history.len(),
-    };
-    t.check(&c);
-    assert_eq!(
-        (t.runs.happened, t.runs.recorded, t.history),
-        (1, 1, 1),
-        "the start ran once: {t:?}"
-    );
+    println!("killed with {seen} of {JOBS} job files written");
+
+    // Restarted, it converges at its next poll.
+    c.start_target("k1", 3600);
+    c.wait_target_online("k1");
+    let polled = c.ctl(&["target", "force-poll", "k1"]).expect("force-poll");
+    let (_, now) = crate::desired_agent::manifest(&c, "k1");
+    assert_eq!(polled[0]["report"]["applied_revision"]["revision"], now.revision.0, "{polled}");
+    assert_eq!(std::fs::read_dir(c.state_dir("k1").join("jobs")).map_or(0, Iterator::count), JOBS, "no job lost");
+
+    // No start ran twice; each answered start has one final record.
+    wait_for("the runs settled", WAIT, || {
+        let polled = c.ctl(&["target", "force-poll", "k1"]).ok()?;
+        let r = &polled[0]["report"];
+        (r["spooled"] == 0 && r["running"].as_array().is_some_and(Vec::is_empty)).then_some(())
+    });
+    let mut answered = 0;
+    for n in 0..JOBS {
+        let job = format!("job{n:02}");
+        let ran = std::fs::read_to_string(out.join(&job)).unwrap_or_default();
+        assert!(ran.lines().count() <= 1, "{job} ran twice: {ran}");
+        let runs = wait_for(&format!("{job}'s history"), WAIT, || c.try_finished_runs(&job));
+        let mut per_run: HashMap<String, usize> = HashMap::new();
+        for r in &runs {
+            *per_run.entry(s(r, "run_id").to_owned()).or_default() += 1;
+        }
+        assert!(per_run.values().all(|n| *n == 1) && runs.len() <= 1, "{job}: {runs:?}");
+        if let Some(line) = ran.lines().next() {
+            assert_eq!(runs.len(), 1, "{job} ran and its run is recorded: {runs:?}");
+            assert_eq!(s(&runs[0], "run_id"), line.trim());
+        }
+        answered += runs.len();
+    }
+    println!("TALLY target kill -9 mid-apply: {answered} of {JOBS} starts answered, none twice");
 }
 
 #[test]
@@ -478,12 +463,10 @@ fn garbage_on_every_subject_is_refused_and_the_system_keeps_working() {
     let url = c.url();
     let job_id = uuid::Uuid::new_v4();
     let now = chrono::Utc::now();
-    let instr = |target: &str, op: Value| {
-        let mut i = json!({"v":1,"id":uuid::Uuid::now_v7(),"target":target,"posted_at":now});
-        i.as_object_mut()
-            .unwrap()
-            .extend(op.as_object().unwrap().clone());
-        i.to_string().into_bytes()
+    let manifest = |target: &str, extra: Value| {
+        let mut m = json!({"v":1,"target":target,"epoch":uuid::Uuid::new_v4(),"revision":5,"changes":0,"published_at":now});
+        m.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        m.to_string().into_bytes()
     };
     let run = |target: &str, job: uuid::Uuid| {
         json!({"v":1,"run_id":uuid::Uuid::now_v7(),"job_id":job,"job":"forged","target":target,
@@ -546,22 +529,32 @@ fn garbage_on_every_subject_is_refused_and_the_system_keeps_working() {
             .unwrap();
         client.flush().await.unwrap();
 
-        // Streams: assign and results. Oversized bodies are refused by the
-        // stream itself (max_msg_size), the rest are stored and must be
-        // terminated by their reader.
+        // Desired state: garbage as g1's manifest, one at a time (the stream
+        // keeps the last message per subject), each refused by the poll
+        // that reads it. Oversized bodies are refused by the streams
+        // themselves (max_msg_size), the rest are stored and must be
+        // refused or terminated by their reader.
         let mut refused = 0;
+        for body in [
+            malformed.clone(),
+            br#"{"v":99}"#.to_vec(),
+            manifest("g2", json!({})),
+            manifest("g1", json!({"poll_interval_secs":0})),
+            oversized(),
+        ] {
+            let stored = match js.publish("muster.target.g1.state", body.into()).await {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            };
+            if stored {
+                let polled = client.request("muster.target.g1.control", r#"{"v":1,"op":"poll"}"#.into()).await.expect("an answer");
+                let v: Value = serde_json::from_slice(&polled.payload).unwrap();
+                assert_eq!(v["report"]["failed"], 1, "the manifest was refused: {v}");
+            } else {
+                refused += 1;
+            }
+        }
         let sends: Vec<(String, Vec<u8>)> = vec![
-            ("muster.target.g1.assign".into(), malformed.clone()),
-            ("muster.target.g1.assign".into(), br#"{"v":99}"#.to_vec()),
-            (
-                "muster.target.g1.assign".into(),
-                instr("g1", json!({"op":"frobnicate"})),
-            ),
-            (
-                "muster.target.g1.assign".into(),
-                instr("g2", json!({"op":"set_poll_interval","secs":30})),
-            ),
-            ("muster.target.g1.assign".into(), oversized()),
             (format!("muster.result.g1.run.{job_id}"), malformed.clone()),
             (
                 format!("muster.result.g1.run.{job_id}"),
@@ -635,12 +628,6 @@ fn garbage_on_every_subject_is_refused_and_the_system_keeps_working() {
         .max();
     assert!(bad_requests >= Some(5), "{stats}");
 
-    // The target terminates the bad instructions at its next poll.
-    c.ctl(&["target", "force-poll", "g1"]).expect("force-poll");
-    wait_for("bad instructions terminated", WAIT, || {
-        let st = c.consumer_state("MUSTER_ASSIGN", "g1");
-        (st.pending == 0 && st.ack_pending == 0 && st.redelivered == 0).then_some(())
-    });
     // The master terminates the bad results.
     wait_for("bad results terminated", WAIT, || {
         let st = c.consumer_state("MUSTER_RESULTS", "master");
@@ -656,7 +643,7 @@ fn garbage_on_every_subject_is_refused_and_the_system_keeps_working() {
         || {
             let log = read(&target_log);
             (log.contains("bad_instructions=4")
-                && log.contains("muster.target.g1.assign")
+                && log.contains("muster.target.g1.state")
                 && log.contains("bad_control=5")
                 && log.contains("muster.target.g1.control"))
             .then_some(())
@@ -758,4 +745,108 @@ fn the_target_healthcheck_fails_while_polls_do_not_reach_nats() {
     wait_for("healthy again once NATS is back", WAIT, || {
         target_healthcheck(&c, "hc1").status.success().then_some(())
     });
+}
+
+/// Starts a master that reaches NATS through `proxy`, and waits for its API.
+fn start_master_behind(c: &mut Cluster, proxy: &Proxy) -> usize {
+    c.env.push(("NATS_URL".into(), proxy.url()));
+    let n = c.spawn_master();
+    c.env.pop();
+    wait_for("the master's API", WAIT, || c.ctl(&["target", "list"]).ok().map(|_| ()));
+    n
+}
+
+/// Runs `musterctl ARGS` in the background (it may hang on a master that dies).
+fn ctl_in_background(c: &Cluster, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(muster_tests::bin("musterctl"))
+        .env("NATS_URL", c.url())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("musterctl")
+}
+
+/// The agents' half of a master killed between its record writes and its
+/// publishes: every target converges to the records once a new master
+/// reconciles, a start posted before the kill runs at most once per target,
+/// and a deleted job stops running everywhere.
+#[test]
+fn master_killed_before_publishing_every_agent_converges_nothing_runs_twice() {
+    let mut c = Cluster::new();
+    let proxy = Proxy::start(c.nats.port);
+    let first = start_master_behind(&mut c, &proxy);
+    for t in ["a1", "a2"] {
+        c.start_target(t, 2);
+        c.wait_target_online(t);
+    }
+    let dir = c.dir.path().to_owned();
+    let ticks = |t: &str| dir.join(format!("tick.{t}"));
+    let once = |t: &str| dir.join(format!("once.{t}"));
+    let tick = json!({"name": "tick", "steps": [{"command": format!("echo tick >> '{}/tick.'$MUSTER_TARGET", dir.display())}],
+        "schedules": [{"name": "every-second", "every_secs": 1}]});
+    c.create_job_file(&tick.to_string()).expect("create tick");
+    c.ctl(&["job", "create", "once", "--command", &format!("echo $MUSTER_RUN_ID >> '{}/once.'$MUSTER_TARGET", dir.display())]).expect("create once");
+    c.ctl(&["job", "assign", "once", "--target", "a1", "--target", "a2"]).expect("assign once");
+
+    // (a) Assigned, nothing published: the master dies after the record write.
+    proxy.drop_publishes_to("muster.target.");
+    let mut assign = ctl_in_background(&c, &["job", "assign", "tick", "--target", "a1", "--target", "a2"]);
+    wait_for("the assignment recorded", WAIT, || {
+        let info: Value = c.ctl_ok(&["job", "show", "tick"]);
+        (info["targets"].as_array().map_or(0, Vec::len) == 2).then_some(())
+    });
+    c.masters[first].kill();
+    assign.wait().ok();
+
+    // (b) A start published to a1 only; the master dies.
+    proxy.drop_publishes_to("muster.target.a2.state");
+    let second = start_master_behind(&mut c, &proxy);
+    // (The old queue still gets a2's start: the master dual-writes until the switch.)
+    let _ = c.ctl(&["job", "start", "once"]);
+    c.masters[second].kill();
+
+    // A new master reconciles: both agents hold and run tick at their next polls.
+    proxy.restore();
+    let third = start_master_behind(&mut c, &proxy);
+    for t in ["a1", "a2"] {
+        wait_lines(&ticks(t), 2);
+    }
+    wait_lines(&once("a1"), 1);
+
+    // (c) Deleted, nothing published: the master dies; the next one finishes the delete.
+    proxy.drop_publishes_to("muster.target.");
+    let mut delete = ctl_in_background(&c, &["job", "delete", "tick"]);
+    wait_for("the delete recorded", WAIT, || c.ctl(&["job", "show", "tick"]).is_err_and(|e| e.code == 3).then_some(()));
+    c.masters[third].kill();
+    delete.wait().ok();
+    proxy.restore();
+    c.start_master();
+    for t in ["a1", "a2"] {
+        wait_for(&format!("tick gone from {t}"), WAIT, || {
+            let polled = c.ctl(&["target", "force-poll", t]).ok()?;
+            let r = &polled[0]["report"];
+            (r["jobs"] == 1 && r["running"].as_array().is_some_and(Vec::is_empty)).then_some(())
+        });
+        let on_disk: Vec<String> = std::fs::read_dir(c.state_dir(t).join("jobs"))
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect();
+        assert!(on_disk.len() == 1 && on_disk[0].contains("\"once\""), "{t}: {on_disk:?}");
+    }
+
+    // The start posted before the kills ran at most once on each target.
+    for t in ["a1", "a2"] {
+        let ran = std::fs::read_to_string(once(t)).unwrap_or_default();
+        assert!(ran.lines().count() <= 1, "once ran twice on {t}: {ran}");
+    }
+    let runs = wait_for("once's runs in history", WAIT, || c.try_finished_runs("once"));
+    let happened: Vec<String> = ["a1", "a2"].iter().flat_map(|t| tally::run_ids(&once(t))).collect();
+    Tally {
+        scenario: "master kill -9 before publishing".into(),
+        runs: RunTally::count(&happened, &runs),
+        stored: stored_ends(&c, "a1", "once") + stored_ends(&c, "a2", "once"),
+        history: runs.len(),
+    }
+    .check(&c);
 }

@@ -7,6 +7,7 @@ mod cluster;
 mod defection;
 mod desired;
 mod core_loop;
+mod desired_agent;
 mod operator;
 mod jobs;
 mod expiry;

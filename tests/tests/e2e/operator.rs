@@ -465,17 +465,22 @@ fn defection_from_the_master_by_the_target_itself_and_forced() {
         .expect("forced defect");
     assert_eq!(c.ctl(&["target", "show", "gone"]).unwrap_err().code, 3);
     assert_eq!(ops(&c, "gone"), pairs(&[("upsert_job", "dropped")]));
+    // Its manifest stays behind, saying defected, so a returning agent
+    // stays out; its job documents are gone.
+    let (_, manifest) = crate::desired_agent::manifest(&c, "gone");
+    assert!(manifest.defected && manifest.jobs.is_empty(), "{manifest:?}");
+    let job: Value = c.ctl_ok(&["job", "show", "j"]);
+    let doc = format!("muster.target.gone.job.{}", s(&job, "id"));
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let consumer_gone = rt.block_on(async {
+    let doc_gone = rt.block_on(async {
         let js = async_nats::jetstream::new(async_nats::connect(c.url()).await.unwrap());
-        js.get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
-            "gone",
-            "MUSTER_ASSIGN",
-        )
-        .await
-        .is_err()
+        let stream = js.get_stream_no_info("MUSTER_DESIRED").await.unwrap();
+        stream
+            .direct_get_last_for_subject(doc)
+            .await
+            .is_err_and(|e| e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound)
     });
-    assert!(consumer_gone, "the forced defection deletes the consumer");
+    assert!(doc_gone, "the forced defection purges the target's job documents");
 }
 
 #[test]

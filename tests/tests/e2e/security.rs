@@ -1,13 +1,14 @@
 //! Identity is the subject. With the users `musterctl auth nats-config`
 //! writes, targets run the whole loop under least privilege, and a target
-//! using its own credentials cannot read another target's instructions or
-//! control subject, publish results as another target, or call the admin API.
+//! using its own credentials cannot read another target's manifest or jobs
+//! (nor a job never assigned to it) or control subject, publish results as
+//! another target, or call the admin API.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull};
+use async_nats::jetstream::{self, stream::DirectGetErrorKind};
 use futures::{FutureExt as _, StreamExt};
 use muster_tests::{bin, block_on, s, Cluster};
 
@@ -45,15 +46,23 @@ fn a_target_can_touch_only_its_own_subjects() {
     c.wait_target_online("web01");
     c.wait_target_online("web02");
 
-    // The whole loop works under the targets' limits: enlist (done),
-    // fetch + ack, poll reports, control replies, results.
+    // The whole loop works under the targets' limits: enlist (done), read
+    // desired state by Direct Get, poll reports, control replies, results.
     c.ctl(&["job", "create", "hello", "--command", "echo hi from $MUSTER_TARGET"]).expect("create");
     c.ctl(&["job", "assign", "hello", "--target", "web01", "--target", "web02"]).expect("assign");
+    c.ctl(&["job", "create", "secret", "--command", "echo for web02 only"]).expect("create");
+    c.ctl(&["job", "assign", "secret", "--target", "web02"]).expect("assign");
     let polled = c.ctl(&["target", "force-poll", "web01", "web02"]).expect("force-poll");
-    assert!(polled.as_array().unwrap().iter().all(|r| r["report"]["jobs"] == 1), "{polled}");
+    let held: Vec<u64> = polled.as_array().unwrap().iter().map(|r| r["report"]["jobs"].as_u64().unwrap_or(0)).collect();
+    assert_eq!(held, [1, 2], "{polled}");
     c.ctl(&["job", "start", "hello"]).expect("start");
     let runs = crate::core_loop::finished_runs(&c, "hello", 2);
     assert!(runs.iter().all(|r| s(r, "outcome") == "succeeded"), "{runs:?}");
+    let id_of = |job: &str| -> String {
+        let info: serde_json::Value = c.ctl_ok(&["job", "show", job]);
+        s(&info, "id").to_owned()
+    };
+    let (hello, secret) = (id_of("hello"), id_of("secret"));
 
     // Now web01 misbehaves, with its own credentials.
     let (user, password) = credentials(keys.path(), "web01");
@@ -69,12 +78,31 @@ fn a_target_can_touch_only_its_own_subjects() {
             .expect("web01 connects");
         let mut js = jetstream::new(web01.clone());
         js.set_timeout(Duration::from_secs(2));
-        // Its own consumer: allowed, so what follows is refusal, not a broken connection.
-        js.get_consumer_from_stream::<pull::Config, _, _>("web01", "MUSTER_ASSIGN").await.expect("its own consumer");
-        // Another target's instructions.
-        assert!(js.get_consumer_from_stream::<pull::Config, _, _>("web02", "MUSTER_ASSIGN").await.is_err());
-        let next = web01.request("$JS.API.CONSUMER.MSG.NEXT.MUSTER_ASSIGN.web02", r#"{"batch":1,"no_wait":true}"#.into()).await;
-        assert!(next.is_err(), "fetched from web02's consumer: {next:?}");
+        // Its own manifest and job: allowed, so what follows is refusal, not a broken connection.
+        let desired = js.get_stream_no_info("MUSTER_DESIRED").await.expect("a handle, no request");
+        let own = desired.direct_get_last_for_subject("muster.target.web01.state").await.expect("its own manifest");
+        assert!(String::from_utf8_lossy(&own.payload).contains(r#""target":"web01""#));
+        desired.direct_get_last_for_subject(format!("muster.target.web01.job.{hello}")).await.expect("its own job");
+        // A job never assigned to it: its own subject holds nothing.
+        let never = desired.direct_get_last_for_subject(format!("muster.target.web01.job.{secret}")).await;
+        assert!(never.is_err_and(|e| e.kind() == DirectGetErrorKind::NotFound), "web01 has no copy of web02's job");
+        // Another target's manifest and jobs, by any form of read: refused by the server.
+        for subject in [
+            "$JS.API.DIRECT.GET.MUSTER_DESIRED.muster.target.web02.state".to_owned(),
+            format!("$JS.API.DIRECT.GET.MUSTER_DESIRED.muster.target.web02.job.{secret}"),
+            format!("$JS.API.DIRECT.GET.MUSTER_DESIRED.muster.target.web02.job.{hello}"),
+            "$JS.API.DIRECT.GET.MUSTER_DESIRED.muster.target.*.state".to_owned(),
+        ] {
+            let read = web01.request(subject.clone(), "".into()).await;
+            assert!(read.is_err(), "web01 read {subject}: {read:?}");
+        }
+        let body_form = web01.request("$JS.API.DIRECT.GET.MUSTER_DESIRED", r#"{"last_by_subj":"muster.target.web02.state"}"#.into()).await;
+        assert!(body_form.is_err(), "the body form of Direct Get answered web01: {body_form:?}");
+        let msg_get = web01.request("$JS.API.STREAM.MSG.GET.MUSTER_DESIRED", r#"{"last_by_subj":"muster.target.web02.state"}"#.into()).await;
+        assert!(msg_get.is_err(), "STREAM.MSG.GET answered web01: {msg_get:?}");
+        // Nothing of the previous design's queue either.
+        let next = web01.request("$JS.API.CONSUMER.MSG.NEXT.MUSTER_ASSIGN.web01", r#"{"batch":1,"no_wait":true}"#.into()).await;
+        assert!(next.is_err(), "web01 may still fetch from MUSTER_ASSIGN: {next:?}");
         // Results in another target's name: never acked.
         let body = format!(r#"{{"v":1,"job_id":"{forged_job}","target":"web02"}}"#);
         let forged = js.publish(forged_subject.clone(), body.into()).await.expect("sent").await;
@@ -101,11 +129,11 @@ fn a_target_can_touch_only_its_own_subjects() {
             }
         };
         marker("subscriptions in place").await;
-        markers.next().await.expect("first marker");
+        tokio::time::timeout(Duration::from_secs(30), markers.next()).await.expect("first marker within 30 s").expect("first marker");
         let polled = c.ctl(&["target", "force-poll", "web02"]).expect("web02 still answers");
         assert_eq!(polled[0]["report"]["target"], "web02", "{polled}");
         marker("after the force-poll").await;
-        markers.next().await.expect("second marker");
+        tokio::time::timeout(Duration::from_secs(30), markers.next()).await.expect("second marker within 30 s").expect("second marker");
         let overheard = heard.next().now_or_never();
         assert!(!matches!(overheard, Some(Some(_))), "web01 read web02's control request: {overheard:?}");
     });
@@ -113,6 +141,7 @@ fn a_target_can_touch_only_its_own_subjects() {
     assert!(c.stored("MUSTER_RESULTS", &forged_subject).is_empty(), "the forged record is in the stream");
     let server_log = c.nats.log_text();
     assert!(server_log.contains("Violation") && server_log.contains("web02"), "the server logged the refusals");
+    assert!(server_log.contains("DIRECT.GET.MUSTER_DESIRED.muster.target.web02.state"), "the read of web02's manifest was refused: {server_log}");
     // The agents themselves never needed more than they were given.
     let agents = c.logs();
     assert!(!agents.contains("Violation"), "an agent was refused something: {agents}");
