@@ -122,7 +122,6 @@ async fn defection_applied(store: &Store, r: &AppliedRecord) -> Result<bool, Sto
     if !m.defected || m.epoch != r.applied.epoch || r.applied.revision < m.revision {
         return Ok(false);
     }
-    store.delete_target_consumer(&r.target).await?;
     // Only while still defected: an operator may have enlisted it meanwhile.
     Store::modify(
         &store.targets,

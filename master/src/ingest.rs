@@ -335,8 +335,7 @@ pub(crate) async fn apply_instr_record(store: &Store, r: &InstrRecord) -> Result
             failure = Some(format!("{} {}: {e}", o.op, o.id));
         }
         if o.op == InstructionKind::Defect && o.error.is_none() {
-            // The target left: its record and consumer go with it.
-            store.delete_target_consumer(&r.target).await?;
+            // The target left: its record goes (its manifest stays, defected).
             store.targets.delete(r.target.as_str()).await.ok();
             tracing::info!(target = %r.target, "target defected");
             return Ok(());
@@ -355,7 +354,6 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::post;
     use crate::store::testing::open;
 
     fn status(run_id: Uuid, started_at: DateTime<Utc>, outcome: Outcome) -> JobTargetStatus {
@@ -451,15 +449,15 @@ mod tests {
         let job = JobName::new("backup").unwrap();
         for target_first in [true, false] {
             let op = InstructionOp::StartJob { job_id: Uuid::nil(), job: job.clone(), run_id: Uuid::now_v7() };
-            let i = post::instruction(&target, op);
+            let i = muster_shared::msg::Instruction { v: 1, id: Uuid::now_v7(), target: target.clone(), posted_at: Utc::now(), op };
             let applied_at = i.posted_at + Duration::seconds(3);
             let outcome = InstrOutcome { id: i.id, op: i.op.kind(), applied_at, error: None };
             let report = InstrRecord { v: 1, target: target.clone(), outcomes: vec![outcome] };
             if target_first {
                 apply_instr_record(&t.store, &report).await.unwrap();
-                post::record(&t.store, std::slice::from_ref(&i)).await.unwrap();
+                Store::modify(&t.store.instructions, &Store::instr_key(&target, i.id), |old| Some(crate::store::posted_row(&i, old))).await.unwrap();
             } else {
-                post::record(&t.store, std::slice::from_ref(&i)).await.unwrap();
+                Store::modify(&t.store.instructions, &Store::instr_key(&target, i.id), |old| Some(crate::store::posted_row(&i, old))).await.unwrap();
                 apply_instr_record(&t.store, &report).await.unwrap();
             }
             let key = Store::instr_key(&target, i.id);

@@ -61,12 +61,16 @@ pub struct Post {
     pub stops: Vec<StopEntry>,
     pub clock: Option<ClockRef>,
     /// Rewrite every document and publish a new revision even when nothing
-    /// differs (`target resync`).
+    /// differs, without the starts and stops that were waiting (`target
+    /// resync`, which marks their rows dropped).
     pub force: bool,
     /// Take out what no longer waits ([`Manifest::prune`]); the expiry sweep.
     pub prune: bool,
     /// The download-list rows this change posted to the target.
     pub rows: Vec<Row>,
+    /// Rows this change marked dropped (resync): unread rows no more, so
+    /// no longer counted in the manifest's `changes`.
+    pub dropped: u64,
     /// Run ids whose first record arrived: their start entries leave the
     /// manifest (a start is never run twice). An id the manifest does not
     /// list changes nothing.
@@ -244,6 +248,10 @@ impl Cache {
 #[derive(Debug)]
 struct Inner {
     store: Store,
+    /// The last records read, reused while the jobs and groups buckets have
+    /// not moved (two stream-info requests instead of two scans: enlisting
+    /// many targets reads them once).
+    records: Mutex<Option<Arc<Records>>>,
     locks: Mutex<HashMap<TargetName, Arc<tokio::sync::Mutex<()>>>>,
     cache: Mutex<Cache>,
     dirty: AtomicBool,
@@ -278,6 +286,7 @@ impl Publisher {
         Publisher {
             inner: Arc::new(Inner {
                 store,
+                records: Mutex::new(None),
                 locks: Mutex::new(HashMap::new()),
                 cache: Mutex::new(Cache::default()),
                 dirty: AtomicBool::new(false),
@@ -319,13 +328,31 @@ impl Publisher {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let records = Arc::new(Records::read(&self.inner.store).await?);
+        let records = self.records().await?;
         let done = self.publish_with(items, records.clone()).await;
         if records.overtaken(&self.inner.store).await.unwrap_or(true) {
             // A concurrent change may have published first: check all again.
             self.mark_dirty();
         }
         Ok(done)
+    }
+
+    /// The jobs and groups as they are now: the last snapshot while neither
+    /// bucket moved since it was taken, else a fresh one.
+    ///
+    /// # Errors
+    /// NATS errors reading the buckets.
+    pub async fn records(&self) -> Result<Arc<Records>, StoreError> {
+        let store = &self.inner.store;
+        let marks = Records::marks(store).await?;
+        if let Some(r) = self.inner.records.lock().expect("records").as_ref() {
+            if r.marks == marks {
+                return Ok(r.clone());
+            }
+        }
+        let fresh = Arc::new(Records::read(store).await?);
+        *self.inner.records.lock().expect("records") = Some(fresh.clone());
+        Ok(fresh)
     }
 
     /// [`Publisher::publish_many`] with records already read (reconcile).
@@ -423,6 +450,10 @@ impl Publisher {
                 target: t.clone(),
                 source,
             };
+            if post.force {
+                next.starts.clear();
+                next.stops.clear();
+            }
             for run_id in &post.answered {
                 next.remove_start(*run_id);
             }
@@ -454,7 +485,7 @@ impl Publisher {
                 }
                 pruned = out.starts;
             }
-            next.changes += post.rows.len() as u64;
+            next.changes = next.changes.saturating_sub(post.dropped) + post.rows.len() as u64;
             let body = Bytes::from(msg::encode(&next));
             desired::check_size(&body).map_err(|source| PublishError::TooBig {
                 target: t.clone(),

@@ -245,9 +245,10 @@ mod tests {
     use muster_shared::name::JobName;
 
     use super::*;
-    use crate::post;
     use crate::store::testing::open;
     use crate::store::JobRecord;
+    use crate::store::{consumer_config, stream_config};
+    use muster_shared::streams;
 
     fn t(n: &str) -> TargetName {
         TargetName::new(n).unwrap()
@@ -307,7 +308,6 @@ mod tests {
                 defected_at: None,
             };
             Store::put(&store.targets, name, &record).await.unwrap();
-            store.ensure_target_consumer(&t(name)).await.unwrap();
         }
         let spec = JobSpec::from_commands(JobName::new("j").unwrap(), &["true".to_owned()]);
         let job = JobRecord {
@@ -322,23 +322,61 @@ mod tests {
         };
         Store::put(&store.jobs, "j", &job).await.unwrap();
         let run_id = Uuid::now_v7();
-        let posted = post::post_many(
-            store,
-            vec![
-                (t("a"), InstructionOp::UpsertJob { job: job.def() }),
-                (
-                    t("a"),
-                    InstructionOp::StartJob {
-                        job_id: job.id,
-                        job: job.spec.name.clone(),
-                        run_id,
-                    },
-                ),
-                (t("b"), InstructionOp::UpsertJob { job: job.def() }),
-            ],
-        )
-        .await
-        .unwrap();
+        // The previous version's queue: the stream, a consumer per target,
+        // instructions queued on it.
+        let options = streams::StoreOptions::default();
+        store
+            .js
+            .create_stream(stream_config(&streams::assign_stream(
+                &store.subjects,
+                &options,
+            )))
+            .await
+            .unwrap();
+        for name in ["a", "b"] {
+            let spec = streams::target_consumer(&store.subjects, &t(name), &options);
+            store
+                .js
+                .create_consumer_on_stream(consumer_config(&spec), store.subjects.assign_stream())
+                .await
+                .unwrap();
+        }
+        let mut posted = Vec::new();
+        for (target, op) in [
+            (t("a"), InstructionOp::UpsertJob { job: job.def() }),
+            (
+                t("a"),
+                InstructionOp::StartJob {
+                    job_id: job.id,
+                    job: job.spec.name.clone(),
+                    run_id,
+                },
+            ),
+            (t("b"), InstructionOp::UpsertJob { job: job.def() }),
+        ] {
+            let i = Instruction {
+                v: 1,
+                id: Uuid::now_v7(),
+                target: target.clone(),
+                posted_at: Utc::now(),
+                op,
+            };
+            store
+                .js
+                .publish(store.subjects.assign(&target), msg::encode(&i).into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            Store::modify(
+                &store.instructions,
+                &Store::instr_key(&target, i.id),
+                |old| Some(crate::store::posted_row(&i, old)),
+            )
+            .await
+            .unwrap();
+            posted.push(i);
+        }
 
         let done = convert(&publisher).await.unwrap().expect("an old queue");
         assert_eq!(

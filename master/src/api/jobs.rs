@@ -22,8 +22,8 @@ use muster_shared::name::{JobName, TargetName};
 use uuid::Uuid;
 
 use super::groups::expand_groups;
+use super::desired::{change, changes};
 use super::{Ctx, CONTROL_IN_FLIGHT};
-use crate::post;
 use crate::publish::Post;
 use crate::store::{JobRecord, Store, StoreError};
 
@@ -106,7 +106,7 @@ impl Ctx {
             .into_iter()
             .map(|t| (t, InstructionOp::UpsertJob { job: updated.def() }))
             .collect();
-        let posted = post::post_many(&self.store, items).await?;
+        let posted = changes(items);
         self.publish_posted(&posted, |_| Post::default()).await;
         Ok(job_info(&updated))
     }
@@ -146,7 +146,7 @@ impl Ctx {
                 )
             })
             .collect();
-        let posted = post::post_many(&self.store, items).await?;
+        let posted = changes(items);
         let published = self.publish_posted(&posted, |_| Post::default()).await;
         if published.values().all(Result::is_ok) {
             self.store.purge_job_docs_everywhere(job.id).await?;
@@ -206,7 +206,7 @@ impl Ctx {
             &Store::concerned(&before, &groups),
             &Store::concerned(&after, &groups),
         );
-        let posted = post::post_many(&self.store, items).await?;
+        let posted = changes(items);
         self.publish_posted(&posted, |_| Post::default()).await;
         Ok(job_info(&after))
     }
@@ -262,7 +262,7 @@ impl Ctx {
                 (t.clone(), op)
             })
             .collect();
-        let posted = post::post_many(&self.store, items).await?;
+        let posted = changes(items);
         // The same run id in the manifest's start entry as in the
         // instruction: whichever the agent reads, the run is one run.
         let now = Utc::now();
@@ -348,13 +348,8 @@ impl Ctx {
                                 job_id: job.id,
                                 job: job.spec.name.clone(),
                             };
-                            match post::post(&ctx.store, &t, op).await {
-                                Ok(i) => (delivery(t, DeliveryState::Queued, e.message), Some(i)),
-                                Err(e) => (
-                                    delivery(t, DeliveryState::Failed, ApiError::from(e).message),
-                                    None,
-                                ),
-                            }
+                            let i = change(&t, op);
+                            (delivery(t, DeliveryState::Queued, e.message), Some(i))
                         }
                         Err(e) => (delivery(t, DeliveryState::Failed, e.message), None),
                     }

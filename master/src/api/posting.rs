@@ -5,7 +5,7 @@
 //! posts the same kind of instruction to each target in one pipelined batch;
 //! the answer says what was posted where.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use chrono::Utc;
 use futures::StreamExt;
@@ -19,8 +19,8 @@ use muster_shared::name::TargetName;
 use uuid::Uuid;
 
 use super::groups::expand_groups;
+use super::desired::changes;
 use super::{Ctx, CONTROL_IN_FLIGHT};
-use crate::post;
 use crate::publish::Post;
 use crate::store::{InstrRow, Store, TargetRecord};
 
@@ -137,12 +137,16 @@ impl Ctx {
         Ok(posted)
     }
 
-    /// `resync`: drops each target's pending instructions, then posts
-    /// delete-all-jobs and one upsert per job that reaches it.
+    /// `resync`: drops what each target has not applied (its pending rows;
+    /// its waiting starts and stops), then republishes its whole desired
+    /// state under a new revision, every job document rewritten (the
+    /// download list shows it as delete-all-jobs and one upsert per job).
     pub(super) async fn resync(&self, req: PostRequest) -> Result<Vec<Posted>, ApiError> {
         let targets = self.resolve(&req.select).await?;
         let (jobs, groups) = (self.store.all_jobs().await?, self.store.all_groups().await?);
-        let mut dropped = HashMap::new();
+        // What was posted and not applied goes (the waiting starts and
+        // stops leave the manifest with it): the new revision replaces all.
+        let mut dropped = std::collections::HashMap::new();
         for t in &targets {
             dropped.insert(t.clone(), self.store.drop_pending(t).await?);
         }
@@ -158,8 +162,9 @@ impl Ctx {
                     )
                     .collect()
                 },
-                |_| Post {
+                |t| Post {
                     force: true,
+                    dropped: dropped.get(t).copied().unwrap_or(0),
                     ..Post::default()
                 },
             )
@@ -189,7 +194,7 @@ impl Ctx {
             });
             items.extend(ops.into_iter().map(|o| (t.clone(), o)));
         }
-        let instructions = post::post_many(&self.store, items).await?;
+        let instructions = changes(items);
         self.publish_posted(&instructions, extra).await;
         Ok(posted)
     }

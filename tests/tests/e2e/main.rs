@@ -14,3 +14,4 @@ mod expiry;
 mod faults;
 mod security;
 mod history;
+mod upgrade;
