@@ -61,16 +61,12 @@ pub struct Post {
     pub stops: Vec<StopEntry>,
     pub clock: Option<ClockRef>,
     /// Rewrite every document and publish a new revision even when nothing
-    /// differs, without the starts and stops that were waiting (`target
-    /// resync`, which marks their rows dropped).
+    /// differs (`target resync`; starts and stops stay).
     pub force: bool,
     /// Take out what no longer waits ([`Manifest::prune`]); the expiry sweep.
     pub prune: bool,
     /// The download-list rows this change posted to the target.
     pub rows: Vec<Row>,
-    /// Rows this change marked dropped (resync): unread rows no more, so
-    /// no longer counted in the manifest's `changes`.
-    pub dropped: u64,
     /// Run ids whose first record arrived: their start entries leave the
     /// manifest (a start is never run twice). An id the manifest does not
     /// list changes nothing.
@@ -450,10 +446,6 @@ impl Publisher {
                 target: t.clone(),
                 source,
             };
-            if post.force {
-                next.starts.clear();
-                next.stops.clear();
-            }
             for run_id in &post.answered {
                 next.remove_start(*run_id);
             }
@@ -485,7 +477,7 @@ impl Publisher {
                 }
                 pruned = out.starts;
             }
-            next.changes = next.changes.saturating_sub(post.dropped) + post.rows.len() as u64;
+            next.changes += post.rows.len() as u64;
             let body = Bytes::from(msg::encode(&next));
             desired::check_size(&body).map_err(|source| PublishError::TooBig {
                 target: t.clone(),
@@ -923,8 +915,7 @@ mod tests {
             "removed by its sequence"
         );
 
-        // A start is added; resync is a new revision with the same derived
-        // content and nothing left waiting.
+        // A start is carried; resync is a new revision with the same content.
         let start = StartEntry::new(
             Uuid::now_v7(),
             job.id,
@@ -955,7 +946,11 @@ mod tests {
         .await;
         assert_eq!(forced.revision(), Some(Revision(6)));
         let (m, _) = manifest(store, "web01").await;
-        assert!(m.starts.is_empty(), "resync drops what was waiting (its rows are marked dropped)");
+        assert_eq!(
+            m.starts.iter().map(|s| s.run_id).collect::<Vec<_>>(),
+            [start.run_id],
+            "resync keeps what waits"
+        );
     }
 
     #[tokio::test]

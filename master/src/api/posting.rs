@@ -137,20 +137,17 @@ impl Ctx {
         Ok(posted)
     }
 
-    /// `resync`: drops what each target has not applied (its pending rows;
-    /// its waiting starts and stops), then republishes its whole desired
-    /// state under a new revision, every job document rewritten (the
-    /// download list shows it as delete-all-jobs and one upsert per job).
+    /// `resync`: republishes each target's whole desired state under a new
+    /// revision, every job document rewritten, starts and stops kept
+    /// (cheap and idempotent; the download list shows it as delete-all-jobs
+    /// and one upsert per job that reaches it).
     pub(super) async fn resync(&self, req: PostRequest) -> Result<Vec<Posted>, ApiError> {
         let targets = self.resolve(&req.select).await?;
         let (jobs, groups) = (self.store.all_jobs().await?, self.store.all_groups().await?);
-        // What was posted and not applied goes (the waiting starts and
-        // stops leave the manifest with it): the new revision replaces all.
-        let mut dropped = std::collections::HashMap::new();
-        for t in &targets {
-            dropped.insert(t.clone(), self.store.drop_pending(t).await?);
-        }
-        let mut posted = self
+        // Nothing is dropped: the new revision carries the whole state (and
+        // the starts and stops still waiting); the rows already posted are
+        // settled when the target applies it.
+        self
             .post_each(
                 targets,
                 |t| {
@@ -162,17 +159,12 @@ impl Ctx {
                     )
                     .collect()
                 },
-                |t| Post {
+                |_| Post {
                     force: true,
-                    dropped: dropped.get(t).copied().unwrap_or(0),
                     ..Post::default()
                 },
             )
-            .await?;
-        for p in &mut posted {
-            p.dropped = dropped.get(&p.target).copied().unwrap_or(0);
-        }
-        Ok(posted)
+            .await
     }
 
     /// Posts `ops(t)` to each target, in order, in one pipelined batch, then
