@@ -260,18 +260,30 @@ pub enum JobCmd {
         /// Every target the job is assigned to (the default).
         #[arg(long)]
         all: bool,
-        /// Follow the runs until all finish; exit 8 if any did not succeed.
+        /// How long the start waits for a target that has not read it
+        /// (offline): 10s to 7d, like 10m, 2h (default 1h). A start read
+        /// later is recorded `expired` and never run.
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+        /// Follow the runs until each is final; exit 8 if any did not
+        /// succeed (failed, expired...), 5 if a target was offline (its
+        /// start stays queued until it expires; --wait does not wait for it).
         #[arg(long)]
         wait: bool,
-        /// With --wait: give up after this many seconds (exit 5).
-        #[arg(long, requires = "wait")]
-        timeout: Option<u64>,
+        /// With --wait: give up after this many seconds (exit 5). --wait
+        /// never waits longer than this, by default an hour.
+        #[arg(long, default_value_t = DEFAULT_WAIT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+        timeout: u64,
     },
     /// Stop a running job at once.
     Stop {
         job: JobName,
         #[command(flatten)]
         select: SelectArgs,
+        /// How long the stop waits for a target that has not read it
+        /// (offline): 10s to 7d (default 1h).
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
     },
     Enable {
         job: JobName,
@@ -307,6 +319,9 @@ pub enum RunCmd {
     Show { run_id: Uuid },
 }
 
+/// `job start --wait --timeout`'s default, in seconds.
+pub const DEFAULT_WAIT_SECS: u64 = 3600;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,8 +338,8 @@ mod tests {
             panic!("parsed as {:?}", cli.command)
         };
         assert_eq!(
-            timeout, None,
-            "--wait without --timeout waits until the runs end"
+            timeout, DEFAULT_WAIT_SECS,
+            "--wait without --timeout still gives up, after an hour"
         );
         assert_eq!(cli.api_timeout, 30);
 
@@ -343,6 +358,6 @@ mod tests {
         let Command::Job(JobCmd::Start { timeout, .. }) = cli.command else {
             panic!("parsed as {:?}", cli.command)
         };
-        assert_eq!((cli.api_timeout, timeout), (5, Some(600)));
+        assert_eq!((cli.api_timeout, timeout), (5, 600));
     }
 }

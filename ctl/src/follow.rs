@@ -9,6 +9,11 @@
 //! ([`history::final_record`]), which waits on the results stream for it if
 //! it is not there yet.
 //!
+//! A target that was offline when the start was posted is reported as
+//! such and not waited for (its start waits for it on the server until it
+//! expires, and is then recorded `expired`); an expired run is final like
+//! any other; and `--wait` always has a deadline, so it never waits forever.
+//!
 //! On a terminal, one line per target is redrawn in place; otherwise each
 //! line is printed when it changes; with `--json`, the final states are
 //! printed once.
@@ -35,7 +40,8 @@ use crate::render;
 pub struct Progress {
     pub target: TargetName,
     pub run_id: Option<Uuid>,
-    /// `queued` (offline: at its next poll), `starting`, or the run's outcome.
+    /// `offline` (runs at its next poll unless it expires first, not
+    /// waited for), `starting`, or the run's outcome.
     pub state: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<i64>,
@@ -43,6 +49,9 @@ pub struct Progress {
     pub message: String,
     #[serde(skip)]
     pub done: bool,
+    /// Offline when the start was posted: reported, not waited for.
+    #[serde(skip)]
+    pub offline: bool,
     /// A later run replaced this one in job status: its end comes from history.
     #[serde(skip)]
     superseded: bool,
@@ -50,19 +59,27 @@ pub struct Progress {
 
 impl Progress {
     /// Where a run is right after the start: a target that polled at once
-    /// is starting it; one without a run (the start failed) is done.
+    /// is starting it; one that was offline is reported and done (the
+    /// start waits for it until it expires); one without a run (the start
+    /// failed) is done.
     pub fn started(d: &Delivery) -> Self {
+        let offline = d.state == DeliveryState::Queued;
         Progress {
             target: d.target.clone(),
             run_id: d.run_id,
-            state: if d.state == DeliveryState::Delivered {
-                "starting".into()
-            } else {
-                d.state.to_string()
+            state: match d.state {
+                DeliveryState::Delivered => "starting".into(),
+                DeliveryState::Queued => "offline".into(),
+                other => other.to_string(),
             },
             duration_ms: None,
-            message: d.message.clone(),
-            done: d.run_id.is_none(),
+            message: if offline {
+                "not started: runs at its next poll unless the start expires first".into()
+            } else {
+                d.message.clone()
+            },
+            done: offline || d.run_id.is_none(),
+            offline,
             superseded: false,
         }
     }
@@ -112,25 +129,26 @@ fn seen(p: &Progress, s: &JobTargetStatus) -> Seen {
     }
 }
 
-/// Follows the runs a start made until all are final.
+/// Follows the runs a start made until all are final (or their targets
+/// were offline), at most `timeout`.
 ///
 /// # Errors
-/// Exit 8 when a run did not succeed, 5 when `timeout` passed first, 1 when
-/// job status or history cannot be read.
+/// Exit 8 when a run did not succeed, 5 when a target was offline or
+/// `timeout` passed first, 1 when job status or history cannot be read.
 pub async fn follow(
     api: &ApiClient,
     json: bool,
     job: &JobName,
     started: &[Delivery],
-    timeout: Option<Duration>,
+    timeout: Duration,
 ) -> Result<(), Failure> {
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut progress: Vec<Progress> = started.iter().map(Progress::started).collect();
     let mut view = View::new(json, &progress);
     let finished = progress.iter().all(|p| p.done)
         || tokio::select! {
             r = watch(api, job, &mut progress, &mut view) => r.map(|()| true),
-            () = sleep_until(deadline) => Ok(false),
+            () = tokio::time::sleep_until(deadline) => Ok(false),
         }
         .inspect_err(|_| view.close())?;
     view.close();
@@ -142,19 +160,33 @@ pub async fn follow(
     }
     let failed: Vec<&Progress> = progress
         .iter()
-        .filter(|p| p.state != Outcome::Succeeded.as_str())
+        .filter(|p| !p.offline && p.state != Outcome::Succeeded.as_str())
+        .collect();
+    let offline: Vec<String> = progress
+        .iter()
+        .filter(|p| p.offline)
+        .map(|p| p.target.to_string())
         .collect();
     if json {
         render::print_json(&progress)?;
     } else {
-        println!(
-            "{} of {} succeeded",
-            progress.len() - failed.len(),
-            progress.len()
-        );
+        let succeeded = progress.len() - failed.len() - offline.len();
+        let offline_note = if offline.is_empty() {
+            String::new()
+        } else {
+            format!(", {} offline", offline.len())
+        };
+        println!("{succeeded} of {} succeeded{offline_note}", progress.len());
     }
     match failed.first() {
-        None => Ok(()),
+        None if offline.is_empty() => Ok(()),
+        None => Err(Failure::new(
+            Exit::Offline,
+            format!(
+                "offline, not waited for: {}; each runs the job at its next poll unless the start expires first (see `musterctl job status {job}`)",
+                offline.join(", ")
+            ),
+        )),
         Some(first) => Err(Failure::new(
             Exit::RunFailed,
             format!(
@@ -168,12 +200,6 @@ pub async fn follow(
     }
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
 
 fn gave_up(job: &JobName, progress: &[Progress]) -> Failure {
     let waiting: Vec<String> = progress
@@ -348,7 +374,12 @@ mod tests {
         let p = Progress::started(&delivery("web01", "delivered", run));
         assert_eq!((p.state.as_str(), p.done), ("starting", false));
         let p = Progress::started(&delivery("late", "queued", run));
-        assert_eq!((p.line().as_str(), p.done), ("late: queued", false));
+        assert!(p.line().starts_with("late: offline: not started"), "{}", p.line());
+        assert!(p.done && p.offline, "an offline target is reported, not waited for");
+        let id = Uuid::now_v7();
+        let mut p = Progress::started(&delivery("web01", "delivered", Some(id)));
+        p.update(&status("web01", id, Outcome::Expired));
+        assert!(p.done, "an expired start is final");
         let p = Progress::started(&delivery("gone", "failed", None));
         assert!(p.done);
     }

@@ -1,5 +1,6 @@
 //! Draining `MUSTER_RESULTS` into job status, the download list and the
 //! run index (`muster-runs`: where each run's kept record is, for `run show`).
+//! Applied records and answered starts are handed to [`crate::applied`].
 //!
 //! Every master replica pulls from the one durable consumer `master`, so each
 //! record is handled by one replica at a time. Records are handled in batches;
@@ -28,13 +29,16 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use muster_shared::api::JobTargetStatus;
 use muster_shared::identity;
-use muster_shared::msg::{self, InstrRecord, InstructionKind, RunRecord};
+use muster_shared::desired::AppliedRecord;
+use muster_shared::msg::{self, InstrRecord, InstructionKind, RunRecord, Trigger};
 use muster_shared::runs::RunIndexEntry;
 use muster_shared::streams::MASTER_CONSUMER;
 use uuid::Uuid;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{reported_row, Change, Current, InstrRow, Store, StoreError, TargetRecord};
+use crate::applied;
+use crate::publish::Publisher;
+use crate::store::{reported_row, Change, Current, InstrRow, Store, StoreError};
 
 /// Bad records terminated since the master started (logged with each one).
 static BAD_RESULTS: AtomicU64 = AtomicU64::new(0);
@@ -50,11 +54,11 @@ pub const BATCH_BYTES: usize = 8 * 1024 * 1024;
 ///
 /// # Errors
 /// Never in practice: failures are logged and retried.
-pub async fn run(store: Store, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(publisher: Publisher, shutdown: CancellationToken) -> anyhow::Result<()> {
     loop {
         let result = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            r = drain(&store, &shutdown) => r,
+            r = drain(&publisher, &shutdown) => r,
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "results drain interrupted; resuming");
@@ -66,7 +70,8 @@ pub async fn run(store: Store, shutdown: CancellationToken) -> anyhow::Result<()
     }
 }
 
-async fn drain(store: &Store, shutdown: &CancellationToken) -> anyhow::Result<()> {
+async fn drain(publisher: &Publisher, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let store = publisher.store();
     let stream = store.js.get_stream_no_info(store.subjects.results_stream()).await?;
     let consumer: PullConsumer =
         stream.get_consumer(MASTER_CONSUMER).await.map_err(|e| anyhow::anyhow!("results consumer: {e}"))?;
@@ -111,8 +116,8 @@ async fn drain(store: &Store, shutdown: &CancellationToken) -> anyhow::Result<()
         if !batch.is_empty() && (batch.len() >= BATCH || batch_bytes >= BATCH_BYTES || flush_at.is_none()) {
             flush_at = None;
             batch_bytes = 0;
-            let (store, cache, records) = (store.clone(), cache.clone(), std::mem::take(&mut batch));
-            in_flight.push(async move { write_and_ack(&store, &cache, &records).await });
+            let (publisher, cache, records) = (publisher.clone(), cache.clone(), std::mem::take(&mut batch));
+            in_flight.push(async move { write_and_ack(&publisher, &cache, &records).await });
         }
     }
     // Shutdown: finish what is being written, so its acks go out.
@@ -129,12 +134,12 @@ const BATCHES_IN_FLIGHT: usize = 4;
 const GATHER: Duration = Duration::from_millis(2);
 
 async fn write_and_ack(
-    store: &Store,
+    publisher: &Publisher,
     cache: &StatusCache,
     batch: &[async_nats::jetstream::Message],
 ) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let bad = handle_batch(store, cache, batch).await?;
+    let bad = handle_batch(publisher, cache, batch).await?;
     tracing::debug!(records = batch.len(), bad = bad.len(), took = ?started.elapsed(), "results batch written");
     for (i, m) in batch.iter().enumerate() {
         let kind = if bad.contains(&i) { AckKind::Term } else { AckKind::Ack };
@@ -146,10 +151,14 @@ async fn write_and_ack(
 /// Writes a batch's job status and download-list rows; returns the indexes
 /// of bad records, to be terminated.
 async fn handle_batch(
-    store: &Store,
+    publisher: &Publisher,
     cache: &StatusCache,
     batch: &[async_nats::jetstream::Message],
 ) -> Result<Vec<usize>, StoreError> {
+    let store = publisher.store();
+    // Applied records, and the manual runs whose start entries they answer.
+    let mut applied_records: Vec<AppliedRecord> = Vec::new();
+    let mut answered = Vec::new();
     // Keep only the newest record per (job, target); older ones in the same
     // batch would be overwritten anyway.
     let mut newest: HashMap<String, JobTargetStatus> = HashMap::new();
@@ -159,7 +168,13 @@ async fn handle_batch(
     let mut bad = Vec::new();
     for (i, m) in batch.iter().enumerate() {
         let subject = m.subject.as_str();
-        let verdict = if subject.ends_with(".instr") {
+        let verdict = if subject.ends_with(".applied") {
+            msg::decode::<AppliedRecord>(&m.payload).map_err(|e| e.to_string()).and_then(|r| {
+                identity::check_applied(&store.subjects, subject, &r).map_err(|e| e.to_string())?;
+                applied_records.push(r);
+                Ok(())
+            })
+        } else if subject.ends_with(".instr") {
             msg::decode::<InstrRecord>(&m.payload).map_err(|e| e.to_string()).and_then(|r| {
                 identity::check_instr(&store.subjects, subject, &r).map_err(|e| e.to_string())?;
                 instr.push(r);
@@ -168,6 +183,9 @@ async fn handle_batch(
         } else {
             msg::decode::<RunRecord>(&m.payload).map_err(|e| e.to_string()).and_then(|r| {
                 identity::check_run(&store.subjects, subject, &r).map_err(|e| e.to_string())?;
+                if r.trigger == Trigger::Manual {
+                    answered.push((r.target.clone(), r.run_id));
+                }
                 let seq = m.info().map_err(|e| format!("not a stream message: {e}"))?.stream_sequence;
                 let entry = RunIndexEntry {
                     v: 1,
@@ -223,6 +241,10 @@ async fn handle_batch(
     for w in instr_writes {
         w?;
     }
+    for r in &applied_records {
+        applied::record_applied(store, r).await?;
+    }
+    applied::answered(publisher, &answered).await?;
     Ok(bad)
 }
 
@@ -321,27 +343,14 @@ pub(crate) async fn apply_instr_record(store: &Store, r: &InstrRecord) -> Result
             failure = Some(format!("{} {}: {e}", o.op, o.id));
         }
         if o.op == InstructionKind::Defect && o.error.is_none() {
-            // The target left: its record and consumer go with it.
-            store.delete_target_consumer(&r.target).await?;
+            // The target left: its record goes (its manifest stays, defected).
             store.targets.delete(r.target.as_str()).await.ok();
             tracing::info!(target = %r.target, "target defected");
             return Ok(());
         }
     }
     // Blocked while its latest poll had a failure; a clean poll clears it.
-    // Most polls change nothing: skip the write then.
-    match Store::read::<TargetRecord>(&store.targets, r.target.as_str()).await? {
-        Some((t, _)) if t.blocked != failure => {}
-        _ => return Ok(()),
-    }
-    Store::modify(&store.targets, r.target.as_str(), |old: Option<TargetRecord>| {
-        old.map(|mut t| {
-            t.blocked.clone_from(&failure);
-            t
-        })
-    })
-    .await?;
-    Ok(())
+    applied::set_blocked(store, &r.target, failure).await
 }
 
 #[cfg(test)]
@@ -353,7 +362,6 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::post;
     use crate::store::testing::open;
 
     fn status(run_id: Uuid, started_at: DateTime<Utc>, outcome: Outcome) -> JobTargetStatus {
@@ -453,15 +461,15 @@ mod tests {
         let job = JobName::new("backup").unwrap();
         for target_first in [true, false] {
             let op = InstructionOp::StartJob { job_id: Uuid::nil(), job: job.clone(), run_id: Uuid::now_v7() };
-            let i = post::instruction(&target, op);
+            let i = muster_shared::msg::Instruction { v: 1, id: Uuid::now_v7(), target: target.clone(), posted_at: Utc::now(), op };
             let applied_at = i.posted_at + Duration::seconds(3);
             let outcome = InstrOutcome { id: i.id, op: i.op.kind(), applied_at, error: None };
             let report = InstrRecord { v: 1, target: target.clone(), outcomes: vec![outcome] };
             if target_first {
                 apply_instr_record(&t.store, &report).await.unwrap();
-                post::record(&t.store, std::slice::from_ref(&i)).await.unwrap();
+                Store::modify(&t.store.instructions, &Store::instr_key(&target, i.id), |old| Some(crate::store::posted_row(&i, old))).await.unwrap();
             } else {
-                post::record(&t.store, std::slice::from_ref(&i)).await.unwrap();
+                Store::modify(&t.store.instructions, &Store::instr_key(&target, i.id), |old| Some(crate::store::posted_row(&i, old))).await.unwrap();
                 apply_instr_record(&t.store, &report).await.unwrap();
             }
             let key = Store::instr_key(&target, i.id);

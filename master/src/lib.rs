@@ -3,26 +3,28 @@
 //!
 //! - [`store`] creates the streams and buckets and reads and writes records;
 //! - [`desired`] derives each target's desired state from the records, and
-//!   [`publish`] publishes it on `MUSTER_DESIRED` (dual-written with [`post`]
-//!   until the agents read it); [`reconcile`] republishes whatever differs
-//!   from the records, at start and after any failed publish;
-//! - [`post`] turns every change into instructions on the targets' subjects;
+//!   [`publish`] publishes it on `MUSTER_DESIRED`; [`reconcile`] republishes
+//!   whatever differs from the records, at start and after any failed
+//!   publish; [`upgrade`] converts a previous version's instruction queue
+//!   (`MUSTER_ASSIGN`) once, at start, before reconcile;
 //! - [`api`] serves the `muster` NATS service that `musterctl` and targets call;
-//! - [`ingest`] drains `MUSTER_RESULTS` into job status and the download list.
+//! - [`ingest`] drains `MUSTER_RESULTS` into job status and the download list;
+//!   [`applied`] says what targets' applied records and answered starts mean.
 //!
 //! The daemon's entry point is [`run`]. `musterctl` and its API client live
 //! in `muster-ctl`, which does not depend on this crate: clients never link
 //! the daemon.
 
 pub mod api;
+pub mod applied;
 pub mod config;
 pub mod desired;
 pub mod ingest;
-pub mod post;
 pub mod publish;
 pub mod reconcile;
 pub mod status;
 pub mod store;
+pub mod upgrade;
 
 use anyhow::Context as _;
 use muster_runtime::backoff::Backoff;
@@ -55,15 +57,15 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> anyhow::R
     };
     tracing::info!(prefix = config.subjects.prefix(), replicas = config.store.replicas, "streams and buckets ready");
 
-    let ingest = tokio::spawn(ingest::run(store.clone(), shutdown.clone()));
     let publisher = publish::Publisher::new(store.clone());
+    let ingest = tokio::spawn(ingest::run(publisher.clone(), shutdown.clone()));
     // The API serves at once; reconcile repairs what a predecessor left, in
     // the background, from the moment the API is up.
     let (serving, up) = tokio::sync::oneshot::channel();
     let reconciling = tokio::spawn({
         let (publisher, shutdown) = (publisher.clone(), shutdown.clone());
         async move {
-            if up.await.is_ok() {
+            if up.await.is_ok() && upgrade_until_done(&publisher, &shutdown).await {
                 reconcile::run(publisher, shutdown).await;
             }
         }
@@ -75,4 +77,21 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> anyhow::R
     reconciling.await.context("reconcile task panicked")?;
     client.drain().await.ok();
     served.and(ingested)
+}
+
+/// Converts a previous version's instruction queue, retrying with backoff
+/// until it is done; `false` on shutdown.
+async fn upgrade_until_done(publisher: &publish::Publisher, shutdown: &CancellationToken) -> bool {
+    let mut backoff = Backoff::new(std::time::Duration::from_millis(500), std::time::Duration::from_secs(30));
+    loop {
+        match upgrade::convert(publisher).await {
+            Ok(_) => return true,
+            Err(e) => {
+                tracing::warn!(error = %e, "converting the previous version's instruction queue failed; retrying");
+                if !backoff.wait(shutdown).await {
+                    return false;
+                }
+            }
+        }
+    }
 }

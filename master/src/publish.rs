@@ -61,12 +61,16 @@ pub struct Post {
     pub stops: Vec<StopEntry>,
     pub clock: Option<ClockRef>,
     /// Rewrite every document and publish a new revision even when nothing
-    /// differs (`target resync`).
+    /// differs (`target resync`; starts and stops stay).
     pub force: bool,
     /// Take out what no longer waits ([`Manifest::prune`]); the expiry sweep.
     pub prune: bool,
     /// The download-list rows this change posted to the target.
     pub rows: Vec<Row>,
+    /// Run ids whose first record arrived: their start entries leave the
+    /// manifest (a start is never run twice). An id the manifest does not
+    /// list changes nothing.
+    pub answered: Vec<Uuid>,
 }
 
 impl Post {
@@ -240,6 +244,10 @@ impl Cache {
 #[derive(Debug)]
 struct Inner {
     store: Store,
+    /// The last records read, reused while the jobs and groups buckets have
+    /// not moved (two stream-info requests instead of two scans: enlisting
+    /// many targets reads them once).
+    records: Mutex<Option<Arc<Records>>>,
     locks: Mutex<HashMap<TargetName, Arc<tokio::sync::Mutex<()>>>>,
     cache: Mutex<Cache>,
     dirty: AtomicBool,
@@ -274,6 +282,7 @@ impl Publisher {
         Publisher {
             inner: Arc::new(Inner {
                 store,
+                records: Mutex::new(None),
                 locks: Mutex::new(HashMap::new()),
                 cache: Mutex::new(Cache::default()),
                 dirty: AtomicBool::new(false),
@@ -315,13 +324,31 @@ impl Publisher {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let records = Arc::new(Records::read(&self.inner.store).await?);
+        let records = self.records().await?;
         let done = self.publish_with(items, records.clone()).await;
         if records.overtaken(&self.inner.store).await.unwrap_or(true) {
             // A concurrent change may have published first: check all again.
             self.mark_dirty();
         }
         Ok(done)
+    }
+
+    /// The jobs and groups as they are now: the last snapshot while neither
+    /// bucket moved since it was taken, else a fresh one.
+    ///
+    /// # Errors
+    /// NATS errors reading the buckets.
+    pub async fn records(&self) -> Result<Arc<Records>, StoreError> {
+        let store = &self.inner.store;
+        let marks = Records::marks(store).await?;
+        if let Some(r) = self.inner.records.lock().expect("records").as_ref() {
+            if r.marks == marks {
+                return Ok(r.clone());
+            }
+        }
+        let fresh = Arc::new(Records::read(store).await?);
+        *self.inner.records.lock().expect("records") = Some(fresh.clone());
+        Ok(fresh)
     }
 
     /// [`Publisher::publish_many`] with records already read (reconcile).
@@ -403,7 +430,11 @@ impl Publisher {
                 None if record.is_none() => return Ok(Published::Unchanged(None)),
                 None => Manifest::first(t.clone(), Uuid::new_v4(), derived, now),
                 Some(m) => {
-                    if post.adds_nothing() && m.derived().digest() == derived.digest() {
+                    let answers = m
+                        .starts
+                        .iter()
+                        .any(|s| post.answered.contains(&s.run_id));
+                    if post.adds_nothing() && !answers && m.derived().digest() == derived.digest() {
                         let revision = m.revision;
                         self.remember(t, cur);
                         return Ok(Published::Unchanged(Some(revision)));
@@ -415,6 +446,9 @@ impl Publisher {
                 target: t.clone(),
                 source,
             };
+            for run_id in &post.answered {
+                next.remove_start(*run_id);
+            }
             for s in &post.starts {
                 next.add_start(s.clone()).map_err(manifest_err)?;
             }
@@ -434,6 +468,7 @@ impl Publisher {
                         && post.starts.is_empty()
                         && post.stops.is_empty()
                         && post.clock.is_none()
+                        && post.answered.is_empty()
                         && !post.force
                 });
                 if let Some(revision) = unchanged.map(|m| m.revision) {
@@ -898,6 +933,8 @@ mod tests {
             },
         )
         .await;
+        let (m, _) = manifest(store, "web01").await;
+        assert_eq!(m.starts[0].revision, Revision(5));
         let forced = one(
             &p,
             "web01",
@@ -911,9 +948,9 @@ mod tests {
         let (m, _) = manifest(store, "web01").await;
         assert_eq!(
             m.starts.iter().map(|s| s.run_id).collect::<Vec<_>>(),
-            [start.run_id]
+            [start.run_id],
+            "resync keeps what waits"
         );
-        assert_eq!(m.starts[0].revision, Revision(5));
     }
 
     #[tokio::test]

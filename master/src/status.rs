@@ -22,16 +22,24 @@ pub fn poll_interval_secs(record: &TargetRecord, poll: Option<&LastPoll>) -> u64
 }
 
 /// A target's status at `now`:
+/// - `defected` once told to defect, until it applied that (its record
+///   then goes);
 /// - `blocked` while its latest instruction record had a failure;
 /// - `never_polled` before its first poll report;
 /// - `suspected_offline` when the server received its last poll report more
 ///   than [`OFFLINE_AFTER_INTERVALS`] × the interval the agent reported ago;
+/// - `outdated` when its latest poll report says no desired-state revision
+///   applied: an agent of the previous design, which reads no manifest
+///   (see the README's "Upgrading");
 /// - `normal` otherwise.
 pub fn target_status(
     record: &TargetRecord,
     poll: Option<&LastPoll>,
     now: DateTime<Utc>,
 ) -> TargetStatus {
+    if record.defected_at.is_some() {
+        return TargetStatus::Defected;
+    }
     if record.blocked.is_some() {
         return TargetStatus::Blocked;
     }
@@ -43,6 +51,8 @@ pub fn target_status(
         .saturating_mul(OFFLINE_AFTER_INTERVALS * 1_000);
     if (now - poll.received_at).num_milliseconds() > interval_ms {
         TargetStatus::SuspectedOffline
+    } else if poll.report.applied_revision.is_none() {
+        TargetStatus::Outdated
     } else {
         TargetStatus::Normal
     }
@@ -73,6 +83,7 @@ mod tests {
         let report: PollReport = serde_json::from_value(serde_json::json!({
             "v": 1, "target": "web01", "instance": Uuid::nil(), "agent_version": "test", "polled_at": received_at,
             "poll_interval_secs": poll_interval_secs, "applied": 0, "failed": 0, "jobs": 0,
+            "applied_revision": {"epoch": Uuid::nil(), "revision": 1, "changes": 1},
         }))
         .unwrap();
         LastPoll {
@@ -124,6 +135,24 @@ mod tests {
             target_status(&blocked, Some(&polled(1, now - Duration::hours(1))), now),
             TargetStatus::Blocked
         );
+    }
+
+    #[test]
+    fn an_agent_that_reports_no_applied_revision_is_outdated() {
+        let now = Utc::now();
+        let mut old = polled(60, now);
+        old.report.applied_revision = None;
+        assert_eq!(target_status(&record(60), Some(&old), now), TargetStatus::Outdated);
+    }
+
+    #[test]
+    fn a_target_told_to_defect_is_defected_until_its_record_goes() {
+        let mut d = record(60);
+        d.defected_at = Some(Utc::now());
+        d.blocked = Some("x".into());
+        let now = Utc::now();
+        assert_eq!(target_status(&d, None, now), TargetStatus::Defected);
+        assert_eq!(target_status(&d, Some(&polled(60, now)), now), TargetStatus::Defected);
     }
 
     #[test]

@@ -224,7 +224,7 @@ pub struct Store {
     pub desired: stream::Stream<()>,
 }
 
-fn stream_config(spec: &StreamSpec) -> stream::Config {
+pub(crate) fn stream_config(spec: &StreamSpec) -> stream::Config {
     stream::Config {
         name: spec.name.clone(),
         subjects: spec.subjects.clone(),
@@ -269,7 +269,6 @@ impl Store {
         // Concurrently: a master (re)starting is serving sooner.
         futures::future::try_join_all(
             [
-                streams::assign_stream(subjects, options),
                 streams::desired_stream(subjects, options),
                 streams::results_stream(subjects, options),
                 streams::polls_stream(subjects, options),
@@ -564,35 +563,6 @@ impl Store {
         Ok(all)
     }
 
-    /// Creates (or updates) a target's durable consumer on `MUSTER_ASSIGN`.
-    pub async fn ensure_target_consumer(&self, name: &TargetName) -> Result<(), StoreError> {
-        let spec = streams::target_consumer(&self.subjects, name, &self.options);
-        self.js
-            .create_consumer_on_stream(consumer_config(&spec), self.subjects.assign_stream())
-            .await
-            .map(|_| ())
-            .map_err(|e| StoreError::nats("creating the target's consumer", e))
-    }
-
-    /// Deletes a target's consumer; one already gone is no error.
-    pub async fn delete_target_consumer(&self, name: &TargetName) -> Result<(), StoreError> {
-        match self.js.delete_consumer_from_stream(name.as_str(), self.subjects.assign_stream()).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_consumer_not_found(&e.kind()) => Ok(()),
-            Err(e) => Err(StoreError::nats("deleting the target's consumer", e)),
-        }
-    }
-
-    /// Instructions posted for `name` and not yet acked (SQL Server's
-    /// "unread instructions").
-    pub async fn unread(&self, name: &TargetName) -> u64 {
-        let Ok(stream) = self.js.get_stream_no_info(self.subjects.assign_stream()).await else { return 0 };
-        match stream.consumer_info(name.as_str()).await {
-            Ok(info) => info.num_pending + info.num_ack_pending as u64,
-            Err(_) => 0,
-        }
-    }
-
     /// Every download-list row, of one target or all, in posting order.
     pub async fn instr_rows(&self, target: Option<&TargetName>) -> Result<Vec<InstrRow>, StoreError> {
         let prefix = target.map(|t| format!("{t}.")).unwrap_or_default();
@@ -601,20 +571,9 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes a target's queued instructions from `MUSTER_ASSIGN` and marks
-    /// their rows `dropped` (resync, forced defection). Returns how many rows
-    /// were dropped.
+    /// Marks a target's pending download-list rows `dropped` (forced
+    /// defection: nobody will read them). Returns how many were dropped.
     pub async fn drop_pending(&self, target: &TargetName) -> Result<u64, StoreError> {
-        let stream = self
-            .js
-            .get_stream_no_info(self.subjects.assign_stream())
-            .await
-            .map_err(|e| StoreError::nats("opening the instruction stream", e))?;
-        stream
-            .purge()
-            .filter(self.subjects.assign(target))
-            .await
-            .map_err(|e| StoreError::nats("purging the target's instructions", e))?;
         let mut dropped = 0;
         for row in self.instr_rows(Some(target)).await? {
             if row.status != InstrStatus::Pending {
@@ -635,6 +594,20 @@ impl Store {
         Ok(dropped)
     }
 
+    /// A target's published manifest, read by Direct Get (`None`: none, or
+    /// one that does not decode).
+    ///
+    /// # Errors
+    /// NATS errors reading the stream.
+    pub async fn manifest(&self, target: &TargetName) -> Result<Option<muster_shared::desired::Manifest>, StoreError> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        match self.desired.direct_get_last_for_subject(self.subjects.state(target)).await {
+            Ok(m) => Ok(muster_shared::msg::decode(&m.payload).ok()),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::nats(format!("reading the manifest of '{target}'"), e)),
+        }
+    }
+
     /// Removes every job document of a target from `MUSTER_DESIRED`.
     pub async fn purge_job_docs(&self, target: &TargetName) -> Result<(), StoreError> {
         self.desired
@@ -653,6 +626,53 @@ impl Store {
             .await
             .map(|_| ())
             .map_err(|e| StoreError::nats(format!("purging the documents of job {job_id}"), e))
+    }
+
+    /// The latest poll report of every target that ever polled, from one
+    /// read of the polls stream (last message per subject), for lists of
+    /// many targets.
+    ///
+    /// # Errors
+    /// NATS errors reading the stream.
+    pub async fn last_polls(&self) -> Result<HashMap<TargetName, LastPoll>, StoreError> {
+        const READING: &str = "reading the poll reports";
+        let stream = self
+            .js
+            .get_stream_no_info(self.subjects.polls_stream())
+            .await
+            .map_err(|e| StoreError::nats(READING, e))?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: self.subjects.poll_all(),
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| StoreError::nats(READING, e))?;
+        let name = consumer.cached_info().name.clone();
+        let mut out = HashMap::new();
+        if consumer.cached_info().num_pending > 0 {
+            let mut messages = consumer.messages().await.map_err(|e| StoreError::nats(READING, e))?;
+            while let Some(m) = messages.next().await {
+                let m = m.map_err(|e| StoreError::nats(READING, e))?;
+                let Ok(info) = m.info() else { break };
+                let (pending, published) = (info.pending, info.published);
+                let on_subject = self.subjects.target_of(m.subject.as_str()).unwrap_or_default();
+                // The subject is the proof of who sent it; the body only a claim.
+                if let Some(report) =
+                    serde_json::from_slice::<PollReport>(&m.payload).ok().filter(|r| r.target.as_str() == on_subject)
+                {
+                    let received_at = DateTime::from_timestamp_nanos(published.unix_timestamp_nanos() as i64);
+                    out.insert(report.target.clone(), LastPoll { report, received_at });
+                }
+                if pending == 0 {
+                    break;
+                }
+            }
+        }
+        // Gone now rather than at the server's inactivity timeout.
+        stream.delete_consumer(&name).await.ok();
+        Ok(out)
     }
 
     /// The latest poll report of a target, if it ever polled.
@@ -734,11 +754,6 @@ impl Store {
     pub fn instr_key(target: &TargetName, id: Uuid) -> String {
         format!("{target}.{id}")
     }
-}
-
-/// Whether a consumer request failed because the consumer does not exist.
-fn is_consumer_not_found(kind: &stream::ConsumerErrorKind) -> bool {
-    matches!(kind, stream::ConsumerErrorKind::JetStream(e) if e.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND)
 }
 
 /// Re-exported for callers that build their own JetStream context.
@@ -931,11 +946,6 @@ mod tests {
         let job = JobName::new("backup").unwrap();
         assert!(matches!(t.store.job(&job).await, Err(StoreError::NotFound(Missing::Job(_)))));
         assert!(matches!(t.store.group(&GroupName::new("web").unwrap()).await, Err(StoreError::NotFound(Missing::Group(_)))));
-        // A consumer already gone is no error: defecting twice is harmless.
-        t.store.delete_target_consumer(&web01).await.unwrap();
-        t.store.ensure_target_consumer(&web01).await.unwrap();
-        t.store.delete_target_consumer(&web01).await.unwrap();
-        t.store.delete_target_consumer(&web01).await.unwrap();
     }
 
     #[tokio::test]

@@ -314,6 +314,18 @@ pub struct JobSelect {
     pub select: Selection,
 }
 
+/// `job start` and `job stop`: a [`JobSelect`] with how long the start or
+/// stop waits for a target that has not read it (its expiry). On the wire
+/// it is a `JobSelect` with one more field, `expires_secs`, absent meaning
+/// [`crate::desired::DEFAULT_EXPIRY`]: a plain `JobSelect` is a valid body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartStop {
+    #[serde(flatten)]
+    pub job: JobSelect,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_secs: Option<u64>,
+}
+
 // ---- reply bodies -----------------------------------------------------------------
 
 /// Where a posted instruction is.
@@ -593,5 +605,26 @@ mod tests {
         for bad in ["0/3", "4/3", "1/0", "x/2", "2", ""] {
             assert_eq!(parse_chunk(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_plain_job_select_is_a_start_stop_body_with_the_default_expiry() {
+        let select = JobSelect {
+            job: JobName::new("j").unwrap(),
+            select: Selection {
+                targets: vec![TargetName::new("web01").unwrap()],
+                groups: Vec::new(),
+                all: false,
+            },
+        };
+        let plain: StartStop = serde_json::from_slice(&serde_json::to_vec(&select).unwrap()).unwrap();
+        assert_eq!(plain, StartStop { job: select.clone(), expires_secs: None });
+        let with = StartStop { job: select.clone(), expires_secs: Some(600) };
+        let json = serde_json::to_value(&with).unwrap();
+        assert_eq!(json["expires_secs"], 600);
+        assert_eq!(json["job"], "j", "one flat body");
+        assert_eq!(serde_json::from_value::<StartStop>(json).unwrap(), with);
+        let back: JobSelect = serde_json::from_value(serde_json::to_value(&with).unwrap()).unwrap();
+        assert_eq!(back, select, "an older master reads it as a JobSelect");
     }
 }

@@ -9,6 +9,7 @@
 //! in one place, so a target can never write into another target's history
 //! or download list by naming it in a body.
 
+use crate::desired::AppliedRecord;
 use crate::msg::{InstrRecord, RunRecord};
 use crate::name::TargetName;
 use crate::subject::Subjects;
@@ -18,6 +19,7 @@ use crate::subject::Subjects;
 pub enum RecordKind {
     Run,
     Instructions,
+    Applied,
 }
 
 impl std::fmt::Display for RecordKind {
@@ -25,6 +27,7 @@ impl std::fmt::Display for RecordKind {
         f.write_str(match self {
             RecordKind::Run => "run record",
             RecordKind::Instructions => "instruction record",
+            RecordKind::Applied => "applied record",
         })
     }
 }
@@ -82,6 +85,25 @@ pub fn check_instr(
         RecordKind::Instructions,
         &r.target,
         subjects.result_instr(&r.target),
+    )
+}
+
+/// Whether an applied record may stand on `subject`: its body must name
+/// the target the subject carries.
+///
+/// # Errors
+/// [`IdentityError`], naming both sides; fit for the log.
+pub fn check_applied(
+    subjects: &Subjects,
+    subject: &str,
+    r: &AppliedRecord,
+) -> Result<(), IdentityError> {
+    check(
+        subjects,
+        subject,
+        RecordKind::Applied,
+        &r.target,
+        subjects.result_applied(&r.target),
     )
 }
 
@@ -201,6 +223,37 @@ mod tests {
         );
         assert!(matches!(
             check_instr(&s, &s.result_run(&a, Uuid::nil()), &r),
+            Err(IdentityError::WrongSubject { .. })
+        ));
+    }
+
+    #[test]
+    fn an_applied_record_must_name_its_subjects_target() {
+        let s = Subjects::default();
+        let a = TargetName::new("a").unwrap();
+        let b = TargetName::new("b").unwrap();
+        let r = AppliedRecord {
+            v: 1,
+            target: a.clone(),
+            applied: crate::desired::Applied {
+                epoch: Uuid::nil(),
+                revision: crate::desired::Revision(3),
+                changes: 3,
+            },
+            at: Utc::now(),
+            refused: None,
+            errors: Vec::new(),
+        };
+        assert_eq!(check_applied(&s, &s.result_applied(&a), &r), Ok(()));
+        assert!(matches!(
+            check_applied(&s, &s.result_applied(&b), &r),
+            Err(IdentityError::OtherTarget {
+                kind: RecordKind::Applied,
+                ..
+            })
+        ));
+        assert!(matches!(
+            check_applied(&s, &s.result_instr(&a), &r),
             Err(IdentityError::WrongSubject { .. })
         ));
     }

@@ -4,7 +4,10 @@
 
 use std::path::PathBuf;
 
-use muster_shared::api::{Delivery, JobInfo, JobRef, JobSelect, JobTargetStatus, JobWrite, Op};
+use muster_shared::api::{
+    Delivery, JobInfo, JobRef, JobSelect, JobTargetStatus, JobWrite, Op, StartStop,
+};
+use muster_shared::desired;
 use muster_shared::job::JobSpec;
 use muster_shared::name::JobName;
 
@@ -66,31 +69,42 @@ pub(super) async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<(), Failure> {
             job,
             select,
             all,
+            expires,
             wait,
             timeout,
         } => {
             let d: Vec<Delivery> = api
                 .call(
                     Op::JobStart,
-                    JobSelect {
-                        job: job.clone(),
-                        select: select.selection(all),
+                    StartStop {
+                        job: JobSelect {
+                            job: job.clone(),
+                            select: select.selection(all),
+                        },
+                        expires_secs: expires_secs(expires.as_deref())?,
                     },
                 )
                 .await?;
             if wait {
-                let timeout = timeout.map(std::time::Duration::from_secs);
+                let timeout = std::time::Duration::from_secs(timeout);
                 return follow::follow(api, out.json, &job, &d, timeout).await;
             }
             out.print(&d, || render::print_deliveries(&d))
         }
-        JobCmd::Stop { job, select } => {
+        JobCmd::Stop {
+            job,
+            select,
+            expires,
+        } => {
             let d: Vec<Delivery> = api
                 .call(
                     Op::JobStop,
-                    JobSelect {
-                        job,
-                        select: select.selection(false),
+                    StartStop {
+                        job: JobSelect {
+                            job,
+                            select: select.selection(false),
+                        },
+                        expires_secs: expires_secs(expires.as_deref())?,
                     },
                 )
                 .await?;
@@ -130,5 +144,40 @@ fn read_spec(
         (None, None) => Err(Failure::invalid(
             "give a job NAME with --command, or a job file with -f",
         )),
+    }
+}
+
+/// `--expires`: a duration like `10m` or `2h`, within what a start or stop
+/// may wait (checked here so a bad value is refused before anything is
+/// posted, exit 4; the master checks it again).
+fn expires_secs(arg: Option<&str>) -> Result<Option<u64>, Failure> {
+    let Some(arg) = arg else {
+        return Ok(None);
+    };
+    let bad = |why: &dyn std::fmt::Display| {
+        Failure::invalid(format!(
+            "--expires '{arg}': use a duration from {}s to {}s, like 10m or 2h ({why})",
+            desired::MIN_EXPIRY.as_secs(),
+            desired::MAX_EXPIRY.as_secs()
+        ))
+    };
+    let d = humantime::parse_duration(arg).map_err(|e| bad(&e))?;
+    desired::check_expiry(d).map_err(|e| bad(&e))?;
+    Ok(Some(d.as_secs()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expires_takes_a_duration_within_the_limits() {
+        assert_eq!(expires_secs(None).unwrap(), None);
+        assert_eq!(expires_secs(Some("10m")).unwrap(), Some(600));
+        for bad in ["5s", "8d", "soon", ""] {
+            let e = expires_secs(Some(bad)).unwrap_err();
+            assert_eq!(e.exit, crate::exit::Exit::Invalid, "{bad}");
+            assert!(e.message.contains("--expires"), "{}", e.message);
+        }
     }
 }

@@ -5,6 +5,14 @@
 //! each agent to its own; the body must name the same target. One name has
 //! one running agent: an agent enlisting with a new instance id is refused
 //! while another still answers on the name's control subject.
+//!
+//! Defection is state, not an event: an agent of a defected target that
+//! enlists (a restart, a reinstall) is refused with `defected` and stays
+//! out until an operator enlists the target again (`musterctl target
+//! enlist`, which is not an agent call and clears it). The master knows a
+//! target defected from its record (`defected_at`, until the target applied
+//! the defection) or, once the record is gone, from the target's manifest,
+//! which stays behind saying `defected`.
 
 use muster_shared::api::{self as wire, ApiError, EnlistRequest, ErrorCode, TargetRef};
 use muster_shared::name::TargetName;
@@ -18,6 +26,7 @@ impl Ctx {
     pub(super) async fn agent_enlist(&self, subject: &str, p: &[u8]) -> Result<Vec<u8>, ApiError> {
         let req: EnlistRequest = body(p)?;
         self.same_target(subject, &req.name)?;
+        self.refuse_defected(&req.name).await?;
         if let Some(instance) = req.instance {
             self.refuse_second_agent(&req.name, instance).await?;
         }
@@ -36,6 +45,23 @@ impl Ctx {
                 force: false,
             })
             .await?)))
+    }
+
+    /// Refuses an agent's enlist while its target is defected.
+    async fn refuse_defected(&self, name: &TargetName) -> Result<(), ApiError> {
+        let defected = match Store::read::<TargetRecord>(&self.store.targets, name.as_str()).await? {
+            Some((record, _)) => record.defected_at.is_some(),
+            None => self.store.manifest(name).await?.is_some_and(|m| m.defected),
+        };
+        if defected {
+            return Err(ApiError::new(
+                ErrorCode::Defected,
+                format!(
+                    "target '{name}' was defected from this master; it stays out until an operator runs `musterctl target enlist {name}`"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// An agent may only speak for the target its subject carries.

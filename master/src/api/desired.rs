@@ -3,15 +3,19 @@
 //! Every handler that changes what a target must hold ends here: it names
 //! the targets concerned (with what the change adds: a start, a stop, a
 //! clock reference) and [`crate::publish`] derives and publishes their
-//! manifests. While agents still read `MUSTER_ASSIGN`, the instructions are
-//! posted too, and their ids are the download-list rows the manifests count.
-//! A failed publish does not fail the operation: the records are written,
+//! manifests. A change is still described as the previous design's
+//! instructions ([`changes`]), never queued anywhere: each becomes a
+//! download-list row of its target, written by the publish that carries it
+//! and counted by the manifest (`changes`). A failed publish does not fail the operation: the records are written,
 //! the failure is logged, and reconcile publishes again.
 
 use std::collections::BTreeMap;
 
-use muster_shared::msg::Instruction;
+use chrono::Utc;
+use muster_shared::msg::{Instruction, InstructionOp};
 use muster_shared::name::TargetName;
+use muster_shared::PROTOCOL_VERSION;
+use uuid::Uuid;
 
 use super::Ctx;
 use crate::publish::{Post, PublishError, Published, Row};
@@ -42,6 +46,23 @@ impl Ctx {
     ) -> BTreeMap<TargetName, Result<Published, PublishError>> {
         self.publish(posts_from(posted, extra)).await
     }
+}
+
+/// One change to one target: its id (UUIDv7, posting order) is its
+/// download-list row's.
+pub(super) fn change(target: &TargetName, op: InstructionOp) -> Instruction {
+    Instruction {
+        v: PROTOCOL_VERSION,
+        id: Uuid::now_v7(),
+        target: target.clone(),
+        posted_at: Utc::now(),
+        op,
+    }
+}
+
+/// [`change`] for each `(target, op)`, in order.
+pub(super) fn changes(items: Vec<(TargetName, InstructionOp)>) -> Vec<Instruction> {
+    items.into_iter().map(|(t, op)| change(&t, op)).collect()
 }
 
 /// One post per target, in first-posted order, carrying the rows of the

@@ -11,8 +11,8 @@ use muster_shared::api::{ApiError, ErrorCode, GroupInfo, GroupMembers, GroupRef}
 use muster_shared::name::{GroupName, TargetName};
 
 use super::jobs::reach_changes;
+use super::desired::changes;
 use super::Ctx;
-use crate::post;
 use crate::publish::Post;
 use crate::store::{GroupRecord, JobRecord, Missing, Store, StoreError};
 
@@ -130,7 +130,7 @@ impl Ctx {
                 )
             })
             .collect();
-        let posted = post::post_many(&self.store, items).await?;
+        let posted = changes(items);
         self.publish_posted(&posted, |_| Post::default()).await;
         Ok(group_info(&updated, &jobs))
     }

@@ -13,17 +13,17 @@ use chrono::Utc;
 use futures::StreamExt;
 use muster_shared::api::{
     ApiError, Delivery, DeliveryState, ErrorCode, JobInfo, JobRef, JobSelect, JobTargetStatus,
-    Selection,
+    Selection, StartStop,
 };
 use muster_shared::job::JobSpec;
-use muster_shared::desired::{StartEntry, StopEntry, DEFAULT_EXPIRY};
+use muster_shared::desired::{self, StartEntry, StopEntry, DEFAULT_EXPIRY};
 use muster_shared::msg::{ControlOp, Instruction, InstructionOp};
 use muster_shared::name::{JobName, TargetName};
 use uuid::Uuid;
 
 use super::groups::expand_groups;
+use super::desired::{change, changes};
 use super::{Ctx, CONTROL_IN_FLIGHT};
-use crate::post;
 use crate::publish::Post;
 use crate::store::{JobRecord, Store, StoreError};
 
@@ -106,7 +106,7 @@ impl Ctx {
             .into_iter()
             .map(|t| (t, InstructionOp::UpsertJob { job: updated.def() }))
             .collect();
-        let posted = post::post_many(&self.store, items).await?;
+        let posted = changes(items);
         self.publish_posted(&posted, |_| Post::default()).await;
         Ok(job_info(&updated))
     }
@@ -146,7 +146,7 @@ impl Ctx {
                 )
             })
             .collect();
-        let posted = post::post_many(&self.store, items).await?;
+        let posted = changes(items);
         let published = self.publish_posted(&posted, |_| Post::default()).await;
         if published.values().all(Result::is_ok) {
             self.store.purge_job_docs_everywhere(job.id).await?;
@@ -206,7 +206,7 @@ impl Ctx {
             &Store::concerned(&before, &groups),
             &Store::concerned(&after, &groups),
         );
-        let posted = post::post_many(&self.store, items).await?;
+        let posted = changes(items);
         self.publish_posted(&posted, |_| Post::default()).await;
         Ok(job_info(&after))
     }
@@ -246,7 +246,9 @@ impl Ctx {
 
     /// Posts a start to each target, then force-polls them all at once so
     /// online targets start now; offline ones start at their next poll.
-    pub(super) async fn job_start(&self, req: JobSelect) -> Result<Vec<Delivery>, ApiError> {
+    pub(super) async fn job_start(&self, req: StartStop) -> Result<Vec<Delivery>, ApiError> {
+        let expires_in = expiry(&req)?;
+        let req = req.job;
         let (job, _) = self.store.job(&req.job).await?;
         let targets = self.select_for_job(&job, &req.select).await?;
         let items: Vec<_> = targets
@@ -260,7 +262,7 @@ impl Ctx {
                 (t.clone(), op)
             })
             .collect();
-        let posted = post::post_many(&self.store, items).await?;
+        let posted = changes(items);
         // The same run id in the manifest's start entry as in the
         // instruction: whichever the agent reads, the run is one run.
         let now = Utc::now();
@@ -268,7 +270,7 @@ impl Ctx {
             .iter()
             .filter_map(|i| match &i.op {
                 InstructionOp::StartJob { job_id, job, run_id } => {
-                    StartEntry::new(*run_id, *job_id, job.clone(), now, DEFAULT_EXPIRY)
+                    StartEntry::new(*run_id, *job_id, job.clone(), now, expires_in)
                         .ok()
                         .map(|s| (i.target.clone(), s))
                 }
@@ -308,7 +310,9 @@ impl Ctx {
 
     /// Stops a job at once through the control subject where the target is
     /// online, and through a queued instruction where it is not.
-    pub(super) async fn job_stop(&self, req: JobSelect) -> Result<Vec<Delivery>, ApiError> {
+    pub(super) async fn job_stop(&self, req: StartStop) -> Result<Vec<Delivery>, ApiError> {
+        let expires_in = expiry(&req)?;
+        let req = req.job;
         let (job, _) = self.store.job(&req.job).await?;
         let targets = self.select_for_job(&job, &req.select).await?;
         let deliveries = futures::stream::iter(targets)
@@ -344,13 +348,8 @@ impl Ctx {
                                 job_id: job.id,
                                 job: job.spec.name.clone(),
                             };
-                            match post::post(&ctx.store, &t, op).await {
-                                Ok(i) => (delivery(t, DeliveryState::Queued, e.message), Some(i)),
-                                Err(e) => (
-                                    delivery(t, DeliveryState::Failed, ApiError::from(e).message),
-                                    None,
-                                ),
-                            }
+                            let i = change(&t, op);
+                            (delivery(t, DeliveryState::Queued, e.message), Some(i))
                         }
                         Err(e) => (delivery(t, DeliveryState::Failed, e.message), None),
                     }
@@ -365,7 +364,7 @@ impl Ctx {
         let queued: Vec<Instruction> = queued.into_iter().flatten().collect();
         let now = Utc::now();
         self.publish_posted(&queued, |_| Post {
-            stops: StopEntry::new(Uuid::now_v7(), job.id, job.spec.name.clone(), now, DEFAULT_EXPIRY)
+            stops: StopEntry::new(Uuid::now_v7(), job.id, job.spec.name.clone(), now, expires_in)
                 .ok()
                 .into_iter()
                 .collect(),
@@ -391,6 +390,18 @@ impl Ctx {
         }
         Ok(out)
     }
+}
+
+/// How long a start or stop waits for its targets: `--expires`, checked
+/// before anything is posted, or [`DEFAULT_EXPIRY`].
+fn expiry(req: &StartStop) -> Result<std::time::Duration, ApiError> {
+    let Some(secs) = req.expires_secs else {
+        return Ok(DEFAULT_EXPIRY);
+    };
+    let expires_in = std::time::Duration::from_secs(secs);
+    desired::check_expiry(expires_in)
+        .map(|_| expires_in)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("--expires: {e}")))
 }
 
 /// What moves a job from reaching `was` to reaching `now`: an upsert for

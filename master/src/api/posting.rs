@@ -5,7 +5,7 @@
 //! posts the same kind of instruction to each target in one pipelined batch;
 //! the answer says what was posted where.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use chrono::Utc;
 use futures::StreamExt;
@@ -19,8 +19,8 @@ use muster_shared::name::TargetName;
 use uuid::Uuid;
 
 use super::groups::expand_groups;
+use super::desired::changes;
 use super::{Ctx, CONTROL_IN_FLIGHT};
-use crate::post;
 use crate::publish::Post;
 use crate::store::{InstrRow, Store, TargetRecord};
 
@@ -137,16 +137,17 @@ impl Ctx {
         Ok(posted)
     }
 
-    /// `resync`: drops each target's pending instructions, then posts
-    /// delete-all-jobs and one upsert per job that reaches it.
+    /// `resync`: republishes each target's whole desired state under a new
+    /// revision, every job document rewritten, starts and stops kept
+    /// (cheap and idempotent; the download list shows it as delete-all-jobs
+    /// and one upsert per job that reaches it).
     pub(super) async fn resync(&self, req: PostRequest) -> Result<Vec<Posted>, ApiError> {
         let targets = self.resolve(&req.select).await?;
         let (jobs, groups) = (self.store.all_jobs().await?, self.store.all_groups().await?);
-        let mut dropped = HashMap::new();
-        for t in &targets {
-            dropped.insert(t.clone(), self.store.drop_pending(t).await?);
-        }
-        let mut posted = self
+        // Nothing is dropped: the new revision carries the whole state (and
+        // the starts and stops still waiting); the rows already posted are
+        // settled when the target applies it.
+        self
             .post_each(
                 targets,
                 |t| {
@@ -163,11 +164,7 @@ impl Ctx {
                     ..Post::default()
                 },
             )
-            .await?;
-        for p in &mut posted {
-            p.dropped = dropped.get(&p.target).copied().unwrap_or(0);
-        }
-        Ok(posted)
+            .await
     }
 
     /// Posts `ops(t)` to each target, in order, in one pipelined batch, then
@@ -189,7 +186,7 @@ impl Ctx {
             });
             items.extend(ops.into_iter().map(|o| (t.clone(), o)));
         }
-        let instructions = post::post_many(&self.store, items).await?;
+        let instructions = changes(items);
         self.publish_posted(&instructions, extra).await;
         Ok(posted)
     }

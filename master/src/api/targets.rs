@@ -7,10 +7,10 @@
 //! every stream, so an offline target is known at once (no responders).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use muster_shared::desired::ManifestSummary;
 use futures::StreamExt;
 use muster_shared::api::{
     self as wire, ApiError, EnlistRequest, ErrorCode, ForcePollOutcome, Selection, TargetInfo,
@@ -22,11 +22,12 @@ use muster_shared::name::{GroupName, TargetName};
 use muster_shared::PROTOCOL_VERSION;
 use uuid::Uuid;
 
+use super::desired::change;
 use super::{Ctx, CONTROL_IN_FLIGHT};
-use crate::post;
 use crate::publish::Post;
+use crate::reconcile;
 use crate::status;
-use crate::store::{GroupRecord, JobRecord, Store, TargetRecord};
+use crate::store::{GroupRecord, JobRecord, LastPoll, Store, TargetRecord};
 
 /// Default poll interval for a target that does not say (SQL Server's too).
 pub const DEFAULT_POLL_INTERVAL_SECS: u64 = 60;
@@ -78,7 +79,6 @@ impl Ctx {
         )
         .await?
         .expect("written");
-        self.store.ensure_target_consumer(&req.name).await?;
         self.publish(vec![(req.name.clone(), Post::default())]).await;
         tracing::info!(target = %req.name, agent = instance.is_some(), "target enlisted");
         Ok(self.target_info(&record).await)
@@ -125,7 +125,6 @@ impl Ctx {
         }
         if req.force {
             self.store.drop_pending(&req.name).await?;
-            self.store.delete_target_consumer(&req.name).await?;
             Store::delete(&self.store.targets, req.name.as_str()).await?;
             // No record: its manifest says defected, and stays behind so a
             // returning agent stays out; its job documents go now.
@@ -140,61 +139,46 @@ impl Ctx {
                 })
             })
             .await?;
-            let posted = post::post(&self.store, &req.name, InstructionOp::Defect).await?;
+            let posted = change(&req.name, InstructionOp::Defect);
             self.publish_posted(std::slice::from_ref(&posted), |_| Post::default()).await;
             self.force_poll(&req.name).await.ok();
         }
         Ok(info)
     }
 
+    /// Every target, from bulk reads only (what `target list` and `status`
+    /// cost at 100,000 targets): one scan of the records, one read of the
+    /// latest poll reports (last message per subject), one headers-only
+    /// read of the manifests' summaries, whatever the number of targets.
     pub(super) async fn target_list(&self) -> Result<Vec<TargetInfo>, ApiError> {
-        let (targets, groups) =
-            tokio::try_join!(self.store.all_targets(), self.store.all_groups())?;
-        let groups = Arc::new(groups);
-        let infos = targets.into_iter().map(|t| {
-            let (ctx, groups) = (self.clone(), groups.clone());
-            async move { ctx.target_info_in(&t, &groups).await }
-        });
-        Ok(futures::stream::iter(infos).buffered(64).collect().await)
+        let (targets, groups, polls, summaries) = tokio::try_join!(
+            self.store.all_targets(),
+            self.store.all_groups(),
+            self.store.last_polls(),
+            reconcile::summaries(&self.store),
+        )?;
+        let now = Utc::now();
+        Ok(targets
+            .iter()
+            .map(|t| {
+                let summary = summaries.get(&t.name).copied().flatten();
+                info(t, polls.get(&t.name), summary.as_ref(), &groups, now)
+            })
+            .collect())
     }
 
-    /// A target's registry entry joined with its last poll and queue.
+    /// A target's registry entry joined with its last poll and manifest;
+    /// the groups come from the publisher's snapshot of the records (no
+    /// scan per call while they do not change: enlisting is one of these).
     pub async fn target_info(&self, t: &TargetRecord) -> TargetInfo {
-        let groups = self.store.all_groups().await.unwrap_or_default();
-        self.target_info_in(t, &groups).await
-    }
-
-    /// [`Ctx::target_info`] with the groups already read (listing many targets).
-    async fn target_info_in(
-        &self,
-        t: &TargetRecord,
-        groups: &HashMap<GroupName, GroupRecord>,
-    ) -> TargetInfo {
-        let (poll, unread) =
-            tokio::join!(self.store.last_poll(&t.name), self.store.unread(&t.name));
-        let groups = groups
-            .values()
-            .filter(|g| g.members.contains(&t.name))
-            .map(|g| g.name.clone())
-            .collect();
-        TargetInfo {
-            name: t.name.clone(),
-            location: t.location.clone(),
-            enlisted_at: t.enlisted_at,
-            poll_interval_secs: status::poll_interval_secs(t, poll.as_ref()),
-            blocked: t.blocked.clone(),
-            status: status::target_status(t, poll.as_ref(), Utc::now()),
-            last_poll: poll.as_ref().map(|p| p.received_at),
-            local_time: poll.as_ref().map(|p| p.report.polled_at),
-            clock_skew_ms: poll.as_ref().and_then(|p| p.report.clock_skew_ms),
-            agent_version: poll.as_ref().map(|p| p.report.agent_version.clone()),
-            bad_instructions: poll.as_ref().map_or(0, |p| p.report.bad_instructions),
-            bad_control: poll.as_ref().map_or(0, |p| p.report.bad_control),
-            unread,
-            groups,
-            applied_revision: None,
-            published_revision: None,
-        }
+        let (records, poll, manifest) = tokio::join!(
+            self.publisher.records(),
+            self.store.last_poll(&t.name),
+            self.store.manifest(&t.name)
+        );
+        let summary = manifest.ok().flatten().map(|m| m.summary());
+        let groups = records.map(|r| r.groups.clone()).unwrap_or_default();
+        info(t, poll.as_ref(), summary.as_ref(), &groups, Utc::now())
     }
 
     /// Force-polls an enlisted target. The registry check and the poll go out
@@ -295,4 +279,45 @@ fn timeout_error(name: &TargetName, after: Duration) -> ApiError {
         ErrorCode::Timeout,
         format!("target '{name}' did not answer within {after:?}"),
     )
+}
+
+/// A target as `target list` and `show` tell it: its record, its latest
+/// poll report and its manifest's summary. Unread = download-list rows
+/// published to it above what it applied (the manifest's `changes` minus
+/// the applied one's, same lineage); all of them for an agent that applied
+/// nothing (an outdated agent reads no manifest).
+pub fn info(
+    t: &TargetRecord,
+    poll: Option<&LastPoll>,
+    summary: Option<&ManifestSummary>,
+    groups: &HashMap<GroupName, GroupRecord>,
+    now: DateTime<Utc>,
+) -> TargetInfo {
+    let applied = poll.and_then(|p| p.report.applied_revision);
+    let unread = summary.map_or(0, |s| match applied {
+        Some(a) if a.epoch == s.epoch => s.changes.saturating_sub(a.changes),
+        _ => s.changes,
+    });
+    TargetInfo {
+        name: t.name.clone(),
+        location: t.location.clone(),
+        enlisted_at: t.enlisted_at,
+        poll_interval_secs: status::poll_interval_secs(t, poll),
+        blocked: t.blocked.clone(),
+        status: status::target_status(t, poll, now),
+        last_poll: poll.map(|p| p.received_at),
+        local_time: poll.map(|p| p.report.polled_at),
+        clock_skew_ms: poll.and_then(|p| p.report.clock_skew_ms),
+        agent_version: poll.map(|p| p.report.agent_version.clone()),
+        bad_instructions: poll.map_or(0, |p| p.report.bad_instructions),
+        bad_control: poll.map_or(0, |p| p.report.bad_control),
+        unread,
+        groups: groups
+            .values()
+            .filter(|g| g.members.contains(&t.name))
+            .map(|g| g.name.clone())
+            .collect(),
+        applied_revision: applied.map(|a| a.revision),
+        published_revision: summary.map(|s| s.revision),
+    }
 }

@@ -262,9 +262,13 @@ fn an_agent_killed_while_applying_a_revision_converges_with_nothing_twice_or_los
     // Restarted, it converges at its next poll.
     c.start_target("k1", 3600);
     c.wait_target_online("k1");
-    let polled = c.ctl(&["target", "force-poll", "k1"]).expect("force-poll");
-    let (_, now) = crate::desired_agent::manifest(&c, "k1");
-    assert_eq!(polled[0]["report"]["applied_revision"]["revision"], now.revision.0, "{polled}");
+    // The master may take an answered start out meanwhile (a new revision):
+    // poll until what the target applied is what is published.
+    wait_for("k1 converged on the published revision", Duration::from_secs(30), || {
+        let polled = c.ctl(&["target", "force-poll", "k1"]).ok()?;
+        let (_, now) = crate::desired_agent::manifest(&c, "k1");
+        (polled[0]["report"]["applied_revision"]["revision"] == now.revision.0).then_some(())
+    });
     assert_eq!(std::fs::read_dir(c.state_dir("k1").join("jobs")).map_or(0, Iterator::count), JOBS, "no job lost");
 
     // No start ran twice; each answered start has one final record.

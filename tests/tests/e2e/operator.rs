@@ -146,7 +146,7 @@ fn group_membership_changes_post_the_right_instructions() {
 }
 
 #[test]
-fn resync_drops_pending_instructions_and_reposts_assigned_jobs() {
+fn resync_republishes_the_whole_state_and_the_target_applies_it_once() {
     let mut c = Cluster::with_master();
     c.ctl(&["target", "enlist", "late"]).expect("enlist");
     c.ctl(&["job", "create", "keep", "--command", "echo kept"])
@@ -168,43 +168,33 @@ fn resync_drops_pending_instructions_and_reposts_assigned_jobs() {
         "upsert, upsert, start, delete: {pending:?}"
     );
 
+    // Resync drops nothing: a new revision carries the whole state, the
+    // waiting start included; a second one changes nothing but the revision.
     let posted: Vec<Value> = c.ctl_ok(&["target", "resync", "late"]);
     assert_eq!(
         posted[0]["ops"],
         json!(["delete_all_jobs", "upsert_job"]),
         "{posted:?}"
     );
-    assert_eq!(posted[0]["dropped"], 4, "{posted:?}");
-    assert_eq!(
-        ops(&c, "late"),
-        pairs(&[
-            ("upsert_job", "dropped"),
-            ("upsert_job", "dropped"),
-            ("start_job", "dropped"),
-            ("delete_job", "dropped"),
-            ("delete_all_jobs", "pending"),
-            ("upsert_job", "pending"),
-        ])
-    );
+    assert_eq!(posted[0]["dropped"], 0, "{posted:?}");
     let info: Value = c.ctl_ok(&["target", "show", "late"]);
-    assert_eq!(info["unread"], 2, "only the resync is queued: {info}");
+    assert_eq!(info["unread"], 6, "nothing applied yet: {info}");
 
     c.start_target("late", 3600);
-    wait_for("the resync applied", WAIT, || {
+    wait_for("every row applied", WAIT, || {
         let o = ops(&c, "late");
-        (o[4..] == pairs(&[("delete_all_jobs", "applied"), ("upsert_job", "applied")]))
-            .then_some(())
+        (o.len() == 6 && o.iter().all(|(_, status)| status == "applied")).then_some(())
     });
     assert_eq!(jobs_on_disk(&c, "late"), 1, "only the assigned job");
-    assert!(
-        c.history("keep").is_empty(),
-        "the dropped start did not run"
-    );
-    let human = c.ctl_raw(&["instructions", "--target", "late"], false);
-    assert!(
-        human.stdout.contains("DOWNLOADED") && human.stdout.contains("dropped"),
-        "{human:?}"
-    );
+    let runs = wait_for("the start ran", WAIT, || {
+        let r = c.finished_runs("keep");
+        (!r.is_empty()).then_some(r)
+    });
+    assert_eq!(runs.len(), 1, "the start ran once: {runs:?}");
+    wait_for("nothing unread", WAIT, || {
+        let info: Value = c.ctl_ok(&["target", "show", "late"]);
+        (info["unread"] == 0).then_some(())
+    });
 }
 
 #[test]
@@ -309,21 +299,26 @@ fn masters_in_status(c: &Cluster) -> Option<usize> {
 }
 
 #[test]
-fn a_bad_instruction_shows_its_error_and_blocks_the_target_until_a_clean_poll() {
+fn a_refused_job_shows_its_error_and_blocks_the_target_until_a_clean_poll() {
     let mut c = Cluster::with_master();
     c.start_target("web01", 3600);
     c.wait_target_online("web01");
 
-    // A start for a job the target does not have, posted by hand as an
-    // operator could with `nats pub`.
-    let bad = json!({
-        "v": 1, "id": uuid::Uuid::now_v7(), "target": "web01", "posted_at": chrono::Utc::now(),
-        "op": "start_job", "job_id": uuid::Uuid::new_v4(), "job": "phantom", "run_id": uuid::Uuid::now_v7(),
-    });
+    // A job document the target must refuse, written by hand over the
+    // master's (as an operator with the admin user could): it names
+    // another target.
+    c.ctl(&["job", "create", "j", "--command", "true"]).expect("create");
+    c.ctl(&["job", "assign", "j", "--target", "web01"]).expect("assign");
+    let job: Value = c.ctl_ok(&["job", "show", "j"]);
+    let subject = format!("muster.target.web01.job.{}", s(&job, "id"));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let js = async_nats::jetstream::new(async_nats::connect(c.url()).await.unwrap());
-        js.publish("muster.target.web01.assign", bad.to_string().into())
+        let stream = js.get_stream_no_info("MUSTER_DESIRED").await.unwrap();
+        let doc = stream.direct_get_last_for_subject(subject.clone()).await.unwrap();
+        let mut bad: Value = serde_json::from_slice(&doc.payload).unwrap();
+        bad["target"] = json!("web02");
+        js.publish(subject, bad.to_string().into())
             .await
             .unwrap()
             .await
@@ -341,17 +336,17 @@ fn a_bad_instruction_shows_its_error_and_blocks_the_target_until_a_clean_poll() 
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(
         (s(&errors[0], "op"), s(&errors[0], "status")),
-        ("start_job", "failed")
+        ("upsert_job", "failed")
     );
     assert!(
-        s(&errors[0], "error").contains("is not on this target"),
+        s(&errors[0], "error").contains("names target 'web02'"),
         "{errors:?}"
     );
     wait_for("web01 blocked", WAIT, || {
         (status_of(&c, "web01") == "blocked").then_some(())
     });
     let human = c.ctl_raw(&["instructions", "--errors"], false);
-    assert!(human.stdout.contains("is not on this target"), "{human:?}");
+    assert!(human.stdout.contains("names target 'web02'"), "{human:?}");
 
     // `status` collects ping answers for 500 ms: on a busy machine the one
     // master may answer later, so ask until it is counted.
@@ -380,7 +375,9 @@ fn a_bad_instruction_shows_its_error_and_blocks_the_target_until_a_clean_poll() 
     );
     assert!(human.stdout.contains("blocked"), "{human:?}");
 
-    // The target carried on: the next instruction applies, and clears the block.
+    // The target carried on: a new revision of the job is written by the
+    // master and applies, and the next clean poll clears the block.
+    c.ctl(&["job", "update", "j", "--command", "true"]).expect("update");
     let posted: Vec<Value> = c.ctl_ok(&["target", "sync-time", "web01"]);
     assert_eq!(posted[0]["ops"], json!(["sync_time"]));
     wait_for("web01 normal again, with its skew recorded", WAIT, || {
@@ -563,26 +560,33 @@ fn job_start_wait_follows_the_runs_and_exits_8_on_failure() {
         "{status}"
     );
 
-    // An offline target's start stays queued; --timeout gives up with exit 5.
+    // An offline target is reported and not waited for (its start waits
+    // on the server until it expires): --wait returns at once, exit 5,
+    // with no --timeout.
     c.ctl(&["target", "enlist", "late"]).expect("enlist late");
     c.ctl(&["job", "assign", "ok", "--target", "late"])
         .expect("assign late");
+    let started = std::time::Instant::now();
     let out = c.ctl_raw(
-        &[
-            "job",
-            "start",
-            "ok",
-            "--target",
-            "late",
-            "--wait",
-            "--timeout",
-            "1",
-        ],
+        &["job", "start", "ok", "--target", "late", "--target", "web01", "--wait"],
         false,
     );
     assert_eq!(out.code, 5, "{out:?}");
-    assert!(out.stdout.contains("late: queued"), "{out:?}");
-    assert!(out.stderr.contains("still not finished on late"), "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(60), "{out:?}");
+    assert!(out.stdout.contains("late: offline"), "{out:?}");
+    assert!(out.stdout.contains("web01: succeeded"), "the online one is followed: {out:?}");
+    assert!(out.stdout.contains("1 of 2 succeeded, 1 offline"), "{out:?}");
+    assert!(out.stderr.contains("offline, not waited for: late"), "{out:?}");
+
+    // A run longer than --timeout: gives up with exit 5, naming it.
+    c.ctl(&["job", "create", "slow", "--command", "sleep 20"])
+        .expect("create slow");
+    c.ctl(&["job", "assign", "slow", "--target", "web01"])
+        .expect("assign slow");
+    let out = c.ctl_raw(&["job", "start", "slow", "--wait", "--timeout", "1"], false);
+    assert_eq!(out.code, 5, "{out:?}");
+    assert!(out.stderr.contains("still not finished on web01"), "{out:?}");
+    c.ctl(&["job", "stop", "slow"]).expect("stop slow");
 }
 
 #[test]
