@@ -182,7 +182,10 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut rows = Vec::new();
 
-    println!("muster-bench: nats-server 2.15.1 (one node, file storage, loopback), {} cores", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "muster-bench: nats-server 2.15.1 (one node, file storage, loopback), {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     let runs = |stage: Stage| args.only.is_empty() || args.only.contains(&stage);
     if runs(Stage::ForcePoll) {
         force_poll_and_footprint(&bench, &mut cluster, &sizes, &mut rows).await?;
@@ -251,7 +254,12 @@ async fn force_poll_and_footprint(b: &Bench, cluster: &mut Cluster, sizes: &Size
     fp.sort();
     let (p50, p99) = (percentile(&fp, 0.5), percentile(&fp, 0.99));
     let (r50, r99) = (percentile(&raw_rtt, 0.5), percentile(&raw_rtt, 0.99));
-    rows.push(row("force-poll p50 (API → master → target poll → reply)", ms(p50), ms(r50), format!("{:.1}×", p50.as_secs_f64() / r50.as_secs_f64())));
+    rows.push(row(
+        "force-poll p50 (API → master → target poll → reply)",
+        ms(p50),
+        ms(r50),
+        format!("{:.1}×", p50.as_secs_f64() / r50.as_secs_f64()),
+    ));
     rows.push(row("force-poll p99", ms(p99), ms(r99), format!("{:.1}×", p99.as_secs_f64() / r99.as_secs_f64())));
 
     eprintln!("muster-bench: footprint");
@@ -259,7 +267,10 @@ async fn force_poll_and_footprint(b: &Bench, cluster: &mut Cluster, sizes: &Size
     let idle_rss = rss_kib(target_pid);
     let job = JobSpec::from_commands(JobName::new("bench-sleep")?, &["sleep 1".to_owned()]);
     let _: JobInfo = b.api.call(Op::JobCreate, JobWrite { spec: job }).await?;
-    let sel = |targets: Vec<TargetName>| JobSelect { job: JobName::new("bench-sleep").unwrap(), select: Selection { targets, groups: vec![], all: false } };
+    let sel = |targets: Vec<TargetName>| JobSelect {
+        job: JobName::new("bench-sleep").unwrap(),
+        select: Selection { targets, groups: vec![], all: false },
+    };
     let _: JobInfo = b.api.call(Op::JobAssign, sel(vec![t.clone()])).await?;
     let _: serde_json::Value = b.api.call(Op::JobStart, sel(vec![])).await?;
     let mut busy_rss = 0;
@@ -327,7 +338,10 @@ impl CpuMeter {
 
     fn finish(&self) -> CpuShare {
         let secs = self.t0.elapsed().as_secs_f64();
-        CpuShare { master: (cpu_secs(self.master_pid) - self.master0) / secs, nats: (cpu_secs(self.nats_pid) - self.nats0) / secs }
+        CpuShare {
+            master: (cpu_secs(self.master_pid) - self.master0) / secs,
+            nats: (cpu_secs(self.nats_pid) - self.nats0) / secs,
+        }
     }
 }
 
@@ -362,8 +376,12 @@ async fn raw_rtt(client: &async_nats::Client, n: usize) -> anyhow::Result<Vec<Du
 }
 
 async fn raw_publish_rate(js: &jetstream::Context, n: usize, size: usize) -> anyhow::Result<f64> {
-    js.create_stream(jetstream::stream::Config { name: "RAWPUB".into(), subjects: vec!["rawpub.>".into()], ..Default::default() })
-        .await?;
+    js.create_stream(jetstream::stream::Config {
+        name: "RAWPUB".into(),
+        subjects: vec!["rawpub.>".into()],
+        ..Default::default()
+    })
+    .await?;
     let body = Bytes::from(vec![b'x'; size]);
     let start = Instant::now();
     publish_all(js, n, |i| (format!("rawpub.{}", i % 100), body.clone())).await?;
@@ -431,7 +449,13 @@ fn sample_record() -> RunRecord {
 /// the master's consumer has acked them all, and the CPU used meanwhile.
 /// With `outage`, the master is killed first and started after the backlog
 /// is in the stream; the drain is timed from its start.
-async fn ingest(b: &Bench, n: usize, template: &RunRecord, cluster: &mut Cluster, outage: bool) -> anyhow::Result<(f64, CpuShare)> {
+async fn ingest(
+    b: &Bench,
+    n: usize,
+    template: &RunRecord,
+    cluster: &mut Cluster,
+    outage: bool,
+) -> anyhow::Result<(f64, CpuShare)> {
     let target = virtual_name(0);
     let stream = b.js.get_stream(b.subjects.results_stream()).await?;
     if outage {

@@ -87,13 +87,7 @@ impl Poller {
     /// One poll of target `i` (on its connection); returns how long it took.
     pub async fn poll(&self, i: usize) -> anyhow::Result<Duration> {
         let start = Instant::now();
-        poll(
-            &self.links[i % self.links.len()],
-            &self.subjects,
-            &self.held,
-            &virtual_name(i),
-        )
-        .await?;
+        poll(&self.links[i % self.links.len()], &self.subjects, &self.held, &virtual_name(i)).await?;
         Ok(start.elapsed())
     }
 }
@@ -118,25 +112,14 @@ impl VirtualTargets {
             let js = jetstream::new(client.clone());
             // No STREAM.INFO: the agent's permissions do not grant it.
             let desired = js.get_stream_no_info(subjects.desired_stream()).await?;
-            let link = Link {
-                client: client.clone(),
-                js,
-                desired,
-            };
-            let mut sub = client
-                .queue_subscribe(
-                    format!("{}.target.*.control", subjects.prefix()),
-                    "muster-bench".into(),
-                )
-                .await?;
+            let link = Link { client: client.clone(), js, desired };
+            let mut sub =
+                client.queue_subscribe(format!("{}.target.*.control", subjects.prefix()), "muster-bench".into()).await?;
             client.flush().await?;
             let (l, s, h) = (link.clone(), subjects.clone(), held.clone());
             tasks.push(tokio::spawn(async move {
                 while let Some(m) = sub.next().await {
-                    let Some(name) = s
-                        .target_of(&m.subject)
-                        .and_then(|t| TargetName::new(t).ok())
-                    else {
+                    let Some(name) = s.target_of(&m.subject).and_then(|t| TargetName::new(t).ok()) else {
                         continue;
                     };
                     if !name.as_str().starts_with('v') {
@@ -149,31 +132,19 @@ impl VirtualTargets {
                             Err(e) => {
                                 // Unanswered: the master's force-poll fails
                                 // and the stage reports it.
-                                eprintln!(
-                                    "muster-bench: virtual target {name}: poll failed: {e:#}"
-                                );
+                                eprintln!("muster-bench: virtual target {name}: poll failed: {e:#}");
                                 return;
                             }
                         };
                         if let Some(reply) = m.reply {
-                            l.client
-                                .publish(reply, msg::encode(&ControlReply::report(report)).into())
-                                .await
-                                .ok();
+                            l.client.publish(reply, msg::encode(&ControlReply::report(report)).into()).await.ok();
                         }
                     });
                 }
             }));
             links.push(link);
         }
-        Ok(VirtualTargets {
-            poller: Poller {
-                links,
-                subjects,
-                held,
-            },
-            tasks,
-        })
+        Ok(VirtualTargets { poller: Poller { links, subjects, held }, tasks })
     }
 
     pub fn poller(&self) -> Poller {
@@ -182,13 +153,7 @@ impl VirtualTargets {
 
     /// How many virtual targets hold job `job_id`.
     pub fn holding(&self, job_id: Uuid) -> usize {
-        self.poller
-            .held
-            .lock()
-            .expect("held")
-            .values()
-            .filter(|h| h.jobs.contains_key(&job_id))
-            .count()
+        self.poller.held.lock().expect("held").values().filter(|h| h.jobs.contains_key(&job_id)).count()
     }
 }
 
@@ -199,18 +164,9 @@ async fn poll(
     held: &Mutex<HashMap<TargetName, Held>>,
     name: &TargetName,
 ) -> anyhow::Result<PollReport> {
-    let mut mine = held
-        .lock()
-        .expect("held")
-        .get(name)
-        .cloned()
-        .unwrap_or_default();
+    let mut mine = held.lock().expect("held").get(name).cloned().unwrap_or_default();
     // Not found: not enlisted (yet); the report says it holds nothing.
-    if let Ok(m) = link
-        .desired
-        .direct_get_last_for_subject(subjects.state(name))
-        .await
-    {
+    if let Ok(m) = link.desired.direct_get_last_for_subject(subjects.state(name)).await {
         let manifest: Manifest = msg::decode(&m.payload).context("manifest")?;
         manifest.validate(name).context("manifest refused")?;
         if manifest.is_news_to(mine.applied.as_ref()) {
@@ -248,13 +204,7 @@ async fn poll(
 
 /// Applies a new manifest revision: fetch changed job documents, drop
 /// unlisted jobs, answer new starts, then record the applied revision.
-async fn apply(
-    link: &Link,
-    subjects: &Subjects,
-    name: &TargetName,
-    manifest: &Manifest,
-    mine: &mut Held,
-) -> anyhow::Result<()> {
+async fn apply(link: &Link, subjects: &Subjects, name: &TargetName, manifest: &Manifest, mine: &mut Held) -> anyhow::Result<()> {
     let changes = manifest.job_changes(&mine.jobs);
     let fetch: Vec<JobRef> = changes.fetch.into_iter().cloned().collect();
     let docs: Vec<(Uuid, u64)> = futures::stream::iter(fetch)
@@ -302,28 +252,12 @@ async fn apply(
             message: String::new(),
             steps: vec![],
         };
-        publish(
-            link,
-            subjects.result_run(name, start.job_id),
-            record.msg_id(),
-            msg::encode(&record),
-        );
+        publish(link, subjects.result_run(name, start.job_id), record.msg_id(), msg::encode(&record));
     }
     mine.applied = Some(manifest.applied());
-    let record = AppliedRecord {
-        v: 1,
-        target: name.clone(),
-        applied: manifest.applied(),
-        at: now,
-        refused: None,
-        errors: vec![],
-    };
-    publish(
-        link,
-        subjects.result_applied(name),
-        record.msg_id(),
-        msg::encode(&record),
-    );
+    let record =
+        AppliedRecord { v: 1, target: name.clone(), applied: manifest.applied(), at: now, refused: None, errors: vec![] };
+    publish(link, subjects.result_applied(name), record.msg_id(), msg::encode(&record));
     Ok(())
 }
 

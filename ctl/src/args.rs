@@ -140,18 +140,11 @@ pub struct PostArgs {
 
 impl PostArgs {
     pub fn selection(self) -> Selection {
-        Selection {
-            targets: self.names,
-            groups: self.groups,
-            all: self.all,
-        }
+        Selection { targets: self.names, groups: self.groups, all: self.all }
     }
 
     pub fn request(self, secs: Option<u64>) -> PostRequest {
-        PostRequest {
-            select: self.selection(),
-            secs,
-        }
+        PostRequest { select: self.selection(), secs }
     }
 }
 
@@ -206,11 +199,7 @@ pub struct SelectArgs {
 
 impl SelectArgs {
     pub fn selection(&self, all: bool) -> Selection {
-        Selection {
-            targets: self.targets.clone(),
-            groups: self.groups.clone(),
-            all,
-        }
+        Selection { targets: self.targets.clone(), groups: self.groups.clone(), all }
     }
 }
 
@@ -334,30 +323,13 @@ mod tests {
     #[test]
     fn the_api_timeout_does_not_leak_into_job_start_wait_timeout() {
         let cli = Cli::try_parse_from(["musterctl", "job", "start", "x", "--wait"]).unwrap();
-        let Command::Job(JobCmd::Start { timeout, .. }) = cli.command else {
-            panic!("parsed as {:?}", cli.command)
-        };
-        assert_eq!(
-            timeout, DEFAULT_WAIT_SECS,
-            "--wait without --timeout still gives up, after an hour"
-        );
+        let Command::Job(JobCmd::Start { timeout, .. }) = cli.command else { panic!("parsed as {:?}", cli.command) };
+        assert_eq!(timeout, DEFAULT_WAIT_SECS, "--wait without --timeout still gives up, after an hour");
         assert_eq!(cli.api_timeout, 30);
 
-        let cli = Cli::try_parse_from([
-            "musterctl",
-            "--api-timeout",
-            "5",
-            "job",
-            "start",
-            "x",
-            "--wait",
-            "--timeout",
-            "600",
-        ])
-        .unwrap();
-        let Command::Job(JobCmd::Start { timeout, .. }) = cli.command else {
-            panic!("parsed as {:?}", cli.command)
-        };
+        let cli =
+            Cli::try_parse_from(["musterctl", "--api-timeout", "5", "job", "start", "x", "--wait", "--timeout", "600"]).unwrap();
+        let Command::Job(JobCmd::Start { timeout, .. }) = cli.command else { panic!("parsed as {:?}", cli.command) };
         assert_eq!((cli.api_timeout, timeout), (5, 600));
     }
 }

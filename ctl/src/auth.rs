@@ -51,11 +51,7 @@ pub struct Written {
 /// # Errors
 /// When a target is named like a reserved user, or a file cannot be
 /// written; nothing already there is lost.
-pub fn write_config(
-    dir: &Path,
-    subjects: &Subjects,
-    targets: &[TargetName],
-) -> anyhow::Result<Written> {
+pub fn write_config(dir: &Path, subjects: &Subjects, targets: &[TargetName]) -> anyhow::Result<Written> {
     for t in targets {
         if [MASTER_USER, ADMIN_USER].contains(&t.as_str()) {
             bail!("'{t}' is the name of Muster's own NATS user; give the target another name");
@@ -69,11 +65,7 @@ pub fn write_config(
 
     let mut users = Vec::new();
     for name in [MASTER_USER, ADMIN_USER] {
-        users.push(User {
-            name: name.to_owned(),
-            password: password_for(dir, name)?,
-            permissions: None,
-        });
+        users.push(User { name: name.to_owned(), password: password_for(dir, name)?, permissions: None });
     }
     for t in &names {
         users.push(User {
@@ -84,24 +76,12 @@ pub fn write_config(
     }
     let config = dir.join(CONFIG_FILE);
     write_private(&config, &render(&users))?;
-    Ok(Written {
-        config,
-        users: users
-            .iter()
-            .map(|u| (u.name.clone(), env_file(dir, &u.name)))
-            .collect(),
-    })
+    Ok(Written { config, users: users.iter().map(|u| (u.name.clone(), env_file(dir, &u.name))).collect() })
 }
 
 /// The `authorization` block for `users`.
 pub fn render(users: &[User]) -> String {
-    let list = |items: &[String]| {
-        items
-            .iter()
-            .map(|s| format!("\"{s}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let list = |items: &[String]| items.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
     let mut out = String::from(
         "# Written by `musterctl auth nats-config`: include it from nats-server.conf.\n\
          # Targets may touch only subjects that carry their own name.\n\
@@ -110,11 +90,7 @@ pub fn render(users: &[User]) -> String {
     for u in users {
         match &u.permissions {
             None => {
-                let _ = writeln!(
-                    out,
-                    "    {{ user: \"{}\", password: \"{}\" }}",
-                    u.name, u.password
-                );
+                let _ = writeln!(out, "    {{ user: \"{}\", password: \"{}\" }}", u.name, u.password);
             }
             Some(p) => {
                 let _ = writeln!(
@@ -145,12 +121,7 @@ fn known_targets(dir: &Path) -> anyhow::Result<Vec<TargetName>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
-        let Some(stem) = path
-            .extension()
-            .filter(|e| *e == "env")
-            .and(path.file_stem())
-            .and_then(|s| s.to_str())
-        else {
+        let Some(stem) = path.extension().filter(|e| *e == "env").and(path.file_stem()).and_then(|s| s.to_str()) else {
             continue;
         };
         if [MASTER_USER, ADMIN_USER].contains(&stem) {
@@ -172,22 +143,10 @@ fn password_for(dir: &Path, user: &str) -> anyhow::Result<String> {
             .find_map(|l| l.strip_prefix("NATS_PASSWORD="))
             .map(str::to_owned)
             .filter(|p| !p.is_empty())
-            .with_context(|| {
-                format!(
-                    "{} has no NATS_PASSWORD line; delete it to get a new password",
-                    path.display()
-                )
-            }),
+            .with_context(|| format!("{} has no NATS_PASSWORD line; delete it to get a new password", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let password = format!(
-                "{}{}",
-                uuid::Uuid::new_v4().simple(),
-                uuid::Uuid::new_v4().simple()
-            );
-            write_private(
-                &path,
-                &format!("NATS_USER={user}\nNATS_PASSWORD={password}\n"),
-            )?;
+            let password = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+            write_private(&path, &format!("NATS_USER={user}\nNATS_PASSWORD={password}\n"))?;
             Ok(password)
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
@@ -196,8 +155,7 @@ fn password_for(dir: &Path, user: &str) -> anyhow::Result<String> {
 
 /// Writes a file only its owner can read, whole or not at all.
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    muster_runtime::fsutil::write_private(path, text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+    muster_runtime::fsutil::write_private(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]
@@ -213,10 +171,7 @@ mod tests {
         let web01 = TargetName::new("web01").unwrap();
         let first = write_config(dir.path(), &s, std::slice::from_ref(&web01)).unwrap();
         let conf = fs::read_to_string(&first.config).unwrap();
-        assert!(
-            conf.contains("{ user: \"muster-master\", password: \""),
-            "{conf}"
-        );
+        assert!(conf.contains("{ user: \"muster-master\", password: \""), "{conf}");
         assert!(conf.contains("\"muster.result.web01.>\""), "{conf}");
         let mode = fs::metadata(&first.config).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
@@ -226,13 +181,9 @@ mod tests {
         let second = write_config(dir.path(), &s, &[TargetName::new("web02").unwrap()]).unwrap();
         let names: Vec<&str> = second.users.iter().map(|(u, _)| u.as_str()).collect();
         assert_eq!(names, ["muster-master", "muster-admin", "web01", "web02"]);
-        assert_eq!(
-            fs::read_to_string(dir.path().join("web01.env")).unwrap(),
-            pw
-        );
+        assert_eq!(fs::read_to_string(dir.path().join("web01.env")).unwrap(), pw);
 
-        let err =
-            write_config(dir.path(), &s, &[TargetName::new("muster-admin").unwrap()]).unwrap_err();
+        let err = write_config(dir.path(), &s, &[TargetName::new("muster-admin").unwrap()]).unwrap_err();
         assert!(err.to_string().contains("Muster's own NATS user"), "{err}");
     }
 }

@@ -10,9 +10,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use muster_shared::api::{
-    parse_chunk, ApiError, ErrorCode, MasterSeen, Op, Reply, Request, CHUNK_HEADER,
-};
+use muster_shared::api::{parse_chunk, ApiError, ErrorCode, MasterSeen, Op, Reply, Request, CHUNK_HEADER};
 use muster_shared::subject::Subjects;
 use muster_shared::{msg, MAX_REPLY_BYTES};
 use serde::de::DeserializeOwned;
@@ -31,12 +29,7 @@ pub struct ApiClient {
 
 impl ApiClient {
     pub fn new(client: async_nats::Client, subjects: Subjects) -> Self {
-        Self {
-            client,
-            subjects,
-            timeout: Duration::from_secs(30),
-            max_reply_bytes: MAX_REPLY_BYTES,
-        }
+        Self { client, subjects, timeout: Duration::from_secs(30), max_reply_bytes: MAX_REPLY_BYTES }
     }
 
     /// Sends `{"v":1, ...body}` to `muster.api.<op>` and decodes the reply.
@@ -44,21 +37,12 @@ impl ApiClient {
     /// # Errors
     /// `master_unavailable` when no master answers; otherwise the master's
     /// own error.
-    pub async fn call<B: Serialize, R: DeserializeOwned>(
-        &self,
-        op: Op,
-        body: B,
-    ) -> Result<R, ApiError> {
+    pub async fn call<B: Serialize, R: DeserializeOwned>(&self, op: Op, body: B) -> Result<R, ApiError> {
         let payload = msg::encode(&Request::new(body));
         let subject = self.subjects.api(op.subject());
         let reply = tokio::time::timeout(self.timeout, self.exchange(&subject, payload))
             .await
-            .map_err(|_| {
-                ApiError::new(
-                    ErrorCode::Timeout,
-                    format!("no answer on {subject} within {:?}", self.timeout),
-                )
-            })??;
+            .map_err(|_| ApiError::new(ErrorCode::Timeout, format!("no answer on {subject} within {:?}", self.timeout)))??;
         msg::decode_within::<Reply<R>>(&reply, self.max_reply_bytes)?.into_result()
     }
 
@@ -66,22 +50,11 @@ impl ApiClient {
     /// had to split it ([`CHUNK_HEADER`]). A subscription of its own rather
     /// than `Client::request`, which takes only the first message.
     async fn exchange(&self, subject: &str, payload: Vec<u8>) -> Result<Vec<u8>, ApiError> {
-        let unreachable = |e: &dyn std::fmt::Display| {
-            ApiError::new(
-                ErrorCode::MasterUnavailable,
-                format!("calling {subject}: {e}"),
-            )
-        };
+        let unreachable =
+            |e: &dyn std::fmt::Display| ApiError::new(ErrorCode::MasterUnavailable, format!("calling {subject}: {e}"));
         let inbox = self.client.new_inbox();
-        let mut replies = self
-            .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| unreachable(&e))?;
-        self.client
-            .publish_with_reply(subject.to_owned(), inbox, payload.into())
-            .await
-            .map_err(|e| unreachable(&e))?;
+        let mut replies = self.client.subscribe(inbox.clone()).await.map_err(|e| unreachable(&e))?;
+        self.client.publish_with_reply(subject.to_owned(), inbox, payload.into()).await.map_err(|e| unreachable(&e))?;
         let mut body = Vec::new();
         // How many parts the reply has, once its first part said so.
         let mut parts_seen = 0;
@@ -95,11 +68,7 @@ impl ApiClient {
                     format!("no master is serving {subject}: is muster-master running and connected to this NATS?"),
                 ));
             }
-            let part = m
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(CHUNK_HEADER))
-                .and_then(|v| parse_chunk(v.as_str()));
+            let part = m.headers.as_ref().and_then(|h| h.get(CHUNK_HEADER)).and_then(|v| parse_chunk(v.as_str()));
             body.extend_from_slice(&m.payload);
             let Some((part, parts)) = part else {
                 return Ok(body);
@@ -113,10 +82,7 @@ impl ApiClient {
                 )));
             }
             if body.len() > self.max_reply_bytes {
-                return Err(ApiError::internal(format!(
-                    "the answer on {subject} is over {} bytes",
-                    self.max_reply_bytes
-                )));
+                return Err(ApiError::internal(format!("the answer on {subject} is over {} bytes", self.max_reply_bytes)));
             }
             if part == parts {
                 return Ok(body);
@@ -130,38 +96,19 @@ impl ApiClient {
     /// # Errors
     /// `master_unavailable` when NATS cannot be reached.
     pub async fn masters_seen(&self, wait: Duration) -> Result<Vec<MasterSeen>, ApiError> {
-        let unreachable = |e: &dyn std::fmt::Display| {
-            ApiError::new(
-                ErrorCode::MasterUnavailable,
-                format!("pinging masters: {e}"),
-            )
-        };
+        let unreachable =
+            |e: &dyn std::fmt::Display| ApiError::new(ErrorCode::MasterUnavailable, format!("pinging masters: {e}"));
         let inbox = self.client.new_inbox();
-        let mut answers = self
-            .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| unreachable(&e))?;
+        let mut answers = self.client.subscribe(inbox.clone()).await.map_err(|e| unreachable(&e))?;
         let ping = format!("$SRV.PING.{}", self.subjects.service_name());
-        self.client
-            .publish_with_reply(ping, inbox, "".into())
-            .await
-            .map_err(|e| unreachable(&e))?;
+        self.client.publish_with_reply(ping, inbox, "".into()).await.map_err(|e| unreachable(&e))?;
         self.client.flush().await.map_err(|e| unreachable(&e))?;
         let mut seen = Vec::new();
         let deadline = tokio::time::Instant::now() + wait;
         while let Ok(Some(m)) = tokio::time::timeout_at(deadline, answers.next()).await {
             if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.payload) {
-                let field = |k: &str| {
-                    v.get(k)
-                        .and_then(serde_json::Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned()
-                };
-                seen.push(MasterSeen {
-                    id: field("id"),
-                    version: field("version"),
-                });
+                let field = |k: &str| v.get(k).and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
+                seen.push(MasterSeen { id: field("id"), version: field("version") });
             }
         }
         seen.sort_by(|a, b| a.id.cmp(&b.id));
@@ -183,10 +130,7 @@ mod tests {
     /// A stand-in for the master's `status` endpoint on a real nats-server
     /// that answers every request with `parts`, each a `(header, body)`.
     async fn answering(client: &async_nats::Client, subjects: &Subjects, parts: Vec<Part>) {
-        let mut requests = client
-            .subscribe(subjects.api(Op::Status.subject()))
-            .await
-            .unwrap();
+        let mut requests = client.subscribe(subjects.api(Op::Status.subject())).await.unwrap();
         client.flush().await.unwrap();
         let client = client.clone();
         tokio::spawn(async move {
@@ -197,10 +141,7 @@ mod tests {
                     if let Some(h) = header {
                         headers.insert(CHUNK_HEADER, h.as_str());
                     }
-                    client
-                        .publish_with_headers(reply.clone(), headers, body.clone().into())
-                        .await
-                        .unwrap();
+                    client.publish_with_headers(reply.clone(), headers, body.clone().into()).await.unwrap();
                 }
             }
         });
@@ -219,11 +160,7 @@ mod tests {
         };
         let body = msg::encode(&Reply::from_result(Ok::<_, ApiError>(summary.clone())));
         let size = body.len().div_ceil(n);
-        let parts = body
-            .chunks(size)
-            .enumerate()
-            .map(|(i, c)| (Some(format!("{}/{n}", i + 1)), c.to_vec()))
-            .collect();
+        let parts = body.chunks(size).enumerate().map(|(i, c)| (Some(format!("{}/{n}", i + 1)), c.to_vec())).collect();
         (summary, parts)
     }
 
@@ -254,15 +191,9 @@ mod tests {
         let (_, mut parts) = reply_in_parts(3);
         parts.remove(1);
         answering(&api.client, &api.subjects, parts).await;
-        let err = api
-            .call::<_, StatusSummary>(Op::Status, ())
-            .await
-            .unwrap_err();
+        let err = api.call::<_, StatusSummary>(Op::Status, ()).await.unwrap_err();
         assert_eq!(err.code, ErrorCode::Internal, "{err:?}");
-        assert!(
-            err.message.contains("got part 3 of 3 after part 1"),
-            "{err:?}"
-        );
+        assert!(err.message.contains("got part 3 of 3 after part 1"), "{err:?}");
     }
 
     #[tokio::test]
@@ -275,16 +206,9 @@ mod tests {
         // The first part fits, the second goes over: the client stops there.
         api.max_reply_bytes = first_two - 1;
         answering(&api.client, &api.subjects, parts).await;
-        let err = api
-            .call::<_, StatusSummary>(Op::Status, ())
-            .await
-            .unwrap_err();
+        let err = api.call::<_, StatusSummary>(Op::Status, ()).await.unwrap_err();
         assert_eq!(err.code, ErrorCode::Internal, "{err:?}");
-        assert!(
-            err.message
-                .contains(&format!("is over {} bytes", first_two - 1)),
-            "{err:?}"
-        );
+        assert!(err.message.contains(&format!("is over {} bytes", first_two - 1)), "{err:?}");
     }
 
     #[tokio::test]
@@ -292,10 +216,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let server = NatsServer::start(dir.path());
         let api = client_of(&server).await;
-        let err = api
-            .call::<_, StatusSummary>(Op::Status, ())
-            .await
-            .unwrap_err();
+        let err = api.call::<_, StatusSummary>(Op::Status, ()).await.unwrap_err();
         assert_eq!(err.code, ErrorCode::MasterUnavailable, "{err:?}");
     }
 }

@@ -47,10 +47,7 @@ impl From<ErrorCode> for Exit {
         match code {
             ErrorCode::Internal => Exit::Internal,
             ErrorCode::NotFound | ErrorCode::NotEnlisted => Exit::NotFound,
-            ErrorCode::InvalidName
-            | ErrorCode::InvalidRequest
-            | ErrorCode::InvalidJob
-            | ErrorCode::BadVersion => Exit::Invalid,
+            ErrorCode::InvalidName | ErrorCode::InvalidRequest | ErrorCode::InvalidJob | ErrorCode::BadVersion => Exit::Invalid,
             ErrorCode::Offline | ErrorCode::Timeout => Exit::Offline,
             ErrorCode::MasterUnavailable => Exit::Unreachable,
             ErrorCode::AlreadyExists | ErrorCode::Conflict | ErrorCode::Defected => Exit::Conflict,
@@ -79,10 +76,7 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(exit: Exit, message: impl Into<String>) -> Self {
-        Self {
-            exit,
-            message: message.into(),
-        }
+        Self { exit, message: message.into() }
     }
 
     /// Bad input from the command line (exit 4).
@@ -125,20 +119,10 @@ mod tests {
     #[test]
     fn the_help_lists_every_code_once_in_order() {
         let text = help();
-        let codes: Vec<&str> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("  "))
-            .filter_map(|l| l.split_whitespace().next())
-            .collect();
-        assert_eq!(
-            codes,
-            ["0", "1", "2", "3", "4", "5", "6", "7", "8"],
-            "{text}"
-        );
-        assert!(
-            text.contains("6  the master or NATS is unreachable"),
-            "{text}"
-        );
+        let codes: Vec<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("  ")).filter_map(|l| l.split_whitespace().next()).collect();
+        assert_eq!(codes, ["0", "1", "2", "3", "4", "5", "6", "7", "8"], "{text}");
+        assert!(text.contains("6  the master or NATS is unreachable"), "{text}");
     }
 
     #[test]

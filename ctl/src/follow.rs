@@ -93,14 +93,8 @@ impl Progress {
 
     /// The line shown for it: `web01: succeeded in 1.0s`.
     pub fn line(&self) -> String {
-        let took = self
-            .duration_ms
-            .map_or(String::new(), |d| format!(" in {:.1}s", d as f64 / 1000.0));
-        let why = if self.message.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", self.message)
-        };
+        let took = self.duration_ms.map_or(String::new(), |d| format!(" in {:.1}s", d as f64 / 1000.0));
+        let why = if self.message.is_empty() { String::new() } else { format!(": {}", self.message) };
         format!("{}: {}{took}{why}", self.target, self.state)
     }
 }
@@ -135,13 +129,7 @@ fn seen(p: &Progress, s: &JobTargetStatus) -> Seen {
 /// # Errors
 /// Exit 8 when a run did not succeed, 5 when a target was offline or
 /// `timeout` passed first, 1 when job status or history cannot be read.
-pub async fn follow(
-    api: &ApiClient,
-    json: bool,
-    job: &JobName,
-    started: &[Delivery],
-    timeout: Duration,
-) -> Result<(), Failure> {
+pub async fn follow(api: &ApiClient, json: bool, job: &JobName, started: &[Delivery], timeout: Duration) -> Result<(), Failure> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut progress: Vec<Progress> = started.iter().map(Progress::started).collect();
     let mut view = View::new(json, &progress);
@@ -158,24 +146,13 @@ pub async fn follow(
         }
         return Err(gave_up(job, &progress));
     }
-    let failed: Vec<&Progress> = progress
-        .iter()
-        .filter(|p| !p.offline && p.state != Outcome::Succeeded.as_str())
-        .collect();
-    let offline: Vec<String> = progress
-        .iter()
-        .filter(|p| p.offline)
-        .map(|p| p.target.to_string())
-        .collect();
+    let failed: Vec<&Progress> = progress.iter().filter(|p| !p.offline && p.state != Outcome::Succeeded.as_str()).collect();
+    let offline: Vec<String> = progress.iter().filter(|p| p.offline).map(|p| p.target.to_string()).collect();
     if json {
         render::print_json(&progress)?;
     } else {
         let succeeded = progress.len() - failed.len() - offline.len();
-        let offline_note = if offline.is_empty() {
-            String::new()
-        } else {
-            format!(", {} offline", offline.len())
-        };
+        let offline_note = if offline.is_empty() { String::new() } else { format!(", {} offline", offline.len()) };
         println!("{succeeded} of {} succeeded{offline_note}", progress.len());
     }
     match failed.first() {
@@ -200,43 +177,24 @@ pub async fn follow(
     }
 }
 
-
 fn gave_up(job: &JobName, progress: &[Progress]) -> Failure {
-    let waiting: Vec<String> = progress
-        .iter()
-        .filter(|p| !p.done)
-        .map(|p| p.target.to_string())
-        .collect();
+    let waiting: Vec<String> = progress.iter().filter(|p| !p.done).map(|p| p.target.to_string()).collect();
     Failure::new(
         Exit::Offline,
-        format!(
-            "gave up waiting; still not finished on {} (see `musterctl job status {job}`)",
-            waiting.join(", ")
-        ),
+        format!("gave up waiting; still not finished on {} (see `musterctl job status {job}`)", waiting.join(", ")),
     )
 }
 
 /// Watches the job's status keys (and history for replaced runs) until
 /// every run in `progress` is final, showing each change.
-async fn watch(
-    api: &ApiClient,
-    job: &JobName,
-    progress: &mut [Progress],
-    view: &mut View,
-) -> Result<(), Failure> {
-    let internal =
-        |what: &str, e: &dyn std::fmt::Display| Failure::internal(format!("{what}: {e}"));
+async fn watch(api: &ApiClient, job: &JobName, progress: &mut [Progress], view: &mut View) -> Result<(), Failure> {
+    let internal = |what: &str, e: &dyn std::fmt::Display| Failure::internal(format!("{what}: {e}"));
     let info: JobInfo = api.call(Op::JobShow, JobRef { job: job.clone() }).await?;
     let js = async_nats::jetstream::new(api.client.clone());
     let bucket = api.subjects.bucket(Bucket::JobStatus);
-    let kv = js
-        .get_key_value(bucket.as_str())
-        .await
-        .map_err(|e| internal(&format!("opening {bucket}"), &e))?;
-    let mut changes = kv
-        .watch_with_history(Bucket::jobstatus_keys_of(info.id))
-        .await
-        .map_err(|e| internal("watching job status", &e))?;
+    let kv = js.get_key_value(bucket.as_str()).await.map_err(|e| internal(&format!("opening {bucket}"), &e))?;
+    let mut changes =
+        kv.watch_with_history(Bucket::jobstatus_keys_of(info.id)).await.map_err(|e| internal("watching job status", &e))?;
     let mut from_history = FuturesUnordered::new();
     while !progress.iter().all(|p| p.done) {
         tokio::select! {
@@ -279,13 +237,8 @@ async fn watch(
 /// otherwise, nothing until the end with `--json`.
 enum View {
     Json,
-    Lines {
-        last: Vec<String>,
-    },
-    Live {
-        _bars: MultiProgress,
-        lines: Vec<ProgressBar>,
-    },
+    Lines { last: Vec<String> },
+    Live { _bars: MultiProgress, lines: Vec<ProgressBar> },
 }
 
 impl View {
@@ -296,15 +249,10 @@ impl View {
         } else if std::io::stdout().is_terminal() {
             let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
             let style = ProgressStyle::with_template("{msg}").expect("a valid template");
-            let lines = progress
-                .iter()
-                .map(|_| bars.add(ProgressBar::new_spinner().with_style(style.clone())))
-                .collect();
+            let lines = progress.iter().map(|_| bars.add(ProgressBar::new_spinner().with_style(style.clone()))).collect();
             View::Live { _bars: bars, lines }
         } else {
-            View::Lines {
-                last: vec![String::new(); progress.len()],
-            }
+            View::Lines { last: vec![String::new(); progress.len()] }
         };
         view.show(progress);
         view
@@ -349,10 +297,7 @@ mod tests {
     use super::*;
 
     fn delivery(target: &str, state: &str, run_id: Option<Uuid>) -> Delivery {
-        serde_json::from_value(
-            serde_json::json!({"target": target, "run_id": run_id, "state": state}),
-        )
-        .unwrap()
+        serde_json::from_value(serde_json::json!({"target": target, "run_id": run_id, "state": state})).unwrap()
     }
 
     fn status(target: &str, run_id: Uuid, outcome: Outcome) -> JobTargetStatus {
@@ -389,44 +334,19 @@ mod tests {
         let before = Uuid::now_v7();
         let mine = Uuid::now_v7();
         let mut p = Progress::started(&delivery("web01", "delivered", Some(mine)));
-        assert_eq!(
-            seen(&p, &status("web01", before, Outcome::Succeeded)),
-            Seen::Other,
-            "an older run"
-        );
-        assert_eq!(
-            seen(&p, &status("web02", mine, Outcome::Succeeded)),
-            Seen::Other,
-            "another target"
-        );
-        assert_eq!(
-            seen(&p, &status("web01", mine, Outcome::Running)),
-            Seen::Mine
-        );
+        assert_eq!(seen(&p, &status("web01", before, Outcome::Succeeded)), Seen::Other, "an older run");
+        assert_eq!(seen(&p, &status("web02", mine, Outcome::Succeeded)), Seen::Other, "another target");
+        assert_eq!(seen(&p, &status("web01", mine, Outcome::Running)), Seen::Mine);
         p.update(&status("web01", mine, Outcome::Running));
-        assert_eq!(
-            (p.line().as_str(), p.done),
-            ("web01: running in 1.5s", false)
-        );
+        assert_eq!((p.line().as_str(), p.done), ("web01: running in 1.5s", false));
 
         let later = Uuid::now_v7();
-        assert_eq!(
-            seen(&p, &status("web01", later, Outcome::Skipped)),
-            Seen::Replaced(mine)
-        );
+        assert_eq!(seen(&p, &status("web01", later, Outcome::Skipped)), Seen::Replaced(mine));
         p.superseded = true;
-        assert_eq!(
-            seen(&p, &status("web01", later, Outcome::Skipped)),
-            Seen::Other,
-            "history is asked once"
-        );
+        assert_eq!(seen(&p, &status("web01", later, Outcome::Skipped)), Seen::Other, "history is asked once");
 
         p.update(&status("web01", mine, Outcome::Failed));
         assert!(p.done);
-        assert_eq!(
-            seen(&p, &status("web01", mine, Outcome::Failed)),
-            Seen::Other,
-            "a final run stays final"
-        );
+        assert_eq!(seen(&p, &status("web01", mine, Outcome::Failed)), Seen::Other, "a final run stays final");
     }
 }

@@ -74,19 +74,11 @@ const LOOKUP_BEFORE: Duration = Duration::from_secs(600);
 ///
 /// # Errors
 /// When the stream cannot be read to the end of what was asked.
-pub async fn read(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-    q: &HistoryQuery,
-) -> anyhow::Result<Vec<RunRecord>> {
+pub async fn read(js: &jetstream::Context, subjects: &Subjects, q: &HistoryQuery) -> anyhow::Result<Vec<RunRecord>> {
     if let Some(run_id) = q.run_id {
         let hint = q.target.as_ref().zip(q.job_id);
         let found = find_run(js, subjects, run_id, hint).await?;
-        return Ok(found
-            .map(|f| f.record)
-            .filter(|r| wanted(q, r))
-            .into_iter()
-            .collect());
+        return Ok(found.map(|f| f.record).filter(|r| wanted(q, r)).into_iter().collect());
     }
     if q.limit == Some(0) {
         return Ok(Vec::new());
@@ -103,9 +95,7 @@ pub async fn read(
             for w in Windows::new(state.first_sequence, state.last_sequence, limit) {
                 let span = Span {
                     filter: filter.clone(),
-                    deliver: DeliverPolicy::ByStartSequence {
-                        start_sequence: w.from,
-                    },
+                    deliver: DeliverPolicy::ByStartSequence { start_sequence: w.from },
                     up_to: w.up_to,
                 };
                 read_span(&stream, subjects, span, None, &mut kept).await?;
@@ -118,23 +108,10 @@ pub async fn read(
             let deliver = match since {
                 // A run that started before `since` may have ended after it;
                 // read a little earlier and filter on started_at below.
-                Some(since) => DeliverPolicy::ByStartTime {
-                    start_time: time_from_chrono(since - chrono::Duration::hours(24)),
-                },
+                Some(since) => DeliverPolicy::ByStartTime { start_time: time_from_chrono(since - chrono::Duration::hours(24)) },
                 None => DeliverPolicy::All,
             };
-            read_span(
-                &stream,
-                subjects,
-                Span {
-                    filter,
-                    deliver,
-                    up_to: None,
-                },
-                None,
-                &mut kept,
-            )
-            .await?;
+            read_span(&stream, subjects, Span { filter, deliver, up_to: None }, None, &mut kept).await?;
         }
     }
     Ok(kept.into_runs(q))
@@ -154,11 +131,7 @@ pub async fn job_id(js: &jetstream::Context, subjects: &Subjects, job: &JobName)
     let found = async {
         let jobs = js.get_key_value(&bucket).await?;
         let value = jobs.get(job.as_str()).await?;
-        anyhow::Ok(
-            value
-                .map(|v| serde_json::from_slice::<JobId>(&v))
-                .transpose()?,
-        )
+        anyhow::Ok(value.map(|v| serde_json::from_slice::<JobId>(&v)).transpose()?)
     };
     match found.await {
         Ok(id) => id.map(|j| j.id),
@@ -200,48 +173,23 @@ pub async fn find_run(
 ) -> anyhow::Result<Option<FoundRun>> {
     let stream = results_stream(js, subjects).await?;
     if let Some(record) = indexed(js, subjects, &stream, run_id).await? {
-        return Ok(Some(FoundRun {
-            record,
-            via: Via::Index,
-        }));
+        return Ok(Some(FoundRun { record, via: Via::Index }));
     }
     let deliver = match run_id.get_timestamp() {
         Some(ts) => {
             let (secs, _) = ts.to_unix();
             let from = secs.saturating_sub(LOOKUP_BEFORE.as_secs());
             DeliverPolicy::ByStartTime {
-                start_time: time::OffsetDateTime::from_unix_timestamp(
-                    i64::try_from(from).unwrap_or(0),
-                )
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+                start_time: time::OffsetDateTime::from_unix_timestamp(i64::try_from(from).unwrap_or(0))
+                    .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
             }
         }
         None => DeliverPolicy::All,
     };
-    let filter = hint.map_or_else(
-        || subjects.runs_filter(None, None),
-        |(t, job_id)| subjects.result_run(t, job_id),
-    );
+    let filter = hint.map_or_else(|| subjects.runs_filter(None, None), |(t, job_id)| subjects.result_run(t, job_id));
     let mut kept = Kept::default();
-    read_span(
-        &stream,
-        subjects,
-        Span {
-            filter,
-            deliver,
-            up_to: None,
-        },
-        Some(run_id),
-        &mut kept,
-    )
-    .await?;
-    Ok(kept
-        .into_runs(&HistoryQuery::default())
-        .pop()
-        .map(|record| FoundRun {
-            record,
-            via: Via::Scan,
-        }))
+    read_span(&stream, subjects, Span { filter, deliver, up_to: None }, Some(run_id), &mut kept).await?;
+    Ok(kept.into_runs(&HistoryQuery::default()).pop().map(|record| FoundRun { record, via: Via::Scan }))
 }
 
 /// The run as the index places it, `None` when the index has no usable
@@ -261,11 +209,7 @@ async fn indexed(
             return Ok(None);
         }
     };
-    let Some(value) = index
-        .get(run_id.to_string())
-        .await
-        .with_context(|| format!("reading {bucket}"))?
-    else {
+    let Some(value) = index.get(run_id.to_string()).await.with_context(|| format!("reading {bucket}"))? else {
         return Ok(None);
     };
     let entry: RunIndexEntry = match serde_json::from_slice(&value) {
@@ -279,12 +223,10 @@ async fn indexed(
         Ok(m) => m,
         Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => return Ok(None),
         Err(e) => {
-            return Err(e)
-                .with_context(|| format!("reading record {} of the results stream", entry.seq));
+            return Err(e).with_context(|| format!("reading record {} of the results stream", entry.seq));
         }
     };
-    let Some(r) = record(subjects, m.subject.as_str(), &m.payload)
-        .filter(|r| r.run_id == run_id && r.target == entry.target)
+    let Some(r) = record(subjects, m.subject.as_str(), &m.payload).filter(|r| r.run_id == run_id && r.target == entry.target)
     else {
         return Ok(None);
     };
@@ -298,9 +240,7 @@ async fn indexed(
     kept.keep(r, entry.seq);
     let span = Span {
         filter: subjects.result_run(&entry.target, entry.job_id),
-        deliver: DeliverPolicy::ByStartSequence {
-            start_sequence: entry.seq + 1,
-        },
+        deliver: DeliverPolicy::ByStartSequence { start_sequence: entry.seq + 1 },
         up_to: None,
     };
     read_span(stream, subjects, span, Some(run_id), &mut kept).await?;
@@ -324,17 +264,12 @@ pub async fn final_record(
     // Everything up to here is read below; the follow starts after it, so
     // a record stored in between is seen at least once.
     let read_up_to = stream.cached_info().state.last_sequence;
-    if let Some(found) = find_run(js, subjects, run_id, Some((target, job_id)))
-        .await?
-        .filter(|f| f.record.outcome.is_final())
-    {
+    if let Some(found) = find_run(js, subjects, run_id, Some((target, job_id))).await?.filter(|f| f.record.outcome.is_final()) {
         return Ok(found.record);
     }
     let config = jetstream::consumer::pull::OrderedConfig {
         filter_subject: subjects.result_run(target, job_id),
-        deliver_policy: DeliverPolicy::ByStartSequence {
-            start_sequence: read_up_to + 1,
-        },
+        deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: read_up_to + 1 },
         // Waiting, not reading a backlog: one record at a time is plenty,
         // and a pull never asks for more than one message's worth.
         max_batch: 1,
@@ -343,23 +278,16 @@ pub async fn final_record(
     let mut messages = stream.create_consumer(config).await?.messages().await?;
     while let Some(m) = futures::StreamExt::next(&mut messages).await {
         let m = m.context("following the results stream")?;
-        if let Some(r) = record(subjects, m.subject.as_str(), &m.payload)
-            .filter(|r| r.run_id == run_id && r.outcome.is_final())
-        {
+        if let Some(r) = record(subjects, m.subject.as_str(), &m.payload).filter(|r| r.run_id == run_id && r.outcome.is_final()) {
             return Ok(r);
         }
     }
     anyhow::bail!("the results stream ended while waiting for run {run_id} on {target}")
 }
 
-async fn results_stream(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-) -> anyhow::Result<jetstream::stream::Stream> {
+async fn results_stream(js: &jetstream::Context, subjects: &Subjects) -> anyhow::Result<jetstream::stream::Stream> {
     let name = subjects.results_stream();
-    js.get_stream(&name)
-        .await
-        .with_context(|| format!("cannot open stream {name}"))
+    js.get_stream(&name).await.with_context(|| format!("cannot open stream {name}"))
 }
 
 /// Reads `span` into `kept`: every run record, or with `only`, that run's
@@ -374,10 +302,7 @@ async fn read_span(
     let mut messages = read_to_end(stream, span, READ_STALL).await?;
     while let Some(m) = messages.next().await {
         let m = m?;
-        let seq = m
-            .info()
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .stream_sequence;
+        let seq = m.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
         let Some(r) = record(subjects, m.subject.as_str(), &m.payload) else {
             continue;
         };
@@ -399,14 +324,8 @@ async fn read_span(
 fn record(subjects: &Subjects, subject: &str, payload: &[u8]) -> Option<RunRecord> {
     let checked = msg::decode::<RunRecord>(payload)
         .map_err(|e| e.to_string())
-        .and_then(|r| {
-            identity::check_run(subjects, subject, &r)
-                .map(|()| r)
-                .map_err(|e| e.to_string())
-        });
-    checked
-        .inspect_err(|e| tracing::debug!(subject, error = %e, "record left out of history"))
-        .ok()
+        .and_then(|r| identity::check_run(subjects, subject, &r).map(|()| r).map_err(|e| e.to_string()));
+    checked.inspect_err(|e| tracing::debug!(subject, error = %e, "record left out of history")).ok()
 }
 
 /// Whether a run is one the query asks for (the subject filter did the
@@ -444,21 +363,13 @@ impl Kept {
             Some(have) => {
                 have.last = have.last.max(seq);
                 let rank = |final_: bool, seq: u64| (final_, std::cmp::Reverse(seq));
-                if rank(r.outcome.is_final(), seq) > rank(have.record.outcome.is_final(), have.seq)
-                {
+                if rank(r.outcome.is_final(), seq) > rank(have.record.outcome.is_final(), have.seq) {
                     have.record = r;
                     have.seq = seq;
                 }
             }
             None => {
-                self.runs.insert(
-                    key,
-                    KeptRun {
-                        record: r,
-                        seq,
-                        last: seq,
-                    },
-                );
+                self.runs.insert(key, KeptRun { record: r, seq, last: seq });
             }
         }
     }
@@ -471,11 +382,7 @@ impl Kept {
     /// The runs the query asks for (with a limit, the N recorded last),
     /// oldest first by start time.
     fn into_runs(self, q: &HistoryQuery) -> Vec<RunRecord> {
-        let mut out: Vec<KeptRun> = self
-            .runs
-            .into_values()
-            .filter(|k| wanted(q, &k.record))
-            .collect();
+        let mut out: Vec<KeptRun> = self.runs.into_values().filter(|k| wanted(q, &k.record)).collect();
         if let Some(limit) = q.limit {
             out.sort_by_key(|k| std::cmp::Reverse(k.last));
             out.truncate(limit);
@@ -487,10 +394,8 @@ impl Kept {
 }
 
 fn time_from_chrono(t: DateTime<Utc>) -> time::OffsetDateTime {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(
-        t.timestamp_nanos_opt().unwrap_or(0),
-    ))
-    .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.timestamp_nanos_opt().unwrap_or(0)))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
 #[cfg(test)]
@@ -518,12 +423,7 @@ mod tests {
     fn one_record_per_run_whatever_the_order_of_copies() {
         let id = Uuid::now_v7();
         // start, end, then a replay of the start and of the end beyond the window
-        let copies = [
-            (1, Outcome::Running),
-            (2, Outcome::Succeeded),
-            (9, Outcome::Running),
-            (10, Outcome::Succeeded),
-        ];
+        let copies = [(1, Outcome::Running), (2, Outcome::Succeeded), (9, Outcome::Running), (10, Outcome::Succeeded)];
         for reversed in [false, true] {
             let mut kept = Kept::default();
             let mut order = copies.to_vec();
@@ -537,11 +437,7 @@ mod tests {
             }
             assert_eq!(kept.runs.len(), 1);
             let k = kept.runs.values().next().unwrap();
-            assert_eq!(
-                (k.record.outcome, k.seq, k.last),
-                (Outcome::Succeeded, 2, 10),
-                "reversed: {reversed}"
-            );
+            assert_eq!((k.record.outcome, k.seq, k.last), (Outcome::Succeeded, 2, 10), "reversed: {reversed}");
             // the same run id on another target is another run
             kept.keep(run("b", id, Outcome::Running), 11);
             assert_eq!(kept.runs.len(), 2);
@@ -564,21 +460,8 @@ mod tests {
         kept.keep(old, 0);
         long.outcome = Outcome::Failed;
         kept.keep(long.clone(), 3);
-        let q = HistoryQuery {
-            limit: Some(2),
-            ..HistoryQuery::default()
-        };
-        let got: Vec<(Uuid, Outcome)> = kept
-            .into_runs(&q)
-            .iter()
-            .map(|r| (r.run_id, r.outcome))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                (long.run_id, Outcome::Failed),
-                (short.run_id, Outcome::Succeeded)
-            ]
-        );
+        let q = HistoryQuery { limit: Some(2), ..HistoryQuery::default() };
+        let got: Vec<(Uuid, Outcome)> = kept.into_runs(&q).iter().map(|r| (r.run_id, r.outcome)).collect();
+        assert_eq!(got, vec![(long.run_id, Outcome::Failed), (short.run_id, Outcome::Succeeded)]);
     }
 }

@@ -38,9 +38,7 @@ pub async fn main() -> ExitCode {
         Err(e) => {
             let _ = e.print();
             return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
-                    ExitCode::SUCCESS
-                }
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
                 // A value that parsed but broke a rule (a bad name): invalid input.
                 clap::error::ErrorKind::ValueValidation => ExitCode::from(Exit::Invalid.code()),
                 _ => ExitCode::from(Exit::Usage.code()),

@@ -9,9 +9,7 @@ use std::io::Write as _;
 
 use chrono::{DateTime, Utc};
 use comfy_table::{CellAlignment, Table};
-use muster_shared::api::{
-    Delivery, InstrRow, JobInfo, MasterSeen, Posted, StatusSummary, TargetInfo,
-};
+use muster_shared::api::{Delivery, InstrRow, JobInfo, MasterSeen, Posted, StatusSummary, TargetInfo};
 use muster_shared::msg::RunRecord;
 use serde::Serialize;
 
@@ -54,11 +52,7 @@ pub fn join<T: std::fmt::Display>(items: &[T]) -> String {
     if items.is_empty() {
         "-".into()
     } else {
-        items
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
+        items.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
     }
 }
 
@@ -81,9 +75,7 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
 /// [`table`], with the columns in `right` aligned to the right (numbers).
 pub fn table_aligned(headers: &[&str], rows: Vec<Vec<String>>, right: &[usize]) -> String {
     let mut t = Table::new();
-    t.load_preset(comfy_table::presets::NOTHING)
-        .set_header(headers.iter().copied())
-        .add_rows(rows);
+    t.load_preset(comfy_table::presets::NOTHING).set_header(headers.iter().copied()).add_rows(rows);
     let last = headers.len().saturating_sub(1);
     for (i, column) in t.column_iter_mut().enumerate() {
         column.set_padding((0, if i == last { 0 } else { 2 }));
@@ -112,35 +104,17 @@ pub fn print_targets(ts: &[TargetInfo]) {
                 t.unread.to_string(),
                 t.agent_version.clone().unwrap_or_else(|| "-".into()),
                 join(&t.groups),
-                if t.location.is_empty() {
-                    "-".into()
-                } else {
-                    t.location.clone()
-                },
+                if t.location.is_empty() { "-".into() } else { t.location.clone() },
             ]
         })
         .collect();
     print_table(
-        &[
-            "TARGET",
-            "STATUS",
-            "LAST POLL",
-            "LOCAL TIME",
-            "SKEW",
-            "POLL(S)",
-            "UNREAD",
-            "AGENT",
-            "GROUPS",
-            "LOCATION",
-        ],
+        &["TARGET", "STATUS", "LAST POLL", "LOCAL TIME", "SKEW", "POLL(S)", "UNREAD", "AGENT", "GROUPS", "LOCATION"],
         rows,
     );
     for t in ts {
         if let Some(why) = &t.blocked {
-            println!(
-                "{} is blocked by {why} (see `musterctl instructions --target {} --errors`)",
-                t.name, t.name
-            );
+            println!("{} is blocked by {why} (see `musterctl instructions --target {} --errors`)", t.name, t.name);
         }
         if t.bad_instructions + t.bad_control > 0 {
             println!(
@@ -157,11 +131,7 @@ pub fn print_jobs(jobs: &[JobInfo]) {
         .map(|j| {
             vec![
                 j.spec.name.to_string(),
-                if j.spec.enabled {
-                    "yes".into()
-                } else {
-                    "no".into()
-                },
+                if j.spec.enabled { "yes".into() } else { "no".into() },
                 j.spec.steps.len().to_string(),
                 j.spec.schedules.len().to_string(),
                 join(&j.targets),
@@ -169,45 +139,21 @@ pub fn print_jobs(jobs: &[JobInfo]) {
             ]
         })
         .collect();
-    print_table(
-        &["JOB", "ENABLED", "STEPS", "SCHEDULES", "TARGETS", "GROUPS"],
-        rows,
-    );
+    print_table(&["JOB", "ENABLED", "STEPS", "SCHEDULES", "TARGETS", "GROUPS"], rows);
 }
 
 pub fn print_job(j: &JobInfo) {
-    println!(
-        "job {} ({}), revision {}, {}",
-        j.spec.name,
-        j.id,
-        j.revision,
-        if j.spec.enabled {
-            "enabled"
-        } else {
-            "disabled"
-        }
-    );
+    println!("job {} ({}), revision {}, {}", j.spec.name, j.id, j.revision, if j.spec.enabled { "enabled" } else { "disabled" });
     if !j.spec.description.is_empty() {
         println!("  {}", j.spec.description);
     }
-    println!(
-        "  targets: {}   groups: {}",
-        join(&j.targets),
-        join(&j.groups)
-    );
+    println!("  targets: {}   groups: {}", join(&j.targets), join(&j.groups));
     for (i, s) in j.spec.steps.iter().enumerate() {
-        let what = s
-            .command
-            .clone()
-            .unwrap_or_else(|| s.argv.clone().unwrap_or_default().join(" "));
+        let what = s.command.clone().unwrap_or_else(|| s.argv.clone().unwrap_or_default().join(" "));
         println!("  step {} {}: {}", i + 1, s.name, what);
     }
     for s in &j.spec.schedules {
-        println!(
-            "  schedule {}: {}",
-            s.name,
-            serde_json::to_string(s).unwrap_or_default()
-        );
+        println!("  schedule {}: {}", s.name, serde_json::to_string(s).unwrap_or_default());
     }
 }
 
@@ -215,31 +161,17 @@ pub fn print_job_status(statuses: &[muster_shared::api::JobTargetStatus]) {
     let rows = statuses
         .iter()
         .map(|s| {
-            vec![
-                s.target.to_string(),
-                s.outcome.to_string(),
-                time(Some(s.started_at)),
-                secs(s.duration_ms),
-                s.message.clone(),
-            ]
+            vec![s.target.to_string(), s.outcome.to_string(), time(Some(s.started_at)), secs(s.duration_ms), s.message.clone()]
         })
         .collect();
-    print_table(
-        &["TARGET", "LAST OUTCOME", "STARTED", "DURATION", "MESSAGE"],
-        rows,
-    );
+    print_table(&["TARGET", "LAST OUTCOME", "STARTED", "DURATION", "MESSAGE"], rows);
 }
 
 pub fn print_deliveries(d: &[Delivery]) {
     let rows = d
         .iter()
         .map(|d| {
-            vec![
-                d.target.to_string(),
-                d.state.to_string(),
-                d.run_id.map_or("-".into(), |r| r.to_string()),
-                d.message.clone(),
-            ]
+            vec![d.target.to_string(), d.state.to_string(), d.run_id.map_or("-".into(), |r| r.to_string()), d.message.clone()]
         })
         .collect();
     print_table(&["TARGET", "STATE", "RUN", "MESSAGE"], rows);
@@ -260,40 +192,18 @@ pub fn print_runs(runs: &[RunRecord]) {
             ]
         })
         .collect();
-    print_table(
-        &[
-            "STARTED", "JOB", "TARGET", "OUTCOME", "DURATION", "TRIGGER", "RUN",
-        ],
-        rows,
-    );
+    print_table(&["STARTED", "JOB", "TARGET", "OUTCOME", "DURATION", "TRIGGER", "RUN"], rows);
 }
 
 pub fn print_run(r: &RunRecord) {
-    println!(
-        "run {} of {} on {}: {} ({})",
-        r.run_id, r.job, r.target, r.outcome, r.trigger
-    );
-    println!(
-        "  started {}  finished {}",
-        time(Some(r.started_at)),
-        time(r.finished_at)
-    );
+    println!("run {} of {} on {}: {} ({})", r.run_id, r.job, r.target, r.outcome, r.trigger);
+    println!("  started {}  finished {}", time(Some(r.started_at)), time(r.finished_at));
     if !r.message.is_empty() {
         println!("  {}", r.message);
     }
     for s in &r.steps {
-        let code = s.exit_code.map_or_else(
-            || s.signal.map_or("-".into(), |g| format!("signal {g}")),
-            |c| format!("exit {c}"),
-        );
-        println!(
-            "  step {} [{}]: {} {code}, {} ms, {} retries",
-            s.index + 1,
-            s.name,
-            s.outcome,
-            s.duration_ms,
-            s.retries
-        );
+        let code = s.exit_code.map_or_else(|| s.signal.map_or("-".into(), |g| format!("signal {g}")), |c| format!("exit {c}"));
+        println!("  step {} [{}]: {} {code}, {} ms, {} retries", s.index + 1, s.name, s.outcome, s.duration_ms, s.retries);
         for line in s.output.lines() {
             println!("    | {line}");
         }
@@ -301,16 +211,7 @@ pub fn print_run(r: &RunRecord) {
 }
 
 pub fn print_posted(p: &[Posted]) {
-    let rows = p
-        .iter()
-        .map(|p| {
-            vec![
-                p.target.to_string(),
-                p.ops.join(", "),
-                p.dropped.to_string(),
-            ]
-        })
-        .collect();
+    let rows = p.iter().map(|p| vec![p.target.to_string(), p.ops.join(", "), p.dropped.to_string()]).collect();
     print_table(&["TARGET", "POSTED", "DROPPED"], rows);
 }
 
@@ -330,76 +231,29 @@ pub fn print_instructions(rows: &[InstrRow]) {
             ]
         })
         .collect();
-    print_table(
-        &[
-            "ID",
-            "TARGET",
-            "OP",
-            "JOB",
-            "POSTED",
-            "DOWNLOADED",
-            "STATUS",
-            "ERROR",
-        ],
-        rows,
-    );
+    print_table(&["ID", "TARGET", "OP", "JOB", "POSTED", "DOWNLOADED", "STATUS", "ERROR"], rows);
 }
 
 pub fn print_groups(groups: &[muster_shared::api::GroupInfo]) {
-    let rows = groups
-        .iter()
-        .map(|g| vec![g.name.to_string(), join(&g.members), join(&g.jobs)])
-        .collect();
+    let rows = groups.iter().map(|g| vec![g.name.to_string(), join(&g.members), join(&g.jobs)]).collect();
     print_table(&["GROUP", "MEMBERS", "JOBS"], rows);
 }
 
 pub fn print_status(s: &StatusSummary, masters: &[MasterSeen]) {
     let total: u64 = s.targets_by_status.values().sum();
-    let by = s
-        .targets_by_status
-        .iter()
-        .map(|(k, n)| format!("{n} {k}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    println!(
-        "targets:      {total}{}",
-        if by.is_empty() {
-            String::new()
-        } else {
-            format!(" ({by})")
-        }
-    );
+    let by = s.targets_by_status.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ");
+    println!("targets:      {total}{}", if by.is_empty() { String::new() } else { format!(" ({by})") });
     println!("jobs:         {}   groups: {}", s.jobs, s.groups);
-    println!(
-        "instructions: {} pending, {} failed",
-        s.pending_instructions, s.failed_instructions
-    );
-    let ids = masters
-        .iter()
-        .map(|m| format!("{} v{}", m.id, m.version))
-        .collect::<Vec<_>>()
-        .join(", ");
-    println!(
-        "masters:      {}{}",
-        masters.len(),
-        if ids.is_empty() {
-            String::new()
-        } else {
-            format!(" ({ids})")
-        }
-    );
+    println!("instructions: {} pending, {} failed", s.pending_instructions, s.failed_instructions);
+    let ids = masters.iter().map(|m| format!("{} v{}", m.id, m.version)).collect::<Vec<_>>().join(", ");
+    println!("masters:      {}{}", masters.len(), if ids.is_empty() { String::new() } else { format!(" ({ids})") });
     if !s.attention.is_empty() {
         println!();
         let rows = s
             .attention
             .iter()
             .map(|t| {
-                vec![
-                    t.name.to_string(),
-                    t.status.as_str().to_owned(),
-                    time(t.last_poll),
-                    t.blocked.clone().unwrap_or_default(),
-                ]
+                vec![t.name.to_string(), t.status.as_str().to_owned(), time(t.last_poll), t.blocked.clone().unwrap_or_default()]
             })
             .collect();
         print_table(&["TARGET", "STATUS", "LAST POLL", "WHY"], rows);
@@ -410,19 +264,10 @@ pub fn print_status(s: &StatusSummary, masters: &[MasterSeen]) {
             .failing
             .iter()
             .map(|f| {
-                vec![
-                    f.job.to_string(),
-                    f.target.to_string(),
-                    f.outcome.to_string(),
-                    time(Some(f.started_at)),
-                    f.message.clone(),
-                ]
+                vec![f.job.to_string(), f.target.to_string(), f.outcome.to_string(), time(Some(f.started_at)), f.message.clone()]
             })
             .collect();
-        print_table(
-            &["FAILING JOB", "TARGET", "OUTCOME", "STARTED", "MESSAGE"],
-            rows,
-        );
+        print_table(&["FAILING JOB", "TARGET", "OUTCOME", "STARTED", "MESSAGE"], rows);
     }
 }
 
@@ -432,28 +277,17 @@ mod tests {
 
     #[test]
     fn tables_are_aligned_borderless_and_never_end_in_spaces() {
-        let rows = vec![
-            vec!["web01".into(), "normal".into(), String::new()],
-            vec!["db-primary".into(), "-".into(), "x y".into()],
-        ];
+        let rows =
+            vec![vec!["web01".into(), "normal".into(), String::new()], vec!["db-primary".into(), "-".into(), "x y".into()]];
         let text = table(&["TARGET", "STATUS", "NOTE"], rows);
-        assert_eq!(
-            text,
-            "TARGET      STATUS  NOTE\nweb01       normal\ndb-primary  -       x y"
-        );
+        assert_eq!(text, "TARGET      STATUS  NOTE\nweb01       normal\ndb-primary  -       x y");
     }
 
     #[test]
     fn right_aligned_columns_line_up_on_the_right() {
-        let rows = vec![
-            vec!["a".into(), "1.00 ms".into()],
-            vec!["bb".into(), "10.00 ms".into()],
-        ];
+        let rows = vec![vec!["a".into(), "1.00 ms".into()], vec!["bb".into(), "10.00 ms".into()]];
         let text = table_aligned(&["measure", "muster"], rows, &[1]);
-        assert_eq!(
-            text,
-            "measure    muster\na         1.00 ms\nbb       10.00 ms"
-        );
+        assert_eq!(text, "measure    muster\na         1.00 ms\nbb       10.00 ms");
     }
 
     #[test]

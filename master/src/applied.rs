@@ -43,10 +43,7 @@ pub fn row_outcome(r: &AppliedRecord, row: &InstrRow) -> Option<(InstrStatus, Op
     if let Some(refused) = &r.refused {
         return Some((InstrStatus::Failed, Some(refused.clone())));
     }
-    let failed = row
-        .job
-        .as_ref()
-        .and_then(|job| r.errors.iter().find(|e| &e.job == job));
+    let failed = row.job.as_ref().and_then(|job| r.errors.iter().find(|e| &e.job == job));
     Some(match failed {
         Some(e) => (InstrStatus::Failed, Some(e.error.clone())),
         None => (InstrStatus::Applied, None),
@@ -59,9 +56,7 @@ pub fn failure(r: &AppliedRecord) -> Option<String> {
     if let Some(refused) = &r.refused {
         return Some(format!("revision {revision} refused: {refused}"));
     }
-    r.errors
-        .first()
-        .map(|e| format!("revision {revision}: job '{}': {}", e.job, e.error))
+    r.errors.first().map(|e| format!("revision {revision}: job '{}': {}", e.job, e.error))
 }
 
 /// Settles the target's download-list rows the record covers and sets or
@@ -73,28 +68,22 @@ pub fn failure(r: &AppliedRecord) -> Option<String> {
 pub async fn record_applied(store: &Store, r: &AppliedRecord) -> Result<(), StoreError> {
     use futures::StreamExt;
     let rows = store.instr_rows(Some(&r.target)).await?;
-    let writes = rows
-        .into_iter()
-        .filter(|row| row_outcome(r, row).is_some())
-        .map(|row| async move {
-            let key = Store::instr_key(&r.target, row.id);
-            Store::modify(&store.instructions, &key, |old: Option<InstrRow>| {
-                old.map(|mut row| {
-                    // Settled meanwhile (another replica, a redelivery): kept.
-                    if let Some((status, error)) = row_outcome(r, &row) {
-                        row.status = status;
-                        row.applied_at = Some(r.at);
-                        row.error = error;
-                    }
-                    row
-                })
+    let writes = rows.into_iter().filter(|row| row_outcome(r, row).is_some()).map(|row| async move {
+        let key = Store::instr_key(&r.target, row.id);
+        Store::modify(&store.instructions, &key, |old: Option<InstrRow>| {
+            old.map(|mut row| {
+                // Settled meanwhile (another replica, a redelivery): kept.
+                if let Some((status, error)) = row_outcome(r, &row) {
+                    row.status = status;
+                    row.applied_at = Some(r.at);
+                    row.error = error;
+                }
+                row
             })
-            .await
-        });
-    let results: Vec<_> = futures::stream::iter(writes)
-        .buffer_unordered(ROW_WRITES_IN_FLIGHT)
-        .collect()
-        .await;
+        })
+        .await
+    });
+    let results: Vec<_> = futures::stream::iter(writes).buffer_unordered(ROW_WRITES_IN_FLIGHT).collect().await;
     for w in results {
         w?;
     }
@@ -123,14 +112,10 @@ async fn defection_applied(store: &Store, r: &AppliedRecord) -> Result<bool, Sto
         return Ok(false);
     }
     // Only while still defected: an operator may have enlisted it meanwhile.
-    Store::modify(
-        &store.targets,
-        r.target.as_str(),
-        |old: Option<TargetRecord>| match old {
-            Some(t) if t.defected_at.is_some() => None,
-            other => other,
-        },
-    )
+    Store::modify(&store.targets, r.target.as_str(), |old: Option<TargetRecord>| match old {
+        Some(t) if t.defected_at.is_some() => None,
+        other => other,
+    })
     .await?;
     tracing::info!(target = %r.target, "target defected");
     Ok(true)
@@ -142,25 +127,17 @@ async fn defection_applied(store: &Store, r: &AppliedRecord) -> Result<bool, Sto
 ///
 /// # Errors
 /// NATS errors reading or writing the target's record.
-pub async fn set_blocked(
-    store: &Store,
-    target: &TargetName,
-    failure: Option<String>,
-) -> Result<(), StoreError> {
+pub async fn set_blocked(store: &Store, target: &TargetName, failure: Option<String>) -> Result<(), StoreError> {
     match Store::read::<TargetRecord>(&store.targets, target.as_str()).await? {
         Some((t, _)) if t.blocked != failure => {}
         _ => return Ok(()),
     }
-    Store::modify(
-        &store.targets,
-        target.as_str(),
-        |old: Option<TargetRecord>| {
-            old.map(|mut t| {
-                t.blocked.clone_from(&failure);
-                t
-            })
-        },
-    )
+    Store::modify(&store.targets, target.as_str(), |old: Option<TargetRecord>| {
+        old.map(|mut t| {
+            t.blocked.clone_from(&failure);
+            t
+        })
+    })
     .await?;
     Ok(())
 }
@@ -173,33 +150,19 @@ pub async fn set_blocked(
 /// written (the batch is redelivered, so the start is taken out later). A
 /// manifest the change cannot fix (too big, invalid) is only logged:
 /// reconcile and the expiry sweep deal with it.
-pub async fn answered(
-    publisher: &Publisher,
-    runs: &[(TargetName, Uuid)],
-) -> Result<(), StoreError> {
+pub async fn answered(publisher: &Publisher, runs: &[(TargetName, Uuid)]) -> Result<(), StoreError> {
     let mut per_target: BTreeMap<TargetName, Post> = BTreeMap::new();
     for (t, run_id) in runs {
-        per_target
-            .entry(t.clone())
-            .or_default()
-            .answered
-            .push(*run_id);
+        per_target.entry(t.clone()).or_default().answered.push(*run_id);
     }
     if per_target.is_empty() {
         return Ok(());
     }
-    for (t, result) in publisher
-        .publish_many(per_target.into_iter().collect())
-        .await?
-    {
+    for (t, result) in publisher.publish_many(per_target.into_iter().collect()).await? {
         match result {
             Ok(_) => {}
             Err(PublishError::Store(e)) => return Err(e),
-            Err(PublishError::Conflict { .. }) => {
-                return Err(StoreError::Conflict {
-                    key: publisher.store().subjects.state(&t),
-                })
-            }
+            Err(PublishError::Conflict { .. }) => return Err(StoreError::Conflict { key: publisher.store().subjects.state(&t) }),
             Err(e) => {
                 tracing::warn!(target = %t, error = %e, "answered starts left in the manifest")
             }
@@ -220,11 +183,7 @@ mod tests {
         AppliedRecord {
             v: 1,
             target: TargetName::new("web01").unwrap(),
-            applied: Applied {
-                epoch: Uuid::nil(),
-                revision: Revision(revision),
-                changes: revision,
-            },
+            applied: Applied { epoch: Uuid::nil(), revision: Revision(revision), changes: revision },
             at: Utc::now(),
             refused: None,
             errors: Vec::new(),
@@ -248,24 +207,10 @@ mod tests {
     #[test]
     fn rows_at_or_below_the_applied_revision_are_applied_the_rest_stay_unread() {
         let r = record(5);
-        assert_eq!(
-            row_outcome(&r, &row(Some(4), None)),
-            Some((InstrStatus::Applied, None))
-        );
-        assert_eq!(
-            row_outcome(&r, &row(Some(5), Some("j"))),
-            Some((InstrStatus::Applied, None))
-        );
-        assert_eq!(
-            row_outcome(&r, &row(Some(6), None)),
-            None,
-            "posted above: unread"
-        );
-        assert_eq!(
-            row_outcome(&r, &row(None, None)),
-            None,
-            "previous design's row"
-        );
+        assert_eq!(row_outcome(&r, &row(Some(4), None)), Some((InstrStatus::Applied, None)));
+        assert_eq!(row_outcome(&r, &row(Some(5), Some("j"))), Some((InstrStatus::Applied, None)));
+        assert_eq!(row_outcome(&r, &row(Some(6), None)), None, "posted above: unread");
+        assert_eq!(row_outcome(&r, &row(None, None)), None, "previous design's row");
         let mut settled = row(Some(3), None);
         settled.status = InstrStatus::Dropped;
         assert_eq!(row_outcome(&r, &settled), None);
@@ -278,10 +223,7 @@ mod tests {
         refused.refused = Some("manifest names another target".into());
         assert_eq!(
             row_outcome(&refused, &row(Some(2), Some("j"))),
-            Some((
-                InstrStatus::Failed,
-                Some("manifest names another target".into())
-            ))
+            Some((InstrStatus::Failed, Some("manifest names another target".into())))
         );
         assert!(failure(&refused).unwrap().contains("revision 5 refused"));
 
@@ -295,13 +237,7 @@ mod tests {
             row_outcome(&partial, &row(Some(5), Some("bad"))),
             Some((InstrStatus::Failed, Some("invalid document".into())))
         );
-        assert_eq!(
-            row_outcome(&partial, &row(Some(5), Some("good"))),
-            Some((InstrStatus::Applied, None))
-        );
-        assert_eq!(
-            failure(&partial).as_deref(),
-            Some("revision 5: job 'bad': invalid document")
-        );
+        assert_eq!(row_outcome(&partial, &row(Some(5), Some("good"))), Some((InstrStatus::Applied, None)));
+        assert_eq!(failure(&partial).as_deref(), Some("revision 5: job 'bad': invalid document"));
     }
 }

@@ -34,11 +34,7 @@ pub fn derive_one(
     if t.defected_at.is_some() {
         return DerivedState::new(Vec::new(), t.poll_set_secs, true);
     }
-    let refs = jobs
-        .iter()
-        .filter(|j| j.deleted_at.is_none() && reaches(j, name, groups))
-        .map(job_ref)
-        .collect();
+    let refs = jobs.iter().filter(|j| j.deleted_at.is_none() && reaches(j, name, groups)).map(job_ref).collect();
     DerivedState::new(refs, t.poll_set_secs, false)
 }
 
@@ -64,11 +60,7 @@ pub fn derive(
             let state = if t.defected_at.is_some() {
                 DerivedState::new(Vec::new(), t.poll_set_secs, true)
             } else {
-                DerivedState::new(
-                    reach.remove(&t.name).unwrap_or_default(),
-                    t.poll_set_secs,
-                    false,
-                )
+                DerivedState::new(reach.remove(&t.name).unwrap_or_default(), t.poll_set_secs, false)
             };
             (t.name.clone(), state)
         })
@@ -76,18 +68,11 @@ pub fn derive(
 }
 
 fn reaches(j: &JobRecord, t: &TargetName, groups: &HashMap<GroupName, GroupRecord>) -> bool {
-    j.targets.contains(t)
-        || j.groups
-            .iter()
-            .any(|g| groups.get(g).is_some_and(|g| g.members.contains(t)))
+    j.targets.contains(t) || j.groups.iter().any(|g| groups.get(g).is_some_and(|g| g.members.contains(t)))
 }
 
 fn job_ref(j: &JobRecord) -> JobRef {
-    JobRef {
-        id: j.id,
-        name: j.spec.name.clone(),
-        revision: j.revision,
-    }
+    JobRef { id: j.id, name: j.spec.name.clone(), revision: j.revision }
 }
 
 #[cfg(test)]
@@ -136,14 +121,7 @@ mod tests {
             .map(|(g, members)| {
                 let name = GroupName::new(*g).unwrap();
                 let members: BTreeSet<TargetName> = members.iter().map(|n| t(n)).collect();
-                (
-                    name.clone(),
-                    GroupRecord {
-                        name,
-                        members,
-                        created_at: Utc::now(),
-                    },
-                )
+                (name.clone(), GroupRecord { name, members, created_at: Utc::now() })
             })
             .collect()
     }
@@ -163,11 +141,7 @@ mod tests {
         ];
         let all = derive(&[target("a"), target("b"), target("c")], &jobs, &g);
         assert_eq!(ids(&all[&t("a")]), [1, 2, 3], "sorted by id");
-        assert_eq!(
-            ids(&all[&t("b")]),
-            [1, 2],
-            "a job reached twice is listed once"
-        );
+        assert_eq!(ids(&all[&t("b")]), [1, 2], "a job reached twice is listed once");
         assert!(all[&t("c")].jobs.is_empty());
         assert_eq!(all[&t("a")].jobs[0].revision, 2);
         for name in ["a", "b", "c"] {
@@ -191,16 +165,8 @@ mod tests {
         assert_eq!(all[&t("a")].poll_interval_secs, Some(300));
         assert!(all[&t("d")].defected && all[&t("d")].jobs.is_empty());
         assert_eq!(derive_one(Some(&d), &t("d"), &jobs, &g), all[&t("d")]);
-        assert_eq!(
-            derive_one(None, &t("x"), &jobs, &g),
-            gone(),
-            "no record: gone"
-        );
+        assert_eq!(derive_one(None, &t("x"), &jobs, &g), gone(), "no record: gone");
         assert!(!all.contains_key(&t("x")));
-        assert_eq!(
-            derive_one(Some(&target("b")), &t("b"), &jobs, &g).poll_interval_secs,
-            None,
-            "the agent's own interval"
-        );
+        assert_eq!(derive_one(Some(&target("b")), &t("b"), &jobs, &g).poll_interval_secs, None, "the agent's own interval");
     }
 }

@@ -19,8 +19,8 @@
 //! consumer while it drains a backlog.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
@@ -28,13 +28,13 @@ use async_nats::jetstream::AckKind;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use muster_shared::api::JobTargetStatus;
-use muster_shared::identity;
 use muster_shared::desired::AppliedRecord;
+use muster_shared::identity;
 use muster_shared::msg::{self, InstrRecord, InstructionKind, RunRecord, Trigger};
 use muster_shared::runs::RunIndexEntry;
 use muster_shared::streams::MASTER_CONSUMER;
-use uuid::Uuid;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::applied;
 use crate::publish::Publisher;
@@ -187,13 +187,8 @@ async fn handle_batch(
                     answered.push((r.target.clone(), r.run_id));
                 }
                 let seq = m.info().map_err(|e| format!("not a stream message: {e}"))?.stream_sequence;
-                let entry = RunIndexEntry {
-                    v: 1,
-                    target: r.target.clone(),
-                    job_id: r.job_id,
-                    seq,
-                    is_final: r.outcome.is_final(),
-                };
+                let entry =
+                    RunIndexEntry { v: 1, target: r.target.clone(), job_id: r.job_id, seq, is_final: r.outcome.is_final() };
                 match index.get(&r.run_id) {
                     Some(have) if !entry.supersedes(have) => {}
                     _ => {
@@ -461,15 +456,24 @@ mod tests {
         let job = JobName::new("backup").unwrap();
         for target_first in [true, false] {
             let op = InstructionOp::StartJob { job_id: Uuid::nil(), job: job.clone(), run_id: Uuid::now_v7() };
-            let i = muster_shared::msg::Instruction { v: 1, id: Uuid::now_v7(), target: target.clone(), posted_at: Utc::now(), op };
+            let i =
+                muster_shared::msg::Instruction { v: 1, id: Uuid::now_v7(), target: target.clone(), posted_at: Utc::now(), op };
             let applied_at = i.posted_at + Duration::seconds(3);
             let outcome = InstrOutcome { id: i.id, op: i.op.kind(), applied_at, error: None };
             let report = InstrRecord { v: 1, target: target.clone(), outcomes: vec![outcome] };
             if target_first {
                 apply_instr_record(&t.store, &report).await.unwrap();
-                Store::modify(&t.store.instructions, &Store::instr_key(&target, i.id), |old| Some(crate::store::posted_row(&i, old))).await.unwrap();
+                Store::modify(&t.store.instructions, &Store::instr_key(&target, i.id), |old| {
+                    Some(crate::store::posted_row(&i, old))
+                })
+                .await
+                .unwrap();
             } else {
-                Store::modify(&t.store.instructions, &Store::instr_key(&target, i.id), |old| Some(crate::store::posted_row(&i, old))).await.unwrap();
+                Store::modify(&t.store.instructions, &Store::instr_key(&target, i.id), |old| {
+                    Some(crate::store::posted_row(&i, old))
+                })
+                .await
+                .unwrap();
                 apply_instr_record(&t.store, &report).await.unwrap();
             }
             let key = Store::instr_key(&target, i.id);

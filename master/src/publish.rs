@@ -31,9 +31,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use futures::StreamExt;
 use muster_shared::api::{InstrRow, InstrStatus};
-use muster_shared::desired::{
-    self, ClockRef, JobDoc, Manifest, ManifestError, Revision, SizeError, StartEntry, StopEntry,
-};
+use muster_shared::desired::{self, ClockRef, JobDoc, Manifest, ManifestError, Revision, SizeError, StartEntry, StopEntry};
 use muster_shared::job::JobDef;
 use muster_shared::msg;
 use muster_shared::name::{GroupName, JobName, TargetName};
@@ -76,18 +74,11 @@ pub struct Post {
 impl Post {
     /// A change to the derived half only (assign, update, membership...).
     pub fn derived(rows: Vec<Row>) -> Post {
-        Post {
-            rows,
-            ..Post::default()
-        }
+        Post { rows, ..Post::default() }
     }
 
     fn adds_nothing(&self) -> bool {
-        self.starts.is_empty()
-            && self.stops.is_empty()
-            && self.clock.is_none()
-            && !self.force
-            && !self.prune
+        self.starts.is_empty() && self.stops.is_empty() && self.clock.is_none() && !self.force && !self.prune
     }
 }
 
@@ -108,10 +99,7 @@ pub enum Published {
     /// none): nothing written.
     Unchanged(Option<Revision>),
     /// A new revision; starts the prune took out (to be recorded `expired`).
-    Written {
-        revision: Revision,
-        pruned: Vec<StartEntry>,
-    },
+    Written { revision: Revision, pruned: Vec<StartEntry> },
 }
 
 impl Published {
@@ -166,13 +154,8 @@ impl Records {
     /// NATS errors reading the buckets.
     pub async fn read(store: &Store) -> Result<Records, StoreError> {
         let marks = Self::marks(store).await?;
-        let (jobs, groups) =
-            tokio::try_join!(Store::scan::<JobRecord>(&store.jobs), store.all_groups())?;
-        Ok(Records {
-            jobs,
-            groups,
-            marks,
-        })
+        let (jobs, groups) = tokio::try_join!(Store::scan::<JobRecord>(&store.jobs), store.all_groups())?;
+        Ok(Records { jobs, groups, marks })
     }
 
     /// Whether a job or group was written since this snapshot was taken.
@@ -377,35 +360,16 @@ impl Publisher {
     }
 
     async fn lock(&self, t: &TargetName) -> (Held<'_>, tokio::sync::OwnedMutexGuard<()>) {
-        let lock = self
-            .inner
-            .locks
-            .lock()
-            .expect("lock map")
-            .entry(t.clone())
-            .or_default()
-            .clone();
+        let lock = self.inner.locks.lock().expect("lock map").entry(t.clone()).or_default().clone();
         let guard = lock.clone().lock_owned().await;
-        (
-            Held {
-                inner: &self.inner,
-                target: t.clone(),
-                lock,
-            },
-            guard,
-        )
+        (Held { inner: &self.inner, target: t.clone(), lock }, guard)
     }
 
     /// Publishes one target (the protocol in the module docs).
     ///
     /// # Errors
     /// See [`PublishError`].
-    pub async fn publish(
-        &self,
-        t: &TargetName,
-        post: &Post,
-        records: &Records,
-    ) -> Result<Published, PublishError> {
+    pub async fn publish(&self, t: &TargetName, post: &Post, records: &Records) -> Result<Published, PublishError> {
         // The guard is dropped before the map entry's holder.
         let (_held, _guard) = self.lock(t).await;
         let store = &self.inner.store;
@@ -421,19 +385,14 @@ impl Publisher {
                 fresh_records = Some(Records::read(store).await?);
             }
             let records = fresh_records.as_ref().unwrap_or(records);
-            let record = Store::read::<TargetRecord>(&store.targets, t.as_str())
-                .await?
-                .map(|(r, _)| r);
+            let record = Store::read::<TargetRecord>(&store.targets, t.as_str()).await?.map(|(r, _)| r);
             let derived = derive_one(record.as_ref(), t, &records.jobs, &records.groups);
             let now = Utc::now();
             let mut next = match &cur.manifest {
                 None if record.is_none() => return Ok(Published::Unchanged(None)),
                 None => Manifest::first(t.clone(), Uuid::new_v4(), derived, now),
                 Some(m) => {
-                    let answers = m
-                        .starts
-                        .iter()
-                        .any(|s| post.answered.contains(&s.run_id));
+                    let answers = m.starts.iter().any(|s| post.answered.contains(&s.run_id));
                     if post.adds_nothing() && !answers && m.derived().digest() == derived.digest() {
                         let revision = m.revision;
                         self.remember(t, cur);
@@ -442,10 +401,7 @@ impl Publisher {
                     m.successor(derived, now)
                 }
             };
-            let manifest_err = |source| PublishError::Manifest {
-                target: t.clone(),
-                source,
-            };
+            let manifest_err = |source| PublishError::Manifest { target: t.clone(), source };
             for run_id in &post.answered {
                 next.remove_start(*run_id);
             }
@@ -479,17 +435,11 @@ impl Publisher {
             }
             next.changes += post.rows.len() as u64;
             let body = Bytes::from(msg::encode(&next));
-            desired::check_size(&body).map_err(|source| PublishError::TooBig {
-                target: t.clone(),
-                source,
-            })?;
+            desired::check_size(&body).map_err(|source| PublishError::TooBig { target: t.clone(), source })?;
 
             // Documents first, so a manifest never names one that is not there.
-            let listed: HashMap<Uuid, u64> = cur
-                .manifest
-                .iter()
-                .flat_map(|m| m.jobs.iter().map(|j| (j.id, j.revision)))
-                .collect();
+            let listed: HashMap<Uuid, u64> =
+                cur.manifest.iter().flat_map(|m| m.jobs.iter().map(|j| (j.id, j.revision))).collect();
             let by_id: HashMap<Uuid, &JobRecord> = records.jobs.iter().map(|j| (j.id, j)).collect();
             for j in &next.jobs {
                 let was = listed.get(&j.id).copied();
@@ -499,14 +449,8 @@ impl Publisher {
                 let Some(record) = by_id.get(&j.id) else {
                     continue;
                 };
-                let expected =
-                    cur.docs
-                        .get(&j.id)
-                        .copied()
-                        .or(if was.is_none() { Some(0) } else { None });
-                let seq = self
-                    .write_doc(t, record.def(), expected, post.force)
-                    .await?;
+                let expected = cur.docs.get(&j.id).copied().or(if was.is_none() { Some(0) } else { None });
+                let seq = self.write_doc(t, record.def(), expected, post.force).await?;
                 cur.docs.insert(j.id, seq);
             }
             // The exact sequences of the documents that go, read before the
@@ -516,10 +460,7 @@ impl Publisher {
             for id in listed.keys().filter(|id| !kept.contains(id)) {
                 let seq = match cur.docs.get(id) {
                     Some(seq) => Some(*seq),
-                    None => self
-                        .read(&store.subjects.job_doc(t, *id), false)
-                        .await?
-                        .map(|(seq, _)| seq),
+                    None => self.read(&store.subjects.job_doc(t, *id), false).await?.map(|(seq, _)| seq),
                 };
                 if let Some(seq) = seq {
                     gone.push((*id, seq));
@@ -530,14 +471,9 @@ impl Publisher {
             headers.insert(KIND_HEADER, desired::KIND_MANIFEST);
             headers.insert(
                 desired::SUMMARY_HEADER,
-                String::from_utf8(msg::encode(&next.summary()))
-                    .expect("JSON is UTF-8")
-                    .as_str(),
+                String::from_utf8(msg::encode(&next.summary())).expect("JSON is UTF-8").as_str(),
             );
-            match self
-                .cas_publish(store.subjects.state(t), headers, body.clone(), cur.seq)
-                .await?
-            {
+            match self.cas_publish(store.subjects.state(t), headers, body.clone(), cur.seq).await? {
                 None => {
                     self.inner.cache.lock().expect("cache").forget(t);
                     continue;
@@ -567,16 +503,8 @@ impl Publisher {
     /// A target's manifest and its sequence (0: none). After a conflict the
     /// read goes to the stream leader, not a replica that may lag.
     async fn read_manifest(&self, t: &TargetName, leader: bool) -> Result<Seen, StoreError> {
-        let Some((seq, payload)) = self
-            .read(&self.inner.store.subjects.state(t), leader)
-            .await?
-        else {
-            return Ok(Seen {
-                seq: 0,
-                manifest: None,
-                docs: HashMap::new(),
-                bytes: 0,
-            });
+        let Some((seq, payload)) = self.read(&self.inner.store.subjects.state(t), leader).await? else {
+            return Ok(Seen { seq: 0, manifest: None, docs: HashMap::new(), bytes: 0 });
         };
         let manifest = match msg::decode::<Manifest>(&payload) {
             Ok(m) if &m.target == t => Some(m),
@@ -586,12 +514,7 @@ impl Publisher {
                 None
             }
         };
-        Ok(Seen {
-            seq,
-            manifest,
-            docs: HashMap::new(),
-            bytes: payload.len(),
-        })
+        Ok(Seen { seq, manifest, docs: HashMap::new(), bytes: payload.len() })
     }
 
     /// The last message on `subject`: its sequence and body.
@@ -620,10 +543,7 @@ impl Publisher {
         body: Bytes,
         expected: u64,
     ) -> Result<Option<u64>, StoreError> {
-        headers.insert(
-            NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-            expected.to_string().as_str(),
-        );
+        headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string().as_str());
         let what = || format!("publishing '{subject}'");
         let ack = self
             .inner
@@ -642,28 +562,17 @@ impl Publisher {
     /// Writes a job's document unless the stored one is already at its
     /// revision or later (a revision never goes down); `force` rewrites it
     /// anyway. `expected` is the sequence believed current (`None`: read it).
-    async fn write_doc(
-        &self,
-        t: &TargetName,
-        job: JobDef,
-        mut expected: Option<u64>,
-        force: bool,
-    ) -> Result<u64, StoreError> {
+    async fn write_doc(&self, t: &TargetName, job: JobDef, mut expected: Option<u64>, force: bool) -> Result<u64, StoreError> {
         let subject = self.inner.store.subjects.job_doc(t, job.id);
         let (id, revision) = (job.id, job.revision);
-        let body = Bytes::from(msg::encode(&JobDoc {
-            v: PROTOCOL_VERSION,
-            target: t.clone(),
-            job,
-        }));
+        let body = Bytes::from(msg::encode(&JobDoc { v: PROTOCOL_VERSION, target: t.clone(), job }));
         for attempt in 0..ATTEMPTS {
             let seq = match expected.take() {
                 Some(seq) => seq,
                 None => match self.read(&subject, attempt > 0).await? {
                     None => 0,
                     Some((seq, stored)) => {
-                        let stored_revision =
-                            msg::decode::<JobDoc>(&stored).ok().map(|d| d.job.revision);
+                        let stored_revision = msg::decode::<JobDoc>(&stored).ok().map(|d| d.job.revision);
                         if !force && stored_revision.is_some_and(|r| r >= revision) {
                             return Ok(seq);
                         }
@@ -673,16 +582,11 @@ impl Publisher {
             };
             let mut headers = HeaderMap::new();
             headers.insert(KIND_HEADER, desired::KIND_JOB);
-            if let Some(seq) = self
-                .cas_publish(subject.clone(), headers, body.clone(), seq)
-                .await?
-            {
+            if let Some(seq) = self.cas_publish(subject.clone(), headers, body.clone(), seq).await? {
                 return Ok(seq);
             }
         }
-        Err(StoreError::Conflict {
-            key: format!("{t}.job.{id}"),
-        })
+        Err(StoreError::Conflict { key: format!("{t}.job.{id}") })
     }
 
     /// Deletes one document by its sequence; one already gone is no error.
@@ -706,43 +610,30 @@ impl Publisher {
 
     /// Stamps each row with the revision that carried it; a row not written
     /// yet is written pending.
-    async fn write_rows(
-        &self,
-        t: &TargetName,
-        rows: &[Row],
-        revision: Revision,
-        m: &Manifest,
-    ) -> Result<(), StoreError> {
+    async fn write_rows(&self, t: &TargetName, rows: &[Row], revision: Revision, m: &Manifest) -> Result<(), StoreError> {
         let posted_at = m.published_at;
         let writes = rows.iter().cloned().map(|r| {
             let (store, t) = (self.inner.store.clone(), t.clone());
             async move {
-                Store::modify(
-                    &store.instructions,
-                    &Store::instr_key(&t, r.id),
-                    |old: Option<InstrRow>| {
-                        let mut row = old.unwrap_or_else(|| InstrRow {
-                            id: r.id,
-                            target: t.clone(),
-                            op: r.op.clone(),
-                            job: r.job.clone(),
-                            posted_at,
-                            status: InstrStatus::Pending,
-                            applied_at: None,
-                            error: None,
-                            revision: None,
-                        });
-                        row.revision = Some(revision);
-                        Some(row)
-                    },
-                )
+                Store::modify(&store.instructions, &Store::instr_key(&t, r.id), |old: Option<InstrRow>| {
+                    let mut row = old.unwrap_or_else(|| InstrRow {
+                        id: r.id,
+                        target: t.clone(),
+                        op: r.op.clone(),
+                        job: r.job.clone(),
+                        posted_at,
+                        status: InstrStatus::Pending,
+                        applied_at: None,
+                        error: None,
+                        revision: None,
+                    });
+                    row.revision = Some(revision);
+                    Some(row)
+                })
                 .await
             }
         });
-        let results: Vec<_> = futures::stream::iter(writes)
-            .buffer_unordered(64)
-            .collect()
-            .await;
+        let results: Vec<_> = futures::stream::iter(writes).buffer_unordered(64).collect().await;
         results.into_iter().try_for_each(|r| r.map(|_| ()))
     }
 }
@@ -777,10 +668,7 @@ mod tests {
 
     async fn put_job(store: &Store, name: &str, revision: u64, targets: &[&str]) -> JobRecord {
         let job_name = JobName::new(name).unwrap();
-        let old = Store::read::<JobRecord>(&store.jobs, name)
-            .await
-            .unwrap()
-            .map(|(j, _)| j);
+        let old = Store::read::<JobRecord>(&store.jobs, name).await.unwrap().map(|(j, _)| j);
         let record = JobRecord {
             id: old.map_or_else(Uuid::new_v4, |j| j.id),
             revision,
@@ -797,22 +685,13 @@ mod tests {
 
     /// The manifest as a target reads it, and its summary header.
     async fn manifest(store: &Store, n: &str) -> (Manifest, ManifestSummary) {
-        let m = store
-            .desired
-            .direct_get_last_for_subject(store.subjects.state(&t(n)))
-            .await
-            .unwrap();
-        let summary =
-            serde_json::from_str(m.headers.get(desired::SUMMARY_HEADER).unwrap().as_str()).unwrap();
+        let m = store.desired.direct_get_last_for_subject(store.subjects.state(&t(n))).await.unwrap();
+        let summary = serde_json::from_str(m.headers.get(desired::SUMMARY_HEADER).unwrap().as_str()).unwrap();
         (msg::decode(&m.payload).unwrap(), summary)
     }
 
     async fn doc(store: &Store, n: &str, id: Uuid) -> Option<JobDoc> {
-        match store
-            .desired
-            .direct_get_last_for_subject(store.subjects.job_doc(&t(n), id))
-            .await
-        {
+        match store.desired.direct_get_last_for_subject(store.subjects.job_doc(&t(n), id)).await {
             Ok(m) => Some(msg::decode(&m.payload).unwrap()),
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => None,
             Err(e) => panic!("{e}"),
@@ -827,12 +706,7 @@ mod tests {
     #[test]
     fn the_cache_stays_within_its_byte_budget() {
         let mut cache = Cache::default();
-        let seen = |bytes| Seen {
-            seq: 1,
-            manifest: None,
-            docs: HashMap::new(),
-            bytes,
-        };
+        let seen = |bytes| Seen { seq: 1, manifest: None, docs: HashMap::new(), bytes };
         for n in 0..100 {
             cache.put(&t(&format!("t{n}")), seen(CACHE_BYTES / 10));
             assert!(cache.bytes <= CACHE_BYTES);
@@ -841,15 +715,8 @@ mod tests {
         cache.put(&t("huge"), seen(CACHE_BYTES));
         assert!(cache.get(&t("huge")).is_none(), "too big to keep");
         cache.put(&t("t99"), seen(1));
-        assert_eq!(
-            cache.get(&t("t99")).unwrap().bytes,
-            1,
-            "replaced, not added"
-        );
-        assert_eq!(
-            cache.bytes,
-            cache.entries.values().map(|s| s.bytes).sum::<usize>()
-        );
+        assert_eq!(cache.get(&t("t99")).unwrap().bytes, 1, "replaced, not added");
+        assert_eq!(cache.bytes, cache.entries.values().map(|s| s.bytes).sum::<usize>());
     }
 
     #[tokio::test]
@@ -857,100 +724,40 @@ mod tests {
         let ts = open().await;
         let store = &ts.store;
         let p = Publisher::new(store.clone());
-        assert_eq!(
-            one(&p, "web01", Post::default()).await,
-            Published::Unchanged(None),
-            "not enlisted: nothing"
-        );
+        assert_eq!(one(&p, "web01", Post::default()).await, Published::Unchanged(None), "not enlisted: nothing");
         enlist(store, "web01").await;
-        assert_eq!(
-            one(&p, "web01", Post::default()).await.revision(),
-            Some(Revision(1))
-        );
-        assert_eq!(
-            one(&p, "web01", Post::default()).await,
-            Published::Unchanged(Some(Revision(1))),
-            "idempotent"
-        );
+        assert_eq!(one(&p, "web01", Post::default()).await.revision(), Some(Revision(1)));
+        assert_eq!(one(&p, "web01", Post::default()).await, Published::Unchanged(Some(Revision(1))), "idempotent");
 
         let job = put_job(store, "backup", 1, &["web01"]).await;
-        let row = Row {
-            id: Uuid::now_v7(),
-            op: "upsert_job".into(),
-            job: Some(job.spec.name.clone()),
-        };
-        assert_eq!(
-            one(&p, "web01", Post::derived(vec![row.clone()]))
-                .await
-                .revision(),
-            Some(Revision(2))
-        );
+        let row = Row { id: Uuid::now_v7(), op: "upsert_job".into(), job: Some(job.spec.name.clone()) };
+        assert_eq!(one(&p, "web01", Post::derived(vec![row.clone()])).await.revision(), Some(Revision(2)));
         let (m, summary) = manifest(store, "web01").await;
         assert_eq!((m.revision, m.changes, m.jobs.len()), (Revision(2), 1, 1));
         assert_eq!(summary, m.summary(), "the header says what the body says");
         assert_eq!(doc(store, "web01", job.id).await.unwrap().job, job.def());
         let (stored, _) =
-            Store::read::<InstrRow>(&store.instructions, &Store::instr_key(&t("web01"), row.id))
-                .await
-                .unwrap()
-                .unwrap();
-        assert_eq!(
-            (stored.revision, stored.status),
-            (Some(Revision(2)), InstrStatus::Pending)
-        );
+            Store::read::<InstrRow>(&store.instructions, &Store::instr_key(&t("web01"), row.id)).await.unwrap().unwrap();
+        assert_eq!((stored.revision, stored.status), (Some(Revision(2)), InstrStatus::Pending));
 
         // An update rewrites the document; an unassign removes it.
         put_job(store, "backup", 2, &["web01"]).await;
         one(&p, "web01", Post::default()).await;
         assert_eq!(doc(store, "web01", job.id).await.unwrap().job.revision, 2);
         put_job(store, "backup", 2, &[]).await;
-        assert_eq!(
-            one(&p, "web01", Post::default()).await.revision(),
-            Some(Revision(4))
-        );
+        assert_eq!(one(&p, "web01", Post::default()).await.revision(), Some(Revision(4)));
         assert!(manifest(store, "web01").await.0.jobs.is_empty());
-        assert_eq!(
-            doc(store, "web01", job.id).await,
-            None,
-            "removed by its sequence"
-        );
+        assert_eq!(doc(store, "web01", job.id).await, None, "removed by its sequence");
 
         // A start is carried; resync is a new revision with the same content.
-        let start = StartEntry::new(
-            Uuid::now_v7(),
-            job.id,
-            job.spec.name.clone(),
-            Utc::now(),
-            DEFAULT_EXPIRY,
-        )
-        .unwrap();
-        one(
-            &p,
-            "web01",
-            Post {
-                starts: vec![start.clone()],
-                ..Post::default()
-            },
-        )
-        .await;
+        let start = StartEntry::new(Uuid::now_v7(), job.id, job.spec.name.clone(), Utc::now(), DEFAULT_EXPIRY).unwrap();
+        one(&p, "web01", Post { starts: vec![start.clone()], ..Post::default() }).await;
         let (m, _) = manifest(store, "web01").await;
         assert_eq!(m.starts[0].revision, Revision(5));
-        let forced = one(
-            &p,
-            "web01",
-            Post {
-                force: true,
-                ..Post::default()
-            },
-        )
-        .await;
+        let forced = one(&p, "web01", Post { force: true, ..Post::default() }).await;
         assert_eq!(forced.revision(), Some(Revision(6)));
         let (m, _) = manifest(store, "web01").await;
-        assert_eq!(
-            m.starts.iter().map(|s| s.run_id).collect::<Vec<_>>(),
-            [start.run_id],
-            "resync keeps what waits"
-        );
+        assert_eq!(m.starts.iter().map(|s| s.run_id).collect::<Vec<_>>(), [start.run_id], "resync keeps what waits");
     }
 
     #[tokio::test]
@@ -962,24 +769,13 @@ mod tests {
         one(&a, "web01", Post::default()).await;
         // Another replica publishes: `a`'s cache is now behind.
         let job = put_job(store, "backup", 1, &["web01"]).await;
-        assert_eq!(
-            one(&b, "web01", Post::default()).await.revision(),
-            Some(Revision(2))
-        );
+        assert_eq!(one(&b, "web01", Post::default()).await.revision(), Some(Revision(2)));
         put_job(store, "backup", 1, &[]).await;
         let other = put_job(store, "other", 1, &["web01"]).await;
-        assert_eq!(
-            one(&a, "web01", Post::default()).await.revision(),
-            Some(Revision(3)),
-            "conflict, re-read, publish"
-        );
+        assert_eq!(one(&a, "web01", Post::default()).await.revision(), Some(Revision(3)), "conflict, re-read, publish");
         let (m, _) = manifest(store, "web01").await;
         assert_eq!(m.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [other.id]);
-        assert_eq!(
-            doc(store, "web01", job.id).await,
-            None,
-            "the document b wrote, a removed"
-        );
+        assert_eq!(doc(store, "web01", job.id).await, None, "the document b wrote, a removed");
         // A document ahead of its manifest (a crash between the two) is kept, not rewritten.
         assert_eq!(doc(store, "web01", other.id).await.unwrap().job.revision, 1);
 
@@ -988,23 +784,8 @@ mod tests {
             enlist(store, n).await;
         }
         put_job(store, "fan", 1, &["t1", "t2", "t3"]).await;
-        let done = a
-            .publish_many(
-                ["t1", "t2", "t3"]
-                    .iter()
-                    .map(|n| (t(n), Post::default()))
-                    .collect(),
-            )
-            .await
-            .unwrap();
-        assert!(
-            done.iter()
-                .all(|(_, r)| r.as_ref().unwrap().revision() == Some(Revision(1))),
-            "{done:?}"
-        );
-        assert!(
-            a.inner.locks.lock().unwrap().is_empty(),
-            "no lock outlives its publish"
-        );
+        let done = a.publish_many(["t1", "t2", "t3"].iter().map(|n| (t(n), Post::default())).collect()).await.unwrap();
+        assert!(done.iter().all(|(_, r)| r.as_ref().unwrap().revision() == Some(Revision(1))), "{done:?}");
+        assert!(a.inner.locks.lock().unwrap().is_empty(), "no lock outlives its publish");
     }
 }

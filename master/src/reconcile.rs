@@ -70,11 +70,7 @@ pub async fn run(publisher: Publisher, shutdown: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
     let mut full = true;
     loop {
-        let pass = if full {
-            reconcile(&publisher).await
-        } else {
-            sweep(&publisher).await
-        };
+        let pass = if full { reconcile(&publisher).await } else { sweep(&publisher).await };
         match pass {
             Ok(p) if p.failed == 0 => {
                 backoff.reset();
@@ -91,10 +87,7 @@ pub async fn run(publisher: Publisher, shutdown: CancellationToken) {
                 full = false;
             }
             Ok(p) => {
-                tracing::warn!(
-                    failed = p.failed,
-                    "reconcile left targets unpublished; retrying"
-                );
+                tracing::warn!(failed = p.failed, "reconcile left targets unpublished; retrying");
                 full = true;
                 if !backoff.wait(&shutdown).await {
                     return;
@@ -143,10 +136,7 @@ pub async fn reconcile(publisher: &Publisher) -> Result<Pass, StoreError> {
                 if s.due.is_none_or(|due| due > now) {
                     continue;
                 }
-                Post {
-                    prune: true,
-                    ..Post::default()
-                }
+                Post { prune: true, ..Post::default() }
             }
             _ => Post::default(),
         };
@@ -159,10 +149,7 @@ pub async fn reconcile(publisher: &Publisher) -> Result<Pass, StoreError> {
             items.push((t.clone(), Post::default()));
         }
     }
-    let mut pass = Pass {
-        surveyed: summaries.len(),
-        ..Pass::default()
-    };
+    let mut pass = Pass { surveyed: summaries.len(), ..Pass::default() };
     let records = Arc::new(records);
     publish(publisher, items, records.clone(), &mut pass).await;
     if pass.failed == 0 {
@@ -186,20 +173,9 @@ pub async fn sweep(publisher: &Publisher) -> Result<Pass, StoreError> {
     let items: Vec<(TargetName, Post)> = summaries
         .iter()
         .filter(|(_, s)| s.is_some_and(|s| s.due.is_some_and(|due| due <= now)))
-        .map(|(t, _)| {
-            (
-                t.clone(),
-                Post {
-                    prune: true,
-                    ..Post::default()
-                },
-            )
-        })
+        .map(|(t, _)| (t.clone(), Post { prune: true, ..Post::default() }))
         .collect();
-    let mut pass = Pass {
-        surveyed: summaries.len(),
-        ..Pass::default()
-    };
+    let mut pass = Pass { surveyed: summaries.len(), ..Pass::default() };
     if !items.is_empty() {
         let records = Arc::new(Records::read(store).await?);
         publish(publisher, items, records, &mut pass).await;
@@ -207,12 +183,7 @@ pub async fn sweep(publisher: &Publisher) -> Result<Pass, StoreError> {
     Ok(pass)
 }
 
-async fn publish(
-    publisher: &Publisher,
-    items: Vec<(TargetName, Post)>,
-    records: Arc<Records>,
-    pass: &mut Pass,
-) {
+async fn publish(publisher: &Publisher, items: Vec<(TargetName, Post)>, records: Arc<Records>, pass: &mut Pass) {
     for (t, result) in publisher.publish_with(items, records).await {
         match result {
             Ok(Published::Written { pruned, .. }) => {
@@ -237,9 +208,7 @@ async fn publish(
 ///
 /// # Errors
 /// When the stream cannot be read.
-pub async fn summaries(
-    store: &Store,
-) -> Result<HashMap<TargetName, Option<ManifestSummary>>, StoreError> {
+pub async fn summaries(store: &Store) -> Result<HashMap<TargetName, Option<ManifestSummary>>, StoreError> {
     const READING: &str = "reading the manifests' summaries";
     let consumer = store
         .desired
@@ -255,23 +224,14 @@ pub async fn summaries(
     let name = consumer.cached_info().name.clone();
     let mut out = HashMap::new();
     if total > 0 {
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| StoreError::nats(READING, e))?;
+        let mut messages = consumer.messages().await.map_err(|e| StoreError::nats(READING, e))?;
         while let Some(m) = messages.next().await {
             let m = m.map_err(|e| StoreError::nats(READING, e))?;
             let pending = m.info().map(|i| i.pending).unwrap_or(0);
-            let name = store
-                .subjects
-                .target_of(m.subject.as_str())
-                .and_then(|n| TargetName::new(n).ok());
+            let name = store.subjects.target_of(m.subject.as_str()).and_then(|n| TargetName::new(n).ok());
             if let Some(name) = name {
-                let summary = m
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(SUMMARY_HEADER))
-                    .and_then(|v| serde_json::from_str(v.as_str()).ok());
+                let summary =
+                    m.headers.as_ref().and_then(|h| h.get(SUMMARY_HEADER)).and_then(|v| serde_json::from_str(v.as_str()).ok());
                 out.insert(name, summary);
             }
             if pending == 0 {
@@ -286,11 +246,7 @@ pub async fn summaries(
 
 /// Records a start nobody answered as `expired`, on the target's run
 /// subject, under the id the target itself would have used.
-async fn record_expired(
-    store: &Store,
-    t: &TargetName,
-    start: &StartEntry,
-) -> Result<(), StoreError> {
+async fn record_expired(store: &Store, t: &TargetName, start: &StartEntry) -> Result<(), StoreError> {
     let record = RunRecord {
         v: PROTOCOL_VERSION,
         run_id: start.run_id,
@@ -301,10 +257,7 @@ async fn record_expired(
         outcome: Outcome::Expired,
         started_at: start.posted_at,
         finished_at: Some(Utc::now()),
-        message: format!(
-            "start expired at {} and the target never read it; it did not run",
-            start.expires_at
-        ),
+        message: format!("start expired at {} and the target never read it; it did not run", start.expires_at),
         steps: Vec::new(),
     };
     let mut headers = HeaderMap::new();
@@ -313,11 +266,7 @@ async fn record_expired(
     let what = || format!("recording an expired start for '{t}'");
     store
         .js
-        .publish_with_headers(
-            store.subjects.result_run(t, start.job_id),
-            headers,
-            msg::encode(&record).into(),
-        )
+        .publish_with_headers(store.subjects.result_run(t, start.job_id), headers, msg::encode(&record).into())
         .await
         .map_err(|e| StoreError::nats(what(), e))?
         .await
@@ -332,9 +281,7 @@ async fn clear_tombstones(store: &Store, jobs: &[JobRecord]) -> Result<usize, St
     let mut cleared = 0;
     for j in jobs.iter().filter(|j| j.deleted_at.is_some()) {
         store.purge_job_docs_everywhere(j.id).await?;
-        if let Some((now, revision)) =
-            Store::read::<JobRecord>(&store.jobs, j.spec.name.as_str()).await?
-        {
+        if let Some((now, revision)) = Store::read::<JobRecord>(&store.jobs, j.spec.name.as_str()).await? {
             if now.id == j.id && now.deleted_at.is_some() {
                 match store.delete_job(&j.spec.name, revision).await {
                     Ok(()) | Err(StoreError::Conflict { .. }) => {}
@@ -393,11 +340,7 @@ mod tests {
     }
 
     async fn manifest(store: &Store, n: &str) -> Option<Manifest> {
-        let m = store
-            .desired
-            .direct_get_last_for_subject(store.subjects.state(&t(n)))
-            .await
-            .ok()?;
+        let m = store.desired.direct_get_last_for_subject(store.subjects.state(&t(n))).await.ok()?;
         Some(msg::decode(&m.payload).unwrap())
     }
 
@@ -417,11 +360,7 @@ mod tests {
         assert_eq!(manifest(store, "a").await.unwrap().jobs[0].id, kept.id);
         assert!(manifest(store, "c").await.unwrap().jobs.is_empty());
         let again = reconcile(&p).await.unwrap();
-        assert_eq!(
-            (again.surveyed, again.republished),
-            (3, 0),
-            "nothing differs: nothing written"
-        );
+        assert_eq!((again.surveyed, again.republished), (3, 0), "nothing differs: nothing written");
 
         // A delete that died after its tombstone: reconcile finishes it.
         let mut tomb = kept.clone();
@@ -430,14 +369,8 @@ mod tests {
         let pass = reconcile(&p).await.unwrap();
         assert_eq!((pass.republished, pass.tombstones), (2, 1));
         assert!(manifest(store, "a").await.unwrap().jobs.is_empty());
-        assert_eq!(
-            Store::read::<JobRecord>(&store.jobs, "kept").await.unwrap(),
-            None
-        );
-        let doc = store
-            .desired
-            .direct_get_last_for_subject(store.subjects.job_doc(&t("a"), kept.id))
-            .await;
+        assert_eq!(Store::read::<JobRecord>(&store.jobs, "kept").await.unwrap(), None);
+        let doc = store.desired.direct_get_last_for_subject(store.subjects.job_doc(&t("a"), kept.id)).await;
         assert!(doc.is_err(), "documents purged");
 
         // A forced defection deleted the record: the manifest stays, defected.
@@ -455,59 +388,22 @@ mod tests {
         let j = job("j", &["a"]);
         Store::put(&store.jobs, "j", &j).await.unwrap();
         let long_ago = Utc::now() - Days::days(3);
-        let start = StartEntry::new(
-            Uuid::now_v7(),
-            j.id,
-            j.spec.name.clone(),
-            long_ago,
-            DEFAULT_EXPIRY,
-        )
-        .unwrap();
-        let fresh = StartEntry::new(
-            Uuid::now_v7(),
-            j.id,
-            j.spec.name.clone(),
-            Utc::now(),
-            DEFAULT_EXPIRY,
-        )
-        .unwrap();
+        let start = StartEntry::new(Uuid::now_v7(), j.id, j.spec.name.clone(), long_ago, DEFAULT_EXPIRY).unwrap();
+        let fresh = StartEntry::new(Uuid::now_v7(), j.id, j.spec.name.clone(), Utc::now(), DEFAULT_EXPIRY).unwrap();
         let records = Records::read(store).await.unwrap();
-        let post = Post {
-            starts: vec![start.clone(), fresh.clone()],
-            ..Post::default()
-        };
+        let post = Post { starts: vec![start.clone(), fresh.clone()], ..Post::default() };
         p.publish(&t("a"), &post, &records).await.unwrap();
 
         let pass = sweep(&p).await.unwrap();
         assert_eq!((pass.republished, pass.expired), (1, 1));
         let m = manifest(store, "a").await.unwrap();
         assert_eq!(m.revision, Revision(2));
-        assert_eq!(
-            m.starts.iter().map(|s| s.run_id).collect::<Vec<_>>(),
-            [fresh.run_id]
-        );
-        let results = store
-            .js
-            .get_stream(store.subjects.results_stream())
-            .await
-            .unwrap();
-        let stored = results
-            .get_last_raw_message_by_subject(&store.subjects.result_run(&t("a"), j.id))
-            .await
-            .unwrap();
+        assert_eq!(m.starts.iter().map(|s| s.run_id).collect::<Vec<_>>(), [fresh.run_id]);
+        let results = store.js.get_stream(store.subjects.results_stream()).await.unwrap();
+        let stored = results.get_last_raw_message_by_subject(&store.subjects.result_run(&t("a"), j.id)).await.unwrap();
         let record: RunRecord = msg::decode(&stored.payload).unwrap();
-        assert_eq!(
-            (record.run_id, record.outcome),
-            (start.run_id, Outcome::Expired)
-        );
-        assert_eq!(
-            stored.headers.get("Nats-Msg-Id").unwrap().as_str(),
-            format!("run-{}-end", start.run_id)
-        );
-        assert_eq!(
-            sweep(&p).await.unwrap().republished,
-            0,
-            "nothing due any more"
-        );
+        assert_eq!((record.run_id, record.outcome), (start.run_id, Outcome::Expired));
+        assert_eq!(stored.headers.get("Nats-Msg-Id").unwrap().as_str(), format!("run-{}-end", start.run_id));
+        assert_eq!(sweep(&p).await.unwrap().republished, 0, "nothing due any more");
     }
 }

@@ -32,11 +32,7 @@ pub fn poll_interval_secs(record: &TargetRecord, poll: Option<&LastPoll>) -> u64
 ///   applied: an agent of the previous design, which reads no manifest
 ///   (see the README's "Upgrading");
 /// - `normal` otherwise.
-pub fn target_status(
-    record: &TargetRecord,
-    poll: Option<&LastPoll>,
-    now: DateTime<Utc>,
-) -> TargetStatus {
+pub fn target_status(record: &TargetRecord, poll: Option<&LastPoll>, now: DateTime<Utc>) -> TargetStatus {
     if record.defected_at.is_some() {
         return TargetStatus::Defected;
     }
@@ -46,9 +42,8 @@ pub fn target_status(
     let Some(poll) = poll else {
         return TargetStatus::NeverPolled;
     };
-    let interval_ms = i64::try_from(poll_interval_secs(record, Some(poll)))
-        .unwrap_or(i64::MAX)
-        .saturating_mul(OFFLINE_AFTER_INTERVALS * 1_000);
+    let interval_ms =
+        i64::try_from(poll_interval_secs(record, Some(poll))).unwrap_or(i64::MAX).saturating_mul(OFFLINE_AFTER_INTERVALS * 1_000);
     if (now - poll.received_at).num_milliseconds() > interval_ms {
         TargetStatus::SuspectedOffline
     } else if poll.report.applied_revision.is_none() {
@@ -86,28 +81,19 @@ mod tests {
             "applied_revision": {"epoch": Uuid::nil(), "revision": 1, "changes": 1},
         }))
         .unwrap();
-        LastPoll {
-            report,
-            received_at,
-        }
+        LastPoll { report, received_at }
     }
 
     #[test]
     fn a_target_that_never_polled_is_never_polled() {
-        assert_eq!(
-            target_status(&record(60), None, Utc::now()),
-            TargetStatus::NeverPolled
-        );
+        assert_eq!(target_status(&record(60), None, Utc::now()), TargetStatus::NeverPolled);
     }
 
     #[test]
     fn a_target_that_polled_within_three_intervals_is_normal() {
         let now = Utc::now();
         let poll = polled(10, now - Duration::seconds(30));
-        assert_eq!(
-            target_status(&record(60), Some(&poll), now),
-            TargetStatus::Normal
-        );
+        assert_eq!(target_status(&record(60), Some(&poll), now), TargetStatus::Normal);
     }
 
     #[test]
@@ -115,10 +101,7 @@ mod tests {
         let now = Utc::now();
         // The agent's reported interval (10 s) counts, not the record's (60 s).
         let poll = polled(10, now - Duration::milliseconds(30_001));
-        assert_eq!(
-            target_status(&record(60), Some(&poll), now),
-            TargetStatus::SuspectedOffline
-        );
+        assert_eq!(target_status(&record(60), Some(&poll), now), TargetStatus::SuspectedOffline);
     }
 
     #[test]
@@ -127,14 +110,8 @@ mod tests {
         blocked.blocked = Some("start_job 0190: no such job".into());
         let now = Utc::now();
         assert_eq!(target_status(&blocked, None, now), TargetStatus::Blocked);
-        assert_eq!(
-            target_status(&blocked, Some(&polled(60, now)), now),
-            TargetStatus::Blocked
-        );
-        assert_eq!(
-            target_status(&blocked, Some(&polled(1, now - Duration::hours(1))), now),
-            TargetStatus::Blocked
-        );
+        assert_eq!(target_status(&blocked, Some(&polled(60, now)), now), TargetStatus::Blocked);
+        assert_eq!(target_status(&blocked, Some(&polled(1, now - Duration::hours(1))), now), TargetStatus::Blocked);
     }
 
     #[test]
@@ -166,9 +143,6 @@ mod tests {
     fn a_huge_interval_does_not_overflow() {
         let now = Utc::now();
         let poll = polled(u64::MAX, now - Duration::days(365));
-        assert_eq!(
-            target_status(&record(60), Some(&poll), now),
-            TargetStatus::Normal
-        );
+        assert_eq!(target_status(&record(60), Some(&poll), now), TargetStatus::Normal);
     }
 }

@@ -274,9 +274,7 @@ impl Store {
                 streams::polls_stream(subjects, options),
             ]
             .map(|spec| async move {
-                js.create_or_update_stream(stream_config(&spec))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("stream {}: {e}", spec.name))
+                js.create_or_update_stream(stream_config(&spec)).await.map_err(|e| anyhow::anyhow!("stream {}: {e}", spec.name))
             }),
         )
         .await?;
@@ -306,10 +304,7 @@ impl Store {
                 };
                 match js.get_key_value(&name).await {
                     Ok(store) => Ok(store),
-                    Err(_) => js
-                        .create_key_value(config)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("bucket {name}: {e}")),
+                    Err(_) => js.create_key_value(config).await.map_err(|e| anyhow::anyhow!("bucket {name}: {e}")),
                 }
             }
         };
@@ -345,8 +340,8 @@ impl Store {
         let entry = kv.entry(key).await.map_err(|e| StoreError::nats("reading KV", e))?;
         match entry {
             Some(e) if e.operation == kv::Operation::Put => {
-                let value = serde_json::from_slice(&e.value)
-                    .map_err(|source| StoreError::Corrupt { key: key.to_owned(), source })?;
+                let value =
+                    serde_json::from_slice(&e.value).map_err(|source| StoreError::Corrupt { key: key.to_owned(), source })?;
                 Ok(Some((value, e.revision)))
             }
             _ => Ok(None),
@@ -364,10 +359,7 @@ impl Store {
 
     /// Like [`Store::scan`], with each record's key, for the keys that start
     /// with `key_prefix` (whole tokens, e.g. `web01.`; empty for all).
-    pub async fn scan_entries<T: DeserializeOwned>(
-        kv: &kv::Store,
-        key_prefix: &str,
-    ) -> Result<Vec<(String, T)>, StoreError> {
+    pub async fn scan_entries<T: DeserializeOwned>(kv: &kv::Store, key_prefix: &str) -> Result<Vec<(String, T)>, StoreError> {
         const READING: &str = "reading a bucket";
         // An empty bucket (no groups yet, say) costs one info request, not a
         // consumer created and deleted.
@@ -460,12 +452,7 @@ impl Store {
     /// # Errors
     /// `decide`'s error; [`StoreError::Conflict`] after 32 lost races; NATS
     /// errors.
-    pub async fn compare_and_set<T, E, F>(
-        kv: &kv::Store,
-        key: &str,
-        current: &mut Current<T>,
-        mut decide: F,
-    ) -> Result<(), E>
+    pub async fn compare_and_set<T, E, F>(kv: &kv::Store, key: &str, current: &mut Current<T>, mut decide: F) -> Result<(), E>
     where
         T: Serialize + DeserializeOwned,
         E: From<StoreError>,
@@ -636,11 +623,7 @@ impl Store {
     /// NATS errors reading the stream.
     pub async fn last_polls(&self) -> Result<HashMap<TargetName, LastPoll>, StoreError> {
         const READING: &str = "reading the poll reports";
-        let stream = self
-            .js
-            .get_stream_no_info(self.subjects.polls_stream())
-            .await
-            .map_err(|e| StoreError::nats(READING, e))?;
+        let stream = self.js.get_stream_no_info(self.subjects.polls_stream()).await.map_err(|e| StoreError::nats(READING, e))?;
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: self.subjects.poll_all(),
@@ -704,9 +687,7 @@ impl Store {
     pub async fn delete_job(&self, name: &JobName, revision: u64) -> Result<(), StoreError> {
         match self.jobs.delete_expect_revision(name.as_str(), Some(revision)).await {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => {
-                Err(StoreError::Conflict { key: name.to_string() })
-            }
+            Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => Err(StoreError::Conflict { key: name.to_string() }),
             Err(e) => Err(StoreError::nats(format!("deleting job '{name}'"), e)),
         }
     }
@@ -714,7 +695,8 @@ impl Store {
     /// Every job, in name order; jobs being deleted (tombstones) are not
     /// listed.
     pub async fn all_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
-        let mut all: Vec<JobRecord> = Self::scan::<JobRecord>(&self.jobs).await?.into_iter().filter(|j| j.deleted_at.is_none()).collect();
+        let mut all: Vec<JobRecord> =
+            Self::scan::<JobRecord>(&self.jobs).await?.into_iter().filter(|j| j.deleted_at.is_none()).collect();
         all.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
         Ok(all)
     }

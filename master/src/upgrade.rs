@@ -64,11 +64,7 @@ pub fn plan(queued: Vec<Instruction>, now: DateTime<Utc>) -> Plan {
     let mut plan = Plan::default();
     for i in queued {
         match &i.op {
-            InstructionOp::StartJob {
-                job_id,
-                job,
-                run_id,
-            } if i.posted_at + expiry > now => {
+            InstructionOp::StartJob { job_id, job, run_id } if i.posted_at + expiry > now => {
                 let start = StartEntry {
                     run_id: *run_id,
                     job_id: *job_id,
@@ -77,15 +73,8 @@ pub fn plan(queued: Vec<Instruction>, now: DateTime<Utc>) -> Plan {
                     posted_at: i.posted_at,
                     expires_at: i.posted_at + expiry,
                 };
-                let row = Row {
-                    id: i.id,
-                    op: i.op.name().to_owned(),
-                    job: Some(job.clone()),
-                };
-                plan.starts
-                    .entry(i.target.clone())
-                    .or_default()
-                    .push((start, row));
+                let row = Row { id: i.id, op: i.op.name().to_owned(), job: Some(job.clone()) };
+                plan.starts.entry(i.target.clone()).or_default().push((start, row));
             }
             _ => plan.dropped.push((i.target.clone(), i.id)),
         }
@@ -129,10 +118,7 @@ pub async fn convert(publisher: &Publisher) -> Result<Option<Converted>, StoreEr
     let mut queued = Vec::new();
     let mut seq = 1;
     loop {
-        let m = match stream
-            .direct_get_next_for_subject(store.subjects.assign_all(), Some(seq))
-            .await
-        {
+        let m = match stream.direct_get_next_for_subject(store.subjects.assign_all(), Some(seq)).await {
             Ok(m) => m,
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
             Err(e) => return Err(StoreError::nats(format!("reading {name}"), e)),
@@ -151,14 +137,9 @@ pub async fn convert(publisher: &Publisher) -> Result<Option<Converted>, StoreEr
     let mut items = Vec::new();
     let mut dropped = plan.dropped;
     for (t, starts) in plan.starts {
-        let enlisted = Store::read::<TargetRecord>(&store.targets, t.as_str())
-            .await?
-            .is_some_and(|(r, _)| r.defected_at.is_none());
-        let listed = store
-            .manifest(&t)
-            .await?
-            .map(|m| m.starts)
-            .unwrap_or_default();
+        let enlisted =
+            Store::read::<TargetRecord>(&store.targets, t.as_str()).await?.is_some_and(|(r, _)| r.defected_at.is_none());
+        let listed = store.manifest(&t).await?.map(|m| m.starts).unwrap_or_default();
         let mut post = Post::default();
         for (start, row) in starts {
             if !enlisted || already_ran(store, &t, &start).await? {
@@ -177,9 +158,7 @@ pub async fn convert(publisher: &Publisher) -> Result<Option<Converted>, StoreEr
             Ok(_) => {}
             Err(PublishError::Store(e)) => return Err(e),
             Err(e) => {
-                return Err(StoreError::Conflict {
-                    key: format!("{}: {e}", store.subjects.state(&t)),
-                });
+                return Err(StoreError::Conflict { key: format!("{}: {e}", store.subjects.state(&t)) });
             }
         }
         done.starts += 1;
@@ -187,18 +166,14 @@ pub async fn convert(publisher: &Publisher) -> Result<Option<Converted>, StoreEr
 
     let marks = futures::stream::iter(dropped)
         .map(|(t, id)| async move {
-            Store::modify(
-                &store.instructions,
-                &Store::instr_key(&t, id),
-                |old: Option<InstrRow>| {
-                    old.map(|mut row| {
-                        if row.status == InstrStatus::Pending {
-                            row.status = InstrStatus::Dropped;
-                        }
-                        row
-                    })
-                },
-            )
+            Store::modify(&store.instructions, &Store::instr_key(&t, id), |old: Option<InstrRow>| {
+                old.map(|mut row| {
+                    if row.status == InstrStatus::Pending {
+                        row.status = InstrStatus::Dropped;
+                    }
+                    row
+                })
+            })
             .await
         })
         .buffer_unordered(64)
@@ -209,11 +184,7 @@ pub async fn convert(publisher: &Publisher) -> Result<Option<Converted>, StoreEr
         done.dropped += 1;
     }
 
-    store
-        .js
-        .delete_stream(&name)
-        .await
-        .map_err(|e| StoreError::nats(format!("deleting {name}"), e))?;
+    store.js.delete_stream(&name).await.map_err(|e| StoreError::nats(format!("deleting {name}"), e))?;
     tracing::info!(
         consumers = done.consumers,
         queued = done.queued,
@@ -226,15 +197,9 @@ pub async fn convert(publisher: &Publisher) -> Result<Option<Converted>, StoreEr
 
 /// Whether the start's run, or a later run of the job on the target, has
 /// a record already (job status): carrying it over could run it twice.
-async fn already_ran(
-    store: &Store,
-    t: &TargetName,
-    start: &StartEntry,
-) -> Result<bool, StoreError> {
+async fn already_ran(store: &Store, t: &TargetName, start: &StartEntry) -> Result<bool, StoreError> {
     let key = Store::status_key(start.job_id, t);
-    Ok(Store::read::<JobTargetStatus>(&store.jobstatus, &key)
-        .await?
-        .is_some_and(|(s, _)| s.run_id >= start.run_id))
+    Ok(Store::read::<JobTargetStatus>(&store.jobstatus, &key).await?.is_some_and(|(s, _)| s.run_id >= start.run_id))
 }
 
 #[cfg(test)]
@@ -263,29 +228,17 @@ mod tests {
             id: Uuid::now_v7(),
             target: t("a"),
             posted_at,
-            op: InstructionOp::StartJob {
-                job_id: Uuid::nil(),
-                job: job.clone(),
-                run_id: Uuid::now_v7(),
-            },
+            op: InstructionOp::StartJob { job_id: Uuid::nil(), job: job.clone(), run_id: Uuid::now_v7() },
         };
         let fresh = start(now - chrono::Duration::minutes(5));
         let stale = start(now - chrono::Duration::hours(2));
-        let other = Instruction {
-            op: InstructionOp::DeleteAllJobs,
-            ..start(now)
-        };
+        let other = Instruction { op: InstructionOp::DeleteAllJobs, ..start(now) };
         let p = plan(vec![fresh.clone(), stale.clone(), other.clone()], now);
         let carried = &p.starts[&t("a")];
         assert_eq!(carried.len(), 1);
-        let InstructionOp::StartJob { run_id, .. } = fresh.op else {
-            unreachable!()
-        };
+        let InstructionOp::StartJob { run_id, .. } = fresh.op else { unreachable!() };
         assert_eq!(carried[0].0.run_id, run_id, "the same run id");
-        assert_eq!(
-            carried[0].0.expires_at,
-            fresh.posted_at + chrono::Duration::hours(1)
-        );
+        assert_eq!(carried[0].0.expires_at, fresh.posted_at + chrono::Duration::hours(1));
         assert_eq!(carried[0].1.id, fresh.id, "its row");
         assert_eq!(p.dropped, vec![(t("a"), stale.id), (t("a"), other.id)]);
     }
@@ -325,99 +278,37 @@ mod tests {
         // The previous version's queue: the stream, a consumer per target,
         // instructions queued on it.
         let options = streams::StoreOptions::default();
-        store
-            .js
-            .create_stream(stream_config(&streams::assign_stream(
-                &store.subjects,
-                &options,
-            )))
-            .await
-            .unwrap();
+        store.js.create_stream(stream_config(&streams::assign_stream(&store.subjects, &options))).await.unwrap();
         for name in ["a", "b"] {
             let spec = streams::target_consumer(&store.subjects, &t(name), &options);
-            store
-                .js
-                .create_consumer_on_stream(consumer_config(&spec), store.subjects.assign_stream())
-                .await
-                .unwrap();
+            store.js.create_consumer_on_stream(consumer_config(&spec), store.subjects.assign_stream()).await.unwrap();
         }
         let mut posted = Vec::new();
         for (target, op) in [
             (t("a"), InstructionOp::UpsertJob { job: job.def() }),
-            (
-                t("a"),
-                InstructionOp::StartJob {
-                    job_id: job.id,
-                    job: job.spec.name.clone(),
-                    run_id,
-                },
-            ),
+            (t("a"), InstructionOp::StartJob { job_id: job.id, job: job.spec.name.clone(), run_id }),
             (t("b"), InstructionOp::UpsertJob { job: job.def() }),
         ] {
-            let i = Instruction {
-                v: 1,
-                id: Uuid::now_v7(),
-                target: target.clone(),
-                posted_at: Utc::now(),
-                op,
-            };
-            store
-                .js
-                .publish(store.subjects.assign(&target), msg::encode(&i).into())
-                .await
-                .unwrap()
+            let i = Instruction { v: 1, id: Uuid::now_v7(), target: target.clone(), posted_at: Utc::now(), op };
+            store.js.publish(store.subjects.assign(&target), msg::encode(&i).into()).await.unwrap().await.unwrap();
+            Store::modify(&store.instructions, &Store::instr_key(&target, i.id), |old| Some(crate::store::posted_row(&i, old)))
                 .await
                 .unwrap();
-            Store::modify(
-                &store.instructions,
-                &Store::instr_key(&target, i.id),
-                |old| Some(crate::store::posted_row(&i, old)),
-            )
-            .await
-            .unwrap();
             posted.push(i);
         }
 
         let done = convert(&publisher).await.unwrap().expect("an old queue");
-        assert_eq!(
-            (done.consumers, done.queued, done.starts, done.dropped),
-            (2, 3, 1, 2)
-        );
-        let m = store
-            .manifest(&t("a"))
-            .await
-            .unwrap()
-            .expect("a's manifest");
-        assert_eq!(
-            m.starts.iter().map(|s| s.run_id).collect::<Vec<_>>(),
-            [run_id]
-        );
+        assert_eq!((done.consumers, done.queued, done.starts, done.dropped), (2, 3, 1, 2));
+        let m = store.manifest(&t("a")).await.unwrap().expect("a's manifest");
+        assert_eq!(m.starts.iter().map(|s| s.run_id).collect::<Vec<_>>(), [run_id]);
         assert_eq!(m.jobs.len(), 1, "published with its derived half");
         let rows = store.instr_rows(None).await.unwrap();
-        let status = |id: Uuid| {
-            rows.iter()
-                .find(|r| r.id == id)
-                .map(|r| (r.status, r.revision))
-        };
+        let status = |id: Uuid| rows.iter().find(|r| r.id == id).map(|r| (r.status, r.revision));
         assert_eq!(status(posted[0].id), Some((InstrStatus::Dropped, None)));
-        assert_eq!(
-            status(posted[1].id),
-            Some((InstrStatus::Pending, Some(m.revision)))
-        );
+        assert_eq!(status(posted[1].id), Some((InstrStatus::Pending, Some(m.revision))));
         assert_eq!(status(posted[2].id), Some((InstrStatus::Dropped, None)));
-        assert!(
-            store
-                .js
-                .get_stream(store.subjects.assign_stream())
-                .await
-                .is_err(),
-            "the stream is gone"
-        );
+        assert!(store.js.get_stream(store.subjects.assign_stream()).await.is_err(), "the stream is gone");
 
-        assert_eq!(
-            convert(&publisher).await.unwrap(),
-            None,
-            "nothing left to convert"
-        );
+        assert_eq!(convert(&publisher).await.unwrap(), None, "nothing left to convert");
     }
 }

@@ -44,11 +44,7 @@ pub enum ReadError {
         source: async_nats::Error,
     },
     #[error("reading stream {stream} stalled for {stall:?} with {pending} messages still to come")]
-    Stalled {
-        stream: String,
-        stall: Duration,
-        pending: u64,
-    },
+    Stalled { stream: String, stall: Duration, pending: u64 },
 }
 
 /// What to read: the messages on `filter` from where `deliver` says, up to
@@ -91,10 +87,7 @@ impl std::fmt::Debug for ToEnd {
 /// When the consumer cannot be created.
 pub async fn read_to_end(stream: &Stream, span: Span, stall: Duration) -> Result<ToEnd, ReadError> {
     let name = stream.cached_info().config.name.clone();
-    let open = |e: async_nats::Error| ReadError::Open {
-        stream: name.clone(),
-        source: e,
-    };
+    let open = |e: async_nats::Error| ReadError::Open { stream: name.clone(), source: e };
     let config = pull::Config {
         filter_subject: span.filter,
         deliver_policy: span.deliver,
@@ -106,10 +99,7 @@ pub async fn read_to_end(stream: &Stream, span: Span, stall: Duration) -> Result
         inactive_threshold: Duration::from_secs(60),
         ..Default::default()
     };
-    let consumer = stream
-        .create_consumer(config)
-        .await
-        .map_err(|e| open(e.into()))?;
+    let consumer = stream.create_consumer(config).await.map_err(|e| open(e.into()))?;
     let pending = consumer.cached_info().num_pending;
     let consumer_name = consumer.cached_info().name.clone();
     let mut read = ToEnd {
@@ -153,21 +143,9 @@ impl ToEnd {
         let messages = self.messages.as_mut()?;
         let pending = self.pending;
         let next = match tokio::time::timeout(self.stall, messages.next()).await {
-            Err(_) => Err(ReadError::Stalled {
-                stream: self.name.clone(),
-                stall: self.stall,
-                pending,
-            }),
-            Ok(None) => Err(ReadError::Read {
-                stream: self.name.clone(),
-                pending,
-                source: "the consumer ended early".into(),
-            }),
-            Ok(Some(Err(e))) => Err(ReadError::Read {
-                stream: self.name.clone(),
-                pending,
-                source: e.into(),
-            }),
+            Err(_) => Err(ReadError::Stalled { stream: self.name.clone(), stall: self.stall, pending }),
+            Ok(None) => Err(ReadError::Read { stream: self.name.clone(), pending, source: "the consumer ended early".into() }),
+            Ok(Some(Err(e))) => Err(ReadError::Read { stream: self.name.clone(), pending, source: e.into() }),
             Ok(Some(Ok(m))) => match m.info() {
                 Ok(info) => {
                     // Each message says how many matching messages follow it.
@@ -179,11 +157,7 @@ impl ToEnd {
                     }
                     Ok(m)
                 }
-                Err(e) => Err(ReadError::Read {
-                    stream: self.name.clone(),
-                    pending,
-                    source: e,
-                }),
+                Err(e) => Err(ReadError::Read { stream: self.name.clone(), pending, source: e }),
             },
         };
         if next.is_err() || self.pending == 0 || self.up_to.is_some_and(|last| at(&next) >= last) {
@@ -220,8 +194,5 @@ impl ToEnd {
 
 /// A message's stream sequence (0 for an error).
 fn at(m: &Result<jetstream::Message, ReadError>) -> u64 {
-    m.as_ref()
-        .ok()
-        .and_then(|m| m.info().ok())
-        .map_or(0, |i| i.stream_sequence)
+    m.as_ref().ok().and_then(|m| m.info().ok()).map_or(0, |i| i.stream_sequence)
 }

@@ -67,10 +67,7 @@ impl ApiError {
         Self { code, message: message.to_string() }
     }
     pub fn not_enlisted(t: &TargetName) -> Self {
-        Self::new(
-            ErrorCode::NotEnlisted,
-            format!("target '{t}' is not enlisted (enlist it with `musterctl target enlist {t}`)"),
-        )
+        Self::new(ErrorCode::NotEnlisted, format!("target '{t}' is not enlisted (enlist it with `musterctl target enlist {t}`)"))
     }
     pub fn internal(e: impl fmt::Display) -> Self {
         Self::new(ErrorCode::Internal, e)
@@ -519,7 +516,9 @@ pub struct Delivery {
 }
 
 /// What became of a start or stop on one target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr, strum::Display, strum::VariantArray)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr, strum::Display, strum::VariantArray,
+)]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum DeliveryState {
@@ -611,11 +610,7 @@ mod tests {
     fn a_plain_job_select_is_a_start_stop_body_with_the_default_expiry() {
         let select = JobSelect {
             job: JobName::new("j").unwrap(),
-            select: Selection {
-                targets: vec![TargetName::new("web01").unwrap()],
-                groups: Vec::new(),
-                all: false,
-            },
+            select: Selection { targets: vec![TargetName::new("web01").unwrap()], groups: Vec::new(), all: false },
         };
         let plain: StartStop = serde_json::from_slice(&serde_json::to_vec(&select).unwrap()).unwrap();
         assert_eq!(plain, StartStop { job: select.clone(), expires_secs: None });

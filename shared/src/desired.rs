@@ -82,9 +82,7 @@ pub const KIND_JOB: &str = "job";
 /// A manifest's revision: +1 on every publish that changes it. Within one
 /// epoch it only grows (each publish is a compare-and-set on the subject's
 /// last sequence), so a target ignores a lower one (a replica that lags).
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Revision(pub u64);
 
@@ -217,14 +215,7 @@ impl StartEntry {
         expires_in: Duration,
     ) -> Result<StartEntry, ExpiryError> {
         let expires_at = now + check_expiry(expires_in)?;
-        Ok(StartEntry {
-            run_id,
-            job_id,
-            job,
-            revision: Revision::ZERO,
-            posted_at: now,
-            expires_at,
-        })
+        Ok(StartEntry { run_id, job_id, job, revision: Revision::ZERO, posted_at: now, expires_at })
     }
 
     /// The target's decision, by its own clock.
@@ -247,22 +238,9 @@ impl StopEntry {
     ///
     /// # Errors
     /// As [`StartEntry::new`].
-    pub fn new(
-        id: Uuid,
-        job_id: Uuid,
-        job: JobName,
-        now: DateTime<Utc>,
-        expires_in: Duration,
-    ) -> Result<StopEntry, ExpiryError> {
+    pub fn new(id: Uuid, job_id: Uuid, job: JobName, now: DateTime<Utc>, expires_in: Duration) -> Result<StopEntry, ExpiryError> {
         let expires_at = now + check_expiry(expires_in)?;
-        Ok(StopEntry {
-            id,
-            job_id,
-            job,
-            revision: Revision::ZERO,
-            posted_at: now,
-            expires_at,
-        })
+        Ok(StopEntry { id, job_id, job, revision: Revision::ZERO, posted_at: now, expires_at })
     }
 
     /// Whether a target reading it at `now` still acts on it.
@@ -281,9 +259,7 @@ fn grace() -> chrono::Duration {
 /// [`ExpiryError`] outside [`MIN_EXPIRY`]..=[`MAX_EXPIRY`].
 pub fn check_expiry(expires_in: Duration) -> Result<chrono::Duration, ExpiryError> {
     if !(MIN_EXPIRY..=MAX_EXPIRY).contains(&expires_in) {
-        return Err(ExpiryError {
-            secs: expires_in.as_secs(),
-        });
+        return Err(ExpiryError { secs: expires_in.as_secs() });
     }
     Ok(chrono::Duration::from_std(expires_in).expect("at most a week"))
 }
@@ -307,20 +283,12 @@ pub struct DerivedState {
 impl DerivedState {
     /// Sorts the jobs by id, so equal states serialise (and digest) equally.
     /// A defected target holds no jobs.
-    pub fn new(
-        mut jobs: Vec<JobRef>,
-        poll_interval_secs: Option<u64>,
-        defected: bool,
-    ) -> DerivedState {
+    pub fn new(mut jobs: Vec<JobRef>, poll_interval_secs: Option<u64>, defected: bool) -> DerivedState {
         if defected {
             jobs.clear();
         }
         jobs.sort_by_key(|j| j.id);
-        DerivedState {
-            jobs,
-            poll_interval_secs,
-            defected,
-        }
+        DerivedState { jobs, poll_interval_secs, defected }
     }
 
     /// A stable fingerprint: FNV-1a over the canonical JSON. Stable across
@@ -340,9 +308,7 @@ impl DerivedState {
             poll_interval_secs: self.poll_interval_secs,
             defected: self.defected,
         };
-        Digest(fnv1a64(
-            &serde_json::to_vec(&canonical).expect("serialises"),
-        ))
+        Digest(fnv1a64(&serde_json::to_vec(&canonical).expect("serialises")))
     }
 }
 
@@ -419,12 +385,7 @@ pub struct Pruned {
 
 impl Manifest {
     /// A target's first manifest (revision 1). `epoch` is new (`Uuid::new_v4`).
-    pub fn first(
-        target: TargetName,
-        epoch: Uuid,
-        derived: DerivedState,
-        now: DateTime<Utc>,
-    ) -> Manifest {
+    pub fn first(target: TargetName, epoch: Uuid, derived: DerivedState, now: DateTime<Utc>) -> Manifest {
         Manifest {
             v: PROTOCOL_VERSION,
             target,
@@ -455,16 +416,8 @@ impl Manifest {
             changes: self.changes,
             published_at: now,
             jobs: derived.jobs,
-            starts: if defected {
-                Vec::new()
-            } else {
-                self.starts.clone()
-            },
-            stops: if defected {
-                Vec::new()
-            } else {
-                self.stops.clone()
-            },
+            starts: if defected { Vec::new() } else { self.starts.clone() },
+            stops: if defected { Vec::new() } else { self.stops.clone() },
             poll_interval_secs: derived.poll_interval_secs,
             clock: self.clock,
             defected,
@@ -476,11 +429,7 @@ impl Manifest {
     }
 
     pub fn applied(&self) -> Applied {
-        Applied {
-            epoch: self.epoch,
-            revision: self.revision,
-            changes: self.changes,
-        }
+        Applied { epoch: self.epoch, revision: self.revision, changes: self.changes }
     }
 
     pub fn summary(&self) -> ManifestSummary {
@@ -514,16 +463,8 @@ impl Manifest {
     pub fn job_changes<'a>(&'a self, held: &BTreeMap<Uuid, u64>) -> JobChanges<'a> {
         let listed: BTreeSet<Uuid> = self.jobs.iter().map(|j| j.id).collect();
         JobChanges {
-            fetch: self
-                .jobs
-                .iter()
-                .filter(|j| held.get(&j.id).is_none_or(|rev| *rev < j.revision))
-                .collect(),
-            remove: held
-                .keys()
-                .filter(|id| !listed.contains(id))
-                .copied()
-                .collect(),
+            fetch: self.jobs.iter().filter(|j| held.get(&j.id).is_none_or(|rev| *rev < j.revision)).collect(),
+            remove: held.keys().filter(|id| !listed.contains(id)).copied().collect(),
         }
     }
 
@@ -538,17 +479,10 @@ impl Manifest {
             return Err(ManifestError::Defected);
         }
         if self.starts.len() >= MAX_PENDING_STARTS {
-            return Err(ManifestError::TooMany {
-                what: "pending starts",
-                count: self.starts.len() + 1,
-                max: MAX_PENDING_STARTS,
-            });
+            return Err(ManifestError::TooMany { what: "pending starts", count: self.starts.len() + 1, max: MAX_PENDING_STARTS });
         }
         if self.starts.iter().any(|s| s.run_id == start.run_id) {
-            return Err(ManifestError::Duplicate {
-                what: "run id",
-                id: start.run_id,
-            });
+            return Err(ManifestError::Duplicate { what: "run id", id: start.run_id });
         }
         start.revision = self.revision;
         self.starts.push(start);
@@ -564,17 +498,10 @@ impl Manifest {
             return Err(ManifestError::Defected);
         }
         if self.stops.len() >= MAX_PENDING_STOPS {
-            return Err(ManifestError::TooMany {
-                what: "pending stops",
-                count: self.stops.len() + 1,
-                max: MAX_PENDING_STOPS,
-            });
+            return Err(ManifestError::TooMany { what: "pending stops", count: self.stops.len() + 1, max: MAX_PENDING_STOPS });
         }
         if self.stops.iter().any(|s| s.id == stop.id) {
-            return Err(ManifestError::Duplicate {
-                what: "stop id",
-                id: stop.id,
-            });
+            return Err(ManifestError::Duplicate { what: "stop id", id: stop.id });
         }
         stop.revision = self.revision;
         self.stops.push(stop);
@@ -592,23 +519,13 @@ impl Manifest {
     /// applied (`applied` at or above their revision, same epoch) or that
     /// expired.
     pub fn prune(&mut self, now: DateTime<Utc>, applied: Option<&Applied>) -> Pruned {
-        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.starts)
-            .into_iter()
-            .partition(|s| s.prunable(now));
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.starts).into_iter().partition(|s| s.prunable(now));
         self.starts = kept;
-        let seen = |s: &StopEntry| {
-            applied.is_some_and(|a| a.epoch == self.epoch && a.revision >= s.revision)
-        };
+        let seen = |s: &StopEntry| applied.is_some_and(|a| a.epoch == self.epoch && a.revision >= s.revision);
         let before = self.stops.len();
         let stops = std::mem::take(&mut self.stops);
-        self.stops = stops
-            .into_iter()
-            .filter(|s| s.is_live(now) && !seen(s))
-            .collect();
-        Pruned {
-            starts: gone,
-            stops: before - self.stops.len(),
-        }
+        self.stops = stops.into_iter().filter(|s| s.is_live(now) && !seen(s)).collect();
+        Pruned { starts: gone, stops: before - self.stops.len() }
     }
 
     /// Checks what a target must check before applying anything.
@@ -617,10 +534,7 @@ impl Manifest {
     /// The first [`ManifestError`] found.
     pub fn validate(&self, target: &TargetName) -> Result<(), ManifestError> {
         if &self.target != target {
-            return Err(ManifestError::OtherTarget {
-                named: self.target.clone(),
-                expected: target.clone(),
-            });
+            return Err(ManifestError::OtherTarget { named: self.target.clone(), expected: target.clone() });
         }
         if self.revision == Revision::ZERO {
             return Err(ManifestError::NoRevision);
@@ -634,9 +548,7 @@ impl Manifest {
                 return Err(ManifestError::TooMany { what, count, max });
             }
         }
-        if self.defected
-            && !(self.jobs.is_empty() && self.starts.is_empty() && self.stops.is_empty())
-        {
+        if self.defected && !(self.jobs.is_empty() && self.starts.is_empty() && self.stops.is_empty()) {
             return Err(ManifestError::DefectedWithWork);
         }
         if self.poll_interval_secs == Some(0) {
@@ -645,10 +557,7 @@ impl Manifest {
         unique("job id", self.jobs.iter().map(|j| j.id))?;
         unique("run id", self.starts.iter().map(|s| s.run_id))?;
         unique("stop id", self.stops.iter().map(|s| s.id))?;
-        let windows = self
-            .starts
-            .iter()
-            .map(|s| (s.run_id, s.posted_at, s.expires_at));
+        let windows = self.starts.iter().map(|s| (s.run_id, s.posted_at, s.expires_at));
         let windows = windows.chain(self.stops.iter().map(|s| (s.id, s.posted_at, s.expires_at)));
         for (id, posted, expires) in windows {
             if expires <= posted {
@@ -673,18 +582,11 @@ fn unique(what: &'static str, ids: impl Iterator<Item = Uuid>) -> Result<(), Man
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
     #[error("manifest names target '{named}', not '{expected}'")]
-    OtherTarget {
-        named: TargetName,
-        expected: TargetName,
-    },
+    OtherTarget { named: TargetName, expected: TargetName },
     #[error("manifest has revision 0")]
     NoRevision,
     #[error("{count} {what} is over the limit of {max} per target")]
-    TooMany {
-        what: &'static str,
-        count: usize,
-        max: usize,
-    },
+    TooMany { what: &'static str, count: usize, max: usize },
     #[error("{what} {id} appears twice")]
     Duplicate { what: &'static str, id: Uuid },
     #[error("entry {id} expires before it was posted")]
@@ -718,27 +620,15 @@ impl JobDoc {
     /// its previous copy) otherwise.
     pub fn check(&self, target: &TargetName, listed: &JobRef) -> Result<(), DocError> {
         if &self.target != target {
-            return Err(DocError::Invalid(format!(
-                "document names target '{}', not '{target}'",
-                self.target
-            )));
+            return Err(DocError::Invalid(format!("document names target '{}', not '{target}'", self.target)));
         }
         if self.job.id != listed.id {
-            return Err(DocError::Invalid(format!(
-                "document holds job {}, not {}",
-                self.job.id, listed.id
-            )));
+            return Err(DocError::Invalid(format!("document holds job {}, not {}", self.job.id, listed.id)));
         }
         if self.job.revision < listed.revision {
-            return Err(DocError::Stale {
-                have: self.job.revision,
-                listed: listed.revision,
-            });
+            return Err(DocError::Stale { have: self.job.revision, listed: listed.revision });
         }
-        self.job
-            .spec
-            .validate()
-            .map_err(|e| DocError::Invalid(format!("job refused: {e}")))
+        self.job.spec.validate().map_err(|e| DocError::Invalid(format!("job refused: {e}")))
     }
 }
 
@@ -777,10 +667,7 @@ pub struct AppliedRecord {
 impl AppliedRecord {
     /// The JetStream de-duplication id: one record per target and revision.
     pub fn msg_id(&self) -> String {
-        format!(
-            "applied-{}-{}-{}",
-            self.target, self.applied.epoch, self.applied.revision
-        )
+        format!("applied-{}-{}-{}", self.target, self.applied.epoch, self.applied.revision)
     }
 }
 
@@ -826,21 +713,12 @@ mod tests {
 
     fn job(n: usize, name_len: usize, revision: u64) -> JobRef {
         let name = format!("{n:0>width$}", width = name_len);
-        JobRef {
-            id: Uuid::from_u128(n as u128 + 1),
-            name: JobName::new(name).unwrap(),
-            revision,
-        }
+        JobRef { id: Uuid::from_u128(n as u128 + 1), name: JobName::new(name).unwrap(), revision }
     }
 
     fn manifest() -> Manifest {
         let jobs = (0..3).map(|n| job(n, 8, 2)).collect();
-        Manifest::first(
-            t("web01"),
-            Uuid::from_u128(7),
-            DerivedState::new(jobs, Some(60), false),
-            at("2026-12-01T10:00:00Z"),
-        )
+        Manifest::first(t("web01"), Uuid::from_u128(7), DerivedState::new(jobs, Some(60), false), at("2026-12-01T10:00:00Z"))
     }
 
     #[test]
@@ -848,21 +726,12 @@ mod tests {
         let now = at("2026-12-01T10:00:00Z");
         let mut m = manifest();
         let j = m.jobs[0].clone();
-        m.add_start(
-            StartEntry::new(Uuid::now_v7(), j.id, j.name.clone(), now, DEFAULT_EXPIRY).unwrap(),
-        )
-        .unwrap();
-        m.add_stop(StopEntry::new(Uuid::now_v7(), j.id, j.name, now, DEFAULT_EXPIRY).unwrap())
-            .unwrap();
-        m.clock = Some(ClockRef {
-            id: Uuid::now_v7(),
-            master_time: now,
-        });
+        m.add_start(StartEntry::new(Uuid::now_v7(), j.id, j.name.clone(), now, DEFAULT_EXPIRY).unwrap()).unwrap();
+        m.add_stop(StopEntry::new(Uuid::now_v7(), j.id, j.name, now, DEFAULT_EXPIRY).unwrap()).unwrap();
+        m.clock = Some(ClockRef { id: Uuid::now_v7(), master_time: now });
         let back: Manifest = decode(&encode(&m)).unwrap();
         assert_eq!(back, m);
-        assert!(String::from_utf8(encode(&m))
-            .unwrap()
-            .starts_with(r#"{"v":1,"#));
+        assert!(String::from_utf8(encode(&m)).unwrap().starts_with(r#"{"v":1,"#));
 
         let doc = JobDoc {
             v: PROTOCOL_VERSION,
@@ -875,24 +744,11 @@ mod tests {
         };
         assert_eq!(decode::<JobDoc>(&encode(&doc)).unwrap(), doc);
 
-        let rec = AppliedRecord {
-            v: 1,
-            target: t("web01"),
-            applied: m.applied(),
-            at: now,
-            refused: None,
-            errors: Vec::new(),
-        };
+        let rec = AppliedRecord { v: 1, target: t("web01"), applied: m.applied(), at: now, refused: None, errors: Vec::new() };
         assert_eq!(decode::<AppliedRecord>(&encode(&rec)).unwrap(), rec);
-        assert_eq!(
-            rec.msg_id(),
-            format!("applied-web01-{}-1", Uuid::from_u128(7))
-        );
+        assert_eq!(rec.msg_id(), format!("applied-web01-{}-1", Uuid::from_u128(7)));
         let summary = m.summary();
-        assert_eq!(
-            serde_json::from_slice::<ManifestSummary>(&encode(&summary)).unwrap(),
-            summary
-        );
+        assert_eq!(serde_json::from_slice::<ManifestSummary>(&encode(&summary)).unwrap(), summary);
     }
 
     #[test]
@@ -900,83 +756,33 @@ mod tests {
         assert!(decode::<Manifest>(br#"{"v":2,"target":"web01"}"#).is_err());
         assert!(decode::<Manifest>(br#"{"v":1,"target":"a.b","epoch":"00000000-0000-0000-0000-000000000000","revision":1,"changes":0,"published_at":"2026-12-01T00:00:00Z"}"#).is_err());
         let minimal: Manifest = decode(br#"{"v":1,"target":"web01","epoch":"00000000-0000-0000-0000-000000000000","revision":1,"changes":0,"published_at":"2026-12-01T00:00:00Z"}"#).unwrap();
-        assert!(
-            minimal.jobs.is_empty() && !minimal.defected && minimal.poll_interval_secs.is_none()
-        );
+        assert!(minimal.jobs.is_empty() && !minimal.defected && minimal.poll_interval_secs.is_none());
     }
 
     #[test]
     fn the_largest_manifest_fits_one_message() {
         let now = at("2026-12-01T10:00:00.123456789Z");
         let long = 64;
-        let jobs: Vec<JobRef> = (0..MAX_JOBS_PER_TARGET)
-            .map(|n| job(n, long, u64::MAX))
-            .collect();
-        let mut m = Manifest::first(
-            t(&"t".repeat(64)),
-            Uuid::now_v7(),
-            DerivedState::new(jobs, Some(28_800), false),
-            now,
-        );
+        let jobs: Vec<JobRef> = (0..MAX_JOBS_PER_TARGET).map(|n| job(n, long, u64::MAX)).collect();
+        let mut m = Manifest::first(t(&"t".repeat(64)), Uuid::now_v7(), DerivedState::new(jobs, Some(28_800), false), now);
         m.revision = Revision(u64::MAX);
         m.changes = u64::MAX;
         let name = JobName::new("j".repeat(long)).unwrap();
         for _ in 0..MAX_PENDING_STARTS {
-            m.add_start(
-                StartEntry::new(
-                    Uuid::now_v7(),
-                    Uuid::now_v7(),
-                    name.clone(),
-                    now,
-                    MAX_EXPIRY,
-                )
-                .unwrap(),
-            )
-            .unwrap();
+            m.add_start(StartEntry::new(Uuid::now_v7(), Uuid::now_v7(), name.clone(), now, MAX_EXPIRY).unwrap()).unwrap();
         }
         for _ in 0..MAX_PENDING_STOPS {
-            m.add_stop(
-                StopEntry::new(
-                    Uuid::now_v7(),
-                    Uuid::now_v7(),
-                    name.clone(),
-                    now,
-                    MAX_EXPIRY,
-                )
-                .unwrap(),
-            )
-            .unwrap();
+            m.add_stop(StopEntry::new(Uuid::now_v7(), Uuid::now_v7(), name.clone(), now, MAX_EXPIRY).unwrap()).unwrap();
         }
-        m.clock = Some(ClockRef {
-            id: Uuid::now_v7(),
-            master_time: now,
-        });
+        m.clock = Some(ClockRef { id: Uuid::now_v7(), master_time: now });
         m.validate(&m.target.clone()).unwrap();
         let body = encode(&m);
-        assert!(
-            check_size(&body).is_ok(),
-            "worst case is {} bytes",
-            body.len()
-        );
+        assert!(check_size(&body).is_ok(), "worst case is {} bytes", body.len());
         // Hundreds of jobs and a few starts, as a busy target has, is far smaller.
         let typical: Vec<JobRef> = (0..500).map(|n| job(n, 20, 40)).collect();
-        let typical = Manifest::first(
-            t("web01"),
-            Uuid::now_v7(),
-            DerivedState::new(typical, None, false),
-            now,
-        );
-        assert!(
-            encode(&typical).len() < 64 * 1024,
-            "{}",
-            encode(&typical).len()
-        );
-        assert_eq!(
-            check_size(&vec![b' '; MAX_BODY_BYTES + 1]),
-            Err(SizeError {
-                len: MAX_BODY_BYTES + 1
-            })
-        );
+        let typical = Manifest::first(t("web01"), Uuid::now_v7(), DerivedState::new(typical, None, false), now);
+        assert!(encode(&typical).len() < 64 * 1024, "{}", encode(&typical).len());
+        assert_eq!(check_size(&vec![b' '; MAX_BODY_BYTES + 1]), Err(SizeError { len: MAX_BODY_BYTES + 1 }));
     }
 
     #[test]
@@ -985,77 +791,29 @@ mod tests {
         let mut m = manifest();
         let name = m.jobs[0].name.clone();
         for _ in 0..MAX_PENDING_STARTS {
-            m.add_start(
-                StartEntry::new(
-                    Uuid::now_v7(),
-                    m.jobs[0].id,
-                    name.clone(),
-                    now,
-                    DEFAULT_EXPIRY,
-                )
-                .unwrap(),
-            )
-            .unwrap();
+            m.add_start(StartEntry::new(Uuid::now_v7(), m.jobs[0].id, name.clone(), now, DEFAULT_EXPIRY).unwrap()).unwrap();
         }
-        let more = StartEntry::new(
-            Uuid::now_v7(),
-            m.jobs[0].id,
-            name.clone(),
-            now,
-            DEFAULT_EXPIRY,
-        )
-        .unwrap();
-        assert!(matches!(
-            m.add_start(more),
-            Err(ManifestError::TooMany { .. })
-        ));
+        let more = StartEntry::new(Uuid::now_v7(), m.jobs[0].id, name.clone(), now, DEFAULT_EXPIRY).unwrap();
+        assert!(matches!(m.add_start(more), Err(ManifestError::TooMany { .. })));
         let again = m.starts[0].clone();
         m.starts.pop();
-        assert!(matches!(
-            m.add_start(again),
-            Err(ManifestError::Duplicate { .. })
-        ));
+        assert!(matches!(m.add_start(again), Err(ManifestError::Duplicate { .. })));
     }
 
     #[test]
     fn expiry_is_decided_by_the_clock_passed_in() {
         let posted = at("2026-12-01T10:00:00Z");
-        let s = StartEntry::new(
-            Uuid::now_v7(),
-            Uuid::now_v7(),
-            JobName::new("j").unwrap(),
-            posted,
-            DEFAULT_EXPIRY,
-        )
-        .unwrap();
+        let s = StartEntry::new(Uuid::now_v7(), Uuid::now_v7(), JobName::new("j").unwrap(), posted, DEFAULT_EXPIRY).unwrap();
         assert_eq!(s.expires_at, at("2026-12-01T11:00:00Z"));
         assert_eq!(s.verdict(at("2026-12-01T10:59:59Z")), StartVerdict::Run);
-        assert_eq!(
-            s.verdict(at("2026-12-01T11:00:00Z")),
-            StartVerdict::Expired,
-            "never run late"
-        );
-        assert!(
-            !s.prunable(at("2026-12-02T10:59:59Z")),
-            "the target decides during the grace"
-        );
+        assert_eq!(s.verdict(at("2026-12-01T11:00:00Z")), StartVerdict::Expired, "never run late");
+        assert!(!s.prunable(at("2026-12-02T10:59:59Z")), "the target decides during the grace");
         assert!(s.prunable(at("2026-12-02T11:00:00Z")));
-        let ten_min = StartEntry::new(
-            Uuid::now_v7(),
-            Uuid::now_v7(),
-            JobName::new("j").unwrap(),
-            posted,
-            Duration::from_secs(600),
-        )
-        .unwrap();
-        assert_eq!(
-            ten_min.verdict(at("2026-12-01T10:10:00Z")),
-            StartVerdict::Expired
-        );
-        assert_eq!(
-            check_expiry(Duration::from_secs(9)),
-            Err(ExpiryError { secs: 9 })
-        );
+        let ten_min =
+            StartEntry::new(Uuid::now_v7(), Uuid::now_v7(), JobName::new("j").unwrap(), posted, Duration::from_secs(600))
+                .unwrap();
+        assert_eq!(ten_min.verdict(at("2026-12-01T10:10:00Z")), StartVerdict::Expired);
+        assert_eq!(check_expiry(Duration::from_secs(9)), Err(ExpiryError { secs: 9 }));
         assert!(check_expiry(MAX_EXPIRY + Duration::from_secs(1)).is_err());
     }
 
@@ -1065,52 +823,27 @@ mod tests {
         let mut m = manifest();
         let j = m.jobs[0].clone();
         let old = StartEntry::new(Uuid::now_v7(), j.id, j.name.clone(), now, MIN_EXPIRY).unwrap();
-        let fresh =
-            StartEntry::new(Uuid::now_v7(), j.id, j.name.clone(), now, DEFAULT_EXPIRY).unwrap();
+        let fresh = StartEntry::new(Uuid::now_v7(), j.id, j.name.clone(), now, DEFAULT_EXPIRY).unwrap();
         m.add_start(old.clone()).unwrap();
         m.add_start(fresh.clone()).unwrap();
-        m.add_stop(
-            StopEntry::new(Uuid::now_v7(), j.id, j.name.clone(), now, DEFAULT_EXPIRY).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(
-            m.due(),
-            Some(now + chrono::Duration::hours(1)),
-            "the stop's expiry comes first"
-        );
+        m.add_stop(StopEntry::new(Uuid::now_v7(), j.id, j.name.clone(), now, DEFAULT_EXPIRY).unwrap()).unwrap();
+        assert_eq!(m.due(), Some(now + chrono::Duration::hours(1)), "the stop's expiry comes first");
 
         // A day after the short one expired: it goes, unanswered; the stop is unapplied but expired.
         let later = now + chrono::Duration::seconds(10) + grace();
         let mut n = m.successor(m.derived(), later);
         let pruned = n.prune(later, None);
-        assert_eq!(
-            pruned.starts,
-            vec![StartEntry {
-                revision: Revision(1),
-                ..old
-            }]
-        );
+        assert_eq!(pruned.starts, vec![StartEntry { revision: Revision(1), ..old }]);
         assert_eq!(pruned.stops, 1);
         assert_eq!(n.starts.len(), 1);
 
         // A stop goes once the target applied its revision, in the same epoch only.
         let mut k = m.clone();
-        let other_epoch = Applied {
-            epoch: Uuid::from_u128(8),
-            revision: Revision(5),
-            changes: 0,
-        };
+        let other_epoch = Applied { epoch: Uuid::from_u128(8), revision: Revision(5), changes: 0 };
         assert_eq!(k.prune(now, Some(&other_epoch)).stops, 0);
         assert_eq!(k.prune(now, Some(&m.applied())).stops, 1);
-        assert_eq!(
-            k.remove_start(fresh.run_id).map(|s| s.run_id),
-            Some(fresh.run_id)
-        );
-        assert_eq!(
-            k.remove_start(fresh.run_id),
-            None,
-            "a second record changes nothing"
-        );
+        assert_eq!(k.remove_start(fresh.run_id).map(|s| s.run_id), Some(fresh.run_id));
+        assert_eq!(k.remove_start(fresh.run_id), None, "a second record changes nothing");
     }
 
     #[test]
@@ -1124,11 +857,7 @@ mod tests {
         let gone = Uuid::from_u128(99);
         held.insert(gone, 1);
         let changes = m.job_changes(&held);
-        assert_eq!(
-            changes.fetch,
-            vec![&m.jobs[1]],
-            "only the job behind its listed revision"
-        );
+        assert_eq!(changes.fetch, vec![&m.jobs[1]], "only the job behind its listed revision");
         assert_eq!(changes.remove, vec![gone]);
     }
 
@@ -1136,19 +865,10 @@ mod tests {
     fn a_target_applies_news_and_ignores_a_lagging_replica() {
         let m = manifest();
         assert!(m.is_news_to(None));
-        assert!(
-            !m.is_news_to(Some(&m.applied())),
-            "same revision: one request, nothing else"
-        );
-        let ahead = Applied {
-            revision: Revision(5),
-            ..m.applied()
-        };
+        assert!(!m.is_news_to(Some(&m.applied())), "same revision: one request, nothing else");
+        let ahead = Applied { revision: Revision(5), ..m.applied() };
         assert!(!m.is_news_to(Some(&ahead)));
-        let rebuilt = Applied {
-            epoch: Uuid::from_u128(1),
-            ..ahead
-        };
+        let rebuilt = Applied { epoch: Uuid::from_u128(1), ..ahead };
         assert!(m.is_news_to(Some(&rebuilt)), "a new epoch is always news");
     }
 
@@ -1157,12 +877,8 @@ mod tests {
         let now = at("2026-12-01T10:00:00Z");
         let mut m = manifest();
         let j = m.jobs[0].clone();
-        m.add_start(StartEntry::new(Uuid::now_v7(), j.id, j.name, now, DEFAULT_EXPIRY).unwrap())
-            .unwrap();
-        m.clock = Some(ClockRef {
-            id: Uuid::from_u128(3),
-            master_time: now,
-        });
+        m.add_start(StartEntry::new(Uuid::now_v7(), j.id, j.name, now, DEFAULT_EXPIRY).unwrap()).unwrap();
+        m.clock = Some(ClockRef { id: Uuid::from_u128(3), master_time: now });
         m.changes = 4;
         let n = m.successor(DerivedState::new(Vec::new(), Some(300), false), now);
         assert_eq!((n.revision, n.epoch, n.changes), (Revision(2), m.epoch, 4));
@@ -1172,14 +888,7 @@ mod tests {
         assert!(gone.defected && gone.jobs.is_empty() && gone.starts.is_empty());
         gone.validate(&t("web01")).unwrap();
         let mut g = gone.clone();
-        let s = StartEntry::new(
-            Uuid::now_v7(),
-            j.id,
-            m.jobs[0].name.clone(),
-            now,
-            DEFAULT_EXPIRY,
-        )
-        .unwrap();
+        let s = StartEntry::new(Uuid::now_v7(), j.id, m.jobs[0].name.clone(), now, DEFAULT_EXPIRY).unwrap();
         assert_eq!(g.add_start(s), Err(ManifestError::Defected));
     }
 
@@ -1188,36 +897,18 @@ mod tests {
         let m = manifest();
         let mut n = m.successor(m.derived(), at("2026-12-02T00:00:00Z"));
         n.changes = 9;
-        n.clock = Some(ClockRef {
-            id: Uuid::from_u128(1),
-            master_time: n.published_at,
-        });
-        assert_eq!(
-            n.summary().digest,
-            m.summary().digest,
-            "revision, time, owned half do not count"
-        );
+        n.clock = Some(ClockRef { id: Uuid::from_u128(1), master_time: n.published_at });
+        assert_eq!(n.summary().digest, m.summary().digest, "revision, time, owned half do not count");
         let mut reordered = m.jobs.clone();
         reordered.reverse();
         assert_eq!(
-            DerivedState {
-                jobs: reordered,
-                poll_interval_secs: Some(60),
-                defected: false
-            }
-            .digest(),
+            DerivedState { jobs: reordered, poll_interval_secs: Some(60), defected: false }.digest(),
             m.derived().digest()
         );
         let mut bumped = m.jobs.clone();
         bumped[1].revision += 1;
-        assert_ne!(
-            DerivedState::new(bumped, Some(60), false).digest(),
-            m.derived().digest()
-        );
-        assert_ne!(
-            DerivedState::new(m.jobs.clone(), Some(61), false).digest(),
-            m.derived().digest()
-        );
+        assert_ne!(DerivedState::new(bumped, Some(60), false).digest(), m.derived().digest());
+        assert_ne!(DerivedState::new(m.jobs.clone(), Some(61), false).digest(), m.derived().digest());
         // Pinned: replicas and versions must agree, or every target is
         // republished once. Change this only on purpose.
         assert_eq!(m.derived().digest().to_string(), "12c272cb67eb72af");
@@ -1228,86 +919,40 @@ mod tests {
     fn validation_refuses_what_a_target_must_not_apply() {
         let m = manifest();
         m.validate(&t("web01")).unwrap();
-        assert!(matches!(
-            m.validate(&t("web02")),
-            Err(ManifestError::OtherTarget { .. })
-        ));
+        assert!(matches!(m.validate(&t("web02")), Err(ManifestError::OtherTarget { .. })));
         let mut dup = m.clone();
         dup.jobs.push(dup.jobs[0].clone());
-        assert!(matches!(
-            dup.validate(&t("web01")),
-            Err(ManifestError::Duplicate { what: "job id", .. })
-        ));
+        assert!(matches!(dup.validate(&t("web01")), Err(ManifestError::Duplicate { what: "job id", .. })));
         let mut zero = m.clone();
         zero.revision = Revision::ZERO;
         assert_eq!(zero.validate(&t("web01")), Err(ManifestError::NoRevision));
         let mut defected = m.clone();
         defected.defected = true;
-        assert_eq!(
-            defected.validate(&t("web01")),
-            Err(ManifestError::DefectedWithWork)
-        );
+        assert_eq!(defected.validate(&t("web01")), Err(ManifestError::DefectedWithWork));
         let mut backwards = m.clone();
         let j = m.jobs[0].clone();
-        let mut s =
-            StartEntry::new(Uuid::now_v7(), j.id, j.name, m.published_at, DEFAULT_EXPIRY).unwrap();
+        let mut s = StartEntry::new(Uuid::now_v7(), j.id, j.name, m.published_at, DEFAULT_EXPIRY).unwrap();
         s.expires_at = s.posted_at;
         backwards.starts.push(s);
-        assert!(matches!(
-            backwards.validate(&t("web01")),
-            Err(ManifestError::BadExpiry { .. })
-        ));
+        assert!(matches!(backwards.validate(&t("web01")), Err(ManifestError::BadExpiry { .. })));
         let mut poll = m;
         poll.poll_interval_secs = Some(0);
-        assert_eq!(
-            poll.validate(&t("web01")),
-            Err(ManifestError::ZeroPollInterval)
-        );
+        assert_eq!(poll.validate(&t("web01")), Err(ManifestError::ZeroPollInterval));
     }
 
     #[test]
     fn a_job_document_is_checked_against_its_listing() {
         let spec = JobSpec::from_commands(JobName::new("j").unwrap(), &["true".into()]);
-        let doc = JobDoc {
-            v: 1,
-            target: t("web01"),
-            job: JobDef {
-                id: Uuid::from_u128(1),
-                revision: 3,
-                spec,
-            },
-        };
-        let listed = |revision| JobRef {
-            id: Uuid::from_u128(1),
-            name: JobName::new("j").unwrap(),
-            revision,
-        };
+        let doc = JobDoc { v: 1, target: t("web01"), job: JobDef { id: Uuid::from_u128(1), revision: 3, spec } };
+        let listed = |revision| JobRef { id: Uuid::from_u128(1), name: JobName::new("j").unwrap(), revision };
         assert_eq!(doc.check(&t("web01"), &listed(3)), Ok(()));
-        assert_eq!(
-            doc.check(&t("web01"), &listed(2)),
-            Ok(()),
-            "newer than listed: a manifest is on its way"
-        );
-        assert_eq!(
-            doc.check(&t("web01"), &listed(4)),
-            Err(DocError::Stale { have: 3, listed: 4 })
-        );
-        assert!(matches!(
-            doc.check(&t("web02"), &listed(3)),
-            Err(DocError::Invalid(_))
-        ));
-        let other = JobRef {
-            id: Uuid::from_u128(2),
-            ..listed(3)
-        };
-        assert!(matches!(
-            doc.check(&t("web01"), &other),
-            Err(DocError::Invalid(_))
-        ));
+        assert_eq!(doc.check(&t("web01"), &listed(2)), Ok(()), "newer than listed: a manifest is on its way");
+        assert_eq!(doc.check(&t("web01"), &listed(4)), Err(DocError::Stale { have: 3, listed: 4 }));
+        assert!(matches!(doc.check(&t("web02"), &listed(3)), Err(DocError::Invalid(_))));
+        let other = JobRef { id: Uuid::from_u128(2), ..listed(3) };
+        assert!(matches!(doc.check(&t("web01"), &other), Err(DocError::Invalid(_))));
         let mut bad = doc.clone();
         bad.job.spec.steps.clear();
-        assert!(
-            matches!(bad.check(&t("web01"), &listed(3)), Err(DocError::Invalid(e)) if e.contains("at least one step"))
-        );
+        assert!(matches!(bad.check(&t("web01"), &listed(3)), Err(DocError::Invalid(e)) if e.contains("at least one step")));
     }
 }

@@ -38,20 +38,12 @@ pub enum IdentityError {
     /// The body names another target than the subject carries (or the
     /// subject carries none).
     #[error("{kind} names target '{named}' but came on target '{on_subject}''s subject")]
-    OtherTarget {
-        kind: RecordKind,
-        named: TargetName,
-        on_subject: String,
-    },
+    OtherTarget { kind: RecordKind, named: TargetName, on_subject: String },
     /// The target matches, but the subject is not the one this record
     /// belongs on (a run record for another job, a record on the wrong kind
     /// of subject).
     #[error("{kind} belongs on {expected} but came on {subject}")]
-    WrongSubject {
-        kind: RecordKind,
-        expected: String,
-        subject: String,
-    },
+    WrongSubject { kind: RecordKind, expected: String, subject: String },
 }
 
 /// Whether a run record may stand on `subject`: its body must name the
@@ -60,13 +52,7 @@ pub enum IdentityError {
 /// # Errors
 /// [`IdentityError`], naming both sides; fit for the log.
 pub fn check_run(subjects: &Subjects, subject: &str, r: &RunRecord) -> Result<(), IdentityError> {
-    check(
-        subjects,
-        subject,
-        RecordKind::Run,
-        &r.target,
-        subjects.result_run(&r.target, r.job_id),
-    )
+    check(subjects, subject, RecordKind::Run, &r.target, subjects.result_run(&r.target, r.job_id))
 }
 
 /// Whether an instruction record may stand on `subject`: its body must name
@@ -74,18 +60,8 @@ pub fn check_run(subjects: &Subjects, subject: &str, r: &RunRecord) -> Result<()
 ///
 /// # Errors
 /// [`IdentityError`], naming both sides; fit for the log.
-pub fn check_instr(
-    subjects: &Subjects,
-    subject: &str,
-    r: &InstrRecord,
-) -> Result<(), IdentityError> {
-    check(
-        subjects,
-        subject,
-        RecordKind::Instructions,
-        &r.target,
-        subjects.result_instr(&r.target),
-    )
+pub fn check_instr(subjects: &Subjects, subject: &str, r: &InstrRecord) -> Result<(), IdentityError> {
+    check(subjects, subject, RecordKind::Instructions, &r.target, subjects.result_instr(&r.target))
 }
 
 /// Whether an applied record may stand on `subject`: its body must name
@@ -93,18 +69,8 @@ pub fn check_instr(
 ///
 /// # Errors
 /// [`IdentityError`], naming both sides; fit for the log.
-pub fn check_applied(
-    subjects: &Subjects,
-    subject: &str,
-    r: &AppliedRecord,
-) -> Result<(), IdentityError> {
-    check(
-        subjects,
-        subject,
-        RecordKind::Applied,
-        &r.target,
-        subjects.result_applied(&r.target),
-    )
+pub fn check_applied(subjects: &Subjects, subject: &str, r: &AppliedRecord) -> Result<(), IdentityError> {
+    check(subjects, subject, RecordKind::Applied, &r.target, subjects.result_applied(&r.target))
 }
 
 fn check(
@@ -116,18 +82,10 @@ fn check(
 ) -> Result<(), IdentityError> {
     let on_subject = subjects.target_of(subject).unwrap_or_default();
     if named.as_str() != on_subject {
-        return Err(IdentityError::OtherTarget {
-            kind,
-            named: named.clone(),
-            on_subject: on_subject.to_owned(),
-        });
+        return Err(IdentityError::OtherTarget { kind, named: named.clone(), on_subject: on_subject.to_owned() });
     }
     if subject != expected {
-        return Err(IdentityError::WrongSubject {
-            kind,
-            expected,
-            subject: subject.to_owned(),
-        });
+        return Err(IdentityError::WrongSubject { kind, expected, subject: subject.to_owned() });
     }
     Ok(())
 }
@@ -162,41 +120,20 @@ mod tests {
         let s = Subjects::default();
         let r = run("a");
         let b = TargetName::new("b").unwrap();
-        assert_eq!(
-            check_run(&s, &s.result_run(&r.target, r.job_id), &r),
-            Ok(())
-        );
+        assert_eq!(check_run(&s, &s.result_run(&r.target, r.job_id), &r), Ok(()));
 
         let other_target = check_run(&s, &s.result_run(&b, r.job_id), &r).unwrap_err();
         assert!(
             matches!(&other_target, IdentityError::OtherTarget { kind: RecordKind::Run, on_subject, .. } if on_subject == "b")
         );
-        assert_eq!(
-            other_target.to_string(),
-            "run record names target 'a' but came on target 'b''s subject"
-        );
+        assert_eq!(other_target.to_string(), "run record names target 'a' but came on target 'b''s subject");
 
         let other_job = check_run(&s, &s.result_run(&r.target, Uuid::now_v7()), &r).unwrap_err();
-        assert!(
-            matches!(
-                other_job,
-                IdentityError::WrongSubject {
-                    kind: RecordKind::Run,
-                    ..
-                }
-            ),
-            "{other_job}"
-        );
+        assert!(matches!(other_job, IdentityError::WrongSubject { kind: RecordKind::Run, .. }), "{other_job}");
         // A run record on the instructions subject is not a run record.
-        assert!(matches!(
-            check_run(&s, &s.result_instr(&r.target), &r),
-            Err(IdentityError::WrongSubject { .. })
-        ));
+        assert!(matches!(check_run(&s, &s.result_instr(&r.target), &r), Err(IdentityError::WrongSubject { .. })));
         // Nor on a subject outside the installation.
-        assert!(matches!(
-            check_run(&s, "elsewhere.result.a.run.x", &r),
-            Err(IdentityError::OtherTarget { .. })
-        ));
+        assert!(matches!(check_run(&s, "elsewhere.result.a.run.x", &r), Err(IdentityError::OtherTarget { .. })));
     }
 
     #[test]
@@ -204,27 +141,11 @@ mod tests {
         let s = Subjects::default();
         let a = TargetName::new("a").unwrap();
         let b = TargetName::new("b").unwrap();
-        let r = InstrRecord {
-            v: 1,
-            target: a.clone(),
-            outcomes: Vec::new(),
-        };
+        let r = InstrRecord { v: 1, target: a.clone(), outcomes: Vec::new() };
         assert_eq!(check_instr(&s, &s.result_instr(&a), &r), Ok(()));
         let forged = check_instr(&s, &s.result_instr(&b), &r).unwrap_err();
-        assert!(
-            matches!(
-                forged,
-                IdentityError::OtherTarget {
-                    kind: RecordKind::Instructions,
-                    ..
-                }
-            ),
-            "{forged}"
-        );
-        assert!(matches!(
-            check_instr(&s, &s.result_run(&a, Uuid::nil()), &r),
-            Err(IdentityError::WrongSubject { .. })
-        ));
+        assert!(matches!(forged, IdentityError::OtherTarget { kind: RecordKind::Instructions, .. }), "{forged}");
+        assert!(matches!(check_instr(&s, &s.result_run(&a, Uuid::nil()), &r), Err(IdentityError::WrongSubject { .. })));
     }
 
     #[test]
@@ -235,11 +156,7 @@ mod tests {
         let r = AppliedRecord {
             v: 1,
             target: a.clone(),
-            applied: crate::desired::Applied {
-                epoch: Uuid::nil(),
-                revision: crate::desired::Revision(3),
-                changes: 3,
-            },
+            applied: crate::desired::Applied { epoch: Uuid::nil(), revision: crate::desired::Revision(3), changes: 3 },
             at: Utc::now(),
             refused: None,
             errors: Vec::new(),
@@ -247,14 +164,8 @@ mod tests {
         assert_eq!(check_applied(&s, &s.result_applied(&a), &r), Ok(()));
         assert!(matches!(
             check_applied(&s, &s.result_applied(&b), &r),
-            Err(IdentityError::OtherTarget {
-                kind: RecordKind::Applied,
-                ..
-            })
+            Err(IdentityError::OtherTarget { kind: RecordKind::Applied, .. })
         ));
-        assert!(matches!(
-            check_applied(&s, &s.result_instr(&a), &r),
-            Err(IdentityError::WrongSubject { .. })
-        ));
+        assert!(matches!(check_applied(&s, &s.result_instr(&a), &r), Err(IdentityError::WrongSubject { .. })));
     }
 }

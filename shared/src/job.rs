@@ -163,8 +163,7 @@ impl JobSpec {
     /// # Errors
     /// The JSON error (with line and column), or the first [`FieldError`].
     pub fn from_json(text: &str) -> Result<JobSpec, FieldError> {
-        let mut spec: JobSpec =
-            serde_json::from_str(text).map_err(|e| FieldError::new("job file", e))?;
+        let mut spec: JobSpec = serde_json::from_str(text).map_err(|e| FieldError::new("job file", e))?;
         spec.normalize();
         spec.validate()?;
         Ok(spec)
@@ -177,10 +176,7 @@ impl JobSpec {
             description: String::new(),
             enabled: true,
             timeout_secs: None,
-            steps: commands
-                .iter()
-                .map(|c| Step { command: Some(c.clone()), ..Step::default() })
-                .collect(),
+            steps: commands.iter().map(|c| Step { command: Some(c.clone()), ..Step::default() }).collect(),
             schedules: Vec::new(),
         };
         spec.normalize();
@@ -214,24 +210,14 @@ impl JobSpec {
                 return Err(FieldError::new(at("name"), "is empty"));
             }
             if let Some(prev) = seen.insert(step.name.as_str(), i) {
-                return Err(FieldError::new(
-                    at("name"),
-                    format!("'{}' is already the name of steps[{prev}]", step.name),
-                ));
+                return Err(FieldError::new(at("name"), format!("'{}' is already the name of steps[{prev}]", step.name)));
             }
             match (&step.command, &step.argv) {
                 (Some(_), Some(_)) => {
-                    return Err(FieldError::new(
-                        at("argv"),
-                        "a step has either `command` (a shell line) or `argv`, not both",
-                    ))
+                    return Err(FieldError::new(at("argv"), "a step has either `command` (a shell line) or `argv`, not both"))
                 }
-                (None, None) => {
-                    return Err(FieldError::new(at("command"), "a step needs `command` or `argv`"))
-                }
-                (Some(c), None) if c.trim().is_empty() => {
-                    return Err(FieldError::new(at("command"), "is empty"))
-                }
+                (None, None) => return Err(FieldError::new(at("command"), "a step needs `command` or `argv`")),
+                (Some(c), None) if c.trim().is_empty() => return Err(FieldError::new(at("command"), "is empty")),
                 (None, Some(a)) if a.is_empty() || a[0].is_empty() => {
                     return Err(FieldError::new(at("argv"), "needs at least a program"))
                 }
@@ -268,10 +254,8 @@ impl JobSpec {
                     format!("'{}' is used by another schedule", sched.name),
                 ));
             }
-            schedule::validate(sched).map_err(|e| FieldError {
-                field: format!("schedules[{i}].{}", e.field),
-                message: e.message,
-            })?;
+            schedule::validate(sched)
+                .map_err(|e| FieldError { field: format!("schedules[{i}].{}", e.field), message: e.message })?;
         }
         Ok(())
     }
@@ -282,18 +266,18 @@ impl JobSpec {
         let last = index + 1 == self.steps.len();
         let flow = if success { &step.on_success } else { &step.on_failure };
         let default = if success {
-            if last { FlowAction::QuitSuccess } else { FlowAction::Next }
+            if last {
+                FlowAction::QuitSuccess
+            } else {
+                FlowAction::Next
+            }
         } else {
             FlowAction::QuitFailure
         };
         match flow {
             None => self.resolve(index, default, success),
             Some(Flow::Action(a)) => self.resolve(index, *a, success),
-            Some(Flow::Goto { goto }) => self
-                .steps
-                .iter()
-                .position(|s| &s.name == goto)
-                .map_or(Next::QuitFailure, Next::Step),
+            Some(Flow::Goto { goto }) => self.steps.iter().position(|s| &s.name == goto).map_or(Next::QuitFailure, Next::Step),
         }
     }
 
@@ -301,7 +285,13 @@ impl JobSpec {
         match action {
             FlowAction::Next if index + 1 < self.steps.len() => Next::Step(index + 1),
             // `next` from the last step ends the job with the step's own result.
-            FlowAction::Next => if success { Next::QuitSuccess } else { Next::QuitFailure },
+            FlowAction::Next => {
+                if success {
+                    Next::QuitSuccess
+                } else {
+                    Next::QuitFailure
+                }
+            }
             FlowAction::QuitSuccess => Next::QuitSuccess,
             FlowAction::QuitFailure => Next::QuitFailure,
         }
@@ -365,16 +355,25 @@ mod tests {
 
     #[test]
     fn refuses_bad_files_naming_the_field() {
-        refuse(r#"{"name":"j","steps":[{"command":"a","on_failure":{"goto":"nope"}}]}"#,
-            "steps[0].on_failure.goto", "no step is named 'nope'");
+        refuse(
+            r#"{"name":"j","steps":[{"command":"a","on_failure":{"goto":"nope"}}]}"#,
+            "steps[0].on_failure.goto",
+            "no step is named 'nope'",
+        );
         refuse(r#"{"name":"j","steps":[{"command":"a","argv":["b"]}]}"#, "steps[0].argv", "not both");
         refuse(r#"{"name":"j","steps":[{}]}"#, "steps[0].command", "needs");
         refuse(r#"{"name":"j","steps":[]}"#, "steps", "at least one");
         refuse(r#"{"name":"j.x","steps":[{"command":"a"}]}"#, "job file", "subject separator");
-        refuse(r#"{"name":"j","steps":[{"command":"a"}],"schedules":[{"name":"s","cron":"61 * * * *"}]}"#,
-            "schedules[0].cron", "");
-        refuse(r#"{"name":"j","steps":[{"command":"a"}],"schedules":[{"name":"s","cron":"* * * * *","timezone":"Mars/Olympus"}]}"#,
-            "schedules[0].timezone", "Mars/Olympus");
+        refuse(
+            r#"{"name":"j","steps":[{"command":"a"}],"schedules":[{"name":"s","cron":"61 * * * *"}]}"#,
+            "schedules[0].cron",
+            "",
+        );
+        refuse(
+            r#"{"name":"j","steps":[{"command":"a"}],"schedules":[{"name":"s","cron":"* * * * *","timezone":"Mars/Olympus"}]}"#,
+            "schedules[0].timezone",
+            "Mars/Olympus",
+        );
         refuse(r#"{"name":"j","steps":[{"command":"a","colour":"red"}]}"#, "job file", "colour");
     }
 

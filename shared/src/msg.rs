@@ -41,8 +41,8 @@ pub fn decode_within<T: DeserializeOwned>(body: &[u8], cap: usize) -> Result<T, 
     struct Version {
         v: Option<serde_json::Value>,
     }
-    let version: Version = serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("malformed JSON: {e}")))?;
+    let version: Version =
+        serde_json::from_slice(body).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("malformed JSON: {e}")))?;
     match version.v {
         Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(PROTOCOL_VERSION)) => {}
         Some(other) => {
@@ -51,15 +51,9 @@ pub fn decode_within<T: DeserializeOwned>(body: &[u8], cap: usize) -> Result<T, 
                 format!("unsupported protocol version {other}; this side speaks v{PROTOCOL_VERSION}"),
             ))
         }
-        None => {
-            return Err(ApiError::new(
-                ErrorCode::BadVersion,
-                format!("missing \"v\"; this side speaks v{PROTOCOL_VERSION}"),
-            ))
-        }
+        None => return Err(ApiError::new(ErrorCode::BadVersion, format!("missing \"v\"; this side speaks v{PROTOCOL_VERSION}"))),
     }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("invalid body: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("invalid body: {e}")))
 }
 
 /// Serialises a body. Muster's types always serialise.
@@ -92,17 +86,33 @@ pub struct Instruction {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum InstructionOp {
     /// Insert or update a job: the whole definition.
-    UpsertJob { job: JobDef },
-    DeleteJob { job_id: Uuid, job: JobName },
+    UpsertJob {
+        job: JobDef,
+    },
+    DeleteJob {
+        job_id: Uuid,
+        job: JobName,
+    },
     /// First half of a resync: forget every job from the master.
     DeleteAllJobs,
     /// Run now. The run id is chosen by the master so a re-applied start is
     /// recognised and not run twice.
-    StartJob { job_id: Uuid, job: JobName, run_id: Uuid },
-    StopJob { job_id: Uuid, job: JobName },
-    SetPollInterval { secs: u64 },
+    StartJob {
+        job_id: Uuid,
+        job: JobName,
+        run_id: Uuid,
+    },
+    StopJob {
+        job_id: Uuid,
+        job: JobName,
+    },
+    SetPollInterval {
+        secs: u64,
+    },
     /// The master's clock at posting; the target records its skew.
-    SyncTime { master_time: DateTime<Utc> },
+    SyncTime {
+        master_time: DateTime<Utc>,
+    },
     /// Leave the master: delete every job from it and stop polling.
     Defect,
 }
@@ -110,7 +120,9 @@ pub enum InstructionOp {
 /// Which [`InstructionOp`] an instruction is, without its fields: what an
 /// [`InstrOutcome`] reports and the download list shows. Its serde form is
 /// the instruction's `"op"` tag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr, strum::Display, strum::VariantArray)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr, strum::Display, strum::VariantArray,
+)]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum InstructionKind {
@@ -155,9 +167,9 @@ impl InstructionOp {
     pub fn job_name(&self) -> Option<&JobName> {
         match self {
             InstructionOp::UpsertJob { job } => Some(&job.spec.name),
-            InstructionOp::DeleteJob { job, .. }
-            | InstructionOp::StartJob { job, .. }
-            | InstructionOp::StopJob { job, .. } => Some(job),
+            InstructionOp::DeleteJob { job, .. } | InstructionOp::StartJob { job, .. } | InstructionOp::StopJob { job, .. } => {
+                Some(job)
+            }
             _ => None,
         }
     }
@@ -284,7 +296,9 @@ pub struct InstrOutcome {
 }
 
 /// How a run ended (or that it is still going).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr, strum::Display, strum::VariantArray)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr, strum::Display, strum::VariantArray,
+)]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum Outcome {
@@ -327,7 +341,9 @@ impl std::str::FromStr for Outcome {
 pub enum Trigger {
     /// `musterctl job start`, through a start instruction.
     Manual,
-    Schedule { schedule: String },
+    Schedule {
+        schedule: String,
+    },
     OnStart,
 }
 
@@ -447,7 +463,8 @@ mod tests {
 
     #[test]
     fn an_instruction_outcome_keeps_its_wire_form() {
-        let text = r#"{"id":"00000000-0000-0000-0000-000000000000","op":"set_poll_interval","applied_at":"2024-01-02T03:04:05Z"}"#;
+        let text =
+            r#"{"id":"00000000-0000-0000-0000-000000000000","op":"set_poll_interval","applied_at":"2024-01-02T03:04:05Z"}"#;
         let o: InstrOutcome = serde_json::from_str(text).unwrap();
         assert_eq!(o.op, InstructionKind::SetPollInterval);
         assert_eq!(String::from_utf8(encode(&o)).unwrap(), text);

@@ -21,9 +21,7 @@ pub enum NameError {
     Empty { kind: &'static str },
     #[error("{kind} name '{name}' is {len} characters long; the limit is {MAX_NAME_LEN}")]
     TooLong { kind: &'static str, name: String, len: usize },
-    #[error(
-        "{kind} name '{name}' contains {what}; use only letters, digits, '-' and '_'"
-    )]
+    #[error("{kind} name '{name}' contains {what}; use only letters, digits, '-' and '_'")]
     BadChar { kind: &'static str, name: String, what: String },
 }
 

@@ -42,13 +42,7 @@ pub struct Permissions {
 /// hear its own control subject and replies.
 pub fn target(s: &Subjects, t: &TargetName) -> Permissions {
     Permissions {
-        publish: vec![
-            s.direct_get_state(t),
-            s.direct_get_job_docs(t),
-            s.results_of(t),
-            s.poll(t),
-            s.agent_api(t, ">"),
-        ],
+        publish: vec![s.direct_get_state(t), s.direct_get_job_docs(t), s.results_of(t), s.poll(t), s.agent_api(t, ">")],
         subscribe: vec![format!("{}.>", Subjects::inbox_prefix(t)), s.control(t)],
         allow_responses: true,
     }
@@ -64,19 +58,14 @@ mod tests {
         let t = TargetName::new("web01").unwrap();
         let p = target(&s, &t);
         for subject in p.publish.iter().chain(&p.subscribe) {
-            assert!(
-                subject.contains("web01"),
-                "{subject} does not name the target"
-            );
+            assert!(subject.contains("web01"), "{subject} does not name the target");
             assert!(
                 !subject.contains("ASSIGN") && !subject.contains(".assign"),
                 "{subject}: nothing of the previous design's queue"
             );
         }
         assert!(p.publish.contains(&"muster.result.web01.>".to_owned()));
-        assert!(p
-            .subscribe
-            .contains(&"muster.target.web01.control".to_owned()));
+        assert!(p.subscribe.contains(&"muster.target.web01.control".to_owned()));
     }
 
     fn allowed(list: &[String], subject: &str) -> bool {
@@ -86,10 +75,7 @@ mod tests {
     #[test]
     fn a_target_reads_only_its_own_desired_state() {
         let s = Subjects::default();
-        let (a, b) = (
-            TargetName::new("web01").unwrap(),
-            TargetName::new("web02").unwrap(),
-        );
+        let (a, b) = (TargetName::new("web01").unwrap(), TargetName::new("web02").unwrap());
         let job = uuid::Uuid::now_v7();
         let p = target(&s, &a);
         // Its own documents, by the confinable form of Direct Get.
@@ -116,25 +102,13 @@ mod tests {
         assert!(!allowed(&p.subscribe, "_INBOX.x"));
         // Every pattern names the target; the only wildcards stay inside its own subjects.
         for subject in p.publish.iter().chain(&p.subscribe) {
-            assert!(
-                subject.contains("web01"),
-                "{subject} does not name the target"
-            );
-            assert!(
-                !subject.starts_with('>') && !subject.starts_with('*'),
-                "{subject}"
-            );
+            assert!(subject.contains("web01"), "{subject} does not name the target");
+            assert!(!subject.starts_with('>') && !subject.starts_with('*'), "{subject}");
             let before_wildcard = subject.split(['*', '>']).next().unwrap_or_default();
-            assert!(
-                before_wildcard.contains("web01"),
-                "{subject} is broader than one target"
-            );
+            assert!(before_wildcard.contains("web01"), "{subject} is broader than one target");
         }
         assert!(p.allow_responses);
         // No consumer and no ack subject: nothing per target on the server.
-        assert!(p
-            .publish
-            .iter()
-            .all(|x| !x.contains("CONSUMER") && !x.starts_with("$JS.ACK")));
+        assert!(p.publish.iter().all(|x| !x.contains("CONSUMER") && !x.starts_with("$JS.ACK")));
     }
 }

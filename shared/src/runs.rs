@@ -47,23 +47,12 @@ mod tests {
     use super::*;
 
     fn entry(seq: u64, is_final: bool) -> RunIndexEntry {
-        RunIndexEntry {
-            v: 1,
-            target: TargetName::new("web01").unwrap(),
-            job_id: Uuid::nil(),
-            seq,
-            is_final,
-        }
+        RunIndexEntry { v: 1, target: TargetName::new("web01").unwrap(), job_id: Uuid::nil(), seq, is_final }
     }
 
     #[test]
     fn final_wins_then_the_first_copy_whatever_the_order() {
-        let records = [
-            entry(10, false),
-            entry(12, true),
-            entry(30, false),
-            entry(40, true),
-        ];
+        let records = [entry(10, false), entry(12, true), entry(30, false), entry(40, true)];
         // Every order of indexing ends with the first final record.
         for rotation in 0..records.len() {
             let mut order = records.to_vec();
@@ -81,20 +70,14 @@ mod tests {
                 assert_eq!(kept, entry(12, true), "{order:?}");
             }
         }
-        assert!(
-            !entry(12, true).supersedes(&entry(12, true)),
-            "a replay changes nothing"
-        );
+        assert!(!entry(12, true).supersedes(&entry(12, true)), "a replay changes nothing");
     }
 
     #[test]
     fn the_wire_form_is_stable() {
         let e = entry(7, true);
         let json = serde_json::to_string(&e).unwrap();
-        assert_eq!(
-            json,
-            r#"{"v":1,"target":"web01","job_id":"00000000-0000-0000-0000-000000000000","seq":7,"final":true}"#
-        );
+        assert_eq!(json, r#"{"v":1,"target":"web01","job_id":"00000000-0000-0000-0000-000000000000","seq":7,"final":true}"#);
         assert_eq!(serde_json::from_str::<RunIndexEntry>(&json).unwrap(), e);
     }
 }

@@ -188,9 +188,7 @@ impl ScheduleKind {
         match self {
             Self::Cron { cron, tz } => next_wall(*tz, after, |cursor| cron_next(cron, cursor)),
             Self::Every { secs } => epoch_next(*secs, after),
-            Self::EveryBetween { secs, window } => {
-                next_wall(window.tz, after, |cursor| window_next(*secs, window, cursor))
-            }
+            Self::EveryBetween { secs, window } => next_wall(window.tz, after, |cursor| window_next(*secs, window, cursor)),
             Self::At(at) => (*at > after).then_some(*at),
             Self::OnStart => None,
         }
@@ -264,10 +262,7 @@ pub fn parse(s: &Schedule) -> Result<ParsedSchedule, ScheduleError> {
         // A pattern such as "0 0 30 2 *" parses but never matches.
         let probe = DateTime::<Utc>::UNIX_EPOCH;
         if cron.find_next_occurrence(&probe, false).is_err() {
-            return Err(ScheduleError::new(
-                "cron",
-                format!("'{pattern}' never matches a real date (e.g. 30 February)"),
-            ));
+            return Err(ScheduleError::new("cron", format!("'{pattern}' never matches a real date (e.g. 30 February)")));
         }
         ScheduleKind::Cron { cron: Box::new(cron), tz }
     } else if let Some(secs) = s.every_secs {
@@ -280,10 +275,7 @@ pub fn parse(s: &Schedule) -> Result<ParsedSchedule, ScheduleError> {
                 let start = parse_time_of_day(start)?;
                 let end = parse_time_of_day(end)?;
                 if start == end {
-                    return Err(ScheduleError::new(
-                        "between",
-                        "start and end are equal; for one run a day use cron",
-                    ));
+                    return Err(ScheduleError::new("between", "start and end are equal; for one run a day use cron"));
                 }
                 ScheduleKind::EveryBetween { secs, window: DailyWindow { start, end, tz } }
             }
@@ -322,15 +314,9 @@ pub fn fires_on_start(s: &Schedule, now: DateTime<Utc>) -> bool {
 }
 
 fn parse_time_of_day(text: &str) -> Result<NaiveTime, ScheduleError> {
-    let bad = || {
-        ScheduleError::new(
-            "between",
-            format!("'{text}' is not a time of day; use HH:MM or HH:MM:SS (24-hour clock)"),
-        )
-    };
-    let time = NaiveTime::parse_from_str(text, "%H:%M:%S")
-        .or_else(|_| NaiveTime::parse_from_str(text, "%H:%M"))
-        .map_err(|_| bad())?;
+    let bad = || ScheduleError::new("between", format!("'{text}' is not a time of day; use HH:MM or HH:MM:SS (24-hour clock)"));
+    let time =
+        NaiveTime::parse_from_str(text, "%H:%M:%S").or_else(|_| NaiveTime::parse_from_str(text, "%H:%M")).map_err(|_| bad())?;
     // chrono reads ":60" as a leap second; refuse it.
     if time.nanosecond() >= 1_000_000_000 {
         return Err(bad());
@@ -391,11 +377,7 @@ fn window_next(secs: u64, window: &DailyWindow, cursor: NaiveDateTime) -> Option
 /// Runs a wall-clock generator (`next(cursor)` = first matching local time
 /// strictly after `cursor`) and maps its result to an instant strictly after
 /// `after`, applying the DST policy of the module documentation.
-fn next_wall(
-    tz: Tz,
-    after: DateTime<Utc>,
-    next: impl Fn(NaiveDateTime) -> Option<NaiveDateTime>,
-) -> Option<DateTime<Utc>> {
+fn next_wall(tz: Tz, after: DateTime<Utc>, next: impl Fn(NaiveDateTime) -> Option<NaiveDateTime>) -> Option<DateTime<Utc>> {
     let mut cursor = after.with_timezone(&tz).naive_local();
     // In the second pass of a repeated (fall-back) hour, the local times left
     // in that hour have already fired on their first occurrence: skip them.
@@ -659,7 +641,9 @@ mod tests {
         assert_eq!(n("2026-01-02T02:00:00Z"), Some(utc("2026-01-02T22:00:00Z")));
         assert_eq!(
             fires(&s, "2026-01-01T12:00:00Z", "2026-01-02T12:00:00Z"),
-            ["22", "23"].iter().map(|h| utc(&format!("2026-01-01T{h}:00:00Z")))
+            ["22", "23"]
+                .iter()
+                .map(|h| utc(&format!("2026-01-01T{h}:00:00Z")))
                 .chain(["00", "01", "02"].iter().map(|h| utc(&format!("2026-01-02T{h}:00:00Z"))))
                 .collect::<Vec<_>>()
         );
@@ -677,15 +661,23 @@ mod tests {
         let night = sched(r#"{"name":"s","every_secs":1800,"between":["01:00","04:00"],"timezone":"Europe/Berlin"}"#);
         assert_eq!(
             fires(&night, "2026-03-28T23:00:00Z", "2026-03-29T12:00:00Z"),
-            ["00:00", "00:30", "01:00", "01:30", "02:00"].iter()
-                .map(|t| utc(&format!("2026-03-29T{t}:00Z"))).collect::<Vec<_>>()
+            ["00:00", "00:30", "01:00", "01:30", "02:00"].iter().map(|t| utc(&format!("2026-03-29T{t}:00Z"))).collect::<Vec<_>>()
         );
         // And across fall-back: the repeated 02:00..02:30 fire once (CEST).
         assert_eq!(
             fires(&night, "2026-10-24T22:00:00Z", "2026-10-25T12:00:00Z"),
-            ["2026-10-24T23:00", "2026-10-24T23:30", "2026-10-25T00:00", "2026-10-25T00:30",
-             "2026-10-25T02:00", "2026-10-25T02:30", "2026-10-25T03:00"].iter()
-                .map(|t| utc(&format!("{t}:00Z"))).collect::<Vec<_>>()
+            [
+                "2026-10-24T23:00",
+                "2026-10-24T23:30",
+                "2026-10-25T00:00",
+                "2026-10-25T00:30",
+                "2026-10-25T02:00",
+                "2026-10-25T02:30",
+                "2026-10-25T03:00"
+            ]
+            .iter()
+            .map(|t| utc(&format!("{t}:00Z")))
+            .collect::<Vec<_>>()
         );
     }
 

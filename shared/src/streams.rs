@@ -62,11 +62,7 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self {
-            replicas: 1,
-            history_retention: DEFAULT_HISTORY_RETENTION,
-            duplicate_window: DEFAULT_DUPLICATE_WINDOW,
-        }
+        Self { replicas: 1, history_retention: DEFAULT_HISTORY_RETENTION, duplicate_window: DEFAULT_DUPLICATE_WINDOW }
     }
 }
 
@@ -221,29 +217,13 @@ mod tests {
 
     #[test]
     fn desired_stream_keeps_one_document_per_subject_readable_by_direct_get() {
-        let o = StoreOptions {
-            replicas: 3,
-            ..StoreOptions::default()
-        };
+        let o = StoreOptions { replicas: 3, ..StoreOptions::default() };
         let d = desired_stream(&Subjects::default(), &o);
         assert_eq!(d.name, "MUSTER_DESIRED");
-        assert_eq!(
-            d.subjects,
-            vec![
-                "muster.target.*.state".to_owned(),
-                "muster.target.*.job.*".to_owned()
-            ]
-        );
-        assert_eq!(
-            (d.retention, d.max_msgs_per_subject, d.discard_new),
-            (Retention::Limits, 1, false)
-        );
+        assert_eq!(d.subjects, vec!["muster.target.*.state".to_owned(), "muster.target.*.job.*".to_owned()]);
+        assert_eq!((d.retention, d.max_msgs_per_subject, d.discard_new), (Retention::Limits, 1, false));
         assert!(d.allow_direct, "targets read by Direct Get");
-        assert_eq!(
-            d.max_age,
-            Duration::ZERO,
-            "an offline target must find its state"
-        );
+        assert_eq!(d.max_age, Duration::ZERO, "an offline target must find its state");
         assert_eq!(d.max_msg_size, MAX_BODY_BYTES as i32);
         assert_eq!(d.replicas, 3);
         assert_eq!(d.max_consumers, -1, "no consumer per target");
@@ -253,29 +233,14 @@ mod tests {
     fn no_two_streams_share_a_subject() {
         let s = Subjects::default();
         let o = StoreOptions::default();
-        let all = [
-            assign_stream(&s, &o),
-            results_stream(&s, &o),
-            polls_stream(&s, &o),
-            desired_stream(&s, &o),
-        ];
+        let all = [assign_stream(&s, &o), results_stream(&s, &o), polls_stream(&s, &o), desired_stream(&s, &o)];
         let t = crate::TargetName::new("web01").unwrap();
-        let samples = [
-            s.assign(&t),
-            s.state(&t),
-            s.job_doc(&t, uuid::Uuid::nil()),
-            s.result_applied(&t),
-            s.poll(&t),
-            s.control(&t),
-        ];
+        let samples =
+            [s.assign(&t), s.state(&t), s.job_doc(&t, uuid::Uuid::nil()), s.result_applied(&t), s.poll(&t), s.control(&t)];
         for sample in &samples {
             let owners: Vec<&str> = all
                 .iter()
-                .filter(|spec| {
-                    spec.subjects
-                        .iter()
-                        .any(|p| crate::subject::matches(p, sample))
-                })
+                .filter(|spec| spec.subjects.iter().any(|p| crate::subject::matches(p, sample)))
                 .map(|spec| spec.name.as_str())
                 .collect();
             let expected = usize::from(sample != &s.control(&t));

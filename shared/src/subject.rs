@@ -42,9 +42,7 @@ pub struct Subjects {
 
 impl Default for Subjects {
     fn default() -> Self {
-        Self {
-            prefix: DEFAULT_PREFIX.to_owned(),
-        }
+        Self { prefix: DEFAULT_PREFIX.to_owned() }
     }
 }
 
@@ -57,20 +55,10 @@ impl Subjects {
         // Reuse the name rules: one token of letters, digits, '-', '_'.
         TargetName::new(prefix).map_err(|e| match e {
             NameError::Empty { .. } => NameError::Empty { kind: "prefix" },
-            NameError::TooLong { name, len, .. } => NameError::TooLong {
-                kind: "prefix",
-                name,
-                len,
-            },
-            NameError::BadChar { name, what, .. } => NameError::BadChar {
-                kind: "prefix",
-                name,
-                what,
-            },
+            NameError::TooLong { name, len, .. } => NameError::TooLong { kind: "prefix", name, len },
+            NameError::BadChar { name, what, .. } => NameError::BadChar { kind: "prefix", name, what },
         })?;
-        Ok(Self {
-            prefix: prefix.to_owned(),
-        })
+        Ok(Self { prefix: prefix.to_owned() })
     }
 
     pub fn prefix(&self) -> &str {
@@ -299,14 +287,8 @@ pub enum Bucket {
 }
 
 impl Bucket {
-    pub const ALL: [Bucket; 6] = [
-        Bucket::Targets,
-        Bucket::Jobs,
-        Bucket::Groups,
-        Bucket::JobStatus,
-        Bucket::Instructions,
-        Bucket::Runs,
-    ];
+    pub const ALL: [Bucket; 6] =
+        [Bucket::Targets, Bucket::Jobs, Bucket::Groups, Bucket::JobStatus, Bucket::Instructions, Bucket::Runs];
 
     fn suffix(self) -> &'static str {
         match self {
@@ -363,12 +345,7 @@ mod tests {
         assert_eq!(Bucket::jobstatus_key(job, &t), format!("{job}.web01"));
         assert_eq!(Bucket::jobstatus_keys_of(job), format!("{job}.*"));
         assert_eq!(s.agent_api(&t, "enlist"), "muster.api.agent.web01.enlist");
-        for subj in [
-            s.assign(&t),
-            s.poll(&t),
-            s.result_instr(&t),
-            s.agent_api(&t, "enlist"),
-        ] {
+        for subj in [s.assign(&t), s.poll(&t), s.result_instr(&t), s.agent_api(&t, "enlist")] {
             assert_eq!(s.target_of(&subj), Some("web01"), "{subj}");
         }
         assert_eq!(s.target_of("muster.api.job.create"), None);
@@ -381,26 +358,14 @@ mod tests {
         let job = Uuid::from_u128(1);
         assert_eq!(s.desired_stream(), "MUSTER_DESIRED");
         assert_eq!(s.state(&t), "muster.target.web01.state");
-        assert_eq!(
-            s.job_doc(&t, job),
-            "muster.target.web01.job.00000000-0000-0000-0000-000000000001"
-        );
-        assert_eq!(
-            s.direct_get_state(&t),
-            "$JS.API.DIRECT.GET.MUSTER_DESIRED.muster.target.web01.state"
-        );
+        assert_eq!(s.job_doc(&t, job), "muster.target.web01.job.00000000-0000-0000-0000-000000000001");
+        assert_eq!(s.direct_get_state(&t), "$JS.API.DIRECT.GET.MUSTER_DESIRED.muster.target.web01.state");
         assert_eq!(
             s.direct_get_job_doc(&t, job),
             "$JS.API.DIRECT.GET.MUSTER_DESIRED.muster.target.web01.job.00000000-0000-0000-0000-000000000001"
         );
-        assert_eq!(
-            s.direct_get_job_docs(&t),
-            "$JS.API.DIRECT.GET.MUSTER_DESIRED.muster.target.web01.job.*"
-        );
-        assert_eq!(
-            s.job_doc_everywhere(job),
-            "muster.target.*.job.00000000-0000-0000-0000-000000000001"
-        );
+        assert_eq!(s.direct_get_job_docs(&t), "$JS.API.DIRECT.GET.MUSTER_DESIRED.muster.target.web01.job.*");
+        assert_eq!(s.job_doc_everywhere(job), "muster.target.*.job.00000000-0000-0000-0000-000000000001");
         assert_eq!(s.result_applied(&t), "muster.result.web01.applied");
         assert_eq!(s.bucket(Bucket::Runs), "muster-runs");
         for subj in [s.state(&t), s.job_doc(&t, job), s.result_applied(&t)] {
@@ -416,13 +381,7 @@ mod tests {
     fn desired_subjects_overlap_no_other_stream_nor_control() {
         let s = Subjects::default();
         let t = TargetName::new("web01").unwrap();
-        let others = [
-            s.assign(&t),
-            s.control(&t),
-            s.poll(&t),
-            s.result_applied(&t),
-            s.result_run(&t, Uuid::nil()),
-        ];
+        let others = [s.assign(&t), s.control(&t), s.poll(&t), s.result_applied(&t), s.result_run(&t, Uuid::nil())];
         for pattern in s.desired_subjects() {
             for other in &others {
                 assert!(!matches(&pattern, other), "{pattern} would store {other}");
@@ -430,27 +389,15 @@ mod tests {
         }
         assert!(matches(&s.state_all(), &s.state(&t)));
         assert!(matches(&s.job_docs_all(), &s.job_doc(&t, Uuid::nil())));
-        assert!(matches(
-            &s.job_doc_everywhere(Uuid::nil()),
-            &s.job_doc(&t, Uuid::nil())
-        ));
-        assert!(!matches(
-            &s.job_docs_of(&t),
-            &s.job_doc(&TargetName::new("web02").unwrap(), Uuid::nil())
-        ));
+        assert!(matches(&s.job_doc_everywhere(Uuid::nil()), &s.job_doc(&t, Uuid::nil())));
+        assert!(!matches(&s.job_docs_of(&t), &s.job_doc(&TargetName::new("web02").unwrap(), Uuid::nil())));
         assert!(!matches(&s.assign_all(), &s.state(&t)));
     }
 
     #[test]
     fn prefix_is_one_token() {
         assert!(Subjects::new("acme").is_ok());
-        assert!(Subjects::new("a.b")
-            .unwrap_err()
-            .to_string()
-            .contains("prefix"));
-        assert_eq!(
-            Subjects::new("my-co").unwrap().assign_stream(),
-            "MY_CO_ASSIGN"
-        );
+        assert!(Subjects::new("a.b").unwrap_err().to_string().contains("prefix"));
+        assert_eq!(Subjects::new("my-co").unwrap().assign_stream(), "MY_CO_ASSIGN");
     }
 }

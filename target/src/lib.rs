@@ -47,10 +47,9 @@ use crate::state::State;
 /// # Errors
 /// When the state directory cannot be opened; NATS problems are retried.
 pub async fn run(config: TargetConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let state = State::open(&config.state_dir)
-        .with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
-    let spool = Spool::open(&state.spool_dir(), config.spool_max_bytes)
-        .context("opening the result spool")?;
+    let state =
+        State::open(&config.state_dir).with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
+    let spool = Spool::open(&state.spool_dir(), config.spool_max_bytes).context("opening the result spool")?;
     let runner = Runner::new(
         RunnerConfig {
             target: config.name.clone(),
@@ -79,13 +78,7 @@ pub async fn run(config: TargetConfig, shutdown: CancellationToken) -> anyhow::R
     // after the runner has recorded the last runs.
     let stop_work = CancellationToken::new();
     let stop_flusher = CancellationToken::new();
-    tasks.spawn(
-        Flusher {
-            spool: spool.clone(),
-            js: js.clone(),
-        }
-        .run(stop_flusher.clone(), Duration::from_secs(5)),
-    );
+    tasks.spawn(Flusher { spool: spool.clone(), js: js.clone() }.run(stop_flusher.clone(), Duration::from_secs(5)));
 
     let jobs_changed = Arc::new(Notify::new());
     let poller = Arc::new(
@@ -114,14 +107,7 @@ pub async fn run(config: TargetConfig, shutdown: CancellationToken) -> anyhow::R
             }
         }
     });
-    tasks.spawn(
-        Scheduler {
-            state: state.clone(),
-            runner: runner.clone(),
-            jobs_changed,
-        }
-        .run(stop_work.clone()),
-    );
+    tasks.spawn(Scheduler { state: state.clone(), runner: runner.clone(), jobs_changed }.run(stop_work.clone()));
     tasks.spawn(poll_loop(poller.clone(), stop_work.clone()));
 
     shutdown.cancelled().await;
@@ -141,10 +127,7 @@ pub async fn run(config: TargetConfig, shutdown: CancellationToken) -> anyhow::R
 /// its own state does. An operator's `target enlist` brings it back: the
 /// next manifest says `defected: false`, and the next poll clears the flag.
 async fn stays_out(poller: &Poller) -> bool {
-    let defected = poller
-        .manifest_says_defected()
-        .await
-        .unwrap_or_else(|| poller.state.defected());
+    let defected = poller.manifest_says_defected().await.unwrap_or_else(|| poller.state.defected());
     if defected {
         tracing::warn!("this target defected: not enlisting; reading its desired state until an operator enlists it again");
     }
@@ -242,18 +225,9 @@ async fn enlist(
 }
 
 /// One enlist request, answered or failed within 10 s.
-async fn ask_to_enlist(
-    client: &async_nats::Client,
-    subject: &str,
-    body: &[u8],
-) -> Result<TargetInfo, ApiError> {
+async fn ask_to_enlist(client: &async_nats::Client, subject: &str, body: &[u8]) -> Result<TargetInfo, ApiError> {
     let unavailable = |e: String| ApiError::new(ErrorCode::MasterUnavailable, e);
-    match tokio::time::timeout(
-        Duration::from_secs(10),
-        client.request(subject.to_owned(), body.to_vec().into()),
-    )
-    .await
-    {
+    match tokio::time::timeout(Duration::from_secs(10), client.request(subject.to_owned(), body.to_vec().into())).await {
         Ok(Ok(m)) => msg::decode::<Reply<TargetInfo>>(&m.payload).and_then(Reply::into_result),
         Ok(Err(e)) => Err(unavailable(e.to_string())),
         Err(_) => Err(unavailable("no answer".into())),
@@ -270,16 +244,11 @@ pub async fn defect_self(config: &TargetConfig) -> anyhow::Result<TargetInfo> {
         .await
         .context("NATS did not answer within 10 s (check --server)")??;
     let subject = config.subjects.agent_api(&config.name, api::AGENT_DEFECT);
-    let body = msg::encode(&Request::new(api::TargetRef {
-        name: config.name.clone(),
-    }));
-    let answer = tokio::time::timeout(
-        Duration::from_secs(30),
-        client.request(subject, body.into()),
-    )
-    .await
-    .context("no master answered within 30 s")?
-    .context("no master answered (is muster-master running?)")?;
+    let body = msg::encode(&Request::new(api::TargetRef { name: config.name.clone() }));
+    let answer = tokio::time::timeout(Duration::from_secs(30), client.request(subject, body.into()))
+        .await
+        .context("no master answered within 30 s")?
+        .context("no master answered (is muster-master running?)")?;
     Ok(msg::decode::<Reply<TargetInfo>>(&answer.payload).and_then(Reply::into_result)?)
 }
 

@@ -137,9 +137,7 @@ impl Poller {
 
     /// The current poll interval: the manifest's, else the configured one.
     pub fn interval(&self) -> Duration {
-        self.state
-            .poll_interval_secs()
-            .map_or(self.default_interval, Duration::from_secs)
+        self.state.poll_interval_secs().map_or(self.default_interval, Duration::from_secs)
     }
 
     /// Reads this target's manifest: one request.
@@ -148,15 +146,8 @@ impl Poller {
     /// [`PollError::NotEnlisted`] when there is none; [`PollError::Read`]
     /// when NATS does not answer.
     pub async fn read_manifest(&self) -> Result<Read, PollError> {
-        match self
-            .desired
-            .direct_get_last_for_subject(self.subjects.state(&self.name))
-            .await
-        {
-            Ok(m) => Ok(Read {
-                seq: m.sequence,
-                body: m.payload,
-            }),
+        match self.desired.direct_get_last_for_subject(self.subjects.state(&self.name)).await {
+            Ok(m) => Ok(Read { seq: m.sequence, body: m.payload }),
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => Err(PollError::NotEnlisted),
             Err(e) => Err(PollError::Read(e)),
         }
@@ -228,10 +219,7 @@ impl Poller {
             .buffered(FETCH_CONCURRENCY)
             .try_collect()
             .await?;
-        let docs = fetched
-            .iter()
-            .map(|(listed, body)| (listed, body.as_deref()))
-            .collect();
+        let docs = fetched.iter().map(|(listed, body)| (listed, body.as_deref())).collect();
         Ok(self.applier().apply(m, docs, Utc::now())?)
     }
 
@@ -264,11 +252,7 @@ impl Poller {
         let js = self.js.clone();
         let subject = self.subjects.poll(&self.name);
         let body = msg::encode(report);
-        let (state, polled_at, interval) = (
-            self.state.clone(),
-            report.polled_at.timestamp(),
-            report.poll_interval_secs,
-        );
+        let (state, polled_at, interval) = (self.state.clone(), report.polled_at.timestamp(), report.poll_interval_secs);
         tokio::spawn(async move {
             let sent = async {
                 let ack = js.publish(subject, body.into()).await?;

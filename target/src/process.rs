@@ -193,17 +193,11 @@ pub async fn run_step(cmd: &StepCommand, cancel: &CancellationToken) -> StepExit
         Outcome::Exited(status) => (Ended::Exited, status),
         Outcome::Canceled => {
             tracing::debug!(program = %name, ?pgid, "step canceled, terminating process group");
-            (
-                Ended::Canceled,
-                group.terminate(&mut child, cmd.kill_grace).await,
-            )
+            (Ended::Canceled, group.terminate(&mut child, cmd.kill_grace).await)
         }
         Outcome::TimedOut => {
             tracing::debug!(program = %name, ?pgid, "step timed out, terminating process group");
-            (
-                Ended::TimedOut,
-                group.terminate(&mut child, cmd.kill_grace).await,
-            )
+            (Ended::TimedOut, group.terminate(&mut child, cmd.kill_grace).await)
         }
     };
 
@@ -231,28 +225,15 @@ pub async fn run_step(cmd: &StepCommand, cancel: &CancellationToken) -> StepExit
     let mut message = match ended {
         Ended::TimedOut => format!("timed out after {:?}", cmd.timeout.unwrap_or_default()),
         Ended::Canceled => "canceled".to_owned(),
-        Ended::Exited => signal
-            .map(|sig| format!("killed by signal {}", signal_name(sig)))
-            .unwrap_or_default(),
+        Ended::Exited => signal.map(|sig| format!("killed by signal {}", signal_name(sig))).unwrap_or_default(),
         Ended::SpawnFailed => String::new(),
     };
     add_note(&mut message, &wait_error);
     if ended == Ended::Exited && pipes_held {
-        add_note(
-            &mut message,
-            "leftover processes kept the output open after exit; process group killed",
-        );
+        add_note(&mut message, "leftover processes kept the output open after exit; process group killed");
     }
 
-    StepExit {
-        ended,
-        exit_code,
-        signal,
-        output,
-        output_cut_bytes,
-        duration: started.elapsed(),
-        message,
-    }
+    StepExit { ended, exit_code, signal, output, output_cut_bytes, duration: started.elapsed(), message }
 }
 
 /// How the wait for the main child ended.
@@ -278,11 +259,7 @@ fn build_command(cmd: &StepCommand) -> Option<Command> {
             c
         }
     };
-    command
-        .envs(&cmd.env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    command.envs(&cmd.env).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     if let Some(cwd) = &cmd.cwd {
         command.current_dir(cwd);
     }
@@ -291,24 +268,12 @@ fn build_command(cmd: &StepCommand) -> Option<Command> {
 
 /// A clear message for a failed spawn. A missing working directory also gives
 /// ENOENT, so it is checked separately to say which part is missing.
-async fn spawn_failure_message(
-    name: &str,
-    cwd: Option<&std::path::Path>,
-    err: &io::Error,
-) -> String {
+async fn spawn_failure_message(name: &str, cwd: Option<&std::path::Path>, err: &io::Error) -> String {
     if let Some(cwd) = cwd {
         match tokio::fs::metadata(cwd).await {
-            Err(cwd_err) => {
-                return format!(
-                    "cannot start '{name}': working directory '{}': {cwd_err}",
-                    cwd.display()
-                )
-            }
+            Err(cwd_err) => return format!("cannot start '{name}': working directory '{}': {cwd_err}", cwd.display()),
             Ok(meta) if !meta.is_dir() => {
-                return format!(
-                    "cannot start '{name}': working directory '{}' is not a directory",
-                    cwd.display()
-                )
+                return format!("cannot start '{name}': working directory '{}' is not a directory", cwd.display())
             }
             Ok(_) => {}
         }
@@ -362,20 +327,14 @@ mod tests {
     }
 
     fn argv(args: &[&str]) -> StepCommand {
-        StepCommand {
-            program: Program::Argv(args.iter().map(|s| s.to_string()).collect()),
-            ..shell("")
-        }
+        StepCommand { program: Program::Argv(args.iter().map(|s| s.to_string()).collect()), ..shell("") }
     }
 
     async fn run(cmd: &StepCommand) -> StepExit {
         // Fail the test instead of hanging it forever.
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            run_step(cmd, &CancellationToken::new()),
-        )
-        .await
-        .expect("run_step did not finish within 60s")
+        tokio::time::timeout(Duration::from_secs(60), run_step(cmd, &CancellationToken::new()))
+            .await
+            .expect("run_step did not finish within 60s")
     }
 
     #[test]
@@ -426,11 +385,7 @@ mod tests {
         let r = run(&shell("echo to-out; echo to-err >&2; echo more-out")).await;
         assert!(r.succeeded(), "{r:?}");
         for line in ["to-out\n", "to-err\n", "more-out\n"] {
-            assert!(
-                r.output.contains(line),
-                "missing {line:?} in {:?}",
-                r.output
-            );
+            assert!(r.output.contains(line), "missing {line:?} in {:?}", r.output);
         }
         assert_eq!(r.output.len(), "to-out\nto-err\nmore-out\n".len());
     }
@@ -511,19 +466,13 @@ mod tests {
         // Opening the FIFO blocks until the script writes to it. Reading to EOF
         // gives the grandchild's pid, so by then the tree is running.
         let read = tokio::task::spawn_blocking(move || std::fs::read_to_string(&fifo));
-        let pid_text = tokio::time::timeout(Duration::from_secs(30), read)
-            .await
-            .expect("script never wrote the FIFO")
-            .unwrap()
-            .unwrap();
+        let pid_text =
+            tokio::time::timeout(Duration::from_secs(30), read).await.expect("script never wrote the FIFO").unwrap().unwrap();
         let grandchild: i32 = pid_text.trim().parse().unwrap();
         assert!(!process_gone(grandchild));
 
         cancel.cancel();
-        let r = tokio::time::timeout(Duration::from_secs(30), task)
-            .await
-            .expect("run_step did not return after cancel")
-            .unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(30), task).await.expect("run_step did not return after cancel").unwrap();
         assert_eq!(r.ended, Ended::Canceled, "{r:?}");
         assert_eq!(r.message, "canceled");
         assert!(!r.succeeded());
@@ -564,11 +513,7 @@ mod tests {
         let full: String = (1..=100_000).map(|i| format!("{i}\n")).collect();
         let cut = full.len() - 1000;
         assert_eq!(r.output_cut_bytes, cut as u64);
-        let expected = format!(
-            "{}\n[... {cut} bytes cut ...]\n{}",
-            &full[..500],
-            &full[full.len() - 500..]
-        );
+        let expected = format!("{}\n[... {cut} bytes cut ...]\n{}", &full[..500], &full[full.len() - 500..]);
         assert_eq!(r.output, expected);
     }
 
@@ -587,13 +532,8 @@ mod tests {
         let r = run(&cmd).await;
         assert!(r.succeeded(), "{}", r.message);
         assert_eq!(r.output_cut_bytes, 4 * TEN_MB - 4096);
-        assert!(
-            r.output.starts_with(&"e".repeat(2048)),
-            "head should be stderr's 'e's"
-        );
-        assert!(r
-            .output
-            .contains(&format!("\n[... {} bytes cut ...]\n", 4 * TEN_MB - 4096)));
+        assert!(r.output.starts_with(&"e".repeat(2048)), "head should be stderr's 'e's");
+        assert!(r.output.contains(&format!("\n[... {} bytes cut ...]\n", 4 * TEN_MB - 4096)));
     }
 
     #[tokio::test]
@@ -602,19 +542,11 @@ mod tests {
         assert_eq!(r.ended, Ended::SpawnFailed);
         assert_eq!(r.exit_code, None);
         assert!(!r.succeeded());
-        assert_eq!(
-            r.message,
-            "cannot start '/nonexistent/muster-no-such-program': No such file or directory (os error 2)"
-        );
+        assert_eq!(r.message, "cannot start '/nonexistent/muster-no-such-program': No such file or directory (os error 2)");
 
         let r = run(&argv(&["muster-no-such-program-in-path"])).await;
         assert_eq!(r.ended, Ended::SpawnFailed);
-        assert!(
-            r.message
-                .starts_with("cannot start 'muster-no-such-program-in-path': "),
-            "{}",
-            r.message
-        );
+        assert!(r.message.starts_with("cannot start 'muster-no-such-program-in-path': "), "{}", r.message);
     }
 
     #[tokio::test]
@@ -624,9 +556,7 @@ mod tests {
         let r = run(&cmd).await;
         assert_eq!(r.ended, Ended::SpawnFailed);
         assert!(
-            r.message.starts_with(
-                "cannot start 'true': working directory '/nonexistent/muster-no-such-dir': "
-            ),
+            r.message.starts_with("cannot start 'true': working directory '/nonexistent/muster-no-such-dir': "),
             "{}",
             r.message
         );

@@ -95,14 +95,7 @@ pub struct Runner {
 impl Runner {
     pub fn new(cfg: RunnerConfig, state: State, spool: Spool) -> Self {
         let slots = Arc::new(Semaphore::new(cfg.max_concurrent_runs.max(1)));
-        Self {
-            cfg: Arc::new(cfg),
-            state,
-            spool,
-            running: Arc::default(),
-            slots,
-            tasks: TaskTracker::new(),
-        }
+        Self { cfg: Arc::new(cfg), state, spool, running: Arc::default(), slots, tasks: TaskTracker::new() }
     }
 
     /// Reports runs the agent died in as `interrupted`. Call once at start.
@@ -113,17 +106,12 @@ impl Runner {
         let runs = self.state.unfinished_runs()?;
         for mut r in runs.iter().cloned() {
             let id = r.run_id.to_string();
-            let leftovers = tokio::task::block_in_place(|| {
-                process::terminate_leftovers(RUN_ID_VAR, &id, self.cfg.kill_grace)
-            });
+            let leftovers = tokio::task::block_in_place(|| process::terminate_leftovers(RUN_ID_VAR, &id, self.cfg.kill_grace));
             r.outcome = Outcome::Interrupted;
             r.finished_at = Some(Utc::now());
             r.message = "the agent stopped while this run was in progress".into();
             if leftovers > 0 {
-                add_note(
-                    &mut r.message,
-                    &format!("{leftovers} leftover processes of it were terminated at restart"),
-                );
+                add_note(&mut r.message, &format!("{leftovers} leftover processes of it were terminated at restart"));
             }
             self.record(&r)?;
             self.state.mark_run_finished(r.run_id)?;
@@ -192,12 +180,7 @@ impl Runner {
     ///
     /// # Errors
     /// When the record cannot be spooled.
-    pub fn record_not_run(
-        &self,
-        start: &StartEntry,
-        outcome: Outcome,
-        message: String,
-    ) -> anyhow::Result<()> {
+    pub fn record_not_run(&self, start: &StartEntry, outcome: Outcome, message: String) -> anyhow::Result<()> {
         let now = Utc::now();
         let record = RunRecord {
             v: muster_shared::PROTOCOL_VERSION,
@@ -267,32 +250,17 @@ impl Runner {
     }
 
     pub fn is_running(&self, job_id: Uuid) -> bool {
-        self.running
-            .lock()
-            .expect("runner lock")
-            .contains_key(&job_id)
+        self.running.lock().expect("runner lock").contains_key(&job_id)
     }
 
     /// Whether this run id was already started here (running, finished or
     /// reported interrupted): a start naming it must not run again.
     pub fn knows_run(&self, run_id: Uuid) -> bool {
-        self.state.run_finished_here(run_id)
-            || self
-                .running
-                .lock()
-                .expect("runner lock")
-                .values()
-                .any(|r| r.run_id == run_id)
+        self.state.run_finished_here(run_id) || self.running.lock().expect("runner lock").values().any(|r| r.run_id == run_id)
     }
 
     pub fn running_jobs(&self) -> Vec<JobName> {
-        let mut names: Vec<JobName> = self
-            .running
-            .lock()
-            .expect("runner lock")
-            .values()
-            .map(|r| r.name.clone())
-            .collect();
+        let mut names: Vec<JobName> = self.running.lock().expect("runner lock").values().map(|r| r.name.clone()).collect();
         names.sort();
         names
     }
@@ -301,16 +269,10 @@ impl Runner {
     /// runs are recorded as `canceled`) and waits for their records.
     pub async fn shutdown(&self, grace: Duration) {
         self.tasks.close();
-        if tokio::time::timeout(grace, self.tasks.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
             {
                 let running = self.running.lock().expect("runner lock");
-                tracing::warn!(
-                    jobs = running.len(),
-                    "shutdown grace over: canceling running jobs"
-                );
+                tracing::warn!(jobs = running.len(), "shutdown grace over: canceling running jobs");
                 for r in running.values() {
                     r.cancel.cancel();
                 }
@@ -324,23 +286,14 @@ impl Runner {
         let entry = Entry {
             subject: self.cfg.subjects.result_run(&r.target, r.job_id),
             msg_id: r.msg_id(),
-            kind: if r.outcome.is_final() {
-                "run-end".into()
-            } else {
-                "run-start".into()
-            },
+            kind: if r.outcome.is_final() { "run-end".into() } else { "run-start".into() },
             body: String::from_utf8(msg::encode(r)).expect("JSON is UTF-8"),
         };
         tokio::task::block_in_place(|| self.spool.push(&entry))?;
         Ok(())
     }
 
-    async fn execute(
-        &self,
-        job: JobDef,
-        mut record: RunRecord,
-        cancel: CancellationToken,
-    ) -> anyhow::Result<()> {
+    async fn execute(&self, job: JobDef, mut record: RunRecord, cancel: CancellationToken) -> anyhow::Result<()> {
         let _slot = self.slots.acquire().await.expect("semaphore never closes");
         let run_id = record.run_id;
         record.started_at = Utc::now();
@@ -360,16 +313,7 @@ impl Runner {
             })
         });
 
-        let (outcome, message) = self
-            .run_steps(
-                &job,
-                run_id,
-                &mut record.steps,
-                &step_cancel,
-                &job_timed_out,
-                &cancel,
-            )
-            .await;
+        let (outcome, message) = self.run_steps(&job, run_id, &mut record.steps, &step_cancel, &job_timed_out, &cancel).await;
         if let Some(t) = timer {
             t.abort();
         }
@@ -404,8 +348,7 @@ impl Runner {
             let (exit, started_at) = loop {
                 let started_at = Utc::now();
                 let exit = run_step(&self.step_command(job, run_id, step), step_cancel).await;
-                let retry =
-                    !exit.succeeded() && !step_cancel.is_cancelled() && retries < step.retries;
+                let retry = !exit.succeeded() && !step_cancel.is_cancelled() && retries < step.retries;
                 if !retry {
                     break (exit, started_at);
                 }
@@ -426,10 +369,7 @@ impl Runner {
                 Ended::Canceled => Outcome::Canceled,
             };
             let message = if job_timed_out.load(Ordering::SeqCst) && exit.ended == Ended::Canceled {
-                format!(
-                    "job timeout of {}s reached",
-                    job.spec.timeout_secs.unwrap_or_default()
-                )
+                format!("job timeout of {}s reached", job.spec.timeout_secs.unwrap_or_default())
             } else {
                 exit.message.clone()
             };
@@ -447,29 +387,17 @@ impl Runner {
                 message: message.clone(),
             });
             if job_timed_out.load(Ordering::SeqCst) {
-                return (
-                    Outcome::TimedOut,
-                    format!("job timeout reached in step '{}'", step.name),
-                );
+                return (Outcome::TimedOut, format!("job timeout reached in step '{}'", step.name));
             }
             if stop.is_cancelled() {
-                return (
-                    Outcome::Canceled,
-                    format!("stopped in step '{}'", step.name),
-                );
+                return (Outcome::Canceled, format!("stopped in step '{}'", step.name));
             }
             let success = outcome == Outcome::Succeeded;
             match job.spec.next_after(index, success) {
                 Next::Step(next) => index = next,
                 Next::QuitSuccess => return (Outcome::Succeeded, String::new()),
                 Next::QuitFailure if success => {
-                    return (
-                        Outcome::Failed,
-                        format!(
-                            "step '{}' succeeded and its flow is quit_failure",
-                            step.name
-                        ),
-                    )
+                    return (Outcome::Failed, format!("step '{}' succeeded and its flow is quit_failure", step.name))
                 }
                 Next::QuitFailure => {
                     let why = match (exit.exit_code, message.is_empty()) {
@@ -477,11 +405,7 @@ impl Runner {
                         (Some(code), true) => format!("exit code {code}"),
                         (None, true) => "failed".into(),
                     };
-                    let outcome = if outcome == Outcome::TimedOut {
-                        Outcome::TimedOut
-                    } else {
-                        Outcome::Failed
-                    };
+                    let outcome = if outcome == Outcome::TimedOut { Outcome::TimedOut } else { Outcome::Failed };
                     return (outcome, format!("step '{}' failed: {why}", step.name));
                 }
             }
@@ -492,12 +416,7 @@ impl Runner {
     /// The process to run for `step`. Besides the step's own environment it
     /// gets `MUSTER_JOB`, `MUSTER_RUN_ID`, `MUSTER_TARGET` and `MUSTER_STEP`,
     /// which win over step variables of the same name.
-    fn step_command(
-        &self,
-        job: &JobDef,
-        run_id: Uuid,
-        step: &muster_shared::job::Step,
-    ) -> StepCommand {
+    fn step_command(&self, job: &JobDef, run_id: Uuid, step: &muster_shared::job::Step) -> StepCommand {
         let program = match (&step.command, &step.argv) {
             (Some(c), _) => Program::Shell(c.clone()),
             (None, Some(argv)) => Program::Argv(argv.clone()),
@@ -529,32 +448,16 @@ impl Runner {
 pub fn fit_record(record: &mut RunRecord, max: usize) {
     if record.steps.len() > 2 * KEEP_STEP_RECORDS {
         let left_out = record.steps.len() - 2 * KEEP_STEP_RECORDS;
-        record
-            .steps
-            .drain(KEEP_STEP_RECORDS..KEEP_STEP_RECORDS + left_out);
-        add_note(
-            &mut record.message,
-            &format!("{left_out} step records in the middle of the run left out"),
-        );
+        record.steps.drain(KEEP_STEP_RECORDS..KEEP_STEP_RECORDS + left_out);
+        add_note(&mut record.message, &format!("{left_out} step records in the middle of the run left out"));
     }
     if msg::encode(record).len() <= max {
         return;
     }
-    add_note(
-        &mut record.message,
-        &format!("step output shortened to fit the {max}-byte record limit"),
-    );
+    add_note(&mut record.message, &format!("step output shortened to fit the {max}-byte record limit"));
     // The largest per-step output size that fits, found by bisection: every
     // step keeps the same share, so one chatty step does not wipe the others.
-    let (mut fits, mut too_big) = (
-        0,
-        record
-            .steps
-            .iter()
-            .map(|s| s.output.len())
-            .max()
-            .unwrap_or(0),
-    );
+    let (mut fits, mut too_big) = (0, record.steps.iter().map(|s| s.output.len()).max().unwrap_or(0));
     while too_big - fits > 1 {
         let cap = fits + (too_big - fits) / 2;
         let mut trial = record.clone();
@@ -614,10 +517,7 @@ mod tests {
 
     /// Run records in the spool, oldest first.
     fn spooled(state: &State) -> Vec<RunRecord> {
-        let mut files: Vec<_> = std::fs::read_dir(state.spool_dir())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
+        let mut files: Vec<_> = std::fs::read_dir(state.spool_dir()).unwrap().map(|e| e.unwrap().path()).collect();
         files.sort();
         files
             .iter()
@@ -642,39 +542,19 @@ mod tests {
             state.clone(),
             spool,
         );
-        let spec = muster_shared::job::JobSpec::from_json(
-            r#"{"name":"slow","steps":[{"command":"sleep 60"}]}"#,
-        )
-        .unwrap();
-        let job = JobDef {
-            id: Uuid::now_v7(),
-            revision: 1,
-            spec,
-        };
-        let tick = || Trigger::Schedule {
-            schedule: "tick".into(),
-        };
-        assert!(matches!(
-            runner.start(job.clone(), tick(), Uuid::now_v7()),
-            Started::Running(_)
-        ));
+        let spec = muster_shared::job::JobSpec::from_json(r#"{"name":"slow","steps":[{"command":"sleep 60"}]}"#).unwrap();
+        let job = JobDef { id: Uuid::now_v7(), revision: 1, spec };
+        let tick = || Trigger::Schedule { schedule: "tick".into() };
+        assert!(matches!(runner.start(job.clone(), tick(), Uuid::now_v7()), Started::Running(_)));
         for trigger in [tick(), tick(), Trigger::Manual, tick(), Trigger::Manual] {
-            assert!(matches!(
-                runner.start(job.clone(), trigger, Uuid::now_v7()),
-                Started::Skipped(_)
-            ));
+            assert!(matches!(runner.start(job.clone(), trigger, Uuid::now_v7()), Started::Skipped(_)));
         }
-        let skipped: Vec<String> = spooled(&state)
-            .iter()
-            .filter(|r| r.outcome == Outcome::Skipped)
-            .map(|r| r.trigger.to_string())
-            .collect();
+        let skipped: Vec<String> =
+            spooled(&state).iter().filter(|r| r.outcome == Outcome::Skipped).map(|r| r.trigger.to_string()).collect();
         assert_eq!(skipped, ["schedule:tick", "manual", "manual"]);
 
         // A stop posted a minute before this run began is stale.
-        assert!(
-            !runner.stop_started_before(&job.spec.name, Utc::now() - chrono::TimeDelta::minutes(1))
-        );
+        assert!(!runner.stop_started_before(&job.spec.name, Utc::now() - chrono::TimeDelta::minutes(1)));
         assert!(runner.is_running(job.id));
         assert!(runner.stop_started_before(&job.spec.name, Utc::now()));
         runner.shutdown(Duration::from_secs(10)).await;
@@ -697,15 +577,9 @@ mod tests {
         fit_record(&mut r, MAX_RECORD_BYTES);
         let size = msg::encode(&r).len();
         assert!(size <= MAX_RECORD_BYTES, "{size}");
-        assert!(
-            size > MAX_RECORD_BYTES / 4,
-            "not cut much more than needed: {size}"
-        );
+        assert!(size > MAX_RECORD_BYTES / 4, "not cut much more than needed: {size}");
         assert_eq!(r.steps.len(), 30);
-        assert!(r
-            .steps
-            .iter()
-            .all(|s| s.output_cut_bytes > 0 && s.output.contains("bytes cut ...]")));
+        assert!(r.steps.iter().all(|s| s.output_cut_bytes > 0 && s.output.contains("bytes cut ...]")));
         assert!(r.message.contains("shortened"), "{}", r.message);
     }
 

@@ -57,10 +57,7 @@ impl Scheduler {
                 cursor = now;
             }
             let next = self.next_fire(cursor);
-            let wait = next
-                .map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO))
-                .unwrap_or(MAX_SLEEP)
-                .min(MAX_SLEEP);
+            let wait = next.map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO)).unwrap_or(MAX_SLEEP).min(MAX_SLEEP);
             let changed = self.jobs_changed.notified();
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -130,7 +127,9 @@ mod tests {
     fn a_late_wake_starts_each_job_once_not_once_per_missed_fire() {
         let jobs = [
             job(r#"{"name":"tick","steps":[{"command":"true"}],"schedules":[{"name":"s","every_secs":1}]}"#),
-            job(r#"{"name":"nightly","steps":[{"command":"true"}],"schedules":[{"name":"n","cron":"30 2 * * *","timezone":"Europe/Berlin"}]}"#),
+            job(
+                r#"{"name":"nightly","steps":[{"command":"true"}],"schedules":[{"name":"n","cron":"30 2 * * *","timezone":"Europe/Berlin"}]}"#,
+            ),
         ];
         // Woken ten hours late: 36,000 fires of tick and one of nightly were due.
         let got = due(&jobs, utc("2026-03-10T00:00:00Z"), utc("2026-03-10T10:00:00Z"));
@@ -146,10 +145,8 @@ mod tests {
 
     #[test]
     fn the_earliest_due_schedule_names_the_run() {
-        let jobs = [job(
-            r#"{"name":"j","steps":[{"command":"true"}],"schedules":[
-                {"name":"later","cron":"0 12 * * *"},{"name":"sooner","at":"2026-01-01T11:00:00Z"}]}"#,
-        )];
+        let jobs = [job(r#"{"name":"j","steps":[{"command":"true"}],"schedules":[
+                {"name":"later","cron":"0 12 * * *"},{"name":"sooner","at":"2026-01-01T11:00:00Z"}]}"#)];
         let got = due(&jobs, utc("2026-01-01T10:00:00Z"), utc("2026-01-01T13:00:00Z"));
         assert_eq!(names(&got), [("j".into(), "sooner".into())]);
     }
@@ -171,7 +168,8 @@ mod tests {
 
     #[test]
     fn disabled_jobs_never_fire() {
-        let jobs = [job(r#"{"name":"j","enabled":false,"steps":[{"command":"true"}],"schedules":[{"name":"s","every_secs":1}]}"#)];
+        let jobs =
+            [job(r#"{"name":"j","enabled":false,"steps":[{"command":"true"}],"schedules":[{"name":"s","every_secs":1}]}"#)];
         assert!(due(&jobs, utc("2026-01-01T10:00:00Z"), utc("2026-01-01T11:00:00Z")).is_empty());
     }
 }

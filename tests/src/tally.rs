@@ -29,11 +29,7 @@ pub fn append_run_id(file: &Path) -> String {
 
 /// The run ids a job appended to `file`, in order; empty before its first run.
 pub fn run_ids(file: &Path) -> Vec<String> {
-    std::fs::read_to_string(file)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    std::fs::read_to_string(file).unwrap_or_default().lines().map(str::to_owned).collect()
 }
 
 /// Waits until the runs of `job` are over: every one of `targets` reports
@@ -43,13 +39,7 @@ pub fn run_ids(file: &Path) -> Vec<String> {
 ///
 /// # Panics
 /// When that does not happen within `timeout`; the failure shows the tally.
-pub fn settle(
-    c: &Cluster,
-    job: &str,
-    targets: &[&str],
-    file: &Path,
-    timeout: Duration,
-) -> (RunTally, Vec<Value>) {
+pub fn settle(c: &Cluster, job: &str, targets: &[&str], file: &Path, timeout: Duration) -> (RunTally, Vec<Value>) {
     let mut poll = vec!["target", "force-poll"];
     poll.extend_from_slice(targets);
     wait_for_described(
@@ -57,21 +47,18 @@ pub fn settle(
         timeout,
         || {
             let reports = c.ctl(&poll).ok()?;
-            let quiet = reports.as_array()?.iter().all(|r| {
-                r["report"]["spooled"] == 0
-                    && r["report"]["running"].as_array().is_some_and(Vec::is_empty)
-            });
+            let quiet = reports
+                .as_array()?
+                .iter()
+                .all(|r| r["report"]["spooled"] == 0 && r["report"]["running"].as_array().is_some_and(Vec::is_empty));
             let history = c.ctl(&["history", "--job", job]).ok()?;
             let history: Vec<Value> = serde_json::from_value(history).ok()?;
             let tally = RunTally::count(&run_ids(file), &history);
             (quiet && tally.settled()).then_some((tally, history))
         },
         || {
-            let history: Vec<Value> = c
-                .ctl(&["history", "--job", job])
-                .ok()
-                .and_then(|h| serde_json::from_value(h).ok())
-                .unwrap_or_default();
+            let history: Vec<Value> =
+                c.ctl(&["history", "--job", job]).ok().and_then(|h| serde_json::from_value(h).ok()).unwrap_or_default();
             let tally = RunTally::count(&run_ids(file), &history);
             format!("{tally}; {tally:?}; targets report {:?}", c.ctl(&poll))
         },
@@ -116,11 +103,8 @@ impl RunTally {
             *records.entry(s(r, "run_id")).or_default() += 1;
         }
         let extra = |counts: &BTreeMap<&str, usize>| counts.values().map(|n| n - 1).sum::<usize>();
-        let mut t = RunTally {
-            happened: times_ran.len(),
-            duplicates: extra(&times_ran) + extra(&records),
-            ..RunTally::default()
-        };
+        let mut t =
+            RunTally { happened: times_ran.len(), duplicates: extra(&times_ran) + extra(&records), ..RunTally::default() };
 
         let mut finished = BTreeSet::new();
         let mut named = BTreeSet::new();
@@ -135,9 +119,7 @@ impl RunTally {
                 } else {
                     match names {
                         None => Some(format!("names no run that happened: {message:?}")),
-                        Some(ran) if !named.insert(*ran) => {
-                            Some(format!("names run {ran}, already named by another skip"))
-                        }
+                        Some(ran) if !named.insert(*ran) => Some(format!("names run {ran}, already named by another skip")),
                         Some(_) => None,
                     }
                 };
@@ -163,11 +145,7 @@ impl RunTally {
                 }
             }
         }
-        t.lost = times_ran
-            .keys()
-            .filter(|id| !finished.contains(*id))
-            .map(|id| (*id).to_owned())
-            .collect();
+        t.lost = times_ran.keys().filter(|id| !finished.contains(*id)).map(|id| (*id).to_owned()).collect();
         t
     }
 
@@ -185,10 +163,7 @@ impl RunTally {
             p.push(format!("{} duplicate(s)", self.duplicates));
         }
         if !self.lost.is_empty() {
-            p.push(format!(
-                "lost (ran, not in history as finished): {:?}",
-                self.lost
-            ));
+            p.push(format!("lost (ran, not in history as finished): {:?}", self.lost));
         }
         if !self.phantoms.is_empty() {
             p.push(format!("in history, never ran: {:?}", self.phantoms));
@@ -197,16 +172,10 @@ impl RunTally {
             p.push(format!("did not succeed: {:?}", self.failed));
         }
         if !self.bad_skips.is_empty() {
-            p.push(format!(
-                "skipped records not accounted for: {:?}",
-                self.bad_skips
-            ));
+            p.push(format!("skipped records not accounted for: {:?}", self.bad_skips));
         }
         if self.skipped > self.happened {
-            p.push(format!(
-                "{} skipped records for {} runs: at most one per run",
-                self.skipped, self.happened
-            ));
+            p.push(format!("{} skipped records for {} runs: at most one per run", self.skipped, self.happened));
         }
         p
     }
@@ -242,17 +211,10 @@ mod tests {
 
     #[test]
     fn a_clean_history_with_a_skip_naming_a_run_has_no_problems() {
-        let h = [
-            rec("a", "succeeded", ""),
-            rec("x", "skipped", "already running (run a)"),
-            rec("b", "succeeded", ""),
-        ];
+        let h = [rec("a", "succeeded", ""), rec("x", "skipped", "already running (run a)"), rec("b", "succeeded", "")];
         let t = RunTally::count(&ids(&["a", "b"]), &h);
         assert!(t.settled() && t.problems().is_empty(), "{t:?}");
-        assert_eq!(
-            (t.happened, t.recorded, t.skipped, t.duplicates),
-            (2, 2, 1, 0)
-        );
+        assert_eq!((t.happened, t.recorded, t.skipped, t.duplicates), (2, 2, 1, 0));
     }
 
     #[test]
@@ -260,12 +222,7 @@ mod tests {
         // Ran twice, shown twice, lost, never ran, failed.
         let t = RunTally::count(
             &ids(&["a", "a", "b", "c"]),
-            &[
-                rec("a", "succeeded", ""),
-                rec("b", "succeeded", ""),
-                rec("b", "succeeded", ""),
-                rec("d", "failed", ""),
-            ],
+            &[rec("a", "succeeded", ""), rec("b", "succeeded", ""), rec("b", "succeeded", ""), rec("d", "failed", "")],
         );
         assert_eq!(t.duplicates, 2, "{t:?}");
         assert_eq!(t.lost, BTreeSet::from(["c".to_owned()]));
@@ -285,18 +242,8 @@ mod tests {
             rec("w", "skipped", "already running (run a)"),
         ];
         let t = RunTally::count(&ids(&["a", "w"]), &h);
-        assert_eq!(
-            t.bad_skips.keys().collect::<Vec<_>>(),
-            ["w", "y", "z"],
-            "{t:?}"
-        );
-        assert!(
-            t.problems()
-                .iter()
-                .any(|p| p.contains("4 skipped records for 2 runs")),
-            "{:?}",
-            t.problems()
-        );
+        assert_eq!(t.bad_skips.keys().collect::<Vec<_>>(), ["w", "y", "z"], "{t:?}");
+        assert!(t.problems().iter().any(|p| p.contains("4 skipped records for 2 runs")), "{:?}", t.problems());
     }
 
     #[test]

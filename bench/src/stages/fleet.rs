@@ -7,9 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use muster_ctl::ApiClient;
-use muster_shared::api::{
-    EnlistRequest, GroupInfo, GroupMembers, GroupRef, JobInfo, JobSelect, Op, Selection, TargetInfo,
-};
+use muster_shared::api::{EnlistRequest, GroupInfo, GroupMembers, GroupRef, JobInfo, JobSelect, Op, Selection, TargetInfo};
 use muster_shared::name::{GroupName, JobName, TargetName};
 use muster_shared::subject::Subjects;
 use muster_tests::Cluster;
@@ -52,10 +50,7 @@ impl Fleet {
     pub async fn start() -> anyhow::Result<Fleet> {
         let cluster = tokio::task::block_in_place(|| {
             let mut c = Cluster::new();
-            c.env.push((
-                "MUSTER_LOG".into(),
-                std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-            ));
+            c.env.push(("MUSTER_LOG".into(), std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into())));
             c.start_master();
             c
         });
@@ -64,14 +59,7 @@ impl Fleet {
         let mut api = ApiClient::new(client.clone(), subjects.clone());
         api.timeout = Duration::from_secs(3600);
         let targets = VirtualTargets::start(&cluster.url(), subjects).await?;
-        Ok(Fleet {
-            js: async_nats::jetstream::new(client.clone()),
-            client,
-            api,
-            targets,
-            enlisted: 0,
-            cluster,
-        })
+        Ok(Fleet { js: async_nats::jetstream::new(client.clone()), client, api, targets, enlisted: 0, cluster })
     }
 
     /// The first `n` names.
@@ -87,12 +75,7 @@ impl Fleet {
             .map(|name| {
                 let api = self.api.clone();
                 async move {
-                    let req = EnlistRequest {
-                        name,
-                        location: None,
-                        instance: None,
-                        poll_interval_secs: Some(60),
-                    };
+                    let req = EnlistRequest { name, location: None, instance: None, poll_interval_secs: Some(60) };
                     api.call::<_, TargetInfo>(Op::TargetEnlist, req).await
                 }
             })
@@ -113,41 +96,15 @@ impl Fleet {
         let mut groups = Vec::new();
         for (k, chunk) in Self::names(n).chunks(GROUP_SIZE).enumerate() {
             let group = GroupName::new(format!("{job}-{k}"))?;
-            let _: GroupInfo = self
-                .api
-                .call(
-                    Op::GroupCreate,
-                    GroupRef {
-                        group: group.clone(),
-                    },
-                )
-                .await?;
-            let _: GroupInfo = self
-                .api
-                .call(
-                    Op::GroupAdd,
-                    GroupMembers {
-                        group: group.clone(),
-                        targets: chunk.to_vec(),
-                    },
-                )
-                .await?;
+            let _: GroupInfo = self.api.call(Op::GroupCreate, GroupRef { group: group.clone() }).await?;
+            let _: GroupInfo =
+                self.api.call(Op::GroupAdd, GroupMembers { group: group.clone(), targets: chunk.to_vec() }).await?;
             groups.push(group);
         }
         let start = Instant::now();
         let _: JobInfo = self
             .api
-            .call(
-                Op::JobAssign,
-                JobSelect {
-                    job: job.clone(),
-                    select: Selection {
-                        targets: vec![],
-                        groups,
-                        all: false,
-                    },
-                },
-            )
+            .call(Op::JobAssign, JobSelect { job: job.clone(), select: Selection { targets: vec![], groups, all: false } })
             .await?;
         Ok(start.elapsed())
     }

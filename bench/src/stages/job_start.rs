@@ -5,9 +5,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use muster_shared::api::{
-    Delivery, DeliveryState, ForcePollOutcome, JobInfo, JobSelect, JobWrite, Op, Selection,
-};
+use muster_shared::api::{Delivery, DeliveryState, ForcePollOutcome, JobInfo, JobSelect, JobWrite, Op, Selection};
 use muster_shared::job::JobSpec;
 use muster_shared::name::JobName;
 
@@ -25,35 +23,15 @@ fn ratio(a: Duration, b: Duration) -> String {
 pub async fn run(want: Want, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     eprintln!("muster-bench: job start");
     let largest = sizes.start_sizes.iter().copied().max().unwrap_or(0);
-    let n = if want.start_wait {
-        largest.max(sizes.wait_targets)
-    } else {
-        largest
-    };
+    let n = if want.start_wait { largest.max(sizes.wait_targets) } else { largest };
     let mut fleet = Fleet::start().await?;
     fleet.enlist_up_to(n).await?;
     let job = JobName::new("start-bench")?;
-    let _: JobInfo = fleet
-        .api
-        .call(
-            Op::JobCreate,
-            JobWrite {
-                spec: JobSpec::from_commands(job.clone(), &["true".into()]),
-            },
-        )
-        .await?;
+    let _: JobInfo =
+        fleet.api.call(Op::JobCreate, JobWrite { spec: JobSpec::from_commands(job.clone(), &["true".into()]) }).await?;
     fleet.assign(&job, n).await?;
-    let _: Vec<ForcePollOutcome> = fleet
-        .api
-        .call(
-            Op::TargetForcePollMany,
-            Selection {
-                targets: vec![],
-                groups: vec![],
-                all: true,
-            },
-        )
-        .await?;
+    let _: Vec<ForcePollOutcome> =
+        fleet.api.call(Op::TargetForcePollMany, Selection { targets: vec![], groups: vec![], all: true }).await?;
 
     if want.job_start {
         for &k in &sizes.start_sizes {
@@ -63,33 +41,20 @@ pub async fn run(want: Want, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Resu
             for _ in 0..REPEATS {
                 raws.push(raw::requests(&fleet.client, k).await?);
                 let start = Instant::now();
-                let select = Selection {
-                    targets: Fleet::names(k),
-                    groups: vec![],
-                    all: false,
-                };
-                let d: Vec<Delivery> = fleet
-                    .api
-                    .call(
-                        Op::JobStart,
-                        JobSelect {
-                            job: job.clone(),
-                            select,
-                        },
-                    )
-                    .await?;
+                let select = Selection { targets: Fleet::names(k), groups: vec![], all: false };
+                let d: Vec<Delivery> = fleet.api.call(Op::JobStart, JobSelect { job: job.clone(), select }).await?;
                 took.push(start.elapsed());
-                let delivered = d
-                    .iter()
-                    .filter(|d| d.state == DeliveryState::Delivered)
-                    .count();
+                let delivered = d.iter().filter(|d| d.state == DeliveryState::Delivered).count();
                 anyhow::ensure!(delivered == k, "job start to {k}: {delivered} delivered");
             }
             took.sort();
             raws.sort();
             let (took, raw) = (took[REPEATS / 2], raws[REPEATS / 2]);
             rows.push(row(
-                format!("`job start` reply to {k} targets, median of {REPEATS} (raw: {k} request/replies, {} at once)", raw::IN_FLIGHT),
+                format!(
+                    "`job start` reply to {k} targets, median of {REPEATS} (raw: {k} request/replies, {} at once)",
+                    raw::IN_FLIGHT
+                ),
                 ms(took),
                 ms(raw),
                 ratio(took, raw),
@@ -98,15 +63,13 @@ pub async fn run(want: Want, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Resu
     }
     if want.start_wait {
         let k = sizes.wait_targets;
-        anyhow::ensure!(
-            fleet.enlisted == k,
-            "--all needs exactly {k} enlisted, not {}",
-            fleet.enlisted
-        );
+        anyhow::ensure!(fleet.enlisted == k, "--all needs exactly {k} enlisted, not {}", fleet.enlisted);
         let raw = raw::start_and_follow(&fleet.client, &fleet.js, k).await?;
         let took = start_wait(&fleet, &job)?;
         rows.push(row(
-            format!("`job start --all --wait` on {k} targets until all runs final (raw: requests + {k} records published and read)"),
+            format!(
+                "`job start --all --wait` on {k} targets until all runs final (raw: requests + {k} records published and read)"
+            ),
             ms(took),
             ms(raw),
             ratio(took, raw),
@@ -123,23 +86,11 @@ fn start_wait(fleet: &Fleet, job: &JobName) -> anyhow::Result<Duration> {
         let status = std::process::Command::new(muster_tests::bin("musterctl"))
             .env("NATS_URL", fleet.cluster.url())
             .envs(fleet.cluster.env.clone())
-            .args([
-                "job",
-                "start",
-                job.as_str(),
-                "--all",
-                "--wait",
-                "--timeout",
-                "600",
-                "--json",
-            ])
+            .args(["job", "start", job.as_str(), "--all", "--wait", "--timeout", "600", "--json"])
             .stdout(Stdio::null())
             .status()?;
         let took = start.elapsed();
-        anyhow::ensure!(
-            status.success(),
-            "musterctl job start --all --wait: {status}"
-        );
+        anyhow::ensure!(status.success(), "musterctl job start --all --wait: {status}");
         Ok(took)
     })
 }

@@ -39,11 +39,7 @@ fn doc_subject(name: &str, i: usize) -> String {
 
 /// Publishes one document to each of `n` subjects (acks awaited in
 /// windows); the raw side of enlisting.
-pub async fn publish_docs(
-    js: &jetstream::Context,
-    name: &str,
-    n: usize,
-) -> anyhow::Result<Duration> {
+pub async fn publish_docs(js: &jetstream::Context, name: &str, n: usize) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let body = doc();
     publish_all(js, n, |i| (doc_subject(name, i), body.clone())).await?;
@@ -65,11 +61,7 @@ pub async fn fan_out(js: &jetstream::Context, n: usize) -> anyhow::Result<Durati
 
 async fn direct_get_all(stream: &Stream, name: &str, n: usize) -> anyhow::Result<()> {
     futures::stream::iter(0..n)
-        .map(|i| async move {
-            stream
-                .direct_get_last_for_subject(doc_subject(name, i))
-                .await
-        })
+        .map(|i| async move { stream.direct_get_last_for_subject(doc_subject(name, i)).await })
         .buffer_unordered(IN_FLIGHT)
         .collect::<Vec<_>>()
         .await
@@ -97,10 +89,7 @@ pub async fn polling(
         let stream = stream.clone();
         tasks.push(tokio::spawn(async move {
             let start = Instant::now();
-            stream
-                .direct_get_last_for_subject(doc_subject("RAWPOLL", i))
-                .await
-                .map(|_| start.elapsed())
+            stream.direct_get_last_for_subject(doc_subject("RAWPOLL", i)).await.map(|_| start.elapsed())
         }));
     }
     let mut lat = Vec::with_capacity(n);
@@ -142,11 +131,7 @@ pub async fn requests(client: &async_nats::Client, n: usize) -> anyhow::Result<D
 /// [`requests`] to `n`, then `n` acked publishes of a run record's size to
 /// a stream and a read of them all: the raw side of a start followed to
 /// the end on `n` targets.
-pub async fn start_and_follow(
-    client: &async_nats::Client,
-    js: &jetstream::Context,
-    n: usize,
-) -> anyhow::Result<Duration> {
+pub async fn start_and_follow(client: &async_nats::Client, js: &jetstream::Context, n: usize) -> anyhow::Result<Duration> {
     let stream = js
         .create_stream(jetstream::stream::Config {
             name: "RAWRUNS".into(),
@@ -158,11 +143,7 @@ pub async fn start_and_follow(
     requests(client, n).await?;
     let body = Bytes::from(vec![b'x'; 600]);
     publish_all(js, n, |i| (format!("rawruns.{i}"), body.clone())).await?;
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            ..Default::default()
-        })
-        .await?;
+    let consumer = stream.create_consumer(jetstream::consumer::pull::OrderedConfig { ..Default::default() }).await?;
     let mut messages = consumer.messages().await?.take(n);
     while let Some(m) = messages.next().await {
         m?;

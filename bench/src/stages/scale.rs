@@ -7,9 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use muster_shared::api::{
-    ForcePollOutcome, JobInfo, JobWrite, Op, Selection, TargetInfo, TargetRef,
-};
+use muster_shared::api::{ForcePollOutcome, JobInfo, JobWrite, Op, Selection, TargetInfo, TargetRef};
 use muster_shared::job::JobSpec;
 use muster_shared::msg::PollReport;
 use muster_shared::name::JobName;
@@ -29,10 +27,7 @@ fn mb(kib: u64) -> String {
 
 /// Runs the wanted figures at each size of `sizes.targets`.
 pub async fn run(want: Want, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    eprintln!(
-        "muster-bench: scale (virtual targets, {} connections)",
-        crate::virtual_targets::CONNECTIONS
-    );
+    eprintln!("muster-bench: scale (virtual targets, {} connections)", crate::virtual_targets::CONNECTIONS);
     let mut fleet = Fleet::start().await?;
     let empty_rss = rss_kib(fleet.nats_pid());
     for &n in &sizes.targets {
@@ -43,22 +38,12 @@ pub async fn run(want: Want, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Resu
     }
     let n = fleet.enlisted;
     rows.push(row(
-        format!(
-            "nats-server RSS with {n} enlisted targets (raw: the same server before enlisting)"
-        ),
+        format!("nats-server RSS with {n} enlisted targets (raw: the same server before enlisting)"),
         mb(rss_kib(fleet.nats_pid())),
         mb(empty_rss),
-        format!(
-            "{:.1}×",
-            rss_kib(fleet.nats_pid()) as f64 / empty_rss.max(1) as f64
-        ),
+        format!("{:.1}×", rss_kib(fleet.nats_pid()) as f64 / empty_rss.max(1) as f64),
     ));
-    rows.push(row(
-        format!("master RSS with {n} enlisted targets"),
-        mb(rss_kib(fleet.master_pid())),
-        "-",
-        "-",
-    ));
+    rows.push(row(format!("master RSS with {n} enlisted targets"), mb(rss_kib(fleet.master_pid())), "-", "-"));
     if want.polling {
         force_poll(&fleet, sizes.rtt_samples, rows).await?;
         polling(&fleet, n, sizes.poll_window, rows).await?;
@@ -82,10 +67,7 @@ async fn enlist(fleet: &mut Fleet, n: usize, rows: &mut Vec<Row>) -> anyhow::Res
     let what = if from == 0 {
         format!("enlist {n} targets (API, 64 at once)")
     } else {
-        format!(
-            "enlist {n} targets: {} more after {from} (API, 64 at once)",
-            n - from
-        )
+        format!("enlist {n} targets: {} more after {from} (API, 64 at once)", n - from)
     };
     rows.push(row(what, ms(took), ms(raw), ratio(took, raw)));
     Ok(())
@@ -99,36 +81,16 @@ async fn fan_out(fleet: &Fleet, n: usize, rows: &mut Vec<Row>) -> anyhow::Result
     eprintln!("muster-bench: fan-out to {n}");
     let raw = raw::fan_out(&fleet.js, n).await?;
     let job = JobName::new(format!("fan{n}"))?;
-    let info: JobInfo = fleet
-        .api
-        .call(
-            Op::JobCreate,
-            JobWrite {
-                spec: JobSpec::from_commands(job.clone(), &["true".into()]),
-            },
-        )
-        .await?;
+    let info: JobInfo =
+        fleet.api.call(Op::JobCreate, JobWrite { spec: JobSpec::from_commands(job.clone(), &["true".into()]) }).await?;
     // The groups are filled before the assign call; the time runs from it.
     let assign = fleet.assign(&job, n).await?;
     let start = Instant::now().checked_sub(assign).context("clock")?;
-    let polled: Vec<ForcePollOutcome> = fleet
-        .api
-        .call(
-            Op::TargetForcePollMany,
-            Selection {
-                targets: vec![],
-                groups: vec![],
-                all: true,
-            },
-        )
-        .await?;
+    let polled: Vec<ForcePollOutcome> =
+        fleet.api.call(Op::TargetForcePollMany, Selection { targets: vec![], groups: vec![], all: true }).await?;
     let total = start.elapsed();
     if let Some(failed) = polled.iter().find(|p| p.error.is_some()) {
-        anyhow::bail!(
-            "fan-out {n}: force-poll of {} failed: {:?}",
-            failed.target,
-            failed.error
-        );
+        anyhow::bail!("fan-out {n}: force-poll of {} failed: {:?}", failed.target, failed.error);
     }
     let holding = fleet.targets.holding(info.id);
     anyhow::ensure!(holding == n, "fan-out {n}: {holding} targets hold the job");
@@ -149,19 +111,13 @@ async fn force_poll(fleet: &Fleet, samples: usize, rows: &mut Vec<Row>) -> anyho
     let mut fp = Vec::with_capacity(samples);
     for _ in 0..samples {
         let start = Instant::now();
-        let _: PollReport = fleet
-            .api
-            .call(Op::TargetForcePoll, TargetRef { name: t.clone() })
-            .await?;
+        let _: PollReport = fleet.api.call(Op::TargetForcePoll, TargetRef { name: t.clone() }).await?;
         fp.push(start.elapsed());
     }
     fp.sort();
     let (p50, r50) = (percentile(&fp, 0.5), percentile(&raw, 0.5));
     rows.push(row(
-        format!(
-            "force-poll p50 of a virtual target, {} enlisted (Direct Get path)",
-            fleet.enlisted
-        ),
+        format!("force-poll p50 of a virtual target, {} enlisted (Direct Get path)", fleet.enlisted),
         ms(p50),
         ms(r50),
         ratio(p50, r50),
@@ -171,16 +127,10 @@ async fn force_poll(fleet: &Fleet, samples: usize, rows: &mut Vec<Row>) -> anyho
 
 /// Every target polls once, spread over `window`; raw: as many Direct Gets
 /// of as many documents over the same window.
-async fn polling(
-    fleet: &Fleet,
-    n: usize,
-    window: Duration,
-    rows: &mut Vec<Row>,
-) -> anyhow::Result<()> {
+async fn polling(fleet: &Fleet, n: usize, window: Duration, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     eprintln!("muster-bench: {n} targets polling over {window:?}");
     let (master, nats) = (fleet.master_pid(), fleet.nats_pid());
-    let (raw_lat, raw_cpu) =
-        raw::polling(&fleet.js, n, window, || CpuMeter::start(master, nats)).await?;
+    let (raw_lat, raw_cpu) = raw::polling(&fleet.js, n, window, || CpuMeter::start(master, nats)).await?;
     let meter = CpuMeter::start(master, nats);
     let gap = window / u32::try_from(n.max(1)).unwrap_or(u32::MAX);
     let mut tick = tokio::time::interval(gap);
@@ -202,37 +152,20 @@ async fn polling(
     let at: Vec<String> = slowest
         .iter()
         .take(8)
-        .map(|(d, i)| {
-            format!(
-                "{} at +{:.1}s",
-                ms(*d),
-                (gap * u32::try_from(*i).unwrap_or(u32::MAX)).as_secs_f64()
-            )
-        })
+        .map(|(d, i)| format!("{} at +{:.1}s", ms(*d), (gap * u32::try_from(*i).unwrap_or(u32::MAX)).as_secs_f64()))
         .collect();
     eprintln!("muster-bench:   slowest polls: {}", at.join(", "));
     lat.sort();
-    let (p50, p99, r99) = (
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99),
-        percentile(&raw_lat, 0.99),
-    );
+    let (p50, p99, r99) = (percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&raw_lat, 0.99));
     rows.push(row(
-        format!(
-            "{n} targets polling once per {window:?}: poll p99 (p50 {})",
-            ms(p50)
-        ),
+        format!("{n} targets polling once per {window:?}: poll p99 (p50 {})", ms(p50)),
         ms(p99),
         ms(r99),
         ratio(p99, r99),
     ));
     rows.push(row(
         "  … nats-server CPU over that window (master)".to_string(),
-        format!(
-            "{:.0}% of a core ({:.0}%)",
-            cpu.nats * 100.0,
-            cpu.master * 100.0
-        ),
+        format!("{:.0}% of a core ({:.0}%)", cpu.nats * 100.0, cpu.master * 100.0),
         format!("{:.0}% of a core", raw_cpu.nats * 100.0),
         format!("{:.1}×", cpu.nats / raw_cpu.nats.max(0.001)),
     ));
@@ -243,19 +176,9 @@ async fn polling(
 async fn listing(fleet: &Fleet, n: usize, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let start = Instant::now();
     let listed: Vec<TargetInfo> = fleet.api.call(Op::TargetList, ()).await?;
-    rows.push(row(
-        format!("`target list` of {} targets (one API call)", listed.len()),
-        ms(start.elapsed()),
-        "-",
-        "-",
-    ));
+    rows.push(row(format!("`target list` of {} targets (one API call)", listed.len()), ms(start.elapsed()), "-", "-"));
     let start = Instant::now();
     let _: serde_json::Value = fleet.api.call(Op::Status, ()).await?;
-    rows.push(row(
-        format!("`status` with {n} targets"),
-        ms(start.elapsed()),
-        "-",
-        "-",
-    ));
+    rows.push(row(format!("`status` with {n} targets"), ms(start.elapsed()), "-", "-"));
     Ok(())
 }

@@ -10,21 +10,12 @@ use crate::render::Out;
 pub(super) fn run(subjects: &Subjects, out: Out, cmd: AuthCmd) -> Result<(), Failure> {
     let AuthCmd::NatsConfig { targets, dir } = cmd;
     let written = crate::auth::write_config(&dir, subjects, &targets)?;
-    let users: Vec<serde_json::Value> = written
-        .users
-        .iter()
-        .map(|(u, f)| serde_json::json!({"user": u, "env_file": f}))
-        .collect();
-    out.print(
-        &serde_json::json!({"config": written.config, "users": users}),
-        || {
-            println!(
-                "wrote {} (include it from nats-server.conf, then reload the server)",
-                written.config.display()
-            );
-            for (user, file) in &written.users {
-                println!("  {user:<20} {}", file.display());
-            }
-        },
-    )
+    let users: Vec<serde_json::Value> =
+        written.users.iter().map(|(u, f)| serde_json::json!({"user": u, "env_file": f})).collect();
+    out.print(&serde_json::json!({"config": written.config, "users": users}), || {
+        println!("wrote {} (include it from nats-server.conf, then reload the server)", written.config.display());
+        for (user, file) in &written.users {
+            println!("  {user:<20} {}", file.display());
+        }
+    })
 }

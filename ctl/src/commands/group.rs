@@ -16,28 +16,13 @@ pub(super) async fn run(ctx: &Ctx, cmd: GroupCmd) -> Result<(), Failure> {
         }
         GroupCmd::Create { group } => (Op::GroupCreate, serde_json::to_value(GroupRef { group })),
         GroupCmd::Delete { group } => (Op::GroupDelete, serde_json::to_value(GroupRef { group })),
-        GroupCmd::Add { group, targets } => (
-            Op::GroupAdd,
-            serde_json::to_value(GroupMembers { group, targets }),
-        ),
-        GroupCmd::Remove { group, targets } => (
-            Op::GroupRemove,
-            serde_json::to_value(GroupMembers { group, targets }),
-        ),
+        GroupCmd::Add { group, targets } => (Op::GroupAdd, serde_json::to_value(GroupMembers { group, targets })),
+        GroupCmd::Remove { group, targets } => (Op::GroupRemove, serde_json::to_value(GroupMembers { group, targets })),
     };
     let body = body.map_err(|e| Failure::internal(e.to_string()))?;
     let g: GroupInfo = ctx.api.call(op, body).await?;
     ctx.out.print(&g, || {
-        let verb = if op == Op::GroupDelete {
-            "deleted"
-        } else {
-            "group"
-        };
-        println!(
-            "{verb} {}: members {}; jobs {}",
-            g.name,
-            join(&g.members),
-            join(&g.jobs)
-        );
+        let verb = if op == Op::GroupDelete { "deleted" } else { "group" };
+        println!("{verb} {}: members {}; jobs {}", g.name, join(&g.members), join(&g.jobs));
     })
 }

@@ -21,11 +21,7 @@ pub(super) async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<(), Failure>
         job_id,
         target: args.target,
         outcome: args.outcome,
-        since: args
-            .since
-            .as_deref()
-            .map(|s| parse_since(s, Utc::now()))
-            .transpose()?,
+        since: args.since.as_deref().map(|s| parse_since(s, Utc::now())).transpose()?,
         limit: args.limit,
         ..HistoryQuery::default()
     };
@@ -54,15 +50,10 @@ fn parse_since(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Failure> {
         return Ok(t.with_timezone(&Utc));
     }
     let bad = |why: &dyn std::fmt::Display| {
-        Failure::invalid(format!(
-            "--since '{s}': use RFC 3339 or a duration like 30m, 2h, 7d ({why})"
-        ))
+        Failure::invalid(format!("--since '{s}': use RFC 3339 or a duration like 30m, 2h, 7d ({why})"))
     };
     let ago = humantime::parse_duration(s).map_err(|e| bad(&e))?;
-    chrono::Duration::from_std(ago)
-        .ok()
-        .and_then(|ago| now.checked_sub_signed(ago))
-        .ok_or_else(|| bad(&"too long ago"))
+    chrono::Duration::from_std(ago).ok().and_then(|ago| now.checked_sub_signed(ago)).ok_or_else(|| bad(&"too long ago"))
 }
 
 #[cfg(test)]
@@ -71,14 +62,9 @@ mod tests {
 
     #[test]
     fn since_takes_a_time_or_a_duration_ago() {
-        let now = DateTime::parse_from_rfc3339("2026-03-01T12:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2026-03-01T12:00:00Z").unwrap().with_timezone(&Utc);
         let at = |s: &str| parse_since(s, now).map(|t| t.to_rfc3339());
-        assert_eq!(
-            at("2026-02-01T00:00:00+01:00").unwrap(),
-            "2026-01-31T23:00:00+00:00"
-        );
+        assert_eq!(at("2026-02-01T00:00:00+01:00").unwrap(), "2026-01-31T23:00:00+00:00");
         assert_eq!(at("30m").unwrap(), "2026-03-01T11:30:00+00:00");
         assert_eq!(at("2h").unwrap(), "2026-03-01T10:00:00+00:00");
         assert_eq!(at("7d").unwrap(), "2026-02-22T12:00:00+00:00");
@@ -86,11 +72,7 @@ mod tests {
         for bad in ["", "5", "2x", "yesterday", "99999999999d"] {
             let err = parse_since(bad, now).unwrap_err();
             assert_eq!(err.exit, Exit::Invalid, "{bad}");
-            assert!(
-                err.message.contains("use RFC 3339 or a duration"),
-                "{bad}: {}",
-                err.message
-            );
+            assert!(err.message.contains("use RFC 3339 or a duration"), "{bad}: {}", err.message);
         }
     }
 }

@@ -9,12 +9,7 @@ use crate::exit::Failure;
 use crate::render;
 
 pub(super) async fn run(ctx: &Ctx, a: InstructionsArgs) -> Result<(), Failure> {
-    let q = InstructionsQuery {
-        target: a.target,
-        pending: a.pending,
-        errors: a.errors,
-        limit: a.limit,
-    };
+    let q = InstructionsQuery { target: a.target, pending: a.pending, errors: a.errors, limit: a.limit };
     let rows: Vec<InstrRow> = ctx.api.call(Op::Instructions, q).await?;
     ctx.out.print(&rows, || render::print_instructions(&rows))
 }

@@ -4,9 +4,7 @@
 
 use std::path::PathBuf;
 
-use muster_shared::api::{
-    Delivery, JobInfo, JobRef, JobSelect, JobTargetStatus, JobWrite, Op, StartStop,
-};
+use muster_shared::api::{Delivery, JobInfo, JobRef, JobSelect, JobTargetStatus, JobWrite, Op, StartStop};
 use muster_shared::desired;
 use muster_shared::job::JobSpec;
 use muster_shared::name::JobName;
@@ -20,19 +18,11 @@ pub(super) async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<(), Failure> {
     let (api, out) = (&ctx.api, &ctx.out);
     let show = |j: JobInfo| out.print(&j, || render::print_job(&j));
     match cmd {
-        JobCmd::Create {
-            name,
-            commands,
-            file,
-        } => {
+        JobCmd::Create { name, commands, file } => {
             let spec = read_spec(name, commands, file)?;
             show(api.call(Op::JobCreate, JobWrite { spec }).await?)
         }
-        JobCmd::Update {
-            name,
-            commands,
-            file,
-        } => {
+        JobCmd::Update { name, commands, file } => {
             let spec = read_spec(name, commands, file)?;
             show(api.call(Op::JobUpdate, JobWrite { spec }).await?)
         }
@@ -45,42 +35,18 @@ pub(super) async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<(), Failure> {
             out.print(&jobs, || render::print_jobs(&jobs))
         }
         JobCmd::Show { job } => show(api.call(Op::JobShow, JobRef { job }).await?),
-        JobCmd::Assign { job, select } => show(
-            api.call(
-                Op::JobAssign,
-                JobSelect {
-                    job,
-                    select: select.selection(false),
-                },
-            )
-            .await?,
-        ),
-        JobCmd::Unassign { job, select } => show(
-            api.call(
-                Op::JobUnassign,
-                JobSelect {
-                    job,
-                    select: select.selection(false),
-                },
-            )
-            .await?,
-        ),
-        JobCmd::Start {
-            job,
-            select,
-            all,
-            expires,
-            wait,
-            timeout,
-        } => {
+        JobCmd::Assign { job, select } => {
+            show(api.call(Op::JobAssign, JobSelect { job, select: select.selection(false) }).await?)
+        }
+        JobCmd::Unassign { job, select } => {
+            show(api.call(Op::JobUnassign, JobSelect { job, select: select.selection(false) }).await?)
+        }
+        JobCmd::Start { job, select, all, expires, wait, timeout } => {
             let d: Vec<Delivery> = api
                 .call(
                     Op::JobStart,
                     StartStop {
-                        job: JobSelect {
-                            job: job.clone(),
-                            select: select.selection(all),
-                        },
+                        job: JobSelect { job: job.clone(), select: select.selection(all) },
                         expires_secs: expires_secs(expires.as_deref())?,
                     },
                 )
@@ -91,19 +57,12 @@ pub(super) async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<(), Failure> {
             }
             out.print(&d, || render::print_deliveries(&d))
         }
-        JobCmd::Stop {
-            job,
-            select,
-            expires,
-        } => {
+        JobCmd::Stop { job, select, expires } => {
             let d: Vec<Delivery> = api
                 .call(
                     Op::JobStop,
                     StartStop {
-                        job: JobSelect {
-                            job,
-                            select: select.selection(false),
-                        },
+                        job: JobSelect { job, select: select.selection(false) },
                         expires_secs: expires_secs(expires.as_deref())?,
                     },
                 )
@@ -121,29 +80,20 @@ pub(super) async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<(), Failure> {
 
 /// A job definition from a file (`-f`, its name overridden by NAME if
 /// given) or from NAME and `--command` lines.
-fn read_spec(
-    name: Option<JobName>,
-    commands: Vec<String>,
-    file: Option<PathBuf>,
-) -> Result<JobSpec, Failure> {
+fn read_spec(name: Option<JobName>, commands: Vec<String>, file: Option<PathBuf>) -> Result<JobSpec, Failure> {
     match (file, name) {
         (Some(path), name) => {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| Failure::invalid(format!("reading {}: {e}", path.display())))?;
-            let mut spec = JobSpec::from_json(&text)
-                .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| Failure::invalid(format!("reading {}: {e}", path.display())))?;
+            let mut spec = JobSpec::from_json(&text).map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
             if let Some(n) = name {
                 spec.name = n;
             }
             Ok(spec)
         }
         (None, Some(name)) if !commands.is_empty() => Ok(JobSpec::from_commands(name, &commands)),
-        (None, Some(_)) => Err(Failure::invalid(
-            "give at least one --command, or a job file with -f",
-        )),
-        (None, None) => Err(Failure::invalid(
-            "give a job NAME with --command, or a job file with -f",
-        )),
+        (None, Some(_)) => Err(Failure::invalid("give at least one --command, or a job file with -f")),
+        (None, None) => Err(Failure::invalid("give a job NAME with --command, or a job file with -f")),
     }
 }
 

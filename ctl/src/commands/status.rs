@@ -11,14 +11,11 @@ use crate::exit::Failure;
 use crate::render;
 
 pub(super) async fn status(ctx: &Ctx) -> Result<(), Failure> {
-    let (summary, masters) = tokio::join!(
-        ctx.api.call::<_, StatusSummary>(Op::Status, ()),
-        ctx.api.masters_seen(Duration::from_millis(500))
-    );
+    let (summary, masters) =
+        tokio::join!(ctx.api.call::<_, StatusSummary>(Op::Status, ()), ctx.api.masters_seen(Duration::from_millis(500)));
     let (summary, masters) = (summary?, masters?);
     let both = serde_json::json!({"summary": summary, "masters": masters});
-    ctx.out
-        .print(&both, || render::print_status(&summary, &masters))
+    ctx.out.print(&both, || render::print_status(&summary, &masters))
 }
 
 pub(super) async fn ping(ctx: &Ctx, wait_ms: u64) -> Result<(), Failure> {
@@ -26,10 +23,7 @@ pub(super) async fn ping(ctx: &Ctx, wait_ms: u64) -> Result<(), Failure> {
     if masters.is_empty() {
         return Err(Failure::new(
             ErrorCode::MasterUnavailable.into(),
-            format!(
-                "no master answered $SRV.PING.{} within {wait_ms} ms",
-                ctx.api.subjects.service_name()
-            ),
+            format!("no master answered $SRV.PING.{} within {wait_ms} ms", ctx.api.subjects.service_name()),
         ));
     }
     ctx.out.print(&masters, || {

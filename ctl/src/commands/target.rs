@@ -1,9 +1,7 @@
 //! `musterctl target …`: enlisting and defecting targets, their status, and
 //! what is posted to them (force-poll, set-poll, sync-time, resync).
 
-use muster_shared::api::{
-    DefectRequest, EnlistRequest, ForcePollOutcome, Op, Posted, TargetInfo, TargetRef,
-};
+use muster_shared::api::{DefectRequest, EnlistRequest, ForcePollOutcome, Op, Posted, TargetInfo, TargetRef};
 use muster_shared::name::TargetName;
 
 use super::Ctx;
@@ -14,37 +12,18 @@ use crate::render;
 pub(super) async fn run(ctx: &Ctx, cmd: TargetCmd) -> Result<(), Failure> {
     let (api, out) = (&ctx.api, &ctx.out);
     match cmd {
-        TargetCmd::Enlist {
-            name,
-            location,
-            poll_interval,
-        } => {
-            let req = EnlistRequest {
-                name,
-                location,
-                instance: None,
-                poll_interval_secs: poll_interval,
-            };
+        TargetCmd::Enlist { name, location, poll_interval } => {
+            let req = EnlistRequest { name, location, instance: None, poll_interval_secs: poll_interval };
             let t: TargetInfo = api.call(Op::TargetEnlist, req).await?;
-            out.print(&t, || {
-                println!("enlisted {} (poll every {}s)", t.name, t.poll_interval_secs)
-            })
+            out.print(&t, || println!("enlisted {} (poll every {}s)", t.name, t.poll_interval_secs))
         }
         TargetCmd::Defect { name, force } => {
-            let t: TargetInfo = api
-                .call(Op::TargetDefect, DefectRequest { name, force })
-                .await?;
+            let t: TargetInfo = api.call(Op::TargetDefect, DefectRequest { name, force }).await?;
             out.print(&t, || {
                 if force {
-                    println!(
-                        "{} defected (forced): record, consumer and pending instructions deleted",
-                        t.name
-                    );
+                    println!("{} defected (forced): record, consumer and pending instructions deleted", t.name);
                 } else {
-                    println!(
-                        "{} told to defect: it deletes its jobs at its next poll",
-                        t.name
-                    );
+                    println!("{} told to defect: it deletes its jobs at its next poll", t.name);
                 }
             })
         }
@@ -57,11 +36,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: TargetCmd) -> Result<(), Failure> {
             out.print(&t, || render::print_targets(std::slice::from_ref(&t)))
         }
         TargetCmd::ForcePoll(select) => force_poll(ctx, select).await,
-        TargetCmd::SetPoll {
-            mut args,
-            groups,
-            all,
-        } => {
+        TargetCmd::SetPoll { mut args, groups, all } => {
             let secs_text = args.pop().expect("clap requires one value");
             let secs: u64 = secs_text.parse().map_err(|_| {
                 Failure::invalid(format!(
@@ -81,9 +56,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: TargetCmd) -> Result<(), Failure> {
             let p: Vec<Posted> = api.call(Op::TargetSyncTime, a.request(None)).await?;
             out.print(&p, || {
                 render::print_posted(&p);
-                println!(
-                    "online targets polled now; see the SKEW column of `musterctl target list`"
-                );
+                println!("online targets polled now; see the SKEW column of `musterctl target list`");
             })
         }
         TargetCmd::Resync(a) => {
@@ -96,10 +69,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: TargetCmd) -> Result<(), Failure> {
 /// Prints every target's poll report or error; fails with the last error's
 /// exit code when any target did not poll.
 async fn force_poll(ctx: &Ctx, select: PostArgs) -> Result<(), Failure> {
-    let reports: Vec<ForcePollOutcome> = ctx
-        .api
-        .call(Op::TargetForcePollMany, select.selection())
-        .await?;
+    let reports: Vec<ForcePollOutcome> = ctx.api.call(Op::TargetForcePollMany, select.selection()).await?;
     let worst = reports.iter().filter_map(|r| r.error.clone()).next_back();
     ctx.out.print(&reports, || {
         for r in &reports {
@@ -107,8 +77,7 @@ async fn force_poll(ctx: &Ctx, select: PostArgs) -> Result<(), Failure> {
                 (Some(rep), _) => println!(
                     "{}: polled at {} (applied {}, failed {}, jobs {}, agent {})",
                     r.target,
-                    rep.polled_at
-                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    rep.polled_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                     rep.applied,
                     rep.failed,
                     rep.jobs,

@@ -40,10 +40,7 @@ impl Windows {
     pub fn new(first: u64, last: u64, limit: usize) -> Windows {
         let first = first.max(1);
         let width = (limit as u64).saturating_mul(FIRST_FACTOR).max(1);
-        let next = (limit > 0 && last >= first).then(|| Window {
-            from: start(first, last, width),
-            up_to: None,
-        });
+        let next = (limit > 0 && last >= first).then(|| Window { from: start(first, last, width), up_to: None });
         Windows { first, next, width }
     }
 }
@@ -62,10 +59,7 @@ impl Iterator for Windows {
         if w.from > self.first {
             self.width = self.width.saturating_mul(GROWTH);
             let last = w.from - 1;
-            self.next = Some(Window {
-                from: start(self.first, last, self.width),
-                up_to: Some(last),
-            });
+            self.next = Some(Window { from: start(self.first, last, self.width), up_to: Some(last) });
         }
         Some(w)
     }
@@ -78,93 +72,39 @@ mod tests {
     #[test]
     fn windows_grow_eightfold_backwards_without_gaps_or_overlaps() {
         let all: Vec<Window> = Windows::new(1, 1_000_000, 20).collect();
-        assert_eq!(
-            all[0],
-            Window {
-                from: 1_000_000 - 159,
-                up_to: None
-            }
-        );
-        assert_eq!(
-            all[1],
-            Window {
-                from: 1_000_000 - 160 - 1279,
-                up_to: Some(1_000_000 - 160)
-            }
-        );
+        assert_eq!(all[0], Window { from: 1_000_000 - 159, up_to: None });
+        assert_eq!(all[1], Window { from: 1_000_000 - 160 - 1279, up_to: Some(1_000_000 - 160) });
         assert_eq!(all[2].up_to, Some(all[1].from - 1));
-        assert_eq!(
-            all.last().unwrap().from,
-            1,
-            "the last window reaches the first sequence"
-        );
+        assert_eq!(all.last().unwrap().from, 1, "the last window reaches the first sequence");
         for pair in all.windows(2) {
             assert_eq!(pair[1].up_to, Some(pair[0].from - 1), "{pair:?}");
             assert!(pair[1].from <= pair[1].up_to.unwrap());
         }
-        assert_eq!(
-            all.len(),
-            6,
-            "160, 1,280, 10,240, 81,920, 655,360, then the rest"
-        );
+        assert_eq!(all.len(), 6, "160, 1,280, 10,240, 81,920, 655,360, then the rest");
     }
 
     #[test]
     fn a_stream_that_no_longer_starts_at_one() {
         // Aged-out records: the stream holds 500..=600.
         let all: Vec<Window> = Windows::new(500, 600, 5).collect();
-        assert_eq!(
-            all,
-            vec![
-                Window {
-                    from: 561,
-                    up_to: None
-                },
-                Window {
-                    from: 500,
-                    up_to: Some(560)
-                }
-            ]
-        );
+        assert_eq!(all, vec![Window { from: 561, up_to: None }, Window { from: 500, up_to: Some(560) }]);
         // A first window wider than the stream is the whole stream.
-        assert_eq!(
-            Windows::new(500, 600, 1_000).collect::<Vec<_>>(),
-            vec![Window {
-                from: 500,
-                up_to: None
-            }]
-        );
+        assert_eq!(Windows::new(500, 600, 1_000).collect::<Vec<_>>(), vec![Window { from: 500, up_to: None }]);
         // One message.
-        assert_eq!(
-            Windows::new(7, 7, 1).collect::<Vec<_>>(),
-            vec![Window {
-                from: 7,
-                up_to: None
-            }]
-        );
+        assert_eq!(Windows::new(7, 7, 1).collect::<Vec<_>>(), vec![Window { from: 7, up_to: None }]);
     }
 
     #[test]
     fn nothing_to_read() {
         assert_eq!(Windows::new(1, 0, 20).count(), 0, "an empty stream");
-        assert_eq!(
-            Windows::new(0, 0, 20).count(),
-            0,
-            "an empty stream that never held anything"
-        );
+        assert_eq!(Windows::new(0, 0, 20).count(), 0, "an empty stream that never held anything");
         assert_eq!(Windows::new(1, 100, 0).count(), 0, "--limit 0");
     }
 
     #[test]
     fn huge_limits_and_sequences_do_not_overflow() {
         let all: Vec<Window> = Windows::new(1, u64::MAX, usize::MAX).collect();
-        assert_eq!(
-            all,
-            vec![Window {
-                from: 1,
-                up_to: None
-            }]
-        );
+        assert_eq!(all, vec![Window { from: 1, up_to: None }]);
         let all: Vec<Window> = Windows::new(1, u64::MAX, 1).collect();
         assert_eq!(all.last().unwrap().from, 1);
         assert!(all.len() < 30);

@@ -30,21 +30,14 @@ impl Ctx {
         if let Some(instance) = req.instance {
             self.refuse_second_agent(&req.name, instance).await?;
         }
-        Ok(reply::encode(Ok(self
-            .enlist(req.clone(), req.instance)
-            .await?)))
+        Ok(reply::encode(Ok(self.enlist(req.clone(), req.instance).await?)))
     }
 
     /// A target defecting itself: the same as `musterctl target defect <t>`.
     pub(super) async fn agent_defect(&self, subject: &str, p: &[u8]) -> Result<Vec<u8>, ApiError> {
         let req: TargetRef = body(p)?;
         self.same_target(subject, &req.name)?;
-        Ok(reply::encode(Ok(self
-            .defect(wire::DefectRequest {
-                name: req.name,
-                force: false,
-            })
-            .await?)))
+        Ok(reply::encode(Ok(self.defect(wire::DefectRequest { name: req.name, force: false }).await?)))
     }
 
     /// Refuses an agent's enlist while its target is defected.
@@ -81,9 +74,7 @@ impl Ctx {
     /// instance id. (A new agent enlists before it serves its own control
     /// subject, so whoever answers is someone else.)
     async fn refuse_second_agent(&self, name: &TargetName, instance: Uuid) -> Result<(), ApiError> {
-        let Some((record, _)) =
-            Store::read::<TargetRecord>(&self.store.targets, name.as_str()).await?
-        else {
+        let Some((record, _)) = Store::read::<TargetRecord>(&self.store.targets, name.as_str()).await? else {
             return Ok(());
         };
         if record.instance.is_none_or(|i| i == instance) {

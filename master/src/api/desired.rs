@@ -23,10 +23,7 @@ use crate::publish::{Post, PublishError, Published, Row};
 impl Ctx {
     /// Publishes each target's post; the outcome per target (failures are
     /// already logged and queued for reconcile).
-    pub(super) async fn publish(
-        &self,
-        items: Vec<(TargetName, Post)>,
-    ) -> BTreeMap<TargetName, Result<Published, PublishError>> {
+    pub(super) async fn publish(&self, items: Vec<(TargetName, Post)>) -> BTreeMap<TargetName, Result<Published, PublishError>> {
         match self.publisher.publish_many(items).await {
             Ok(done) => done.into_iter().collect(),
             Err(e) => {
@@ -51,13 +48,7 @@ impl Ctx {
 /// One change to one target: its id (UUIDv7, posting order) is its
 /// download-list row's.
 pub(super) fn change(target: &TargetName, op: InstructionOp) -> Instruction {
-    Instruction {
-        v: PROTOCOL_VERSION,
-        id: Uuid::now_v7(),
-        target: target.clone(),
-        posted_at: Utc::now(),
-        op,
-    }
+    Instruction { v: PROTOCOL_VERSION, id: Uuid::now_v7(), target: target.clone(), posted_at: Utc::now(), op }
 }
 
 /// [`change`] for each `(target, op)`, in order.
@@ -67,10 +58,7 @@ pub(super) fn changes(items: Vec<(TargetName, InstructionOp)>) -> Vec<Instructio
 
 /// One post per target, in first-posted order, carrying the rows of the
 /// instructions posted to it.
-pub(super) fn posts_from(
-    posted: &[Instruction],
-    extra: impl Fn(&TargetName) -> Post,
-) -> Vec<(TargetName, Post)> {
+pub(super) fn posts_from(posted: &[Instruction], extra: impl Fn(&TargetName) -> Post) -> Vec<(TargetName, Post)> {
     let mut order: Vec<TargetName> = Vec::new();
     let mut posts: BTreeMap<TargetName, Post> = BTreeMap::new();
     for i in posted {
@@ -78,11 +66,7 @@ pub(super) fn posts_from(
             order.push(i.target.clone());
             extra(&i.target)
         });
-        post.rows.push(Row {
-            id: i.id,
-            op: i.op.name().to_owned(),
-            job: i.op.job_name().cloned(),
-        });
+        post.rows.push(Row { id: i.id, op: i.op.name().to_owned(), job: i.op.job_name().cloned() });
     }
     order
         .into_iter()
@@ -105,46 +89,17 @@ mod tests {
     #[test]
     fn rows_are_grouped_per_target_in_posting_order() {
         let t = |n: &str| TargetName::new(n).unwrap();
-        let i = |target: &str, op| Instruction {
-            v: 1,
-            id: Uuid::now_v7(),
-            target: t(target),
-            posted_at: Utc::now(),
-            op,
-        };
+        let i = |target: &str, op| Instruction { v: 1, id: Uuid::now_v7(), target: t(target), posted_at: Utc::now(), op };
         let job = JobName::new("j").unwrap();
         let posted = [
             i("b", InstructionOp::DeleteAllJobs),
-            i(
-                "a",
-                InstructionOp::DeleteJob {
-                    job_id: Uuid::nil(),
-                    job: job.clone(),
-                },
-            ),
+            i("a", InstructionOp::DeleteJob { job_id: Uuid::nil(), job: job.clone() }),
             i("b", InstructionOp::SetPollInterval { secs: 5 }),
         ];
-        let posts = posts_from(&posted, |_| Post {
-            force: true,
-            ..Post::default()
-        });
-        let got: Vec<(String, Vec<Uuid>, bool)> = posts
-            .iter()
-            .map(|(t, p)| {
-                (
-                    t.to_string(),
-                    p.rows.iter().map(|r| r.id).collect(),
-                    p.force,
-                )
-            })
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("b".to_owned(), vec![posted[0].id, posted[2].id], true),
-                ("a".to_owned(), vec![posted[1].id], true)
-            ]
-        );
+        let posts = posts_from(&posted, |_| Post { force: true, ..Post::default() });
+        let got: Vec<(String, Vec<Uuid>, bool)> =
+            posts.iter().map(|(t, p)| (t.to_string(), p.rows.iter().map(|r| r.id).collect(), p.force)).collect();
+        assert_eq!(got, [("b".to_owned(), vec![posted[0].id, posted[2].id], true), ("a".to_owned(), vec![posted[1].id], true)]);
         assert_eq!(posts[1].1.rows[0].job, Some(job));
     }
 }

@@ -13,14 +13,12 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(Missing::Target(t)) => ApiError::not_enlisted(&t),
-            StoreError::NotFound(Missing::Job(j)) => ApiError::new(
-                ErrorCode::NotFound,
-                format!("no job is named '{j}' (see `musterctl job list`)"),
-            ),
-            StoreError::NotFound(Missing::Group(g)) => ApiError::new(
-                ErrorCode::NotFound,
-                format!("no group is named '{g}' (see `musterctl group list`)"),
-            ),
+            StoreError::NotFound(Missing::Job(j)) => {
+                ApiError::new(ErrorCode::NotFound, format!("no job is named '{j}' (see `musterctl job list`)"))
+            }
+            StoreError::NotFound(Missing::Group(g)) => {
+                ApiError::new(ErrorCode::NotFound, format!("no group is named '{g}' (see `musterctl group list`)"))
+            }
             StoreError::Conflict { .. } => ApiError::new(ErrorCode::Conflict, e),
             StoreError::Corrupt { .. } | StoreError::Nats { .. } => ApiError::internal(e),
         }
@@ -34,52 +32,24 @@ mod tests {
 
     #[test]
     fn store_errors_get_their_codes_and_hints() {
-        let not_enlisted = ApiError::from(StoreError::NotFound(Missing::Target(
-            TargetName::new("web01").unwrap(),
-        )));
-        assert_eq!(
-            not_enlisted,
-            ApiError::not_enlisted(&TargetName::new("web01").unwrap())
-        );
-        let job = ApiError::from(StoreError::NotFound(Missing::Job(
-            JobName::new("backup").unwrap(),
-        )));
+        let not_enlisted = ApiError::from(StoreError::NotFound(Missing::Target(TargetName::new("web01").unwrap())));
+        assert_eq!(not_enlisted, ApiError::not_enlisted(&TargetName::new("web01").unwrap()));
+        let job = ApiError::from(StoreError::NotFound(Missing::Job(JobName::new("backup").unwrap())));
         assert_eq!(
             (job.code, job.message.as_str()),
-            (
-                ErrorCode::NotFound,
-                "no job is named 'backup' (see `musterctl job list`)"
-            )
+            (ErrorCode::NotFound, "no job is named 'backup' (see `musterctl job list`)")
         );
-        let group = ApiError::from(StoreError::NotFound(Missing::Group(
-            GroupName::new("web").unwrap(),
-        )));
+        let group = ApiError::from(StoreError::NotFound(Missing::Group(GroupName::new("web").unwrap())));
         assert_eq!(group.code, ErrorCode::NotFound);
-        assert!(
-            group.message.contains("musterctl group list"),
-            "{}",
-            group.message
-        );
-        let conflict = ApiError::from(StoreError::Conflict {
-            key: "backup".into(),
-        });
+        assert!(group.message.contains("musterctl group list"), "{}", group.message);
+        let conflict = ApiError::from(StoreError::Conflict { key: "backup".into() });
         assert_eq!(
             (conflict.code, conflict.message.as_str()),
-            (
-                ErrorCode::Conflict,
-                "'backup' kept changing under us; try again"
-            )
+            (ErrorCode::Conflict, "'backup' kept changing under us; try again")
         );
         let corrupt = serde_json::from_str::<u8>("x").unwrap_err();
-        let internal = ApiError::from(StoreError::Corrupt {
-            key: "k".into(),
-            source: corrupt,
-        });
+        let internal = ApiError::from(StoreError::Corrupt { key: "k".into(), source: corrupt });
         assert_eq!(internal.code, ErrorCode::Internal);
-        assert!(
-            internal.message.starts_with("record 'k' is corrupt: "),
-            "{}",
-            internal.message
-        );
+        assert!(internal.message.starts_with("record 'k' is corrupt: "), "{}", internal.message);
     }
 }

@@ -10,30 +10,19 @@ use chrono::Utc;
 use muster_shared::api::{ApiError, ErrorCode, GroupInfo, GroupMembers, GroupRef};
 use muster_shared::name::{GroupName, TargetName};
 
-use super::jobs::reach_changes;
 use super::desired::changes;
+use super::jobs::reach_changes;
 use super::Ctx;
 use crate::publish::Post;
 use crate::store::{GroupRecord, JobRecord, Missing, Store, StoreError};
 
 impl Ctx {
     pub(super) async fn group_create(&self, req: GroupRef) -> Result<GroupInfo, ApiError> {
-        let record = GroupRecord {
-            name: req.group.clone(),
-            members: BTreeSet::new(),
-            created_at: Utc::now(),
-        };
-        let created = Store::try_modify(
-            &self.store.groups,
-            req.group.as_str(),
-            |old: Option<GroupRecord>| match old {
-                Some(_) => Err(ApiError::new(
-                    ErrorCode::AlreadyExists,
-                    format!("a group named '{}' already exists", req.group),
-                )),
-                None => Ok(Some(record.clone())),
-            },
-        )
+        let record = GroupRecord { name: req.group.clone(), members: BTreeSet::new(), created_at: Utc::now() };
+        let created = Store::try_modify(&self.store.groups, req.group.as_str(), |old: Option<GroupRecord>| match old {
+            Some(_) => Err(ApiError::new(ErrorCode::AlreadyExists, format!("a group named '{}' already exists", req.group))),
+            None => Ok(Some(record.clone())),
+        })
         .await?
         .expect("written");
         Ok(group_info(&created, &[]))
@@ -43,11 +32,7 @@ impl Ctx {
     pub(super) async fn group_delete(&self, req: GroupRef) -> Result<GroupInfo, ApiError> {
         let group = self.store.group(&req.group).await?;
         let jobs = self.store.all_jobs().await?;
-        let users: Vec<String> = jobs
-            .iter()
-            .filter(|j| j.groups.contains(&req.group))
-            .map(|j| j.spec.name.to_string())
-            .collect();
+        let users: Vec<String> = jobs.iter().filter(|j| j.groups.contains(&req.group)).map(|j| j.spec.name.to_string()).collect();
         if let Some(first) = users.first() {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
@@ -64,13 +49,7 @@ impl Ctx {
 
     pub(super) async fn group_list(&self) -> Result<Vec<GroupInfo>, ApiError> {
         let jobs = self.store.all_jobs().await?;
-        let mut groups: Vec<GroupInfo> = self
-            .store
-            .all_groups()
-            .await?
-            .values()
-            .map(|g| group_info(g, &jobs))
-            .collect();
+        let mut groups: Vec<GroupInfo> = self.store.all_groups().await?.values().map(|g| group_info(g, &jobs)).collect();
         groups.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(groups)
     }
@@ -78,42 +57,28 @@ impl Ctx {
     /// Adds or removes members, then posts the group's jobs to targets that
     /// now reach them and deletes to targets that no longer do (a target
     /// that still reaches a job directly or through another group keeps it).
-    pub(super) async fn group_members(
-        &self,
-        req: GroupMembers,
-        add: bool,
-    ) -> Result<GroupInfo, ApiError> {
+    pub(super) async fn group_members(&self, req: GroupMembers, add: bool) -> Result<GroupInfo, ApiError> {
         if req.targets.is_empty() {
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                "name at least one target",
-            ));
+            return Err(ApiError::new(ErrorCode::InvalidRequest, "name at least one target"));
         }
         if add {
             self.store.require_enlisted(&req.targets).await?;
         }
         self.store.group(&req.group).await?;
         let before = self.store.all_groups().await?;
-        let updated = Store::try_modify(
-            &self.store.groups,
-            req.group.as_str(),
-            |old: Option<GroupRecord>| {
-                let Some(mut g) = old else {
-                    return Err(ApiError::new(
-                        ErrorCode::NotFound,
-                        format!("no group is named '{}'", req.group),
-                    ));
+        let updated = Store::try_modify(&self.store.groups, req.group.as_str(), |old: Option<GroupRecord>| {
+            let Some(mut g) = old else {
+                return Err(ApiError::new(ErrorCode::NotFound, format!("no group is named '{}'", req.group)));
+            };
+            for t in &req.targets {
+                if add {
+                    g.members.insert(t.clone())
+                } else {
+                    g.members.remove(t)
                 };
-                for t in &req.targets {
-                    if add {
-                        g.members.insert(t.clone())
-                    } else {
-                        g.members.remove(t)
-                    };
-                }
-                Ok(Some(g))
-            },
-        )
+            }
+            Ok(Some(g))
+        })
         .await?
         .expect("written");
         let mut after = before.clone();
@@ -122,13 +87,7 @@ impl Ctx {
         let items = jobs
             .iter()
             .filter(|j| j.groups.contains(&req.group))
-            .flat_map(|j| {
-                reach_changes(
-                    j,
-                    &Store::concerned(j, &before),
-                    &Store::concerned(j, &after),
-                )
-            })
+            .flat_map(|j| reach_changes(j, &Store::concerned(j, &before), &Store::concerned(j, &after)))
             .collect();
         let posted = changes(items);
         self.publish_posted(&posted, |_| Post::default()).await;
@@ -146,9 +105,7 @@ pub(super) fn expand_groups(
 ) -> Result<BTreeSet<TargetName>, ApiError> {
     let mut out = BTreeSet::new();
     for g in names {
-        let group = groups
-            .get(g)
-            .ok_or_else(|| StoreError::NotFound(Missing::Group(g.clone())))?;
+        let group = groups.get(g).ok_or_else(|| StoreError::NotFound(Missing::Group(g.clone())))?;
         out.extend(group.members.iter().cloned());
     }
     Ok(out)
@@ -158,11 +115,7 @@ fn group_info(g: &GroupRecord, jobs: &[JobRecord]) -> GroupInfo {
     GroupInfo {
         name: g.name.clone(),
         members: g.members.iter().cloned().collect(),
-        jobs: jobs
-            .iter()
-            .filter(|j| j.groups.contains(&g.name))
-            .map(|j| j.spec.name.clone())
-            .collect(),
+        jobs: jobs.iter().filter(|j| j.groups.contains(&g.name)).map(|j| j.spec.name.clone()).collect(),
         created_at: g.created_at,
     }
 }
@@ -179,21 +132,10 @@ mod tests {
     fn expand_groups_names_a_missing_group() {
         let g = GroupName::new("web").unwrap();
         let mut groups = HashMap::new();
-        groups.insert(
-            g.clone(),
-            GroupRecord {
-                name: g.clone(),
-                members: names(&["a", "b"]),
-                created_at: Utc::now(),
-            },
-        );
+        groups.insert(g.clone(), GroupRecord { name: g.clone(), members: names(&["a", "b"]), created_at: Utc::now() });
         assert_eq!(expand_groups(&[g], &groups).unwrap(), names(&["a", "b"]));
         let err = expand_groups(&[GroupName::new("db").unwrap()], &groups).unwrap_err();
         assert_eq!(err.code, ErrorCode::NotFound);
-        assert!(
-            err.message.contains("musterctl group list"),
-            "{}",
-            err.message
-        );
+        assert!(err.message.contains("musterctl group list"), "{}", err.message);
     }
 }

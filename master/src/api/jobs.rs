@@ -12,17 +12,16 @@ use std::collections::{BTreeSet, HashMap};
 use chrono::Utc;
 use futures::StreamExt;
 use muster_shared::api::{
-    ApiError, Delivery, DeliveryState, ErrorCode, JobInfo, JobRef, JobSelect, JobTargetStatus,
-    Selection, StartStop,
+    ApiError, Delivery, DeliveryState, ErrorCode, JobInfo, JobRef, JobSelect, JobTargetStatus, Selection, StartStop,
 };
-use muster_shared::job::JobSpec;
 use muster_shared::desired::{self, StartEntry, StopEntry, DEFAULT_EXPIRY};
+use muster_shared::job::JobSpec;
 use muster_shared::msg::{ControlOp, Instruction, InstructionOp};
 use muster_shared::name::{JobName, TargetName};
 use uuid::Uuid;
 
-use super::groups::expand_groups;
 use super::desired::{change, changes};
+use super::groups::expand_groups;
 use super::{Ctx, CONTROL_IN_FLIGHT};
 use crate::publish::Post;
 use crate::store::{JobRecord, Store, StoreError};
@@ -30,8 +29,7 @@ use crate::store::{JobRecord, Store, StoreError};
 impl Ctx {
     pub(super) async fn job_create(&self, mut spec: JobSpec) -> Result<JobInfo, ApiError> {
         spec.normalize();
-        spec.validate()
-            .map_err(|e| ApiError::new(ErrorCode::InvalidJob, e))?;
+        spec.validate().map_err(|e| ApiError::new(ErrorCode::InvalidJob, e))?;
         let now = Utc::now();
         let record = JobRecord {
             id: Uuid::new_v4(),
@@ -44,21 +42,16 @@ impl Ctx {
             deleted_at: None,
         };
         let name = record.spec.name.clone();
-        let created = Store::try_modify(
-            &self.store.jobs,
-            name.as_str(),
-            |old: Option<JobRecord>| match old {
-                Some(j) if j.deleted_at.is_some() => Err(ApiError::new(
-                    ErrorCode::Conflict,
-                    format!("a job named '{name}' is being deleted; retry in a moment"),
-                )),
-                Some(_) => Err(ApiError::new(
-                    ErrorCode::AlreadyExists,
-                    format!("a job named '{name}' already exists (use `musterctl job update`)"),
-                )),
-                None => Ok(Some(record.clone())),
-            },
-        )
+        let created = Store::try_modify(&self.store.jobs, name.as_str(), |old: Option<JobRecord>| match old {
+            Some(j) if j.deleted_at.is_some() => {
+                Err(ApiError::new(ErrorCode::Conflict, format!("a job named '{name}' is being deleted; retry in a moment")))
+            }
+            Some(_) => Err(ApiError::new(
+                ErrorCode::AlreadyExists,
+                format!("a job named '{name}' already exists (use `musterctl job update`)"),
+            )),
+            None => Ok(Some(record.clone())),
+        })
         .await?
         .expect("written");
         tracing::info!(job = %name, id = %created.id, "job created");
@@ -68,39 +61,29 @@ impl Ctx {
     /// Replaces a job's definition and posts it to every target concerned.
     pub(super) async fn job_update(&self, mut spec: JobSpec) -> Result<JobInfo, ApiError> {
         spec.normalize();
-        spec.validate()
-            .map_err(|e| ApiError::new(ErrorCode::InvalidJob, e))?;
+        spec.validate().map_err(|e| ApiError::new(ErrorCode::InvalidJob, e))?;
         let name = spec.name.clone();
         self.change_job(&name, |j| j.spec = spec.clone()).await
     }
 
     pub(super) async fn job_enable(&self, req: JobRef, enabled: bool) -> Result<JobInfo, ApiError> {
-        self.change_job(&req.job, |j| j.spec.enabled = enabled)
-            .await
+        self.change_job(&req.job, |j| j.spec.enabled = enabled).await
     }
 
     /// Applies `f`, bumps the revision and posts the new definition.
-    async fn change_job(
-        &self,
-        name: &JobName,
-        f: impl Fn(&mut JobRecord),
-    ) -> Result<JobInfo, ApiError> {
+    async fn change_job(&self, name: &JobName, f: impl Fn(&mut JobRecord)) -> Result<JobInfo, ApiError> {
         self.store.job(name).await?;
-        let updated =
-            Store::try_modify(&self.store.jobs, name.as_str(), |old: Option<JobRecord>| {
-                let Some(mut j) = old.filter(|j| j.deleted_at.is_none()) else {
-                    return Err(ApiError::new(
-                        ErrorCode::NotFound,
-                        format!("no job is named '{name}'"),
-                    ));
-                };
-                f(&mut j);
-                j.revision += 1;
-                j.updated_at = Utc::now();
-                Ok(Some(j))
-            })
-            .await?
-            .expect("written");
+        let updated = Store::try_modify(&self.store.jobs, name.as_str(), |old: Option<JobRecord>| {
+            let Some(mut j) = old.filter(|j| j.deleted_at.is_none()) else {
+                return Err(ApiError::new(ErrorCode::NotFound, format!("no job is named '{name}'")));
+            };
+            f(&mut j);
+            j.revision += 1;
+            j.updated_at = Utc::now();
+            Ok(Some(j))
+        })
+        .await?
+        .expect("written");
         let groups = self.store.all_groups().await?;
         let items = Store::concerned(&updated, &groups)
             .into_iter()
@@ -121,9 +104,7 @@ impl Ctx {
         let mut tombstone = job.clone();
         tombstone.deleted_at = Some(Utc::now());
         let conflict = |e| match e {
-            StoreError::Conflict { .. } => {
-                ApiError::new(ErrorCode::Conflict, "job changed while deleting; try again")
-            }
+            StoreError::Conflict { .. } => ApiError::new(ErrorCode::Conflict, "job changed while deleting; try again"),
             e => e.into(),
         };
         let body = serde_json::to_vec(&tombstone).expect("records serialise");
@@ -136,15 +117,7 @@ impl Ctx {
         };
         let items = Store::concerned(&job, &groups)
             .into_iter()
-            .map(|t| {
-                (
-                    t,
-                    InstructionOp::DeleteJob {
-                        job_id: job.id,
-                        job: job.spec.name.clone(),
-                    },
-                )
-            })
+            .map(|t| (t, InstructionOp::DeleteJob { job_id: job.id, job: job.spec.name.clone() }))
             .collect();
         let posted = changes(items);
         let published = self.publish_posted(&posted, |_| Post::default()).await;
@@ -156,56 +129,38 @@ impl Ctx {
         Ok(job_info(&job))
     }
 
-    pub(super) async fn job_assign(
-        &self,
-        req: JobSelect,
-        assign: bool,
-    ) -> Result<JobInfo, ApiError> {
+    pub(super) async fn job_assign(&self, req: JobSelect, assign: bool) -> Result<JobInfo, ApiError> {
         if req.select.is_empty() || req.select.all {
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                "name at least one --target or --group",
-            ));
+            return Err(ApiError::new(ErrorCode::InvalidRequest, "name at least one --target or --group"));
         }
         self.store.require_enlisted(&req.select.targets).await?;
         let groups = self.store.all_groups().await?;
         expand_groups(&req.select.groups, &groups)?;
         let (before, _) = self.store.job(&req.job).await?;
-        let after = Store::try_modify(
-            &self.store.jobs,
-            req.job.as_str(),
-            |old: Option<JobRecord>| {
-                let Some(mut j) = old.filter(|j| j.deleted_at.is_none()) else {
-                    return Err(ApiError::new(
-                        ErrorCode::NotFound,
-                        format!("no job is named '{}'", req.job),
-                    ));
+        let after = Store::try_modify(&self.store.jobs, req.job.as_str(), |old: Option<JobRecord>| {
+            let Some(mut j) = old.filter(|j| j.deleted_at.is_none()) else {
+                return Err(ApiError::new(ErrorCode::NotFound, format!("no job is named '{}'", req.job)));
+            };
+            for t in &req.select.targets {
+                if assign {
+                    j.targets.insert(t.clone())
+                } else {
+                    j.targets.remove(t)
                 };
-                for t in &req.select.targets {
-                    if assign {
-                        j.targets.insert(t.clone())
-                    } else {
-                        j.targets.remove(t)
-                    };
-                }
-                for g in &req.select.groups {
-                    if assign {
-                        j.groups.insert(g.clone())
-                    } else {
-                        j.groups.remove(g)
-                    };
-                }
-                j.updated_at = Utc::now();
-                Ok(Some(j))
-            },
-        )
+            }
+            for g in &req.select.groups {
+                if assign {
+                    j.groups.insert(g.clone())
+                } else {
+                    j.groups.remove(g)
+                };
+            }
+            j.updated_at = Utc::now();
+            Ok(Some(j))
+        })
         .await?
         .expect("written");
-        let items = reach_changes(
-            &after,
-            &Store::concerned(&before, &groups),
-            &Store::concerned(&after, &groups),
-        );
+        let items = reach_changes(&after, &Store::concerned(&before, &groups), &Store::concerned(&after, &groups));
         let posted = changes(items);
         self.publish_posted(&posted, |_| Post::default()).await;
         Ok(job_info(&after))
@@ -213,21 +168,14 @@ impl Ctx {
 
     /// The targets an operation on a job reaches: the selection, which must be
     /// among the job's targets, or all of them when the selection is empty.
-    async fn select_for_job(
-        &self,
-        job: &JobRecord,
-        select: &Selection,
-    ) -> Result<Vec<TargetName>, ApiError> {
+    async fn select_for_job(&self, job: &JobRecord, select: &Selection) -> Result<Vec<TargetName>, ApiError> {
         let groups = self.store.all_groups().await?;
         let concerned = Store::concerned(job, &groups);
         if select.is_empty() || select.all {
             if concerned.is_empty() {
                 return Err(ApiError::new(
                     ErrorCode::InvalidRequest,
-                    format!(
-                        "job '{}' is not assigned to any target (use `musterctl job assign`)",
-                        job.spec.name
-                    ),
+                    format!("job '{}' is not assigned to any target (use `musterctl job assign`)", job.spec.name),
                 ));
             }
             return Ok(concerned.into_iter().collect());
@@ -238,7 +186,10 @@ impl Ctx {
         if let Some(t) = chosen.iter().find(|t| !concerned.contains(*t)) {
             return Err(ApiError::new(
                 ErrorCode::InvalidRequest,
-                format!("job '{}' is not assigned to target '{t}' (use `musterctl job assign {} --target {t}`)", job.spec.name, job.spec.name),
+                format!(
+                    "job '{}' is not assigned to target '{t}' (use `musterctl job assign {} --target {t}`)",
+                    job.spec.name, job.spec.name
+                ),
             ));
         }
         Ok(chosen.into_iter().collect())
@@ -254,11 +205,7 @@ impl Ctx {
         let items: Vec<_> = targets
             .iter()
             .map(|t| {
-                let op = InstructionOp::StartJob {
-                    job_id: job.id,
-                    job: job.spec.name.clone(),
-                    run_id: Uuid::now_v7(),
-                };
+                let op = InstructionOp::StartJob { job_id: job.id, job: job.spec.name.clone(), run_id: Uuid::now_v7() };
                 (t.clone(), op)
             })
             .collect();
@@ -270,18 +217,12 @@ impl Ctx {
             .iter()
             .filter_map(|i| match &i.op {
                 InstructionOp::StartJob { job_id, job, run_id } => {
-                    StartEntry::new(*run_id, *job_id, job.clone(), now, expires_in)
-                        .ok()
-                        .map(|s| (i.target.clone(), s))
+                    StartEntry::new(*run_id, *job_id, job.clone(), now, expires_in).ok().map(|s| (i.target.clone(), s))
                 }
                 _ => None,
             })
             .collect();
-        self.publish_posted(&posted, |t| Post {
-            starts: starts.get(t).cloned().into_iter().collect(),
-            ..Post::default()
-        })
-        .await;
+        self.publish_posted(&posted, |t| Post { starts: starts.get(t).cloned().into_iter().collect(), ..Post::default() }).await;
         let deliveries = futures::stream::iter(posted)
             .map(|i| {
                 let ctx = self.clone();
@@ -294,12 +235,7 @@ impl Ctx {
                         Ok(_) => (DeliveryState::Delivered, String::new()),
                         Err(e) => (DeliveryState::Queued, e.message),
                     };
-                    Delivery {
-                        target: i.target,
-                        run_id,
-                        state,
-                        message,
-                    }
+                    Delivery { target: i.target, run_id, state, message }
                 }
             })
             .buffer_unordered(CONTROL_IN_FLIGHT)
@@ -320,34 +256,14 @@ impl Ctx {
                 let job = job.clone();
                 let ctx = self.clone();
                 async move {
-                    let delivery = |target, state, message| Delivery {
-                        target,
-                        run_id: None,
-                        state,
-                        message,
-                    };
-                    match ctx
-                        .control(
-                            &t,
-                            ControlOp::Stop {
-                                job: job.spec.name.clone(),
-                            },
-                        )
-                        .await
-                    {
+                    let delivery = |target, state, message| Delivery { target, run_id: None, state, message };
+                    match ctx.control(&t, ControlOp::Stop { job: job.spec.name.clone() }).await {
                         Ok(r) => {
-                            let message = if r.stopped == Some(true) {
-                                "stopped"
-                            } else {
-                                "was not running"
-                            };
+                            let message = if r.stopped == Some(true) { "stopped" } else { "was not running" };
                             (delivery(t, DeliveryState::Delivered, message.into()), None)
                         }
                         Err(e) if e.code == ErrorCode::Offline || e.code == ErrorCode::Timeout => {
-                            let op = InstructionOp::StopJob {
-                                job_id: job.id,
-                                job: job.spec.name.clone(),
-                            };
+                            let op = InstructionOp::StopJob { job_id: job.id, job: job.spec.name.clone() };
                             let i = change(&t, op);
                             (delivery(t, DeliveryState::Queued, e.message), Some(i))
                         }
@@ -359,15 +275,11 @@ impl Ctx {
             .collect::<Vec<_>>()
             .await;
         // Targets that did not answer get a stop entry, for when they read.
-        let (deliveries, queued): (Vec<Delivery>, Vec<Option<Instruction>>) =
-            deliveries.into_iter().unzip();
+        let (deliveries, queued): (Vec<Delivery>, Vec<Option<Instruction>>) = deliveries.into_iter().unzip();
         let queued: Vec<Instruction> = queued.into_iter().flatten().collect();
         let now = Utc::now();
         self.publish_posted(&queued, |_| Post {
-            stops: StopEntry::new(Uuid::now_v7(), job.id, job.spec.name.clone(), now, expires_in)
-                .ok()
-                .into_iter()
-                .collect(),
+            stops: StopEntry::new(Uuid::now_v7(), job.id, job.spec.name.clone(), now, expires_in).ok().into_iter().collect(),
             ..Post::default()
         })
         .await;
@@ -379,12 +291,7 @@ impl Ctx {
         let groups = self.store.all_groups().await?;
         let mut out = Vec::new();
         for t in Store::concerned(&job, &groups) {
-            if let Some((s, _)) = Store::read::<JobTargetStatus>(
-                &self.store.jobstatus,
-                &Store::status_key(job.id, &t),
-            )
-            .await?
-            {
+            if let Some((s, _)) = Store::read::<JobTargetStatus>(&self.store.jobstatus, &Store::status_key(job.id, &t)).await? {
                 out.push(s);
             }
         }
@@ -411,19 +318,10 @@ pub(super) fn reach_changes(
     was: &BTreeSet<TargetName>,
     now: &BTreeSet<TargetName>,
 ) -> Vec<(TargetName, InstructionOp)> {
-    let mut items: Vec<_> = now
-        .difference(was)
-        .map(|t| (t.clone(), InstructionOp::UpsertJob { job: job.def() }))
-        .collect();
-    items.extend(was.difference(now).map(|t| {
-        (
-            t.clone(),
-            InstructionOp::DeleteJob {
-                job_id: job.id,
-                job: job.spec.name.clone(),
-            },
-        )
-    }));
+    let mut items: Vec<_> = now.difference(was).map(|t| (t.clone(), InstructionOp::UpsertJob { job: job.def() })).collect();
+    items.extend(
+        was.difference(now).map(|t| (t.clone(), InstructionOp::DeleteJob { job_id: job.id, job: job.spec.name.clone() })),
+    );
     items
 }
 
@@ -467,17 +365,8 @@ mod tests {
             deleted_at: None,
         };
         let items = reach_changes(&j, &names(&["a", "b"]), &names(&["b", "c"]));
-        let got: Vec<(String, &str)> = items
-            .iter()
-            .map(|(t, op)| (t.to_string(), op.name()))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("c".to_owned(), "upsert_job"),
-                ("a".to_owned(), "delete_job")
-            ]
-        );
+        let got: Vec<(String, &str)> = items.iter().map(|(t, op)| (t.to_string(), op.name())).collect();
+        assert_eq!(got, [("c".to_owned(), "upsert_job"), ("a".to_owned(), "delete_job")]);
         assert!(reach_changes(&j, &names(&["a"]), &names(&["a"])).is_empty());
     }
 }

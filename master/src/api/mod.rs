@@ -32,9 +32,7 @@ use std::sync::Arc;
 
 use async_nats::service::ServiceExt;
 use futures::StreamExt;
-use muster_shared::api::{
-    self as wire, ApiError, ErrorCode, JobRef, JobWrite, Op, Request, TargetRef,
-};
+use muster_shared::api::{self as wire, ApiError, ErrorCode, JobRef, JobWrite, Op, Request, TargetRef};
 use muster_shared::msg;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -114,10 +112,7 @@ pub async fn serve(
             .map_err(|e| anyhow::anyhow!("endpoint {}: {e}", op.subject()))?;
         endpoints.push(ep.map(move |r| (Route::Admin(op), r)).boxed());
     }
-    for (op, route) in [
-        (wire::AGENT_ENLIST, Route::AgentEnlist),
-        (wire::AGENT_DEFECT, Route::AgentDefect),
-    ] {
+    for (op, route) in [(wire::AGENT_ENLIST, Route::AgentEnlist), (wire::AGENT_DEFECT, Route::AgentDefect)] {
         let ep = service
             .endpoint_builder()
             .name(format!("agent-{op}"))
@@ -132,13 +127,7 @@ pub async fn serve(
     serving.send(()).ok();
 
     let limit = Arc::new(Semaphore::new(config.max_concurrent_requests));
-    let ctx = Ctx {
-        client,
-        store,
-        config,
-        metrics,
-        publisher,
-    };
+    let ctx = Ctx { client, store, config, metrics, publisher };
     loop {
         let (route, request) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -147,11 +136,7 @@ pub async fn serve(
                 None => anyhow::bail!("the API subscription ended"),
             },
         };
-        let permit = limit
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore never closes");
+        let permit = limit.clone().acquire_owned().await.expect("semaphore never closes");
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let subject = request.message.subject.to_string();
@@ -196,23 +181,13 @@ impl Ctx {
             Op::TargetEnlist => ok(self.enlist(body(p)?, None).await?),
             Op::TargetDefect => ok(self.defect(body(p)?).await?),
             Op::TargetList => ok(self.target_list().await?),
-            Op::TargetShow => ok(self
-                .target_info(&self.store.target(&body::<TargetRef>(p)?.name).await?)
-                .await),
-            Op::TargetForcePoll => ok(self
-                .force_poll_enlisted(&body::<TargetRef>(p)?.name)
-                .await?),
+            Op::TargetShow => ok(self.target_info(&self.store.target(&body::<TargetRef>(p)?.name).await?).await),
+            Op::TargetForcePoll => ok(self.force_poll_enlisted(&body::<TargetRef>(p)?.name).await?),
             Op::TargetForcePollMany => ok(self.force_poll_many(&body(p)?).await?),
             Op::JobCreate => ok(self.job_create(body::<JobWrite>(p)?.spec).await?),
             Op::JobUpdate => ok(self.job_update(body::<JobWrite>(p)?.spec).await?),
             Op::JobDelete => ok(self.job_delete(body(p)?).await?),
-            Op::JobList => ok(self
-                .store
-                .all_jobs()
-                .await?
-                .iter()
-                .map(job_info)
-                .collect::<Vec<_>>()),
+            Op::JobList => ok(self.store.all_jobs().await?.iter().map(job_info).collect::<Vec<_>>()),
             Op::JobShow => ok(job_info(&self.store.job(&body::<JobRef>(p)?.job).await?.0)),
             Op::JobAssign => ok(self.job_assign(body(p)?, true).await?),
             Op::JobUnassign => ok(self.job_assign(body(p)?, false).await?),

@@ -35,9 +35,7 @@ pub(super) async fn send(
             reply.len(),
             muster_shared::MAX_REPLY_BYTES
         ));
-        return Ok(request
-            .respond(Ok(encode::<()>(Err(too_big)).into()))
-            .await?);
+        return Ok(request.respond(Ok(encode::<()>(Err(too_big)).into())).await?);
     }
     let Some(to) = request.message.reply.clone() else {
         return Ok(());
@@ -46,9 +44,7 @@ pub(super) async fn send(
     for (i, part) in reply.chunks(room).enumerate() {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(wire::CHUNK_HEADER, format!("{}/{parts}", i + 1).as_str());
-        client
-            .publish_with_headers(to.clone(), headers, bytes::Bytes::copy_from_slice(part))
-            .await?;
+        client.publish_with_headers(to.clone(), headers, bytes::Bytes::copy_from_slice(part)).await?;
     }
     Ok(())
 }

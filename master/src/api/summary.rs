@@ -12,26 +12,16 @@ use crate::store::Store;
 impl Ctx {
     pub(super) async fn status(&self) -> Result<StatusSummary, ApiError> {
         let targets = self.target_list().await?;
-        let (jobs, groups, rows) = tokio::try_join!(
-            self.store.all_jobs(),
-            self.store.all_groups(),
-            self.store.instr_rows(None)
-        )?;
+        let (jobs, groups, rows) = tokio::try_join!(self.store.all_jobs(), self.store.all_groups(), self.store.instr_rows(None))?;
         let mut targets_by_status = BTreeMap::new();
         for t in &targets {
-            *targets_by_status
-                .entry(t.status.as_str().to_owned())
-                .or_insert(0) += 1;
+            *targets_by_status.entry(t.status.as_str().to_owned()).or_insert(0) += 1;
         }
         // Status keys are `<job-id>.<target>`: keep those of jobs that still exist.
         let job_ids: BTreeSet<String> = jobs.iter().map(|j| j.id.to_string()).collect();
         let mut failing = Vec::new();
         for (key, s) in Store::scan_entries::<JobTargetStatus>(&self.store.jobstatus, "").await? {
-            if key
-                .split_once('.')
-                .is_some_and(|(id, _)| job_ids.contains(id))
-                && is_failure(s.outcome)
-            {
+            if key.split_once('.').is_some_and(|(id, _)| job_ids.contains(id)) && is_failure(s.outcome) {
                 failing.push(s);
             }
         }
@@ -39,27 +29,18 @@ impl Ctx {
         Ok(StatusSummary {
             targets_by_status,
             pending_instructions: targets.iter().map(|t| t.unread).sum(),
-            attention: targets
-                .into_iter()
-                .filter(|t| t.status != TargetStatus::Normal)
-                .collect(),
+            attention: targets.into_iter().filter(|t| t.status != TargetStatus::Normal).collect(),
             jobs: jobs.len() as u64,
             groups: groups.len() as u64,
             failing,
-            failed_instructions: rows
-                .iter()
-                .filter(|r| r.status == InstrStatus::Failed)
-                .count() as u64,
+            failed_instructions: rows.iter().filter(|r| r.status == InstrStatus::Failed).count() as u64,
         })
     }
 }
 
 /// Whether a last outcome needs an operator's attention.
 fn is_failure(o: Outcome) -> bool {
-    matches!(
-        o,
-        Outcome::Failed | Outcome::TimedOut | Outcome::Interrupted | Outcome::Canceled
-    )
+    matches!(o, Outcome::Failed | Outcome::TimedOut | Outcome::Interrupted | Outcome::Canceled)
 }
 
 #[cfg(test)]
@@ -68,12 +49,7 @@ mod tests {
 
     #[test]
     fn only_runs_that_went_wrong_need_attention() {
-        for o in [
-            Outcome::Failed,
-            Outcome::TimedOut,
-            Outcome::Interrupted,
-            Outcome::Canceled,
-        ] {
+        for o in [Outcome::Failed, Outcome::TimedOut, Outcome::Interrupted, Outcome::Canceled] {
             assert!(is_failure(o), "{o}");
         }
         for o in [Outcome::Running, Outcome::Succeeded, Outcome::Skipped] {

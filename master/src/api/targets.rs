@@ -10,14 +10,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use muster_shared::desired::ManifestSummary;
 use futures::StreamExt;
-use muster_shared::api::{
-    self as wire, ApiError, EnlistRequest, ErrorCode, ForcePollOutcome, Selection, TargetInfo,
-};
-use muster_shared::msg::{
-    self, ControlOp, ControlReply, ControlRequest, InstructionOp, PollReport,
-};
+use muster_shared::api::{self as wire, ApiError, EnlistRequest, ErrorCode, ForcePollOutcome, Selection, TargetInfo};
+use muster_shared::desired::ManifestSummary;
+use muster_shared::msg::{self, ControlOp, ControlReply, ControlRequest, InstructionOp, PollReport};
 use muster_shared::name::{GroupName, TargetName};
 use muster_shared::PROTOCOL_VERSION;
 use uuid::Uuid;
@@ -35,48 +31,37 @@ pub const DEFAULT_POLL_INTERVAL_SECS: u64 = 60;
 impl Ctx {
     /// Records the target and creates its consumer. Enlisting again is
     /// harmless (it updates location and poll interval if given).
-    pub(super) async fn enlist(
-        &self,
-        req: EnlistRequest,
-        instance: Option<Uuid>,
-    ) -> Result<TargetInfo, ApiError> {
+    pub(super) async fn enlist(&self, req: EnlistRequest, instance: Option<Uuid>) -> Result<TargetInfo, ApiError> {
         if let Some(secs) = req.poll_interval_secs {
             // Agents may poll faster than `set-poll` allows (tests, demos), never slower.
             if secs == 0 || secs > *wire::POLL_INTERVAL_RANGE.end() {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidRequest,
-                    format!("poll interval {secs}s is outside 1..=28800"),
-                ));
+                return Err(ApiError::new(ErrorCode::InvalidRequest, format!("poll interval {secs}s is outside 1..=28800")));
             }
         }
-        let record = Store::modify(
-            &self.store.targets,
-            req.name.as_str(),
-            |old: Option<TargetRecord>| {
-                let mut t = old.unwrap_or_else(|| TargetRecord {
-                    name: req.name.clone(),
-                    location: String::new(),
-                    enlisted_at: Utc::now(),
-                    poll_interval_secs: DEFAULT_POLL_INTERVAL_SECS,
-                    instance: None,
-                    blocked: None,
-                    poll_set_secs: None,
-                    defected_at: None,
-                });
-                if let Some(l) = &req.location {
-                    t.location.clone_from(l);
-                }
-                if let Some(secs) = req.poll_interval_secs {
-                    t.poll_interval_secs = secs;
-                }
-                if instance.is_some() {
-                    t.instance = instance;
-                }
-                // Enlisting again brings a defected target back.
-                t.defected_at = None;
-                Some(t)
-            },
-        )
+        let record = Store::modify(&self.store.targets, req.name.as_str(), |old: Option<TargetRecord>| {
+            let mut t = old.unwrap_or_else(|| TargetRecord {
+                name: req.name.clone(),
+                location: String::new(),
+                enlisted_at: Utc::now(),
+                poll_interval_secs: DEFAULT_POLL_INTERVAL_SECS,
+                instance: None,
+                blocked: None,
+                poll_set_secs: None,
+                defected_at: None,
+            });
+            if let Some(l) = &req.location {
+                t.location.clone_from(l);
+            }
+            if let Some(secs) = req.poll_interval_secs {
+                t.poll_interval_secs = secs;
+            }
+            if instance.is_some() {
+                t.instance = instance;
+            }
+            // Enlisting again brings a defected target back.
+            t.defected_at = None;
+            Some(t)
+        })
         .await?
         .expect("written");
         self.publish(vec![(req.name.clone(), Post::default())]).await;
@@ -95,31 +80,23 @@ impl Ctx {
         let info = self.target_info(&record).await;
         for job in self.store.all_jobs().await? {
             if job.targets.contains(&req.name) {
-                Store::modify(
-                    &self.store.jobs,
-                    job.spec.name.as_str(),
-                    |j: Option<JobRecord>| {
-                        j.map(|mut j| {
-                            j.targets.remove(&req.name);
-                            j
-                        })
-                    },
-                )
+                Store::modify(&self.store.jobs, job.spec.name.as_str(), |j: Option<JobRecord>| {
+                    j.map(|mut j| {
+                        j.targets.remove(&req.name);
+                        j
+                    })
+                })
                 .await?;
             }
         }
         for group in self.store.all_groups().await?.into_values() {
             if group.members.contains(&req.name) {
-                Store::modify(
-                    &self.store.groups,
-                    group.name.as_str(),
-                    |g: Option<GroupRecord>| {
-                        g.map(|mut g| {
-                            g.members.remove(&req.name);
-                            g
-                        })
-                    },
-                )
+                Store::modify(&self.store.groups, group.name.as_str(), |g: Option<GroupRecord>| {
+                    g.map(|mut g| {
+                        g.members.remove(&req.name);
+                        g
+                    })
+                })
                 .await?;
             }
         }
@@ -171,11 +148,8 @@ impl Ctx {
     /// the groups come from the publisher's snapshot of the records (no
     /// scan per call while they do not change: enlisting is one of these).
     pub async fn target_info(&self, t: &TargetRecord) -> TargetInfo {
-        let (records, poll, manifest) = tokio::join!(
-            self.publisher.records(),
-            self.store.last_poll(&t.name),
-            self.store.manifest(&t.name)
-        );
+        let (records, poll, manifest) =
+            tokio::join!(self.publisher.records(), self.store.last_poll(&t.name), self.store.manifest(&t.name));
         let summary = manifest.ok().flatten().map(|m| m.summary());
         let groups = records.map(|r| r.groups.clone()).unwrap_or_default();
         info(t, poll.as_ref(), summary.as_ref(), &groups, Utc::now())
@@ -184,10 +158,7 @@ impl Ctx {
     /// Force-polls an enlisted target. The registry check and the poll go out
     /// together (one round trip less on the hot path); a poll answered by an
     /// agent that is not enlisted is discarded in favour of `not_enlisted`.
-    pub(super) async fn force_poll_enlisted(
-        &self,
-        name: &TargetName,
-    ) -> Result<PollReport, ApiError> {
+    pub(super) async fn force_poll_enlisted(&self, name: &TargetName) -> Result<PollReport, ApiError> {
         let (enlisted, polled) = tokio::join!(self.store.target(name), self.force_poll(name));
         enlisted?;
         polled
@@ -196,24 +167,13 @@ impl Ctx {
     /// Force-polls every selected target at once; one outcome per target,
     /// in name order. A target that is offline or slow fails alone, and
     /// holds up only its own slot.
-    pub(super) async fn force_poll_many(
-        &self,
-        select: &Selection,
-    ) -> Result<Vec<ForcePollOutcome>, ApiError> {
+    pub(super) async fn force_poll_many(&self, select: &Selection) -> Result<Vec<ForcePollOutcome>, ApiError> {
         let targets = self.resolve(select).await?;
         let mut outcomes: Vec<ForcePollOutcome> = futures::stream::iter(targets)
             .map(|target| async move {
                 match self.force_poll(&target).await {
-                    Ok(report) => ForcePollOutcome {
-                        target,
-                        report: Some(report),
-                        error: None,
-                    },
-                    Err(e) => ForcePollOutcome {
-                        target,
-                        report: None,
-                        error: Some(e),
-                    },
+                    Ok(report) => ForcePollOutcome { target, report: Some(report), error: None },
+                    Err(e) => ForcePollOutcome { target, report: None, error: Some(e) },
                 }
             })
             .buffer_unordered(CONTROL_IN_FLIGHT)
@@ -230,27 +190,16 @@ impl Ctx {
     /// `timeout` when it did not answer in time.
     pub async fn force_poll(&self, name: &TargetName) -> Result<PollReport, ApiError> {
         let reply = self.control(name, ControlOp::Poll).await?;
-        reply
-            .report
-            .ok_or_else(|| ApiError::internal("the target answered without a poll report"))
+        reply.report.ok_or_else(|| ApiError::internal("the target answered without a poll report"))
     }
 
     /// Sends a control request to a target and waits for its answer.
     ///
     /// # Errors
     /// `offline`, `timeout`, or the error the target answered with.
-    pub(super) async fn control(
-        &self,
-        name: &TargetName,
-        op: ControlOp,
-    ) -> Result<ControlReply, ApiError> {
-        let body = msg::encode(&ControlRequest {
-            v: PROTOCOL_VERSION,
-            op,
-        });
-        let request = self
-            .client
-            .request(self.config.subjects.control(name), body.into());
+    pub(super) async fn control(&self, name: &TargetName, op: ControlOp) -> Result<ControlReply, ApiError> {
+        let body = msg::encode(&ControlRequest { v: PROTOCOL_VERSION, op });
+        let request = self.client.request(self.config.subjects.control(name), body.into());
         let answer = tokio::time::timeout(self.config.force_poll_timeout, request).await;
         let message = match answer {
             Err(_) => return Err(timeout_error(name, self.config.force_poll_timeout)),
@@ -275,10 +224,7 @@ impl Ctx {
 }
 
 fn timeout_error(name: &TargetName, after: Duration) -> ApiError {
-    ApiError::new(
-        ErrorCode::Timeout,
-        format!("target '{name}' did not answer within {after:?}"),
-    )
+    ApiError::new(ErrorCode::Timeout, format!("target '{name}' did not answer within {after:?}"))
 }
 
 /// A target as `target list` and `show` tell it: its record, its latest
@@ -312,11 +258,7 @@ pub fn info(
         bad_instructions: poll.map_or(0, |p| p.report.bad_instructions),
         bad_control: poll.map_or(0, |p| p.report.bad_control),
         unread,
-        groups: groups
-            .values()
-            .filter(|g| g.members.contains(&t.name))
-            .map(|g| g.name.clone())
-            .collect(),
+        groups: groups.values().filter(|g| g.members.contains(&t.name)).map(|g| g.name.clone()).collect(),
         applied_revision: applied.map(|a| a.revision),
         published_revision: summary.map(|s| s.revision),
     }

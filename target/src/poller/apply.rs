@@ -23,9 +23,7 @@
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
-use muster_shared::desired::{
-    AppliedRecord, DocError, JobDoc, JobError, JobRef, Manifest, StartVerdict,
-};
+use muster_shared::desired::{AppliedRecord, DocError, JobDoc, JobError, JobRef, Manifest, StartVerdict};
 use muster_shared::msg::{self, Outcome, Trigger};
 use muster_shared::name::TargetName;
 use muster_shared::subject::Subjects;
@@ -79,10 +77,7 @@ impl Applier<'_> {
             Ok(m) => match m.validate(self.name) {
                 Ok(()) => return Ok(m),
                 // A manifest naming another target is not this target's to answer.
-                Err(e) => (
-                    (m.target == *self.name).then(|| m.applied()),
-                    format!("manifest refused: {e}"),
-                ),
+                Err(e) => ((m.target == *self.name).then(|| m.applied()), format!("manifest refused: {e}")),
             },
         };
         let total = count(&self.metrics.bad_instructions);
@@ -124,10 +119,7 @@ impl Applier<'_> {
         let mut waiting = false;
         for (listed, body) in fetched {
             let checked = match body {
-                None => Err(DocError::Stale {
-                    have: 0,
-                    listed: listed.revision,
-                }),
+                None => Err(DocError::Stale { have: 0, listed: listed.revision }),
                 Some(b) => msg::decode::<JobDoc>(b)
                     .map_err(|e| DocError::Invalid(format!("job document unreadable: {e}")))
                     .and_then(|doc| doc.check(self.name, listed).map(|()| doc)),
@@ -144,11 +136,7 @@ impl Applier<'_> {
                 Err(DocError::Invalid(error)) => {
                     tracing::warn!(job = %listed.name, job_id = %listed.id, error, "job refused; keeping the previous copy");
                     out.failed += 1;
-                    errors.push(JobError {
-                        job_id: listed.id,
-                        job: listed.name.clone(),
-                        error,
-                    });
+                    errors.push(JobError { job_id: listed.id, job: listed.name.clone(), error });
                 }
             }
         }
@@ -162,12 +150,7 @@ impl Applier<'_> {
         // Jobs from this master the manifest no longer lists (all of them
         // for a defected target).
         let listed: BTreeSet<Uuid> = m.jobs.iter().map(|j| j.id).collect();
-        let gone: Vec<Uuid> = self
-            .state
-            .job_revisions()
-            .into_keys()
-            .filter(|id| !listed.contains(id))
-            .collect();
+        let gone: Vec<Uuid> = self.state.job_revisions().into_keys().filter(|id| !listed.contains(id)).collect();
         for id in gone {
             tokio::task::block_in_place(|| self.state.delete_job(id))?;
             out.changed += 1;
@@ -178,10 +161,8 @@ impl Applier<'_> {
 
         let (handled_starts, handled_stops) = self.starts_and_stops(m, now, &mut out)?;
 
-        let clock = m
-            .clock
-            .filter(|c| self.state.clock_id() != Some(c.id))
-            .map(|c| (c.id, (now - c.master_time).num_milliseconds()));
+        let clock =
+            m.clock.filter(|c| self.state.clock_id() != Some(c.id)).map(|c| (c.id, (now - c.master_time).num_milliseconds()));
         tokio::task::block_in_place(|| {
             self.state.save_applied(AppliedState {
                 applied: m.applied(),
@@ -217,11 +198,7 @@ impl Applier<'_> {
     ) -> anyhow::Result<(BTreeSet<Uuid>, BTreeSet<Uuid>)> {
         let mut to_run = Vec::new();
         let mut new_starts = Vec::new();
-        for start in m
-            .starts
-            .iter()
-            .filter(|s| !self.state.start_handled(s.run_id))
-        {
+        for start in m.starts.iter().filter(|s| !self.state.start_handled(s.run_id)) {
             new_starts.push(start.run_id);
             out.changed += 1;
             if self.runner.knows_run(start.run_id) {
@@ -232,27 +209,17 @@ impl Applier<'_> {
                 (StartVerdict::Expired, _) => self.runner.record_not_run(
                     start,
                     Outcome::Expired,
-                    format!(
-                        "start read at {now}, after it expired at {}; not run",
-                        start.expires_at
-                    ),
+                    format!("start read at {now}, after it expired at {}; not run", start.expires_at),
                 )?,
                 (StartVerdict::Run, None) => self.runner.record_not_run(
                     start,
                     Outcome::Failed,
-                    format!(
-                        "job '{}' ({}) is not on this target",
-                        start.job, start.job_id
-                    ),
+                    format!("job '{}' ({}) is not on this target", start.job, start.job_id),
                 )?,
                 (StartVerdict::Run, Some(def)) => to_run.push((start, def)),
             }
         }
-        let new_stops: Vec<_> = m
-            .stops
-            .iter()
-            .filter(|s| !self.state.stop_handled(s.id))
-            .collect();
+        let new_stops: Vec<_> = m.stops.iter().filter(|s| !self.state.stop_handled(s.id)).collect();
         let stop_ids: Vec<Uuid> = new_stops.iter().map(|s| s.id).collect();
         // Saved before any of them acts: never twice.
         tokio::task::block_in_place(|| self.state.mark_handled(&new_starts, &stop_ids))?;
@@ -274,18 +241,8 @@ impl Applier<'_> {
                 tracing::info!(job = %stop.job, stop = %stop.id, "stop read after its expiry; ignored");
             }
         }
-        let starts = m
-            .starts
-            .iter()
-            .map(|s| s.run_id)
-            .filter(|id| self.state.start_handled(*id))
-            .collect();
-        let stops = m
-            .stops
-            .iter()
-            .map(|s| s.id)
-            .filter(|id| self.state.stop_handled(*id))
-            .collect();
+        let starts = m.starts.iter().map(|s| s.run_id).filter(|id| self.state.start_handled(*id)).collect();
+        let stops = m.stops.iter().map(|s| s.id).filter(|id| self.state.stop_handled(*id)).collect();
         Ok((starts, stops))
     }
 
@@ -311,9 +268,7 @@ mod tests {
 
     use chrono::TimeDelta;
     use futures::FutureExt as _;
-    use muster_shared::desired::{
-        ClockRef, DerivedState, Revision, StartEntry, StopEntry, DEFAULT_EXPIRY, MIN_EXPIRY,
-    };
+    use muster_shared::desired::{ClockRef, DerivedState, Revision, StartEntry, StopEntry, DEFAULT_EXPIRY, MIN_EXPIRY};
     use muster_shared::job::{JobDef, JobSpec};
     use muster_shared::msg::RunRecord;
 
@@ -380,12 +335,7 @@ mod tests {
             self.poll_at(m, docs, Utc::now())
         }
 
-        fn poll_at(
-            &self,
-            m: &Manifest,
-            docs: &[JobDef],
-            now: DateTime<Utc>,
-        ) -> Option<ApplyOutcome> {
+        fn poll_at(&self, m: &Manifest, docs: &[JobDef], now: DateTime<Utc>) -> Option<ApplyOutcome> {
             let m = self.applier().read(&msg::encode(m)).unwrap();
             if !m.is_news_to(self.state.desired().as_ref()) {
                 return None;
@@ -395,14 +345,7 @@ mod tests {
                 .job_changes(&held)
                 .fetch
                 .into_iter()
-                .map(|listed| {
-                    (
-                        listed,
-                        docs.iter()
-                            .find(|d| d.id == listed.id)
-                            .map(|d| msg::encode(&doc(d))),
-                    )
-                })
+                .map(|listed| (listed, docs.iter().find(|d| d.id == listed.id).map(|d| msg::encode(&doc(d)))))
                 .collect();
             let fetched = bodies.iter().map(|(l, b)| (*l, b.as_deref())).collect();
             Some(self.applier().apply(&m, fetched, now).unwrap())
@@ -415,64 +358,35 @@ mod tests {
 
         /// What the spool holds for the master, oldest first.
         fn spooled(&self) -> Vec<Entry> {
-            let mut files: Vec<_> = std::fs::read_dir(self.state.spool_dir())
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .collect();
+            let mut files: Vec<_> = std::fs::read_dir(self.state.spool_dir()).unwrap().map(|e| e.unwrap().path()).collect();
             files.sort();
-            files
-                .iter()
-                .map(|f| serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap())
-                .collect()
+            files.iter().map(|f| serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap()).collect()
         }
 
         /// The applied records spooled, oldest first.
         fn applied_records(&self) -> Vec<AppliedRecord> {
             let records = self.spooled().into_iter().filter(|e| e.kind == "applied");
-            records
-                .map(|e| msg::decode::<AppliedRecord>(e.body.as_bytes()).unwrap())
-                .collect()
+            records.map(|e| msg::decode::<AppliedRecord>(e.body.as_bytes()).unwrap()).collect()
         }
 
         /// The run records spooled for `run_id`, oldest first.
         fn runs(&self, run_id: Uuid) -> Vec<RunRecord> {
-            let records = self
-                .spooled()
-                .into_iter()
-                .filter(|e| e.kind.starts_with("run-"));
-            records
-                .map(|e| msg::decode::<RunRecord>(e.body.as_bytes()).unwrap())
-                .filter(|r| r.run_id == run_id)
-                .collect()
+            let records = self.spooled().into_iter().filter(|e| e.kind.starts_with("run-"));
+            records.map(|e| msg::decode::<RunRecord>(e.body.as_bytes()).unwrap()).filter(|r| r.run_id == run_id).collect()
         }
     }
 
     fn job(name: &str, command: &str) -> JobDef {
-        let spec = JobSpec::from_json(&format!(
-            r#"{{"name":"{name}","steps":[{{"command":"{command}"}}]}}"#
-        ))
-        .unwrap();
-        JobDef {
-            id: Uuid::now_v7(),
-            revision: 1,
-            spec,
-        }
+        let spec = JobSpec::from_json(&format!(r#"{{"name":"{name}","steps":[{{"command":"{command}"}}]}}"#)).unwrap();
+        JobDef { id: Uuid::now_v7(), revision: 1, spec }
     }
 
     fn doc(job: &JobDef) -> JobDoc {
-        JobDoc {
-            v: PROTOCOL_VERSION,
-            target: TargetName::new(TARGET).unwrap(),
-            job: job.clone(),
-        }
+        JobDoc { v: PROTOCOL_VERSION, target: TargetName::new(TARGET).unwrap(), job: job.clone() }
     }
 
     fn listed(job: &JobDef) -> JobRef {
-        JobRef {
-            id: job.id,
-            name: job.spec.name.clone(),
-            revision: job.revision,
-        }
+        JobRef { id: job.id, name: job.spec.name.clone(), revision: job.revision }
     }
 
     fn first(jobs: &[&JobDef]) -> Manifest {
@@ -485,25 +399,11 @@ mod tests {
     }
 
     fn next(m: &Manifest, jobs: &[&JobDef]) -> Manifest {
-        m.successor(
-            DerivedState::new(
-                jobs.iter().map(|j| listed(j)).collect(),
-                m.poll_interval_secs,
-                false,
-            ),
-            Utc::now(),
-        )
+        m.successor(DerivedState::new(jobs.iter().map(|j| listed(j)).collect(), m.poll_interval_secs, false), Utc::now())
     }
 
     fn start(job: &JobDef, posted_at: DateTime<Utc>, expires_in: Duration) -> StartEntry {
-        StartEntry::new(
-            Uuid::now_v7(),
-            job.id,
-            job.spec.name.clone(),
-            posted_at,
-            expires_in,
-        )
-        .unwrap()
+        StartEntry::new(Uuid::now_v7(), job.id, job.spec.name.clone(), posted_at, expires_in).unwrap()
     }
 
     fn job_ids(state: &State) -> Vec<Uuid> {
@@ -518,21 +418,10 @@ mod tests {
         let m1 = first(&[&a, &b]);
 
         let outcome = agent.poll(&m1, &[a.clone(), b.clone()]).unwrap();
-        assert_eq!(
-            outcome,
-            ApplyOutcome {
-                applied: true,
-                changed: 2,
-                failed: 0
-            }
-        );
+        assert_eq!(outcome, ApplyOutcome { applied: true, changed: 2, failed: 0 });
         assert!(agent.woke_scheduler());
         assert_eq!(agent.state.desired(), Some(m1.applied()));
-        assert_eq!(
-            agent.poll(&m1, &[]),
-            None,
-            "the same revision again: nothing to do"
-        );
+        assert_eq!(agent.poll(&m1, &[]), None, "the same revision again: nothing to do");
 
         // b goes, a moves to revision 2: only a is fetched.
         let mut a2 = a.clone();
@@ -540,20 +429,10 @@ mod tests {
         a2.spec.description = "second revision".into();
         let m2 = next(&m1, &[&a2]);
         let outcome = agent.poll(&m2, std::slice::from_ref(&a2)).unwrap();
-        assert_eq!(
-            outcome,
-            ApplyOutcome {
-                applied: true,
-                changed: 2,
-                failed: 0
-            }
-        );
+        assert_eq!(outcome, ApplyOutcome { applied: true, changed: 2, failed: 0 });
         let reopened = State::open(dir.path()).unwrap();
         assert_eq!(job_ids(&reopened), [a.id]);
-        assert_eq!(
-            reopened.job(a.id).unwrap().spec.description,
-            "second revision"
-        );
+        assert_eq!(reopened.job(a.id).unwrap().spec.description, "second revision");
         assert_eq!(reopened.desired(), Some(m2.applied()));
 
         // A lagging replica's older revision is ignored.
@@ -561,23 +440,9 @@ mod tests {
         assert_eq!(job_ids(&agent.state), [a.id]);
 
         let records = agent.applied_records();
-        assert_eq!(
-            records
-                .iter()
-                .map(|r| r.applied.revision)
-                .collect::<Vec<_>>(),
-            [Revision(1), Revision(2)]
-        );
-        assert!(
-            records
-                .iter()
-                .all(|r| r.refused.is_none() && r.errors.is_empty()),
-            "{records:?}"
-        );
-        assert_eq!(
-            agent.spooled()[1].msg_id,
-            format!("applied-web01-{}-2", m2.epoch)
-        );
+        assert_eq!(records.iter().map(|r| r.applied.revision).collect::<Vec<_>>(), [Revision(1), Revision(2)]);
+        assert!(records.iter().all(|r| r.refused.is_none() && r.errors.is_empty()), "{records:?}");
+        assert_eq!(agent.spooled()[1].msg_id, format!("applied-web01-{}-2", m2.epoch));
         assert_eq!(agent.spooled()[1].subject, "muster.result.web01.applied");
     }
 
@@ -590,37 +455,17 @@ mod tests {
         m.add_start(start(&a, Utc::now(), DEFAULT_EXPIRY)).unwrap();
 
         let outcome = agent.poll(&m, std::slice::from_ref(&a)).unwrap();
-        assert_eq!(
-            outcome,
-            ApplyOutcome {
-                applied: false,
-                changed: 1,
-                failed: 0
-            }
-        );
+        assert_eq!(outcome, ApplyOutcome { applied: false, changed: 1, failed: 0 });
         assert_eq!(agent.state.desired(), None);
         assert!(agent.applied_records().is_empty());
-        assert!(
-            !agent.runner.is_running(a.id),
-            "starts wait for the revision"
-        );
+        assert!(!agent.runner.is_running(a.id), "starts wait for the revision");
 
         // The next poll fetches only b.
         let outcome = agent.poll(&m, std::slice::from_ref(&b)).unwrap();
-        assert_eq!(
-            outcome,
-            ApplyOutcome {
-                applied: true,
-                changed: 2,
-                failed: 0
-            }
-        );
+        assert_eq!(outcome, ApplyOutcome { applied: true, changed: 2, failed: 0 });
         assert_eq!(agent.state.desired(), Some(m.applied()));
         agent.runner.shutdown(Duration::from_secs(30)).await;
-        assert_eq!(
-            agent.runs(m.starts[0].run_id).last().unwrap().outcome,
-            Outcome::Succeeded
-        );
+        assert_eq!(agent.runs(m.starts[0].run_id).last().unwrap().outcome, Outcome::Succeeded);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -636,28 +481,14 @@ mod tests {
         bad.spec.steps.clear();
         let m2 = next(&m1, &[&bad, &b]);
         let outcome = agent.poll(&m2, &[bad.clone(), b.clone()]).unwrap();
-        assert_eq!(
-            outcome,
-            ApplyOutcome {
-                applied: true,
-                changed: 1,
-                failed: 1
-            }
-        );
-        assert_eq!(
-            agent.state.job(a.id).unwrap().revision,
-            1,
-            "the previous copy stays"
-        );
+        assert_eq!(outcome, ApplyOutcome { applied: true, changed: 1, failed: 1 });
+        assert_eq!(agent.state.job(a.id).unwrap().revision, 1, "the previous copy stays");
         assert!(agent.state.job(b.id).is_some());
         let record = agent.applied_records().pop().unwrap();
         assert_eq!(record.applied, m2.applied());
         assert_eq!(record.errors.len(), 1);
         assert_eq!(record.errors[0].job_id, a.id);
-        assert!(
-            record.errors[0].error.starts_with("job refused: "),
-            "{record:?}"
-        );
+        assert!(record.errors[0].error.starts_with("job refused: "), "{record:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -672,10 +503,7 @@ mod tests {
             agent.poll(&m1, std::slice::from_ref(&j)).unwrap();
             agent.runner.shutdown(Duration::from_secs(30)).await;
             let runs = agent.runs(s.run_id);
-            assert_eq!(
-                runs.iter().map(|r| r.outcome).collect::<Vec<_>>(),
-                [Outcome::Running, Outcome::Succeeded]
-            );
+            assert_eq!(runs.iter().map(|r| r.outcome).collect::<Vec<_>>(), [Outcome::Running, Outcome::Succeeded]);
             assert_eq!(runs[1].trigger, Trigger::Manual);
             assert_eq!(runs[1].steps[0].output, "hi\n");
 
@@ -720,36 +548,17 @@ mod tests {
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].outcome, Outcome::Expired);
         assert_eq!(runs[0].job_id, j.id);
-        assert!(
-            runs[0].message.contains("after it expired"),
-            "{:?}",
-            runs[0]
-        );
-        assert_eq!(
-            agent
-                .spooled()
-                .iter()
-                .filter(|e| e.msg_id == format!("run-{}-end", late.run_id))
-                .count(),
-            1
-        );
+        assert!(runs[0].message.contains("after it expired"), "{:?}", runs[0]);
+        assert_eq!(agent.spooled().iter().filter(|e| e.msg_id == format!("run-{}-end", late.run_id)).count(), 1);
         let failed = agent.runs(unknown.run_id);
-        assert_eq!(
-            failed.iter().map(|r| r.outcome).collect::<Vec<_>>(),
-            [Outcome::Failed]
-        );
-        assert!(
-            failed[0].message.contains("is not on this target"),
-            "{failed:?}"
-        );
+        assert_eq!(failed.iter().map(|r| r.outcome).collect::<Vec<_>>(), [Outcome::Failed]);
+        assert!(failed[0].message.contains("is not on this target"), "{failed:?}");
 
         // Read again, later, by a restarted agent: still one record each, still not run.
         drop(agent);
         let agent = Agent::open(dir.path());
         let m2 = next(&m, &[&j]);
-        agent
-            .poll_at(&m2, &[], Utc::now() + TimeDelta::hours(1))
-            .unwrap();
+        agent.poll_at(&m2, &[], Utc::now() + TimeDelta::hours(1)).unwrap();
         assert_eq!(agent.runs(late.run_id).len(), 1);
         assert_eq!(agent.runs(unknown.run_id).len(), 1);
         assert!(!agent.runner.is_running(j.id));
@@ -770,15 +579,7 @@ mod tests {
         }
         let after = Agent::open(dir.path());
         let outcome = after.poll(&m, &[]).unwrap();
-        assert_eq!(
-            outcome,
-            ApplyOutcome {
-                applied: true,
-                changed: 0,
-                failed: 0
-            },
-            "nothing fetched, nothing run"
-        );
+        assert_eq!(outcome, ApplyOutcome { applied: true, changed: 0, failed: 0 }, "nothing fetched, nothing run");
         assert!(!after.runner.is_running(j.id));
         assert!(after.runs(s.run_id).is_empty());
         assert_eq!(after.state.desired(), Some(m.applied()));
@@ -797,43 +598,18 @@ mod tests {
 
         // A stop read after its expiry is ignored, though the run began before it.
         let mut m2 = next(&m1, &[&j]);
-        m2.add_stop(
-            StopEntry::new(
-                Uuid::now_v7(),
-                j.id,
-                j.spec.name.clone(),
-                Utc::now(),
-                MIN_EXPIRY,
-            )
-            .unwrap(),
-        )
-        .unwrap();
-        agent
-            .poll_at(&m2, &[], Utc::now() + TimeDelta::minutes(1))
-            .unwrap();
+        m2.add_stop(StopEntry::new(Uuid::now_v7(), j.id, j.spec.name.clone(), Utc::now(), MIN_EXPIRY).unwrap()).unwrap();
+        agent.poll_at(&m2, &[], Utc::now() + TimeDelta::minutes(1)).unwrap();
         assert!(agent.runner.is_running(j.id));
 
         let mut m3 = next(&m2, &[&j]);
-        let stop = StopEntry::new(
-            Uuid::now_v7(),
-            j.id,
-            j.spec.name.clone(),
-            Utc::now(),
-            DEFAULT_EXPIRY,
-        )
-        .unwrap();
+        let stop = StopEntry::new(Uuid::now_v7(), j.id, j.spec.name.clone(), Utc::now(), DEFAULT_EXPIRY).unwrap();
         m3.add_stop(stop.clone()).unwrap();
         agent.poll(&m3, &[]).unwrap();
-        tokio::time::timeout(
-            Duration::from_secs(20),
-            agent.runner.shutdown(Duration::from_secs(60)),
-        )
-        .await
-        .expect("the stop ended the run");
-        assert_eq!(
-            agent.runs(s.run_id).pop().unwrap().outcome,
-            Outcome::Canceled
-        );
+        tokio::time::timeout(Duration::from_secs(20), agent.runner.shutdown(Duration::from_secs(60)))
+            .await
+            .expect("the stop ended the run");
+        assert_eq!(agent.runs(s.run_id).pop().unwrap().outcome, Outcome::Canceled);
         assert!(State::open(dir.path()).unwrap().stop_handled(stop.id));
     }
 
@@ -844,10 +620,7 @@ mod tests {
         let (a, b) = (job("a", "true"), job("b", "true"));
         let mut m1 = first(&[&a, &b]);
         m1.poll_interval_secs = Some(30);
-        m1.clock = Some(ClockRef {
-            id: Uuid::from_u128(1),
-            master_time: Utc::now() - TimeDelta::seconds(5),
-        });
+        m1.clock = Some(ClockRef { id: Uuid::from_u128(1), master_time: Utc::now() - TimeDelta::seconds(5) });
         agent.poll(&m1, &[a.clone(), b.clone()]).unwrap();
         let reopened = State::open(dir.path()).unwrap();
         assert_eq!(reopened.poll_interval_secs(), Some(30));
@@ -857,15 +630,9 @@ mod tests {
         // The same clock reference in a later revision is not measured again.
         let mut m2 = next(&m1, &[&a, &b]);
         m2.poll_interval_secs = None;
-        agent
-            .poll_at(&m2, &[], Utc::now() + TimeDelta::hours(1))
-            .unwrap();
+        agent.poll_at(&m2, &[], Utc::now() + TimeDelta::hours(1)).unwrap();
         assert_eq!(agent.state.clock_skew_ms(), Some(skew));
-        assert_eq!(
-            agent.state.poll_interval_secs(),
-            None,
-            "back to the agent's own"
-        );
+        assert_eq!(agent.state.poll_interval_secs(), None, "back to the agent's own");
 
         let gone = m2.successor(DerivedState::new(Vec::new(), None, true), Utc::now());
         assert!(agent.poll(&gone, &[]).unwrap().applied);
@@ -895,22 +662,13 @@ mod tests {
         zero.poll_interval_secs = Some(0);
         let error = agent.applier().read(&msg::encode(&zero)).unwrap_err();
         assert_eq!(error, "manifest refused: poll interval 0");
-        assert_eq!(
-            agent
-                .metrics
-                .bad_instructions
-                .load(std::sync::atomic::Ordering::Relaxed),
-            3
-        );
+        assert_eq!(agent.metrics.bad_instructions.load(std::sync::atomic::Ordering::Relaxed), 3);
 
         // Only the one naming this target is answered; the jobs held stay.
         let records = agent.applied_records();
         assert_eq!(records.len(), 2);
         assert_eq!(records[1].applied, zero.applied());
-        assert_eq!(
-            records[1].refused.as_deref(),
-            Some("manifest refused: poll interval 0")
-        );
+        assert_eq!(records[1].refused.as_deref(), Some("manifest refused: poll interval 0"));
         assert_eq!(job_ids(&agent.state), [a.id]);
         assert_eq!(agent.state.desired().map(|d| d.revision), Some(Revision(1)));
     }
@@ -918,16 +676,13 @@ mod tests {
     #[test]
     fn an_agent_json_of_the_previous_design_still_reads() {
         let dir = tempfile::tempdir().unwrap();
-        let old = r#"{"applied":["00000000-0000-0000-0000-000000000001"],"poll_interval_secs":30,"clock_skew_ms":12,"defected":false}"#;
+        let old =
+            r#"{"applied":["00000000-0000-0000-0000-000000000001"],"poll_interval_secs":30,"clock_skew_ms":12,"defected":false}"#;
         std::fs::write(dir.path().join("agent.json"), old).unwrap();
         let state = State::open(dir.path()).unwrap();
         assert_eq!(state.poll_interval_secs(), Some(30));
         assert_eq!(state.clock_skew_ms(), Some(12));
-        assert_eq!(
-            state.desired(),
-            None,
-            "nothing applied yet: the first poll applies everything"
-        );
+        assert_eq!(state.desired(), None, "nothing applied yet: the first poll applies everything");
         assert!(state.run_finished_here(Uuid::from_u128(1)));
     }
 }

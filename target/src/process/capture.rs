@@ -46,13 +46,7 @@ impl OutputCapture {
     /// An empty capture that keeps at most `cap` bytes.
     pub fn new(cap: usize) -> Self {
         let head_cap = cap / 2;
-        OutputCapture {
-            head_cap,
-            tail_cap: cap - head_cap,
-            head: Vec::new(),
-            tail: VecDeque::new(),
-            total: 0,
-        }
+        OutputCapture { head_cap, tail_cap: cap - head_cap, head: Vec::new(), tail: VecDeque::new(), total: 0 }
     }
 
     /// Adds bytes to the end of the output.
@@ -119,11 +113,7 @@ pub(super) struct OutputReader {
 
 impl OutputReader {
     /// Starts reading the pipes into a capture that keeps at most `cap` bytes.
-    pub(super) fn start(
-        stdout: Option<ChildStdout>,
-        stderr: Option<ChildStderr>,
-        cap: usize,
-    ) -> Self {
+    pub(super) fn start(stdout: Option<ChildStdout>, stderr: Option<ChildStderr>, cap: usize) -> Self {
         let capture = Arc::new(Mutex::new(OutputCapture::new(cap)));
         let task = tokio::spawn(pump_output(stdout, stderr, Arc::clone(&capture)));
         OutputReader { task, capture }
@@ -141,10 +131,7 @@ impl OutputReader {
 
     /// The output read so far (see [`OutputCapture::finish`]).
     pub(super) fn finish(self) -> (String, u64) {
-        let mut guard = self
-            .capture
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut guard = self.capture.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         std::mem::replace(&mut *guard, OutputCapture::new(0)).finish()
     }
 }
@@ -157,18 +144,11 @@ impl Drop for OutputReader {
 
 /// Reads stdout and stderr at the same time, in the order data arrives, until
 /// both reach EOF (or an error).
-async fn pump_output(
-    mut stdout: Option<ChildStdout>,
-    mut stderr: Option<ChildStderr>,
-    capture: Arc<Mutex<OutputCapture>>,
-) {
+async fn pump_output(mut stdout: Option<ChildStdout>, mut stderr: Option<ChildStderr>, capture: Arc<Mutex<OutputCapture>>) {
     let mut out_buf = vec![0u8; READ_CHUNK];
     let mut err_buf = vec![0u8; READ_CHUNK];
     let push = |data: &[u8]| {
-        capture
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(data);
+        capture.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(data);
     };
     while stdout.is_some() || stderr.is_some() {
         // read() is cancel safe: data is never lost when the other branch wins.
@@ -186,10 +166,7 @@ async fn pump_output(
 }
 
 /// Reads from `reader`, or waits forever if it is closed (`None`).
-async fn read_opt<R: AsyncRead + Unpin>(
-    reader: &mut Option<R>,
-    buf: &mut [u8],
-) -> io::Result<usize> {
+async fn read_opt<R: AsyncRead + Unpin>(reader: &mut Option<R>, buf: &mut [u8]) -> io::Result<usize> {
     match reader {
         Some(r) => r.read(buf).await,
         None => std::future::pending().await,

@@ -43,10 +43,7 @@ impl ProcessGroup {
         let child = command.process_group(0).kill_on_drop(true).spawn()?;
         // process_group(0) makes the child the leader of a new group whose id
         // is its pid. The child is not reaped yet, so id() is Some here.
-        let pgid = child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .map(Pid::from_raw);
+        let pgid = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
         Ok((child, ProcessGroup { pgid }))
     }
 
@@ -65,11 +62,7 @@ impl ProcessGroup {
     /// Sends `SIGTERM` to the group. It then waits up to `grace` for the main
     /// child and every other live group member to exit, and sends `SIGKILL` to
     /// whatever is left. Returns the main child's exit status.
-    pub(super) async fn terminate(
-        &self,
-        child: &mut Child,
-        grace: Duration,
-    ) -> io::Result<ExitStatus> {
+    pub(super) async fn terminate(&self, child: &mut Child, grace: Duration) -> io::Result<ExitStatus> {
         let deadline = Instant::now() + grace;
         self.signal(Signal::SIGTERM);
         if self.pgid.is_none() {
@@ -132,10 +125,7 @@ pub fn terminate_leftovers(var: &str, value: &str, grace: Duration) -> usize {
     if found.is_empty() {
         return 0;
     }
-    tracing::warn!(
-        processes = found.len(),
-        "terminating processes left over from interrupted runs"
-    );
+    tracing::warn!(processes = found.len(), "terminating processes left over from interrupted runs");
     signal(&found, Signal::SIGTERM);
     let deadline = std::time::Instant::now() + grace;
     loop {
@@ -185,30 +175,19 @@ mod tests {
         // Its own group, like a step; the background sleep ignores SIGTERM,
         // so the grace period has to run out and SIGKILL follow.
         let mut child = std::process::Command::new("/bin/sh")
-            .args([
-                "-c",
-                "(trap '' TERM; exec sleep 300) & echo $!; exec sleep 300",
-            ])
+            .args(["-c", "(trap '' TERM; exec sleep 300) & echo $!; exec sleep 300"])
             .env("MUSTER_TEST_LEFTOVER", &run_id)
             .stdout(Stdio::piped())
             .process_group(0)
             .spawn()
             .unwrap();
         let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
         let stubborn: i32 = line.trim().parse().unwrap();
-        let mut other = std::process::Command::new("sleep")
-            .arg("300")
-            .env("MUSTER_TEST_LEFTOVER", "another-run")
-            .spawn()
-            .unwrap();
+        let mut other =
+            std::process::Command::new("sleep").arg("300").env("MUSTER_TEST_LEFTOVER", "another-run").spawn().unwrap();
 
-        let found =
-            terminate_leftovers("MUSTER_TEST_LEFTOVER", &run_id, Duration::from_millis(300));
+        let found = terminate_leftovers("MUSTER_TEST_LEFTOVER", &run_id, Duration::from_millis(300));
         assert_eq!(found, 2, "the script and its background child");
         child.wait().unwrap();
         let gone = (0..100).any(|_| {
@@ -216,16 +195,10 @@ mod tests {
             process_gone(stubborn)
         });
         assert!(gone, "the SIGTERM-ignoring child got SIGKILL");
-        assert!(
-            !process_gone(other.id() as i32),
-            "another run's process is left alone"
-        );
+        assert!(!process_gone(other.id() as i32), "another run's process is left alone");
         other.kill().unwrap();
         other.wait().unwrap();
-        assert_eq!(
-            terminate_leftovers("MUSTER_TEST_LEFTOVER", &run_id, Duration::ZERO),
-            0
-        );
+        assert_eq!(terminate_leftovers("MUSTER_TEST_LEFTOVER", &run_id, Duration::ZERO), 0);
     }
 
     fn uuid_like() -> String {

@@ -41,8 +41,7 @@ pub(super) fn processes_with_env(var: &str, value: &str) -> Vec<ProcEntry> {
     };
     all.filter(|p| p.pid != me)
         .filter(|p| {
-            std::fs::read(format!("/proc/{}/environ", p.pid))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == wanted))
+            std::fs::read(format!("/proc/{}/environ", p.pid)).is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == wanted))
         })
         .collect()
 }
@@ -77,10 +76,7 @@ mod tests {
 
     #[test]
     fn proc_stat_parsing() {
-        assert_eq!(
-            parse_proc_stat("123 (sleep) S 1 120 120 0"),
-            Some(('S', 120))
-        );
+        assert_eq!(parse_proc_stat("123 (sleep) S 1 120 120 0"), Some(('S', 120)));
         assert_eq!(parse_proc_stat("7 (a) b (c)) Z 1 99 99 0"), Some(('Z', 99)));
         assert_eq!(parse_proc_stat("garbage"), None);
     }

@@ -35,9 +35,5 @@ pub(super) async fn assert_process_gone(pid: i32) {
 
 /// The pid a test script printed on its first line.
 pub(super) fn first_line_pid(output: &str) -> i32 {
-    output
-        .lines()
-        .next()
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no pid on the first line of {output:?}"))
+    output.lines().next().and_then(|l| l.trim().parse().ok()).unwrap_or_else(|| panic!("no pid on the first line of {output:?}"))
 }

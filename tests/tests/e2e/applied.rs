@@ -25,14 +25,8 @@ fn manifest(c: &Cluster, target: &str) -> Manifest {
     block_on(async move {
         let client = options.connect(url).await.expect("connecting");
         let js = async_nats::jetstream::new(client);
-        let stream = js
-            .get_stream_no_info("MUSTER_DESIRED")
-            .await
-            .expect("the stream");
-        let m = stream
-            .direct_get_last_for_subject(subject)
-            .await
-            .expect("a manifest");
+        let stream = js.get_stream_no_info("MUSTER_DESIRED").await.expect("the stream");
+        let m = stream.direct_get_last_for_subject(subject).await.expect("a manifest");
         msg::decode(&m.payload).expect("a manifest")
     })
 }
@@ -43,28 +37,15 @@ fn publish(c: &Cluster, subject: String, body: Vec<u8>) {
     block_on(async move {
         let client = options.connect(url).await.expect("connecting");
         let js = async_nats::jetstream::new(client);
-        js.publish(subject, body.into())
-            .await
-            .expect("publish")
-            .await
-            .expect("stored");
+        js.publish(subject, body.into()).await.expect("publish").await.expect("stored");
     });
 }
 
-fn applied(
-    m: &Manifest,
-    target: &str,
-    refused: Option<&str>,
-    errors: Vec<JobError>,
-) -> AppliedRecord {
+fn applied(m: &Manifest, target: &str, refused: Option<&str>, errors: Vec<JobError>) -> AppliedRecord {
     AppliedRecord {
         v: 1,
         target: TargetName::new(target).unwrap(),
-        applied: Applied {
-            epoch: m.epoch,
-            revision: m.revision,
-            changes: m.changes,
-        },
+        applied: Applied { epoch: m.epoch, revision: m.revision, changes: m.changes },
         at: Utc::now(),
         refused: refused.map(str::to_owned),
         errors,
@@ -74,33 +55,19 @@ fn applied(
 /// `(op, status, revision)` of each download-list row of `target`.
 fn rows(c: &Cluster, target: &str) -> Vec<(String, String, u64)> {
     let rows: Vec<Value> = c.ctl_ok(&["instructions", "--target", target]);
-    rows.iter()
-        .map(|r| {
-            (
-                s(r, "op").to_owned(),
-                s(r, "status").to_owned(),
-                r["revision"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect()
+    rows.iter().map(|r| (s(r, "op").to_owned(), s(r, "status").to_owned(), r["revision"].as_u64().unwrap_or(0))).collect()
 }
 
 fn status_of(c: &Cluster, target: &str, op: &str) -> String {
-    rows(c, target)
-        .into_iter()
-        .find(|r| r.0 == op)
-        .map(|r| r.1)
-        .unwrap_or_default()
+    rows(c, target).into_iter().find(|r| r.0 == op).map(|r| r.1).unwrap_or_default()
 }
 
 #[test]
 fn applied_records_settle_rows_and_a_runs_first_record_answers_its_start() {
     let c = Cluster::with_master();
     c.ctl(&["target", "enlist", "a"]).expect("enlist");
-    c.ctl(&["job", "create", "j", "--command", "true"])
-        .expect("create");
-    c.ctl(&["job", "assign", "j", "--target", "a"])
-        .expect("assign");
+    c.ctl(&["job", "create", "j", "--command", "true"]).expect("create");
+    c.ctl(&["job", "assign", "j", "--target", "a"]).expect("assign");
     let assigned = manifest(&c, "a");
     let started: Vec<Value> = c.ctl_ok(&["job", "start", "j", "--target", "a"]);
     let run_id: Uuid = s(&started[0], "run_id").parse().expect("a run id");
@@ -109,26 +76,12 @@ fn applied_records_settle_rows_and_a_runs_first_record_answers_its_start() {
     assert_eq!(with_start.starts.len(), 1);
 
     // The target applied the assignment's revision, not yet the start's.
-    publish(
-        &c,
-        "muster.result.a.applied".into(),
-        msg::encode(&applied(&assigned, "a", None, Vec::new())),
-    );
-    wait_for("the upsert row applied", WAIT, || {
-        (status_of(&c, "a", "upsert_job") == "applied").then_some(())
-    });
-    assert_eq!(
-        status_of(&c, "a", "start_job"),
-        "pending",
-        "posted above the applied revision: unread"
-    );
+    publish(&c, "muster.result.a.applied".into(), msg::encode(&applied(&assigned, "a", None, Vec::new())));
+    wait_for("the upsert row applied", WAIT, || (status_of(&c, "a", "upsert_job") == "applied").then_some(()));
+    assert_eq!(status_of(&c, "a", "start_job"), "pending", "posted above the applied revision: unread");
 
     // A record that names another target than its subject is ignored.
-    publish(
-        &c,
-        "muster.result.b.applied".into(),
-        msg::encode(&applied(&with_start, "a", None, Vec::new())),
-    );
+    publish(&c, "muster.result.b.applied".into(), msg::encode(&applied(&with_start, "a", None, Vec::new())));
 
     // The run's first record takes the start out of the manifest.
     let job_id = with_start.starts[0].job_id;
@@ -145,73 +98,40 @@ fn applied_records_settle_rows_and_a_runs_first_record_answers_its_start() {
         message: String::new(),
         steps: Vec::new(),
     };
-    publish(
-        &c,
-        format!("muster.result.a.run.{job_id}"),
-        msg::encode(&run),
-    );
+    publish(&c, format!("muster.result.a.run.{job_id}"), msg::encode(&run));
     let answered = wait_for("the start entry removed", WAIT, || {
         let m = manifest(&c, "a");
         m.starts.is_empty().then_some(m)
     });
     assert!(answered.revision > with_start.revision);
-    assert_eq!(
-        status_of(&c, "a", "start_job"),
-        "pending",
-        "the forged record settled nothing"
-    );
+    assert_eq!(status_of(&c, "a", "start_job"), "pending", "the forged record settled nothing");
 
     // The target refuses the next revision: every row it covers fails, and
     // the target is blocked until a clean record.
-    publish(
-        &c,
-        "muster.result.a.applied".into(),
-        msg::encode(&applied(&answered, "a", Some("bad manifest"), Vec::new())),
-    );
-    wait_for("the start row failed", WAIT, || {
-        (status_of(&c, "a", "start_job") == "failed").then_some(())
-    });
+    publish(&c, "muster.result.a.applied".into(), msg::encode(&applied(&answered, "a", Some("bad manifest"), Vec::new())));
+    wait_for("the start row failed", WAIT, || (status_of(&c, "a", "start_job") == "failed").then_some(()));
     let failed: Vec<Value> = c.ctl_ok(&["instructions", "--target", "a", "--errors"]);
     assert_eq!(s(&failed[0], "error"), "bad manifest");
     let info: Value = c.ctl_ok(&["target", "show", "a"]);
     assert_eq!(s(&info, "status"), "blocked", "{info}");
 
     // A job error fails only that job's rows; a clean record unblocks.
-    c.ctl(&["job", "update", "j", "--command", "false"])
-        .expect("update");
+    c.ctl(&["job", "update", "j", "--command", "false"]).expect("update");
     let updated = manifest(&c, "a");
-    let error = JobError {
-        job_id,
-        job: JobName::new("j").unwrap(),
-        error: "cannot write".into(),
-    };
-    publish(
-        &c,
-        "muster.result.a.applied".into(),
-        msg::encode(&applied(&updated, "a", None, vec![error])),
-    );
+    let error = JobError { job_id, job: JobName::new("j").unwrap(), error: "cannot write".into() };
+    publish(&c, "muster.result.a.applied".into(), msg::encode(&applied(&updated, "a", None, vec![error])));
     wait_for("the update's row failed", WAIT, || {
-        rows(&c, "a")
-            .iter()
-            .any(|r| r.0 == "upsert_job" && r.2 == updated.revision.0 && r.1 == "failed")
-            .then_some(())
+        rows(&c, "a").iter().any(|r| r.0 == "upsert_job" && r.2 == updated.revision.0 && r.1 == "failed").then_some(())
     });
-    c.ctl(&["job", "update", "j", "--command", "true"])
-        .expect("update");
+    c.ctl(&["job", "update", "j", "--command", "true"]).expect("update");
     let fixed = manifest(&c, "a");
-    publish(
-        &c,
-        "muster.result.a.applied".into(),
-        msg::encode(&applied(&fixed, "a", None, Vec::new())),
-    );
+    publish(&c, "muster.result.a.applied".into(), msg::encode(&applied(&fixed, "a", None, Vec::new())));
     wait_for("unblocked", WAIT, || {
         let info: Value = c.ctl_ok(&["target", "show", "a"]);
         (s(&info, "status") != "blocked").then_some(())
     });
     assert!(
-        rows(&c, "a")
-            .iter()
-            .all(|r| r.1 != "pending" || r.2 > fixed.revision.0),
+        rows(&c, "a").iter().all(|r| r.1 != "pending" || r.2 > fixed.revision.0),
         "nothing at or below the applied revision stays unread: {:?}",
         rows(&c, "a")
     );

@@ -23,38 +23,17 @@ fn two_targets_run_a_job_and_history_has_both() {
     c.wait_target_online("web01");
     c.wait_target_online("web02");
 
-    let job = c.ctl(&[
-        "job",
-        "create",
-        "hello",
-        "--command",
-        "echo hello from $MUSTER_TARGET",
-        "--command",
-        "echo second",
-    ]);
+    let job = c.ctl(&["job", "create", "hello", "--command", "echo hello from $MUSTER_TARGET", "--command", "echo second"]);
     assert!(job.is_ok(), "{job:?}");
-    c.ctl(&[
-        "job", "assign", "hello", "--target", "web01", "--target", "web02",
-    ])
-    .expect("assign");
-    let polled = c
-        .ctl(&["target", "force-poll", "web01", "web02"])
-        .expect("force-poll");
+    c.ctl(&["job", "assign", "hello", "--target", "web01", "--target", "web02"]).expect("assign");
+    let polled = c.ctl(&["target", "force-poll", "web01", "web02"]).expect("force-poll");
     assert_eq!(polled.as_array().map(Vec::len), Some(2), "{polled}");
     for r in polled.as_array().unwrap() {
-        assert_eq!(
-            r["report"]["jobs"], 1,
-            "the assigned job reached the target: {r}"
-        );
+        assert_eq!(r["report"]["jobs"], 1, "the assigned job reached the target: {r}");
     }
 
     let started = c.ctl(&["job", "start", "hello"]).expect("start");
-    let states: Vec<&str> = started
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| s(d, "state"))
-        .collect();
+    let states: Vec<&str> = started.as_array().unwrap().iter().map(|d| s(d, "state")).collect();
     assert_eq!(states, ["delivered", "delivered"], "{started}");
 
     let runs = finished_runs(&c, "hello", 2);
@@ -64,19 +43,11 @@ fn two_targets_run_a_job_and_history_has_both() {
     for r in &runs {
         assert_eq!(s(r, "outcome"), "succeeded", "{r}");
         assert_eq!(s(r, "job"), "hello");
-        assert!(
-            !s(r, "run_id").is_empty()
-                && !s(r, "started_at").is_empty()
-                && !s(r, "finished_at").is_empty()
-        );
+        assert!(!s(r, "run_id").is_empty() && !s(r, "started_at").is_empty() && !s(r, "finished_at").is_empty());
         let steps = r["steps"].as_array().unwrap();
         assert_eq!(steps.len(), 2, "{r}");
         assert_eq!(steps[0]["exit_code"], 0);
-        assert_eq!(
-            s(&steps[0], "output"),
-            format!("hello from {}\n", s(r, "target")),
-            "the step got its target's name"
-        );
+        assert_eq!(s(&steps[0], "output"), format!("hello from {}\n", s(r, "target")), "the step got its target's name");
         assert_eq!(s(&steps[1], "output"), "second\n");
     }
 
@@ -94,11 +65,8 @@ fn two_targets_run_a_job_and_history_has_both() {
         WAIT,
         || {
             let targets: Vec<Value> = c.ctl_ok(&["target", "list"]);
-            (targets.len() == 2
-                && targets
-                    .iter()
-                    .all(|t| s(t, "status") == "normal" && !s(t, "last_poll").is_empty()))
-            .then_some(())
+            (targets.len() == 2 && targets.iter().all(|t| s(t, "status") == "normal" && !s(t, "last_poll").is_empty()))
+                .then_some(())
         },
         || format!("{:?}", c.ctl(&["target", "list"])),
     );
@@ -109,18 +77,9 @@ fn a_failing_command_is_recorded_with_exit_code_and_output() {
     let mut c = Cluster::with_master();
     c.start_target("web01", 60);
     c.wait_target_online("web01");
-    c.ctl(&[
-        "job",
-        "create",
-        "breaks",
-        "--command",
-        "echo about to fail; echo on stderr >&2; exit 3",
-        "--command",
-        "echo never",
-    ])
-    .expect("create");
-    c.ctl(&["job", "assign", "breaks", "--target", "web01"])
-        .expect("assign");
+    c.ctl(&["job", "create", "breaks", "--command", "echo about to fail; echo on stderr >&2; exit 3", "--command", "echo never"])
+        .expect("create");
+    c.ctl(&["job", "assign", "breaks", "--target", "web01"]).expect("assign");
     c.ctl(&["job", "start", "breaks"]).expect("start");
     let runs = finished_runs(&c, "breaks", 1);
     let r = &runs[0];
@@ -129,10 +88,7 @@ fn a_failing_command_is_recorded_with_exit_code_and_output() {
     assert_eq!(steps.len(), 1, "the second step must not run: {r}");
     assert_eq!(steps[0]["exit_code"], 3);
     let out = s(&steps[0], "output");
-    assert!(
-        out.contains("about to fail") && out.contains("on stderr"),
-        "{out}"
-    );
+    assert!(out.contains("about to fail") && out.contains("on stderr"), "{out}");
     assert!(s(r, "message").contains("exit code 3"), "{r}");
 }
 
@@ -140,22 +96,15 @@ fn a_failing_command_is_recorded_with_exit_code_and_output() {
 fn offline_target_is_reported_and_gets_its_instructions_at_first_poll() {
     let mut c = Cluster::with_master();
     c.ctl(&["target", "enlist", "late"]).expect("enlist");
-    c.ctl(&["job", "create", "waiting", "--command", "echo I ran late"])
-        .expect("create");
-    c.ctl(&["job", "assign", "waiting", "--target", "late"])
-        .expect("assign");
+    c.ctl(&["job", "create", "waiting", "--command", "echo I ran late"]).expect("create");
+    c.ctl(&["job", "assign", "waiting", "--target", "late"]).expect("assign");
 
     let err = c.ctl(&["target", "force-poll", "late"]).unwrap_err();
     assert_eq!(err.code, 5, "{err:?}");
     let human = c.ctl_raw(&["target", "force-poll", "late"], false);
-    assert!(
-        human.stdout.contains("offline") && human.stdout.contains("queued"),
-        "{human:?}"
-    );
+    assert!(human.stdout.contains("offline") && human.stdout.contains("queued"), "{human:?}");
 
-    let started = c
-        .ctl(&["job", "start", "waiting"])
-        .expect("start while offline");
+    let started = c.ctl(&["job", "start", "waiting"]).expect("start while offline");
     assert_eq!(s(&started[0], "state"), "queued", "{started}");
     let info: Value = c.ctl_ok(&["target", "show", "late"]);
     assert_eq!(info["unread"], 2, "upsert and start are queued: {info}");
@@ -169,10 +118,7 @@ fn offline_target_is_reported_and_gets_its_instructions_at_first_poll() {
         let info: Value = c.ctl_ok(&["target", "show", "late"]);
         (info["unread"] == 0).then_some(())
     });
-    assert!(
-        c.state_dir("late").join("jobs").read_dir().unwrap().count() == 1,
-        "the job is kept on disk"
-    );
+    assert!(c.state_dir("late").join("jobs").read_dir().unwrap().count() == 1, "the job is kept on disk");
 }
 
 #[test]
@@ -182,58 +128,26 @@ fn force_poll_by_group_and_all_answers_for_each_target() {
     c.start_target("web02", 3600);
     c.wait_target_online("web01");
     c.wait_target_online("web02");
-    c.ctl(&["target", "enlist", "late"])
-        .expect("enlist an offline target");
+    c.ctl(&["target", "enlist", "late"]).expect("enlist an offline target");
     c.ctl(&["group", "create", "web"]).expect("group");
-    c.ctl(&["group", "add", "web", "web01", "web02"])
-        .expect("members");
+    c.ctl(&["group", "add", "web", "web01", "web02"]).expect("members");
 
-    let polled = c
-        .ctl(&["target", "force-poll", "--group", "web"])
-        .expect("force-poll a group");
-    let names: Vec<&str> = polled
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| s(r, "target"))
-        .collect();
+    let polled = c.ctl(&["target", "force-poll", "--group", "web"]).expect("force-poll a group");
+    let names: Vec<&str> = polled.as_array().unwrap().iter().map(|r| s(r, "target")).collect();
     assert_eq!(names, ["web01", "web02"], "{polled}");
-    assert!(
-        polled
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r["report"]["target"] == r["target"]),
-        "{polled}"
-    );
+    assert!(polled.as_array().unwrap().iter().all(|r| r["report"]["target"] == r["target"]), "{polled}");
 
     // One offline target fails alone: the others' reports are there, and
     // the exit code says that not every target polled.
     let all = c.ctl_raw(&["target", "force-poll", "--all"], true);
     assert_eq!(all.code, 5, "{all:?}");
     let outcomes: Value = serde_json::from_str(&all.stdout).expect("JSON outcomes");
-    let by_name = |n: &str| {
-        outcomes
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| s(r, "target") == n)
-            .cloned()
-            .unwrap()
-    };
+    let by_name = |n: &str| outcomes.as_array().unwrap().iter().find(|r| s(r, "target") == n).cloned().unwrap();
     assert_eq!(by_name("web01")["report"]["target"], "web01", "{outcomes}");
     assert_eq!(by_name("web02")["report"]["target"], "web02", "{outcomes}");
-    assert_eq!(
-        s(&by_name("late")["error"], "code"),
-        "offline",
-        "{outcomes}"
-    );
+    assert_eq!(s(&by_name("late")["error"], "code"), "offline", "{outcomes}");
     let human = c.ctl_raw(&["target", "force-poll", "--all"], false);
-    assert!(
-        human.stdout.contains("web01: polled at")
-            && human.stdout.contains("late: target 'late' is offline"),
-        "{human:?}"
-    );
+    assert!(human.stdout.contains("web01: polled at") && human.stdout.contains("late: target 'late' is offline"), "{human:?}");
 
     let none = c.ctl_raw(&["target", "force-poll"], false);
     assert_eq!(none.code, 4, "naming nothing is refused: {none:?}");
@@ -242,8 +156,7 @@ fn force_poll_by_group_and_all_answers_for_each_target() {
 #[test]
 fn operations_on_unenlisted_targets_fail_with_not_enlisted() {
     let c = Cluster::with_master();
-    c.ctl(&["job", "create", "j", "--command", "true"])
-        .expect("create");
+    c.ctl(&["job", "create", "j", "--command", "true"]).expect("create");
     for args in [
         vec!["target", "force-poll", "ghost"],
         vec!["job", "assign", "j", "--target", "ghost"],
@@ -252,10 +165,7 @@ fn operations_on_unenlisted_targets_fail_with_not_enlisted() {
     ] {
         let out = c.ctl_raw(&args, false);
         assert_eq!(out.code, 3, "{args:?}: {out:?}");
-        assert!(
-            format!("{}{}", out.stdout, out.stderr).contains("target 'ghost' is not enlisted"),
-            "{args:?}: {out:?}"
-        );
+        assert!(format!("{}{}", out.stdout, out.stderr).contains("target 'ghost' is not enlisted"), "{args:?}: {out:?}");
     }
 }
 
@@ -279,10 +189,7 @@ fn invalid_names_are_refused_with_the_reason() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let reply = rt.block_on(async {
         let client = async_nats::connect(c.url()).await.unwrap();
-        client
-            .request("muster.api.target.enlist", r#"{"v":1,"name":"a.b"}"#.into())
-            .await
-            .unwrap()
+        client.request("muster.api.target.enlist", r#"{"v":1,"name":"a.b"}"#.into()).await.unwrap()
     });
     let v: Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(s(&v["error"], "code"), "invalid_request", "{v}");
@@ -294,16 +201,10 @@ fn restarting_the_master_loses_nothing() {
     let mut c = Cluster::with_master();
     c.start_target("web01", 60);
     c.wait_target_online("web01");
-    c.ctl(&["target", "enlist", "web02", "--location", "rack 2"])
-        .expect("enlist");
-    c.ctl(&["job", "create", "keep", "--command", "echo kept"])
-        .expect("create");
-    c.ctl(&[
-        "job", "assign", "keep", "--target", "web01", "--target", "web02",
-    ])
-    .expect("assign");
-    c.ctl(&["job", "start", "keep", "--target", "web01"])
-        .expect("start");
+    c.ctl(&["target", "enlist", "web02", "--location", "rack 2"]).expect("enlist");
+    c.ctl(&["job", "create", "keep", "--command", "echo kept"]).expect("create");
+    c.ctl(&["job", "assign", "keep", "--target", "web01", "--target", "web02"]).expect("assign");
+    c.ctl(&["job", "start", "keep", "--target", "web01"]).expect("start");
     finished_runs(&c, "keep", 1);
     let status_before: Vec<Value> = wait_for("job status", WAIT, || {
         let st: Vec<Value> = c.ctl_ok(&["job", "status", "keep"]);
@@ -317,30 +218,18 @@ fn restarting_the_master_loses_nothing() {
     wait_for_described(
         "no master: exit 6",
         WAIT,
-        || {
-            c.ctl(&["job", "list"])
-                .is_err_and(|e| e.code == 6)
-                .then_some(())
-        },
+        || c.ctl(&["job", "list"]).is_err_and(|e| e.code == 6).then_some(()),
         || format!("{:?}", c.ctl(&["job", "list"])),
     );
     c.start_master();
 
     assert_eq!(c.ctl_ok::<Value>(&["job", "list"]), jobs_before);
     let targets_after: Vec<Value> = c.ctl_ok(&["target", "list"]);
-    let names = |ts: &[Value]| {
-        ts.iter()
-            .map(|t| (s(t, "name").to_owned(), s(t, "location").to_owned()))
-            .collect::<Vec<_>>()
-    };
+    let names = |ts: &[Value]| ts.iter().map(|t| (s(t, "name").to_owned(), s(t, "location").to_owned())).collect::<Vec<_>>();
     assert_eq!(names(&targets_after), names(&targets_before));
-    assert_eq!(
-        c.ctl_ok::<Vec<Value>>(&["job", "status", "keep"]),
-        status_before
-    );
+    assert_eq!(c.ctl_ok::<Vec<Value>>(&["job", "status", "keep"]), status_before);
     // And it still works.
-    c.ctl(&["job", "start", "keep", "--target", "web01"])
-        .expect("start after restart");
+    c.ctl(&["job", "start", "keep", "--target", "web01"]).expect("start after restart");
     finished_runs(&c, "keep", 2);
 }
 

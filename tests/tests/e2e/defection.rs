@@ -22,14 +22,8 @@ fn manifest(c: &Cluster, target: &str) -> Manifest {
     block_on(async move {
         let client = options.connect(url).await.expect("connecting");
         let js = async_nats::jetstream::new(client);
-        let stream = js
-            .get_stream_no_info("MUSTER_DESIRED")
-            .await
-            .expect("the stream");
-        let m = stream
-            .direct_get_last_for_subject(subject)
-            .await
-            .expect("a manifest");
+        let stream = js.get_stream_no_info("MUSTER_DESIRED").await.expect("the stream");
+        let m = stream.direct_get_last_for_subject(subject).await.expect("a manifest");
         msg::decode(&m.payload).expect("a manifest")
     })
 }
@@ -41,10 +35,7 @@ fn agent_enlist(c: &Cluster, target: &str) -> Option<String> {
     let body = json!({"v": 1, "name": target, "instance": Uuid::new_v4()});
     block_on(async move {
         let client = options.connect(url).await.expect("connecting");
-        let reply = client
-            .request(subject, serde_json::to_vec(&body).unwrap().into())
-            .await
-            .expect("an answer");
+        let reply = client.request(subject, serde_json::to_vec(&body).unwrap().into()).await.expect("an answer");
         let v: Value = serde_json::from_slice(&reply.payload).expect("JSON");
         v["error"]["code"].as_str().map(str::to_owned)
     })
@@ -54,11 +45,7 @@ fn publish_applied(c: &Cluster, target: &str, m: &Manifest) {
     let record = AppliedRecord {
         v: 1,
         target: TargetName::new(target).unwrap(),
-        applied: Applied {
-            epoch: m.epoch,
-            revision: m.revision,
-            changes: m.changes,
-        },
+        applied: Applied { epoch: m.epoch, revision: m.revision, changes: m.changes },
         at: Utc::now(),
         refused: None,
         errors: Vec::new(),
@@ -68,40 +55,24 @@ fn publish_applied(c: &Cluster, target: &str, m: &Manifest) {
     block_on(async move {
         let client = options.connect(url).await.expect("connecting");
         let js = async_nats::jetstream::new(client);
-        js.publish(subject, msg::encode(&record).into())
-            .await
-            .expect("publish")
-            .await
-            .expect("stored");
+        js.publish(subject, msg::encode(&record).into()).await.expect("publish").await.expect("stored");
     });
 }
 
 #[test]
 fn a_defected_target_stays_out_until_an_operator_enlists_it() {
     let c = Cluster::with_master();
-    c.ctl(&["job", "create", "j", "--command", "true"])
-        .expect("create");
+    c.ctl(&["job", "create", "j", "--command", "true"]).expect("create");
 
     // Forced: no record, the manifest alone says defected.
     assert_eq!(agent_enlist(&c, "gone"), None, "an agent enlists itself");
-    c.ctl(&["job", "assign", "j", "--target", "gone"])
-        .expect("assign");
-    c.ctl(&["target", "defect", "gone", "--force"])
-        .expect("forced defect");
+    c.ctl(&["job", "assign", "j", "--target", "gone"]).expect("assign");
+    c.ctl(&["target", "defect", "gone", "--force"]).expect("forced defect");
     assert_eq!(c.ctl(&["target", "show", "gone"]).unwrap_err().code, 3);
     assert!(manifest(&c, "gone").defected);
-    assert_eq!(
-        agent_enlist(&c, "gone").as_deref(),
-        Some("defected"),
-        "a returning agent stays out"
-    );
-    assert_eq!(
-        c.ctl(&["target", "show", "gone"]).unwrap_err().code,
-        3,
-        "and is not enlisted by trying"
-    );
-    c.ctl(&["target", "enlist", "gone"])
-        .expect("the operator brings it back");
+    assert_eq!(agent_enlist(&c, "gone").as_deref(), Some("defected"), "a returning agent stays out");
+    assert_eq!(c.ctl(&["target", "show", "gone"]).unwrap_err().code, 3, "and is not enlisted by trying");
+    c.ctl(&["target", "enlist", "gone"]).expect("the operator brings it back");
     assert!(!manifest(&c, "gone").defected);
     assert_eq!(agent_enlist(&c, "gone"), None, "its agent enlists again");
 
@@ -113,25 +84,13 @@ fn a_defected_target_stays_out_until_an_operator_enlists_it() {
     let info: Value = c.ctl_ok(&["target", "show", "told"]);
     assert_eq!(s(&info, "status"), "defected", "{info}");
     let list: Vec<Value> = c.ctl_ok(&["target", "list"]);
-    assert!(
-        list.iter()
-            .any(|t| s(t, "name") == "told" && s(t, "status") == "defected"),
-        "{list:?}"
-    );
+    assert!(list.iter().any(|t| s(t, "name") == "told" && s(t, "status") == "defected"), "{list:?}");
     assert_eq!(agent_enlist(&c, "told").as_deref(), Some("defected"));
     let m = manifest(&c, "told");
     assert!(m.defected);
     publish_applied(&c, "told", &m);
-    wait_for("the defected record gone", WAIT, || {
-        c.ctl(&["target", "show", "told"])
-            .is_err_and(|e| e.code == 3)
-            .then_some(())
-    });
-    assert_eq!(
-        agent_enlist(&c, "told").as_deref(),
-        Some("defected"),
-        "still out without its record"
-    );
+    wait_for("the defected record gone", WAIT, || c.ctl(&["target", "show", "told"]).is_err_and(|e| e.code == 3).then_some(()));
+    assert_eq!(agent_enlist(&c, "told").as_deref(), Some("defected"), "still out without its record");
     c.ctl(&["target", "enlist", "told"]).expect("enlist again");
     let info: Value = c.ctl_ok(&["target", "show", "told"]);
     assert_ne!(s(&info, "status"), "defected", "{info}");

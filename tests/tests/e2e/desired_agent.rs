@@ -143,7 +143,9 @@ fn a_defected_agent_restarted_stays_out() {
     c.ctl(&["target", "defect", "d1"]).expect("defect");
     assert!(manifest(&c, "d1").1.defected, "the manifest says so");
     force_poll_raw(&c, "d1");
-    wait_for("the defection applied", WAIT, || (jobs_on_disk(&c, "d1") == 0 && agent_json(&c, "d1")["defected"] == true).then_some(()));
+    wait_for("the defection applied", WAIT, || {
+        (jobs_on_disk(&c, "d1") == 0 && agent_json(&c, "d1")["defected"] == true).then_some(())
+    });
 
     // Restarted, the agent reads its manifest first and does not enlist
     // itself: had it asked, the master would have enlisted it again and

@@ -17,14 +17,8 @@ fn manifest(c: &Cluster, target: &str) -> Manifest {
     block_on(async move {
         let client = options.connect(url).await.expect("connecting");
         let js = async_nats::jetstream::new(client);
-        let stream = js
-            .get_stream_no_info("MUSTER_DESIRED")
-            .await
-            .expect("the stream");
-        let m = stream
-            .direct_get_last_for_subject(subject)
-            .await
-            .expect("a manifest");
+        let stream = js.get_stream_no_info("MUSTER_DESIRED").await.expect("the stream");
+        let m = stream.direct_get_last_for_subject(subject).await.expect("a manifest");
         msg::decode(&m.payload).expect("a manifest")
     })
 }
@@ -35,10 +29,7 @@ fn raw_api(c: &Cluster, op: &str, body: Value) -> Value {
     let subject = format!("muster.api.{op}");
     block_on(async move {
         let client = options.connect(url).await.expect("connecting");
-        let reply = client
-            .request(subject, serde_json::to_vec(&body).unwrap().into())
-            .await
-            .expect("an answer");
+        let reply = client.request(subject, serde_json::to_vec(&body).unwrap().into()).await.expect("an answer");
         serde_json::from_slice(&reply.payload).expect("JSON")
     })
 }
@@ -47,10 +38,8 @@ fn raw_api(c: &Cluster, op: &str, body: Value) -> Value {
 fn expiry_reaches_the_manifest_and_bad_values_are_refused_before_posting() {
     let c = Cluster::with_master();
     c.ctl(&["target", "enlist", "a"]).expect("enlist");
-    c.ctl(&["job", "create", "j", "--command", "true"])
-        .expect("create");
-    c.ctl(&["job", "assign", "j", "--target", "a"])
-        .expect("assign");
+    c.ctl(&["job", "create", "j", "--command", "true"]).expect("create");
+    c.ctl(&["job", "assign", "j", "--target", "a"]).expect("assign");
     let before = manifest(&c, "a").revision;
 
     for args in [
@@ -61,34 +50,21 @@ fn expiry_reaches_the_manifest_and_bad_values_are_refused_before_posting() {
     ] {
         let out = c.ctl_raw(&args, false);
         assert_eq!(out.code, 4, "{args:?}: {out:?}");
-        assert!(
-            out.stderr.contains("--expires") && out.stderr.contains("10s"),
-            "{out:?}"
-        );
+        assert!(out.stderr.contains("--expires") && out.stderr.contains("10s"), "{out:?}");
     }
     // The master checks too (an older or another client).
-    let answer = raw_api(
-        &c,
-        "job.start",
-        json!({"v": 1, "job": "j", "targets": ["a"], "expires_secs": 1}),
-    );
+    let answer = raw_api(&c, "job.start", json!({"v": 1, "job": "j", "targets": ["a"], "expires_secs": 1}));
     assert_eq!(answer["error"]["code"], "invalid_request", "{answer}");
     assert_eq!(manifest(&c, "a").revision, before, "nothing was posted");
 
     // The target is offline: the start and the stop wait in its manifest.
-    c.ctl_raw(
-        &["job", "start", "j", "--target", "a", "--expires", "10m"],
-        false,
-    );
+    c.ctl_raw(&["job", "start", "j", "--target", "a", "--expires", "10m"], false);
     let m = manifest(&c, "a");
     assert_eq!(m.starts.len(), 1);
     let waits = m.starts[0].expires_at - m.starts[0].posted_at;
     assert_eq!(waits.to_std().unwrap(), Duration::from_secs(600));
 
-    c.ctl_raw(
-        &["job", "stop", "j", "--target", "a", "--expires", "2h"],
-        false,
-    );
+    c.ctl_raw(&["job", "stop", "j", "--target", "a", "--expires", "2h"], false);
     let m = manifest(&c, "a");
     assert_eq!(m.stops.len(), 1);
     let waits = m.stops[0].expires_at - m.stops[0].posted_at;
@@ -98,8 +74,5 @@ fn expiry_reaches_the_manifest_and_bad_values_are_refused_before_posting() {
     c.ctl_raw(&["job", "start", "j", "--target", "a"], false);
     let m = manifest(&c, "a");
     let newest = m.starts.iter().max_by_key(|s| s.posted_at).unwrap();
-    assert_eq!(
-        (newest.expires_at - newest.posted_at).to_std().unwrap(),
-        Duration::from_secs(3600)
-    );
+    assert_eq!((newest.expires_at - newest.posted_at).to_std().unwrap(), Duration::from_secs(3600));
 }

@@ -35,19 +35,15 @@ fn lines(path: &Path) -> usize {
 }
 
 fn wait_lines(path: &Path, n: usize) {
-    wait_for(&format!("{n} runs in {}", path.display()), WAIT, || {
-        (lines(path) >= n).then_some(())
-    });
+    wait_for(&format!("{n} runs in {}", path.display()), WAIT, || (lines(path) >= n).then_some(()));
 }
 
 /// Creates `job` ticking on `target`, and waits for its first runs.
 fn start_ticker(c: &Cluster, job: &str, target: &str) -> PathBuf {
     let out = c.dir.path().join(format!("{job}.ticks"));
     c.create_job_file(&ticker(job, &out)).expect("create");
-    c.ctl(&["job", "assign", job, "--target", target])
-        .expect("assign");
-    c.ctl(&["target", "force-poll", target])
-        .expect("force-poll");
+    c.ctl(&["job", "assign", job, "--target", target]).expect("assign");
+    c.ctl(&["target", "force-poll", target]).expect("force-poll");
     wait_lines(&out, 2);
     out
 }
@@ -64,10 +60,7 @@ struct Tally {
 
 impl Tally {
     fn print(&self) {
-        println!(
-            "TALLY {}: {}, end records stored {}",
-            self.scenario, self.runs, self.stored
-        );
+        println!("TALLY {}: {}, end records stored {}", self.scenario, self.runs, self.stored);
     }
 
     /// Prints the tally, then fails on anything wrong with it.
@@ -94,27 +87,15 @@ fn stored_ends(c: &Cluster, target: &str, job: &str) -> usize {
 fn settle(c: &Cluster, scenario: &str, job: &str, target: &str, out: &Path) -> Tally {
     c.ctl(&["job", "disable", job]).expect("disable");
     let (runs, history) = tally::settle(c, job, &[target], out, Duration::from_secs(90));
-    let tally = Tally {
-        scenario: scenario.to_owned(),
-        runs,
-        stored: stored_ends(c, target, job),
-        history: history.len(),
-    };
+    let tally = Tally { scenario: scenario.to_owned(), runs, stored: stored_ends(c, target, job), history: history.len() };
     tally.check(c);
     // Job status caught up: it shows the newest record (a run, or a fire
     // skipped during it), finished.
     let newest = history.last().expect("runs");
-    let want = (
-        s(newest, "run_id").to_owned(),
-        s(newest, "outcome").to_owned(),
-    );
+    let want = (s(newest, "run_id").to_owned(), s(newest, "outcome").to_owned());
     let status = || -> Option<Vec<(String, String)>> {
         let st: Vec<Value> = serde_json::from_value(c.ctl(&["job", "status", job]).ok()?).ok()?;
-        Some(
-            st.iter()
-                .map(|x| (s(x, "run_id").to_owned(), s(x, "outcome").to_owned()))
-                .collect(),
-        )
+        Some(st.iter().map(|x| (s(x, "run_id").to_owned(), s(x, "outcome").to_owned())).collect())
     };
     wait_for_described(
         "job status to show the newest run",
@@ -147,19 +128,13 @@ fn nats_server_killed_and_restarted_loses_and_duplicates_nothing() {
         c.start_target(t, 60);
         c.wait_target_online(t);
     }
-    let outs = [
-        start_ticker(&c, "tick-n1", "n1"),
-        start_ticker(&c, "tick-n2", "n2"),
-    ];
+    let outs = [start_ticker(&c, "tick-n1", "n1"), start_ticker(&c, "tick-n2", "n2")];
 
     c.nats.kill();
     for out in &outs {
         wait_lines(out, lines(out) + 4); // runs while NATS is down: spooled
     }
-    assert!(
-        spooled(&c, "n1") + spooled(&c, "n2") > 0,
-        "results were spooled while NATS was down"
-    );
+    assert!(spooled(&c, "n1") + spooled(&c, "n2") > 0, "results were spooled while NATS was down");
     c.nats.restart();
     for out in &outs {
         wait_lines(out, lines(out) + 2);
@@ -170,9 +145,7 @@ fn nats_server_killed_and_restarted_loses_and_duplicates_nothing() {
 
 /// Records waiting in a target's spool right now.
 fn spooled(c: &Cluster, target: &str) -> usize {
-    std::fs::read_dir(c.state_dir(target).join("spool"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    std::fs::read_dir(c.state_dir(target).join("spool")).map(|d| d.count()).unwrap_or(0)
 }
 
 #[test]
@@ -189,10 +162,7 @@ fn target_cut_off_past_the_dedup_window_delivers_everything_once() {
     proxy.cut();
     let at_cut = lines(&out);
     wait_lines(&out, at_cut + 6);
-    assert!(
-        spooled(&c, "cut1") > 0,
-        "results were spooled while cut off"
-    );
+    assert!(spooled(&c, "cut1") > 0, "results were spooled while cut off");
     proxy.restore();
     wait_lines(&out, lines(&out) + 2);
 
@@ -211,17 +181,8 @@ fn target_cut_off_past_the_dedup_window_delivers_everything_once() {
     });
     proxy.restore();
     println!("TALLY cut-off: {copies} extra copies stored by replays beyond the window");
-    let t = settle(
-        &c,
-        "cut off past the dedup window",
-        "tick-cut",
-        "cut1",
-        &out,
-    );
-    assert!(
-        t.stored > t.history,
-        "an end record was stored twice, history shows it once: {t:?}"
-    );
+    let t = settle(&c, "cut off past the dedup window", "tick-cut", "cut1", &out);
+    assert!(t.stored > t.history, "an end record was stored twice, history shows it once: {t:?}");
 }
 
 /// A target killed while applying a new revision (its job documents half
@@ -329,11 +290,7 @@ fn master_drains_a_backlog_and_a_kill_mid_drain_loses_and_duplicates_nothing() {
                     let mut h = async_nats::HeaderMap::new();
                     h.insert("Nats-Msg-Id", format!("run-{run_id}-{phase}").as_str());
                     let subject = format!("muster.result.{target}.run.{job_id}");
-                    acks.push(
-                        js.publish_with_headers(subject, h, body.to_string().into())
-                            .await
-                            .unwrap(),
-                    );
+                    acks.push(js.publish_with_headers(subject, h, body.to_string().into()).await.unwrap());
                 }
                 // At most a few thousand acks in flight: the context
                 // back-pressures beyond that until they are awaited.
@@ -361,10 +318,7 @@ fn master_drains_a_backlog_and_a_kill_mid_drain_loses_and_duplicates_nothing() {
     });
     c.masters[1].kill();
     println!("killed the master mid-drain at {at_kill:?} of {total}");
-    assert!(
-        at_kill.acked < total,
-        "the kill came before the drain finished: {at_kill:?}"
-    );
+    assert!(at_kill.acked < total, "the kill came before the drain finished: {at_kill:?}");
 
     let started = std::time::Instant::now();
     c.start_master();
@@ -372,10 +326,7 @@ fn master_drains_a_backlog_and_a_kill_mid_drain_loses_and_duplicates_nothing() {
         let st = c.consumer_state("MUSTER_RESULTS", "master");
         (st.pending == 0 && st.ack_pending == 0).then_some(())
     });
-    println!(
-        "TALLY backlog: drained {total} records after restart in {:?}",
-        started.elapsed()
-    );
+    println!("TALLY backlog: drained {total} records after restart in {:?}", started.elapsed());
 
     // Job status: every target shows its newest run, finished.
     let url = c.url();
@@ -384,25 +335,14 @@ fn master_drains_a_backlog_and_a_kill_mid_drain_loses_and_duplicates_nothing() {
         let kv = js.get_key_value("muster-jobstatus").await.unwrap();
         let mut wrong = Vec::new();
         for (target, run_id) in &last {
-            let v: Value = serde_json::from_slice(
-                &kv.get(format!("{job_id}.{target}"))
-                    .await
-                    .unwrap()
-                    .expect("status"),
-            )
-            .unwrap();
+            let v: Value = serde_json::from_slice(&kv.get(format!("{job_id}.{target}")).await.unwrap().expect("status")).unwrap();
             if s(&v, "run_id") != run_id.to_string() || s(&v, "outcome") != "succeeded" {
                 wrong.push(v);
             }
         }
         wrong
     });
-    assert!(
-        wrong.is_empty(),
-        "{} of {TARGETS} statuses are not the newest run: {:?}",
-        wrong.len(),
-        &wrong[..wrong.len().min(3)]
-    );
+    assert!(wrong.is_empty(), "{} of {TARGETS} statuses are not the newest run: {:?}", wrong.len(), &wrong[..wrong.len().min(3)]);
     // Every run published is in history once, succeeded, and nothing else.
     let history: Vec<Value> = c.ctl_ok(&["history", "--job", "backlog"]);
     let t = Tally {
@@ -416,11 +356,7 @@ fn master_drains_a_backlog_and_a_kill_mid_drain_loses_and_duplicates_nothing() {
         history: history.len(),
     };
     t.check(&c);
-    assert_eq!(
-        (t.runs.happened, t.runs.recorded, t.history),
-        (TARGETS * RUNS, TARGETS * RUNS, TARGETS * RUNS),
-        "{t:?}"
-    );
+    assert_eq!((t.runs.happened, t.runs.recorded, t.history), (TARGETS * RUNS, TARGETS * RUNS, TARGETS * RUNS), "{t:?}");
 }
 
 #[test]
@@ -430,22 +366,16 @@ fn master_and_target_start_before_nats_and_connect_when_it_comes() {
     c.spawn_master();
     c.start_target("early", 60);
     wait_for("both processes started without NATS", WAIT, || {
-        (c.masters[0].log_text().contains("starting")
-            && c.target("early").log_text().contains("agent starting"))
-        .then_some(())
+        (c.masters[0].log_text().contains("starting") && c.target("early").log_text().contains("agent starting")).then_some(())
     });
     assert!(c.masters[0].is_running() && c.target("early").is_running());
     c.nats.restart();
     wait_for("the master's API", WAIT, || c.ctl(&["target", "list"]).ok());
     c.wait_target_online("early");
-    c.ctl(&["job", "create", "late-nats", "--command", "echo up"])
-        .expect("create");
-    c.ctl(&["job", "assign", "late-nats", "--target", "early"])
-        .expect("assign");
+    c.ctl(&["job", "create", "late-nats", "--command", "echo up"]).expect("create");
+    c.ctl(&["job", "assign", "late-nats", "--target", "early"]).expect("assign");
     c.ctl(&["job", "start", "late-nats"]).expect("start");
-    wait_for("the run", WAIT, || {
-        (c.finished_runs("late-nats").len() == 1).then_some(())
-    });
+    wait_for("the run", WAIT, || (c.finished_runs("late-nats").len() == 1).then_some(()));
 }
 
 // ---- bad input -------------------------------------------------------------------
@@ -488,49 +418,29 @@ fn garbage_on_every_subject_is_refused_and_the_system_keeps_working() {
         for (subject, body) in [
             ("muster.api.job.create", malformed.clone()),
             ("muster.api.job.create", br#"{"v":99,"spec":{}}"#.to_vec()),
-            (
-                "muster.api.job.create",
-                br#"{"v":1,"nonsense":true}"#.to_vec(),
-            ),
-            (
-                "muster.api.agent.g1.enlist",
-                br#"{"v":1,"name":"g2"}"#.to_vec(),
-            ),
+            ("muster.api.job.create", br#"{"v":1,"nonsense":true}"#.to_vec()),
+            ("muster.api.agent.g1.enlist", br#"{"v":1,"name":"g2"}"#.to_vec()),
             ("muster.api.job.create", oversized()),
         ] {
-            let m = client
-                .request(subject, body.into())
-                .await
-                .expect("an answer");
+            let m = client.request(subject, body.into()).await.expect("an answer");
             let v: Value = serde_json::from_slice(&m.payload).unwrap();
             api_errors.push(s(&v["error"], "code").to_owned());
         }
         // An op that does not exist has no endpoint: the requester hears so at once.
-        let unknown = client
-            .request("muster.api.job.frobnicate", "{\"v\":1}".into())
-            .await;
+        let unknown = client.request("muster.api.job.frobnicate", "{\"v\":1}".into()).await;
         assert!(unknown.is_err_and(|e| e.kind() == async_nats::RequestErrorKind::NoResponders));
 
         // Control: each bad request is answered with an error.
         let mut control_errors = Vec::new();
-        for body in [
-            malformed.clone(),
-            br#"{"v":99,"op":"poll"}"#.to_vec(),
-            br#"{"v":1,"op":"frobnicate"}"#.to_vec(),
-            oversized(),
-        ] {
-            let m = client
-                .request("muster.target.g1.control", body.into())
-                .await
-                .expect("an answer");
+        for body in
+            [malformed.clone(), br#"{"v":99,"op":"poll"}"#.to_vec(), br#"{"v":1,"op":"frobnicate"}"#.to_vec(), oversized()]
+        {
+            let m = client.request("muster.target.g1.control", body.into()).await.expect("an answer");
             let v: Value = serde_json::from_slice(&m.payload).unwrap();
             control_errors.push(s(&v["error"], "code").to_owned());
         }
         // Without a reply subject there is no one to answer: logged and counted.
-        client
-            .publish("muster.target.g1.control", malformed.clone().into())
-            .await
-            .unwrap();
+        client.publish("muster.target.g1.control", malformed.clone().into()).await.unwrap();
         client.flush().await.unwrap();
 
         // Desired state: garbage as g1's manifest, one at a time (the stream
@@ -551,7 +461,8 @@ fn garbage_on_every_subject_is_refused_and_the_system_keeps_working() {
                 Err(_) => false,
             };
             if stored {
-                let polled = client.request("muster.target.g1.control", r#"{"v":1,"op":"poll"}"#.into()).await.expect("an answer");
+                let polled =
+                    client.request("muster.target.g1.control", r#"{"v":1,"op":"poll"}"#.into()).await.expect("an answer");
                 let v: Value = serde_json::from_slice(&polled.payload).unwrap();
                 assert_eq!(v["report"]["failed"], 1, "the manifest was refused: {v}");
             } else {
@@ -560,24 +471,13 @@ fn garbage_on_every_subject_is_refused_and_the_system_keeps_working() {
         }
         let sends: Vec<(String, Vec<u8>)> = vec![
             (format!("muster.result.g1.run.{job_id}"), malformed.clone()),
-            (
-                format!("muster.result.g1.run.{job_id}"),
-                br#"{"v":99}"#.to_vec(),
-            ),
+            (format!("muster.result.g1.run.{job_id}"), br#"{"v":99}"#.to_vec()),
             (format!("muster.result.g1.run.{job_id}"), run("g2", job_id)),
-            (
-                format!("muster.result.g1.run.{job_id}"),
-                run("g1", uuid::Uuid::new_v4()),
-            ),
+            (format!("muster.result.g1.run.{job_id}"), run("g1", uuid::Uuid::new_v4())),
             (format!("muster.result.g1.run.{job_id}"), oversized()),
             ("muster.result.g1.instr".into(), malformed.clone()),
             ("muster.result.g1.instr".into(), br#"{"v":99}"#.to_vec()),
-            (
-                "muster.result.g1.instr".into(),
-                json!({"v":1,"target":"g2","outcomes":[]})
-                    .to_string()
-                    .into_bytes(),
-            ),
+            ("muster.result.g1.instr".into(), json!({"v":1,"target":"g2","outcomes":[]}).to_string().into_bytes()),
             ("muster.result.g1.instr".into(), oversized()),
         ];
         for (subject, body) in sends {
@@ -591,45 +491,17 @@ fn garbage_on_every_subject_is_refused_and_the_system_keeps_working() {
         }
         (api_errors, control_errors, refused)
     });
-    assert_eq!(
-        api_errors,
-        [
-            "invalid_request",
-            "bad_version",
-            "invalid_request",
-            "invalid_request",
-            "invalid_request"
-        ]
-    );
-    assert_eq!(
-        control_errors,
-        [
-            "invalid_request",
-            "bad_version",
-            "invalid_request",
-            "invalid_request"
-        ]
-    );
-    assert_eq!(
-        refused, 3,
-        "the three oversized stream messages are refused by the streams"
-    );
+    assert_eq!(api_errors, ["invalid_request", "bad_version", "invalid_request", "invalid_request", "invalid_request"]);
+    assert_eq!(control_errors, ["invalid_request", "bad_version", "invalid_request", "invalid_request"]);
+    assert_eq!(refused, 3, "the three oversized stream messages are refused by the streams");
 
     // The API counted them (service stats).
     let stats = block_on(async {
         let client = async_nats::connect(c.url()).await.unwrap();
-        client
-            .request("$SRV.STATS.muster", "".into())
-            .await
-            .unwrap()
+        client.request("$SRV.STATS.muster", "".into()).await.unwrap()
     });
     let stats: Value = serde_json::from_slice(&stats.payload).unwrap();
-    let bad_requests = stats["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["data"]["bad_requests"].as_u64())
-        .max();
+    let bad_requests = stats["endpoints"].as_array().unwrap().iter().filter_map(|e| e["data"]["bad_requests"].as_u64()).max();
     assert!(bad_requests >= Some(5), "{stats}");
 
     // The master terminates the bad results.
@@ -658,47 +530,25 @@ fn garbage_on_every_subject_is_refused_and_the_system_keeps_working() {
     // (The poll report goes out in the background, after the poll.)
     wait_for("the counts in the poll report", WAIT, || {
         let shown = c.ctl(&["target", "show", "g1"]).ok()?;
-        ((
-            shown["bad_instructions"].as_u64(),
-            shown["bad_control"].as_u64(),
-        ) == (Some(4), Some(5)))
-            .then_some(())
+        ((shown["bad_instructions"].as_u64(), shown["bad_control"].as_u64()) == (Some(4), Some(5))).then_some(())
     });
     let human = c.ctl_raw(&["target", "show", "g1"], false);
-    assert!(
-        human
-            .stdout
-            .contains("refused 4 bad instruction(s) and 5 bad control request(s)"),
-        "{human:?}"
-    );
+    assert!(human.stdout.contains("refused 4 bad instruction(s) and 5 bad control request(s)"), "{human:?}");
     let master_log = c.masters[0].log.clone();
     wait_for_described(
         "the master to log every refused result",
         WAIT,
         || {
             let log = read(&master_log);
-            (log.contains("bad_results=7")
-                && log.contains(&format!("muster.result.g1.run.{job_id}")))
-            .then_some(())
+            (log.contains("bad_results=7") && log.contains(&format!("muster.result.g1.run.{job_id}"))).then_some(())
         },
         || read(&master_log),
     );
-    assert!(
-        c.history("forged").is_empty(),
-        "forged run records stay out of history"
-    );
+    assert!(c.history("forged").is_empty(), "forged run records stay out of history");
 
     // And the system still completes a normal job.
-    c.ctl(&[
-        "job",
-        "create",
-        "after-garbage",
-        "--command",
-        "echo still here",
-    ])
-    .expect("create");
-    c.ctl(&["job", "assign", "after-garbage", "--target", "g1"])
-        .expect("assign");
+    c.ctl(&["job", "create", "after-garbage", "--command", "echo still here"]).expect("create");
+    c.ctl(&["job", "assign", "after-garbage", "--target", "g1"]).expect("assign");
     c.ctl(&["job", "start", "after-garbage"]).expect("start");
     let runs = wait_for("a normal run", WAIT, || {
         let r = c.finished_runs("after-garbage");
@@ -723,16 +573,9 @@ fn the_target_healthcheck_fails_while_polls_do_not_reach_nats() {
     let mut c = Cluster::with_master();
     c.start_target("hc1", 1);
     c.wait_target_online("hc1");
-    wait_for("a healthy agent", WAIT, || {
-        target_healthcheck(&c, "hc1").status.success().then_some(())
-    });
-    let last_poll =
-        std::fs::read_to_string(c.state_dir("hc1").join("last-poll")).expect("last-poll");
-    assert_eq!(
-        last_poll.split_whitespace().nth(1),
-        Some("1"),
-        "the poll interval is recorded: {last_poll}"
-    );
+    wait_for("a healthy agent", WAIT, || target_healthcheck(&c, "hc1").status.success().then_some(()));
+    let last_poll = std::fs::read_to_string(c.state_dir("hc1").join("last-poll")).expect("last-poll");
+    assert_eq!(last_poll.split_whitespace().nth(1), Some("1"), "the poll interval is recorded: {last_poll}");
 
     c.nats.kill();
     let sick = wait_for("the healthcheck to fail", WAIT, || {
@@ -740,15 +583,10 @@ fn the_target_healthcheck_fails_while_polls_do_not_reach_nats() {
         (!out.status.success()).then_some(out)
     });
     let said = String::from_utf8_lossy(&sick.stdout);
-    assert!(
-        said.contains("the last poll that reached NATS was"),
-        "{said}"
-    );
+    assert!(said.contains("the last poll that reached NATS was"), "{said}");
 
     c.nats.restart();
-    wait_for("healthy again once NATS is back", WAIT, || {
-        target_healthcheck(&c, "hc1").status.success().then_some(())
-    });
+    wait_for("healthy again once NATS is back", WAIT, || target_healthcheck(&c, "hc1").status.success().then_some(()));
 }
 
 /// Starts a master that reaches NATS through `proxy`, and waits for its API.
@@ -790,7 +628,8 @@ fn master_killed_before_publishing_every_agent_converges_nothing_runs_twice() {
     let tick = json!({"name": "tick", "steps": [{"command": format!("echo tick >> '{}/tick.'$MUSTER_TARGET", dir.display())}],
         "schedules": [{"name": "every-second", "every_secs": 1}]});
     c.create_job_file(&tick.to_string()).expect("create tick");
-    c.ctl(&["job", "create", "once", "--command", &format!("echo $MUSTER_RUN_ID >> '{}/once.'$MUSTER_TARGET", dir.display())]).expect("create once");
+    c.ctl(&["job", "create", "once", "--command", &format!("echo $MUSTER_RUN_ID >> '{}/once.'$MUSTER_TARGET", dir.display())])
+        .expect("create once");
     c.ctl(&["job", "assign", "once", "--target", "a1", "--target", "a2"]).expect("assign once");
 
     // (a) Assigned, nothing published: the master dies after the record write.

@@ -52,11 +52,7 @@ fn publish(c: &Cluster, records: &[RunRecord]) {
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("Nats-Msg-Id", r.msg_id().as_str());
                 let subject = subjects.result_run(&r.target, r.job_id);
-                acks.push(
-                    js.publish_with_headers(subject, headers, msg::encode(r).into())
-                        .await
-                        .expect("publish"),
-                );
+                acks.push(js.publish_with_headers(subject, headers, msg::encode(r).into()).await.expect("publish"));
             }
             for a in acks {
                 a.await.expect("stored");
@@ -68,14 +64,10 @@ fn publish(c: &Cluster, records: &[RunRecord]) {
 /// Waits until the master's consumer has handled every record.
 fn wait_drained(c: &Cluster) {
     let results = Subjects::default().results_stream();
-    wait_for(
-        "the master to drain the results stream",
-        Duration::from_secs(120),
-        || {
-            let s = c.consumer_state(&results, muster_shared::streams::MASTER_CONSUMER);
-            (s.pending == 0 && s.ack_pending == 0).then_some(())
-        },
-    );
+    wait_for("the master to drain the results stream", Duration::from_secs(120), || {
+        let s = c.consumer_state(&results, muster_shared::streams::MASTER_CONSUMER);
+        (s.pending == 0 && s.ack_pending == 0).then_some(())
+    });
 }
 
 /// The peak resident memory of a process (`VmHWM`), in MiB.
@@ -94,8 +86,7 @@ fn peak_rss_mib(pid: i32) -> u64 {
 fn runs(c: &Cluster, args: &[&str]) -> (Vec<Seen>, String) {
     let out = c.ctl_raw(args, true);
     assert_eq!(out.code, 0, "musterctl {args:?} failed: {}", out.stderr);
-    let seen =
-        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("musterctl {args:?}: {e}"));
+    let seen = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("musterctl {args:?}: {e}"));
     (seen, out.stderr)
 }
 
@@ -104,34 +95,23 @@ fn six_hundred_large_records_are_read_whole_and_drained_in_little_memory() {
     const RECORDS: usize = 600;
     const OUTPUT: usize = 700 * 1024;
     let mut c = Cluster::with_master();
-    c.ctl(&["job", "create", "big", "--command", "true"])
-        .expect("create");
+    c.ctl(&["job", "create", "big", "--command", "true"]).expect("create");
     // A backlog while the master is down: the restarted master drains it all.
     c.masters[0].kill();
     let job_id = Uuid::nil();
-    let records: Vec<RunRecord> = (0..RECORDS)
-        .map(|i| record(&format!("h{:02}", i % 3), "big", job_id, OUTPUT))
-        .collect();
+    let records: Vec<RunRecord> = (0..RECORDS).map(|i| record(&format!("h{:02}", i % 3), "big", job_id, OUTPUT)).collect();
     publish(&c, &records);
     c.start_master();
     let master = c.masters.last().expect("a master").pid();
     wait_drained(&c);
     let peak = peak_rss_mib(master);
     eprintln!("master peak RSS while draining {RECORDS} records of {OUTPUT} B: {peak} MiB");
-    assert!(
-        peak < 150,
-        "the master reached {peak} MiB draining {RECORDS} records of {OUTPUT} B"
-    );
+    assert!(peak < 150, "the master reached {peak} MiB draining {RECORDS} records of {OUTPUT} B");
 
     // Everything, or a loud failure: never exit 0 with fewer.
     let (all, _) = runs(&c, &["history"]);
     let ids: HashSet<Uuid> = all.iter().map(|r| r.run_id).collect();
-    assert_eq!(
-        ids.len(),
-        RECORDS,
-        "history returned {} of {RECORDS} runs",
-        ids.len()
-    );
+    assert_eq!(ids.len(), RECORDS, "history returned {} of {RECORDS} runs", ids.len());
     assert!(all.iter().all(|r| r.outcome == "succeeded"));
 
     // The runs recorded last, oldest first.
@@ -145,50 +125,26 @@ fn six_hundred_large_records_are_read_whole_and_drained_in_little_memory() {
     let out = c.ctl_raw(&["run", "show", &id], true);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let shown: Seen = serde_json::from_str(&out.stdout).expect("a run");
-    assert_eq!(
-        (shown.run_id, shown.target.as_str()),
-        (probe.run_id, probe.target.as_str())
-    );
-    assert!(
-        !out.stderr.contains("not in the run index"),
-        "found without the index: {}",
-        out.stderr
-    );
+    assert_eq!((shown.run_id, shown.target.as_str()), (probe.run_id, probe.target.as_str()));
+    assert!(!out.stderr.contains("not in the run index"), "found without the index: {}", out.stderr);
     let (url, options) = (c.url(), c.connect_options());
     block_on(async move {
         let js = jetstream::new(options.connect(url).await.expect("connect"));
-        let index = js
-            .get_key_value(Subjects::default().bucket(Bucket::Runs))
-            .await
-            .expect("run index");
-        assert!(
-            index.get(&id).await.expect("index read").is_some(),
-            "run {id} was indexed"
-        );
+        let index = js.get_key_value(Subjects::default().bucket(Bucket::Runs)).await.expect("run index");
+        assert!(index.get(&id).await.expect("index read").is_some(), "run {id} was indexed");
         index.delete(&id).await.expect("delete the entry");
     });
     let out = c.ctl_raw(&["run", "show", &probe.run_id.to_string()], true);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let shown: Seen = serde_json::from_str(&out.stdout).expect("a run");
     assert_eq!(shown.run_id, probe.run_id);
-    assert!(
-        out.stderr.contains("not in the run index"),
-        "the fallback says so: {}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("not in the run index"), "the fallback says so: {}", out.stderr);
 
     // No master: history still reads.
     c.masters[0].kill();
     let (last, _) = runs(&c, &["history", "--limit", "5", "--target", "h01"]);
-    let want: Vec<Uuid> = records
-        .iter()
-        .filter(|r| r.target.as_str() == "h01")
-        .map(|r| r.run_id)
-        .collect();
-    assert_eq!(
-        last.iter().map(|r| r.run_id).collect::<Vec<_>>(),
-        want[want.len() - 5..]
-    );
+    let want: Vec<Uuid> = records.iter().filter(|r| r.target.as_str() == "h01").map(|r| r.run_id).collect();
+    assert_eq!(last.iter().map(|r| r.run_id).collect::<Vec<_>>(), want[want.len() - 5..]);
     let out = c.ctl_raw(&["run", "show", &Uuid::now_v7().to_string()], true);
     assert_eq!(out.code, 3, "an unknown run is not found (exit 3): {out:?}");
 }
@@ -196,31 +152,16 @@ fn six_hundred_large_records_are_read_whole_and_drained_in_little_memory() {
 #[test]
 fn limited_reads_match_the_whole_read() {
     let c = Cluster::with_master();
-    let created = c
-        .ctl(&["job", "create", "often", "--command", "true"])
-        .expect("create");
-    let often: Uuid = created["id"]
-        .as_str()
-        .expect("job id")
-        .parse()
-        .expect("uuid");
-    c.ctl(&["job", "create", "rare", "--command", "true"])
-        .expect("create rare");
-    let rare: Uuid = c.ctl(&["job", "show", "rare"]).expect("show")["id"]
-        .as_str()
-        .expect("id")
-        .parse()
-        .expect("uuid");
+    let created = c.ctl(&["job", "create", "often", "--command", "true"]).expect("create");
+    let often: Uuid = created["id"].as_str().expect("job id").parse().expect("uuid");
+    c.ctl(&["job", "create", "rare", "--command", "true"]).expect("create rare");
+    let rare: Uuid = c.ctl(&["job", "show", "rare"]).expect("show")["id"].as_str().expect("id").parse().expect("uuid");
     // Mostly `often` on three targets, a start and an end per run; `rare`
     // on w2 now and then, so its recent runs sit far apart in the stream.
     let mut records = Vec::new();
     for i in 0..3000 {
         let target = format!("w{}", i % 3);
-        let (job, id) = if i % 400 == 7 && target == "w1" {
-            ("rare", rare)
-        } else {
-            ("often", often)
-        };
+        let (job, id) = if i % 400 == 7 && target == "w1" { ("rare", rare) } else { ("often", often) };
         let mut r = record(&target, job, id, 10);
         let end = r.clone();
         r.outcome = msg::Outcome::Running;
@@ -231,38 +172,18 @@ fn limited_reads_match_the_whole_read() {
     let (all, _) = runs(&c, &["history"]);
     assert_eq!(all.len(), 3000);
     let last_ids = |f: &dyn Fn(&RunRecord) -> bool, n: usize| -> Vec<Uuid> {
-        let ids: Vec<Uuid> = records
-            .iter()
-            .filter(|r| r.outcome.is_final() && f(r))
-            .map(|r| r.run_id)
-            .collect();
+        let ids: Vec<Uuid> = records.iter().filter(|r| r.outcome.is_final() && f(r)).map(|r| r.run_id).collect();
         ids[ids.len().saturating_sub(n)..].to_vec()
     };
     let w1 = TargetName::new("w1").expect("name");
     for (args, want) in [
         (vec!["history", "--limit", "20"], last_ids(&|_| true, 20)),
-        (
-            vec!["history", "--limit", "3", "--target", "w1"],
-            last_ids(&|r| r.target == w1, 3),
-        ),
-        (
-            vec!["history", "--limit", "4", "--job", "rare", "--target", "w1"],
-            last_ids(&|r| r.job_id == rare, 4),
-        ),
-        (
-            vec!["history", "--limit", "100", "--job", "rare"],
-            last_ids(&|r| r.job_id == rare, 100),
-        ),
+        (vec!["history", "--limit", "3", "--target", "w1"], last_ids(&|r| r.target == w1, 3)),
+        (vec!["history", "--limit", "4", "--job", "rare", "--target", "w1"], last_ids(&|r| r.job_id == rare, 4)),
+        (vec!["history", "--limit", "100", "--job", "rare"], last_ids(&|r| r.job_id == rare, 100)),
     ] {
         let (got, _) = runs(&c, &args);
-        assert_eq!(
-            got.iter().map(|r| r.run_id).collect::<Vec<_>>(),
-            want,
-            "{args:?}"
-        );
-        assert!(
-            got.iter().all(|r| r.outcome == "succeeded"),
-            "{args:?}: the end wins"
-        );
+        assert_eq!(got.iter().map(|r| r.run_id).collect::<Vec<_>>(), want, "{args:?}");
+        assert!(got.iter().all(|r| r.outcome == "succeeded"), "{args:?}: the end wins");
     }
 }

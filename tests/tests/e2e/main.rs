@@ -4,14 +4,14 @@
 
 mod applied;
 mod cluster;
+mod core_loop;
 mod defection;
 mod desired;
-mod core_loop;
 mod desired_agent;
-mod operator;
-mod jobs;
 mod expiry;
 mod faults;
-mod security;
 mod history;
+mod jobs;
+mod operator;
+mod security;
 mod upgrade;

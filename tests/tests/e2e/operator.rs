@@ -17,26 +17,17 @@ fn rows(c: &Cluster, target: &str) -> Vec<Value> {
 
 /// `(op, status)` of each row of a target's download list.
 fn ops(c: &Cluster, target: &str) -> Vec<(String, String)> {
-    rows(c, target)
-        .iter()
-        .map(|r| (s(r, "op").to_owned(), s(r, "status").to_owned()))
-        .collect()
+    rows(c, target).iter().map(|r| (s(r, "op").to_owned(), s(r, "status").to_owned())).collect()
 }
 
 fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter()
-        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
-        .collect()
+    list.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
 }
 
 /// Force-polls a target and returns how many jobs from the master it holds.
 fn jobs_held(c: &Cluster, target: &str) -> u64 {
-    let polled = c
-        .ctl(&["target", "force-poll", target])
-        .expect("force-poll");
-    polled[0]["report"]["jobs"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no report: {polled}"))
+    let polled = c.ctl(&["target", "force-poll", target]).expect("force-poll");
+    polled[0]["report"]["jobs"].as_u64().unwrap_or_else(|| panic!("no report: {polled}"))
 }
 
 fn jobs_on_disk(c: &Cluster, target: &str) -> usize {
@@ -57,87 +48,49 @@ fn group_membership_changes_post_the_right_instructions() {
     c.wait_target_online("web02");
 
     c.ctl(&["group", "create", "web"]).expect("group create");
-    assert_eq!(
-        c.ctl(&["group", "create", "web"]).unwrap_err().code,
-        7,
-        "a second group of the same name"
-    );
+    assert_eq!(c.ctl(&["group", "create", "web"]).unwrap_err().code, 7, "a second group of the same name");
     let ghost = c.ctl_raw(&["group", "add", "web", "ghost"], false);
     assert_eq!(ghost.code, 3, "{ghost:?}");
-    assert!(
-        ghost.stderr.contains("target 'ghost' is not enlisted"),
-        "{ghost:?}"
-    );
+    assert!(ghost.stderr.contains("target 'ghost' is not enlisted"), "{ghost:?}");
     c.ctl(&["group", "add", "web", "web01"]).expect("group add");
-    c.ctl(&["job", "create", "nightly", "--command", "echo hi"])
-        .expect("job create");
-    c.ctl(&["job", "assign", "nightly", "--group", "web"])
-        .expect("assign to the group");
+    c.ctl(&["job", "create", "nightly", "--command", "echo hi"]).expect("job create");
+    c.ctl(&["job", "assign", "nightly", "--group", "web"]).expect("assign to the group");
     assert_eq!(ops(&c, "web01"), pairs(&[("upsert_job", "pending")]));
     assert!(ops(&c, "web02").is_empty(), "web02 is not in the group");
     assert_eq!(jobs_held(&c, "web01"), 1);
     assert_eq!(jobs_held(&c, "web02"), 0);
-    wait_for("web01's upsert applied", WAIT, || {
-        (ops(&c, "web01") == pairs(&[("upsert_job", "applied")])).then_some(())
-    });
+    wait_for("web01's upsert applied", WAIT, || (ops(&c, "web01") == pairs(&[("upsert_job", "applied")])).then_some(()));
 
     // Joining the group posts the group's jobs.
-    c.ctl(&["group", "add", "web", "web02"])
-        .expect("group add web02");
+    c.ctl(&["group", "add", "web", "web02"]).expect("group add web02");
     assert_eq!(ops(&c, "web02"), pairs(&[("upsert_job", "pending")]));
     assert_eq!(jobs_held(&c, "web02"), 1);
     assert_eq!(jobs_on_disk(&c, "web02"), 1);
 
     // A job update reaches every member.
-    c.ctl(&["job", "update", "nightly", "--command", "echo changed"])
-        .expect("job update");
+    c.ctl(&["job", "update", "nightly", "--command", "echo changed"]).expect("job update");
     for t in ["web01", "web02"] {
-        assert_eq!(
-            ops(&c, t).last().expect("rows"),
-            &("upsert_job".to_owned(), "pending".to_owned()),
-            "{t}"
-        );
+        assert_eq!(ops(&c, t).last().expect("rows"), &("upsert_job".to_owned(), "pending".to_owned()), "{t}");
     }
 
     // Assigned directly as well: leaving the group must not delete the job.
-    c.ctl(&[
-        "job", "assign", "nightly", "--target", "web01", "--group", "web",
-    ])
-    .expect("mixed assign");
+    c.ctl(&["job", "assign", "nightly", "--target", "web01", "--group", "web"]).expect("mixed assign");
     let before = ops(&c, "web01").len();
-    c.ctl(&["group", "remove", "web", "web01"])
-        .expect("group remove web01");
-    assert_eq!(
-        ops(&c, "web01").len(),
-        before,
-        "nothing posted to web01: {:?}",
-        ops(&c, "web01")
-    );
+    c.ctl(&["group", "remove", "web", "web01"]).expect("group remove web01");
+    assert_eq!(ops(&c, "web01").len(), before, "nothing posted to web01: {:?}", ops(&c, "web01"));
     assert_eq!(jobs_held(&c, "web01"), 1);
 
     // Leaving the group deletes the job from a target that reached it only that way.
-    c.ctl(&["group", "remove", "web", "web02"])
-        .expect("group remove web02");
-    assert_eq!(
-        ops(&c, "web02").last().expect("rows"),
-        &("delete_job".to_owned(), "pending".to_owned())
-    );
+    c.ctl(&["group", "remove", "web", "web02"]).expect("group remove web02");
+    assert_eq!(ops(&c, "web02").last().expect("rows"), &("delete_job".to_owned(), "pending".to_owned()));
     assert_eq!(jobs_held(&c, "web02"), 0);
     assert_eq!(jobs_on_disk(&c, "web02"), 0);
 
     // A group a job uses cannot be deleted; the error says what to do.
     let refused = c.ctl_raw(&["group", "delete", "web"], false);
     assert_eq!(refused.code, 7, "{refused:?}");
-    assert!(
-        refused
-            .stderr
-            .contains("musterctl job unassign nightly --group web"),
-        "{refused:?}"
-    );
-    c.ctl(&[
-        "job", "unassign", "nightly", "--target", "web01", "--group", "web",
-    ])
-    .expect("unassign");
+    assert!(refused.stderr.contains("musterctl job unassign nightly --group web"), "{refused:?}");
+    c.ctl(&["job", "unassign", "nightly", "--target", "web01", "--group", "web"]).expect("unassign");
     assert_eq!(ops(&c, "web01").last().expect("rows").0, "delete_job");
     assert_eq!(jobs_held(&c, "web01"), 0);
     c.ctl(&["group", "delete", "web"]).expect("group delete");
@@ -149,33 +102,19 @@ fn group_membership_changes_post_the_right_instructions() {
 fn resync_republishes_the_whole_state_and_the_target_applies_it_once() {
     let mut c = Cluster::with_master();
     c.ctl(&["target", "enlist", "late"]).expect("enlist");
-    c.ctl(&["job", "create", "keep", "--command", "echo kept"])
-        .expect("create keep");
-    c.ctl(&["job", "create", "gone", "--command", "echo gone"])
-        .expect("create gone");
-    c.ctl(&["job", "assign", "keep", "--target", "late"])
-        .expect("assign keep");
-    c.ctl(&["job", "assign", "gone", "--target", "late"])
-        .expect("assign gone");
-    c.ctl(&["job", "start", "keep"])
-        .expect("start while offline");
-    c.ctl(&["job", "unassign", "gone", "--target", "late"])
-        .expect("unassign gone");
+    c.ctl(&["job", "create", "keep", "--command", "echo kept"]).expect("create keep");
+    c.ctl(&["job", "create", "gone", "--command", "echo gone"]).expect("create gone");
+    c.ctl(&["job", "assign", "keep", "--target", "late"]).expect("assign keep");
+    c.ctl(&["job", "assign", "gone", "--target", "late"]).expect("assign gone");
+    c.ctl(&["job", "start", "keep"]).expect("start while offline");
+    c.ctl(&["job", "unassign", "gone", "--target", "late"]).expect("unassign gone");
     let pending: Vec<Value> = c.ctl_ok(&["instructions", "--target", "late", "--pending"]);
-    assert_eq!(
-        pending.len(),
-        4,
-        "upsert, upsert, start, delete: {pending:?}"
-    );
+    assert_eq!(pending.len(), 4, "upsert, upsert, start, delete: {pending:?}");
 
     // Resync drops nothing: a new revision carries the whole state, the
     // waiting start included; a second one changes nothing but the revision.
     let posted: Vec<Value> = c.ctl_ok(&["target", "resync", "late"]);
-    assert_eq!(
-        posted[0]["ops"],
-        json!(["delete_all_jobs", "upsert_job"]),
-        "{posted:?}"
-    );
+    assert_eq!(posted[0]["ops"], json!(["delete_all_jobs", "upsert_job"]), "{posted:?}");
     assert_eq!(posted[0]["dropped"], 0, "{posted:?}");
     let info: Value = c.ctl_ok(&["target", "show", "late"]);
     assert_eq!(info["unread"], 6, "nothing applied yet: {info}");
@@ -203,31 +142,18 @@ fn set_poll_is_validated_and_takes_effect_at_the_next_poll() {
     c.start_target("web01", 2);
     c.wait_target_online("web01");
     for (args, why) in [
-        (
-            vec!["target", "set-poll", "web01", "5"],
-            "outside 10..=28800",
-        ),
-        (
-            vec!["target", "set-poll", "web01", "28801"],
-            "outside 10..=28800",
-        ),
-        (
-            vec!["target", "set-poll", "web01", "soon"],
-            "not a number of seconds",
-        ),
+        (vec!["target", "set-poll", "web01", "5"], "outside 10..=28800"),
+        (vec!["target", "set-poll", "web01", "28801"], "outside 10..=28800"),
+        (vec!["target", "set-poll", "web01", "soon"], "not a number of seconds"),
         (vec!["target", "set-poll", "30"], "name at least one target"),
     ] {
         let out = c.ctl_raw(&args, false);
         assert_eq!(out.code, 4, "{args:?}: {out:?}");
         assert!(out.stderr.contains(why), "{args:?}: {out:?}");
     }
-    assert!(
-        ops(&c, "web01").is_empty(),
-        "nothing posted by refused requests"
-    );
+    assert!(ops(&c, "web01").is_empty(), "nothing posted by refused requests");
 
-    c.ctl(&["target", "set-poll", "web01", "30"])
-        .expect("set-poll");
+    c.ctl(&["target", "set-poll", "web01", "30"]).expect("set-poll");
     // No force-poll: the agent's own next poll (2 s) downloads it.
     wait_for("the new interval reported", Duration::from_secs(15), || {
         let t: Value = c.ctl_ok(&["target", "show", "web01"]);
@@ -250,12 +176,7 @@ fn set_poll_is_validated_and_takes_effect_at_the_next_poll() {
     jobs_held(&c, "web01");
     // The poll report is stored in the background, after the poll.
     let interval = || c.ctl_ok::<Value>(&["target", "show", "web01"])["poll_interval_secs"].clone();
-    wait_for_described(
-        "the last set-poll reported",
-        WAIT,
-        || (interval() == 50).then_some(()),
-        || interval().to_string(),
-    );
+    wait_for_described("the last set-poll reported", WAIT, || (interval() == 50).then_some(()), || interval().to_string());
 }
 
 #[test]
@@ -263,23 +184,14 @@ fn a_stopped_target_becomes_suspected_offline() {
     let mut c = Cluster::with_master();
     c.start_target("web01", 1);
     c.wait_target_online("web01");
-    wait_for("web01 normal", WAIT, || {
-        (status_of(&c, "web01") == "normal").then_some(())
-    });
+    wait_for("web01 normal", WAIT, || (status_of(&c, "web01") == "normal").then_some(()));
     c.target("web01").kill();
     wait_for("web01 suspected_offline", Duration::from_secs(15), || {
         (status_of(&c, "web01") == "suspected_offline").then_some(())
     });
     let status: Value = c.ctl_ok(&["status"]);
-    assert_eq!(
-        status["summary"]["targets_by_status"]["suspected_offline"], 1,
-        "{status}"
-    );
-    assert_eq!(
-        s(&status["summary"]["attention"][0], "name"),
-        "web01",
-        "{status}"
-    );
+    assert_eq!(status["summary"]["targets_by_status"]["suspected_offline"], 1, "{status}");
+    assert_eq!(s(&status["summary"]["attention"][0], "name"), "web01", "{status}");
     let human = c.ctl_raw(&["target", "list"], false);
     assert!(human.stdout.contains("suspected_offline"), "{human:?}");
 
@@ -318,15 +230,9 @@ fn a_refused_job_shows_its_error_and_blocks_the_target_until_a_clean_poll() {
         let doc = stream.direct_get_last_for_subject(subject.clone()).await.unwrap();
         let mut bad: Value = serde_json::from_slice(&doc.payload).unwrap();
         bad["target"] = json!("web02");
-        js.publish(subject, bad.to_string().into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        js.publish(subject, bad.to_string().into()).await.unwrap().await.unwrap();
     });
-    let polled = c
-        .ctl(&["target", "force-poll", "web01"])
-        .expect("force-poll");
+    let polled = c.ctl(&["target", "force-poll", "web01"]).expect("force-poll");
     assert_eq!(polled[0]["report"]["failed"], 1, "{polled}");
 
     let errors: Vec<Value> = wait_for("the failure in the download list", WAIT, || {
@@ -334,17 +240,9 @@ fn a_refused_job_shows_its_error_and_blocks_the_target_until_a_clean_poll() {
         (!e.is_empty()).then_some(e)
     });
     assert_eq!(errors.len(), 1, "{errors:?}");
-    assert_eq!(
-        (s(&errors[0], "op"), s(&errors[0], "status")),
-        ("upsert_job", "failed")
-    );
-    assert!(
-        s(&errors[0], "error").contains("names target 'web02'"),
-        "{errors:?}"
-    );
-    wait_for("web01 blocked", WAIT, || {
-        (status_of(&c, "web01") == "blocked").then_some(())
-    });
+    assert_eq!((s(&errors[0], "op"), s(&errors[0], "status")), ("upsert_job", "failed"));
+    assert!(s(&errors[0], "error").contains("names target 'web02'"), "{errors:?}");
+    wait_for("web01 blocked", WAIT, || (status_of(&c, "web01") == "blocked").then_some(()));
     let human = c.ctl_raw(&["instructions", "--errors"], false);
     assert!(human.stdout.contains("names target 'web02'"), "{human:?}");
 
@@ -360,10 +258,7 @@ fn a_refused_job_shows_its_error_and_blocks_the_target_until_a_clean_poll() {
         || format!("{:?}", c.ctl(&["status"])),
     );
     assert_eq!(status["summary"]["failed_instructions"], 1, "{status}");
-    assert_eq!(
-        status["summary"]["targets_by_status"]["blocked"], 1,
-        "{status}"
-    );
+    assert_eq!(status["summary"]["targets_by_status"]["blocked"], 1, "{status}");
     let human = wait_for_described(
         "human status to see the master",
         WAIT,
@@ -393,12 +288,8 @@ fn defection_from_the_master_by_the_target_itself_and_forced() {
     c.start_target("web02", 3600);
     c.wait_target_online("web01");
     c.wait_target_online("web02");
-    c.ctl(&["job", "create", "j", "--command", "true"])
-        .expect("create");
-    c.ctl(&[
-        "job", "assign", "j", "--target", "web01", "--target", "web02",
-    ])
-    .expect("assign");
+    c.ctl(&["job", "create", "j", "--command", "true"]).expect("create");
+    c.ctl(&["job", "assign", "j", "--target", "web01", "--target", "web02"]).expect("assign");
     c.ctl(&["group", "create", "g"]).expect("group");
     c.ctl(&["group", "add", "g", "web01"]).expect("group add");
     assert_eq!(jobs_held(&c, "web01"), 1);
@@ -407,11 +298,7 @@ fn defection_from_the_master_by_the_target_itself_and_forced() {
     // Defected by the master: the target deletes its jobs; its record goes
     // when it reports the defection applied.
     c.ctl(&["target", "defect", "web01"]).expect("defect");
-    wait_for("web01's record removed", WAIT, || {
-        c.ctl(&["target", "show", "web01"])
-            .is_err_and(|e| e.code == 3)
-            .then_some(())
-    });
+    wait_for("web01's record removed", WAIT, || c.ctl(&["target", "show", "web01"]).is_err_and(|e| e.code == 3).then_some(()));
     assert_eq!(jobs_on_disk(&c, "web01"), 0);
     let job: Value = c.ctl_ok(&["job", "show", "j"]);
     assert_eq!(job["targets"], json!(["web02"]), "{job}");
@@ -427,10 +314,7 @@ fn defection_from_the_master_by_the_target_itself_and_forced() {
     let ask = |subject: &str, body: &str| -> Value {
         rt.block_on(async {
             let client = async_nats::connect(c.url()).await.unwrap();
-            let reply = client
-                .request(subject.to_owned(), body.to_owned().into())
-                .await
-                .unwrap();
+            let reply = client.request(subject.to_owned(), body.to_owned().into()).await.unwrap();
             serde_json::from_slice(&reply.payload).unwrap()
         })
     };
@@ -443,23 +327,14 @@ fn defection_from_the_master_by_the_target_itself_and_forced() {
         .output()
         .expect("muster-target --defect");
     assert!(own.status.success(), "{own:?}");
-    assert!(
-        String::from_utf8_lossy(&own.stdout).contains("defection requested"),
-        "{own:?}"
-    );
-    wait_for("web02's record removed", WAIT, || {
-        c.ctl(&["target", "show", "web02"])
-            .is_err_and(|e| e.code == 3)
-            .then_some(())
-    });
+    assert!(String::from_utf8_lossy(&own.stdout).contains("defection requested"), "{own:?}");
+    wait_for("web02's record removed", WAIT, || c.ctl(&["target", "show", "web02"]).is_err_and(|e| e.code == 3).then_some(()));
     assert_eq!(jobs_on_disk(&c, "web02"), 0);
 
     // Forced: a target gone for good, with instructions still queued.
     c.ctl(&["target", "enlist", "gone"]).expect("enlist gone");
-    c.ctl(&["job", "assign", "j", "--target", "gone"])
-        .expect("assign gone");
-    c.ctl(&["target", "defect", "gone", "--force"])
-        .expect("forced defect");
+    c.ctl(&["job", "assign", "j", "--target", "gone"]).expect("assign gone");
+    c.ctl(&["target", "defect", "gone", "--force"]).expect("forced defect");
     assert_eq!(c.ctl(&["target", "show", "gone"]).unwrap_err().code, 3);
     assert_eq!(ops(&c, "gone"), pairs(&[("upsert_job", "dropped")]));
     // Its manifest stays behind, saying defected, so a returning agent
@@ -491,21 +366,12 @@ fn a_name_held_by_another_running_agent_is_refused() {
         cmd.env("NATS_URL", c.url())
             .args(["--name", "web01", "--poll-interval", "3600", "--state-dir"])
             .arg(c.dir.path().join(format!("state-impostor-{n}")));
-        Proc::spawn(
-            "second web01",
-            cmd,
-            c.dir.path().join(format!("impostor-{n}.log")),
-        )
+        Proc::spawn("second web01", cmd, c.dir.path().join(format!("impostor-{n}.log")))
     };
     let mut impostor = second(&c, 1);
-    wait_for("the second agent to give up", WAIT, || {
-        (!impostor.is_running()).then_some(())
-    });
+    wait_for("the second agent to give up", WAIT, || (!impostor.is_running()).then_some(()));
     let log = impostor.log_text();
-    assert!(
-        log.contains("already enlisted by another running agent"),
-        "{log}"
-    );
+    assert!(log.contains("already enlisted by another running agent"), "{log}");
     assert!(log.contains("stop that agent first"), "{log}");
     assert_eq!(status_of(&c, "web01"), "normal");
 
@@ -523,54 +389,33 @@ fn job_start_wait_follows_the_runs_and_exits_8_on_failure() {
     c.start_target("web02", 3600);
     c.wait_target_online("web01");
     c.wait_target_online("web02");
-    c.ctl(&["job", "create", "ok", "--command", "sleep 1; echo done"])
-        .expect("create ok");
-    c.ctl(&[
-        "job", "assign", "ok", "--target", "web01", "--target", "web02",
-    ])
-    .expect("assign ok");
+    c.ctl(&["job", "create", "ok", "--command", "sleep 1; echo done"]).expect("create ok");
+    c.ctl(&["job", "assign", "ok", "--target", "web01", "--target", "web02"]).expect("assign ok");
     let out = c.ctl_raw(&["job", "start", "ok", "--wait"], false);
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(
-        out.stdout.contains("web01: succeeded") && out.stdout.contains("web02: succeeded"),
-        "{out:?}"
-    );
+    assert!(out.stdout.contains("web01: succeeded") && out.stdout.contains("web02: succeeded"), "{out:?}");
     assert!(out.stdout.ends_with("2 of 2 succeeded\n"), "{out:?}");
 
     let json: Vec<Value> = c.ctl_ok(&["job", "start", "ok", "--target", "web02", "--wait"]);
     assert_eq!(json.len(), 1, "{json:?}");
     assert_eq!(s(&json[0], "state"), "succeeded", "{json:?}");
 
-    c.ctl(&["job", "create", "bad", "--command", "exit 2"])
-        .expect("create bad");
-    c.ctl(&["job", "assign", "bad", "--target", "web01"])
-        .expect("assign bad");
+    c.ctl(&["job", "create", "bad", "--command", "exit 2"]).expect("create bad");
+    c.ctl(&["job", "assign", "bad", "--target", "web01"]).expect("assign bad");
     let out = c.ctl_raw(&["job", "start", "bad", "--wait"], false);
     assert_eq!(out.code, 8, "{out:?}");
     assert!(out.stdout.contains("web01: failed"), "{out:?}");
-    assert!(
-        out.stderr.contains("did not succeed")
-            && out.stderr.contains("musterctl history --job bad"),
-        "{out:?}"
-    );
+    assert!(out.stderr.contains("did not succeed") && out.stderr.contains("musterctl history --job bad"), "{out:?}");
     let status: Value = c.ctl_ok(&["status"]);
-    assert_eq!(
-        s(&status["summary"]["failing"][0], "job"),
-        "bad",
-        "{status}"
-    );
+    assert_eq!(s(&status["summary"]["failing"][0], "job"), "bad", "{status}");
 
     // An offline target is reported and not waited for (its start waits
     // on the server until it expires): --wait returns at once, exit 5,
     // with no --timeout.
     c.ctl(&["target", "enlist", "late"]).expect("enlist late");
-    c.ctl(&["job", "assign", "ok", "--target", "late"])
-        .expect("assign late");
+    c.ctl(&["job", "assign", "ok", "--target", "late"]).expect("assign late");
     let started = std::time::Instant::now();
-    let out = c.ctl_raw(
-        &["job", "start", "ok", "--target", "late", "--target", "web01", "--wait"],
-        false,
-    );
+    let out = c.ctl_raw(&["job", "start", "ok", "--target", "late", "--target", "web01", "--wait"], false);
     assert_eq!(out.code, 5, "{out:?}");
     assert!(started.elapsed() < Duration::from_secs(60), "{out:?}");
     assert!(out.stdout.contains("late: offline"), "{out:?}");
@@ -579,10 +424,8 @@ fn job_start_wait_follows_the_runs_and_exits_8_on_failure() {
     assert!(out.stderr.contains("offline, not waited for: late"), "{out:?}");
 
     // A run longer than --timeout: gives up with exit 5, naming it.
-    c.ctl(&["job", "create", "slow", "--command", "sleep 20"])
-        .expect("create slow");
-    c.ctl(&["job", "assign", "slow", "--target", "web01"])
-        .expect("assign slow");
+    c.ctl(&["job", "create", "slow", "--command", "sleep 20"]).expect("create slow");
+    c.ctl(&["job", "assign", "slow", "--target", "web01"]).expect("assign slow");
     let out = c.ctl_raw(&["job", "start", "slow", "--wait", "--timeout", "1"], false);
     assert_eq!(out.code, 5, "{out:?}");
     assert!(out.stderr.contains("still not finished on web01"), "{out:?}");
@@ -594,28 +437,14 @@ fn every_command_has_help_completions_and_documented_exit_codes() {
     let c = Cluster::new();
     let help = c.ctl_raw(&["--help"], false);
     assert_eq!(help.code, 0, "{help:?}");
-    for code in [
-        "3  not found",
-        "4  invalid input",
-        "5  a target is offline",
-        "6  the master",
-        "7  conflict",
-        "8  a run did not succeed",
-    ] {
+    for code in
+        ["3  not found", "4  invalid input", "5  a target is offline", "6  the master", "7  conflict", "8  a run did not succeed"]
+    {
         assert!(help.stdout.contains(code), "{code}: {}", help.stdout);
     }
     let bash = c.ctl_raw(&["completions", "bash"], false);
     assert_eq!(bash.code, 0, "{bash:?}");
-    for word in [
-        "set-poll",
-        "sync-time",
-        "resync",
-        "instructions",
-        "status",
-        "group",
-        "--wait",
-        "--errors",
-    ] {
+    for word in ["set-poll", "sync-time", "resync", "instructions", "status", "group", "--wait", "--errors"] {
         assert!(bash.stdout.contains(word), "completions lack {word}");
     }
     // With no master running: exit 6 and what to check.
@@ -632,28 +461,12 @@ fn replies_bigger_than_one_nats_message_arrive_whole() {
     let long = "x".repeat(20_000);
     let names = ["big1", "big2", "big3", "big4"];
     for name in names {
-        c.ctl(&["job", "create", name, "--command", &format!("echo {long}")])
-            .expect("create");
+        c.ctl(&["job", "create", name, "--command", &format!("echo {long}")]).expect("create");
     }
-    let jobs = c
-        .ctl(&["job", "list"])
-        .expect("a list of about 80 KB: three parts or more");
-    let mut listed: Vec<&str> = jobs
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| s(&j["spec"], "name"))
-        .collect();
+    let jobs = c.ctl(&["job", "list"]).expect("a list of about 80 KB: three parts or more");
+    let mut listed: Vec<&str> = jobs.as_array().unwrap().iter().map(|j| s(&j["spec"], "name")).collect();
     listed.sort_unstable();
     assert_eq!(listed, names, "{listed:?}");
-    assert_eq!(
-        jobs.to_string().matches(long.as_str()).count(),
-        4,
-        "every command arrived intact"
-    );
-    assert!(
-        !c.logs().contains("could not send the API reply"),
-        "{}",
-        c.logs()
-    );
+    assert_eq!(jobs.to_string().matches(long.as_str()).count(), 4, "every command arrived intact");
+    assert!(!c.logs().contains("could not send the API reply"), "{}", c.logs());
 }

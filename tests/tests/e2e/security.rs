@@ -96,9 +96,12 @@ fn a_target_can_touch_only_its_own_subjects() {
             let read = web01.request(subject.clone(), "".into()).await;
             assert!(read.is_err(), "web01 read {subject}: {read:?}");
         }
-        let body_form = web01.request("$JS.API.DIRECT.GET.MUSTER_DESIRED", r#"{"last_by_subj":"muster.target.web02.state"}"#.into()).await;
+        let body_form =
+            web01.request("$JS.API.DIRECT.GET.MUSTER_DESIRED", r#"{"last_by_subj":"muster.target.web02.state"}"#.into()).await;
         assert!(body_form.is_err(), "the body form of Direct Get answered web01: {body_form:?}");
-        let msg_get = web01.request("$JS.API.STREAM.MSG.GET.MUSTER_DESIRED", r#"{"last_by_subj":"muster.target.web02.state"}"#.into()).await;
+        let msg_get = web01
+            .request("$JS.API.STREAM.MSG.GET.MUSTER_DESIRED", r#"{"last_by_subj":"muster.target.web02.state"}"#.into())
+            .await;
         assert!(msg_get.is_err(), "STREAM.MSG.GET answered web01: {msg_get:?}");
         // Nothing of the previous design's queue either.
         let next = web01.request("$JS.API.CONSUMER.MSG.NEXT.MUSTER_ASSIGN.web01", r#"{"batch":1,"no_wait":true}"#.into()).await;
@@ -129,11 +132,17 @@ fn a_target_can_touch_only_its_own_subjects() {
             }
         };
         marker("subscriptions in place").await;
-        tokio::time::timeout(Duration::from_secs(30), markers.next()).await.expect("first marker within 30 s").expect("first marker");
+        tokio::time::timeout(Duration::from_secs(30), markers.next())
+            .await
+            .expect("first marker within 30 s")
+            .expect("first marker");
         let polled = c.ctl(&["target", "force-poll", "web02"]).expect("web02 still answers");
         assert_eq!(polled[0]["report"]["target"], "web02", "{polled}");
         marker("after the force-poll").await;
-        tokio::time::timeout(Duration::from_secs(30), markers.next()).await.expect("second marker within 30 s").expect("second marker");
+        tokio::time::timeout(Duration::from_secs(30), markers.next())
+            .await
+            .expect("second marker within 30 s")
+            .expect("second marker");
         let overheard = heard.next().now_or_never();
         assert!(!matches!(overheard, Some(Some(_))), "web01 read web02's control request: {overheard:?}");
     });
@@ -141,7 +150,10 @@ fn a_target_can_touch_only_its_own_subjects() {
     assert!(c.stored("MUSTER_RESULTS", &forged_subject).is_empty(), "the forged record is in the stream");
     let server_log = c.nats.log_text();
     assert!(server_log.contains("Violation") && server_log.contains("web02"), "the server logged the refusals");
-    assert!(server_log.contains("DIRECT.GET.MUSTER_DESIRED.muster.target.web02.state"), "the read of web02's manifest was refused: {server_log}");
+    assert!(
+        server_log.contains("DIRECT.GET.MUSTER_DESIRED.muster.target.web02.state"),
+        "the read of web02's manifest was refused: {server_log}"
+    );
     // The agents themselves never needed more than they were given.
     let agents = c.logs();
     assert!(!agents.contains("Violation"), "an agent was refused something: {agents}");

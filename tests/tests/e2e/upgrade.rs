@@ -32,19 +32,14 @@ fn stream_exists(c: &Cluster, name: &str) -> bool {
     let (options, url, name) = (c.connect_options(), c.url(), name.to_owned());
     block_on(async move {
         let client = options.connect(url).await.expect("connecting");
-        async_nats::jetstream::new(client)
-            .get_stream(name)
-            .await
-            .is_ok()
+        async_nats::jetstream::new(client).get_stream(name).await.is_ok()
     })
 }
 
 /// `(op, status)` of each download-list row of `target`.
 fn rows(c: &Cluster, target: &str) -> Vec<(String, String)> {
     let rows: Vec<Value> = c.ctl_ok(&["instructions", "--target", target]);
-    rows.iter()
-        .map(|r| (s(r, "op").to_owned(), s(r, "status").to_owned()))
-        .collect()
+    rows.iter().map(|r| (s(r, "op").to_owned(), s(r, "status").to_owned())).collect()
 }
 
 #[test]
@@ -54,10 +49,8 @@ fn a_previous_versions_queue_is_converted_and_loses_nothing() {
     for t in ["a", "b"] {
         c.ctl(&["target", "enlist", t]).expect("enlist");
     }
-    c.ctl(&["job", "create", "j", "--command", "true"])
-        .expect("create");
-    c.ctl(&["job", "assign", "j", "--target", "a", "--target", "b"])
-        .expect("assign");
+    c.ctl(&["job", "create", "j", "--command", "true"]).expect("create");
+    c.ctl(&["job", "assign", "j", "--target", "a", "--target", "b"]).expect("assign");
     let job: Value = c.ctl_ok(&["job", "show", "j"]);
     let job_id: Uuid = s(&job, "id").parse().unwrap();
     c.masters[0].kill();
@@ -71,27 +64,15 @@ fn a_previous_versions_queue_is_converted_and_loses_nothing() {
     // An instruction: its op's fields beside its own (serde flatten).
     let instr = |target: &str, op: Value, posted_at: chrono::DateTime<Utc>| {
         let mut i = json!({"v": 1, "id": Uuid::now_v7(), "target": target, "posted_at": posted_at});
-        i.as_object_mut()
-            .unwrap()
-            .extend(op.as_object().unwrap().clone());
+        i.as_object_mut().unwrap().extend(op.as_object().unwrap().clone());
         i
     };
     let mut def = job["spec"].clone();
     def["id"] = json!(job_id);
     def["revision"] = job["revision"].clone();
     let queued = [
-        (
-            "a",
-            instr("a", json!({"op": "upsert_job", "job": def}), now),
-        ),
-        (
-            "a",
-            instr(
-                "a",
-                json!({"op": "start_job", "job_id": job_id, "job": "j", "run_id": run_id}),
-                now,
-            ),
-        ),
+        ("a", instr("a", json!({"op": "upsert_job", "job": def}), now)),
+        ("a", instr("a", json!({"op": "start_job", "job_id": job_id, "job": "j", "run_id": run_id}), now)),
         (
             "a",
             instr(
@@ -100,22 +81,14 @@ fn a_previous_versions_queue_is_converted_and_loses_nothing() {
                 now - chrono::Duration::hours(3),
             ),
         ),
-        (
-            "b",
-            instr("b", json!({"op": "set_poll_interval", "secs": 30}), now),
-        ),
+        ("b", instr("b", json!({"op": "set_poll_interval", "secs": 30}), now)),
     ];
     let (options, url) = (c.connect_options(), c.url());
-    let bodies: Vec<(String, Value)> = queued
-        .iter()
-        .map(|(t, v)| ((*t).to_owned(), v.clone()))
-        .collect();
+    let bodies: Vec<(String, Value)> = queued.iter().map(|(t, v)| ((*t).to_owned(), v.clone())).collect();
     block_on(async move {
         let client = options.connect(url).await.expect("connecting");
         let js = async_nats::jetstream::new(client);
-        js.delete_stream("MUSTER_DESIRED")
-            .await
-            .expect("no desired state before");
+        js.delete_stream("MUSTER_DESIRED").await.expect("no desired state before");
         js.create_stream(stream::Config {
             name: "MUSTER_ASSIGN".into(),
             subjects: vec!["muster.target.*.assign".into()],
@@ -137,45 +110,23 @@ fn a_previous_versions_queue_is_converted_and_loses_nothing() {
             .await
             .expect("a consumer per target");
         }
-        let kv = js
-            .get_key_value("muster-instructions")
-            .await
-            .expect("the download list");
+        let kv = js.get_key_value("muster-instructions").await.expect("the download list");
         for (t, i) in bodies {
             let body = serde_json::to_vec(&i).unwrap();
-            js.publish(format!("muster.target.{t}.assign"), body.into())
-                .await
-                .unwrap()
-                .await
-                .unwrap();
+            js.publish(format!("muster.target.{t}.assign"), body.into()).await.unwrap().await.unwrap();
             let row = json!({
                 "id": i["id"], "target": t, "op": i["op"], "posted_at": i["posted_at"], "status": "pending",
             });
-            kv.put(
-                format!("{t}.{}", s(&i, "id")),
-                serde_json::to_vec(&row).unwrap().into(),
-            )
-            .await
-            .unwrap();
+            kv.put(format!("{t}.{}", s(&i, "id")), serde_json::to_vec(&row).unwrap().into()).await.unwrap();
         }
     });
 
     c.start_master();
-    wait_for("the old stream converted and deleted", WAIT, || {
-        (!stream_exists(&c, "MUSTER_ASSIGN")).then_some(())
-    });
+    wait_for("the old stream converted and deleted", WAIT, || (!stream_exists(&c, "MUSTER_ASSIGN")).then_some(()));
     let a = wait_for("a's manifest", WAIT, || manifest(&c, "a"));
     let b = wait_for("b's manifest", WAIT, || manifest(&c, "b"));
-    assert_eq!(
-        a.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
-        [job_id],
-        "a keeps its job"
-    );
-    assert_eq!(
-        b.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
-        [job_id],
-        "b keeps its job"
-    );
+    assert_eq!(a.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [job_id], "a keeps its job");
+    assert_eq!(b.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [job_id], "b keeps its job");
     assert_eq!(
         a.starts.iter().map(|s| s.run_id).collect::<Vec<_>>(),
         [run_id],
@@ -193,10 +144,7 @@ fn a_previous_versions_queue_is_converted_and_loses_nothing() {
         ],
         "{a_rows:?}"
     );
-    assert_eq!(
-        rows(&c, "b")[1..],
-        [("set_poll_interval".to_owned(), "dropped".to_owned())]
-    );
+    assert_eq!(rows(&c, "b")[1..], [("set_poll_interval".to_owned(), "dropped".to_owned())]);
 
     // An agent of the previous version reports no applied revision: outdated.
     let report = json!({
@@ -207,18 +155,10 @@ fn a_previous_versions_queue_is_converted_and_loses_nothing() {
     block_on(async move {
         let client = options.connect(url).await.expect("connecting");
         let js = async_nats::jetstream::new(client);
-        js.publish("muster.poll.a", serde_json::to_vec(&report).unwrap().into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        js.publish("muster.poll.a", serde_json::to_vec(&report).unwrap().into()).await.unwrap().await.unwrap();
     });
     let list: Vec<Value> = c.ctl_ok(&["target", "list"]);
-    let status = |n: &str| {
-        list.iter()
-            .find(|t| s(t, "name") == n)
-            .map(|t| s(t, "status").to_owned())
-    };
+    let status = |n: &str| list.iter().find(|t| s(t, "name") == n).map(|t| s(t, "status").to_owned());
     assert_eq!(status("a").as_deref(), Some("outdated"), "{list:?}");
     assert_eq!(status("b").as_deref(), Some("never_polled"), "{list:?}");
 }
