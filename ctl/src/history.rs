@@ -83,7 +83,12 @@ pub async fn read(js: &jetstream::Context, subjects: &Subjects, q: &HistoryQuery
     if q.limit == Some(0) {
         return Ok(Vec::new());
     }
-    let stream = results_stream(js, subjects).await?;
+    let stream = match js.get_stream(subjects.results_stream()).await {
+        Ok(stream) => stream,
+        // No master has run on this server yet: no history, not an error.
+        Err(e) if is_stream_not_found(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot open stream {}", subjects.results_stream())),
+    };
     let state = stream.cached_info().state.clone();
     if state.messages == 0 {
         return Ok(Vec::new());
@@ -283,6 +288,10 @@ pub async fn final_record(
         }
     }
     anyhow::bail!("the results stream ended while waiting for run {run_id} on {target}")
+}
+
+fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
 
 async fn results_stream(js: &jetstream::Context, subjects: &Subjects) -> anyhow::Result<jetstream::stream::Stream> {

@@ -16,6 +16,14 @@ pub fn finished_runs(c: &Cluster, job: &str, n: usize) -> Vec<Value> {
 }
 
 #[test]
+fn history_on_a_fresh_server_is_empty() {
+    // nats-server only: no master has ever created the results stream.
+    let c = Cluster::new();
+    let runs = c.ctl(&["history"]).expect("history before any master ran");
+    assert_eq!(runs, Value::Array(Vec::new()));
+}
+
+#[test]
 fn two_targets_run_a_job_and_history_has_both() {
     let mut c = Cluster::with_master();
     c.start_target("web01", 60);
