@@ -91,28 +91,19 @@ mod tests {
     }
 
     fn target(n: &str) -> TargetRecord {
-        TargetRecord {
-            name: t(n),
-            location: String::new(),
-            enlisted_at: Utc::now(),
-            poll_interval_secs: 60,
-            instance: None,
-            blocked: None,
-            poll_set_secs: None,
-            defected_at: None,
-        }
+        TargetRecord::new(t(n), 60, Utc::now())
     }
 
     fn job(n: u128, name: &str, targets: &[&str], groups: &[&str]) -> JobRecord {
         JobRecord {
-            id: Uuid::from_u128(n),
             revision: 2,
-            spec: JobSpec::from_commands(JobName::new(name).unwrap(), &["true".to_owned()]),
             targets: targets.iter().map(|n| t(n)).collect(),
             groups: groups.iter().map(|g| GroupName::new(*g).unwrap()).collect(),
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-            deleted_at: None,
+            ..JobRecord::new(
+                Uuid::from_u128(n),
+                JobSpec::from_commands(JobName::new(name).unwrap(), &["true".to_owned()]),
+                Utc::now(),
+            )
         }
     }
 

@@ -653,16 +653,7 @@ mod tests {
     }
 
     async fn enlist(store: &Store, n: &str) {
-        let record = TargetRecord {
-            name: t(n),
-            location: String::new(),
-            enlisted_at: Utc::now(),
-            poll_interval_secs: 60,
-            instance: None,
-            blocked: None,
-            poll_set_secs: None,
-            defected_at: None,
-        };
+        let record = TargetRecord::new(t(n), 60, Utc::now());
         Store::put(&store.targets, n, &record).await.unwrap();
     }
 
@@ -670,14 +661,13 @@ mod tests {
         let job_name = JobName::new(name).unwrap();
         let old = Store::read::<JobRecord>(&store.jobs, name).await.unwrap().map(|(j, _)| j);
         let record = JobRecord {
-            id: old.map_or_else(Uuid::new_v4, |j| j.id),
             revision,
-            spec: JobSpec::from_commands(job_name, &["true".to_owned()]),
             targets: targets.iter().map(|n| t(n)).collect::<BTreeSet<_>>(),
-            groups: BTreeSet::new(),
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-            deleted_at: None,
+            ..JobRecord::new(
+                old.map_or_else(Uuid::new_v4, |j| j.id),
+                JobSpec::from_commands(job_name, &["true".to_owned()]),
+                Utc::now(),
+            )
         };
         Store::put(&store.jobs, name, &record).await.unwrap();
         record

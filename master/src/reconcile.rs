@@ -313,29 +313,18 @@ mod tests {
     }
 
     async fn enlist(store: &Store, n: &str) {
-        let record = TargetRecord {
-            name: t(n),
-            location: String::new(),
-            enlisted_at: Utc::now(),
-            poll_interval_secs: 60,
-            instance: None,
-            blocked: None,
-            poll_set_secs: None,
-            defected_at: None,
-        };
+        let record = TargetRecord::new(t(n), 60, Utc::now());
         Store::put(&store.targets, n, &record).await.unwrap();
     }
 
     fn job(name: &str, targets: &[&str]) -> JobRecord {
         JobRecord {
-            id: Uuid::new_v4(),
-            revision: 1,
-            spec: JobSpec::from_commands(JobName::new(name).unwrap(), &["true".to_owned()]),
             targets: targets.iter().map(|n| t(n)).collect::<BTreeSet<_>>(),
-            groups: BTreeSet::new(),
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-            deleted_at: None,
+            ..JobRecord::new(
+                Uuid::new_v4(),
+                JobSpec::from_commands(JobName::new(name).unwrap(), &["true".to_owned()]),
+                Utc::now(),
+            )
         }
     }
 

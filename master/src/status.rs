@@ -62,16 +62,7 @@ mod tests {
     use uuid::Uuid;
 
     fn record(poll_interval_secs: u64) -> TargetRecord {
-        TargetRecord {
-            name: TargetName::new("web01").unwrap(),
-            location: String::new(),
-            enlisted_at: Utc::now(),
-            poll_interval_secs,
-            instance: None,
-            blocked: None,
-            poll_set_secs: None,
-            defected_at: None,
-        }
+        TargetRecord::new(TargetName::new("web01").unwrap(), poll_interval_secs, Utc::now())
     }
 
     fn polled(poll_interval_secs: u64, received_at: DateTime<Utc>) -> LastPoll {

@@ -49,6 +49,22 @@ pub struct TargetRecord {
     pub defected_at: Option<DateTime<Utc>>,
 }
 
+impl TargetRecord {
+    /// A target enlisted `now`, with nothing set by an operator yet.
+    pub fn new(name: TargetName, poll_interval_secs: u64, now: DateTime<Utc>) -> Self {
+        Self {
+            name,
+            location: String::new(),
+            enlisted_at: now,
+            poll_interval_secs,
+            instance: None,
+            blocked: None,
+            poll_set_secs: None,
+            defected_at: None,
+        }
+    }
+}
+
 /// A job and where it is assigned (`muster-jobs`, key = job name).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRecord {
@@ -69,6 +85,20 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// A job created `now`, at revision 1, assigned nowhere.
+    pub fn new(id: Uuid, spec: JobSpec, now: DateTime<Utc>) -> Self {
+        Self {
+            id,
+            revision: 1,
+            spec,
+            targets: BTreeSet::new(),
+            groups: BTreeSet::new(),
+            created_at: now,
+            updated_at: now,
+            deleted_at: None,
+        }
+    }
+
     /// The definition as targets receive it.
     pub fn def(&self) -> JobDef {
         JobDef { id: self.id, revision: self.revision, spec: self.spec.clone() }
@@ -935,17 +965,7 @@ mod tests {
         let t = open().await;
         let name = JobName::new("backup").unwrap();
         let spec = JobSpec::from_commands(name.clone(), &["true".to_owned()]);
-        let now = Utc::now();
-        let record = JobRecord {
-            id: Uuid::new_v4(),
-            revision: 1,
-            spec,
-            targets: BTreeSet::new(),
-            groups: BTreeSet::new(),
-            created_at: now,
-            updated_at: now,
-            deleted_at: None,
-        };
+        let record = JobRecord::new(Uuid::new_v4(), spec, Utc::now());
         Store::put(&t.store.jobs, name.as_str(), &record).await.unwrap();
         let (_, stale) = t.store.job(&name).await.unwrap();
         Store::put(&t.store.jobs, name.as_str(), &record).await.unwrap();

@@ -250,29 +250,11 @@ mod tests {
         let publisher = Publisher::new(store.clone());
         let now = Utc::now();
         for name in ["a", "b"] {
-            let record = TargetRecord {
-                name: t(name),
-                location: String::new(),
-                enlisted_at: now,
-                poll_interval_secs: 60,
-                instance: None,
-                blocked: None,
-                poll_set_secs: None,
-                defected_at: None,
-            };
+            let record = TargetRecord::new(t(name), 60, now);
             Store::put(&store.targets, name, &record).await.unwrap();
         }
         let spec = JobSpec::from_commands(JobName::new("j").unwrap(), &["true".to_owned()]);
-        let job = JobRecord {
-            id: Uuid::new_v4(),
-            revision: 1,
-            spec,
-            targets: BTreeSet::from([t("a"), t("b")]),
-            groups: BTreeSet::new(),
-            created_at: now,
-            updated_at: now,
-            deleted_at: None,
-        };
+        let job = JobRecord { targets: BTreeSet::from([t("a"), t("b")]), ..JobRecord::new(Uuid::new_v4(), spec, now) };
         Store::put(&store.jobs, "j", &job).await.unwrap();
         let run_id = Uuid::now_v7();
         // The previous version's queue: the stream, a consumer per target,

@@ -30,17 +30,7 @@ impl Ctx {
     pub(super) async fn job_create(&self, mut spec: JobSpec) -> Result<JobInfo, ApiError> {
         spec.normalize();
         spec.validate().map_err(|e| ApiError::new(ErrorCode::InvalidJob, e))?;
-        let now = Utc::now();
-        let record = JobRecord {
-            id: Uuid::new_v4(),
-            revision: 1,
-            spec,
-            targets: BTreeSet::new(),
-            groups: BTreeSet::new(),
-            created_at: now,
-            updated_at: now,
-            deleted_at: None,
-        };
+        let record = JobRecord::new(Uuid::new_v4(), spec, Utc::now());
         let name = record.spec.name.clone();
         let created = Store::try_modify(&self.store.jobs, name.as_str(), |old: Option<JobRecord>| match old {
             Some(j) if j.deleted_at.is_some() => {
@@ -354,16 +344,7 @@ mod tests {
     #[test]
     fn reach_changes_post_upserts_to_gainers_and_deletes_to_losers_only() {
         let spec = JobSpec::from_commands(JobName::new("j").unwrap(), &["true".to_owned()]);
-        let j = JobRecord {
-            id: Uuid::new_v4(),
-            revision: 1,
-            spec,
-            targets: names(&["a"]),
-            groups: BTreeSet::new(),
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-            deleted_at: None,
-        };
+        let j = JobRecord { targets: names(&["a"]), ..JobRecord::new(Uuid::new_v4(), spec, Utc::now()) };
         let items = reach_changes(&j, &names(&["a", "b"]), &names(&["b", "c"]));
         let got: Vec<(String, &str)> = items.iter().map(|(t, op)| (t.to_string(), op.name())).collect();
         assert_eq!(got, [("c".to_owned(), "upsert_job"), ("a".to_owned(), "delete_job")]);

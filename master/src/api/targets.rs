@@ -39,16 +39,7 @@ impl Ctx {
             }
         }
         let record = Store::modify(&self.store.targets, req.name.as_str(), |old: Option<TargetRecord>| {
-            let mut t = old.unwrap_or_else(|| TargetRecord {
-                name: req.name.clone(),
-                location: String::new(),
-                enlisted_at: Utc::now(),
-                poll_interval_secs: DEFAULT_POLL_INTERVAL_SECS,
-                instance: None,
-                blocked: None,
-                poll_set_secs: None,
-                defected_at: None,
-            });
+            let mut t = old.unwrap_or_else(|| TargetRecord::new(req.name.clone(), DEFAULT_POLL_INTERVAL_SECS, Utc::now()));
             if let Some(l) = &req.location {
                 t.location.clone_from(l);
             }

@@ -19,16 +19,9 @@ use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// The target's manifest as it reads it.
 fn manifest(c: &Cluster, target: &str) -> Manifest {
-    let (options, url) = (c.connect_options(), c.url());
-    let subject = format!("muster.target.{target}.state");
-    block_on(async move {
-        let client = options.connect(url).await.expect("connecting");
-        let js = async_nats::jetstream::new(client);
-        let stream = js.get_stream_no_info("MUSTER_DESIRED").await.expect("the stream");
-        let m = stream.direct_get_last_for_subject(subject).await.expect("a manifest");
-        msg::decode(&m.payload).expect("a manifest")
-    })
+    crate::desired_agent::manifest(c, target).1
 }
 
 /// Publishes `body` on `subject` of `MUSTER_RESULTS`, as a target would.

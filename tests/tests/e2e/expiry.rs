@@ -7,20 +7,12 @@
 use std::time::Duration;
 
 use muster_shared::desired::Manifest;
-use muster_shared::msg;
 use muster_tests::{block_on, Cluster};
 use serde_json::{json, Value};
 
+/// The target's manifest as it reads it.
 fn manifest(c: &Cluster, target: &str) -> Manifest {
-    let (options, url) = (c.connect_options(), c.url());
-    let subject = format!("muster.target.{target}.state");
-    block_on(async move {
-        let client = options.connect(url).await.expect("connecting");
-        let js = async_nats::jetstream::new(client);
-        let stream = js.get_stream_no_info("MUSTER_DESIRED").await.expect("the stream");
-        let m = stream.direct_get_last_for_subject(subject).await.expect("a manifest");
-        msg::decode(&m.payload).expect("a manifest")
-    })
+    crate::desired_agent::manifest(c, target).1
 }
 
 /// The master's answer to a raw API request, bypassing musterctl's checks.
