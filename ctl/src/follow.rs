@@ -153,7 +153,7 @@ pub async fn follow(api: &ApiClient, json: bool, job: &JobName, started: &[Deliv
     } else {
         let succeeded = progress.len() - failed.len() - offline.len();
         let offline_note = if offline.is_empty() { String::new() } else { format!(", {} offline", offline.len()) };
-        println!("{succeeded} of {} succeeded{offline_note}", progress.len());
+        crate::say!("{succeeded} of {} succeeded{offline_note}", progress.len());
     }
     match failed.first() {
         None if offline.is_empty() => Ok(()),
@@ -266,7 +266,7 @@ impl View {
                 for (p, last) in progress.iter().zip(last.iter_mut()) {
                     let line = p.line();
                     if line != *last {
-                        println!("{line}");
+                        crate::say!("{line}");
                         *last = line;
                     }
                 }

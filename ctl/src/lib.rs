@@ -11,9 +11,13 @@
 //! - [`follow`]: `job start --wait`, which follows runs by watching job status;
 //! - [`render`]: tables and other human output, and the `--json` switch;
 //! - [`exit`]: the exit codes scripts branch on, and [`Failure`];
+//! - [`stdout`]: output that a closed pipe (`musterctl … | head`) ends quietly;
 //! - [`auth`]: nats-server users that keep each target to its own subjects.
 //!
 //! The binary only calls [`main`].
+
+// Every line goes through `stdout` (`say!`), which a closed pipe ends quietly.
+#![deny(clippy::print_stdout)]
 
 pub mod args;
 pub mod auth;
@@ -23,6 +27,7 @@ pub mod exit;
 pub mod follow;
 pub mod history;
 pub mod render;
+pub mod stdout;
 
 use std::process::ExitCode;
 

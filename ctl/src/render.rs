@@ -43,7 +43,7 @@ impl Out {
 /// When the value does not serialise (never, for Muster's types).
 pub fn print_json<T: Serialize>(value: &T) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value).map_err(|e| Failure::internal(e.to_string()))?;
-    println!("{text}");
+    crate::say!("{text}");
     Ok(())
 }
 
@@ -87,7 +87,7 @@ pub fn table_aligned(headers: &[&str], rows: Vec<Vec<String>>, right: &[usize]) 
 }
 
 fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
-    println!("{}", table(headers, rows));
+    crate::say!("{}", table(headers, rows));
 }
 
 pub fn print_targets(ts: &[TargetInfo]) {
@@ -114,12 +114,14 @@ pub fn print_targets(ts: &[TargetInfo]) {
     );
     for t in ts {
         if let Some(why) = &t.blocked {
-            println!("{} is blocked by {why} (see `musterctl instructions --target {} --errors`)", t.name, t.name);
+            crate::say!("{} is blocked by {why} (see `musterctl instructions --target {} --errors`)", t.name, t.name);
         }
         if t.bad_instructions + t.bad_control > 0 {
-            println!(
+            crate::say!(
                 "{}'s agent refused {} bad instruction(s) and {} bad control request(s) since it started (each is in its log)",
-                t.name, t.bad_instructions, t.bad_control
+                t.name,
+                t.bad_instructions,
+                t.bad_control
             );
         }
     }
@@ -143,17 +145,23 @@ pub fn print_jobs(jobs: &[JobInfo]) {
 }
 
 pub fn print_job(j: &JobInfo) {
-    println!("job {} ({}), revision {}, {}", j.spec.name, j.id, j.revision, if j.spec.enabled { "enabled" } else { "disabled" });
+    crate::say!(
+        "job {} ({}), revision {}, {}",
+        j.spec.name,
+        j.id,
+        j.revision,
+        if j.spec.enabled { "enabled" } else { "disabled" }
+    );
     if !j.spec.description.is_empty() {
-        println!("  {}", j.spec.description);
+        crate::say!("  {}", j.spec.description);
     }
-    println!("  targets: {}   groups: {}", join(&j.targets), join(&j.groups));
+    crate::say!("  targets: {}   groups: {}", join(&j.targets), join(&j.groups));
     for (i, s) in j.spec.steps.iter().enumerate() {
         let what = s.command.clone().unwrap_or_else(|| s.argv.clone().unwrap_or_default().join(" "));
-        println!("  step {} {}: {}", i + 1, s.name, what);
+        crate::say!("  step {} {}: {}", i + 1, s.name, what);
     }
     for s in &j.spec.schedules {
-        println!("  schedule {}: {}", s.name, serde_json::to_string(s).unwrap_or_default());
+        crate::say!("  schedule {}: {}", s.name, serde_json::to_string(s).unwrap_or_default());
     }
 }
 
@@ -196,16 +204,16 @@ pub fn print_runs(runs: &[RunRecord]) {
 }
 
 pub fn print_run(r: &RunRecord) {
-    println!("run {} of {} on {}: {} ({})", r.run_id, r.job, r.target, r.outcome, r.trigger);
-    println!("  started {}  finished {}", time(Some(r.started_at)), time(r.finished_at));
+    crate::say!("run {} of {} on {}: {} ({})", r.run_id, r.job, r.target, r.outcome, r.trigger);
+    crate::say!("  started {}  finished {}", time(Some(r.started_at)), time(r.finished_at));
     if !r.message.is_empty() {
-        println!("  {}", r.message);
+        crate::say!("  {}", r.message);
     }
     for s in &r.steps {
         let code = s.exit_code.map_or_else(|| s.signal.map_or("-".into(), |g| format!("signal {g}")), |c| format!("exit {c}"));
-        println!("  step {} [{}]: {} {code}, {} ms, {} retries", s.index + 1, s.name, s.outcome, s.duration_ms, s.retries);
+        crate::say!("  step {} [{}]: {} {code}, {} ms, {} retries", s.index + 1, s.name, s.outcome, s.duration_ms, s.retries);
         for line in s.output.lines() {
-            println!("    | {line}");
+            crate::say!("    | {line}");
         }
     }
 }
@@ -242,13 +250,13 @@ pub fn print_groups(groups: &[muster_shared::api::GroupInfo]) {
 pub fn print_status(s: &StatusSummary, masters: &[MasterSeen]) {
     let total: u64 = s.targets_by_status.values().sum();
     let by = s.targets_by_status.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ");
-    println!("targets:      {total}{}", if by.is_empty() { String::new() } else { format!(" ({by})") });
-    println!("jobs:         {}   groups: {}", s.jobs, s.groups);
-    println!("instructions: {} pending, {} failed", s.pending_instructions, s.failed_instructions);
+    crate::say!("targets:      {total}{}", if by.is_empty() { String::new() } else { format!(" ({by})") });
+    crate::say!("jobs:         {}   groups: {}", s.jobs, s.groups);
+    crate::say!("instructions: {} pending, {} failed", s.pending_instructions, s.failed_instructions);
     let ids = masters.iter().map(|m| format!("{} v{}", m.id, m.version)).collect::<Vec<_>>().join(", ");
-    println!("masters:      {}{}", masters.len(), if ids.is_empty() { String::new() } else { format!(" ({ids})") });
+    crate::say!("masters:      {}{}", masters.len(), if ids.is_empty() { String::new() } else { format!(" ({ids})") });
     if !s.attention.is_empty() {
-        println!();
+        crate::say!();
         let rows = s
             .attention
             .iter()
@@ -259,7 +267,7 @@ pub fn print_status(s: &StatusSummary, masters: &[MasterSeen]) {
         print_table(&["TARGET", "STATUS", "LAST POLL", "WHY"], rows);
     }
     if !s.failing.is_empty() {
-        println!();
+        crate::say!();
         let rows = s
             .failing
             .iter()

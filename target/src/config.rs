@@ -57,3 +57,51 @@ impl TargetConfig {
         }
     }
 }
+
+/// Why the host's name cannot be the target's name.
+#[derive(Debug, thiserror::Error)]
+pub enum HostNameError {
+    #[error("could not read the host name: {0}; pass --name")]
+    Unreadable(#[source] std::io::Error),
+    #[error(
+        "the host name '{host}' cannot be a target name: {source}. A target's name is a NATS subject token \
+         (letters, digits, '-', '_'; at most 64), so a fully qualified name is cut at its first '.'; pass --name"
+    )]
+    Invalid {
+        host: String,
+        #[source]
+        source: muster_shared::name::NameError,
+    },
+}
+
+/// The target name an agent started without `--name` uses: the host's
+/// short name (up to the first '.': a dot cannot be part of a subject
+/// token), when that is a valid name.
+///
+/// # Errors
+/// [`HostNameError::Invalid`], saying why, when the short name is not a
+/// valid target name.
+pub fn name_from_host(host: &str) -> Result<TargetName, HostNameError> {
+    let short = host.split('.').next().unwrap_or_default();
+    TargetName::new(short).map_err(|source| HostNameError::Invalid { host: host.to_owned(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_short_name_is_the_default_name() {
+        assert_eq!(name_from_host("web01").unwrap().as_str(), "web01");
+        assert_eq!(name_from_host("web01.prod.example.com").unwrap().as_str(), "web01");
+    }
+
+    #[test]
+    fn a_host_name_that_cannot_be_a_subject_token_says_why() {
+        for bad in ["", "web 01", "web*01.example.com", ".hidden"] {
+            let err = name_from_host(bad).unwrap_err();
+            assert!(matches!(err, HostNameError::Invalid { .. }), "{bad}: {err}");
+            assert!(err.to_string().contains("pass --name"), "{err}");
+        }
+    }
+}

@@ -10,6 +10,7 @@
 //!
 //! The entry point is [`run`].
 
+pub mod claim;
 pub mod config;
 pub mod control;
 pub mod poller;
@@ -45,8 +46,11 @@ use crate::state::State;
 /// drains the connection.
 ///
 /// # Errors
-/// When the state directory cannot be opened; NATS problems are retried.
+/// When the state directory cannot be opened, or belongs to another
+/// running agent or another name ([`claim`]); NATS problems are retried.
 pub async fn run(config: TargetConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Held until the agent returns: no second agent on this directory.
+    let _claim = claim::claim(&config.state_dir, &config.name)?;
     let state =
         State::open(&config.state_dir).with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
     let spool = Spool::open(&state.spool_dir(), config.spool_max_bytes).context("opening the result spool")?;

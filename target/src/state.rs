@@ -16,6 +16,9 @@
 //!   (`deploy/image/target-healthcheck`). A hint, not state: it is written
 //!   without fsync, on every poll.
 //!
+//! - `lock`, `name` — held and written by [`crate::claim`]: one agent, one
+//!   name per directory.
+//!
 //! Every other write goes through [`muster_runtime::fsutil::write_atomic`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};

@@ -13,9 +13,9 @@ pub(super) fn run(subjects: &Subjects, out: Out, cmd: AuthCmd) -> Result<(), Fai
     let users: Vec<serde_json::Value> =
         written.users.iter().map(|(u, f)| serde_json::json!({"user": u, "env_file": f})).collect();
     out.print(&serde_json::json!({"config": written.config, "users": users}), || {
-        println!("wrote {} (include it from nats-server.conf, then reload the server)", written.config.display());
+        crate::say!("wrote {} (include it from nats-server.conf, then reload the server)", written.config.display());
         for (user, file) in &written.users {
-            println!("  {user:<20} {}", file.display());
+            crate::say!("  {user:<20} {}", file.display());
         }
     })
 }

@@ -23,6 +23,6 @@ pub(super) async fn run(ctx: &Ctx, cmd: GroupCmd) -> Result<(), Failure> {
     let g: GroupInfo = ctx.api.call(op, body).await?;
     ctx.out.print(&g, || {
         let verb = if op == Op::GroupDelete { "deleted" } else { "group" };
-        println!("{verb} {}: members {}; jobs {}", g.name, join(&g.members), join(&g.jobs));
+        crate::say!("{verb} {}: members {}; jobs {}", g.name, join(&g.members), join(&g.jobs));
     })
 }

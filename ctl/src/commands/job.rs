@@ -28,7 +28,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<(), Failure> {
         }
         JobCmd::Delete { job } => {
             let j: JobInfo = api.call(Op::JobDelete, JobRef { job }).await?;
-            out.print(&j, || println!("deleted {}", j.spec.name))
+            out.print(&j, || crate::say!("deleted {}", j.spec.name))
         }
         JobCmd::List => {
             let jobs: Vec<JobInfo> = api.call(Op::JobList, ()).await?;

@@ -45,7 +45,9 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     let out = Out { json: cli.json };
     if let Command::Completions { shell } = cli.command {
         let mut cmd = <Cli as clap::CommandFactory>::command();
-        clap_complete::generate(shell, &mut cmd, "musterctl", &mut std::io::stdout());
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut cmd, "musterctl", &mut script);
+        crate::stdout::write_all(&script);
         return Ok(());
     }
     let subjects = Subjects::new(&cli.prefix).map_err(|e| Failure::invalid(e.to_string()))?;

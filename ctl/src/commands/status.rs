@@ -28,7 +28,7 @@ pub(super) async fn ping(ctx: &Ctx, wait_ms: u64) -> Result<(), Failure> {
     }
     ctx.out.print(&masters, || {
         for m in &masters {
-            println!("{} {}", m.id, m.version);
+            crate::say!("{} {}", m.id, m.version);
         }
     })
 }

@@ -15,15 +15,15 @@ pub(super) async fn run(ctx: &Ctx, cmd: TargetCmd) -> Result<(), Failure> {
         TargetCmd::Enlist { name, location, poll_interval } => {
             let req = EnlistRequest { name, location, instance: None, poll_interval_secs: poll_interval };
             let t: TargetInfo = api.call(Op::TargetEnlist, req).await?;
-            out.print(&t, || println!("enlisted {} (poll every {}s)", t.name, t.poll_interval_secs))
+            out.print(&t, || crate::say!("enlisted {} (poll every {}s)", t.name, t.poll_interval_secs))
         }
         TargetCmd::Defect { name, force } => {
             let t: TargetInfo = api.call(Op::TargetDefect, DefectRequest { name, force }).await?;
             out.print(&t, || {
                 if force {
-                    println!("{} defected (forced): record, consumer and pending instructions deleted", t.name);
+                    crate::say!("{} defected (forced): record, consumer and pending instructions deleted", t.name);
                 } else {
-                    println!("{} told to defect: it deletes its jobs at its next poll", t.name);
+                    crate::say!("{} told to defect: it deletes its jobs at its next poll", t.name);
                 }
             })
         }
@@ -56,7 +56,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: TargetCmd) -> Result<(), Failure> {
             let p: Vec<Posted> = api.call(Op::TargetSyncTime, a.request(None)).await?;
             out.print(&p, || {
                 render::print_posted(&p);
-                println!("online targets polled now; see the SKEW column of `musterctl target list`");
+                crate::say!("online targets polled now; see the SKEW column of `musterctl target list`");
             })
         }
         TargetCmd::Resync(a) => {
@@ -74,7 +74,7 @@ async fn force_poll(ctx: &Ctx, select: PostArgs) -> Result<(), Failure> {
     ctx.out.print(&reports, || {
         for r in &reports {
             match (&r.report, &r.error) {
-                (Some(rep), _) => println!(
+                (Some(rep), _) => crate::say!(
                     "{}: polled at {} (applied {}, failed {}, jobs {}, agent {})",
                     r.target,
                     rep.polled_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -83,7 +83,7 @@ async fn force_poll(ctx: &Ctx, select: PostArgs) -> Result<(), Failure> {
                     rep.jobs,
                     rep.agent_version,
                 ),
-                (None, Some(e)) => println!("{}: {}", r.target, e.message),
+                (None, Some(e)) => crate::say!("{}: {}", r.target, e.message),
                 (None, None) => {}
             }
         }

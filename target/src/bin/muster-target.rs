@@ -9,15 +9,17 @@ use muster_runtime::logging::{self, LogArgs};
 use muster_runtime::nats::NatsArgs;
 use muster_shared::name::TargetName;
 use muster_shared::subject::Subjects;
+use muster_target::config::{name_from_host, HostNameError};
 use muster_target::TargetConfig;
 
 /// The Muster target agent: polls its desired state from the master and runs jobs.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Flags {
-    /// This target's name (letters, digits, '-', '_'; at most 64).
+    /// This target's name (letters, digits, '-', '_'; at most 64). Default:
+    /// the host's short name (up to its first '.'), when it is a valid name.
     #[arg(long, env = "MUSTER_NAME")]
-    name: TargetName,
+    name: Option<TargetName>,
     #[command(flatten)]
     nats: NatsArgs,
     #[command(flatten)]
@@ -76,9 +78,16 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    let name = match flags.name.clone().map_or_else(host_name, Ok) {
+        Ok(name) => name,
+        Err(e) => {
+            eprintln!("muster-target: {e}");
+            return ExitCode::from(64);
+        }
+    };
     logging::init(flags.log.log_format);
     let nats = flags.nats.options("muster-target");
-    let mut config = TargetConfig::new(flags.name, flags.state_dir);
+    let mut config = TargetConfig::new(name, flags.state_dir);
     config.servers = nats.servers;
     config.creds = nats.creds;
     config.user = nats.user;
@@ -124,4 +133,10 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// The host's short name, as the target's name when `--name` is not given.
+fn host_name() -> Result<TargetName, HostNameError> {
+    let host = nix::unistd::gethostname().map_err(|e| HostNameError::Unreadable(e.into()))?;
+    name_from_host(&host.to_string_lossy())
 }

@@ -5,6 +5,7 @@
 mod applied;
 mod cluster;
 mod core_loop;
+mod day_one;
 mod defection;
 mod desired;
 mod desired_agent;

@@ -1,0 +1,101 @@
+//! What a new operator trips over on the first day (issue "Day one as an
+//! operator"): output piped into `head`, a state directory shared by
+//! mistake.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use muster_tests::{bin, wait_for, Cluster};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Runs `musterctl ARGS` with its standard output a pipe whose reader is
+/// already gone, as in `musterctl … | head` once `head` has read enough:
+/// every write fails with `EPIPE`, whatever the timing.
+fn into_closed_pipe(c: &Cluster, args: &[&str]) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    Command::new(bin("musterctl"))
+        .env("NATS_URL", c.url())
+        .args(args)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("running musterctl")
+}
+
+#[test]
+fn musterctl_piped_into_a_reader_that_stopped_ends_quietly() {
+    let c = Cluster::with_master();
+    // Before the fix: exit 101 and "failed printing to stdout: Broken pipe".
+    for args in [&["completions", "bash"][..], &["target", "list"], &["status"], &["target", "list", "--json"]] {
+        let out = into_closed_pipe(&c, args);
+        assert_eq!(out.status.code(), Some(0), "musterctl {args:?}: {out:?}");
+        assert!(out.stderr.is_empty(), "musterctl {args:?} said: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// Starts an agent that must refuse to run: it must exit non-zero within
+/// [`WAIT`] (one still running then is killed and fails the test). Returns
+/// what it said: its log (standard output) and standard error.
+fn refused_agent(c: &Cluster, name: &str, state_dir: &Path) -> String {
+    let mut child = Command::new(bin("muster-target"))
+        .env("NATS_URL", c.url())
+        .args(["--name", name, "--state-dir"])
+        .arg(state_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running muster-target");
+    let exited = wait_for_exit(&mut child);
+    let out = child.wait_with_output().expect("agent output");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(exited, "agent {name} on {} was not refused: it kept running. It said: {said}", state_dir.display());
+    assert_ne!(out.status.code(), Some(0), "{name}: {said}");
+    said
+}
+
+/// Waits up to [`WAIT`] for `child` to exit; kills it when it does not.
+fn wait_for_exit(child: &mut Child) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if child.try_wait().expect("try_wait").is_some() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().ok();
+    false
+}
+
+#[test]
+fn a_second_agent_on_a_state_directory_is_refused() {
+    let mut c = Cluster::with_master();
+    c.start_target("web01", 60);
+    c.wait_target_online("web01");
+    let dir = c.state_dir("web01");
+
+    // Started while web01 runs, under another name (the typo of the issue)
+    // or its own: refused before it loads a job or enlists.
+    for name in ["web09", "web01"] {
+        let out = refused_agent(&c, name, &dir);
+        assert!(out.contains("already running on the state directory"), "{name}: {out}");
+    }
+    let listed: Vec<serde_json::Value> = c.ctl_ok(&["target", "list"]);
+    assert_eq!(listed.len(), 1, "web09 never enlisted: {listed:?}");
+
+    // With web01 stopped, the directory still belongs to web01.
+    assert_eq!(c.target("web01").terminate(WAIT), Some(0));
+    let out = refused_agent(&c, "web09", &dir);
+    assert!(out.contains("belongs to target 'web01'"), "{out}");
+
+    // And web01 itself takes it back, once the other is gone.
+    c.start_target("web01", 60);
+    c.wait_target_online("web01");
+    let listed = wait_for("only web01 enlisted", WAIT, || {
+        let l: Vec<serde_json::Value> = c.ctl_ok(&["target", "list"]);
+        (l.len() == 1).then_some(l)
+    });
+    assert_eq!(listed[0]["name"], "web01");
+}
