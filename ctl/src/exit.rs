@@ -20,6 +20,7 @@ pub enum Exit {
     Unreachable = 6,
     Conflict = 7,
     RunFailed = 8,
+    ApplyFailed = 9,
 }
 
 impl Exit {
@@ -38,6 +39,7 @@ impl Exit {
             Exit::Unreachable => "the master or NATS is unreachable",
             Exit::Conflict => "conflict: already exists, still in use, or changed concurrently (retry)",
             Exit::RunFailed => "a run did not succeed (job start --wait)",
+            Exit::ApplyFailed => "a target polled but failed to apply a change (target force-poll; see instructions --errors)",
         }
     }
 }

@@ -67,7 +67,9 @@ pub(super) async fn run(ctx: &Ctx, cmd: TargetCmd) -> Result<(), Failure> {
 }
 
 /// Prints every target's poll report or error; fails with the last error's
-/// exit code when any target did not poll.
+/// exit code when any target did not poll, else with
+/// [`Exit::ApplyFailed`](crate::Exit::ApplyFailed) when a target failed to
+/// apply a change in its poll.
 async fn force_poll(ctx: &Ctx, select: PostArgs) -> Result<(), Failure> {
     let reports: Vec<ForcePollOutcome> = ctx.api.call(Op::TargetForcePollMany, select.selection()).await?;
     let worst = reports.iter().filter_map(|r| r.error.clone()).next_back();
@@ -88,9 +90,19 @@ async fn force_poll(ctx: &Ctx, select: PostArgs) -> Result<(), Failure> {
             }
         }
     })?;
+    let failed: Vec<&str> =
+        reports.iter().filter(|r| r.report.as_ref().is_some_and(|rep| rep.failed > 0)).map(|r| r.target.as_str()).collect();
     match worst {
         Some(e) if !ctx.out.json => Err(Failure::new(e.code.into(), "not every target polled")),
         Some(e) => Err(e.into()),
+        None if !failed.is_empty() => Err(Failure::new(
+            crate::Exit::ApplyFailed,
+            format!(
+                "{} failed to apply a change (see `musterctl instructions --target {} --errors`)",
+                failed.join(", "),
+                failed[0]
+            ),
+        )),
         None => Ok(()),
     }
 }

@@ -232,7 +232,10 @@ fn a_refused_job_shows_its_error_and_blocks_the_target_until_a_clean_poll() {
         bad["target"] = json!("web02");
         js.publish(subject, bad.to_string().into()).await.unwrap().await.unwrap();
     });
-    let polled = c.ctl(&["target", "force-poll", "web01"]).expect("force-poll");
+    // The poll report says so, and the exit code tells scripts (9).
+    let out = c.ctl_raw(&["target", "force-poll", "web01"], true);
+    assert_eq!(out.code, 9, "{out:?}");
+    let polled: Value = serde_json::from_str(&out.stdout).expect("the reports, as JSON");
     assert_eq!(polled[0]["report"]["failed"], 1, "{polled}");
 
     let errors: Vec<Value> = wait_for("the failure in the download list", WAIT, || {
