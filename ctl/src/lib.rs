@@ -31,24 +31,14 @@ pub mod stdout;
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
-
 pub use client::ApiClient;
 pub use exit::{Exit, Failure};
 
 /// Parses arguments, runs the command, prints errors, returns the exit code.
 pub async fn main() -> ExitCode {
-    let cli = match args::Cli::try_parse() {
+    let cli = match muster_runtime::exit::parse_args::<args::Cli>() {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
-                // A value that parsed but broke a rule (a bad name): invalid input.
-                clap::error::ErrorKind::ValueValidation => ExitCode::from(Exit::Invalid.code()),
-                _ => ExitCode::from(Exit::Usage.code()),
-            };
-        }
+        Err(code) => return code,
     };
     match commands::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,

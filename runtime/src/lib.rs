@@ -6,11 +6,13 @@
 //! - [`nats`]: connection flags (`NATS_URL`, `NATS_CREDS`, …) and connecting;
 //! - [`signal`]: one shutdown token cancelled by SIGTERM or SIGINT;
 //! - [`logging`]: `tracing` set-up, `MUSTER_LOG` filter, text or JSON lines;
+//! - [`exit`]: the one table of exit codes, and command-line parsing that uses it;
 //! - [`backoff`]: the retry delays of every "try again later" loop;
 //! - [`stream`]: reading a stream's messages up to where it ended when asked;
 //! - [`fsutil`]: crash-safe file writes.
 
 pub mod backoff;
+pub mod exit;
 pub mod fsutil;
 pub mod logging;
 pub mod nats;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use muster_master::MasterConfig;
+use muster_runtime::exit::Exit;
 use muster_runtime::logging::{self, LogArgs};
 use muster_runtime::nats::NatsArgs;
 use muster_shared::streams::StoreOptions;
@@ -12,7 +13,7 @@ use muster_shared::subject::Subjects;
 
 /// The Muster master: job definitions, target registry, admin API.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, after_help = muster_runtime::exit::help("Environment: NATS_URL (comma-separated), NATS_CREDS, NATS_USER, NATS_PASSWORD, MUSTER_LOG (log filter, e.g. info,muster_master=debug), and the MUSTER_* variable named beside each flag."))]
 struct Flags {
     #[command(flatten)]
     nats: NatsArgs,
@@ -36,12 +37,15 @@ struct Flags {
 }
 
 fn main() -> ExitCode {
-    let flags = Flags::parse();
+    let flags = match muster_runtime::exit::parse_args::<Flags>() {
+        Ok(f) => f,
+        Err(code) => return code,
+    };
     let subjects = match Subjects::new(&flags.prefix) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("muster-master: {e}");
-            return ExitCode::from(64);
+            return Exit::Invalid.into();
         }
     };
     logging::init(flags.log.log_format);
@@ -64,8 +68,14 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e:#}");
-                ExitCode::FAILURE
+                exit_for(&e)
             }
         }
     })
+}
+
+/// The exit code of a failure: a bad NATS URL or credentials file is
+/// invalid input, anything else internal.
+fn exit_for(e: &anyhow::Error) -> ExitCode {
+    e.downcast_ref::<muster_runtime::nats::ConnectError>().map_or(Exit::Internal, Exit::from).into()
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use muster_runtime::exit::Exit;
 use muster_runtime::logging::{self, LogArgs};
 use muster_runtime::nats::NatsArgs;
 use muster_shared::name::TargetName;
@@ -14,7 +15,7 @@ use muster_target::TargetConfig;
 
 /// The Muster target agent: polls its desired state from the master and runs jobs.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, after_help = muster_runtime::exit::help("Environment: NATS_URL (comma-separated), NATS_CREDS, NATS_USER, NATS_PASSWORD, MUSTER_LOG (log filter, e.g. info,muster_target=debug), and the MUSTER_* variable named beside each flag."))]
 struct Flags {
     /// This target's name (letters, digits, '-', '_'; at most 64). Default:
     /// the host's short name (up to its first '.'), when it is a valid name.
@@ -59,30 +60,22 @@ struct Flags {
 }
 
 fn main() -> ExitCode {
-    let flags = match Flags::try_parse() {
+    let flags = match muster_runtime::exit::parse_args::<Flags>() {
         Ok(f) => f,
-        Err(e) if e.use_stderr() => {
-            let _ = e.print();
-            // Bad configuration is a usage error (EX_USAGE).
-            return ExitCode::from(64);
-        }
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
+        Err(code) => return code,
     };
     let subjects = match Subjects::new(&flags.prefix) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("muster-target: {e}");
-            return ExitCode::from(64);
+            return Exit::Invalid.into();
         }
     };
     let name = match flags.name.clone().map_or_else(host_name, Ok) {
         Ok(name) => name,
         Err(e) => {
             eprintln!("muster-target: {e}");
-            return ExitCode::from(64);
+            return Exit::Invalid.into();
         }
     };
     logging::init(flags.log.log_format);
@@ -118,7 +111,7 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("muster-target: {e:#}");
-                    ExitCode::FAILURE
+                    exit_for(&e)
                 }
             }
         });
@@ -129,7 +122,7 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e:#}");
-                ExitCode::FAILURE
+                exit_for(&e)
             }
         }
     })
@@ -139,4 +132,10 @@ fn main() -> ExitCode {
 fn host_name() -> Result<TargetName, HostNameError> {
     let host = nix::unistd::gethostname().map_err(|e| HostNameError::Unreadable(e.into()))?;
     name_from_host(&host.to_string_lossy())
+}
+
+/// The exit code of a failure: a bad NATS URL or credentials file is
+/// invalid input, anything else internal.
+fn exit_for(e: &anyhow::Error) -> ExitCode {
+    e.downcast_ref::<muster_runtime::nats::ConnectError>().map_or(Exit::Internal, Exit::from).into()
 }

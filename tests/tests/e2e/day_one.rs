@@ -99,3 +99,28 @@ fn a_second_agent_on_a_state_directory_is_refused() {
     });
     assert_eq!(listed[0]["name"], "web01");
 }
+
+#[test]
+fn the_three_binaries_share_one_table_of_exit_codes() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let run = |bin_name: &str, args: &[&str]| {
+        let mut cmd = Command::new(bin(bin_name));
+        cmd.env_remove("NATS_URL").args(args);
+        if bin_name == "muster-target" {
+            cmd.args(["--name", "web01", "--state-dir"]).arg(state.path().join("s"));
+        }
+        let out = cmd.output().expect("running the binary");
+        (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let table = muster_runtime::exit::help("");
+    for (b, command) in [("muster-master", &[][..]), ("muster-target", &[]), ("musterctl", &["status"])] {
+        let (code, said) = run(b, &[&["--no-such-flag"][..], command].concat());
+        assert_eq!(code, Some(2), "{b}, an unknown flag: {said}");
+        let (code, said) = run(b, &[&["--server", "foo://127.0.0.1:1"][..], command].concat());
+        assert_eq!(code, Some(4), "{b}, a bad URL scheme: {said}");
+        assert!(said.contains("bad NATS URL 'foo://127.0.0.1:1'"), "{b}: {said}");
+        let (code, said) = run(b, &["--help"]);
+        assert_eq!(code, Some(0), "{b} --help: {said}");
+        assert!(said.contains(table.trim_end()), "{b} --help prints the one table: {said}");
+    }
+}
