@@ -124,3 +124,33 @@ fn the_three_binaries_share_one_table_of_exit_codes() {
         assert!(said.contains(table.trim_end()), "{b} --help prints the one table: {said}");
     }
 }
+
+#[test]
+fn run_show_on_a_terminal_shows_control_characters_instead_of_sending_them() {
+    muster_tests::require_on_path("script").expect("script(1), from util-linux, gives musterctl a terminal");
+    let mut c = Cluster::with_master();
+    c.start_target("web01", 3600);
+    c.wait_target_online("web01");
+    // Clear the screen and retitle the terminal window, as a hostile job
+    // (or a forged record) could.
+    c.ctl(&["job", "create", "loud", "--command", r"printf '\033[2J\033]0;owned\007done\n'"]).expect("create");
+    c.ctl(&["job", "assign", "loud", "--target", "web01"]).expect("assign");
+    let runs: Vec<serde_json::Value> = c.ctl_ok(&["job", "start", "loud", "--wait"]);
+    let run_id = runs[0]["run_id"].as_str().expect("run id").to_owned();
+
+    // Piped: byte for byte what the job printed.
+    let piped = c.ctl_raw(&["run", "show", &run_id], false);
+    assert!(piped.stdout.contains("| \u{1b}[2J\u{1b}]0;owned\u{7}done"), "{piped:?}");
+
+    // On a terminal (script(1) runs it on a pseudo-terminal): shown as `cat -v` shows it.
+    let musterctl = bin("musterctl");
+    let out = Command::new("script")
+        .args(["-qec", &format!("{} run show {run_id}", musterctl.display()), "/dev/null"])
+        .env("NATS_URL", c.url())
+        .output()
+        .expect("running script");
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(seen.contains("| ^[[2J^[]0;owned^Gdone"), "{seen:?}");
+    assert!(!seen.contains('\u{1b}'), "no escape reached the terminal: {seen:?}");
+}
