@@ -16,6 +16,9 @@ use muster_shared::{msg, MAX_REPLY_BYTES};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+/// How often a call that waits checks that a master is still serving.
+const LIVENESS_EVERY: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
 pub struct ApiClient {
     pub client: async_nats::Client,
@@ -34,16 +37,49 @@ impl ApiClient {
 
     /// Sends `{"v":1, ...body}` to `muster.api.<op>` and decodes the reply.
     ///
+    /// While it waits, it checks every [`LIVENESS_EVERY`] that a master is
+    /// still serving: a master that died mid-request (and no other one
+    /// left) ends the call at once with `master_unavailable`, instead of
+    /// the whole timeout and a misleading "timeout".
+    ///
     /// # Errors
-    /// `master_unavailable` when no master answers; otherwise the master's
-    /// own error.
+    /// `master_unavailable` when no master answers or the last one went
+    /// away; otherwise the master's own error.
     pub async fn call<B: Serialize, R: DeserializeOwned>(&self, op: Op, body: B) -> Result<R, ApiError> {
         let payload = msg::encode(&Request::new(body));
         let subject = self.subjects.api(op.subject());
-        let reply = tokio::time::timeout(self.timeout, self.exchange(&subject, payload))
+        let answer = async {
+            tokio::select! {
+                reply = self.exchange(&subject, payload) => reply,
+                gone = self.until_no_master() => Err(gone),
+            }
+        };
+        let reply = tokio::time::timeout(self.timeout, answer)
             .await
             .map_err(|_| ApiError::new(ErrorCode::Timeout, format!("no answer on {subject} within {:?}", self.timeout)))??;
         msg::decode_within::<Reply<R>>(&reply, self.max_reply_bytes)?.into_result()
+    }
+
+    /// Returns once no master serves this installation any more: a ping of
+    /// the service (`$SRV.PING.<service>`) every [`LIVENESS_EVERY`] that
+    /// NATS answers with "no responders". A ping that is answered, or that
+    /// fails otherwise (a reconnect), proves nothing either way.
+    async fn until_no_master(&self) -> ApiError {
+        let ping = format!("$SRV.PING.{}", self.subjects.service_name());
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + LIVENESS_EVERY, LIVENESS_EVERY);
+        loop {
+            every.tick().await;
+            let asked = tokio::time::timeout(LIVENESS_EVERY, self.client.request(ping.clone(), "".into())).await;
+            if let Ok(Err(e)) = asked {
+                if e.kind() == async_nats::RequestErrorKind::NoResponders {
+                    return ApiError::new(
+                        ErrorCode::MasterUnavailable,
+                        "the master stopped while it handled the request (no master answers any more): \
+                         it may or may not have made the change; check, then retry",
+                    );
+                }
+            }
+        }
     }
 
     /// One request, and its reply gathered from its parts when the master

@@ -154,3 +154,43 @@ fn run_show_on_a_terminal_shows_control_characters_instead_of_sending_them() {
     assert!(seen.contains("| ^[[2J^[]0;owned^Gdone"), "{seen:?}");
     assert!(!seen.contains('\u{1b}'), "no escape reached the terminal: {seen:?}");
 }
+
+#[test]
+fn a_master_killed_mid_request_is_reported_unreachable_not_offline() {
+    use futures::StreamExt as _;
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    let mut c = Cluster::with_master();
+    c.start_target("web01", 3600);
+    c.wait_target_online("web01");
+    // Frozen, web01 still holds its control subscription: the master's
+    // force-poll waits for it (10 s) instead of failing at once.
+    let agent = Pid::from_raw(c.target("web01").pid());
+    kill(agent, Signal::SIGSTOP).expect("SIGSTOP");
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let nats = rt.block_on(async_nats::connect(c.url())).expect("connect");
+    let mut control = rt.block_on(nats.subscribe("muster.target.web01.control")).expect("subscribe");
+    rt.block_on(nats.flush()).expect("flush");
+    let mut ctl = Command::new(bin("musterctl"))
+        .env("NATS_URL", c.url())
+        .args(["target", "force-poll", "web01", "--api-timeout", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("musterctl");
+    // The master is in the middle of the request once its control request
+    // to web01 is out.
+    rt.block_on(async { tokio::time::timeout(WAIT, control.next()).await })
+        .expect("the master's force-poll of web01")
+        .expect("a message");
+    c.masters[0].kill();
+
+    let exited = wait_for_exit(&mut ctl);
+    let out = ctl.wait_with_output().expect("musterctl output");
+    kill(agent, Signal::SIGCONT).expect("SIGCONT");
+    assert!(exited, "musterctl kept waiting for a master that was gone: {out:?}");
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the master stopped while it handled the request"), "{out:?}");
+}
