@@ -13,5 +13,6 @@ mod faults;
 mod history;
 mod jobs;
 mod operator;
+mod reply_injection;
 mod security;
 mod upgrade;

@@ -12,13 +12,13 @@ use async_nats::jetstream::{self, stream::DirectGetErrorKind};
 use futures::{FutureExt as _, StreamExt};
 use muster_tests::{bin, block_on, s, Cluster};
 
-fn credentials(dir: &Path, user: &str) -> (String, String) {
+pub(crate) fn credentials(dir: &Path, user: &str) -> (String, String) {
     let text = std::fs::read_to_string(dir.join(format!("{user}.env"))).expect("env file");
     let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).expect("field").to_owned();
     (field("NATS_USER="), field("NATS_PASSWORD="))
 }
 
-fn env_of(dir: &Path, user: &str) -> Vec<(String, String)> {
+pub(crate) fn env_of(dir: &Path, user: &str) -> Vec<(String, String)> {
     let (u, p) = credentials(dir, user);
     vec![("NATS_USER".into(), u), ("NATS_PASSWORD".into(), p)]
 }
