@@ -17,7 +17,8 @@
 //! process is started with (`env_file:` in compose, `EnvironmentFile=` in
 //! systemd). Running the command again for a new target keeps everyone
 //! else's password, so adding a target is: run it again, reload nats-server
-//! (`nats-server --signal reload`), hand the new file to the new target.
+//! twice (`nats-server --signal reload`; 2.15.1 wires a new account's
+//! imports only at the second reload), hand the new file to the new target.
 //! Removing one is deleting its `.env` file and running it again.
 
 use std::fmt::Write as _;

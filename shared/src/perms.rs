@@ -4,8 +4,8 @@
 //! (its desired state, its results, its poll report, its agent API, its
 //! control subject, its inbox prefix), so these lists are all that keeps
 //! target A out of B's jobs and results and out of the admin API. The agent
-//! needs nothing else; `musterctl auth nats-config` writes them into a
-//! nats-server authorization block, and the end-to-end tests run a target
+//! needs nothing else; `musterctl auth nats-config` writes them into the
+//! nats-server accounts it generates, and the end-to-end tests run a target
 //! under them.
 //!
 //! [`target`] is the set for delivery by desired state: a target reads its
