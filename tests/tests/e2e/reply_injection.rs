@@ -33,8 +33,11 @@ const WAIT: Duration = Duration::from_secs(30);
 /// overwritten), and every stream's consumers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Snapshot {
-    streams: BTreeMap<String, (BTreeSet<String>, BTreeMap<String, (usize, u64)>)>,
+    streams: BTreeMap<String, (BTreeSet<String>, Subjects)>,
 }
+
+/// Subject → (message count, sequence of the last message).
+type Subjects = BTreeMap<String, (usize, u64)>;
 
 async fn snapshot(js: &jetstream::Context) -> Snapshot {
     let names: Vec<String> = js.stream_names().try_collect().await.expect("stream names");
@@ -83,13 +86,13 @@ fn changed(before: &Snapshot, after: &Snapshot) -> Vec<String> {
 /// download-list rows, its job status).
 fn web01s_own(subject: &str) -> bool {
     let t: Vec<&str> = subject.split('.').collect();
-    match t.as_slice() {
-        ["muster", "target" | "result" | "poll", "web01", ..] => true,
-        ["$KV", "muster-targets", "web01"] => true,
-        ["$KV", "muster-instructions", "web01", ..] => true,
-        ["$KV", "muster-jobstatus", _, "web01"] => true,
-        _ => false,
-    }
+    matches!(
+        t.as_slice(),
+        ["muster", "target" | "result" | "poll", "web01", ..]
+            | ["$KV", "muster-targets", "web01"]
+            | ["$KV", "muster-instructions", "web01", ..]
+            | ["$KV", "muster-jobstatus", _, "web01"]
+    )
 }
 
 /// How many requests the master's agent endpoints answered.
@@ -272,7 +275,7 @@ fn answers_to_a_target_never_land_outside_its_own_subjects() {
 /// hand-written users, cannot aim the master's answer elsewhere either.
 #[test]
 fn the_master_answers_an_agent_only_on_its_own_inbox() {
-    let mut c = Cluster::with_master();
+    let c = Cluster::with_master();
     c.ctl(&["target", "enlist", "web02"]).expect("enlist web02");
     let url = c.url();
     let enlist = br#"{"v":1,"name":"web01"}"#;
