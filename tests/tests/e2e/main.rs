@@ -3,6 +3,7 @@
 //! binary, grouped by theme.
 
 mod applied;
+mod auth_reload;
 mod cluster;
 mod core_loop;
 mod defection;
