@@ -68,10 +68,12 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum AuthCmd {
-    /// Write a nats-server authorization file (DIR/auth.conf, to include from
+    /// Write nats-server accounts and users (DIR/auth.conf, to include from
     /// the server's configuration) and one DIR/<user>.env per user. Each
-    /// target may touch only subjects that carry its name; the master and
-    /// operators are unrestricted. Needs no NATS connection.
+    /// target gets an account of its own that imports only the subjects
+    /// that carry its name, and may touch only those; the master and
+    /// operators are unrestricted, in the Muster account with JetStream.
+    /// Needs no NATS connection.
     NatsConfig {
         /// Targets to add; targets that already have a file in DIR are kept,
         /// and so is every existing password.

@@ -1,13 +1,24 @@
-//! `musterctl auth nats-config`: nats-server users for the master, for
-//! operators, and for each target, every target limited to the subjects that
-//! carry its own name ([`muster_shared::perms`]).
+//! `musterctl auth nats-config`: nats-server accounts and users for the
+//! master, for operators, and for each target.
+//!
+//! Each target gets an account of its own ([`muster_shared::perms::target_account`])
+//! that imports from the Muster account only its own subjects, and its user
+//! in it is limited to the same subjects. The account is what confines the
+//! *answers*: nats-server never checks a request's reply subject against the
+//! requester's permissions, and JetStream and the master answer with their
+//! own rights; across an account boundary the server gives the request a
+//! reply subject of its own and maps the answer back into the target's
+//! account, so it cannot land in the buckets, another target's subjects or
+//! the API. The master and the operators share the Muster account, with
+//! JetStream, unrestricted.
 //!
 //! Each user's password is generated once and kept in `<dir>/<user>.env`
 //! (`NATS_USER=…`, `NATS_PASSWORD=…`, mode 0600): that file is what the
 //! process is started with (`env_file:` in compose, `EnvironmentFile=` in
 //! systemd). Running the command again for a new target keeps everyone
 //! else's password, so adding a target is: run it again, reload nats-server
-//! (`nats-server --signal reload`), hand the new file to the new target.
+//! twice (`nats-server --signal reload`; 2.15.1 wires a new account's
+//! imports only at the second reload), hand the new file to the new target.
 //! Removing one is deleting its `.env` file and running it again.
 
 use std::fmt::Write as _;
@@ -16,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use muster_shared::name::TargetName;
-use muster_shared::perms::{self, Permissions};
+use muster_shared::perms::{self, Permissions, TargetAccount};
 use muster_shared::subject::Subjects;
 
 /// The master daemon's user: unrestricted in its account (it creates the
@@ -29,12 +40,13 @@ pub const ADMIN_USER: &str = "muster-admin";
 /// The authorization file, to `include` from the nats-server configuration.
 pub const CONFIG_FILE: &str = "auth.conf";
 
-/// One NATS user: its name, password, and limits (`None` = unrestricted).
+/// One NATS user: its name, password, and, for a target, its own account
+/// (`None`: a user of the Muster account, unrestricted).
 #[derive(Debug, Clone)]
 pub struct User {
     pub name: String,
     pub password: String,
-    pub permissions: Option<Permissions>,
+    pub account: Option<TargetAccount>,
 }
 
 /// What [`write_config`] wrote.
@@ -65,50 +77,75 @@ pub fn write_config(dir: &Path, subjects: &Subjects, targets: &[TargetName]) -> 
 
     let mut users = Vec::new();
     for name in [MASTER_USER, ADMIN_USER] {
-        users.push(User { name: name.to_owned(), password: password_for(dir, name)?, permissions: None });
+        users.push(User { name: name.to_owned(), password: password_for(dir, name)?, account: None });
     }
     for t in &names {
         users.push(User {
             name: t.to_string(),
             password: password_for(dir, t.as_str())?,
-            permissions: Some(perms::target(subjects, t)),
+            account: Some(perms::target_account(subjects, t)),
         });
     }
     let config = dir.join(CONFIG_FILE);
-    write_private(&config, &render(&users))?;
+    write_private(&config, &render(subjects, &users))?;
     Ok(Written { config, users: users.iter().map(|u| (u.name.clone(), env_file(dir, &u.name))).collect() })
 }
 
-/// The `authorization` block for `users`.
-pub fn render(users: &[User]) -> String {
-    let list = |items: &[String]| items.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+/// The `accounts` block for `users`: the Muster account with the
+/// unrestricted users, and one account per target user.
+pub fn render(subjects: &Subjects, users: &[User]) -> String {
+    let q = |s: &str| format!("\"{s}\"");
+    let list = |items: &[String]| items.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ");
+    let muster = perms::muster_account(subjects);
     let mut out = String::from(
         "# Written by `musterctl auth nats-config`: include it from nats-server.conf.\n\
-         # Targets may touch only subjects that carry their own name.\n\
-         authorization {\n  users: [\n",
+         # One account for Muster (JetStream, the master, the operators) and one per\n\
+         # target, which imports only the subjects that carry its own name, so that\n\
+         # every answer to a target goes back into the target's own account.\n\
+         accounts {\n",
     );
-    for u in users {
-        match &u.permissions {
-            None => {
-                let _ = writeln!(out, "    {{ user: \"{}\", password: \"{}\" }}", u.name, u.password);
-            }
-            Some(p) => {
-                let _ = writeln!(
-                    out,
-                    "    {{ user: \"{}\", password: \"{}\", permissions: {{\n        \
-                     publish: {{ allow: [{}] }}\n        \
-                     subscribe: {{ allow: [{}] }}\n        \
-                     allow_responses: {}\n    }} }}",
-                    u.name,
-                    u.password,
-                    list(&p.publish),
-                    list(&p.subscribe),
-                    p.allow_responses
-                );
-            }
+    let _ = writeln!(out, "  {}: {{\n    jetstream: enabled\n    users: [", q(&muster));
+    for u in users.iter().filter(|u| u.account.is_none()) {
+        let _ = writeln!(out, "      {{ user: {}, password: {} }}", q(&u.name), q(&u.password));
+    }
+    out.push_str("    ]\n    # Public, but only accounts in this file exist; each imports its own part.\n    exports: [\n");
+    for e in perms::muster_exports(subjects) {
+        let _ = writeln!(out, "      {{ service: {} }}", q(&e));
+    }
+    out.push_str("    ]\n    imports: [\n");
+    for a in users.iter().filter_map(|u| u.account.as_ref()) {
+        for e in &a.exports {
+            let _ = writeln!(out, "      {{ service: {{ account: {}, subject: {} }} }}", q(&a.name), q(e));
         }
     }
-    out.push_str("  ]\n}\n");
+    out.push_str("    ]\n  }\n");
+    for u in users {
+        let Some(a) = &u.account else { continue };
+        let p: &Permissions = &a.permissions;
+        let _ = writeln!(out, "  {}: {{\n    jetstream: disabled\n    users: [", q(&a.name));
+        let _ = writeln!(
+            out,
+            "      {{ user: {}, password: {}, permissions: {{\n          \
+             publish: {{ allow: [{}] }}\n          \
+             subscribe: {{ allow: [{}] }}\n          \
+             allow_responses: {}\n      }} }}",
+            q(&u.name),
+            q(&u.password),
+            list(&p.publish),
+            list(&p.subscribe),
+            p.allow_responses
+        );
+        out.push_str("    ]\n    imports: [\n");
+        for i in &a.imports {
+            let _ = writeln!(out, "      {{ service: {{ account: {}, subject: {} }} }}", q(&muster), q(i));
+        }
+        out.push_str("    ]\n    exports: [\n");
+        for e in &a.exports {
+            let _ = writeln!(out, "      {{ service: {}, accounts: [{}] }}", q(e), q(&muster));
+        }
+        out.push_str("    ]\n  }\n");
+    }
+    out.push_str("}\n");
     out
 }
 
@@ -173,6 +210,15 @@ mod tests {
         let conf = fs::read_to_string(&first.config).unwrap();
         assert!(conf.contains("{ user: \"muster-master\", password: \""), "{conf}");
         assert!(conf.contains("\"muster.result.web01.>\""), "{conf}");
+        assert!(conf.contains("\"muster-target-web01\": {"), "{conf}");
+        assert!(
+            conf.contains("{ service: { account: \"muster\", subject: \"muster.poll.web01\" } }"),
+            "web01's account imports its poll subject: {conf}"
+        );
+        assert!(
+            conf.contains("{ service: { account: \"muster-target-web01\", subject: \"muster.target.web01.control\" } }"),
+            "the Muster account imports web01's control subject: {conf}"
+        );
         let mode = fs::metadata(&first.config).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let pw = fs::read_to_string(dir.path().join("web01.env")).unwrap();

@@ -4,8 +4,8 @@
 //! (its desired state, its results, its poll report, its agent API, its
 //! control subject, its inbox prefix), so these lists are all that keeps
 //! target A out of B's jobs and results and out of the admin API. The agent
-//! needs nothing else; `musterctl auth nats-config` writes them into a
-//! nats-server authorization block, and the end-to-end tests run a target
+//! needs nothing else; `musterctl auth nats-config` writes them into the
+//! nats-server accounts it generates, and the end-to-end tests run a target
 //! under them.
 //!
 //! [`target`] is the set for delivery by desired state: a target reads its
@@ -15,13 +15,18 @@
 //! can confine), not `STREAM.INFO` — and nothing of `MUSTER_ASSIGN` (no
 //! consumer, no ack subject: nothing per target on the server).
 //!
-//! The same handful of per-target patterns is what an account per target
-//! imports from the Muster account (the reply-subject fix): the two Direct
-//! Get subjects, `<prefix>.result.<t>.>`, `<prefix>.poll.<t>` and
-//! `<prefix>.api.agent.<t>.>` as service imports (so JetStream's and the
-//! master's answers cross back through the server's response mapping), and
-//! `<prefix>.target.<t>.control` as a service the target's account exports
-//! to the Muster account.
+//! Permissions alone do not confine replies: nats-server checks the subject
+//! a client publishes to, never the reply subject of its request, and
+//! whoever answers (JetStream, the master) publishes with its own rights.
+//! So each target also gets an account of its own ([`target_account`]),
+//! which imports from the Muster account ([`muster_exports`]) only its own
+//! handful of subjects, as services — the two Direct Get subjects,
+//! `<prefix>.result.<t>.>`, `<prefix>.poll.<t>` (JetStream's PubAck is the
+//! service's answer) and `<prefix>.api.agent.<t>.>` — and exports its
+//! control subject to the Muster account. A request crossing an import gets
+//! a reply subject the server makes up (`_R_.…`) and maps back into the
+//! requester's account: an answer aimed anywhere lands in the target's own
+//! account, where nothing listens. Nothing is imported as a stream.
 
 use crate::name::TargetName;
 use crate::subject::Subjects;
@@ -48,6 +53,43 @@ pub fn target(s: &Subjects, t: &TargetName) -> Permissions {
     }
 }
 
+/// The Muster account: JetStream, the master, the operators.
+pub fn muster_account(s: &Subjects) -> String {
+    s.prefix().to_owned()
+}
+
+/// What the Muster account exports as services, one wildcard pattern per
+/// kind; each target's account imports its own part of each.
+pub fn muster_exports(s: &Subjects) -> Vec<String> {
+    vec![s.direct_get_state_all(), s.direct_get_job_docs_all(), s.results_of_any(), s.poll_all(), s.agent_api_pattern(">")]
+}
+
+/// A target's own NATS account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetAccount {
+    /// `<prefix>-target-<t>`.
+    pub name: String,
+    /// Services imported from the Muster account: requests go in, answers
+    /// come back through the server's response mapping.
+    pub imports: Vec<String>,
+    /// Services exported to the Muster account: the control subject.
+    pub exports: Vec<String>,
+    /// The target's user in it, as limited as without the account.
+    pub permissions: Permissions,
+}
+
+/// The account of target `t`: its imports are exactly the subjects its user
+/// may publish to.
+pub fn target_account(s: &Subjects, t: &TargetName) -> TargetAccount {
+    let permissions = target(s, t);
+    TargetAccount {
+        name: format!("{}-target-{t}", s.prefix()),
+        imports: permissions.publish.clone(),
+        exports: vec![s.control(t)],
+        permissions,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,6 +108,40 @@ mod tests {
         }
         assert!(p.publish.contains(&"muster.result.web01.>".to_owned()));
         assert!(p.subscribe.contains(&"muster.target.web01.control".to_owned()));
+    }
+
+    #[test]
+    fn a_target_account_imports_only_its_own_subjects_and_each_import_is_exported() {
+        let s = Subjects::default();
+        let (a, b) = (TargetName::new("web01").unwrap(), TargetName::new("web02").unwrap());
+        let acc = target_account(&s, &a);
+        assert_eq!(acc.name, "muster-target-web01");
+        assert_ne!(acc.name, muster_account(&s));
+        assert_eq!(acc.exports, [s.control(&a)]);
+        let exports = muster_exports(&s);
+        for import in &acc.imports {
+            assert!(import.contains("web01"), "{import}");
+            // The server accepts an import only inside an export.
+            assert!(exports.iter().any(|e| subset(import, e)), "{import} is in no export of {exports:?}");
+        }
+        // Nothing of another target's, nothing of the admin API or the buckets.
+        let other = target_account(&s, &b);
+        for import in &acc.imports {
+            for theirs in &other.imports {
+                assert!(!subset(import, theirs) && !subset(theirs, import), "{import} overlaps {theirs}");
+            }
+        }
+        for export in &exports {
+            for refused in [s.api("job.create"), "$KV.muster-jobs.x".to_owned(), s.control(&a), s.state(&a)] {
+                assert!(!allowed(std::slice::from_ref(export), &refused), "{export} exports {refused}");
+            }
+        }
+    }
+
+    /// Every subject `pattern` matches, `of` matches too (wildcards read as
+    /// literal tokens, which is enough for these patterns).
+    fn subset(pattern: &str, of: &str) -> bool {
+        crate::subject::matches(of, pattern)
     }
 
     fn allowed(list: &[String], subject: &str) -> bool {

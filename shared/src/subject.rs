@@ -128,6 +128,16 @@ impl Subjects {
         Self::direct_get(&self.desired_stream(), &self.job_docs_of(t))
     }
 
+    /// Every target's manifest reads (an export of the Muster account).
+    pub fn direct_get_state_all(&self) -> String {
+        Self::direct_get(&self.desired_stream(), &self.state_all())
+    }
+
+    /// Every target's job-document reads (an export of the Muster account).
+    pub fn direct_get_job_docs_all(&self) -> String {
+        Self::direct_get(&self.desired_stream(), &self.job_docs_all())
+    }
+
     // ---- per-target subjects -------------------------------------------
 
     /// Previous design: a target's instruction queue on `MUSTER_ASSIGN`.
@@ -181,6 +191,12 @@ impl Subjects {
     pub fn instr_filter(&self, t: Option<&TargetName>) -> String {
         let t = t.map_or_else(|| "*".to_owned(), ToString::to_string);
         format!("{}.result.{t}.instr", self.prefix)
+    }
+
+    /// Every target's results, one wildcard per token (an export of the
+    /// Muster account: `<prefix>.result.<t>.>` is a subset of it).
+    pub fn results_of_any(&self) -> String {
+        format!("{}.result.*.>", self.prefix)
     }
 
     pub fn results_all(&self) -> String {

@@ -261,19 +261,7 @@ impl NodeFiles {
     /// server; returns it and the client port it listens on, once it has
     /// written its ports file (which it does after every listener is up).
     fn launch(&self, port: &str) -> Result<(Proc, u16), NotListening> {
-        let ports_dir = self.dir.join(format!("{}-ports", self.stem));
-        std::fs::create_dir_all(&ports_dir).expect("ports dir");
-        let config = self.dir.join(format!("{}.conf", self.stem));
-        std::fs::write(
-            &config,
-            format!(
-                "listen: 127.0.0.1:{port}\nports_file_dir: \"{}\"\njetstream {{ store_dir: \"{}\" }}\n{}\n",
-                ports_dir.display(),
-                self.store.display(),
-                self.extra_config
-            ),
-        )
-        .expect("nats config");
+        let (config, ports_dir) = self.write_config(port);
         let mut cmd = Command::new("nats-server");
         cmd.arg("-c").arg(&config);
         let mut proc = Proc::spawn("nats-server", cmd, self.dir.join(format!("{}.log", self.stem)));
@@ -294,6 +282,49 @@ impl NodeFiles {
             Some(port) => Ok((proc, port)),
             None => Err(NotListening { log: proc.log_text() }),
         }
+    }
+}
+
+impl NodeFiles {
+    /// Writes the configuration for `port`; returns its path and the ports
+    /// file directory.
+    fn write_config(&self, port: &str) -> (PathBuf, PathBuf) {
+        let ports_dir = self.dir.join(format!("{}-ports", self.stem));
+        std::fs::create_dir_all(&ports_dir).expect("ports dir");
+        let config = self.dir.join(format!("{}.conf", self.stem));
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:{port}\nports_file_dir: \"{}\"\njetstream {{ store_dir: \"{}\" }}\n{}\n",
+                ports_dir.display(),
+                self.store.display(),
+                self.extra_config
+            ),
+        )
+        .expect("nats config");
+        (config, ports_dir)
+    }
+}
+
+impl NatsServer {
+    /// Rewrites the configuration with other extra text and has the running
+    /// server reload it (`SIGHUP`, as `nats-server --signal reload` sends);
+    /// returns once the server logged the reload.
+    ///
+    /// # Panics
+    /// When the server does not log the reload in time.
+    pub fn reload_with(&mut self, extra_config: &str) {
+        const RELOADED: &str = "Reloaded server configuration";
+        let before = self.log_text().matches(RELOADED).count();
+        self.files.extra_config = extra_config.to_owned();
+        self.files.write_config(&self.port.to_string());
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.proc.pid()), nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+        wait_for_described(
+            "nats-server to reload its configuration",
+            Duration::from_secs(60),
+            || (self.log_text().matches(RELOADED).count() > before).then_some(()),
+            || self.log_text(),
+        );
     }
 }
 

@@ -13,15 +13,55 @@
 //! target defected from its record (`defected_at`, until the target applied
 //! the defection) or, once the record is gone, from the target's manifest,
 //! which stays behind saying `defected`.
+//!
+//! The master answers an agent only where the agent itself listens
+//! ([`Ctx::agent_reply_ok`]): nats-server does not check a request's reply
+//! subject against the requester's permissions, and the master publishes
+//! its answer with its own rights, so an answer aimed at a bucket, another
+//! target or the API would be written there.
 
 use muster_shared::api::{self as wire, ApiError, EnlistRequest, ErrorCode, TargetRef};
 use muster_shared::name::TargetName;
+use muster_shared::subject::Subjects;
 use uuid::Uuid;
 
 use super::{body, reply, Ctx};
 use crate::store::{Store, TargetRecord};
 
+/// The prefix of the reply subjects nats-server makes up for a request that
+/// crossed a service import; the answer is mapped back into the requester's
+/// account.
+const RESPONSE_MAPPING_PREFIX: &str = "_R_.";
+
 impl Ctx {
+    /// Whether the master may handle and answer an agent request whose reply
+    /// subject is `reply`: only on the target's own inbox prefix
+    /// (`_INBOX_<t>.…`, a target whose user is in the Muster account) or on a
+    /// reply subject the server made up for a request from the target's own
+    /// account (`_R_.…`, mapped back into that account). Anything else — no
+    /// reply, or a reply aimed elsewhere — is neither handled nor answered;
+    /// it is logged and counted as a bad request.
+    pub(super) fn agent_reply_ok(&self, subject: &str, reply: Option<&str>) -> bool {
+        let own_inbox = self
+            .config
+            .subjects
+            .target_of(subject)
+            .and_then(|t| TargetName::new(t).ok())
+            .map(|t| format!("{}.", Subjects::inbox_prefix(&t)));
+        let ok = reply.is_some_and(|r| {
+            r.starts_with(RESPONSE_MAPPING_PREFIX) || own_inbox.as_deref().is_some_and(|inbox| r.starts_with(inbox))
+        });
+        if !ok {
+            self.metrics.bad_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                subject,
+                reply = reply.unwrap_or_default(),
+                "refused an agent request whose reply subject is not the agent's own inbox"
+            );
+        }
+        ok
+    }
+
     /// An agent enlisting itself.
     pub(super) async fn agent_enlist(&self, subject: &str, p: &[u8]) -> Result<Vec<u8>, ApiError> {
         let req: EnlistRequest = body(p)?;

@@ -140,6 +140,11 @@ pub async fn serve(
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let subject = request.message.subject.to_string();
+            if matches!(route, Route::AgentEnlist | Route::AgentDefect)
+                && !ctx.agent_reply_ok(&subject, request.message.reply.as_deref())
+            {
+                return;
+            }
             let answer = ctx.handle(route, &subject, &request.message.payload).await;
             if let Err(e) = reply::send(&ctx.client, request, answer).await {
                 tracing::warn!(subject, error = %e, "could not send the API reply");

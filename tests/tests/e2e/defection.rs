@@ -27,7 +27,8 @@ fn agent_enlist(c: &Cluster, target: &str) -> Option<String> {
     let subject = format!("muster.api.agent.{target}.enlist");
     let body = json!({"v": 1, "name": target, "instance": Uuid::new_v4()});
     block_on(async move {
-        let client = options.connect(url).await.expect("connecting");
+        // Agents ask from their own inbox, the only place the master answers them.
+        let client = options.custom_inbox_prefix(format!("_INBOX_{target}")).connect(url).await.expect("connecting");
         let reply = client.request(subject, serde_json::to_vec(&body).unwrap().into()).await.expect("an answer");
         let v: Value = serde_json::from_slice(&reply.payload).expect("JSON");
         v["error"]["code"].as_str().map(str::to_owned)

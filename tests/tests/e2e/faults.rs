@@ -411,10 +411,12 @@ fn garbage_on_every_subject_is_refused_and_the_system_keeps_working() {
     let malformed = b"{\"v\":1, not json".to_vec();
 
     let (api_errors, control_errors, refused) = block_on(async {
-        let client = async_nats::connect(url).await.unwrap();
+        let client = async_nats::connect(url.clone()).await.unwrap();
         let js = async_nats::jetstream::new(client.clone());
         // API: each bad request is answered with an error.
         let mut api_errors = Vec::new();
+        // The master answers an agent only on its own inbox, as agents use.
+        let as_g1 = async_nats::ConnectOptions::new().custom_inbox_prefix("_INBOX_g1").connect(url).await.unwrap();
         for (subject, body) in [
             ("muster.api.job.create", malformed.clone()),
             ("muster.api.job.create", br#"{"v":99,"spec":{}}"#.to_vec()),
@@ -422,7 +424,8 @@ fn garbage_on_every_subject_is_refused_and_the_system_keeps_working() {
             ("muster.api.agent.g1.enlist", br#"{"v":1,"name":"g2"}"#.to_vec()),
             ("muster.api.job.create", oversized()),
         ] {
-            let m = client.request(subject, body.into()).await.expect("an answer");
+            let via = if subject.contains(".agent.") { &as_g1 } else { &client };
+            let m = via.request(subject, body.into()).await.expect("an answer");
             let v: Value = serde_json::from_slice(&m.payload).unwrap();
             api_errors.push(s(&v["error"], "code").to_owned());
         }

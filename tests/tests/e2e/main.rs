@@ -3,6 +3,7 @@
 //! binary, grouped by theme.
 
 mod applied;
+mod auth_reload;
 mod cluster;
 mod core_loop;
 mod day_one;
@@ -14,5 +15,6 @@ mod faults;
 mod history;
 mod jobs;
 mod operator;
+mod reply_injection;
 mod security;
 mod upgrade;

@@ -316,7 +316,10 @@ fn defection_from_the_master_by_the_target_itself_and_forced() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let ask = |subject: &str, body: &str| -> Value {
         rt.block_on(async {
-            let client = async_nats::connect(c.url()).await.unwrap();
+            // From the agent's own inbox, the only place the master answers it.
+            let target = subject.split('.').nth(3).unwrap_or_default();
+            let client =
+                async_nats::ConnectOptions::new().custom_inbox_prefix(format!("_INBOX_{target}")).connect(c.url()).await.unwrap();
             let reply = client.request(subject.to_owned(), body.to_owned().into()).await.unwrap();
             serde_json::from_slice(&reply.payload).unwrap()
         })
