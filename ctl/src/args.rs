@@ -63,7 +63,10 @@ pub enum Command {
     #[command(subcommand)]
     Auth(AuthCmd),
     /// Print shell completions.
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// The shell to print them for.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,7 +91,9 @@ pub enum AuthCmd {
 pub enum TargetCmd {
     /// Enlist a target (an agent also enlists itself when it starts).
     Enlist {
+        /// The target's name (its agent's --name).
         name: TargetName,
+        /// Where the target is (free text, shown by `target list`).
         #[arg(long)]
         location: Option<String>,
         /// Poll interval in seconds.
@@ -97,6 +102,7 @@ pub enum TargetCmd {
     },
     /// Defect a target: it deletes its jobs from this master at its next poll.
     Defect {
+        /// The target to defect.
         name: TargetName,
         /// The target is gone for good: delete its record, consumer and pending instructions now.
         #[arg(long)]
@@ -104,7 +110,9 @@ pub enum TargetCmd {
     },
     /// All targets with their status (SQL Server's "Target Servers Status").
     List,
+    /// One target: its status, last poll report and clock.
     Show {
+        /// The target to show.
         name: TargetName,
     },
     /// Make targets poll now (all at once) and print their poll reports.
@@ -131,6 +139,7 @@ pub enum TargetCmd {
 /// Which targets an operation concerns.
 #[derive(Debug, Args)]
 pub struct PostArgs {
+    /// Targets by name.
     pub names: Vec<TargetName>,
     /// A target group (repeat for several).
     #[arg(long = "group", short = 'g')]
@@ -152,23 +161,31 @@ impl PostArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum GroupCmd {
+    /// Create an empty group.
     Create {
+        /// The group's name.
         group: GroupName,
     },
     /// Delete a group no job is assigned to.
     Delete {
+        /// The group to delete.
         group: GroupName,
     },
+    /// All groups, with their members and jobs.
     List,
     /// Add targets: they get the group's jobs.
     Add {
+        /// The group.
         group: GroupName,
+        /// Targets to add.
         #[arg(required = true)]
         targets: Vec<TargetName>,
     },
     /// Remove targets: they lose the group's jobs (unless assigned otherwise).
     Remove {
+        /// The group.
         group: GroupName,
+        /// Targets to remove.
         #[arg(required = true)]
         targets: Vec<TargetName>,
     },
@@ -176,6 +193,7 @@ pub enum GroupCmd {
 
 #[derive(Debug, Args)]
 pub struct InstructionsArgs {
+    /// Only this target's rows.
     #[arg(long, short = 't')]
     pub target: Option<TargetName>,
     /// Only instructions not yet downloaded.
@@ -214,37 +232,51 @@ pub enum JobCmd {
         /// A shell command line; one step each, run in order.
         #[arg(long = "command", short = 'c')]
         commands: Vec<String>,
+        /// A job file (JSON): name, steps, schedules, flow, retries, timeouts.
         #[arg(long, short = 'f', conflicts_with = "commands")]
         file: Option<PathBuf>,
     },
     /// Replace a job's definition and post it to every target concerned.
     Update {
+        /// Job name (taken from the file with -f).
         name: Option<JobName>,
+        /// A shell command line; one step each, run in order.
         #[arg(long = "command", short = 'c')]
         commands: Vec<String>,
+        /// A job file (JSON), as for `job create -f`.
         #[arg(long, short = 'f', conflicts_with = "commands")]
         file: Option<PathBuf>,
     },
+    /// Delete a job; its targets delete it at their next poll.
     Delete {
+        /// The job to delete.
         job: JobName,
     },
+    /// All jobs, with their targets and groups.
     List,
+    /// One job: its steps, schedules, targets and groups.
     Show {
+        /// The job to show.
         job: JobName,
     },
     /// Assign a job to targets and groups.
     Assign {
+        /// The job to assign.
         job: JobName,
         #[command(flatten)]
         select: SelectArgs,
     },
+    /// Take a job off targets and groups; they delete it at their next poll.
     Unassign {
+        /// The job to unassign.
         job: JobName,
         #[command(flatten)]
         select: SelectArgs,
     },
     /// Run a job now on its targets (or the ones named).
     Start {
+        /// The job to run. A disabled job runs too when started by hand;
+        /// disabling stops only its schedules.
         job: JobName,
         #[command(flatten)]
         select: SelectArgs,
@@ -268,6 +300,7 @@ pub enum JobCmd {
     },
     /// Stop a running job at once.
     Stop {
+        /// The job to stop.
         job: JobName,
         #[command(flatten)]
         select: SelectArgs,
@@ -276,24 +309,32 @@ pub enum JobCmd {
         #[arg(long, value_name = "DURATION")]
         expires: Option<String>,
     },
+    /// Let a job's schedules fire again.
     Enable {
+        /// The job to enable.
         job: JobName,
     },
+    /// Stop a job's schedules from firing (`job start` still runs it).
     Disable {
+        /// The job to disable.
         job: JobName,
     },
     /// Last outcome per target.
     Status {
+        /// The job.
         job: JobName,
     },
 }
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
+    /// Only this job's runs.
     #[arg(long)]
     pub job: Option<JobName>,
+    /// Only runs on this target.
     #[arg(long)]
     pub target: Option<TargetName>,
+    /// Only runs that ended so (or are `running`).
     #[arg(long)]
     pub outcome: Option<Outcome>,
     /// RFC 3339 time, or a duration ago like 30m, 2h, 7d.
@@ -307,7 +348,10 @@ pub struct HistoryArgs {
 #[derive(Debug, Subcommand)]
 pub enum RunCmd {
     /// A whole run, step output included.
-    Show { run_id: Uuid },
+    Show {
+        /// The run id (from `history`, `job start`).
+        run_id: Uuid,
+    },
 }
 
 /// `job start --wait --timeout`'s default, in seconds.
@@ -320,6 +364,28 @@ mod tests {
     #[test]
     fn the_definitions_are_consistent() {
         <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    /// Every command and every argument says what it is in `--help`.
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn missing(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() && path != "musterctl help" && !path.starts_with("musterctl help ") {
+                out.push(format!("{path}: no about"));
+            }
+            for arg in cmd.get_arguments() {
+                if arg.get_help().is_none() && !arg.is_hide_set() && !["help", "version"].contains(&arg.get_id().as_str()) {
+                    out.push(format!("{path}: argument {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                missing(sub, &path, out);
+            }
+        }
+        let mut out = Vec::new();
+        missing(&<Cli as clap::CommandFactory>::command(), "", &mut out);
+        assert!(out.is_empty(), "help missing for:\n{}", out.join("\n"));
     }
 
     #[test]
