@@ -232,7 +232,8 @@ pub enum JobCmd {
         /// A shell command line; one step each, run in order.
         #[arg(long = "command", short = 'c')]
         commands: Vec<String>,
-        /// A job file (JSON): name, steps, schedules, flow, retries, timeouts.
+        /// A job file (JSON): name, steps, schedules, flow, retries,
+        /// timeouts; or `job show --json` output; - for standard input.
         #[arg(long, short = 'f', conflicts_with = "commands")]
         file: Option<PathBuf>,
     },
@@ -246,6 +247,15 @@ pub enum JobCmd {
         /// A job file (JSON), as for `job create -f`.
         #[arg(long, short = 'f', conflicts_with = "commands")]
         file: Option<PathBuf>,
+    },
+    /// Create or update a job from a file (`-f -`: standard input): a job
+    /// file, or `job show --json` output unchanged, whose targets and groups
+    /// it then assigns and unassigns to match. An unchanged job is not
+    /// posted again.
+    Apply {
+        /// The job file (JSON), or - for standard input.
+        #[arg(long, short = 'f')]
+        file: PathBuf,
     },
     /// Delete a job; its targets delete it at their next poll.
     Delete {

@@ -2,15 +2,19 @@
 //! stopping them, and their last outcome per target. `start --wait` hands
 //! over to [`crate::follow`].
 
+mod file;
+
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use muster_shared::api::{Delivery, JobInfo, JobRef, JobSelect, JobTargetStatus, JobWrite, Op, StartStop};
+use muster_shared::api::{Delivery, ErrorCode, JobInfo, JobRef, JobSelect, JobTargetStatus, JobWrite, Op, Selection, StartStop};
 use muster_shared::desired;
 use muster_shared::job::JobSpec;
 use muster_shared::name::JobName;
 
 use super::Ctx;
 use crate::args::JobCmd;
+use crate::client::ApiClient;
 use crate::exit::Failure;
 use crate::{follow, render};
 
@@ -26,6 +30,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<(), Failure> {
             let spec = read_spec(name, commands, file)?;
             show(api.call(Op::JobUpdate, JobWrite { spec }).await?)
         }
+        JobCmd::Apply { file } => show(apply(api, file::read(&file)?).await?),
         JobCmd::Delete { job } => {
             let j: JobInfo = api.call(Op::JobDelete, JobRef { job }).await?;
             out.print(&j, || crate::say!("deleted {}", j.spec.name))
@@ -78,14 +83,50 @@ pub(super) async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<(), Failure> {
     }
 }
 
-/// A job definition from a file (`-f`, its name overridden by NAME if
-/// given) or from NAME and `--command` lines.
+/// `job apply`: creates the job, or updates it when its definition
+/// differs (an unchanged one is not posted again), then, for a `job show
+/// --json` document, assigns and unassigns so that the job runs on exactly
+/// the targets and groups the document lists.
+///
+/// # Errors
+/// The master's errors; the document was validated before anything was sent.
+async fn apply(api: &ApiClient, f: file::JobFile) -> Result<JobInfo, Failure> {
+    let current = match api.call::<_, JobInfo>(Op::JobShow, JobRef { job: f.spec.name.clone() }).await {
+        Err(e) if e.code == ErrorCode::NotFound => None,
+        r => Some(r?),
+    };
+    let mut job = match current {
+        None => api.call(Op::JobCreate, JobWrite { spec: f.spec }).await?,
+        Some(j) if j.spec == f.spec => j,
+        Some(_) => api.call(Op::JobUpdate, JobWrite { spec: f.spec }).await?,
+    };
+    let Some(reach) = f.reach else {
+        return Ok(job);
+    };
+    let assign =
+        Selection { targets: gained(&reach.targets, &job.targets), groups: gained(&reach.groups, &job.groups), all: false };
+    let unassign =
+        Selection { targets: gained(&job.targets, &reach.targets), groups: gained(&job.groups, &reach.groups), all: false };
+    for (op, select) in [(Op::JobAssign, assign), (Op::JobUnassign, unassign)] {
+        if !select.targets.is_empty() || !select.groups.is_empty() {
+            job = api.call(op, JobSelect { job: job.spec.name.clone(), select }).await?;
+        }
+    }
+    Ok(job)
+}
+
+/// What `want` has that `have` lacks, in `want`'s order.
+fn gained<T: Ord + Clone>(want: &[T], have: &[T]) -> Vec<T> {
+    let have: BTreeSet<&T> = have.iter().collect();
+    want.iter().filter(|x| !have.contains(x)).cloned().collect()
+}
+
+/// A job definition from a file (`-f`, `-f -` for standard input; its name
+/// overridden by NAME if given) or from NAME and `--command` lines.
 fn read_spec(name: Option<JobName>, commands: Vec<String>, file: Option<PathBuf>) -> Result<JobSpec, Failure> {
     match (file, name) {
         (Some(path), name) => {
-            let text =
-                std::fs::read_to_string(&path).map_err(|e| Failure::invalid(format!("reading {}: {e}", path.display())))?;
-            let mut spec = JobSpec::from_json(&text).map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
+            let mut spec = file::read(&path)?.spec;
             if let Some(n) = name {
                 spec.name = n;
             }

@@ -194,3 +194,69 @@ fn a_master_killed_mid_request_is_reported_unreachable_not_offline() {
     assert_eq!(out.status.code(), Some(6), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("the master stopped while it handled the request"), "{out:?}");
 }
+
+/// Runs `musterctl ARGS --json` with `input` on standard input.
+fn ctl_with_input(c: &Cluster, args: &[&str], input: &str) -> (Option<i32>, serde_json::Value, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(bin("musterctl"))
+        .env("NATS_URL", c.url())
+        .args(args)
+        .arg("--json")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("musterctl");
+    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+    let out = child.wait_with_output().expect("musterctl output");
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code(), json, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn job_show_json_edited_goes_back_through_job_apply() {
+    let c = Cluster::with_master();
+    c.ctl(&["target", "enlist", "web01"]).expect("enlist web01");
+    c.ctl(&["target", "enlist", "web02"]).expect("enlist web02");
+    c.ctl(&["group", "create", "db"]).expect("group");
+
+    // Creates from a hand-written spec on standard input.
+    let spec = r#"{"name": "backup", "steps": [{"command": "echo one"}]}"#;
+    let (code, created, said) = ctl_with_input(&c, &["job", "apply", "-f", "-"], spec);
+    assert_eq!(code, Some(0), "{said}");
+    assert_eq!((created["revision"].as_u64(), created["spec"]["steps"][0]["command"].as_str()), (Some(1), Some("echo one")));
+
+    // Applied again unchanged: nothing is posted, the revision stays.
+    let (code, same, said) = ctl_with_input(&c, &["job", "apply", "-f", "-"], spec);
+    assert_eq!((code, same["revision"].as_u64()), (Some(0), Some(1)), "{said}");
+
+    // `job show --json`, edited (a step changed, assigned to web02 and db),
+    // goes back unchanged in form, `id`, `revision` and times included.
+    let mut shown: serde_json::Value = c.ctl_ok(&["job", "show", "backup"]);
+    shown["spec"]["steps"][0]["command"] = "echo two".into();
+    shown["targets"] = serde_json::json!(["web02"]);
+    shown["groups"] = serde_json::json!(["db"]);
+    let (code, applied, said) = ctl_with_input(&c, &["job", "apply", "-f", "-"], &shown.to_string());
+    assert_eq!(code, Some(0), "{said}");
+    assert_eq!(applied["spec"]["steps"][0]["command"], "echo two");
+    assert_eq!(
+        (applied["targets"].clone(), applied["groups"].clone()),
+        (serde_json::json!(["web02"]), serde_json::json!(["db"]))
+    );
+    // job update -f takes the same document.
+    shown["spec"]["steps"][0]["command"] = "echo three".into();
+    let (code, updated, said) = ctl_with_input(&c, &["job", "update", "-f", "-"], &shown.to_string());
+    assert_eq!((code, updated["spec"]["steps"][0]["command"].as_str()), (Some(0), Some("echo three")), "{said}");
+
+    // Moved from web02 to web01: web02 unassigned, web01 assigned.
+    shown["targets"] = serde_json::json!(["web01"]);
+    let (code, moved, said) = ctl_with_input(&c, &["job", "apply", "-f", "-"], &shown.to_string());
+    assert_eq!((code, moved["targets"].clone()), (Some(0), serde_json::json!(["web01"])), "{said}");
+
+    // A typo is refused with what is wrong, and nothing changed.
+    let (code, _, said) = ctl_with_input(&c, &["job", "apply", "-f", "-"], r#"{"name": "backup", "stepz": []}"#);
+    assert_eq!(code, Some(4), "{said}");
+    assert!(said.contains("standard input") && said.contains("stepz"), "{said}");
+    let kept: serde_json::Value = c.ctl_ok(&["job", "show", "backup"]);
+    assert_eq!(kept["spec"]["steps"][0]["command"], "echo three");
+}
