@@ -78,16 +78,39 @@ fn is_zero_u64(n: &u64) -> bool {
     *n == 0
 }
 
-/// What happens after a step succeeds or fails.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What happens after a step succeeds or fails: an action, or
+/// `{"goto": "<step name>"}`. Read by hand (not `untagged`) so that a typo
+/// is told what is expected, instead of "data did not match any variant".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Flow {
     Action(FlowAction),
     Goto { goto: String },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+impl<'de> Deserialize<'de> for Flow {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let expected = || {
+            let actions: Vec<String> = <FlowAction as strum::VariantNames>::VARIANTS.iter().map(|a| format!("\"{a}\"")).collect();
+            format!("expected {}, or {{\"goto\": \"<step name>\"}}", actions.join(", "))
+        };
+        let value = serde_json::Value::deserialize(d)?;
+        if let Some(text) = value.as_str() {
+            return serde_json::from_value(value.clone())
+                .map(Flow::Action)
+                .map_err(|_| D::Error::custom(format!("'{text}' is not a flow action: {}", expected())));
+        }
+        match value.as_object().map(|o| (o.len(), o.get("goto"))) {
+            Some((1, Some(serde_json::Value::String(step)))) => Ok(Flow::Goto { goto: step.clone() }),
+            _ => Err(D::Error::custom(format!("{value} is not a flow: {}", expected()))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::VariantNames)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum FlowAction {
     Next,
     QuitSuccess,
@@ -163,7 +186,15 @@ impl JobSpec {
     /// # Errors
     /// The JSON error (with line and column), or the first [`FieldError`].
     pub fn from_json(text: &str) -> Result<JobSpec, FieldError> {
-        let mut spec: JobSpec = serde_json::from_str(text).map_err(|e| FieldError::new("job file", e))?;
+        let mut spec: JobSpec = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text)).map_err(|e| {
+            // The path of the field in error (`steps[0].on_failure`), or the
+            // whole file when the error is in its syntax or at its top.
+            let field = match e.path().to_string() {
+                path if path == "." => "job file".to_owned(),
+                path => path,
+            };
+            FieldError::new(field, e.inner())
+        })?;
         spec.normalize();
         spec.validate()?;
         Ok(spec)
@@ -363,18 +394,34 @@ mod tests {
         refuse(r#"{"name":"j","steps":[{"command":"a","argv":["b"]}]}"#, "steps[0].argv", "not both");
         refuse(r#"{"name":"j","steps":[{}]}"#, "steps[0].command", "needs");
         refuse(r#"{"name":"j","steps":[]}"#, "steps", "at least one");
-        refuse(r#"{"name":"j.x","steps":[{"command":"a"}]}"#, "job file", "subject separator");
+        refuse(r#"{"name":"j.x","steps":[{"command":"a"}]}"#, "name", "subject separator");
+        refuse(
+            r#"{"name":"j","steps":[{"command":"a","on_failure":"go_nxt"}]}"#,
+            "steps[0].on_failure",
+            r#"'go_nxt' is not a flow action: expected "next", "quit_success", "quit_failure", or {"goto": "<step name>"}"#,
+        );
+        refuse(r#"{"name":"j","steps":[{"command":"a","on_success":{"got":"b"}}]}"#, "steps[0].on_success", "is not a flow");
         refuse(
             r#"{"name":"j","steps":[{"command":"a"}],"schedules":[{"name":"s","cron":"61 * * * *"}]}"#,
             "schedules[0].cron",
-            "",
+            "the minute field '61' has 61; a minute is 0 to 59",
+        );
+        refuse(
+            r#"{"name":"j","steps":[{"command":"a"}],"schedules":[{"name":"s","cron":"0 0 * 1-13 *"}]}"#,
+            "schedules[0].cron",
+            "the month field '1-13' has 13",
+        );
+        refuse(
+            r#"{"name":"j","steps":[{"command":"a"}],"schedules":[{"name":"s","cron":"* * *"}]}"#,
+            "schedules[0].cron",
+            "'* * *' has 3 field(s): expected 5 fields",
         );
         refuse(
             r#"{"name":"j","steps":[{"command":"a"}],"schedules":[{"name":"s","cron":"* * * * *","timezone":"Mars/Olympus"}]}"#,
             "schedules[0].timezone",
             "Mars/Olympus",
         );
-        refuse(r#"{"name":"j","steps":[{"command":"a","colour":"red"}]}"#, "job file", "colour");
+        refuse(r#"{"name":"j","steps":[{"command":"a","colour":"red"}]}"#, "steps[0]", "colour");
     }
 
     #[test]

@@ -64,10 +64,12 @@
 //! most three days, cron searches field by field (croner), and DST edges are
 //! resolved by binary search. Nothing iterates second by second.
 
+use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, Duration, LocalResult, NaiveDateTime, NaiveTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
+
 use croner::Cron;
 
 use crate::job::Schedule;
@@ -258,7 +260,7 @@ pub fn parse(s: &Schedule) -> Result<ParsedSchedule, ScheduleError> {
         let cron = Cron::new(pattern)
             .with_seconds_optional()
             .parse()
-            .map_err(|e| ScheduleError::new("cron", format!("'{pattern}': {e}")))?;
+            .map_err(|e| ScheduleError::new("cron", cron_refusal(pattern, &e)))?;
         // A pattern such as "0 0 30 2 *" parses but never matches.
         let probe = DateTime::<Utc>::UNIX_EPOCH;
         if cron.find_next_occurrence(&probe, false).is_err() {
@@ -334,6 +336,32 @@ fn epoch_next(secs: u64, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
 }
 
 /// The next cron match strictly after the local wall time `cursor`.
+/// The fields of a cron pattern, in order, with the values each takes.
+const CRON_FIELDS: [(&str, u32, u32); 5] =
+    [("minute", 0, 59), ("hour", 0, 23), ("day-of-month", 1, 31), ("month", 1, 12), ("day-of-week", 0, 7)];
+
+/// What is wrong with a cron pattern croner refused, and what is expected:
+/// which field holds a number out of its range when that is the fault.
+fn cron_refusal(pattern: &str, e: &dyn fmt::Display) -> String {
+    let expected = "expected 5 fields, `minute hour day-of-month month day-of-week` (or 6, with seconds first), \
+                    e.g. `30 2 * * *` for 02:30 every day or `*/15 * * * 1-5` every 15 minutes on weekdays";
+    let fields: Vec<&str> = pattern.split_whitespace().collect();
+    let names: Vec<(&str, u32, u32)> = match fields.len() {
+        5 => CRON_FIELDS.to_vec(),
+        6 => std::iter::once(("second", 0, 59)).chain(CRON_FIELDS).collect(),
+        0 => return format!("the pattern is empty: {expected}"),
+        n => return format!("'{pattern}' has {n} field(s): {expected}"),
+    };
+    for (field, (name, lo, hi)) in fields.iter().zip(names) {
+        // Numbers in lists and ranges; a step (`/15`) is a count, not a value.
+        let values = field.split(',').flat_map(|part| part.split('/').next().unwrap_or_default().split('-'));
+        if let Some(bad) = values.filter_map(|v| v.parse::<u32>().ok()).find(|v| !(lo..=hi).contains(v)) {
+            return format!("'{pattern}': the {name} field '{field}' has {bad}; a {name} is {lo} to {hi} ({expected})");
+        }
+    }
+    format!("'{pattern}' is not a cron pattern ({e}): {expected}")
+}
+
 fn cron_next(cron: &Cron, cursor: NaiveDateTime) -> Option<NaiveDateTime> {
     // Whole seconds: a match after the truncated cursor is a whole second,
     // hence also after the cursor itself.
@@ -769,7 +797,7 @@ mod tests {
         refuse(r#"{"name":"s","cron":"* * * * *","every_secs":5}"#, "every_secs", "cannot be combined with cron");
         refuse(r#"{"name":"s","at":"2027-01-01T00:00:00Z","on_start":true}"#, "on_start", "cannot be combined with at");
         refuse(r#"{"name":"s","cron":"61 * * * *"}"#, "cron", "'61 * * * *': ");
-        refuse(r#"{"name":"s","cron":"* * *"}"#, "cron", "five or six fields");
+        refuse(r#"{"name":"s","cron":"* * *"}"#, "cron", "has 3 field(s): expected 5 fields");
         refuse(r#"{"name":"s","cron":""}"#, "cron", "empty");
         refuse(r#"{"name":"s","cron":"0 0 30 2 *"}"#, "cron", "never matches");
         refuse(r#"{"name":"s","cron":"* * * * *","timezone":"Mars/Olympus"}"#, "timezone", "'Mars/Olympus'");
