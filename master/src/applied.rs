@@ -28,10 +28,13 @@ use muster_shared::name::TargetName;
 use uuid::Uuid;
 
 use crate::publish::{Post, PublishError, Publisher};
-use crate::store::{Store, StoreError, TargetRecord};
+use crate::store::{Change, Store, StoreError, TargetRecord};
 
 /// Download-list rows written at once for one applied record.
 const ROW_WRITES_IN_FLIGHT: usize = 64;
+
+/// Targets whose applied records are settled at once.
+const TARGETS_IN_FLIGHT: usize = 64;
 
 /// What an applied record makes of one download-list row: `None` when the
 /// record does not cover it (posted above the applied revision, already
@@ -59,51 +62,92 @@ pub fn failure(r: &AppliedRecord) -> Option<String> {
     r.errors.first().map(|e| format!("revision {revision}: job '{}': {}", e.job, e.error))
 }
 
-/// Settles the target's download-list rows the record covers and sets or
-/// clears `blocked`.
+/// Settles what a batch's applied records say: the download-list rows they
+/// cover, and `blocked`. The rows of every target in the batch are read at
+/// once ([`Store::instr_rows_of`]: one consumer, not one per target); the
+/// targets are then handled concurrently, each target's records in order.
 ///
 /// # Errors
-/// NATS errors writing the rows or the target's record (the batch is
+/// NATS errors writing the rows or the targets' records (the batch is
 /// redelivered; every write is idempotent).
-pub async fn record_applied(store: &Store, r: &AppliedRecord) -> Result<(), StoreError> {
+pub async fn record_applied_many(store: &Store, records: Vec<AppliedRecord>) -> Result<(), StoreError> {
     use futures::StreamExt;
-    let rows = store.instr_rows(Some(&r.target)).await?;
-    let writes = rows.into_iter().filter(|row| row_outcome(r, row).is_some()).map(|row| async move {
-        let key = Store::instr_key(&r.target, row.id);
-        Store::modify(&store.instructions, &key, |old: Option<InstrRow>| {
-            old.map(|mut row| {
-                // Settled meanwhile (another replica, a redelivery): kept.
-                if let Some((status, error)) = row_outcome(r, &row) {
-                    row.status = status;
-                    row.applied_at = Some(r.at);
-                    row.error = error;
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut per_target: BTreeMap<TargetName, Vec<AppliedRecord>> = BTreeMap::new();
+    for r in records {
+        per_target.entry(r.target.clone()).or_default().push(r);
+    }
+    let targets: Vec<TargetName> = per_target.keys().cloned().collect();
+    let mut rows = store.instr_rows_of(&targets).await?;
+    let results: Vec<Result<(), StoreError>> = futures::stream::iter(per_target)
+        .map(|(t, records)| {
+            let mut rows = rows.remove(&t).unwrap_or_default();
+            async move {
+                for r in &records {
+                    settle(store, r, &mut rows).await?;
                 }
-                row
+                Ok(())
+            }
+        })
+        .buffer_unordered(TARGETS_IN_FLIGHT)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// Settles the rows of `r`'s target that `r` covers (`rows`: the target's
+/// rows with their revisions, kept up to date) and sets or clears `blocked`.
+async fn settle(store: &Store, r: &AppliedRecord, rows: &mut [(InstrRow, u64)]) -> Result<(), StoreError> {
+    use futures::StreamExt;
+    let due: Vec<(usize, InstrRow, u64)> = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, (row, _))| row_outcome(r, row).is_some())
+        .map(|(i, (row, revision))| (i, row.clone(), *revision))
+        .collect();
+    let writes = due.into_iter().map(|(i, row, revision)| async move {
+        let key = Store::instr_key(&r.target, row.id);
+        // One compare-and-set on the revision read; re-read only if it moved.
+        let mut current = Some((row, revision));
+        Store::compare_and_set(&store.instructions, &key, &mut current, |old: Option<&InstrRow>| {
+            // Settled meanwhile (another replica, a redelivery), or gone: kept.
+            Ok::<_, StoreError>(match old.and_then(|old| row_outcome(r, old).map(|o| (old, o))) {
+                Some((old, (status, error))) => {
+                    let mut next = old.clone();
+                    next.status = status;
+                    next.applied_at = Some(r.at);
+                    next.error = error;
+                    Change::Put(next)
+                }
+                None => Change::Keep,
             })
         })
-        .await
+        .await?;
+        Ok::<_, StoreError>((i, current))
     });
     let results: Vec<_> = futures::stream::iter(writes).buffer_unordered(ROW_WRITES_IN_FLIGHT).collect().await;
     for w in results {
-        w?;
+        if let (i, Some(now)) = w? {
+            rows[i] = now;
+        }
     }
-    if defection_applied(store, r).await? {
+    // The target's record, read once for both questions.
+    let record = Store::read::<TargetRecord>(&store.targets, r.target.as_str()).await?.map(|(t, _)| t);
+    if defection_applied(store, r, record.as_ref()).await? {
         return Ok(());
     }
-    set_blocked(store, &r.target, failure(r)).await
+    set_blocked_as(store, &r.target, failure(r), record.as_ref()).await
 }
 
 /// When the record says the target applied the defection its record marks
 /// (the manifest that says `defected`, or a later one), the record goes, as
 /// with a forced defection; the manifest stays and keeps the agent out.
 /// Returns whether it went.
-async fn defection_applied(store: &Store, r: &AppliedRecord) -> Result<bool, StoreError> {
-    if r.refused.is_some() {
+async fn defection_applied(store: &Store, r: &AppliedRecord, record: Option<&TargetRecord>) -> Result<bool, StoreError> {
+    if r.refused.is_some() || record.is_none_or(|t| t.defected_at.is_none()) {
         return Ok(false);
-    }
-    match Store::read::<TargetRecord>(&store.targets, r.target.as_str()).await? {
-        Some((t, _)) if t.defected_at.is_some() => {}
-        _ => return Ok(false),
     }
     let Some(m) = store.manifest(&r.target).await? else {
         return Ok(false);
@@ -128,8 +172,19 @@ async fn defection_applied(store: &Store, r: &AppliedRecord) -> Result<bool, Sto
 /// # Errors
 /// NATS errors reading or writing the target's record.
 pub async fn set_blocked(store: &Store, target: &TargetName, failure: Option<String>) -> Result<(), StoreError> {
-    match Store::read::<TargetRecord>(&store.targets, target.as_str()).await? {
-        Some((t, _)) if t.blocked != failure => {}
+    let record = Store::read::<TargetRecord>(&store.targets, target.as_str()).await?.map(|(t, _)| t);
+    set_blocked_as(store, target, failure, record.as_ref()).await
+}
+
+/// [`set_blocked`] with the target's record already read.
+async fn set_blocked_as(
+    store: &Store,
+    target: &TargetName,
+    failure: Option<String>,
+    record: Option<&TargetRecord>,
+) -> Result<(), StoreError> {
+    match record {
+        Some(t) if t.blocked != failure => {}
         _ => return Ok(()),
     }
     Store::modify(&store.targets, target.as_str(), |old: Option<TargetRecord>| {
