@@ -295,4 +295,42 @@ mod tests {
         assert_eq!(row_outcome(&partial, &row(Some(5), Some("good"))), Some((InstrStatus::Applied, None)));
         assert_eq!(failure(&partial).as_deref(), Some("revision 5: job 'bad': invalid document"));
     }
+
+    #[tokio::test]
+    async fn one_read_settles_the_rows_of_every_target_in_a_batch_and_only_theirs() {
+        let ts = crate::store::testing::open().await;
+        let store = &ts.store;
+        // `web0` is a prefix of `web01`'s name, not of its keys' tokens.
+        let names = ["web01", "web02", "web0"];
+        let mut posted = Vec::new();
+        for n in names {
+            let t = TargetName::new(n).unwrap();
+            Store::put(&store.targets, n, &TargetRecord::new(t.clone(), 60, Utc::now())).await.unwrap();
+            for revision in [2, 3] {
+                let r = InstrRow { target: t.clone(), ..row(Some(revision), None) };
+                Store::put(&store.instructions, &Store::instr_key(&t, r.id), &r).await.unwrap();
+                posted.push(r);
+            }
+        }
+        let at = |n: &str, revision| AppliedRecord { target: TargetName::new(n).unwrap(), ..record(revision) };
+        let mut failing = at("web02", 3);
+        failing.refused = Some("bad manifest".into());
+        // web01 twice: in order, the second settles what the first left.
+        record_applied_many(store, vec![at("web01", 2), failing, at("web01", 3)]).await.unwrap();
+
+        let stored = store.instr_rows(None).await.unwrap();
+        let status = |n: &str, revision: u64| {
+            let r = stored.iter().find(|r| r.target.as_str() == n && r.revision == Some(Revision(revision))).unwrap();
+            (r.status, r.error.clone())
+        };
+        assert_eq!(status("web01", 2), (InstrStatus::Applied, None));
+        assert_eq!(status("web01", 3), (InstrStatus::Applied, None));
+        assert_eq!(status("web02", 3), (InstrStatus::Failed, Some("bad manifest".into())));
+        assert_eq!(status("web0", 2), (InstrStatus::Pending, None), "no record of its own: untouched");
+        assert_eq!(stored.len(), posted.len());
+        let blocked =
+            |n: &'static str| async move { Store::read::<TargetRecord>(&store.targets, n).await.unwrap().unwrap().0.blocked };
+        assert!(blocked("web02").await.unwrap().contains("refused"));
+        assert_eq!(blocked("web01").await, None);
+    }
 }
