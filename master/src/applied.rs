@@ -33,8 +33,9 @@ use crate::store::{Change, Store, StoreError, TargetRecord};
 /// Download-list rows written at once for one applied record.
 const ROW_WRITES_IN_FLIGHT: usize = 64;
 
-/// Targets whose applied records are settled at once.
-const TARGETS_IN_FLIGHT: usize = 64;
+/// Targets whose applied records are settled at once (each reads its rows
+/// through a consumer of its own, created and deleted).
+const TARGETS_IN_FLIGHT: usize = 32;
 
 /// What an applied record makes of one download-list row: `None` when the
 /// record does not cover it (posted above the applied revision, already
@@ -63,33 +64,25 @@ pub fn failure(r: &AppliedRecord) -> Option<String> {
 }
 
 /// Settles what a batch's applied records say: the download-list rows they
-/// cover, and `blocked`. The rows of every target in the batch are read at
-/// once ([`Store::instr_rows_of`]: one consumer, not one per target); the
-/// targets are then handled concurrently, each target's records in order.
+/// cover, and `blocked`. Targets are handled concurrently (each reads its
+/// rows once), each target's records in order.
 ///
 /// # Errors
 /// NATS errors writing the rows or the targets' records (the batch is
 /// redelivered; every write is idempotent).
 pub async fn record_applied_many(store: &Store, records: Vec<AppliedRecord>) -> Result<(), StoreError> {
     use futures::StreamExt;
-    if records.is_empty() {
-        return Ok(());
-    }
     let mut per_target: BTreeMap<TargetName, Vec<AppliedRecord>> = BTreeMap::new();
     for r in records {
         per_target.entry(r.target.clone()).or_default().push(r);
     }
-    let targets: Vec<TargetName> = per_target.keys().cloned().collect();
-    let mut rows = store.instr_rows_of(&targets).await?;
     let results: Vec<Result<(), StoreError>> = futures::stream::iter(per_target)
-        .map(|(t, records)| {
-            let mut rows = rows.remove(&t).unwrap_or_default();
-            async move {
-                for r in &records {
-                    settle(store, r, &mut rows).await?;
-                }
-                Ok(())
+        .map(|(t, records)| async move {
+            let mut rows = store.instr_rows_with_revisions(&t).await?;
+            for r in &records {
+                settle(store, r, &mut rows).await?;
             }
+            Ok(())
         })
         .buffer_unordered(TARGETS_IN_FLIGHT)
         .collect()
@@ -297,7 +290,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn one_read_settles_the_rows_of_every_target_in_a_batch_and_only_theirs() {
+    async fn a_batch_settles_the_rows_of_each_of_its_targets_and_only_theirs() {
         let ts = crate::store::testing::open().await;
         let store = &ts.store;
         // `web0` is a prefix of `web01`'s name, not of its keys' tokens.

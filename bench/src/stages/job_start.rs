@@ -87,16 +87,22 @@ pub async fn run(want: Want, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Resu
     Ok(())
 }
 
-/// Waits until every run of `started` is final in job status, so that the
+/// Waits until every run of `started` is final in job status and the
+/// master has handled every record, so that the
 /// next measurement does not share the machine with this one's tail (the
 /// force-polls after the answer, the runs' records, their ingest).
 async fn settle(fleet: &Fleet, job: &JobName, started: &[Delivery]) -> anyhow::Result<()> {
     let want: std::collections::HashSet<uuid::Uuid> = started.iter().filter_map(|d| d.run_id).collect();
     let deadline = Instant::now() + Duration::from_secs(120);
+    let results = fleet.js.get_stream(muster_shared::subject::Subjects::default().results_stream()).await?;
     loop {
         let status: Vec<JobTargetStatus> = fleet.api.call(Op::JobStatus, JobRef { job: job.clone() }).await?;
         let done = status.iter().filter(|s| want.contains(&s.run_id) && s.outcome.is_final()).count();
-        if done == want.len() {
+        // And every record handled (the start entries taken out of the
+        // manifests, the download-list rows settled): the master acks a
+        // batch after all of that.
+        let info = results.consumer_info(muster_shared::streams::MASTER_CONSUMER).await?;
+        if done == want.len() && info.num_pending == 0 && info.num_ack_pending == 0 {
             return Ok(());
         }
         anyhow::ensure!(Instant::now() < deadline, "job start: {done} of {} runs final after 120 s", want.len());
