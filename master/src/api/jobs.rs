@@ -27,6 +27,7 @@ use super::desired::{change, changes};
 use super::groups::expand_groups;
 use super::{Ctx, CONTROL_IN_FLIGHT};
 use crate::publish::{Post, Published};
+use crate::store::{JobRecord, Store, StoreError};
 
 /// Job-status keys `job status` reads at once.
 const STATUS_READS_IN_FLIGHT: usize = 256;
@@ -34,7 +35,6 @@ const STATUS_READS_IN_FLIGHT: usize = 256;
 /// Background force-poll sweeps (after a `posted` answer) running at once;
 /// each has at most [`CONTROL_IN_FLIGHT`] control requests out.
 static POLL_SWEEPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
-use crate::store::{JobRecord, Store, StoreError};
 
 impl Ctx {
     pub(super) async fn job_create(&self, mut spec: JobSpec) -> Result<JobInfo, ApiError> {
@@ -240,7 +240,7 @@ impl Ctx {
         let publish_took = began.elapsed() - selected;
         // Each target's start as its publish left it: posted, or failed.
         let mut deliveries = Vec::with_capacity(posted.len());
-        let mut online = Vec::with_capacity(posted.len());
+        let mut to_poll = Vec::with_capacity(posted.len());
         for i in posted {
             let run_id = match &i.op {
                 InstructionOp::StartJob { run_id, .. } => *run_id,
@@ -250,7 +250,7 @@ impl Ctx {
                 |message: String| Delivery { target: i.target.clone(), run_id: None, state: DeliveryState::Failed, message };
             match published.remove(&i.target) {
                 Some(Ok(Published::Written { .. })) => {
-                    online.push(i.target.clone());
+                    to_poll.push(i.target.clone());
                     deliveries.push(Delivery {
                         target: i.target,
                         run_id: Some(run_id),
@@ -270,12 +270,13 @@ impl Ctx {
                 tokio::spawn(async move {
                     // A few sweeps at once: starts in a burst do not pile up control requests.
                     let _permit = POLL_SWEEPS.acquire().await.expect("never closed");
-                    let offline = ctx.poll_started(online).await.into_iter().filter(|(_, r)| r.is_err()).count();
+                    let offline = ctx.poll_started(to_poll).await.into_iter().filter(|(_, r)| r.is_err()).count();
                     tracing::debug!(offline, "force-polled the targets of a start");
                 });
             }
             StartReply::Polled => {
-                let mut polled: HashMap<TargetName, Result<(), ApiError>> = self.poll_started(online).await.into_iter().collect();
+                let mut polled: HashMap<TargetName, Result<(), ApiError>> =
+                    self.poll_started(to_poll).await.into_iter().collect();
                 for d in &mut deliveries {
                     match polled.remove(&d.target) {
                         Some(Ok(())) => d.state = DeliveryState::Delivered,
