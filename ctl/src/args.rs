@@ -283,7 +283,9 @@ pub enum JobCmd {
         #[command(flatten)]
         select: SelectArgs,
     },
-    /// Run a job now on its targets (or the ones named).
+    /// Run a job now on its targets (or the ones named). Answers once the
+    /// start is in each target's desired state (`posted`); online targets
+    /// are force-polled and start at once, offline ones at their next poll.
     Start {
         /// The job to run. A disabled job runs too when started by hand;
         /// disabling stops only its schedules.

@@ -68,7 +68,7 @@ impl Progress {
             target: d.target.clone(),
             run_id: d.run_id,
             state: match d.state {
-                DeliveryState::Delivered => "starting".into(),
+                DeliveryState::Delivered | DeliveryState::Posted => "starting".into(),
                 DeliveryState::Queued => "offline".into(),
                 other => other.to_string(),
             },

@@ -28,10 +28,14 @@ use muster_shared::name::TargetName;
 use uuid::Uuid;
 
 use crate::publish::{Post, PublishError, Publisher};
-use crate::store::{Store, StoreError, TargetRecord};
+use crate::store::{Change, Store, StoreError, TargetRecord};
 
 /// Download-list rows written at once for one applied record.
 const ROW_WRITES_IN_FLIGHT: usize = 64;
+
+/// Targets whose applied records are settled at once (each reads its rows
+/// through a consumer of its own, created and deleted).
+const TARGETS_IN_FLIGHT: usize = 32;
 
 /// What an applied record makes of one download-list row: `None` when the
 /// record does not cover it (posted above the applied revision, already
@@ -59,51 +63,84 @@ pub fn failure(r: &AppliedRecord) -> Option<String> {
     r.errors.first().map(|e| format!("revision {revision}: job '{}': {}", e.job, e.error))
 }
 
-/// Settles the target's download-list rows the record covers and sets or
-/// clears `blocked`.
+/// Settles what a batch's applied records say: the download-list rows they
+/// cover, and `blocked`. Targets are handled concurrently (each reads its
+/// rows once), each target's records in order.
 ///
 /// # Errors
-/// NATS errors writing the rows or the target's record (the batch is
+/// NATS errors writing the rows or the targets' records (the batch is
 /// redelivered; every write is idempotent).
-pub async fn record_applied(store: &Store, r: &AppliedRecord) -> Result<(), StoreError> {
+pub async fn record_applied_many(store: &Store, records: Vec<AppliedRecord>) -> Result<(), StoreError> {
     use futures::StreamExt;
-    let rows = store.instr_rows(Some(&r.target)).await?;
-    let writes = rows.into_iter().filter(|row| row_outcome(r, row).is_some()).map(|row| async move {
+    let mut per_target: BTreeMap<TargetName, Vec<AppliedRecord>> = BTreeMap::new();
+    for r in records {
+        per_target.entry(r.target.clone()).or_default().push(r);
+    }
+    let results: Vec<Result<(), StoreError>> = futures::stream::iter(per_target)
+        .map(|(t, records)| async move {
+            let mut rows = store.instr_rows_with_revisions(&t).await?;
+            for r in &records {
+                settle(store, r, &mut rows).await?;
+            }
+            Ok(())
+        })
+        .buffer_unordered(TARGETS_IN_FLIGHT)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// Settles the rows of `r`'s target that `r` covers (`rows`: the target's
+/// rows with their revisions, kept up to date) and sets or clears `blocked`.
+async fn settle(store: &Store, r: &AppliedRecord, rows: &mut [(InstrRow, u64)]) -> Result<(), StoreError> {
+    use futures::StreamExt;
+    let due: Vec<(usize, InstrRow, u64)> = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, (row, _))| row_outcome(r, row).is_some())
+        .map(|(i, (row, revision))| (i, row.clone(), *revision))
+        .collect();
+    let writes = due.into_iter().map(|(i, row, revision)| async move {
         let key = Store::instr_key(&r.target, row.id);
-        Store::modify(&store.instructions, &key, |old: Option<InstrRow>| {
-            old.map(|mut row| {
-                // Settled meanwhile (another replica, a redelivery): kept.
-                if let Some((status, error)) = row_outcome(r, &row) {
-                    row.status = status;
-                    row.applied_at = Some(r.at);
-                    row.error = error;
+        // One compare-and-set on the revision read; re-read only if it moved.
+        let mut current = Some((row, revision));
+        Store::compare_and_set(&store.instructions, &key, &mut current, |old: Option<&InstrRow>| {
+            // Settled meanwhile (another replica, a redelivery), or gone: kept.
+            Ok::<_, StoreError>(match old.and_then(|old| row_outcome(r, old).map(|o| (old, o))) {
+                Some((old, (status, error))) => {
+                    let mut next = old.clone();
+                    next.status = status;
+                    next.applied_at = Some(r.at);
+                    next.error = error;
+                    Change::Put(next)
                 }
-                row
+                None => Change::Keep,
             })
         })
-        .await
+        .await?;
+        Ok::<_, StoreError>((i, current))
     });
     let results: Vec<_> = futures::stream::iter(writes).buffer_unordered(ROW_WRITES_IN_FLIGHT).collect().await;
     for w in results {
-        w?;
+        if let (i, Some(now)) = w? {
+            rows[i] = now;
+        }
     }
-    if defection_applied(store, r).await? {
+    // The target's record, read once for both questions.
+    let record = Store::read::<TargetRecord>(&store.targets, r.target.as_str()).await?.map(|(t, _)| t);
+    if defection_applied(store, r, record.as_ref()).await? {
         return Ok(());
     }
-    set_blocked(store, &r.target, failure(r)).await
+    set_blocked_as(store, &r.target, failure(r), record.as_ref()).await
 }
 
 /// When the record says the target applied the defection its record marks
 /// (the manifest that says `defected`, or a later one), the record goes, as
 /// with a forced defection; the manifest stays and keeps the agent out.
 /// Returns whether it went.
-async fn defection_applied(store: &Store, r: &AppliedRecord) -> Result<bool, StoreError> {
-    if r.refused.is_some() {
+async fn defection_applied(store: &Store, r: &AppliedRecord, record: Option<&TargetRecord>) -> Result<bool, StoreError> {
+    if r.refused.is_some() || record.is_none_or(|t| t.defected_at.is_none()) {
         return Ok(false);
-    }
-    match Store::read::<TargetRecord>(&store.targets, r.target.as_str()).await? {
-        Some((t, _)) if t.defected_at.is_some() => {}
-        _ => return Ok(false),
     }
     let Some(m) = store.manifest(&r.target).await? else {
         return Ok(false);
@@ -128,8 +165,19 @@ async fn defection_applied(store: &Store, r: &AppliedRecord) -> Result<bool, Sto
 /// # Errors
 /// NATS errors reading or writing the target's record.
 pub async fn set_blocked(store: &Store, target: &TargetName, failure: Option<String>) -> Result<(), StoreError> {
-    match Store::read::<TargetRecord>(&store.targets, target.as_str()).await? {
-        Some((t, _)) if t.blocked != failure => {}
+    let record = Store::read::<TargetRecord>(&store.targets, target.as_str()).await?.map(|(t, _)| t);
+    set_blocked_as(store, target, failure, record.as_ref()).await
+}
+
+/// [`set_blocked`] with the target's record already read.
+async fn set_blocked_as(
+    store: &Store,
+    target: &TargetName,
+    failure: Option<String>,
+    record: Option<&TargetRecord>,
+) -> Result<(), StoreError> {
+    match record {
+        Some(t) if t.blocked != failure => {}
         _ => return Ok(()),
     }
     Store::modify(&store.targets, target.as_str(), |old: Option<TargetRecord>| {
@@ -239,5 +287,43 @@ mod tests {
         );
         assert_eq!(row_outcome(&partial, &row(Some(5), Some("good"))), Some((InstrStatus::Applied, None)));
         assert_eq!(failure(&partial).as_deref(), Some("revision 5: job 'bad': invalid document"));
+    }
+
+    #[tokio::test]
+    async fn a_batch_settles_the_rows_of_each_of_its_targets_and_only_theirs() {
+        let ts = crate::store::testing::open().await;
+        let store = &ts.store;
+        // `web0` is a prefix of `web01`'s name, not of its keys' tokens.
+        let names = ["web01", "web02", "web0"];
+        let mut posted = Vec::new();
+        for n in names {
+            let t = TargetName::new(n).unwrap();
+            Store::put(&store.targets, n, &TargetRecord::new(t.clone(), 60, Utc::now())).await.unwrap();
+            for revision in [2, 3] {
+                let r = InstrRow { target: t.clone(), ..row(Some(revision), None) };
+                Store::put(&store.instructions, &Store::instr_key(&t, r.id), &r).await.unwrap();
+                posted.push(r);
+            }
+        }
+        let at = |n: &str, revision| AppliedRecord { target: TargetName::new(n).unwrap(), ..record(revision) };
+        let mut failing = at("web02", 3);
+        failing.refused = Some("bad manifest".into());
+        // web01 twice: in order, the second settles what the first left.
+        record_applied_many(store, vec![at("web01", 2), failing, at("web01", 3)]).await.unwrap();
+
+        let stored = store.instr_rows(None).await.unwrap();
+        let status = |n: &str, revision: u64| {
+            let r = stored.iter().find(|r| r.target.as_str() == n && r.revision == Some(Revision(revision))).unwrap();
+            (r.status, r.error.clone())
+        };
+        assert_eq!(status("web01", 2), (InstrStatus::Applied, None));
+        assert_eq!(status("web01", 3), (InstrStatus::Applied, None));
+        assert_eq!(status("web02", 3), (InstrStatus::Failed, Some("bad manifest".into())));
+        assert_eq!(status("web0", 2), (InstrStatus::Pending, None), "no record of its own: untouched");
+        assert_eq!(stored.len(), posted.len());
+        let blocked =
+            |n: &'static str| async move { Store::read::<TargetRecord>(&store.targets, n).await.unwrap().unwrap().0.blocked };
+        assert!(blocked("web02").await.unwrap().contains("refused"));
+        assert_eq!(blocked("web01").await, None);
     }
 }

@@ -222,12 +222,19 @@ async fn handle_batch(
         })
         .buffer_unordered(WRITES_IN_FLIGHT)
         .collect::<Vec<_>>();
-    // The index is another bucket, written alongside job status.
-    let (writes, indexed) = futures::join!(writes, write_index(store, index));
+    // The index is another bucket, written alongside job status; what the
+    // applied records and answered starts mean for the download list and
+    // the manifests touches neither, so it goes at the same time.
+    let desired = async {
+        applied::record_applied_many(store, applied_records).await?;
+        applied::answered(publisher, &answered).await
+    };
+    let (writes, indexed, desired) = futures::join!(writes, write_index(store, index), desired);
     indexed?;
     for w in writes {
         w?;
     }
+    desired?;
     let instr_writes = futures::stream::iter(instr)
         .map(|r| async move { apply_instr_record(store, &r).await })
         .buffer_unordered(WRITES_IN_FLIGHT)
@@ -236,10 +243,6 @@ async fn handle_batch(
     for w in instr_writes {
         w?;
     }
-    for r in &applied_records {
-        applied::record_applied(store, r).await?;
-    }
-    applied::answered(publisher, &answered).await?;
     Ok(bad)
 }
 

@@ -40,7 +40,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::desired::derive_one;
-use crate::store::{GroupRecord, JobRecord, Store, StoreError, TargetRecord};
+use crate::store::{Change, GroupRecord, JobRecord, Store, StoreError, TargetRecord};
 
 /// Targets published at once. Each has at most one publish awaiting its
 /// ack, which keeps the JetStream context under its limit of acks in flight.
@@ -615,8 +615,10 @@ impl Publisher {
         let writes = rows.iter().cloned().map(|r| {
             let (store, t) = (self.inner.store.clone(), t.clone());
             async move {
-                Store::modify(&store.instructions, &Store::instr_key(&t, r.id), |old: Option<InstrRow>| {
-                    let mut row = old.unwrap_or_else(|| InstrRow {
+                // A row is new (its id was just made): created in one
+                // write, read only if it exists after all.
+                Store::compare_and_set(&store.instructions, &Store::instr_key(&t, r.id), &mut None, |old: Option<&InstrRow>| {
+                    let mut row = old.cloned().unwrap_or_else(|| InstrRow {
                         id: r.id,
                         target: t.clone(),
                         op: r.op.clone(),
@@ -628,7 +630,7 @@ impl Publisher {
                         revision: None,
                     });
                     row.revision = Some(revision);
-                    Some(row)
+                    Ok::<_, StoreError>(Change::Put(row))
                 })
                 .await
             }

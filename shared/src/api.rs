@@ -315,12 +315,40 @@ pub struct JobSelect {
 /// stop waits for a target that has not read it (its expiry). On the wire
 /// it is a `JobSelect` with one more field, `expires_secs`, absent meaning
 /// [`crate::desired::DEFAULT_EXPIRY`]: a plain `JobSelect` is a valid body.
+/// A start also says when to answer (`reply`, absent meaning
+/// [`StartReply::Polled`], what clients before the field expect).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StartStop {
     #[serde(flatten)]
     pub job: JobSelect,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_secs: Option<u64>,
+    /// `job start` only (a stop always answers after its control requests).
+    #[serde(default, skip_serializing_if = "StartReply::is_polled")]
+    pub reply: StartReply,
+}
+
+/// When `job start` answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantArray)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum StartReply {
+    /// Once every start is in its target's manifest: each target
+    /// [`DeliveryState::Posted`]. The master force-polls the targets after
+    /// answering, so online ones start now and offline ones at their next
+    /// poll; the answer does not say which were online.
+    Posted,
+    /// After the force-polls too: each target `delivered` (it polled) or
+    /// `queued` (offline or slow), which `job start --wait` needs to know
+    /// whom not to wait for.
+    #[default]
+    Polled,
+}
+
+impl StartReply {
+    pub fn is_polled(&self) -> bool {
+        *self == StartReply::Polled
+    }
 }
 
 // ---- reply bodies -----------------------------------------------------------------
@@ -522,6 +550,9 @@ pub struct Delivery {
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum DeliveryState {
+    /// The start is in the target's manifest (durably); the answer did not
+    /// wait to learn whether the target polled ([`StartReply::Posted`]).
+    Posted,
     /// The target heard it now (it polled, or took the stop on its control subject).
     Delivered,
     /// The target is offline or slow: it gets it at its next poll.
@@ -571,9 +602,12 @@ mod tests {
 
     #[test]
     fn a_delivery_keeps_its_wire_form() {
-        for (state, name) in
-            [(DeliveryState::Delivered, "delivered"), (DeliveryState::Queued, "queued"), (DeliveryState::Failed, "failed")]
-        {
+        for (state, name) in [
+            (DeliveryState::Posted, "posted"),
+            (DeliveryState::Delivered, "delivered"),
+            (DeliveryState::Queued, "queued"),
+            (DeliveryState::Failed, "failed"),
+        ] {
             let d = Delivery { target: TargetName::new("web01").unwrap(), run_id: None, state, message: String::new() };
             let text = format!(r#"{{"target":"web01","state":"{name}"}}"#);
             assert_eq!(serde_json::to_string(&d).unwrap(), text);
@@ -593,6 +627,7 @@ mod tests {
         check::<InstrStatus>();
         check::<TargetStatus>();
         check::<DeliveryState>();
+        check::<StartReply>();
         assert_eq!(DeliveryState::Queued.to_string(), "queued");
         assert_eq!(ErrorCode::MasterUnavailable.as_str(), "master_unavailable");
     }
@@ -607,16 +642,19 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_job_select_is_a_start_stop_body_with_the_default_expiry() {
+    fn a_plain_job_select_is_a_start_stop_body_with_the_default_expiry_and_reply() {
         let select = JobSelect {
             job: JobName::new("j").unwrap(),
             select: Selection { targets: vec![TargetName::new("web01").unwrap()], groups: Vec::new(), all: false },
         };
         let plain: StartStop = serde_json::from_slice(&serde_json::to_vec(&select).unwrap()).unwrap();
-        assert_eq!(plain, StartStop { job: select.clone(), expires_secs: None });
-        let with = StartStop { job: select.clone(), expires_secs: Some(600) };
+        assert_eq!(plain, StartStop { job: select.clone(), expires_secs: None, reply: StartReply::Polled });
+        let with = StartStop { job: select.clone(), expires_secs: Some(600), reply: StartReply::Posted };
         let json = serde_json::to_value(&with).unwrap();
         assert_eq!(json["expires_secs"], 600);
+        assert_eq!(json["reply"], "posted");
+        let polled = serde_json::to_value(StartStop { reply: StartReply::Polled, ..with.clone() }).unwrap();
+        assert!(polled.get("reply").is_none(), "the default is left out, as an older client sends it");
         assert_eq!(json["job"], "j", "one flat body");
         assert_eq!(serde_json::from_value::<StartStop>(json).unwrap(), with);
         let back: JobSelect = serde_json::from_value(serde_json::to_value(&with).unwrap()).unwrap();

@@ -1,11 +1,15 @@
-//! `job start` at sizes: the reply to 1, 10, 50, 1,000 targets, and
+//! `job start` at sizes: the reply to 1, 10, 50, 1,000 targets (answered
+//! once the starts are posted, as `musterctl job start` asks), and
 //! `job start --all --wait` until every run is final, on a fleet of virtual
 //! targets that answer each start with its run's final record.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use muster_shared::api::{Delivery, DeliveryState, ForcePollOutcome, JobInfo, JobSelect, JobWrite, Op, Selection};
+use muster_shared::api::{
+    Delivery, DeliveryState, ForcePollOutcome, JobInfo, JobRef, JobSelect, JobTargetStatus, JobWrite, Op, Selection, StartReply,
+    StartStop,
+};
 use muster_shared::job::JobSpec;
 use muster_shared::name::JobName;
 
@@ -42,10 +46,15 @@ pub async fn run(want: Want, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Resu
                 raws.push(raw::requests(&fleet.client, k).await?);
                 let start = Instant::now();
                 let select = Selection { targets: Fleet::names(k), groups: vec![], all: false };
-                let d: Vec<Delivery> = fleet.api.call(Op::JobStart, JobSelect { job: job.clone(), select }).await?;
+                let body =
+                    StartStop { job: JobSelect { job: job.clone(), select }, expires_secs: None, reply: StartReply::Posted };
+                let d: Vec<Delivery> = fleet.api.call(Op::JobStart, body).await?;
                 took.push(start.elapsed());
-                let delivered = d.iter().filter(|d| d.state == DeliveryState::Delivered).count();
-                anyhow::ensure!(delivered == k, "job start to {k}: {delivered} delivered");
+                let posted = d.iter().filter(|d| d.state == DeliveryState::Posted).count();
+                anyhow::ensure!(posted == k, "job start to {k}: {posted} posted");
+                // The force-polls go on after the answer: the next call is
+                // timed once these runs are final, not beside them.
+                settle(&fleet, &job, &d).await?;
             }
             took.sort();
             raws.sort();
@@ -76,6 +85,29 @@ pub async fn run(want: Want, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Resu
         ));
     }
     Ok(())
+}
+
+/// Waits until every run of `started` is final in job status and the
+/// master has handled every record, so that the
+/// next measurement does not share the machine with this one's tail (the
+/// force-polls after the answer, the runs' records, their ingest).
+async fn settle(fleet: &Fleet, job: &JobName, started: &[Delivery]) -> anyhow::Result<()> {
+    let want: std::collections::HashSet<uuid::Uuid> = started.iter().filter_map(|d| d.run_id).collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let results = fleet.js.get_stream(muster_shared::subject::Subjects::default().results_stream()).await?;
+    loop {
+        let status: Vec<JobTargetStatus> = fleet.api.call(Op::JobStatus, JobRef { job: job.clone() }).await?;
+        let done = status.iter().filter(|s| want.contains(&s.run_id) && s.outcome.is_final()).count();
+        // And every record handled (the start entries taken out of the
+        // manifests, the download-list rows settled): the master acks a
+        // batch after all of that.
+        let info = results.consumer_info(muster_shared::streams::MASTER_CONSUMER).await?;
+        if done == want.len() && info.num_pending == 0 && info.num_ack_pending == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "job start: {done} of {} runs final after 120 s", want.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Runs `musterctl job start JOB --all --wait` as an operator does (output

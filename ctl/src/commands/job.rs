@@ -7,7 +7,9 @@ mod file;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use muster_shared::api::{Delivery, ErrorCode, JobInfo, JobRef, JobSelect, JobTargetStatus, JobWrite, Op, Selection, StartStop};
+use muster_shared::api::{
+    Delivery, ErrorCode, JobInfo, JobRef, JobSelect, JobTargetStatus, JobWrite, Op, Selection, StartReply, StartStop,
+};
 use muster_shared::desired;
 use muster_shared::job::JobSpec;
 use muster_shared::name::JobName;
@@ -53,6 +55,10 @@ pub(super) async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<(), Failure> {
                     StartStop {
                         job: JobSelect { job: job.clone(), select: select.selection(all) },
                         expires_secs: expires_secs(expires.as_deref())?,
+                        // --wait must know which targets were offline, so it
+                        // waits for the force-polls; otherwise the answer
+                        // comes once the starts are posted.
+                        reply: if wait { StartReply::Polled } else { StartReply::Posted },
                     },
                 )
                 .await?;
@@ -69,6 +75,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<(), Failure> {
                     StartStop {
                         job: JobSelect { job, select: select.selection(false) },
                         expires_secs: expires_secs(expires.as_deref())?,
+                        reply: StartReply::default(),
                     },
                 )
                 .await?;

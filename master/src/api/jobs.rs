@@ -4,15 +4,18 @@
 //! concerned: an upsert to each target that has or gains it, a delete to
 //! each that loses it ([`reach_changes`]). Starts are posted and then
 //! force-polled, so online targets start now and offline ones at their next
-//! poll; stops go straight to the control subject, queued only when the
-//! target does not answer.
+//! poll; the answer comes once the starts are in the manifests, before the
+//! force-polls unless the caller asks for their outcome (`--wait` does).
+//! Stops go straight to the control subject, queued only when the target
+//! does not answer.
 
 use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
 
 use chrono::Utc;
 use futures::StreamExt;
 use muster_shared::api::{
-    ApiError, Delivery, DeliveryState, ErrorCode, JobInfo, JobRef, JobSelect, JobTargetStatus, Selection, StartStop,
+    ApiError, Delivery, DeliveryState, ErrorCode, JobInfo, JobRef, JobSelect, JobTargetStatus, Selection, StartReply, StartStop,
 };
 use muster_shared::desired::{self, StartEntry, StopEntry, DEFAULT_EXPIRY};
 use muster_shared::job::JobSpec;
@@ -23,8 +26,15 @@ use uuid::Uuid;
 use super::desired::{change, changes};
 use super::groups::expand_groups;
 use super::{Ctx, CONTROL_IN_FLIGHT};
-use crate::publish::Post;
+use crate::publish::{Post, Published};
 use crate::store::{JobRecord, Store, StoreError};
+
+/// Job-status keys `job status` reads at once.
+const STATUS_READS_IN_FLIGHT: usize = 256;
+
+/// Background force-poll sweeps (after a `posted` answer) running at once;
+/// each has at most [`CONTROL_IN_FLIGHT`] control requests out.
+static POLL_SWEEPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
 impl Ctx {
     pub(super) async fn job_create(&self, mut spec: JobSpec) -> Result<JobInfo, ApiError> {
@@ -187,11 +197,23 @@ impl Ctx {
 
     /// Posts a start to each target, then force-polls them all at once so
     /// online targets start now; offline ones start at their next poll.
+    ///
+    /// The starts are published concurrently and the answer waits for each
+    /// manifest's ack: a target answered `posted`, `delivered` or `queued`
+    /// has its start durably in its manifest; one whose publish failed is
+    /// `failed`, with no run id (nothing will run). With
+    /// [`StartReply::Posted`] the answer goes out then, and the force-polls
+    /// follow in the background (the answer does not claim their result);
+    /// with [`StartReply::Polled`] it waits for them, each target
+    /// `delivered` or `queued`.
     pub(super) async fn job_start(&self, req: StartStop) -> Result<Vec<Delivery>, ApiError> {
         let expires_in = expiry(&req)?;
+        let reply = req.reply;
         let req = req.job;
+        let began = Instant::now();
         let (job, _) = self.store.job(&req.job).await?;
         let targets = self.select_for_job(&job, &req.select).await?;
+        let selected = began.elapsed();
         let items: Vec<_> = targets
             .iter()
             .map(|t| {
@@ -201,7 +223,7 @@ impl Ctx {
             .collect();
         let posted = changes(items);
         // The same run id in the manifest's start entry as in the
-        // instruction: whichever the agent reads, the run is one run.
+        // download-list row: the run is one run.
         let now = Utc::now();
         let starts: HashMap<TargetName, StartEntry> = posted
             .iter()
@@ -212,26 +234,72 @@ impl Ctx {
                 _ => None,
             })
             .collect();
-        self.publish_posted(&posted, |t| Post { starts: starts.get(t).cloned().into_iter().collect(), ..Post::default() }).await;
-        let deliveries = futures::stream::iter(posted)
-            .map(|i| {
-                let ctx = self.clone();
-                async move {
-                    let run_id = match &i.op {
-                        InstructionOp::StartJob { run_id, .. } => Some(*run_id),
-                        _ => None,
-                    };
-                    let (state, message) = match ctx.force_poll(&i.target).await {
-                        Ok(_) => (DeliveryState::Delivered, String::new()),
-                        Err(e) => (DeliveryState::Queued, e.message),
-                    };
-                    Delivery { target: i.target, run_id, state, message }
+        let mut published = self
+            .publish_posted(&posted, |t| Post { starts: starts.get(t).cloned().into_iter().collect(), ..Post::default() })
+            .await;
+        let publish_took = began.elapsed() - selected;
+        // Each target's start as its publish left it: posted, or failed.
+        let mut deliveries = Vec::with_capacity(posted.len());
+        let mut to_poll = Vec::with_capacity(posted.len());
+        for i in posted {
+            let run_id = match &i.op {
+                InstructionOp::StartJob { run_id, .. } => *run_id,
+                _ => continue,
+            };
+            let failed =
+                |message: String| Delivery { target: i.target.clone(), run_id: None, state: DeliveryState::Failed, message };
+            match published.remove(&i.target) {
+                Some(Ok(Published::Written { .. })) => {
+                    to_poll.push(i.target.clone());
+                    deliveries.push(Delivery {
+                        target: i.target,
+                        run_id: Some(run_id),
+                        state: DeliveryState::Posted,
+                        message: String::new(),
+                    });
                 }
+                Some(Ok(Published::Unchanged(_))) => deliveries.push(failed(format!("target '{}' is not enlisted", i.target))),
+                Some(Err(e)) => deliveries.push(failed(format!("the start was not posted: {e}"))),
+                None => deliveries.push(failed("the start was not posted: the master could not read its records".into())),
+            }
+        }
+        match reply {
+            StartReply::Posted => {
+                tracing::debug!(job = %job.spec.name, targets = deliveries.len(), ?selected, publish = ?publish_took, "starts posted; force-polling after the reply");
+                let ctx = self.clone();
+                tokio::spawn(async move {
+                    // A few sweeps at once: starts in a burst do not pile up control requests.
+                    let _permit = POLL_SWEEPS.acquire().await.expect("never closed");
+                    let offline = ctx.poll_started(to_poll).await.into_iter().filter(|(_, r)| r.is_err()).count();
+                    tracing::debug!(offline, "force-polled the targets of a start");
+                });
+            }
+            StartReply::Polled => {
+                let mut polled: HashMap<TargetName, Result<(), ApiError>> =
+                    self.poll_started(to_poll).await.into_iter().collect();
+                for d in &mut deliveries {
+                    match polled.remove(&d.target) {
+                        Some(Ok(())) => d.state = DeliveryState::Delivered,
+                        Some(Err(e)) => (d.state, d.message) = (DeliveryState::Queued, e.message),
+                        None => {}
+                    }
+                }
+                tracing::debug!(job = %job.spec.name, targets = deliveries.len(), ?selected, publish = ?publish_took, total = ?began.elapsed(), "starts posted and force-polled");
+            }
+        }
+        Ok(sorted(deliveries))
+    }
+
+    /// Force-polls the targets a start was posted to, all at once.
+    async fn poll_started(&self, targets: Vec<TargetName>) -> Vec<(TargetName, Result<(), ApiError>)> {
+        futures::stream::iter(targets)
+            .map(|t| async move {
+                let polled = self.force_poll(&t).await.map(|_| ());
+                (t, polled)
             })
             .buffer_unordered(CONTROL_IN_FLIGHT)
-            .collect::<Vec<_>>()
-            .await;
-        Ok(sorted(deliveries))
+            .collect()
+            .await
     }
 
     /// Stops a job at once through the control subject where the target is
@@ -279,11 +347,18 @@ impl Ctx {
     pub(super) async fn job_status(&self, req: JobRef) -> Result<Vec<JobTargetStatus>, ApiError> {
         let (job, _) = self.store.job(&req.job).await?;
         let groups = self.store.all_groups().await?;
-        let mut out = Vec::new();
-        for t in Store::concerned(&job, &groups) {
-            if let Some((s, _)) = Store::read::<JobTargetStatus>(&self.store.jobstatus, &Store::status_key(job.id, &t)).await? {
-                out.push(s);
-            }
+        // Read concurrently, kept in target order.
+        let reads: Vec<_> = futures::stream::iter(Store::concerned(&job, &groups))
+            .map(|t| {
+                let kv = self.store.jobstatus.clone();
+                async move { Store::read::<JobTargetStatus>(&kv, &Store::status_key(job.id, &t)).await }
+            })
+            .buffered(STATUS_READS_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut out = Vec::with_capacity(reads.len());
+        for r in reads {
+            out.extend(r?.map(|(s, _)| s));
         }
         Ok(out)
     }

@@ -40,9 +40,11 @@ fn two_targets_run_a_job_and_history_has_both() {
         assert_eq!(r["report"]["jobs"], 1, "the assigned job reached the target: {r}");
     }
 
+    // The answer says the starts are posted; the force-polls that make the
+    // targets (polling every 60 s) start now follow it.
     let started = c.ctl(&["job", "start", "hello"]).expect("start");
     let states: Vec<&str> = started.as_array().unwrap().iter().map(|d| s(d, "state")).collect();
-    assert_eq!(states, ["delivered", "delivered"], "{started}");
+    assert_eq!(states, ["posted", "posted"], "{started}");
 
     let runs = finished_runs(&c, "hello", 2);
     let mut targets: Vec<&str> = runs.iter().map(|r| s(r, "target")).collect();
@@ -113,7 +115,7 @@ fn offline_target_is_reported_and_gets_its_instructions_at_first_poll() {
     assert!(human.stdout.contains("offline") && human.stdout.contains("queued"), "{human:?}");
 
     let started = c.ctl(&["job", "start", "waiting"]).expect("start while offline");
-    assert_eq!(s(&started[0], "state"), "queued", "{started}");
+    assert_eq!(s(&started[0], "state"), "posted", "in its manifest, read at its next poll: {started}");
     let info: Value = c.ctl_ok(&["target", "show", "late"]);
     assert_eq!(info["unread"], 2, "upsert and start are queued: {info}");
 

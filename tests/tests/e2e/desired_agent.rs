@@ -107,7 +107,7 @@ fn an_expired_start_is_recorded_expired_and_never_runs_even_when_the_target_come
     next.add_start(expired.clone()).unwrap();
     publish_manifest(&c, seq, &next);
     let fresh = c.ctl(&["job", "start", "fresh"]).expect("start while away");
-    assert_eq!(s(&fresh[0], "state"), "queued", "{fresh}");
+    assert_eq!(s(&fresh[0], "state"), "posted", "{fresh}");
 
     // Back: the fresh start runs; the expired one is answered, not run.
     c.start_target("e1", 3600);

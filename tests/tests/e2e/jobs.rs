@@ -31,7 +31,7 @@ fn create_and_start(c: &Cluster, target: &str, spec: &Value) -> String {
     c.create_job_file(&spec.to_string()).unwrap_or_else(|e| panic!("creating {name}: {e:?}"));
     c.ctl(&["job", "assign", name, "--target", target]).expect("assign");
     let started = c.ctl(&["job", "start", name, "--target", target]).expect("start");
-    assert_eq!(s(&started[0], "state"), "delivered", "{started}");
+    assert_eq!(s(&started[0], "state"), "posted", "{started}");
     s(&started[0], "run_id").to_owned()
 }
 
