@@ -529,7 +529,8 @@ fn bad_job_files_are_refused_naming_the_field() {
         std::fs::write(&path, spec.to_string()).expect("write");
         let out = c.ctl_raw(&["job", "create", "-f", path.to_str().expect("utf8")], false);
         assert_eq!(out.code, 4, "{spec}: {out:?}");
-        let field_in_cli = if field.is_empty() { "job file" } else { field };
+        // The file's path to the field in error (an unknown key's own path).
+        let field_in_cli = if field.is_empty() { "steps[0].colour" } else { field };
         assert!(out.stderr.contains(field_in_cli) && out.stderr.contains(why), "{field_in_cli} / {why} in {out:?}");
         let out = c.ctl_raw(&["job", "update", "-f", path.to_str().expect("utf8")], false);
         assert_eq!(out.code, 4, "update {spec}: {out:?}");
