@@ -260,3 +260,50 @@ fn job_show_json_edited_goes_back_through_job_apply() {
     let kept: serde_json::Value = c.ctl_ok(&["job", "show", "backup"]);
     assert_eq!(kept["spec"]["steps"][0]["command"], "echo three");
 }
+
+#[test]
+fn scripts_install_puts_working_binaries_and_units_in_place() {
+    // The debug build the tests use: the script's own release build is
+    // what users run, and would double this test's time.
+    bin("musterctl");
+    let root = tempfile::tempdir().expect("tempdir");
+    let install = || {
+        let out = Command::new(muster_tests::workspace().join("scripts/install"))
+            .args(["--profile", "dev", "--no-build", "--systemd", "--prefix", "/opt/muster", "--root"])
+            .arg(root.path())
+            .output()
+            .expect("scripts/install");
+        assert!(out.status.success(), "{out:?}");
+    };
+    install();
+    let bin_dir = root.path().join("opt/muster/bin");
+    let unit = std::fs::read_to_string(root.path().join("etc/systemd/system/muster-target.service")).expect("unit");
+    assert!(unit.contains("ExecStart=/opt/muster/bin/muster-target"), "{unit}");
+    for f in
+        ["etc/systemd/system/muster-master.service", "etc/systemd/system/nats-server.service", "usr/lib/sysusers.d/muster.conf"]
+    {
+        assert!(root.path().join(f).is_file(), "{f}");
+    }
+    // Settings are the operator's: a second install keeps them.
+    let settings = root.path().join("etc/muster/muster.env");
+    std::fs::write(&settings, "MUSTER_NAME=web01\n").expect("edit settings");
+    install();
+    assert_eq!(std::fs::read_to_string(&settings).expect("settings"), "MUSTER_NAME=web01\n");
+
+    // The installed binaries run the loop.
+    let c = Cluster::new();
+    let spawn = |name: &str, args: &[&str]| {
+        let mut cmd = Command::new(bin_dir.join(name));
+        cmd.env("NATS_URL", c.url()).args(args);
+        muster_tests::Proc::spawn(name, cmd, c.dir.path().join(format!("installed-{name}.log")))
+    };
+    let _master = spawn("muster-master", &[]);
+    let state = c.dir.path().join("installed-state");
+    let _target = spawn("muster-target", &["--name", "web01", "--state-dir", state.to_str().expect("utf8")]);
+    wait_for("the installed agent enlisted with the installed master", WAIT, || {
+        let out =
+            Command::new(bin_dir.join("musterctl")).env("NATS_URL", c.url()).args(["target", "list", "--json"]).output().ok()?;
+        let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
+        (listed.len() == 1 && listed[0]["name"] == "web01").then_some(())
+    });
+}
