@@ -249,6 +249,21 @@ impl Runner {
         }
     }
 
+    /// Stops the run of a job the master took away (deleted, unassigned,
+    /// defected): its record says `canceled`, and no process is left that
+    /// Muster can no longer name. Returns whether it was running.
+    pub fn stop_removed(&self, job_id: Uuid) -> bool {
+        let running = self.running.lock().expect("runner lock");
+        match running.get(&job_id) {
+            Some(r) => {
+                tracing::info!(job = %r.name, run_id = %r.run_id, "job removed from this target while it ran; stopping it");
+                r.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn is_running(&self, job_id: Uuid) -> bool {
         self.running.lock().expect("runner lock").contains_key(&job_id)
     }

@@ -4,7 +4,8 @@
 //!
 //! Order matters for a crash at any point, since the revision is saved as
 //! applied only at the end and the next poll applies it again:
-//! - job documents are written (atomically) and unlisted jobs removed —
+//! - job documents are written (atomically) and unlisted jobs removed (a
+//!   run of a removed job is stopped and recorded `canceled`) —
 //!   idempotent, and a job already at its listed revision is not fetched
 //!   again;
 //! - starts and stops are saved as handled *before* any of them acts, so a
@@ -152,6 +153,9 @@ impl Applier<'_> {
         let listed: BTreeSet<Uuid> = m.jobs.iter().map(|j| j.id).collect();
         let gone: Vec<Uuid> = self.state.job_revisions().into_keys().filter(|id| !listed.contains(id)).collect();
         for id in gone {
+            // A run of a job that is no longer ours is stopped (recorded
+            // `canceled`), never left running beyond `job stop`'s reach.
+            self.runner.stop_removed(id);
             tokio::task::block_in_place(|| self.state.delete_job(id))?;
             out.changed += 1;
         }

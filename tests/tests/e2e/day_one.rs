@@ -307,3 +307,31 @@ fn scripts_install_puts_working_binaries_and_units_in_place() {
         (listed.len() == 1 && listed[0]["name"] == "web01").then_some(())
     });
 }
+
+#[test]
+fn deleting_a_running_job_stops_its_run_and_records_it_canceled() {
+    let mut c = Cluster::with_master();
+    c.start_target("web01", 3600);
+    c.wait_target_online("web01");
+    let pidfile = c.dir.path().join("sleeper.pid");
+    c.ctl(&["job", "create", "sleeper", "--command", &format!("sleep 300 & echo $! > {}; wait", pidfile.display())])
+        .expect("create");
+    c.ctl(&["job", "assign", "sleeper", "--target", "web01"]).expect("assign");
+    c.ctl(&["target", "force-poll", "web01"]).expect("poll");
+    c.ctl(&["job", "start", "sleeper"]).expect("start");
+    let run = wait_for("sleeper running", WAIT, || c.history("sleeper").into_iter().find(|r| r["outcome"] == "running"));
+    let pid: i32 = wait_for("the sleep's pid", WAIT, || std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok());
+
+    c.ctl(&["job", "delete", "sleeper"]).expect("delete");
+    c.ctl(&["target", "force-poll", "web01"]).expect("poll after the delete");
+    let ended = wait_for("the run recorded canceled", WAIT, || {
+        c.history("sleeper").into_iter().find(|r| r["run_id"] == run["run_id"] && r["outcome"] != "running")
+    });
+    assert_eq!(ended["outcome"], "canceled", "{ended}");
+    wait_for("no sleep left behind", WAIT, || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        let gone =
+            stat.is_none_or(|s| s.rsplit(')').next().and_then(|r| r.split_whitespace().next()).is_some_and(|st| st == "Z"));
+        gone.then_some(())
+    });
+}
