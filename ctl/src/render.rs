@@ -10,6 +10,7 @@ use std::io::Write as _;
 use chrono::{DateTime, Utc};
 use comfy_table::{CellAlignment, Table};
 use muster_shared::api::{Delivery, InstrRow, JobInfo, MasterSeen, Posted, StatusSummary, TargetInfo};
+use muster_shared::job::{Next, Schedule};
 use muster_shared::msg::RunRecord;
 use serde::Serialize;
 
@@ -150,19 +151,81 @@ pub fn print_job(j: &JobInfo) {
         j.spec.name,
         j.id,
         j.revision,
-        if j.spec.enabled { "enabled" } else { "disabled" }
+        if j.spec.enabled { "enabled" } else { "disabled: its schedules do not fire; `job start` still runs it" }
     );
     if !j.spec.description.is_empty() {
         crate::say!("  {}", j.spec.description);
     }
     crate::say!("  targets: {}   groups: {}", join(&j.targets), join(&j.groups));
+    if let Some(t) = j.spec.timeout_secs {
+        crate::say!("  timeout: {} for the whole run", duration(t));
+    }
     for (i, s) in j.spec.steps.iter().enumerate() {
         let what = s.command.clone().unwrap_or_else(|| s.argv.clone().unwrap_or_default().join(" "));
         crate::say!("  step {} {}: {}", i + 1, s.name, what);
+        let mut how = Vec::new();
+        if let Some(t) = s.timeout_secs {
+            how.push(format!("timeout {}", duration(t)));
+        }
+        if s.retries > 0 {
+            how.push(format!("{} retries, {} apart", s.retries, duration(s.retry_interval_secs)));
+        }
+        // Where the run goes next, as the agent resolves it.
+        let flow = |success| match j.spec.next_after(i, success) {
+            Next::Step(k) if k == i + 1 => "next step".to_owned(),
+            Next::Step(k) => format!("go to step {} '{}'", k + 1, j.spec.steps[k].name),
+            Next::QuitSuccess => "quit, succeeded".to_owned(),
+            Next::QuitFailure => "quit, failed".to_owned(),
+        };
+        how.push(format!("on success: {}", flow(true)));
+        how.push(format!("on failure: {}", flow(false)));
+        if let Some(cwd) = &s.cwd {
+            how.push(format!("in {cwd}"));
+        }
+        if !s.env.is_empty() {
+            how.push(format!("env {}", s.env.keys().cloned().collect::<Vec<_>>().join(",")));
+        }
+        crate::say!("      {}", how.join("; "));
     }
+    let now = Utc::now();
     for s in &j.spec.schedules {
-        crate::say!("  schedule {}: {}", s.name, serde_json::to_string(s).unwrap_or_default());
+        let next = match muster_shared::schedule::next_after(s, now) {
+            _ if !s.enabled => "disabled".to_owned(),
+            Some(t) => format!("next {} UTC", t.format("%Y-%m-%d %H:%M:%S")),
+            None if s.on_start => "at each agent start".to_owned(),
+            None => "no fire to come".to_owned(),
+        };
+        crate::say!("  schedule {}: {}; {next}", s.name, schedule_text(s));
     }
+}
+
+/// A schedule as a sentence: `cron '30 2 * * *' in Europe/Berlin`.
+fn schedule_text(s: &Schedule) -> String {
+    let zone = s.timezone.as_deref().unwrap_or("UTC");
+    let mut text = if let Some(cron) = &s.cron {
+        format!("cron '{cron}' in {zone}")
+    } else if let Some(every) = s.every_secs {
+        match &s.between {
+            Some([from, to]) => format!("every {} between {from} and {to} {zone}", duration(every)),
+            None => format!("every {}", duration(every)),
+        }
+    } else if let Some(at) = s.at {
+        format!("once at {} UTC", at.format("%Y-%m-%d %H:%M:%S"))
+    } else {
+        "when the agent starts".to_owned()
+    };
+    if let Some(from) = s.active_from {
+        text.push_str(&format!(", from {} UTC", from.format("%Y-%m-%d %H:%M")));
+    }
+    if let Some(until) = s.active_until {
+        text.push_str(&format!(", until {} UTC", until.format("%Y-%m-%d %H:%M")));
+    }
+    text
+}
+
+/// Seconds as `1h 30m`.
+fn duration(secs: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
 }
 
 pub fn print_job_status(statuses: &[muster_shared::api::JobTargetStatus]) {

@@ -335,3 +335,40 @@ fn deleting_a_running_job_stops_its_run_and_records_it_canceled() {
         gone.then_some(())
     });
 }
+
+#[test]
+fn job_show_says_retries_flow_timeouts_and_when_each_schedule_fires_next() {
+    let c = Cluster::with_master();
+    let file = c.dir.path().join("backup.json");
+    std::fs::write(
+        &file,
+        r#"{"name": "backup", "timeout_secs": 3600, "enabled": false,
+            "steps": [
+              {"name": "dump", "command": "pg_dump db", "timeout_secs": 600, "retries": 2, "retry_interval_secs": 30,
+               "on_failure": {"goto": "alert"}},
+              {"name": "upload", "command": "true", "on_success": "quit_success"},
+              {"name": "alert", "command": "echo failed"}],
+            "schedules": [
+              {"name": "nightly", "cron": "30 2 * * *", "timezone": "Europe/Berlin"},
+              {"name": "office", "every_secs": 900, "between": ["08:00", "18:00"]},
+              {"name": "boot", "on_start": true},
+              {"name": "paused", "every_secs": 60, "enabled": false}]}"#,
+    )
+    .expect("job file");
+    c.ctl(&["job", "create", "-f", file.to_str().expect("utf8")]).expect("create");
+    let out = c.ctl_raw(&["job", "show", "backup"], false);
+    assert_eq!(out.code, 0, "{out:?}");
+    for line in [
+        "disabled: its schedules do not fire; `job start` still runs it",
+        "timeout: 1h for the whole run",
+        "step 1 dump: pg_dump db",
+        "timeout 10m; 2 retries, 30s apart; on success: next step; on failure: go to step 3 'alert'",
+        "on success: quit, succeeded; on failure: quit, failed",
+        "schedule nightly: cron '30 2 * * *' in Europe/Berlin; next 20",
+        "schedule office: every 15m between 08:00 and 18:00 UTC; next 20",
+        "schedule boot: when the agent starts; at each agent start",
+        "schedule paused: every 1m; disabled",
+    ] {
+        assert!(out.stdout.contains(line), "{line:?} in:\n{}", out.stdout);
+    }
+}
