@@ -282,8 +282,9 @@ struct Inner {
     store: Store,
     /// The last records read, reused while the jobs and groups buckets have
     /// not moved (two stream-info requests instead of two scans: enlisting
-    /// many targets reads them once).
-    records: Mutex<Option<Arc<Records>>>,
+    /// many targets reads them once), and when they were last used: like
+    /// the cache, dropped after [`CACHE_TTL`] unused.
+    records: Mutex<Option<(Arc<Records>, Instant)>>,
     locks: Mutex<HashMap<TargetName, Arc<tokio::sync::Mutex<()>>>>,
     cache: Mutex<Cache>,
     dirty: AtomicBool,
@@ -377,13 +378,14 @@ impl Publisher {
     pub async fn records(&self) -> Result<Arc<Records>, StoreError> {
         let store = &self.inner.store;
         let marks = Records::marks(store).await?;
-        if let Some(r) = self.inner.records.lock().expect("records").as_ref() {
+        if let Some((r, used)) = self.inner.records.lock().expect("records").as_mut() {
             if r.marks == marks {
+                *used = Instant::now();
                 return Ok(r.clone());
             }
         }
         let fresh = Arc::new(Records::read(store).await?);
-        *self.inner.records.lock().expect("records") = Some(fresh.clone());
+        *self.inner.records.lock().expect("records") = Some((fresh.clone(), Instant::now()));
         Ok(fresh)
     }
 
@@ -553,10 +555,19 @@ impl Publisher {
         self.inner.cache.lock().expect("cache").put(t, seen, Instant::now());
     }
 
-    /// Drops the cached manifests nobody used for [`CACHE_TTL`]; reconcile
-    /// calls this between its passes, so an idle master's cache empties.
+    /// Drops the cached manifests, and the records snapshot, that nobody
+    /// used for [`CACHE_TTL`]; reconcile calls this between its passes, so
+    /// an idle master's caches empty.
     pub fn expire_cache(&self) {
-        self.inner.cache.lock().expect("cache").expire(Instant::now());
+        self.expire_at(Instant::now());
+    }
+
+    fn expire_at(&self, now: Instant) {
+        self.inner.cache.lock().expect("cache").expire(now);
+        let mut records = self.inner.records.lock().expect("records");
+        if records.as_ref().is_some_and(|(_, used)| now.duration_since(*used) >= CACHE_TTL) {
+            *records = None;
+        }
     }
 
     /// A target's manifest and its sequence (0: none). After a conflict the
@@ -860,5 +871,29 @@ mod tests {
         let done = a.publish_many(["t1", "t2", "t3"].iter().map(|n| (t(n), Post::default())).collect()).await.unwrap();
         assert!(done.iter().all(|(_, r)| r.as_ref().unwrap().revision() == Some(Revision(1))), "{done:?}");
         assert!(a.inner.locks.lock().unwrap().is_empty(), "no lock outlives its publish");
+    }
+
+    #[tokio::test]
+    async fn an_idle_publisher_keeps_neither_manifests_nor_records() {
+        let ts = open().await;
+        let store = &ts.store;
+        let p = Publisher::new(store.clone());
+        for n in ["t1", "t2"] {
+            enlist(store, n).await;
+        }
+        put_job(store, "j", 1, &["t1", "t2"]).await;
+        p.publish_many(["t1", "t2"].iter().map(|n| (t(n), Post::default())).collect()).await.unwrap();
+        assert_eq!(p.inner.cache.lock().unwrap().entries.len(), 2);
+        assert!(p.inner.records.lock().unwrap().is_some());
+        p.expire_at(Instant::now() + CACHE_TTL / 2);
+        assert_eq!(p.inner.cache.lock().unwrap().entries.len(), 2, "used lately: kept");
+        p.expire_at(Instant::now() + CACHE_TTL);
+        assert_eq!(p.inner.cache.lock().unwrap().bytes, 0);
+        assert!(p.inner.cache.lock().unwrap().entries.is_empty());
+        assert!(p.inner.records.lock().unwrap().is_none());
+        // Nothing cached is no harm: the next change reads what it needs.
+        put_job(store, "j", 2, &["t1"]).await;
+        let done = p.publish_many(vec![(t("t1"), Post::default())]).await.unwrap();
+        assert_eq!(done[0].1.as_ref().unwrap().revision(), Some(Revision(2)));
     }
 }
