@@ -41,6 +41,7 @@ pub use config::MasterConfig;
 /// # Errors
 /// When the service cannot start.
 pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    trim::big_allocations_apart();
     let client = nats::connect(&config.nats, nats::Wait::Forever).await?;
     let js = async_nats::jetstream::new(client.clone());
     // JetStream may not be ready yet (a server still starting, a cluster still
