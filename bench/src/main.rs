@@ -54,6 +54,11 @@ struct Args {
     /// Records in the results stream for the history stage.
     #[arg(long)]
     records: Option<usize>,
+    /// Seconds the master sits idle after enlisting before its RSS is read
+    /// again (default 65 at full sizes, past one expiry sweep; 0 at quick
+    /// and tiny sizes).
+    #[arg(long)]
+    idle_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -198,7 +203,11 @@ async fn main() -> anyhow::Result<()> {
         job_start: runs(Stage::JobStart),
         start_wait: runs(Stage::StartWait),
     };
-    stages::run(want, &stages::Sizes::new(args.tiny, args.quick, args.targets), &mut rows).await?;
+    let mut stage_sizes = stages::Sizes::new(args.tiny, args.quick, args.targets);
+    if let Some(secs) = args.idle_secs {
+        stage_sizes.idle = std::time::Duration::from_secs(secs);
+    }
+    stages::run(want, &stage_sizes, &mut rows).await?;
     if runs(Stage::Ingest) {
         ingest_stage(&bench, &mut cluster, &sizes, &mut rows).await?;
     }

@@ -92,10 +92,12 @@ async fn drain(publisher: &Publisher, shutdown: &CancellationToken) -> anyhow::R
     let mut batch = Vec::with_capacity(BATCH);
     let mut batch_bytes = 0;
     let mut flush_at: Option<tokio::time::Instant> = None;
+    let mut turn = tokio::time::interval(StatusCache::TURN);
     loop {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
+            _ = turn.tick() => cache.turn(),
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                 let () = done?;
             }
@@ -253,28 +255,70 @@ const WRITES_IN_FLIGHT: usize = 256;
 /// revision, each behind its own lock. With it, a write is one
 /// compare-and-set and no read, and two batches never race on one key; when
 /// another master replica wrote in between, the compare-and-set fails and
-/// the key is read again. Bounded: idle entries are dropped when full (the
-/// cache only saves reads).
+/// the key is read again.
+///
+/// Bounded in count and in time, since it only saves reads: keys live in
+/// two generations, and each turn ([`StatusCache::TURN`], or when the
+/// current one is full) drops the older one but for the slots being
+/// written, so a key unused for two turns is gone and a master whose
+/// targets went quiet holds nothing here.
 #[derive(Debug, Default)]
 pub struct StatusCache {
-    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Known>>>>,
+    slots: Mutex<Generations>,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Known>>;
+
+#[derive(Debug, Default)]
+struct Generations {
+    current: HashMap<String, Slot>,
+    previous: HashMap<String, Slot>,
 }
 
 /// What a key is known to hold, and at which revision.
 type Known = Current<JobTargetStatus>;
 
 impl StatusCache {
-    const MAX_ENTRIES: usize = 100_000;
+    /// Keys in one generation (so at most twice this, plus the slots being
+    /// written).
+    const MAX_ENTRIES: usize = 16_384;
 
-    fn slot(&self, key: &str) -> Arc<tokio::sync::Mutex<Known>> {
-        let mut slots = self.slots.lock().expect("status cache lock");
-        if let Some(slot) = slots.get(key) {
+    /// How often the generations turn.
+    pub const TURN: Duration = Duration::from_secs(30);
+
+    fn slot(&self, key: &str) -> Slot {
+        let mut g = self.slots.lock().expect("status cache lock");
+        if let Some(slot) = g.current.get(key) {
             return slot.clone();
         }
-        if slots.len() >= Self::MAX_ENTRIES {
-            slots.retain(|_, slot| Arc::strong_count(slot) > 1);
+        if let Some(slot) = g.previous.remove(key) {
+            g.current.insert(key.to_owned(), slot.clone());
+            return slot;
         }
-        slots.entry(key.to_owned()).or_default().clone()
+        if g.current.len() >= Self::MAX_ENTRIES {
+            g.turn();
+        }
+        g.current.entry(key.to_owned()).or_default().clone()
+    }
+
+    /// Drops the keys not used since the last turn.
+    pub fn turn(&self) {
+        self.slots.lock().expect("status cache lock").turn();
+    }
+
+    /// Keys held, both generations.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        let g = self.slots.lock().expect("status cache lock");
+        g.current.len() + g.previous.len()
+    }
+}
+
+impl Generations {
+    fn turn(&mut self) {
+        let old = std::mem::replace(&mut self.previous, std::mem::take(&mut self.current));
+        // A slot being written stays: one write per key at a time.
+        self.current.extend(old.into_iter().filter(|(_, slot)| Arc::strong_count(slot) > 1));
     }
 }
 
@@ -372,6 +416,33 @@ mod tests {
             finished_at: outcome.is_final().then_some(started_at),
             duration_ms: None,
             message: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_status_cache_forgets_keys_unused_for_two_turns_but_never_a_slot_being_written() {
+        let cache = StatusCache::default();
+        for k in ["a", "b", "c"] {
+            cache.slot(k);
+        }
+        let held = cache.slot("held");
+        cache.turn();
+        cache.slot("a");
+        cache.turn();
+        let mut kept: Vec<String> = {
+            let g = cache.slots.lock().unwrap();
+            g.current.keys().chain(g.previous.keys()).cloned().collect()
+        };
+        kept.sort();
+        assert_eq!(kept, ["a", "held"]);
+        assert!(Arc::ptr_eq(&held, &cache.slot("held")), "one lock per key while it is written");
+        drop(held);
+        cache.turn();
+        cache.turn();
+        assert_eq!(cache.len(), 0, "a quiet master holds nothing");
+        for n in 0..5 * StatusCache::MAX_ENTRIES {
+            cache.slot(&format!("k{n}"));
+            assert!(cache.len() <= 2 * StatusCache::MAX_ENTRIES);
         }
     }
 

@@ -9,7 +9,8 @@
 //!   (`MUSTER_ASSIGN`) once, at start, before reconcile;
 //! - [`api`] serves the `muster` NATS service that `musterctl` and targets call;
 //! - [`ingest`] drains `MUSTER_RESULTS` into job status and the download list;
-//!   [`applied`] says what targets' applied records and answered starts mean.
+//!   [`applied`] says what targets' applied records and answered starts mean;
+//! - [`trim`] gives memory freed by a burst of work back to the system.
 //!
 //! The daemon's entry point is [`run`]. `musterctl` and its API client live
 //! in `muster-ctl`, which does not depend on this crate: clients never link
@@ -24,6 +25,7 @@ pub mod publish;
 pub mod reconcile;
 pub mod status;
 pub mod store;
+pub mod trim;
 pub mod upgrade;
 
 use anyhow::Context as _;
@@ -39,6 +41,7 @@ pub use config::MasterConfig;
 /// # Errors
 /// When the service cannot start.
 pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    trim::big_allocations_apart();
     let client = nats::connect(&config.nats, nats::Wait::Forever).await?;
     let js = async_nats::jetstream::new(client.clone());
     // JetStream may not be ready yet (a server still starting, a cluster still

@@ -14,14 +14,16 @@
 //!
 //! Many targets are published concurrently (at most [`PUBLISH_WINDOW`] at
 //! once), each target's own steps in order. What the master keeps in memory
-//! is bounded: the per-target locks exist only while a publish holds them,
-//! and the cache of last-published manifests (which saves a read on the
-//! next change) has a byte budget; a stale cache entry costs one failed
-//! compare-and-set and a read, never a wrong write.
+//! is bounded and does not grow per idle target: the per-target locks exist
+//! only while a publish holds them, and the cache of last-published
+//! manifests (which saves a read on the next change) has a memory budget
+//! and drops what was not used for [`CACHE_TTL`]; a stale cache entry costs
+//! one failed compare-and-set and a read, never a wrong write.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE;
 use async_nats::jetstream::context::PublishErrorKind;
@@ -46,8 +48,14 @@ use crate::store::{Change, GroupRecord, JobRecord, Store, StoreError, TargetReco
 /// ack, which keeps the JetStream context under its limit of acks in flight.
 pub const PUBLISH_WINDOW: usize = 1000;
 
-/// Bytes of manifests the cache keeps (about 30,000 small ones).
-const CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// Memory the manifest cache may hold (about 8,000 targets with a few jobs
+/// each, by [`Seen::cost`]).
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
+
+/// How long a cached manifest is kept unused: long enough for a burst of
+/// changes to one target (an assign, then a start), short enough that an
+/// idle fleet holds nothing here.
+const CACHE_TTL: Duration = Duration::from_secs(30);
 
 /// Compare-and-set attempts per target before giving up (reconcile retries).
 const ATTEMPTS: usize = 16;
@@ -188,38 +196,83 @@ struct Seen {
     seq: u64,
     manifest: Option<Manifest>,
     docs: HashMap<Uuid, u64>,
+    /// Its encoded size; [`Seen::cost`] is what it holds in memory.
     bytes: usize,
 }
 
+impl Seen {
+    /// Memory an entry holds, estimated from above: the map slot (key and
+    /// value, at the map's lowest load), the decoded manifest (twice its
+    /// JSON: names and ids are kept as owned strings and vectors), and the
+    /// document sequences.
+    fn cost(&self) -> usize {
+        2 * std::mem::size_of::<(TargetName, Entry)>() + 2 * self.bytes + 2 * self.docs.len() * std::mem::size_of::<(Uuid, u64)>()
+    }
+}
+
+/// A cached manifest and when it was last used.
+#[derive(Debug)]
+struct Entry {
+    seen: Seen,
+    used: Instant,
+}
+
+/// The last-published manifests, which save a read when a target changes
+/// again soon: an assign and then a start, or a burst of edits. Bounded in
+/// memory ([`CACHE_BYTES`], counted by [`Seen::cost`]) and in time: an
+/// entry unused for [`CACHE_TTL`] goes, so a fleet that sits idle holds
+/// nothing here however many targets it has.
 #[derive(Debug, Default)]
 struct Cache {
-    entries: HashMap<TargetName, Seen>,
+    entries: HashMap<TargetName, Entry>,
     bytes: usize,
 }
 
 impl Cache {
-    fn get(&self, t: &TargetName) -> Option<Seen> {
-        self.entries.get(t).cloned()
+    fn get(&mut self, t: &TargetName, now: Instant) -> Option<Seen> {
+        let fresh = self.entries.get(t).is_some_and(|e| now.duration_since(e.used) < CACHE_TTL);
+        if !fresh {
+            self.forget(t);
+            return None;
+        }
+        self.entries.get(t).map(|e| e.seen.clone())
     }
 
-    fn put(&mut self, t: &TargetName, seen: Seen) {
+    fn put(&mut self, t: &TargetName, seen: Seen, now: Instant) {
         self.forget(t);
-        if seen.bytes > CACHE_BYTES / 4 {
+        let cost = seen.cost();
+        if cost > CACHE_BYTES / 4 {
             return;
         }
-        while self.bytes + seen.bytes > CACHE_BYTES {
+        if self.bytes + cost > CACHE_BYTES {
+            self.expire(now);
+        }
+        while self.bytes + cost > CACHE_BYTES {
             let Some(victim) = self.entries.keys().next().cloned() else {
                 break;
             };
             self.forget(&victim);
         }
-        self.bytes += seen.bytes;
-        self.entries.insert(t.clone(), seen);
+        self.bytes += cost;
+        self.entries.insert(t.clone(), Entry { seen, used: now });
     }
 
     fn forget(&mut self, t: &TargetName) {
         if let Some(old) = self.entries.remove(t) {
-            self.bytes -= old.bytes;
+            self.bytes -= old.seen.cost();
+        }
+    }
+
+    /// Drops the entries unused for [`CACHE_TTL`], and gives back the map's
+    /// room when it is mostly empty (a map never shrinks by itself).
+    fn expire(&mut self, now: Instant) {
+        let before = self.entries.len();
+        self.entries.retain(|_, e| now.duration_since(e.used) < CACHE_TTL);
+        if self.entries.len() < before {
+            self.bytes = self.entries.values().map(|e| e.seen.cost()).sum();
+        }
+        if self.entries.capacity() > 4 * self.entries.len() + 64 {
+            self.entries.shrink_to_fit();
         }
     }
 }
@@ -229,8 +282,9 @@ struct Inner {
     store: Store,
     /// The last records read, reused while the jobs and groups buckets have
     /// not moved (two stream-info requests instead of two scans: enlisting
-    /// many targets reads them once).
-    records: Mutex<Option<Arc<Records>>>,
+    /// many targets reads them once), and when they were last used: like
+    /// the cache, dropped after [`CACHE_TTL`] unused.
+    records: Mutex<Option<(Arc<Records>, Instant)>>,
     locks: Mutex<HashMap<TargetName, Arc<tokio::sync::Mutex<()>>>>,
     cache: Mutex<Cache>,
     dirty: AtomicBool,
@@ -324,13 +378,14 @@ impl Publisher {
     pub async fn records(&self) -> Result<Arc<Records>, StoreError> {
         let store = &self.inner.store;
         let marks = Records::marks(store).await?;
-        if let Some(r) = self.inner.records.lock().expect("records").as_ref() {
+        if let Some((r, used)) = self.inner.records.lock().expect("records").as_mut() {
             if r.marks == marks {
+                *used = Instant::now();
                 return Ok(r.clone());
             }
         }
         let fresh = Arc::new(Records::read(store).await?);
-        *self.inner.records.lock().expect("records") = Some(fresh.clone());
+        *self.inner.records.lock().expect("records") = Some((fresh.clone(), Instant::now()));
         Ok(fresh)
     }
 
@@ -374,7 +429,7 @@ impl Publisher {
         let (_held, _guard) = self.lock(t).await;
         let store = &self.inner.store;
         let mut fresh_records: Option<Records> = None;
-        let mut seen = self.inner.cache.lock().expect("cache").get(t);
+        let mut seen = self.inner.cache.lock().expect("cache").get(t, Instant::now());
         for attempt in 0..ATTEMPTS {
             let mut cur = match seen.take() {
                 Some(s) => s,
@@ -497,7 +552,22 @@ impl Publisher {
     }
 
     fn remember(&self, t: &TargetName, seen: Seen) {
-        self.inner.cache.lock().expect("cache").put(t, seen);
+        self.inner.cache.lock().expect("cache").put(t, seen, Instant::now());
+    }
+
+    /// Drops the cached manifests, and the records snapshot, that nobody
+    /// used for [`CACHE_TTL`]; reconcile calls this between its passes, so
+    /// an idle master's caches empty.
+    pub fn expire_cache(&self) {
+        self.expire_at(Instant::now());
+    }
+
+    fn expire_at(&self, now: Instant) {
+        self.inner.cache.lock().expect("cache").expire(now);
+        let mut records = self.inner.records.lock().expect("records");
+        if records.as_ref().is_some_and(|(_, used)| now.duration_since(*used) >= CACHE_TTL) {
+            *records = None;
+        }
     }
 
     /// A target's manifest and its sequence (0: none). After a conflict the
@@ -696,19 +766,43 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_stays_within_its_byte_budget() {
+    fn the_cache_stays_within_its_memory_budget() {
         let mut cache = Cache::default();
+        let now = Instant::now();
         let seen = |bytes| Seen { seq: 1, manifest: None, docs: HashMap::new(), bytes };
+        let tenth = CACHE_BYTES / 20 - std::mem::size_of::<(TargetName, Entry)>();
+        assert_eq!(seen(tenth).cost(), CACHE_BYTES / 10);
         for n in 0..100 {
-            cache.put(&t(&format!("t{n}")), seen(CACHE_BYTES / 10));
+            cache.put(&t(&format!("t{n}")), seen(tenth), now);
             assert!(cache.bytes <= CACHE_BYTES);
         }
         assert_eq!(cache.entries.len(), 10);
-        cache.put(&t("huge"), seen(CACHE_BYTES));
-        assert!(cache.get(&t("huge")).is_none(), "too big to keep");
-        cache.put(&t("t99"), seen(1));
-        assert_eq!(cache.get(&t("t99")).unwrap().bytes, 1, "replaced, not added");
-        assert_eq!(cache.bytes, cache.entries.values().map(|s| s.bytes).sum::<usize>());
+        cache.put(&t("huge"), seen(CACHE_BYTES), now);
+        assert!(cache.get(&t("huge"), now).is_none(), "too big to keep");
+        cache.put(&t("t99"), seen(1), now);
+        assert_eq!(cache.get(&t("t99"), now).unwrap().bytes, 1, "replaced, not added");
+        assert_eq!(cache.bytes, cache.entries.values().map(|e| e.seen.cost()).sum::<usize>());
+    }
+
+    #[test]
+    fn an_idle_fleet_leaves_nothing_in_the_cache() {
+        let mut cache = Cache::default();
+        let start = Instant::now();
+        let seen = Seen { seq: 1, manifest: None, docs: HashMap::new(), bytes: 200 };
+        for n in 0..5000 {
+            cache.put(&t(&format!("t{n}")), seen.clone(), start);
+        }
+        let busy = start + CACHE_TTL / 2;
+        cache.put(&t("busy"), seen.clone(), busy);
+        assert!(cache.get(&t("t1"), busy).is_some(), "used again soon: kept");
+        let later = start + CACHE_TTL;
+        assert!(cache.get(&t("t2"), later).is_none(), "unused for the whole TTL: gone");
+        cache.expire(later);
+        assert_eq!(cache.entries.keys().map(TargetName::as_str).collect::<Vec<_>>(), ["busy"]);
+        assert_eq!(cache.bytes, seen.cost());
+        assert!(cache.entries.capacity() < 100, "the map's room is given back: {}", cache.entries.capacity());
+        cache.expire(busy + CACHE_TTL);
+        assert_eq!((cache.entries.len(), cache.bytes), (0, 0));
     }
 
     #[tokio::test]
@@ -779,5 +873,29 @@ mod tests {
         let done = a.publish_many(["t1", "t2", "t3"].iter().map(|n| (t(n), Post::default())).collect()).await.unwrap();
         assert!(done.iter().all(|(_, r)| r.as_ref().unwrap().revision() == Some(Revision(1))), "{done:?}");
         assert!(a.inner.locks.lock().unwrap().is_empty(), "no lock outlives its publish");
+    }
+
+    #[tokio::test]
+    async fn an_idle_publisher_keeps_neither_manifests_nor_records() {
+        let ts = open().await;
+        let store = &ts.store;
+        let p = Publisher::new(store.clone());
+        for n in ["t1", "t2"] {
+            enlist(store, n).await;
+        }
+        put_job(store, "j", 1, &["t1", "t2"]).await;
+        p.publish_many(["t1", "t2"].iter().map(|n| (t(n), Post::default())).collect()).await.unwrap();
+        assert_eq!(p.inner.cache.lock().unwrap().entries.len(), 2);
+        assert!(p.inner.records.lock().unwrap().is_some());
+        p.expire_at(Instant::now() + CACHE_TTL / 2);
+        assert_eq!(p.inner.cache.lock().unwrap().entries.len(), 2, "used lately: kept");
+        p.expire_at(Instant::now() + CACHE_TTL);
+        assert_eq!(p.inner.cache.lock().unwrap().bytes, 0);
+        assert!(p.inner.cache.lock().unwrap().entries.is_empty());
+        assert!(p.inner.records.lock().unwrap().is_none());
+        // Nothing cached is no harm: the next change reads what it needs.
+        put_job(store, "j", 2, &["t1"]).await;
+        let done = p.publish_many(vec![(t("t1"), Post::default())]).await.unwrap();
+        assert_eq!(done[0].1.as_ref().unwrap().revision(), Some(Revision(2)));
     }
 }

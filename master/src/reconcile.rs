@@ -21,7 +21,10 @@
 //! `expired` on the target's run subject, with the message id the target
 //! would have used, so the run has one final record whoever writes it.
 //!
-//! Nothing here is kept between passes: memory is per pass, not per target.
+//! Nothing here is kept between passes. Within one, the summaries are
+//! streamed ([`each_summary`]): the sweep keeps only the due targets, a full
+//! pass one digest per enlisted target. Between passes the loop drops idle
+//! cache entries and returns freed memory ([`crate::trim`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,7 +35,7 @@ use async_nats::HeaderMap;
 use chrono::Utc;
 use futures::StreamExt;
 use muster_runtime::backoff::Backoff;
-use muster_shared::desired::{ManifestSummary, StartEntry, SUMMARY_HEADER};
+use muster_shared::desired::{Digest, ManifestSummary, StartEntry, SUMMARY_HEADER};
 use muster_shared::msg::{self, Outcome, RunRecord, Trigger};
 use muster_shared::name::TargetName;
 use muster_shared::{KIND_HEADER, PROTOCOL_VERSION};
@@ -44,6 +47,10 @@ use crate::store::{JobRecord, Store, StoreError};
 
 /// How often the expiry sweep reads the summaries.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// How often, between passes, idle cache entries are dropped and freed
+/// memory is returned ([`crate::trim`]).
+const HOUSEKEEPING: Duration = Duration::from_secs(15);
 
 /// How long a full pass waits after the first failed or overtaken publish,
 /// so a burst of concurrent changes is checked once.
@@ -103,17 +110,26 @@ pub async fn run(publisher: Publisher, shutdown: CancellationToken) {
                 continue;
             }
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = publisher.wait_dirty() => {
-                full = true;
-                // Debounce: a burst of changes costs one pass, not one each.
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(DIRTY_DEBOUNCE) => {}
+        // Between passes, every [`HOUSEKEEPING`]: the manifest cache drops
+        // what sat idle, and what the last burst of work freed goes back.
+        let next_sweep = tokio::time::Instant::now() + SWEEP_EVERY;
+        loop {
+            publisher.expire_cache();
+            crate::trim::release().await;
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = publisher.wait_dirty() => {
+                    full = true;
+                    // Debounce: a burst of changes costs one pass, not one each.
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(DIRTY_DEBOUNCE) => {}
+                    }
+                    break;
                 }
+                () = tokio::time::sleep_until(next_sweep) => break,
+                () = tokio::time::sleep(HOUSEKEEPING) => {}
             }
-            () = tokio::time::sleep(SWEEP_EVERY) => {}
         }
     }
 }
@@ -125,31 +141,35 @@ pub async fn run(publisher: Publisher, shutdown: CancellationToken) {
 pub async fn reconcile(publisher: &Publisher) -> Result<Pass, StoreError> {
     let store = publisher.store();
     let records = Records::read(store).await?;
-    let targets = store.all_targets().await?;
-    let derived = derive(&targets, &records.jobs, &records.groups);
-    let summaries = summaries(store).await?;
+    // Each enlisted target's digest only (the records and derived states
+    // go at once); the summaries are compared as they are read.
+    let mut digests: HashMap<TargetName, Digest> = {
+        let targets = store.all_targets().await?;
+        derive(&targets, &records.jobs, &records.groups).into_iter().map(|(t, d)| (t, d.digest())).collect()
+    };
     let now = Utc::now();
-    let mut items = Vec::new();
-    for (t, d) in &derived {
-        let post = match summaries.get(t) {
-            Some(Some(s)) if s.digest == d.digest() => {
-                if s.due.is_none_or(|due| due > now) {
-                    continue;
-                }
-                Post { prune: true, ..Post::default() }
-            }
-            _ => Post::default(),
-        };
-        items.push((t.clone(), post));
-    }
     let left = gone().digest();
-    for (t, s) in &summaries {
+    let mut items = Vec::new();
+    let surveyed = each_summary(store, |t, s| match digests.remove(&t) {
+        Some(d) => match s {
+            Some(s) if s.digest == d => {
+                if s.due.is_some_and(|due| due <= now) {
+                    items.push((t, Post { prune: true, ..Post::default() }));
+                }
+            }
+            _ => items.push((t, Post::default())),
+        },
         // Manifests of targets with no record any more: defected, and kept.
-        if !derived.contains_key(t) && s.is_none_or(|s| s.digest != left) {
-            items.push((t.clone(), Post::default()));
+        None => {
+            if s.is_none_or(|s| s.digest != left) {
+                items.push((t, Post::default()));
+            }
         }
-    }
-    let mut pass = Pass { surveyed: summaries.len(), ..Pass::default() };
+    })
+    .await?;
+    // Enlisted targets with no manifest yet.
+    items.extend(digests.into_keys().map(|t| (t, Post::default())));
+    let mut pass = Pass { surveyed, ..Pass::default() };
     let records = Arc::new(records);
     publish(publisher, items, records.clone(), &mut pass).await;
     if pass.failed == 0 {
@@ -168,14 +188,16 @@ pub async fn reconcile(publisher: &Publisher) -> Result<Pass, StoreError> {
 /// When the summaries cannot be read.
 pub async fn sweep(publisher: &Publisher) -> Result<Pass, StoreError> {
     let store = publisher.store();
-    let summaries = summaries(store).await?;
     let now = Utc::now();
-    let items: Vec<(TargetName, Post)> = summaries
-        .iter()
-        .filter(|(_, s)| s.is_some_and(|s| s.due.is_some_and(|due| due <= now)))
-        .map(|(t, _)| (t.clone(), Post { prune: true, ..Post::default() }))
-        .collect();
-    let mut pass = Pass { surveyed: summaries.len(), ..Pass::default() };
+    // Only the targets that are due are kept, not the fleet.
+    let mut items: Vec<(TargetName, Post)> = Vec::new();
+    let surveyed = each_summary(store, |t, s| {
+        if s.is_some_and(|s| s.due.is_some_and(|due| due <= now)) {
+            items.push((t, Post { prune: true, ..Post::default() }));
+        }
+    })
+    .await?;
+    let mut pass = Pass { surveyed, ..Pass::default() };
     if !items.is_empty() {
         let records = Arc::new(Records::read(store).await?);
         publish(publisher, items, records, &mut pass).await;
@@ -205,10 +227,27 @@ async fn publish(publisher: &Publisher, items: Vec<(TargetName, Post)>, records:
 
 /// Every manifest's summary, by target, from one headers-only read (last
 /// message per subject). `None`: a manifest whose header is unreadable.
+/// Holds the whole fleet: for what must answer with all of it (`target
+/// list`); the passes here use [`each_summary`].
 ///
 /// # Errors
 /// When the stream cannot be read.
 pub async fn summaries(store: &Store) -> Result<HashMap<TargetName, Option<ManifestSummary>>, StoreError> {
+    let mut out = HashMap::new();
+    each_summary(store, |name, summary| {
+        out.insert(name, summary);
+    })
+    .await?;
+    Ok(out)
+}
+
+/// Calls `f` with every manifest's summary as it is read (one headers-only
+/// read, last message per subject), keeping none of them: a pass over
+/// 100,000 targets holds only what `f` keeps. Returns how many were read.
+///
+/// # Errors
+/// When the stream cannot be read.
+pub async fn each_summary(store: &Store, mut f: impl FnMut(TargetName, Option<ManifestSummary>)) -> Result<usize, StoreError> {
     const READING: &str = "reading the manifests' summaries";
     let consumer = store
         .desired
@@ -222,7 +261,7 @@ pub async fn summaries(store: &Store) -> Result<HashMap<TargetName, Option<Manif
         .map_err(|e| StoreError::nats(READING, e))?;
     let total = consumer.cached_info().num_pending;
     let name = consumer.cached_info().name.clone();
-    let mut out = HashMap::new();
+    let mut read = 0;
     if total > 0 {
         let mut messages = consumer.messages().await.map_err(|e| StoreError::nats(READING, e))?;
         while let Some(m) = messages.next().await {
@@ -232,7 +271,8 @@ pub async fn summaries(store: &Store) -> Result<HashMap<TargetName, Option<Manif
             if let Some(name) = name {
                 let summary =
                     m.headers.as_ref().and_then(|h| h.get(SUMMARY_HEADER)).and_then(|v| serde_json::from_str(v.as_str()).ok());
-                out.insert(name, summary);
+                f(name, summary);
+                read += 1;
             }
             if pending == 0 {
                 break;
@@ -241,7 +281,7 @@ pub async fn summaries(store: &Store) -> Result<HashMap<TargetName, Option<Manif
     }
     // Gone now rather than at the server's inactivity timeout.
     store.desired.delete_consumer(&name).await.ok();
-    Ok(out)
+    Ok(read)
 }
 
 /// Records a start nobody answered as `expired`, on the target's run

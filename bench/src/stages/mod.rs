@@ -22,6 +22,10 @@ pub struct Sizes {
     /// `job start --all --wait` on this many targets.
     pub wait_targets: usize,
     pub rtt_samples: usize,
+    /// How long the master sits idle after enlisting before its RSS is
+    /// read again: past one expiry sweep (every 60 s), which reads every
+    /// manifest's summary.
+    pub idle: Duration,
 }
 
 impl Sizes {
@@ -35,6 +39,7 @@ impl Sizes {
                 start_sizes: vec![1, 10],
                 wait_targets: 10,
                 rtt_samples: 50,
+                idle: Duration::ZERO,
             }
         } else if quick {
             Sizes {
@@ -43,6 +48,7 @@ impl Sizes {
                 start_sizes: vec![1, 10, 50, 1000],
                 wait_targets: 1000,
                 rtt_samples: 500,
+                idle: Duration::ZERO,
             }
         } else {
             Sizes {
@@ -51,6 +57,7 @@ impl Sizes {
                 start_sizes: vec![1, 10, 50, 1000],
                 wait_targets: 1000,
                 rtt_samples: 2000,
+                idle: Duration::from_secs(65),
             }
         };
         if let Some(n) = targets {

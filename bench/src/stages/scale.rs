@@ -43,7 +43,18 @@ pub async fn run(want: Want, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Resu
         mb(empty_rss),
         format!("{:.1}×", rss_kib(fleet.nats_pid()) as f64 / empty_rss.max(1) as f64),
     ));
-    rows.push(row(format!("master RSS with {n} enlisted targets"), mb(rss_kib(fleet.master_pid())), "-", "-"));
+    rows.push(row(format!("master RSS with {n} enlisted targets, right after"), mb(rss_kib(fleet.master_pid())), "-", "-"));
+    if want.enlist && !sizes.idle.is_zero() {
+        // Idle is the point here: nothing to await but time passing.
+        eprintln!("muster-bench: master idle for {:?}", sizes.idle);
+        tokio::time::sleep(sizes.idle).await;
+        rows.push(row(
+            format!("master RSS with {n} enlisted targets, after {}s idle (an expiry sweep ran)", sizes.idle.as_secs()),
+            mb(rss_kib(fleet.master_pid())),
+            "-",
+            "-",
+        ));
+    }
     if want.polling {
         force_poll(&fleet, sizes.rtt_samples, rows).await?;
         polling(&fleet, n, sizes.poll_window, rows).await?;
@@ -180,5 +191,6 @@ async fn listing(fleet: &Fleet, n: usize, rows: &mut Vec<Row>) -> anyhow::Result
     let start = Instant::now();
     let _: serde_json::Value = fleet.api.call(Op::Status, ()).await?;
     rows.push(row(format!("`status` with {n} targets"), ms(start.elapsed()), "-", "-"));
+    rows.push(row(format!("master RSS after `target list` and `status` of {n}"), mb(rss_kib(fleet.master_pid())), "-", "-"));
     Ok(())
 }

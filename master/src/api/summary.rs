@@ -11,8 +11,15 @@ use crate::store::Store;
 
 impl Ctx {
     pub(super) async fn status(&self) -> Result<StatusSummary, ApiError> {
-        let targets = self.target_list().await?;
-        let (jobs, groups, rows) = tokio::try_join!(self.store.all_jobs(), self.store.all_groups(), self.store.instr_rows(None))?;
+        // Every read at once: each is a pass over one bucket or stream, and
+        // the server serves them side by side.
+        let (targets, jobs, groups, rows, statuses) = tokio::try_join!(
+            self.target_list(),
+            async { Ok::<_, ApiError>(self.store.all_jobs().await?) },
+            async { Ok::<_, ApiError>(self.store.all_groups().await?) },
+            async { Ok::<_, ApiError>(self.store.instr_rows(None).await?) },
+            async { Ok::<_, ApiError>(Store::scan_entries::<JobTargetStatus>(&self.store.jobstatus, "").await?) },
+        )?;
         let mut targets_by_status = BTreeMap::new();
         for t in &targets {
             *targets_by_status.entry(t.status.as_str().to_owned()).or_insert(0) += 1;
@@ -20,7 +27,7 @@ impl Ctx {
         // Status keys are `<job-id>.<target>`: keep those of jobs that still exist.
         let job_ids: BTreeSet<String> = jobs.iter().map(|j| j.id.to_string()).collect();
         let mut failing = Vec::new();
-        for (key, s) in Store::scan_entries::<JobTargetStatus>(&self.store.jobstatus, "").await? {
+        for (key, s) in statuses {
             if key.split_once('.').is_some_and(|(id, _)| job_ids.contains(id)) && is_failure(s.outcome) {
                 failing.push(s);
             }
