@@ -9,9 +9,11 @@ use std::io::Write as _;
 
 use chrono::{DateTime, Utc};
 use comfy_table::{CellAlignment, Table};
-use muster_shared::api::{Delivery, InstrRow, JobInfo, MasterSeen, Posted, StatusSummary, TargetInfo};
+use muster_shared::api::{Delivery, InstrRow, InstrStatus, JobInfo, MasterSeen, Posted, StatusSummary, TargetInfo};
+use muster_shared::desired::Revision;
 use muster_shared::job::{Next, Schedule};
 use muster_shared::msg::RunRecord;
+use muster_shared::name::JobName;
 use serde::Serialize;
 
 use crate::exit::Failure;
@@ -126,6 +128,25 @@ pub fn print_targets(ts: &[TargetInfo]) {
             );
         }
     }
+}
+
+/// `target show`: the target's row, then what it holds and did.
+pub fn print_target_detail(t: &TargetInfo, jobs: &[JobName], rows: &[InstrRow], runs: &[RunRecord]) {
+    print_targets(std::slice::from_ref(t));
+    let revision = |r: Option<Revision>| r.map_or("-".to_owned(), |r| r.to_string());
+    crate::say!(
+        "\nenlisted {} UTC; manifest revision {} published, {} applied at its last poll",
+        time(Some(t.enlisted_at)),
+        revision(t.published_revision),
+        revision(t.applied_revision)
+    );
+    crate::say!("\njobs that reach it ({}): {}", jobs.len(), join(jobs));
+    let pending = rows.iter().filter(|r| r.status == InstrStatus::Pending).count();
+    let failed = rows.iter().filter(|r| r.status == InstrStatus::Failed).count();
+    crate::say!("\nnewest download-list rows ({pending} pending, {failed} failed of these):");
+    print_instructions(rows);
+    crate::say!("\nrecent runs:");
+    print_runs(runs);
 }
 
 pub fn print_jobs(jobs: &[JobInfo]) {

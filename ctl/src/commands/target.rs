@@ -1,12 +1,15 @@
 //! `musterctl target …`: enlisting and defecting targets, their status, and
 //! what is posted to them (force-poll, set-poll, sync-time, resync).
 
-use muster_shared::api::{DefectRequest, EnlistRequest, ForcePollOutcome, Op, Posted, TargetInfo, TargetRef};
-use muster_shared::name::TargetName;
+use muster_shared::api::{
+    DefectRequest, EnlistRequest, ForcePollOutcome, InstrRow, InstructionsQuery, JobInfo, Op, Posted, TargetInfo, TargetRef,
+};
+use muster_shared::name::{JobName, TargetName};
 
 use super::Ctx;
 use crate::args::{PostArgs, TargetCmd};
 use crate::exit::Failure;
+use crate::history::{self, HistoryQuery};
 use crate::render;
 
 pub(super) async fn run(ctx: &Ctx, cmd: TargetCmd) -> Result<(), Failure> {
@@ -31,10 +34,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: TargetCmd) -> Result<(), Failure> {
             let ts: Vec<TargetInfo> = api.call(Op::TargetList, ()).await?;
             out.print(&ts, || render::print_targets(&ts))
         }
-        TargetCmd::Show { name } => {
-            let t: TargetInfo = api.call(Op::TargetShow, TargetRef { name }).await?;
-            out.print(&t, || render::print_targets(std::slice::from_ref(&t)))
-        }
+        TargetCmd::Show { name } => show(ctx, name).await,
         TargetCmd::ForcePoll(select) => force_poll(ctx, select).await,
         TargetCmd::SetPoll { mut args, groups, all } => {
             let secs_text = args.pop().expect("clap requires one value");
@@ -65,6 +65,35 @@ pub(super) async fn run(ctx: &Ctx, cmd: TargetCmd) -> Result<(), Failure> {
         }
     }
 }
+
+/// `target show`: the target's row and, for people, what it holds and did:
+/// the jobs that reach it, its newest download-list rows, its recent runs.
+/// `--json` prints the target's record alone, as it always did.
+async fn show(ctx: &Ctx, name: TargetName) -> Result<(), Failure> {
+    let t: TargetInfo = ctx.api.call(Op::TargetShow, TargetRef { name: name.clone() }).await?;
+    if ctx.out.json {
+        return ctx.out.print(&t, || {});
+    }
+    let jobs: Vec<JobInfo> = ctx.api.call(Op::JobList, ()).await?;
+    let held: Vec<JobName> = jobs
+        .into_iter()
+        .filter(|j| j.targets.contains(&name) || j.groups.iter().any(|g| t.groups.contains(g)))
+        .map(|j| j.spec.name)
+        .collect();
+    let q = InstructionsQuery { target: Some(name.clone()), pending: false, errors: false, limit: Some(SHOW_ROWS) };
+    let rows: Vec<InstrRow> = ctx.api.call(Op::Instructions, q).await?;
+    let runs = history::read(
+        &ctx.jetstream(),
+        &ctx.api.subjects,
+        &HistoryQuery { target: Some(name), limit: Some(SHOW_ROWS), ..HistoryQuery::default() },
+    )
+    .await?;
+    render::print_target_detail(&t, &held, &rows, &runs);
+    Ok(())
+}
+
+/// Download-list rows and runs `target show` prints.
+const SHOW_ROWS: usize = 10;
 
 /// Prints every target's poll report or error; fails with the last error's
 /// exit code when any target did not poll, else with

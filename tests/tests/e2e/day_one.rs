@@ -372,3 +372,27 @@ fn job_show_says_retries_flow_timeouts_and_when_each_schedule_fires_next() {
         assert!(out.stdout.contains(line), "{line:?} in:\n{}", out.stdout);
     }
 }
+
+#[test]
+fn target_show_tells_what_the_target_holds_and_did() {
+    let mut c = Cluster::with_master();
+    c.start_target("web01", 3600);
+    c.wait_target_online("web01");
+    c.ctl(&["group", "create", "web"]).expect("group");
+    c.ctl(&["group", "add", "web", "web01"]).expect("member");
+    c.ctl(&["job", "create", "direct", "--command", "true"]).expect("create");
+    c.ctl(&["job", "create", "via-group", "--command", "echo hi"]).expect("create");
+    c.ctl(&["job", "assign", "direct", "--target", "web01"]).expect("assign");
+    c.ctl(&["job", "assign", "via-group", "--group", "web"]).expect("assign");
+    let runs: Vec<serde_json::Value> = c.ctl_ok(&["job", "start", "via-group", "--wait"]);
+    let run_id = runs[0]["run_id"].as_str().expect("run id").to_owned();
+
+    let out = c.ctl_raw(&["target", "show", "web01"], false);
+    assert_eq!(out.code, 0, "{out:?}");
+    for said in ["jobs that reach it (2): direct,via-group", "newest download-list rows", "upsert_job", "recent runs:", &run_id] {
+        assert!(out.stdout.contains(said), "{said:?} in:\n{}", out.stdout);
+    }
+    // Scripts keep the record they had.
+    let json: serde_json::Value = c.ctl_ok(&["target", "show", "web01"]);
+    assert_eq!(json["name"], "web01");
+}
