@@ -258,3 +258,71 @@ fn run_ctl(env: &[(String, String)], args: &[&str]) -> (i32, String) {
         .expect("musterctl");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
+
+/// The variables of one of `auth init`'s environment files, checking that
+/// it holds only `NAME=value` lines.
+fn env_file(dir: &Path, identity: &str) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(dir.join(format!("{identity}.env"))).expect("env file");
+    text.lines()
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap_or_else(|| panic!("not NAME=value: {l:?}"));
+            assert!(!k.is_empty() && k.chars().all(|c| c.is_ascii_uppercase() || c == '_'), "{l:?}");
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn auth_init_makes_an_installation_that_runs_over_tls_with_its_users() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let keys = tempfile::tempdir().expect("tempdir");
+    let dir = keys.path().join("muster");
+    let made = std::process::Command::new(muster_tests::bin("musterctl"))
+        .args(["auth", "init", "web01", "--host", "127.0.0.1", "--dir"])
+        .arg(&dir)
+        .output()
+        .expect("musterctl auth init");
+    assert!(made.status.success(), "{made:?}");
+    for key in ["ca-key.pem", "server-key.pem", "master.env", "admin.env", "web01.env", "auth.conf"] {
+        let mode = std::fs::metadata(dir.join(key)).expect(key).permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{key} is private");
+    }
+    // The whole configuration is valid as it is.
+    let check = std::process::Command::new("nats-server")
+        .arg("-c")
+        .arg(dir.join("nats-server.conf"))
+        .arg("-t")
+        .output()
+        .expect("nats-server -t");
+    assert!(check.status.success(), "{check:?}");
+
+    // The harness picks the port and store; TLS and users are init's, as
+    // nats-server.conf includes them (`include` takes only paths relative
+    // to the including file, so their text goes in instead).
+    let included = |f: &str| std::fs::read_to_string(dir.join(f)).expect(f);
+    let mut c = Cluster::new_with(&(included("tls.conf") + &included("auth.conf")));
+    let url = ("NATS_URL".to_owned(), tls_url(&c));
+    c.env = env_file(&dir, "master");
+    c.env.push(url.clone());
+    c.start_master();
+    c.env = env_file(&dir, "web01");
+    c.env.push(url.clone());
+    c.start_target("web01", 60);
+    c.env = env_file(&dir, "admin");
+    c.env.push(url);
+    assert!(c.env.iter().any(|(k, _)| k == "NATS_CA"), "the file names the CA: {:?}", c.env);
+    c.wait_target_online("web01");
+
+    c.ctl(&["job", "create", "hello", "--command", "echo hello"]).expect("create");
+    c.ctl(&["job", "assign", "hello", "--target", "web01"]).expect("assign");
+    c.ctl(&["target", "force-poll", "web01"]).expect("force-poll");
+    c.ctl(&["job", "start", "hello"]).expect("start");
+    let runs: Vec<Value> =
+        wait_for_described("the run in history", WAIT, || c.try_finished_runs("hello").filter(|r| !r.is_empty()), || c.logs());
+    assert_eq!(s(&runs[0], "outcome"), "succeeded", "{runs:?}");
+
+    // The CA alone is not enough: the server wants a user.
+    let anonymous = vec![("NATS_URL".to_owned(), tls_url(&c)), ("NATS_CA".to_owned(), path(&dir.join("ca.pem")))];
+    let (code, said) = run_ctl(&anonymous, &["target", "list"]);
+    assert_ne!(code, 0, "{said}");
+}
