@@ -54,6 +54,9 @@ pub enum TlsCause {
     /// The server refused the handshake: usually this client's certificate,
     /// or the lack of one.
     RefusedByServer(rustls::AlertDescription),
+    /// The server answered the handshake in clear: it has no TLS configured
+    /// (and this client, asked for TLS, does not fall back).
+    NotOffered,
     /// Any other TLS failure.
     Other(rustls::Error),
 }
@@ -63,6 +66,7 @@ impl From<rustls::Error> for TlsCause {
         match e {
             rustls::Error::InvalidCertificate(c) => TlsCause::ServerCertificate(c),
             rustls::Error::AlertReceived(a) => TlsCause::RefusedByServer(a),
+            rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => TlsCause::NotOffered,
             other => TlsCause::Other(other),
         }
     }
@@ -88,6 +92,10 @@ impl std::fmt::Display for TlsCause {
             TlsCause::RefusedByServer(a) => write!(
                 f,
                 "the server refused the handshake ({a:?}); if it requires client certificates, give --tls-cert and --tls-key (NATS_CERT, NATS_KEY) signed by its CA"
+            ),
+            TlsCause::NotOffered => write!(
+                f,
+                "the server does not speak TLS on this port (a tls:// URL or a --tls-* flag requires it; configure TLS on the server, or drop them)"
             ),
             TlsCause::Other(e) => write!(f, "{e}"),
         }

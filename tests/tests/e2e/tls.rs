@@ -3,7 +3,9 @@
 //! expired certificate and a host name mismatch each refused at once with
 //! the server named and exit 4; a daemon that logs a failing certificate
 //! once and connects when the server's certificate is fixed; a plain-text
-//! client refused by a TLS-only server; client certificates (mTLS).
+//! client refused by a TLS-only server, and a client asked for TLS refusing
+//! a server without it; client certificates (mTLS); and the installation
+//! `musterctl auth init` makes.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
@@ -257,6 +259,22 @@ fn run_ctl(env: &[(String, String)], args: &[&str]) -> (i32, String) {
         .output()
         .expect("musterctl");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn a_client_asked_for_tls_never_falls_back_to_clear_text() {
+    let pki = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new(pki.path(), "ca");
+    let mut c = Cluster::new(); // no TLS on the server
+    let plain = c.nats.url();
+    for (url, ca_var) in [(plain.clone(), Some(path(&ca.cert))), (tls_url(&c), None)] {
+        c.env = vec![("NATS_URL".into(), url.clone())];
+        c.env.extend(ca_var.map(|v| ("NATS_CA".to_owned(), v)));
+        let out = c.ctl_raw(&["target", "list"], false);
+        assert_eq!(out.code, 4, "{out:?}");
+        assert!(out.stderr.contains(&url) && out.stderr.contains("does not speak TLS"), "{out:?}");
+    }
+    assert!(matches!(connect_once(&plain, with_ca(&ca.cert)), Err(ConnectError::Tls { cause: TlsCause::NotOffered, .. })));
 }
 
 /// The variables of one of `auth init`'s environment files, checking that
