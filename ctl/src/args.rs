@@ -85,6 +85,33 @@ pub enum AuthCmd {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Make what an installation without its own PKI needs, in DIR: a CA
+    /// (ca.pem; its key ca-key.pem, 0600), a server certificate for the
+    /// --host names (server.pem, server-key.pem), the users of
+    /// `nats-config` for TARGETS, and DIR/nats-server.conf, a complete
+    /// configuration (TLS, users, JetStream in DIR/jetstream, monitoring on
+    /// loopback): `nats-server -c DIR/nats-server.conf`. master.env and
+    /// admin.env (and TARGET.env) hold the variables a process needs, the CA
+    /// included: `set -a; . DIR/admin.env; NATS_URL=tls://HOST:4222`. Run it
+    /// again to add a host or target: the CA and passwords are kept.
+    Init {
+        /// Targets to make users for (more later with `auth add-target`).
+        targets: Vec<TargetName>,
+        /// Where to write the files (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// A name or address clients use to reach the server; repeat for
+        /// each (default: localhost and 127.0.0.1).
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+    },
+    /// Add one target's user to DIR (DIR/NAME.env; auth.conf rewritten,
+    /// every other user and password kept); then reload nats-server twice.
+    AddTarget {
+        name: TargetName,
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

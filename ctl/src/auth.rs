@@ -20,6 +20,12 @@
 //! twice (`nats-server --signal reload`; 2.15.1 wires a new account's
 //! imports only at the second reload), hand the new file to the new target.
 //! Removing one is deleting its `.env` file and running it again.
+//!
+//! When the directory holds a CA (`auth init`, in [`init`]), every `.env`
+//! file also names it (`NATS_CA=`, an absolute path), so that a file alone
+//! is all a process needs.
+
+pub mod init;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -36,6 +42,10 @@ pub const MASTER_USER: &str = "muster-master";
 
 /// The operators' user (`musterctl`, the `nats` CLI): unrestricted too.
 pub const ADMIN_USER: &str = "muster-admin";
+
+/// Names no target may have: the users above, and the identities whose
+/// files `auth init` links to theirs (`master.env`, `admin.env`).
+const RESERVED: [&str; 4] = [MASTER_USER, ADMIN_USER, "master", "admin"];
 
 /// The authorization file, to `include` from the nats-server configuration.
 pub const CONFIG_FILE: &str = "auth.conf";
@@ -65,8 +75,8 @@ pub struct Written {
 /// written; nothing already there is lost.
 pub fn write_config(dir: &Path, subjects: &Subjects, targets: &[TargetName]) -> anyhow::Result<Written> {
     for t in targets {
-        if [MASTER_USER, ADMIN_USER].contains(&t.as_str()) {
-            bail!("'{t}' is the name of Muster's own NATS user; give the target another name");
+        if RESERVED.contains(&t.as_str()) {
+            bail!("'{t}' is the name of one of Muster's own NATS users; give the target another name");
         }
     }
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -85,6 +95,11 @@ pub fn write_config(dir: &Path, subjects: &Subjects, targets: &[TargetName]) -> 
             password: password_for(dir, t.as_str())?,
             account: Some(perms::target_account(subjects, t)),
         });
+    }
+    let ca = dir.join(init::CA_FILE);
+    let ca = ca.exists().then(|| ca.canonicalize()).transpose().with_context(|| format!("resolving {}", ca.display()))?;
+    for u in &users {
+        name_the_ca(&env_file(dir, &u.name), ca.as_deref())?;
     }
     let config = dir.join(CONFIG_FILE);
     write_private(&config, &render(subjects, &users))?;
@@ -161,7 +176,7 @@ fn known_targets(dir: &Path) -> anyhow::Result<Vec<TargetName>> {
         let Some(stem) = path.extension().filter(|e| *e == "env").and(path.file_stem()).and_then(|s| s.to_str()) else {
             continue;
         };
-        if [MASTER_USER, ADMIN_USER].contains(&stem) {
+        if RESERVED.contains(&stem) {
             continue;
         }
         if let Ok(t) = TargetName::new(stem) {
@@ -188,6 +203,20 @@ fn password_for(dir: &Path, user: &str) -> anyhow::Result<String> {
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+/// Makes the environment file at `path` name `ca` (`NATS_CA=`), or no CA.
+fn name_the_ca(path: &Path, ca: Option<&Path>) -> anyhow::Result<()> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines: Vec<String> = text.lines().filter(|l| !l.starts_with("NATS_CA=")).map(str::to_owned).collect();
+    if let Some(ca) = ca {
+        lines.push(format!("NATS_CA={}", ca.display()));
+    }
+    let new = lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+    if new != text {
+        write_private(path, &new)?;
+    }
+    Ok(())
 }
 
 /// Writes a file only its owner can read, whole or not at all.

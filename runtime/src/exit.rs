@@ -37,7 +37,9 @@ impl Exit {
             Exit::Internal => "internal error (NATS or the master failed; the message says what)",
             Exit::Usage => "usage error (bad flags)",
             Exit::NotFound => "not found: no such job or group, or the target is not enlisted",
-            Exit::Invalid => "invalid input: a bad name, URL, file or value (the message names it)",
+            Exit::Invalid => {
+                "invalid input: a bad name, URL, file or value, or a TLS certificate that does not verify (the message names it)"
+            }
             Exit::Offline => "a target is offline or did not answer (its instructions stay queued), or --wait gave up",
             Exit::Unreachable => "the master or NATS is unreachable",
             Exit::Conflict => "conflict: already exists, still in use, or changed concurrently (retry)",
@@ -70,7 +72,12 @@ impl From<&ConnectError> for Exit {
     fn from(e: &ConnectError) -> Self {
         match e {
             ConnectError::Unreachable { .. } => Exit::Unreachable,
-            ConnectError::BadUrl { .. } | ConnectError::Credentials { .. } => Exit::Invalid,
+            // TLS: retrying does not help; a file, a flag or the server's
+            // certificate must change, so it is not "unreachable" (6).
+            ConnectError::BadUrl { .. }
+            | ConnectError::Credentials { .. }
+            | ConnectError::TlsFile(_)
+            | ConnectError::Tls { .. } => Exit::Invalid,
         }
     }
 }

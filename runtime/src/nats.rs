@@ -4,9 +4,32 @@
 //! `NATS_CREDS`, `NATS_USER`/`NATS_PASSWORD`), so operators reuse what they
 //! already have. Daemons wait forever for NATS to appear and reconnect
 //! forever; `musterctl` fails fast with a message that says where it looked.
+//!
+//! TLS is on with a `tls://` URL or any of `--tls-ca`, `--tls-cert`,
+//! `--tls-key` (`NATS_CA`, `NATS_CERT`, `NATS_KEY`, the `nats` CLI's names);
+//! then it is required, so a server that does not offer it is refused rather
+//! than spoken to in clear. The files are read before the first attempt: a
+//! missing or unusable file ends every binary at once ([`ConnectError::TlsFile`],
+//! exit 4).
+//!
+//! A certificate that does not verify (wrong CA, expired, not for the URL's
+//! host) or a server that refuses this client's certificate ends `musterctl`
+//! within one connect timeout with [`ConnectError::Tls`], which names the
+//! server and the cause (exit 4, "invalid": retrying does not help, a file
+//! or the server's certificate must change). The daemons do not exit: they
+//! log the cause at `error` each time it changes (see `tls.rs`) and keep
+//! retrying, as they do while NATS is down. The cure is usually on the
+//! server (a renewed or reissued certificate, a reload), and a daemon that
+//! exited would then need a restart on every host, or, once its service
+//! manager's restart limit is hit, a visit; one that waits picks the fixed
+//! certificate up at its next attempt (2 s at most).
+
+mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+pub use tls::{TlsCause, TlsFileError, TlsFiles};
 
 /// The connection flags every binary takes (flatten them into its parser).
 #[derive(Debug, Clone, clap::Args)]
@@ -21,6 +44,16 @@ pub struct NatsArgs {
     pub user: Option<String>,
     #[arg(long, env = "NATS_PASSWORD", global = true, hide = true)]
     pub password: Option<String>,
+    /// CA certificate (PEM) that signed the NATS server's certificate; turns
+    /// TLS on and makes it required.
+    #[arg(long = "tls-ca", env = "NATS_CA", global = true, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM), for a server that requires one (mTLS); with --tls-key.
+    #[arg(long = "tls-cert", env = "NATS_CERT", global = true, value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long = "tls-key", env = "NATS_KEY", global = true, value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl NatsArgs {
@@ -31,6 +64,7 @@ impl NatsArgs {
             creds: self.creds.clone(),
             user: self.user.clone(),
             password: self.password.clone(),
+            tls: TlsFiles { ca: self.tls_ca.clone(), cert: self.tls_cert.clone(), key: self.tls_key.clone() },
             name: Some(name.into()),
             inbox_prefix: None,
         }
@@ -45,6 +79,8 @@ pub struct NatsOptions {
     pub creds: Option<PathBuf>,
     pub user: Option<String>,
     pub password: Option<String>,
+    /// TLS files; any of them makes TLS required.
+    pub tls: TlsFiles,
     /// Shown in the server's connection list.
     pub name: Option<String>,
     /// A target's own inbox prefix (`_INBOX_<t>`), so its permissions need
@@ -99,6 +135,10 @@ pub enum ConnectError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    TlsFile(#[from] TlsFileError),
+    #[error("TLS with NATS at {urls} failed: {cause}")]
+    Tls { urls: String, cause: TlsCause },
     #[error("cannot connect to NATS at {urls} (set --server or NATS_URL)")]
     Unreachable {
         urls: String,
@@ -110,8 +150,9 @@ pub enum ConnectError {
 /// Connects as `opts` says.
 ///
 /// # Errors
-/// A bad URL or credentials file; with [`Wait::Once`], also no server
-/// answering ([`ConnectError::Unreachable`], whose message names the URLs).
+/// A bad URL, credentials or TLS file; with [`Wait::Once`], also a failed
+/// TLS handshake ([`ConnectError::Tls`]) or no server answering
+/// ([`ConnectError::Unreachable`]), each naming the URLs.
 pub async fn connect(opts: &NatsOptions, wait: Wait) -> Result<async_nats::Client, ConnectError> {
     let mut o = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(5))
@@ -146,7 +187,13 @@ pub async fn connect(opts: &NatsOptions, wait: Wait) -> Result<async_nats::Clien
         .split(',')
         .map(|u| u.parse().map_err(|source| ConnectError::BadUrl { url: u.to_owned(), source }))
         .collect::<Result<_, _>>()?;
-    o.connect(addrs).await.map_err(|source| ConnectError::Unreachable { urls, source })
+    if opts.tls.any() || addrs.iter().any(async_nats::ServerAddr::tls_required) {
+        o = o.require_tls(true).tls_client_config(tls::client_config(&opts.tls, &urls, wait == Wait::Forever)?);
+    }
+    o.connect(addrs).await.map_err(|source| match TlsCause::find(&source) {
+        Some(cause) => ConnectError::Tls { urls: urls.clone(), cause },
+        None => ConnectError::Unreachable { urls, source },
+    })
 }
 
 /// The wait before connection attempt number `attempt` (async-nats counts
@@ -175,6 +222,39 @@ mod tests {
         let o = NatsOptions::default().with_servers(" nats://a:1, ,nats://b:2 ");
         assert_eq!(o.servers, ["nats://a:1", "nats://b:2"]);
         assert_eq!(NatsOptions::default().urls(), "nats://127.0.0.1:4222");
+    }
+
+    #[tokio::test]
+    async fn unusable_tls_files_are_refused_before_any_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no PEM here\n").unwrap();
+        // A port nothing listens on: these fail before connecting.
+        let at = |tls: TlsFiles| NatsOptions { tls, ..NatsOptions::default() }.with_servers("tls://127.0.0.1:1");
+        let ca = |p: &std::path::Path| TlsFiles { ca: Some(p.to_owned()), ..TlsFiles::default() };
+        match connect(&at(ca(&missing)), Wait::Once).await {
+            Err(ConnectError::TlsFile(TlsFileError::Read { path, .. })) => assert_eq!(path, missing),
+            other => panic!("expected an unreadable CA, got {other:?}"),
+        }
+        match connect(&at(ca(&empty)), Wait::Once).await {
+            Err(ConnectError::TlsFile(TlsFileError::NoCertificate { path })) => assert_eq!(path, empty),
+            other => panic!("expected a CA file without certificates, got {other:?}"),
+        }
+        let half = TlsFiles { cert: Some(empty.clone()), ..TlsFiles::default() };
+        assert!(matches!(connect(&at(half), Wait::Forever).await, Err(ConnectError::TlsFile(TlsFileError::HalfAPair))));
+        let e = connect(&at(ca(&missing)), Wait::Forever).await.unwrap_err();
+        assert_eq!(crate::exit::Exit::from(&e), crate::exit::Exit::Invalid);
+    }
+
+    #[test]
+    fn a_tls_failure_is_found_inside_io_errors() {
+        use async_nats::rustls::{CertificateError, Error};
+        let wrapped =
+            std::io::Error::new(std::io::ErrorKind::InvalidData, Error::InvalidCertificate(CertificateError::UnknownIssuer));
+        assert_eq!(TlsCause::find(&wrapped), Some(TlsCause::ServerCertificate(CertificateError::UnknownIssuer)));
+        let plain = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(TlsCause::find(&plain), None);
     }
 
     #[tokio::test]

@@ -15,6 +15,8 @@ pub struct TargetConfig {
     pub creds: Option<PathBuf>,
     pub user: Option<String>,
     pub password: Option<String>,
+    /// TLS files (`--tls-ca`, `--tls-cert`, `--tls-key`).
+    pub tls: muster_runtime::nats::TlsFiles,
     pub subjects: Subjects,
     /// Jobs, the applied revision and handled starts, run markers and the
     /// spool live here.
@@ -44,6 +46,7 @@ impl TargetConfig {
             creds: None,
             user: None,
             password: None,
+            tls: muster_runtime::nats::TlsFiles::default(),
             subjects: Subjects::default(),
             state_dir,
             poll_interval: Duration::from_secs(60),

@@ -264,6 +264,7 @@ async fn connect(config: &TargetConfig) -> anyhow::Result<async_nats::Client> {
         creds: config.creds.clone(),
         user: config.user.clone(),
         password: config.password.clone(),
+        tls: config.tls.clone(),
         name: Some(format!("muster-target {}", config.name)),
         inbox_prefix: Some(Subjects::inbox_prefix(&config.name)),
     };

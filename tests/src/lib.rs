@@ -16,6 +16,7 @@ use anyhow::{bail, Context as _};
 use futures::StreamExt as _;
 use serde::de::DeserializeOwned;
 
+pub mod pki;
 pub mod proxy;
 pub mod tally;
 

@@ -1,5 +1,5 @@
-//! `musterctl auth nats-config`: the one command that needs no NATS
-//! connection; it writes files ([`crate::auth`]) and says where.
+//! `musterctl auth`: the commands that need no NATS connection; they write
+//! files ([`crate::auth`]) and say where.
 
 use muster_shared::subject::Subjects;
 
@@ -8,8 +8,39 @@ use crate::exit::Failure;
 use crate::render::Out;
 
 pub(super) fn run(subjects: &Subjects, out: Out, cmd: AuthCmd) -> Result<(), Failure> {
-    let AuthCmd::NatsConfig { targets, dir } = cmd;
-    let written = crate::auth::write_config(&dir, subjects, &targets)?;
+    match cmd {
+        AuthCmd::NatsConfig { targets, dir } => users(subjects, out, &dir, &targets),
+        AuthCmd::AddTarget { name, dir } => users(subjects, out, &dir, &[name]),
+        AuthCmd::Init { targets, dir, hosts } => {
+            let made = crate::auth::init::init(&dir, subjects, &hosts, &targets)?;
+            let env: Vec<serde_json::Value> =
+                made.env_files.iter().map(|(u, f)| serde_json::json!({"identity": u, "env_file": f})).collect();
+            let json = serde_json::json!({
+                "server_config": made.server_config,
+                "ca": made.ca,
+                "server_cert": made.server_cert,
+                "hosts": made.hosts,
+                "env_files": env,
+            });
+            out.print(&json, || {
+                crate::say!("wrote {}: run nats-server -c {}", made.server_config.display(), made.server_config.display());
+                crate::say!("  CA                   {}", made.ca.display());
+                crate::say!("  server certificate   {} (for {})", made.server_cert.display(), made.hosts.join(", "));
+                for (identity, file) in &made.env_files {
+                    crate::say!("  {identity:<20} {}", file.display());
+                }
+            })
+        }
+    }
+}
+
+fn users(
+    subjects: &Subjects,
+    out: Out,
+    dir: &std::path::Path,
+    targets: &[muster_shared::name::TargetName],
+) -> Result<(), Failure> {
+    let written = crate::auth::write_config(dir, subjects, targets)?;
     let users: Vec<serde_json::Value> =
         written.users.iter().map(|(u, f)| serde_json::json!({"user": u, "env_file": f})).collect();
     out.print(&serde_json::json!({"config": written.config, "users": users}), || {

@@ -13,7 +13,7 @@ use muster_shared::subject::Subjects;
 
 /// The Muster master: job definitions, target registry, admin API.
 #[derive(Debug, Parser)]
-#[command(version, after_help = muster_runtime::exit::help("Environment: NATS_URL (comma-separated), NATS_CREDS, NATS_USER, NATS_PASSWORD, MUSTER_LOG (log filter, e.g. info,muster_master=debug), and the MUSTER_* variable named beside each flag."))]
+#[command(version, after_help = muster_runtime::exit::help("Environment: NATS_URL (comma-separated), NATS_CREDS, NATS_USER, NATS_PASSWORD, NATS_CA, NATS_CERT, NATS_KEY, MUSTER_LOG (log filter, e.g. info,muster_master=debug), and the MUSTER_* variable named beside each flag."))]
 struct Flags {
     #[command(flatten)]
     nats: NatsArgs,

@@ -15,7 +15,7 @@ use muster_target::TargetConfig;
 
 /// The Muster target agent: polls its desired state from the master and runs jobs.
 #[derive(Debug, Parser)]
-#[command(version, after_help = muster_runtime::exit::help("Environment: NATS_URL (comma-separated), NATS_CREDS, NATS_USER, NATS_PASSWORD, MUSTER_LOG (log filter, e.g. info,muster_target=debug), and the MUSTER_* variable named beside each flag."))]
+#[command(version, after_help = muster_runtime::exit::help("Environment: NATS_URL (comma-separated), NATS_CREDS, NATS_USER, NATS_PASSWORD, NATS_CA, NATS_CERT, NATS_KEY, MUSTER_LOG (log filter, e.g. info,muster_target=debug), and the MUSTER_* variable named beside each flag."))]
 struct Flags {
     /// This target's name (letters, digits, '-', '_'; at most 64). Default:
     /// the host's short name (up to its first '.'), when it is a valid name.
@@ -85,6 +85,7 @@ fn main() -> ExitCode {
     config.creds = nats.creds;
     config.user = nats.user;
     config.password = nats.password;
+    config.tls = nats.tls;
     config.subjects = subjects;
     config.poll_interval = Duration::from_secs(flags.poll_interval);
     config.enlist = !flags.no_enlist;

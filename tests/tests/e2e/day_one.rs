@@ -119,6 +119,11 @@ fn the_three_binaries_share_one_table_of_exit_codes() {
         let (code, said) = run(b, &[&["--server", "foo://127.0.0.1:1"][..], command].concat());
         assert_eq!(code, Some(4), "{b}, a bad URL scheme: {said}");
         assert!(said.contains("bad NATS URL 'foo://127.0.0.1:1'"), "{b}: {said}");
+        // A TLS file that cannot be read ends even a daemon, which would
+        // otherwise wait for NATS forever: nothing it tries can work.
+        let (code, said) = run(b, &[&["--server", "tls://127.0.0.1:1", "--tls-ca", "/nonexistent/ca.pem"][..], command].concat());
+        assert_eq!(code, Some(4), "{b}, a missing CA file: {said}");
+        assert!(said.contains("/nonexistent/ca.pem"), "{b}: {said}");
         let (code, said) = run(b, &["--help"]);
         assert_eq!(code, Some(0), "{b} --help: {said}");
         assert!(said.contains(table.trim_end()), "{b} --help prints the one table: {said}");

@@ -17,4 +17,5 @@ mod jobs;
 mod operator;
 mod reply_injection;
 mod security;
+mod tls;
 mod upgrade;
