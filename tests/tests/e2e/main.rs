@@ -15,6 +15,7 @@ mod faults;
 mod history;
 mod jobs;
 mod operator;
+mod readme_tour;
 mod reply_injection;
 mod security;
 mod tls;
