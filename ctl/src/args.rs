@@ -25,6 +25,9 @@ pub struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Show times in UTC instead of your time zone (TZ, else the system's).
+    #[arg(long, global = true)]
+    pub utc: bool,
     /// Seconds to wait for the master's answer to each call.
     #[arg(long = "api-timeout", env = "MUSTER_API_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400), global = true)]
     pub api_timeout: u64,
@@ -260,7 +263,8 @@ pub enum JobCmd {
         #[arg(long = "command", short = 'c')]
         commands: Vec<String>,
         /// A job file (JSON): name, steps, schedules, flow, retries,
-        /// timeouts; or `job show --json` output; - for standard input.
+        /// timeouts; or `job show --json` output; - for standard input. A
+        /// cron schedule is read in UTC unless it names its `timezone`.
         #[arg(long, short = 'f', conflicts_with = "commands")]
         file: Option<PathBuf>,
     },

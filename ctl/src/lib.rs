@@ -11,6 +11,7 @@
 //! - [`follow`]: `job start --wait`, which follows runs by watching job status;
 //! - [`render`]: tables and other human output, and the `--json` switch;
 //! - [`exit`]: the exit codes scripts branch on, and [`Failure`];
+//! - [`zone`]: times shown in the operator's zone (or UTC), labelled;
 //! - [`stdout`]: output that a closed pipe (`musterctl … | head`) ends quietly;
 //! - [`auth`]: nats-server users that keep each target to its own subjects.
 //!
@@ -28,6 +29,7 @@ pub mod follow;
 pub mod history;
 pub mod render;
 pub mod stdout;
+pub mod zone;
 
 use std::process::ExitCode;
 

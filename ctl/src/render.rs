@@ -61,7 +61,7 @@ pub fn join<T: std::fmt::Display>(items: &[T]) -> String {
 
 /// A time to the second, or `-`.
 pub fn time(t: Option<DateTime<Utc>>) -> String {
-    t.map_or_else(|| "-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+    t.map_or_else(|| "-".into(), crate::zone::format)
 }
 
 /// Milliseconds as seconds with one decimal (`1.5s`), or `-`.
@@ -101,7 +101,7 @@ pub fn print_targets(ts: &[TargetInfo]) {
                 t.name.to_string(),
                 t.status.as_str().to_owned(),
                 time(t.last_poll),
-                time(t.local_time),
+                t.local_time.map_or_else(|| "-".into(), |lt| crate::zone::format_at_target(lt, &t.timezone)),
                 t.clock_skew_ms.map_or("-".into(), |s| format!("{s}ms")),
                 t.poll_interval_secs.to_string(),
                 t.unread.to_string(),
@@ -135,7 +135,7 @@ pub fn print_target_detail(t: &TargetInfo, jobs: &[JobName], rows: &[InstrRow], 
     print_targets(std::slice::from_ref(t));
     let revision = |r: Option<Revision>| r.map_or("-".to_owned(), |r| r.to_string());
     crate::say!(
-        "\nenlisted {} UTC; manifest revision {} published, {} applied at its last poll",
+        "\nenlisted {}; manifest revision {} published, {} applied at its last poll",
         time(Some(t.enlisted_at)),
         revision(t.published_revision),
         revision(t.applied_revision)
@@ -212,7 +212,7 @@ pub fn print_job(j: &JobInfo) {
     for s in &j.spec.schedules {
         let next = match muster_shared::schedule::next_after(s, now) {
             _ if !s.enabled => "disabled".to_owned(),
-            Some(t) => format!("next {} UTC", t.format("%Y-%m-%d %H:%M:%S")),
+            Some(t) => format!("next {}", time(Some(t))),
             None if s.on_start => "at each agent start".to_owned(),
             None => "no fire to come".to_owned(),
         };
@@ -222,6 +222,7 @@ pub fn print_job(j: &JobInfo) {
 
 /// A schedule as a sentence: `cron '30 2 * * *' in Europe/Berlin`.
 fn schedule_text(s: &Schedule) -> String {
+    // A cron or a `between` without a zone is read in UTC (the default).
     let zone = s.timezone.as_deref().unwrap_or("UTC");
     let mut text = if let Some(cron) = &s.cron {
         format!("cron '{cron}' in {zone}")
@@ -231,15 +232,15 @@ fn schedule_text(s: &Schedule) -> String {
             None => format!("every {}", duration(every)),
         }
     } else if let Some(at) = s.at {
-        format!("once at {} UTC", at.format("%Y-%m-%d %H:%M:%S"))
+        format!("once at {}", time(Some(at)))
     } else {
         "when the agent starts".to_owned()
     };
     if let Some(from) = s.active_from {
-        text.push_str(&format!(", from {} UTC", from.format("%Y-%m-%d %H:%M")));
+        text.push_str(&format!(", from {}", time(Some(from))));
     }
     if let Some(until) = s.active_until {
-        text.push_str(&format!(", until {} UTC", until.format("%Y-%m-%d %H:%M")));
+        text.push_str(&format!(", until {}", time(Some(until))));
     }
     text
 }

@@ -496,6 +496,10 @@ pub struct TargetInfo {
     /// The revision of its published manifest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published_revision: Option<Revision>,
+    /// The target's time zone as its agent reported it (an IANA name), for
+    /// showing its `local_time`; empty when unknown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub timezone: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

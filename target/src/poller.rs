@@ -237,7 +237,7 @@ impl Poller {
             running: self.runner.running_jobs(),
             spooled: self.spool.len(),
             clock_skew_ms: self.state.clock_skew_ms(),
-            timezone: std::env::var("TZ").unwrap_or_default(),
+            timezone: std::env::var("TZ").ok().or_else(|| iana_time_zone::get_timezone().ok()).unwrap_or_default(),
             bad_instructions: self.metrics.bad_instructions.load(Ordering::Relaxed),
             bad_control: self.metrics.bad_control.load(Ordering::Relaxed),
             applied_revision: self.state.desired(),

@@ -43,6 +43,7 @@ impl Ctx {
 /// A [`Failure`] with its exit code.
 pub async fn run(cli: Cli) -> Result<(), Failure> {
     let out = Out { json: cli.json };
+    crate::zone::choose(cli.utc);
     if let Command::Completions { shell } = cli.command {
         let mut cmd = <Cli as clap::CommandFactory>::command();
         let mut script = Vec::new();

@@ -252,5 +252,6 @@ pub fn info(
         groups: groups.values().filter(|g| g.members.contains(&t.name)).map(|g| g.name.clone()).collect(),
         applied_revision: applied.map(|a| a.revision),
         published_revision: summary.map(|s| s.revision),
+        timezone: poll.map(|p| p.report.timezone.clone()).unwrap_or_default(),
     }
 }

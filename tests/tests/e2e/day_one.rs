@@ -361,7 +361,7 @@ fn job_show_says_retries_flow_timeouts_and_when_each_schedule_fires_next() {
     )
     .expect("job file");
     c.ctl(&["job", "create", "-f", file.to_str().expect("utf8")]).expect("create");
-    let out = c.ctl_raw(&["job", "show", "backup"], false);
+    let out = c.ctl_raw(&["job", "show", "backup", "--utc"], false);
     assert_eq!(out.code, 0, "{out:?}");
     for line in [
         "disabled: its schedules do not fire; `job start` still runs it",
@@ -370,6 +370,8 @@ fn job_show_says_retries_flow_timeouts_and_when_each_schedule_fires_next() {
         "timeout 10m; 2 retries, 30s apart; on success: next step; on failure: go to step 3 'alert'",
         "on success: quit, succeeded; on failure: quit, failed",
         "schedule nightly: cron '30 2 * * *' in Europe/Berlin; next 20",
+        // Shown in UTC here (--utc), labelled.
+        " UTC\n",
         "schedule office: every 15m between 08:00 and 18:00 UTC; next 20",
         "schedule boot: when the agent starts; at each agent start",
         "schedule paused: every 1m; disabled",
@@ -400,4 +402,26 @@ fn target_show_tells_what_the_target_holds_and_did() {
     // Scripts keep the record they had.
     let json: serde_json::Value = c.ctl_ok(&["target", "show", "web01"]);
     assert_eq!(json["name"], "web01");
+}
+
+#[test]
+fn times_are_shown_in_the_operators_zone_labelled_or_in_utc() {
+    let mut c = Cluster::with_master();
+    c.start_target("web01", 3600);
+    c.wait_target_online("web01");
+    let list = |tz: &str, args: &[&str]| {
+        let out = Command::new(bin("musterctl"))
+            .env("NATS_URL", c.url())
+            .env("TZ", tz)
+            .args(["target", "list"])
+            .args(args)
+            .output()
+            .expect("musterctl");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let tokyo = list("Asia/Tokyo", &[]);
+    assert!(tokyo.contains(" JST"), "the last poll in the operator's zone, labelled: {tokyo}");
+    let utc = list("Asia/Tokyo", &["--utc"]);
+    assert!(utc.contains(" UTC") && !utc.contains(" JST"), "--utc: {utc}");
 }
