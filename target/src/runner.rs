@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use muster_runtime::backoff::Backoff;
+
 use crate::process::{self, add_note, run_step, Ended, OutputCapture, Program, StepCommand};
 use crate::spool::{Entry, Spool};
 use crate::state::State;
@@ -90,12 +92,26 @@ pub struct Runner {
     running: Arc<Mutex<HashMap<Uuid, Running>>>,
     slots: Arc<Semaphore>,
     tasks: TaskTracker,
+    /// Cancelled when the shutdown grace is over: a final record still
+    /// waiting for room in the spool is then left to the run marker.
+    stopping: CancellationToken,
+    /// Final records waiting for room in the spool ([`Runner::waiting_records`]).
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Runner {
     pub fn new(cfg: RunnerConfig, state: State, spool: Spool) -> Self {
         let slots = Arc::new(Semaphore::new(cfg.max_concurrent_runs.max(1)));
-        Self { cfg: Arc::new(cfg), state, spool, running: Arc::default(), slots, tasks: TaskTracker::new() }
+        Self {
+            cfg: Arc::new(cfg),
+            state,
+            spool,
+            running: Arc::default(),
+            slots,
+            tasks: TaskTracker::new(),
+            stopping: CancellationToken::new(),
+            waiting: Arc::default(),
+        }
     }
 
     /// Reports runs the agent died in as `interrupted`. Call once at start.
@@ -292,6 +308,7 @@ impl Runner {
                     r.cancel.cancel();
                 }
             }
+            self.stopping.cancel();
             self.tasks.wait().await;
         }
     }
@@ -308,11 +325,50 @@ impl Runner {
         Ok(())
     }
 
+    /// Spools a run's final record, waiting for room when the spool or the
+    /// disk is full: the run stays `running` (its marker kept, the job not
+    /// started again) until its outcome is written, instead of the outcome
+    /// being lost and the run reported `interrupted` at the next start.
+    /// Gives up only when the shutdown grace is over. Returns whether the
+    /// record was written.
+    async fn record_final(&self, r: &RunRecord) -> bool {
+        let Err(e) = self.record(r) else {
+            return true;
+        };
+        tracing::error!(job = %r.job, run_id = %r.run_id, error = %e, "cannot spool the run's final record (disk or spool full?); retrying until there is room");
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let written = loop {
+            tokio::select! {
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+                () = self.stopping.cancelled() => {
+                    tracing::warn!(job = %r.job, run_id = %r.run_id, "shut down before the final record had room; the run is reported interrupted at the next start");
+                    break false;
+                }
+            }
+            if self.record(r).is_ok() {
+                tracing::info!(job = %r.job, run_id = %r.run_id, outcome = %r.outcome, "the run's final record is written at last");
+                break true;
+            }
+        };
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        written
+    }
+
+    /// Runs that ended but whose final record waits for room in the spool.
+    pub fn waiting_records(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
     async fn execute(&self, job: JobDef, mut record: RunRecord, cancel: CancellationToken) -> anyhow::Result<()> {
         let _slot = self.slots.acquire().await.expect("semaphore never closes");
         let run_id = record.run_id;
         record.started_at = Utc::now();
-        self.record(&record)?;
+        // The `running` record is news, not the truth: without room for it
+        // (a full disk) the run goes on, and its final record says all.
+        if let Err(e) = self.record(&record) {
+            tracing::error!(job = %record.job, %run_id, error = %e, "cannot spool the run's start record (disk or spool full?); running it anyway");
+        }
         tracing::info!(job = %record.job, %run_id, trigger = %record.trigger, "run started");
 
         // The job timeout cancels whatever step is running, like a stop, but
@@ -336,7 +392,11 @@ impl Runner {
         record.message = message;
         record.finished_at = Some(Utc::now());
         fit_record(&mut record, MAX_RECORD_BYTES);
-        self.record(&record)?;
+        if !self.record_final(&record).await {
+            // Shut down before there was room: the marker stays, and the run
+            // is reported `interrupted` at the next start.
+            return Ok(());
+        }
         // Remember the run id before dropping the marker, so a start read
         // again after a crash is not run again.
         tokio::task::block_in_place(|| {
@@ -575,6 +635,52 @@ mod tests {
         runner.shutdown(Duration::from_secs(10)).await;
         let last = spooled(&state).pop().unwrap();
         assert_eq!(last.outcome, Outcome::Canceled, "{last:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_final_record_waits_for_room_instead_of_being_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path()).unwrap();
+        // A spool with room for the filler only, as on a full disk.
+        let filler = Entry { subject: "x".into(), msg_id: "filler".into(), kind: "run-end".into(), body: "y".repeat(2000) };
+        let cap = serde_json::to_vec(&filler).unwrap().len() as u64 + 100;
+        let spool = Spool::open(&state.spool_dir(), cap).unwrap();
+        spool.push(&filler).unwrap();
+        let runner = Runner::new(
+            RunnerConfig {
+                target: TargetName::new("t").unwrap(),
+                subjects: Subjects::default(),
+                output_cap: 1024,
+                kill_grace: Duration::from_secs(1),
+                max_concurrent_runs: 4,
+            },
+            state.clone(),
+            spool.clone(),
+        );
+        let spec = muster_shared::job::JobSpec::from_json(r#"{"name":"quick","steps":[{"command":"echo done"}]}"#).unwrap();
+        let job = JobDef { id: Uuid::now_v7(), revision: 1, spec };
+        let run_id = Uuid::now_v7();
+        assert!(matches!(runner.start(job.clone(), Trigger::Manual, run_id), Started::Running(_)));
+        let until = |what: &str, ok: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !ok() {
+                assert!(std::time::Instant::now() < deadline, "{what}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        until("the final record to wait for room", &|| runner.waiting_records() == 1);
+        assert!(runner.is_running(job.id), "still running until its outcome is written");
+        assert!(state.spool_dir().parent().unwrap().join("runs").join(format!("{run_id}.json")).exists(), "marker kept");
+
+        // Room again (the flusher sent the filler): the outcome lands.
+        for (seq, _) in spool.peek(10).unwrap() {
+            spool.confirm(seq).unwrap();
+        }
+        until("the final record written", &|| runner.waiting_records() == 0 && !runner.is_running(job.id));
+        let records = spooled(&state);
+        let last = records.last().expect("a record");
+        assert_eq!((last.run_id, last.outcome), (run_id, Outcome::Succeeded), "{records:?}");
+        assert!(!state.spool_dir().parent().unwrap().join("runs").join(format!("{run_id}.json")).exists(), "marker gone");
     }
 
     #[test]

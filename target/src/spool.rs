@@ -152,7 +152,7 @@ impl Spool {
     }
 
     /// The oldest `n` records, in order.
-    fn peek(&self, n: usize) -> io::Result<Vec<(u64, Entry)>> {
+    pub(crate) fn peek(&self, n: usize) -> io::Result<Vec<(u64, Entry)>> {
         let seqs: Vec<u64> = self.queue.lock().expect("spool lock").files.iter().take(n).map(|(s, _)| *s).collect();
         let mut out = Vec::with_capacity(seqs.len());
         for seq in seqs {
@@ -184,7 +184,7 @@ impl Spool {
     }
 
     /// Deletes a confirmed record.
-    fn confirm(&self, seq: u64) -> io::Result<()> {
+    pub(crate) fn confirm(&self, seq: u64) -> io::Result<()> {
         remove_durable(&self.path(seq))?;
         self.forget(seq);
         Ok(())
