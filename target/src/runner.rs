@@ -601,22 +601,24 @@ mod tests {
             .collect()
     }
 
+    /// A runner for target `t` on `state` and `spool`.
+    fn test_runner(state: &State, spool: Spool) -> Runner {
+        let cfg = RunnerConfig {
+            target: TargetName::new("t").unwrap(),
+            subjects: Subjects::default(),
+            output_cap: 1024,
+            kill_grace: Duration::from_secs(1),
+            max_concurrent_runs: 4,
+        };
+        Runner::new(cfg, state.clone(), spool)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn repeated_schedule_fires_are_recorded_skipped_once_and_stale_stops_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let state = State::open(dir.path()).unwrap();
         let spool = Spool::open(&state.spool_dir(), 1 << 20).unwrap();
-        let runner = Runner::new(
-            RunnerConfig {
-                target: TargetName::new("t").unwrap(),
-                subjects: Subjects::default(),
-                output_cap: 1024,
-                kill_grace: Duration::from_secs(1),
-                max_concurrent_runs: 4,
-            },
-            state.clone(),
-            spool,
-        );
+        let runner = test_runner(&state, spool);
         let spec = muster_shared::job::JobSpec::from_json(r#"{"name":"slow","steps":[{"command":"sleep 60"}]}"#).unwrap();
         let job = JobDef { id: Uuid::now_v7(), revision: 1, spec };
         let tick = || Trigger::Schedule { schedule: "tick".into() };
@@ -646,17 +648,7 @@ mod tests {
         let cap = serde_json::to_vec(&filler).unwrap().len() as u64 + 100;
         let spool = Spool::open(&state.spool_dir(), cap).unwrap();
         spool.push(&filler).unwrap();
-        let runner = Runner::new(
-            RunnerConfig {
-                target: TargetName::new("t").unwrap(),
-                subjects: Subjects::default(),
-                output_cap: 1024,
-                kill_grace: Duration::from_secs(1),
-                max_concurrent_runs: 4,
-            },
-            state.clone(),
-            spool.clone(),
-        );
+        let runner = test_runner(&state, spool.clone());
         let spec = muster_shared::job::JobSpec::from_json(r#"{"name":"quick","steps":[{"command":"echo done"}]}"#).unwrap();
         let job = JobDef { id: Uuid::now_v7(), revision: 1, spec };
         let run_id = Uuid::now_v7();
