@@ -112,7 +112,9 @@ pub enum AuthCmd {
     /// auth.conf rewritten, every other user and key kept); then reload
     /// nats-server twice.
     AddTarget {
+        /// The target's name (its agent's --name).
         name: TargetName,
+        /// The directory of `nats-config` or `init`.
         #[arg(long)]
         dir: PathBuf,
     },
@@ -121,7 +123,9 @@ pub enum AuthCmd {
     /// nats-server its connections are closed and its key refused. Every
     /// other user is kept.
     RemoveTarget {
+        /// The target to revoke.
         name: TargetName,
+        /// The directory of `nats-config` or `init`.
         #[arg(long)]
         dir: PathBuf,
     },
