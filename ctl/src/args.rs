@@ -75,14 +75,17 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum AuthCmd {
     /// Write nats-server accounts and users (DIR/auth.conf, to include from
-    /// the server's configuration) and one DIR/<user>.env per user. Each
+    /// the server's configuration) and, per user, its nkey seed DIR/<user>.nk
+    /// (mode 0600; the server's configuration holds only public keys) and
+    /// DIR/<user>.env, which names it (NATS_NKEY). Each
     /// target gets an account of its own that imports only the subjects
     /// that carry its name, and may touch only those; the master and
     /// operators are unrestricted, in the Muster account with JetStream.
     /// Needs no NATS connection.
     NatsConfig {
         /// Targets to add; targets that already have a file in DIR are kept,
-        /// and so is every existing password.
+        /// and so is every existing key (users with passwords from an
+        /// earlier version are converted to nkeys).
         targets: Vec<TargetName>,
         /// Where to write the files (created if missing).
         #[arg(long)]
@@ -96,7 +99,7 @@ pub enum AuthCmd {
     /// loopback): `nats-server -c DIR/nats-server.conf`. master.env and
     /// admin.env (and TARGET.env) hold the variables a process needs, the CA
     /// included: `set -a; . DIR/admin.env; NATS_URL=tls://HOST:4222`. Run it
-    /// again to add a host or target: the CA and passwords are kept.
+    /// again to add a host or target: the CA and keys are kept.
     Init {
         /// Targets to make users for (more later with `auth add-target`).
         targets: Vec<TargetName>,
@@ -108,10 +111,24 @@ pub enum AuthCmd {
         #[arg(long = "host", value_name = "NAME")]
         hosts: Vec<String>,
     },
-    /// Add one target's user to DIR (DIR/NAME.env; auth.conf rewritten,
-    /// every other user and password kept); then reload nats-server twice.
+    /// Add one target's user to DIR (its seed DIR/NAME.nk and DIR/NAME.env;
+    /// auth.conf rewritten, every other user and key kept); then reload
+    /// nats-server twice.
     AddTarget {
+        /// The target's name (its agent's --name).
         name: TargetName,
+        /// The directory of `nats-config` or `init`.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Revoke one target: its account and user leave DIR/auth.conf and its
+    /// files (DIR/NAME.env, DIR/NAME.nk) are deleted; after one reload of
+    /// nats-server its connections are closed and its key refused. Every
+    /// other user is kept.
+    RemoveTarget {
+        /// The target to revoke.
+        name: TargetName,
+        /// The directory of `nats-config` or `init`.
         #[arg(long)]
         dir: PathBuf,
     },

@@ -12,7 +12,7 @@ pub use muster_runtime::exit::Exit;
 /// The exit codes and the environment, printed after `--help`.
 pub fn help() -> String {
     muster_runtime::exit::help(
-        "Environment: NATS_URL (comma-separated), NATS_CREDS, NATS_USER, NATS_PASSWORD, NATS_CA, NATS_CERT, NATS_KEY, MUSTER_PREFIX, MUSTER_API_TIMEOUT.",
+        "Environment: NATS_URL (comma-separated), NATS_NKEY, NATS_CREDS, NATS_USER, NATS_PASSWORD, NATS_CA, NATS_CERT, NATS_KEY, MUSTER_PREFIX, MUSTER_API_TIMEOUT.",
     )
 }
 

@@ -38,7 +38,7 @@ impl Exit {
             Exit::Usage => "usage error (bad flags)",
             Exit::NotFound => "not found: no such job or group, or the target is not enlisted",
             Exit::Invalid => {
-                "invalid input: a bad name, URL, file or value, or a TLS certificate that does not verify (the message names it)"
+                "invalid input: a bad name, URL, file or value, a key file others can read, or a TLS certificate that does not verify (the message names it)"
             }
             Exit::Offline => "a target is offline or did not answer (its instructions stay queued), or --wait gave up",
             Exit::Unreachable => "the master or NATS is unreachable",
@@ -76,6 +76,7 @@ impl From<&ConnectError> for Exit {
             // certificate must change, so it is not "unreachable" (6).
             ConnectError::BadUrl { .. }
             | ConnectError::Credentials { .. }
+            | ConnectError::KeyFile(_)
             | ConnectError::TlsFile(_)
             | ConnectError::Tls { .. } => Exit::Invalid,
         }

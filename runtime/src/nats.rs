@@ -1,8 +1,12 @@
 //! Connecting to NATS the same way from every binary.
 //!
 //! Credentials come from the environment like the `nats` CLI's (`NATS_URL`,
-//! `NATS_CREDS`, `NATS_USER`/`NATS_PASSWORD`), so operators reuse what they
-//! already have. Daemons wait forever for NATS to appear and reconnect
+//! `NATS_NKEY`, `NATS_CREDS`, `NATS_USER`/`NATS_PASSWORD`), so operators
+//! reuse what they already have. `musterctl auth` makes nkey users: the
+//! server holds only public keys, and each process reads its seed from a
+//! file of its own (`--nkey`). A seed, credentials or TLS key file that
+//! group or others may read is refused before the first attempt, by every
+//! binary ([`ConnectError::KeyFile`], exit 4; see `keyfile.rs`). Daemons wait forever for NATS to appear and reconnect
 //! forever; `musterctl` fails fast with a message that says where it looked.
 //!
 //! TLS is on with a `tls://` URL or any of `--tls-ca`, `--tls-cert`,
@@ -24,11 +28,13 @@
 //! manager's restart limit is hit, a visit; one that waits picks the fixed
 //! certificate up at its next attempt (2 s at most).
 
+mod keyfile;
 mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use keyfile::{check_private, read_seed, KeyFileError, KeyKind};
 pub use tls::{TlsCause, TlsFileError, TlsFiles};
 
 /// The connection flags every binary takes (flatten them into its parser).
@@ -37,7 +43,10 @@ pub struct NatsArgs {
     /// NATS server URL(s), comma-separated.
     #[arg(long, short = 's', env = "NATS_URL", default_value = "nats://127.0.0.1:4222", global = true)]
     pub server: String,
-    /// NATS credentials file.
+    /// NATS user nkey seed file (mode 0600), as `musterctl auth` writes it.
+    #[arg(long, env = "NATS_NKEY", global = true, value_name = "FILE")]
+    pub nkey: Option<PathBuf>,
+    /// NATS credentials file (mode 0600).
     #[arg(long, env = "NATS_CREDS", global = true)]
     pub creds: Option<PathBuf>,
     #[arg(long, env = "NATS_USER", global = true, hide = true)]
@@ -61,6 +70,7 @@ impl NatsArgs {
     pub fn options(&self, name: impl Into<String>) -> NatsOptions {
         NatsOptions {
             servers: split_urls(&self.server),
+            nkey: self.nkey.clone(),
             creds: self.creds.clone(),
             user: self.user.clone(),
             password: self.password.clone(),
@@ -76,6 +86,8 @@ impl NatsArgs {
 pub struct NatsOptions {
     /// One or more server URLs; several for a cluster.
     pub servers: Vec<String>,
+    /// A file holding the user's nkey seed.
+    pub nkey: Option<PathBuf>,
     pub creds: Option<PathBuf>,
     pub user: Option<String>,
     pub password: Option<String>,
@@ -135,6 +147,9 @@ pub enum ConnectError {
         #[source]
         source: std::io::Error,
     },
+    /// A seed, credentials or TLS key file others may read, or no seed in it.
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
     #[error(transparent)]
     TlsFile(#[from] TlsFileError),
     #[error("TLS with NATS at {urls} failed: {cause}")]
@@ -150,10 +165,18 @@ pub enum ConnectError {
 /// Connects as `opts` says.
 ///
 /// # Errors
-/// A bad URL, credentials or TLS file; with [`Wait::Once`], also a failed
+/// A bad URL, an exposed or unusable key file, a bad credentials or TLS file; with [`Wait::Once`], also a failed
 /// TLS handshake ([`ConnectError::Tls`]) or no server answering
 /// ([`ConnectError::Unreachable`]), each naming the URLs.
 pub async fn connect(opts: &NatsOptions, wait: Wait) -> Result<async_nats::Client, ConnectError> {
+    // Every private file is checked before anything is read or attempted.
+    let seed = opts.nkey.as_deref().map(read_seed).transpose()?;
+    if let Some(creds) = &opts.creds {
+        check_private(KeyKind::Credentials, creds)?;
+    }
+    if let Some(key) = &opts.tls.key {
+        check_private(KeyKind::TlsKey, key)?;
+    }
     let mut o = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None)
@@ -175,6 +198,9 @@ pub async fn connect(opts: &NatsOptions, wait: Wait) -> Result<async_nats::Clien
     }
     if let Some(creds) = &opts.creds {
         o = o.credentials_file(creds).await.map_err(|source| ConnectError::Credentials { path: creds.clone(), source })?;
+    }
+    if let Some(seed) = seed {
+        o = o.nkey(seed);
     }
     if let (Some(u), Some(p)) = (&opts.user, &opts.password) {
         o = o.user_and_password(u.clone(), p.clone());

@@ -12,6 +12,8 @@ pub struct TargetConfig {
     pub name: TargetName,
     /// NATS URL(s).
     pub servers: Vec<String>,
+    /// The user's nkey seed file (`--nkey`).
+    pub nkey: Option<PathBuf>,
     pub creds: Option<PathBuf>,
     pub user: Option<String>,
     pub password: Option<String>,
@@ -43,6 +45,7 @@ impl TargetConfig {
         Self {
             name,
             servers: vec!["nats://127.0.0.1:4222".into()],
+            nkey: None,
             creds: None,
             user: None,
             password: None,

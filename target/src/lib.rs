@@ -261,6 +261,7 @@ pub async fn defect_self(config: &TargetConfig) -> anyhow::Result<TargetInfo> {
 async fn connect(config: &TargetConfig) -> anyhow::Result<async_nats::Client> {
     let opts = NatsOptions {
         servers: config.servers.clone(),
+        nkey: config.nkey.clone(),
         creds: config.creds.clone(),
         user: config.user.clone(),
         password: config.password.clone(),

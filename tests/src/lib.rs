@@ -621,10 +621,18 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 impl Cluster {
-    /// Connection options for the test's own reads, with the user and
-    /// password the processes get (`NATS_USER`, `NATS_PASSWORD` in `env`).
+    /// Connection options for the test's own reads, with the identity the
+    /// processes get: the seed file `NATS_NKEY` names, or `NATS_USER` and
+    /// `NATS_PASSWORD`, in `env`. (The tests that use it run without TLS.)
+    ///
+    /// # Panics
+    /// When `NATS_NKEY` names a file the binaries would refuse.
     pub fn connect_options(&self) -> async_nats::ConnectOptions {
         let var = |k: &str| self.env.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        if let Some(path) = var("NATS_NKEY") {
+            let seed = muster_runtime::nats::read_seed(Path::new(&path)).expect("the seed file NATS_NKEY names");
+            return async_nats::ConnectOptions::with_nkey(seed);
+        }
         match (var("NATS_USER"), var("NATS_PASSWORD")) {
             (Some(u), Some(p)) => async_nats::ConnectOptions::with_user_and_password(u, p),
             _ => async_nats::ConnectOptions::new(),

@@ -81,7 +81,8 @@ impl Ca {
         let cert = params.signed_by(&key, &Issuer::from_params(&self.params, &self.key)).expect("signing");
         let pair = Pair { cert: self.dir.join(format!("{name}.pem")), key: self.dir.join(format!("{name}-key.pem")) };
         std::fs::write(&pair.cert, cert.pem()).expect("certificate file");
-        std::fs::write(&pair.key, key.serialize_pem()).expect("key file");
+        // Private, as every binary requires of a key (nats-server reads it as the same user).
+        muster_runtime::fsutil::write_private(&pair.key, key.serialize_pem().as_bytes()).expect("key file");
         pair
     }
 }

@@ -7,8 +7,8 @@
 //! links), never by hand-written ASN.1. The CA's key is kept in
 //! `ca-key.pem` (0600) so that running the command again (another host
 //! name, a renewal) signs a new server certificate with the same CA: every
-//! process that trusts `ca.pem` keeps trusting the server. Passwords are
-//! kept too ([`super::write_config`]).
+//! process that trusts `ca.pem` keeps trusting the server. The users' nkeys
+//! are kept too ([`super::write_config`]).
 //!
 //! nats-server reads `cert_file`, `key_file` and `store_dir` from its
 //! working directory, not from the configuration file's, so those paths
@@ -174,7 +174,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_second_run_keeps_the_ca_and_passwords_and_a_new_target_names_the_ca() {
+    fn a_second_run_keeps_the_ca_and_keys_and_a_new_target_names_the_ca() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("m");
         let s = Subjects::default();

@@ -11,6 +11,18 @@ pub(super) fn run(subjects: &Subjects, out: Out, cmd: AuthCmd) -> Result<(), Fai
     match cmd {
         AuthCmd::NatsConfig { targets, dir } => users(subjects, out, &dir, &targets),
         AuthCmd::AddTarget { name, dir } => users(subjects, out, &dir, &[name]),
+        AuthCmd::RemoveTarget { name, dir } => {
+            let written = crate::auth::remove_target(&dir, subjects, &name).map_err(|e| match e {
+                crate::auth::RemoveError::NotFound { .. } => Failure::new(crate::exit::Exit::NotFound, e.to_string()),
+                crate::auth::RemoveError::Other(e) => e.into(),
+            })?;
+            out.print(&serde_json::json!({"config": written.config, "removed": name}), || {
+                crate::say!(
+                    "removed {name} from {} and deleted its files: reload nats-server (nats-server --signal reload) to refuse it",
+                    written.config.display()
+                );
+            })
+        }
         AuthCmd::Init { targets, dir, hosts } => {
             let made = crate::auth::init::init(&dir, subjects, &hosts, &targets)?;
             let env: Vec<serde_json::Value> =
@@ -43,10 +55,17 @@ fn users(
     let written = crate::auth::write_config(dir, subjects, targets)?;
     let users: Vec<serde_json::Value> =
         written.users.iter().map(|(u, f)| serde_json::json!({"user": u, "env_file": f})).collect();
-    out.print(&serde_json::json!({"config": written.config, "users": users}), || {
+    let converted = &written.converted;
+    out.print(&serde_json::json!({"config": written.config, "users": users, "converted": converted}), || {
         crate::say!("wrote {} (include it from nats-server.conf, then reload the server)", written.config.display());
         for (user, file) in &written.users {
             crate::say!("  {user:<20} {}", file.display());
+        }
+        if !converted.is_empty() {
+            crate::say!(
+                "converted from passwords to nkeys: {} (give each process its new .env and .nk files, reload the server, restart them)",
+                converted.join(", ")
+            );
         }
     })
 }

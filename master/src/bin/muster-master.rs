@@ -13,7 +13,7 @@ use muster_shared::subject::Subjects;
 
 /// The Muster master: job definitions, target registry, admin API.
 #[derive(Debug, Parser)]
-#[command(version, after_help = muster_runtime::exit::help("Environment: NATS_URL (comma-separated), NATS_CREDS, NATS_USER, NATS_PASSWORD, NATS_CA, NATS_CERT, NATS_KEY, MUSTER_LOG (log filter, e.g. info,muster_master=debug), and the MUSTER_* variable named beside each flag."))]
+#[command(version, after_help = muster_runtime::exit::help("Environment: NATS_URL (comma-separated), NATS_NKEY, NATS_CREDS, NATS_USER, NATS_PASSWORD, NATS_CA, NATS_CERT, NATS_KEY, MUSTER_LOG (log filter, e.g. info,muster_master=debug), and the MUSTER_* variable named beside each flag."))]
 struct Flags {
     #[command(flatten)]
     nats: NatsArgs,
@@ -74,8 +74,8 @@ fn main() -> ExitCode {
     })
 }
 
-/// The exit code of a failure: a bad NATS URL or credentials file is
-/// invalid input, anything else internal.
+/// The exit code of a failure: a bad NATS URL, key or credentials file
+/// is invalid input, anything else internal.
 fn exit_for(e: &anyhow::Error) -> ExitCode {
     e.downcast_ref::<muster_runtime::nats::ConnectError>().map_or(Exit::Internal, Exit::from).into()
 }

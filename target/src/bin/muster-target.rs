@@ -15,7 +15,7 @@ use muster_target::TargetConfig;
 
 /// The Muster target agent: polls its desired state from the master and runs jobs.
 #[derive(Debug, Parser)]
-#[command(version, after_help = muster_runtime::exit::help("Environment: NATS_URL (comma-separated), NATS_CREDS, NATS_USER, NATS_PASSWORD, NATS_CA, NATS_CERT, NATS_KEY, MUSTER_LOG (log filter, e.g. info,muster_target=debug), and the MUSTER_* variable named beside each flag."))]
+#[command(version, after_help = muster_runtime::exit::help("Environment: NATS_URL (comma-separated), NATS_NKEY, NATS_CREDS, NATS_USER, NATS_PASSWORD, NATS_CA, NATS_CERT, NATS_KEY, MUSTER_LOG (log filter, e.g. info,muster_target=debug), and the MUSTER_* variable named beside each flag."))]
 struct Flags {
     /// This target's name (letters, digits, '-', '_'; at most 64). Default:
     /// the host's short name (up to its first '.'), when it is a valid name.
@@ -82,6 +82,7 @@ fn main() -> ExitCode {
     let nats = flags.nats.options("muster-target");
     let mut config = TargetConfig::new(name, flags.state_dir);
     config.servers = nats.servers;
+    config.nkey = nats.nkey;
     config.creds = nats.creds;
     config.user = nats.user;
     config.password = nats.password;
@@ -135,8 +136,8 @@ fn host_name() -> Result<TargetName, HostNameError> {
     name_from_host(&host.to_string_lossy())
 }
 
-/// The exit code of a failure: a bad NATS URL or credentials file is
-/// invalid input, anything else internal.
+/// The exit code of a failure: a bad NATS URL, key or credentials file
+/// is invalid input, anything else internal.
 fn exit_for(e: &anyhow::Error) -> ExitCode {
     e.downcast_ref::<muster_runtime::nats::ConnectError>().map_or(Exit::Internal, Exit::from).into()
 }

@@ -14,6 +14,7 @@ mod expiry;
 mod faults;
 mod history;
 mod jobs;
+mod key_files;
 mod operator;
 mod readme_tour;
 mod reply_injection;

@@ -24,7 +24,7 @@ use futures::TryStreamExt as _;
 use muster_tests::{bin, block_on, s, wait_for, wait_for_described, Cluster};
 use serde_json::Value;
 
-use crate::security::{credentials, env_of};
+use crate::security::{env_of, nkey_flag, seed_of};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -131,8 +131,7 @@ fn answers_to_a_target_never_land_outside_its_own_subjects() {
     c.start_master();
     c.env = env_of(keys.path(), "muster-admin");
     for t in ["web01", "web02"] {
-        let (user, password) = credentials(keys.path(), t);
-        c.start_target_with(t, 3600, &["--user", &user, "--password", &password]);
+        c.start_target_with(t, 3600, &[&nkey_flag(keys.path(), t)]);
     }
     c.wait_target_online("web01");
     c.wait_target_online("web02");
@@ -202,12 +201,12 @@ fn answers_to_a_target_never_land_outside_its_own_subjects() {
         ("muster.api.agent.web01.defect".into(), br#"{"v":1,"name":"web02"}"#.to_vec()),
     ];
 
-    let (user, password) = credentials(keys.path(), "web01");
+    let seed = seed_of(keys.path(), "web01");
     let (url, admin_options) = (c.url(), c.connect_options());
     let (before, after, (bad_before, bad_after), (answered, sent)) = block_on(async {
         let admin = admin_options.connect(url.clone()).await.expect("admin connects");
         let admin_js = jetstream::new(admin.clone());
-        let web01 = async_nats::ConnectOptions::with_user_and_password(user, password)
+        let web01 = async_nats::ConnectOptions::with_nkey(seed)
             .custom_inbox_prefix("_INBOX_web01")
             .connect(url)
             .await

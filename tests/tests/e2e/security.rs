@@ -12,15 +12,32 @@ use async_nats::jetstream::{self, stream::DirectGetErrorKind};
 use futures::{FutureExt as _, StreamExt};
 use muster_tests::{bin, block_on, s, Cluster};
 
-pub(crate) fn credentials(dir: &Path, user: &str) -> (String, String) {
+/// The variables of `<user>.env` as `musterctl auth` wrote it, checking
+/// that it holds only `NAME=value` lines and names a seed, not a password.
+pub(crate) fn env_of(dir: &Path, user: &str) -> Vec<(String, String)> {
     let text = std::fs::read_to_string(dir.join(format!("{user}.env"))).expect("env file");
-    let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).expect("field").to_owned();
-    (field("NATS_USER="), field("NATS_PASSWORD="))
+    let vars: Vec<(String, String)> = text
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap_or_else(|| panic!("not NAME=value: {l:?}"));
+            assert!(!k.is_empty() && k.chars().all(|c| c.is_ascii_uppercase() || c == '_'), "{l:?}");
+            (k.to_owned(), v.to_owned())
+        })
+        .collect();
+    assert!(vars.iter().all(|(k, _)| k != "NATS_PASSWORD"), "{user}.env holds a password: {text}");
+    vars
 }
 
-pub(crate) fn env_of(dir: &Path, user: &str) -> Vec<(String, String)> {
-    let (u, p) = credentials(dir, user);
-    vec![("NATS_USER".into(), u), ("NATS_PASSWORD".into(), p)]
+/// The flag that gives a process `user`'s seed file (`--nkey=…`).
+pub(crate) fn nkey_flag(dir: &Path, user: &str) -> String {
+    let env = env_of(dir, user);
+    let path = env.iter().find(|(k, _)| k == "NATS_NKEY").map(|(_, v)| v.clone()).expect("NATS_NKEY");
+    format!("--nkey={path}")
+}
+
+/// `user`'s seed, read as the binaries read it (mode 0600 checked).
+pub(crate) fn seed_of(dir: &Path, user: &str) -> String {
+    muster_runtime::nats::read_seed(&dir.join(format!("{user}.nk"))).expect("seed file")
 }
 
 #[test]
@@ -40,8 +57,7 @@ fn a_target_can_touch_only_its_own_subjects() {
     c.start_master();
     c.env = env_of(keys.path(), "muster-admin");
     for t in ["web01", "web02"] {
-        let (user, password) = credentials(keys.path(), t);
-        c.start_target_with(t, 3600, &["--user", &user, "--password", &password]);
+        c.start_target_with(t, 3600, &[&nkey_flag(keys.path(), t)]);
     }
     c.wait_target_online("web01");
     c.wait_target_online("web02");
@@ -65,12 +81,12 @@ fn a_target_can_touch_only_its_own_subjects() {
     let (hello, secret) = (id_of("hello"), id_of("secret"));
 
     // Now web01 misbehaves, with its own credentials.
-    let (user, password) = credentials(keys.path(), "web01");
+    let seed = seed_of(keys.path(), "web01");
     let url = c.url();
     let forged_job = uuid::Uuid::new_v4();
     let forged_subject = format!("muster.result.web02.run.{forged_job}");
     block_on(async {
-        let web01 = async_nats::ConnectOptions::with_user_and_password(user, password)
+        let web01 = async_nats::ConnectOptions::with_nkey(seed)
             .custom_inbox_prefix("_INBOX_web01")
             .request_timeout(Some(Duration::from_secs(2)))
             .connect(url)

@@ -5,7 +5,7 @@
 //! once and connects when the server's certificate is fixed; a plain-text
 //! client refused by a TLS-only server, and a client asked for TLS refusing
 //! a server without it; client certificates (mTLS); and the installation
-//! `musterctl auth init` makes.
+//! `musterctl auth init` makes (TLS and nkeys).
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
@@ -63,6 +63,7 @@ fn the_whole_loop_runs_over_tls() {
     let polled = c.ctl(&["target", "force-poll", "web01"]).expect("force-poll");
     assert_eq!(polled[0]["report"]["jobs"], 1, "{polled}");
     let started = c.ctl(&["job", "start", "hello"]).expect("start");
+    // `job start` answers once the start is posted (force-polls follow the reply).
     assert_eq!(s(&started[0], "state"), "posted", "{started}");
     let runs: Vec<Value> =
         wait_for_described("the run in history", WAIT, || c.try_finished_runs("hello").filter(|r| !r.is_empty()), || c.logs());
@@ -301,7 +302,9 @@ fn auth_init_makes_an_installation_that_runs_over_tls_with_its_users() {
         .output()
         .expect("musterctl auth init");
     assert!(made.status.success(), "{made:?}");
-    for key in ["ca-key.pem", "server-key.pem", "master.env", "admin.env", "web01.env", "auth.conf"] {
+    for key in
+        ["ca-key.pem", "server-key.pem", "master.env", "admin.env", "web01.env", "muster-master.nk", "web01.nk", "auth.conf"]
+    {
         let mode = std::fs::metadata(dir.join(key)).expect(key).permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{key} is private");
     }
@@ -329,6 +332,8 @@ fn auth_init_makes_an_installation_that_runs_over_tls_with_its_users() {
     c.env = env_file(&dir, "admin");
     c.env.push(url);
     assert!(c.env.iter().any(|(k, _)| k == "NATS_CA"), "the file names the CA: {:?}", c.env);
+    assert!(c.env.iter().any(|(k, _)| k == "NATS_NKEY"), "and the seed: {:?}", c.env);
+    assert!(!included("auth.conf").contains("password"), "the server holds only public keys");
     c.wait_target_online("web01");
 
     c.ctl(&["job", "create", "hello", "--command", "echo hello"]).expect("create");
