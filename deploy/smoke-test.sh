@@ -182,7 +182,8 @@ if dc exec -T master bash -c 'exec 3<>/dev/tcp/nats/8222' 2>/dev/null; then
 fi
 step "1. monitoring on loopback only: port 8222 closed to the other containers"
 
-# connz: one line per client connection, "<user> <tls version>".
+# connz: one line per client connection, "<account> <user> <tls version>"
+# (the user is a name, or an nkey's public key).
 connections() {
     dc exec -T nats bash -c 'exec 3<>/dev/tcp/127.0.0.1/8222
         printf "GET /connz?auth=1&limit=1000 HTTP/1.0\r\nHost: localhost\r\n\r\n" >&3
@@ -190,26 +191,30 @@ connections() {
         python3 -c '
 import json, sys
 for c in json.load(sys.stdin)["connections"]:
-    print(c.get("authorized_user", "-"), c.get("tls_version", "-"))'
+    print(c.get("account", "-"), c.get("authorized_user", "-"), c.get("tls_version", "-"))'
 }
 if [ -n "$auth_dir" ]; then
-    # Every service is connected over TLS as its own user.
+    # Every service is connected over TLS as its own user: the master in
+    # the Muster account, each target in its own; no connection in clear.
     every_service_own_user() {
         local conns
         conns="$(connections)"
-        for u in muster-master "${targets[@]}"; do
-            grep -q "^$u 1\.[23]\$" <<<"$conns" || return 1
+        grep -q "^muster [^ ]* 1\.[23]\$" <<<"$conns" || return 1
+        for t in "${targets[@]}"; do
+            grep -q "^muster-target-$t [^ ]* 1\.[23]\$" <<<"$conns" || return 1
         done
+        [ "$(cut -d' ' -f2 <<<"$conns" | sort -u | wc -l)" -ge $((1 + ${#targets[@]})) ] || return 1
         ! grep -qv ' 1\.[23]$' <<<"$conns"
     }
-    wait_for 30 "every service connected over TLS with its own user" every_service_own_user
+    wait_for 30 "every service connected over TLS with its own user" every_service_own_user ||
+        { connections >&2; exit 1; }
     connections
     # The admin identity, from the host, over TLS to the published port
     # (the certificate names 127.0.0.1): works.
+    # Its .env file names files by the containers' path: the host's instead.
     (
         set -a
-        . "$auth_dir/admin.env"
-        NATS_CA="$auth_dir/ca.pem"
+        . <(sed "s|=/etc/muster/auth/|=$auth_dir/|" "$auth_dir/admin.env")
         "$host_bin/musterctl" --server "tls://127.0.0.1:$MUSTER_NATS_PORT" ping >/dev/null
     ) || die "the admin identity could not reach the master over TLS from the host"
     # Over TLS, but with no user: refused (exit 6, no server would have it;
@@ -218,8 +223,8 @@ if [ -n "$auth_dir" ]; then
     env -u NATS_USER -u NATS_PASSWORD -u NATS_CREDS -u NATS_NKEY -u NATS_CERT -u NATS_KEY NATS_CA="$auth_dir/ca.pem" \
         "$host_bin/musterctl" --server "tls://127.0.0.1:$MUSTER_NATS_PORT" ping >/dev/null 2>&1 || anon=$?
     [ "$anon" = 6 ] || die "a client without credentials was not refused (musterctl ping exit $anon)"
-    # In plain text, even with the admin's user and password: the server
-    # demands TLS first and never answers the PING.
+    # In plain text, even with the admin's user and password where it has
+    # them: the server demands TLS first and never answers the PING.
     python3 - "$MUSTER_NATS_PORT" "$auth_dir/admin.env" <<'PY' || die "a plain-text client was not refused"
 import json, socket, sys
 env = dict(l.strip().split("=", 1) for l in open(sys.argv[2]) if "=" in l)
@@ -245,10 +250,13 @@ while True:
         break
 print("plain-text client refused:", got)
 PY
-    # Each target sees only the files its own .env file names.
+    # Each target sees only the files its own .env file names (ca.pem, and
+    # its key or seed if it has one), never auth.conf or a key of another.
     for t in "${targets[@]}"; do
-        seen="$(dc exec -T "$t" ls /etc/muster/auth | tr -d '\r' | tr '\n' ' ')"
-        [ "$seen" = "ca.pem " ] || die "$t sees more credentials than its own: $seen"
+        seen="$(dc exec -T "$t" ls /etc/muster/auth | tr -d '\r' | sort | tr '\n' ' ')"
+        named="$(sed -n 's|^[A-Z_][A-Z0-9_]*=/etc/muster/auth/||p' "$auth_dir/$t.env" | sort | tr '\n' ' ')"
+        [ "$seen" = "$named" ] && grep -q "ca.pem" <<<"$seen" ||
+            die "$t sees other credentials than its own: '$seen' (its .env file names '$named')"
     done
     step "1. TLS and own users: anonymous and plain-text clients refused; admin over TLS from the host works"
 else
