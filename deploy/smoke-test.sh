@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # The docker-compose smoke test: builds the images (deploy/build-images.sh),
-# then, on a stack of its own (project muster-smoke-<pid>):
+# then, on a stack of its own (project muster-smoke-<pid>), runs the secure
+# default, docker-compose.yml:
 #
-#   1. brings it up and waits until every service is healthy;
+#   0. writes the credentials with the documented command (`run --rm
+#      credentials`, into a directory of its own, MUSTER_AUTH_DIR);
+#   1. brings the stack up and waits until every service is healthy; checks
+#      that no service runs as root, that nats-server's monitoring port is
+#      not reachable from another container, that every connection is TLS
+#      with the service's own user, that a client without credentials is
+#      refused over TLS, that a plain-text client is refused even with a
+#      right password, and that the admin user works from the host over TLS;
 #   2. enlists the targets, creates a job, force-polls, starts the job and
 #      sees one successful run per target;
 #   3. starts a job that waits for a signal, stops the master, lets the runs
@@ -15,9 +23,8 @@
 #
 # Every wait is a bounded loop on a condition. Fails, loudly, when Docker is
 # not available. MUSTER_SMOKE_NO_BUILD=1 skips building the images.
-# MUSTER_SMOKE_AUTH=1 runs it all with least-privilege NATS users
-# (docker-compose.auth.yml, users written by the musterctl just built), and
-# first checks that the server refuses a client without credentials.
+# MUSTER_SMOKE_PLAIN=1 runs steps 1-5 on the development variant instead,
+# docker-compose.plain.yml (no TLS, no users).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib.sh
@@ -33,18 +40,18 @@ t_built=$SECONDS
 
 project="muster-smoke-$$"
 export MUSTER_NATS_PORT="$(free_port)"
-compose_files=(-f deploy/docker-compose.yml)
 host_bin="build/$([ "${MUSTER_CARGO_PROFILE:-release}" = dev ] && echo debug || echo release)"
 auth_dir=""
-if [ "${MUSTER_SMOKE_AUTH:-0}" = 1 ]; then
+if [ "${MUSTER_SMOKE_PLAIN:-0}" = 1 ]; then
+    compose_files=(-f deploy/docker-compose.plain.yml)
+else
+    compose_files=(-f deploy/docker-compose.yml)
     auth_dir="$(mktemp -d)"
-    "$host_bin/musterctl" auth nats-config target1 target2 target3 --dir "$auth_dir" >/dev/null
-    # The nats image runs as uid 10001; the file stays private to it.
-    chown 10001 "$auth_dir/auth.conf" 2>/dev/null || chmod 0644 "$auth_dir/auth.conf"
     export MUSTER_AUTH_DIR="$auth_dir"
-    compose_files+=(-f deploy/docker-compose.auth.yml)
 fi
 dc() { "${COMPOSE[@]}" "${compose_files[@]}" -p "$project" "$@"; }
+# The documented credentials command: run --rm of docker-compose.credentials.yml.
+credentials() { "${COMPOSE[@]}" -f deploy/docker-compose.credentials.yml -p "$project" run --rm -T "$@"; }
 # musterctl inside the master container, as an operator would run it.
 ctl() { dc exec -T master musterctl "$@"; }
 # musterctl in a one-off container: works while the master is stopped.
@@ -63,7 +70,13 @@ on_exit() {
         dc logs --no-color --tail 60 >&2 || true
         dc down -v --remove-orphans >/dev/null 2>&1 || true
     fi
-    [ -z "$auth_dir" ] || rm -rf "$auth_dir"
+    if [ -n "$auth_dir" ]; then
+        # Most files belong to the images' user: removed as root, in a
+        # container, when this user cannot.
+        rm -rf "$auth_dir" 2>/dev/null ||
+            { credentials --entrypoint find credentials /etc/muster/auth -mindepth 1 -delete \
+                >/dev/null 2>&1 && rm -rf "$auth_dir"; } || true
+    fi
 }
 trap on_exit EXIT
 
@@ -144,6 +157,15 @@ enlisted() {
     ctl target list --json | json "sorted(t['name'] for t in d) == sorted('$*'.split())"
 }
 
+# ---- 0. credentials ---------------------------------------------------------
+if [ -n "$auth_dir" ]; then
+    step "0. credentials, as deploy/README.md says (into $auth_dir)"
+    credentials credentials
+    for f in master.env target1.env target2.env target3.env ca.pem auth.conf tls.conf; do
+        [ -e "$auth_dir/$f" ] || die "the credentials command wrote no $f"
+    done
+fi
+
 # ---- 1. up and healthy ----------------------------------------------------
 step "1. docker compose up ($project, NATS on 127.0.0.1:$MUSTER_NATS_PORT)"
 dc up -d --no-build
@@ -153,13 +175,93 @@ for s in "${services[@]}"; do
     [ "$uid" != 0 ] || die "$s runs as root"
 done
 step "1. healthy, and not root: ${services[*]}"
+# nats-server's monitoring port has no authentication: it answers inside
+# its own container (the healthcheck) and nowhere else.
+if dc exec -T master bash -c 'exec 3<>/dev/tcp/nats/8222' 2>/dev/null; then
+    die "nats-server's monitoring port 8222 is reachable from another container"
+fi
+step "1. monitoring on loopback only: port 8222 closed to the other containers"
+
+# connz: one line per client connection, "<account> <user> <tls version>"
+# (the user is a name, or an nkey's public key).
+connections() {
+    dc exec -T nats bash -c 'exec 3<>/dev/tcp/127.0.0.1/8222
+        printf "GET /connz?auth=1&limit=1000 HTTP/1.0\r\nHost: localhost\r\n\r\n" >&3
+        cat <&3' | sed '1,/^\r\{0,1\}$/d' |
+        python3 -c '
+import json, sys
+for c in json.load(sys.stdin)["connections"]:
+    print(c.get("account", "-"), c.get("authorized_user", "-"), c.get("tls_version", "-"))'
+}
 if [ -n "$auth_dir" ]; then
-    # With users configured, a client without credentials gets nowhere.
+    # Every service is connected over TLS as its own user: the master in
+    # the Muster account, each target in its own; no connection in clear.
+    every_service_own_user() {
+        local conns
+        conns="$(connections)"
+        grep -q "^muster [^ ]* 1\.[23]\$" <<<"$conns" || return 1
+        for t in "${targets[@]}"; do
+            grep -q "^muster-target-$t [^ ]* 1\.[23]\$" <<<"$conns" || return 1
+        done
+        [ "$(cut -d' ' -f2 <<<"$conns" | sort -u | wc -l)" -ge $((1 + ${#targets[@]})) ] || return 1
+        ! grep -qv ' 1\.[23]$' <<<"$conns"
+    }
+    wait_for 30 "every service connected over TLS with its own user" every_service_own_user ||
+        { connections >&2; exit 1; }
+    connections
+    # The admin identity, from the host, over TLS to the published port
+    # (the certificate names 127.0.0.1): works.
+    # Its .env file names files by the containers' path: the host's instead.
+    (
+        set -a
+        . <(sed "s|=/etc/muster/auth/|=$auth_dir/|" "$auth_dir/admin.env")
+        "$host_bin/musterctl" --server "tls://127.0.0.1:$MUSTER_NATS_PORT" ping >/dev/null
+    ) || die "the admin identity could not reach the master over TLS from the host"
+    # Over TLS, but with no user: refused (exit 6, no server would have it;
+    # the same server just answered the admin, above).
     anon=0
-    NATS_USER="" NATS_PASSWORD="" "$host_bin/musterctl" --server "nats://127.0.0.1:$MUSTER_NATS_PORT" ping \
-        >/dev/null 2>&1 || anon=$?
+    env -u NATS_USER -u NATS_PASSWORD -u NATS_CREDS -u NATS_NKEY -u NATS_CERT -u NATS_KEY NATS_CA="$auth_dir/ca.pem" \
+        "$host_bin/musterctl" --server "tls://127.0.0.1:$MUSTER_NATS_PORT" ping >/dev/null 2>&1 || anon=$?
     [ "$anon" = 6 ] || die "a client without credentials was not refused (musterctl ping exit $anon)"
-    step "1. least-privilege users: anonymous clients refused; every service runs with its own user"
+    # In plain text, even with the admin's user and password where it has
+    # them: the server demands TLS first and never answers the PING.
+    python3 - "$MUSTER_NATS_PORT" "$auth_dir/admin.env" <<'PY' || die "a plain-text client was not refused"
+import json, socket, sys
+env = dict(l.strip().split("=", 1) for l in open(sys.argv[2]) if "=" in l)
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+f = s.makefile("rb")
+info = f.readline()
+assert info.startswith(b"INFO "), info
+assert json.loads(info[5:]).get("tls_required") is True, info
+connect = {"verbose": False, "pedantic": False, "tls_required": False,
+           "user": env.get("NATS_USER", ""), "pass": env.get("NATS_PASSWORD", "")}
+# Refused: the server closes the connection (or says -ERR, or resets it)
+# before any PONG. A PONG, or no answer at all within the timeout, fails.
+s.sendall(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
+got = []
+while True:
+    try:
+        line = f.readline()
+    except ConnectionError:
+        break
+    got.append(line)
+    assert not line.startswith(b"PONG"), got
+    if not line or line.startswith(b"-ERR"):
+        break
+print("plain-text client refused:", got)
+PY
+    # Each target sees only the files its own .env file names (ca.pem, and
+    # its key or seed if it has one), never auth.conf or a key of another.
+    for t in "${targets[@]}"; do
+        seen="$(dc exec -T "$t" ls /etc/muster/auth | tr -d '\r' | sort | tr '\n' ' ')"
+        named="$(sed -n 's|^[A-Z_][A-Z0-9_]*=/etc/muster/auth/||p' "$auth_dir/$t.env" | sort | tr '\n' ' ')"
+        [ "$seen" = "$named" ] && grep -q "ca.pem" <<<"$seen" ||
+            die "$t sees other credentials than its own: '$seen' (its .env file names '$named')"
+    done
+    step "1. TLS and own users: anonymous and plain-text clients refused; admin over TLS from the host works"
+else
+    connections
+    step "1. plain (development) variant: no TLS, no users"
 fi
 
 # ---- 2. enlist, create, force-poll, start, results -------------------------
