@@ -213,6 +213,19 @@ pub async fn connect(opts: &NatsOptions, wait: Wait) -> Result<async_nats::Clien
         .split(',')
         .map(|u| u.parse().map_err(|source| ConnectError::BadUrl { url: u.to_owned(), source }))
         .collect::<Result<_, _>>()?;
+    // Said once per process: a plain installation (the demo) works, and its
+    // operator is told what that means.
+    let authenticated = opts.creds.is_some()
+        || opts.nkey.is_some()
+        || opts.user.is_some()
+        || opts.tls.cert.is_some()
+        || addrs.iter().any(async_nats::ServerAddr::has_user_pass);
+    if !authenticated {
+        tracing::warn!(
+            %urls,
+            "connecting to NATS without authentication: whoever reaches the server can do what this process does (see `musterctl auth init`)"
+        );
+    }
     if opts.tls.any() || addrs.iter().any(async_nats::ServerAddr::tls_required) {
         o = o.require_tls(true).tls_client_config(tls::client_config(&opts.tls, &urls, wait == Wait::Forever)?);
     }

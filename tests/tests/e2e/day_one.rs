@@ -425,3 +425,22 @@ fn times_are_shown_in_the_operators_zone_labelled_or_in_utc() {
     let utc = list("Asia/Tokyo", &["--utc"]);
     assert!(utc.contains(" UTC") && !utc.contains(" JST"), "--utc: {utc}");
 }
+
+#[test]
+fn a_process_connecting_without_authentication_says_so_once() {
+    const WARNING: &str = "connecting to NATS without authentication";
+    let mut plain = Cluster::with_master();
+    plain.start_target("web01", 3600);
+    plain.wait_target_online("web01");
+    let logs = plain.logs();
+    assert_eq!(logs.matches(WARNING).count(), 2, "the master and the agent, once each:\n{logs}");
+
+    // With a user, not a word of it.
+    let mut with_user = Cluster::new_with("authorization { users = [ { user: muster, password: s3cret } ] }");
+    with_user.env = vec![("NATS_USER".into(), "muster".into()), ("NATS_PASSWORD".into(), "s3cret".into())];
+    with_user.start_master();
+    with_user.start_target("web01", 3600);
+    with_user.wait_target_online("web01");
+    let logs = with_user.logs();
+    assert!(!logs.contains(WARNING), "{logs}");
+}
