@@ -16,15 +16,14 @@
 //! test fails (job `hello` overwritten, streams purged, ...).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::TryStreamExt as _;
-use muster_tests::{bin, block_on, s, wait_for, wait_for_described, Cluster};
+use muster_tests::{block_on, s, wait_for, wait_for_described, Cluster};
 use serde_json::Value;
 
-use crate::security::{env_of, nkey_flag, seed_of};
+use crate::security::{secured_cluster, seed_of};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -117,24 +116,7 @@ async fn bad_requests(client: &async_nats::Client) -> u64 {
 
 #[test]
 fn answers_to_a_target_never_land_outside_its_own_subjects() {
-    let keys = tempfile::tempdir().expect("tempdir");
-    let made = Command::new(bin("musterctl"))
-        .args(["auth", "nats-config", "web01", "web02", "--dir"])
-        .arg(keys.path())
-        .output()
-        .expect("musterctl auth");
-    assert!(made.status.success(), "{made:?}");
-    let auth = std::fs::read_to_string(keys.path().join("auth.conf")).expect("auth.conf");
-
-    let mut c = Cluster::new_with(&auth);
-    c.env = env_of(keys.path(), "muster-master");
-    c.start_master();
-    c.env = env_of(keys.path(), "muster-admin");
-    for t in ["web01", "web02"] {
-        c.start_target_with(t, 3600, &[&nkey_flag(keys.path(), t)]);
-    }
-    c.wait_target_online("web01");
-    c.wait_target_online("web02");
+    let (keys, c) = secured_cluster();
 
     // Something in every bucket and stream: a job on both, a group, a run.
     c.ctl(&["job", "create", "hello", "--command", "echo hi from $MUSTER_TARGET"]).expect("create");

@@ -40,9 +40,11 @@ pub(crate) fn seed_of(dir: &Path, user: &str) -> String {
     muster_runtime::nats::read_seed(&dir.join(format!("{user}.nk"))).expect("seed file")
 }
 
-#[test]
-fn a_target_can_touch_only_its_own_subjects() {
-    // The real command writes the users before any server exists.
+/// A server configured with the users `musterctl auth nats-config web01
+/// web02` writes (the real command, before any server exists), the master
+/// and both agents running under theirs, and the admin's user for
+/// `musterctl`. Returns the keys' directory with the cluster.
+pub(crate) fn secured_cluster() -> (tempfile::TempDir, Cluster) {
     let keys = tempfile::tempdir().expect("tempdir");
     let made = Command::new(bin("musterctl"))
         .args(["auth", "nats-config", "web01", "web02", "--dir"])
@@ -61,6 +63,12 @@ fn a_target_can_touch_only_its_own_subjects() {
     }
     c.wait_target_online("web01");
     c.wait_target_online("web02");
+    (keys, c)
+}
+
+#[test]
+fn a_target_can_touch_only_its_own_subjects() {
+    let (keys, c) = secured_cluster();
 
     // The whole loop works under the targets' limits: enlist (done), read
     // desired state by Direct Get, poll reports, control replies, results.
