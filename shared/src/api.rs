@@ -194,6 +194,42 @@ impl Op {
         }
     }
 
+    /// Whether the operation only reads (a viewer may call it) or changes
+    /// state (only an admin may). One place decides, so the server's subject
+    /// permissions, the console and `musterctl` cannot disagree.
+    pub fn access(self) -> Access {
+        match self {
+            Op::TargetList
+            | Op::TargetShow
+            | Op::JobList
+            | Op::JobShow
+            | Op::JobStatus
+            | Op::GroupList
+            | Op::Instructions
+            | Op::Status => Access::Read,
+            Op::TargetEnlist
+            | Op::TargetDefect
+            | Op::TargetForcePoll
+            | Op::TargetForcePollMany
+            | Op::JobCreate
+            | Op::JobUpdate
+            | Op::JobDelete
+            | Op::JobAssign
+            | Op::JobUnassign
+            | Op::JobStart
+            | Op::JobStop
+            | Op::JobEnable
+            | Op::JobDisable
+            | Op::TargetSetPoll
+            | Op::TargetSyncTime
+            | Op::TargetResync
+            | Op::GroupCreate
+            | Op::GroupDelete
+            | Op::GroupAdd
+            | Op::GroupRemove => Access::Admin,
+        }
+    }
+
     /// The endpoint name shown by `nats micro info`.
     pub fn endpoint_name(self) -> String {
         self.subject().replace('.', "-")
@@ -202,6 +238,13 @@ impl Op {
     pub fn from_subject_suffix(s: &str) -> Option<Op> {
         Op::ALL.iter().copied().find(|op| op.subject() == s)
     }
+}
+
+/// Who may call an [`Op`]: the viewer role reads, the admin role also changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    Read,
+    Admin,
 }
 
 /// Operations a target agent calls about itself on `muster.api.agent.<t>.<op>`.
