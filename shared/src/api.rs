@@ -2,7 +2,8 @@
 //! stable error codes `musterctl` maps to exit codes.
 //!
 //! Each operation is an endpoint of the NATS service `muster` on
-//! `muster.api.<op>` (see [`Op`]); a target's own calls go to
+//! `muster.api.read.<op>` or `muster.api.admin.<op>`, after who may call it
+//! (see [`Op`], [`Op::access`]); a target's own calls go to
 //! `muster.api.agent.<t>.<op>`. A request is `{"v":1, ...fields}`; a reply is
 //! `{"v":1,"ok":...}` or `{"v":1,"error":{"code":...,"message":...}}`.
 
@@ -46,6 +47,10 @@ pub enum ErrorCode {
     /// The target has defected from this master; an operator's
     /// `musterctl target enlist` brings it back.
     Defected,
+    /// The NATS server refused the request for the caller's permissions
+    /// (a viewer asking for a change). Made by the client from the
+    /// server's refusal, never sent by the master.
+    PermissionDenied,
 }
 
 impl ErrorCode {
@@ -160,7 +165,9 @@ pub enum Op {
 impl Op {
     pub const ALL: &'static [Op] = <Op as strum::VariantArray>::VARIANTS;
 
-    /// The subject suffix after `muster.api.`.
+    /// The subject suffix after `muster.api.read.` or `muster.api.admin.`
+    /// (the token is [`Op::access`]'s; the whole subject is
+    /// `Subjects::api`).
     pub fn subject(self) -> &'static str {
         match self {
             Op::TargetEnlist => "target.enlist",
@@ -245,6 +252,16 @@ impl Op {
 pub enum Access {
     Read,
     Admin,
+}
+
+impl Access {
+    /// The subject token of its operations (`muster.api.<token>.<op>`).
+    pub fn token(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Admin => "admin",
+        }
+    }
 }
 
 /// Operations a target agent calls about itself on `muster.api.agent.<t>.<op>`.

@@ -55,8 +55,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     if let Command::Auth(cmd) = cli.command {
         return auth::run(&subjects, out, cmd);
     }
-    let client = nats::connect(&cli.nats.options("musterctl"), Wait::Once).await?;
-    let mut api = ApiClient::new(client, subjects);
+    let (client, refusals) = nats::connect_watching(&cli.nats.options("musterctl"), Wait::Once).await?;
+    let mut api = ApiClient::new(client, subjects).with_refusals(refusals);
     api.timeout = std::time::Duration::from_secs(cli.api_timeout);
     let ctx = Ctx { api, out };
     match cli.command {

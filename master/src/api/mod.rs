@@ -1,7 +1,9 @@
 //! The `muster` NATS service: every admin operation, and the calls targets
 //! make about themselves.
 //!
-//! Each [`Op`] is an endpoint on `muster.api.<op>`; agents enlist on
+//! Each [`Op`] is an endpoint on `muster.api.read.<op>` or
+//! `muster.api.admin.<op>` ([`Op::access`]: one permission line keeps a
+//! viewer out of every change); agents enlist on
 //! `muster.api.agent.<t>.enlist`, a subject that carries their own name so
 //! server permissions can pin it. All master replicas serve the same queue
 //! group, so any one of them answers. A request is decoded in one place
@@ -107,7 +109,7 @@ pub async fn serve(
         let ep = service
             .endpoint_builder()
             .name(op.endpoint_name())
-            .add(config.subjects.api(op.subject()))
+            .add(config.subjects.api(op))
             .await
             .map_err(|e| anyhow::anyhow!("endpoint {}: {e}", op.subject()))?;
         endpoints.push(ep.map(move |r| (Route::Admin(op), r)).boxed());
@@ -122,7 +124,12 @@ pub async fn serve(
         endpoints.push(ep.map(move |r| (route, r)).boxed());
     }
     let mut requests = futures::stream::select_all(endpoints);
-    tracing::info!(service = %config.subjects.service_name(), api = %config.subjects.api(">"), "serving the API");
+    tracing::info!(
+        service = %config.subjects.service_name(),
+        read = %config.subjects.api_all(wire::Access::Read),
+        admin = %config.subjects.api_all(wire::Access::Admin),
+        "serving the API"
+    );
     // Background work that should not delay the service (reconcile) starts now.
     serving.send(()).ok();
 

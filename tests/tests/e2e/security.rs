@@ -135,7 +135,7 @@ fn a_target_can_touch_only_its_own_subjects() {
         let forged = js.publish(forged_subject.clone(), body.into()).await.expect("sent").await;
         assert!(forged.is_err(), "a forged result was stored: {forged:?}");
         // The admin API.
-        let api = web01.request("muster.api.target.list", r#"{"v":1}"#.into()).await;
+        let api = web01.request("muster.api.read.target.list", r#"{"v":1}"#.into()).await;
         assert!(api.is_err(), "the admin API answered a target: {api:?}");
 
         // Another target's control subject: web01 hears nothing while
