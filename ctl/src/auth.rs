@@ -166,7 +166,11 @@ fn write_users(dir: &Path, subjects: &Subjects, targets: &[TargetName], without:
     for name in [MASTER_USER, ADMIN_USER] {
         users.push(User { name: name.to_owned(), public_key: key(name)?, account: None });
     }
-    users.push(User { name: VIEWER_USER.to_owned(), public_key: key(VIEWER_USER)?, account: Some(perms::viewer_account(subjects)) });
+    users.push(User {
+        name: VIEWER_USER.to_owned(),
+        public_key: key(VIEWER_USER)?,
+        account: Some(perms::viewer_account(subjects)),
+    });
     for t in &names {
         users.push(User { name: t.to_string(), public_key: key(t.as_str())?, account: Some(perms::target_account(subjects, t)) });
     }

@@ -30,11 +30,13 @@
 //!
 //! The viewer ([`viewer_account`]) is confined the same way: its account
 //! imports the read half of the API (`<prefix>.api.read.>`), the service
-//! ping, and the JetStream reads of `run show` (the run index and one
-//! record by sequence), each answered into the viewer's own account. It
-//! gets no consumer: a consumer's configuration (its deliver subject, its
-//! name) travels in the request body, where no permission can confine it,
-//! and a push consumer would deliver into the Muster account's subjects.
+//! ping, and the two Direct Gets of `run show` (the run index, one record
+//! by sequence), each answered into the viewer's own account. It gets no
+//! consumer, so no `history`: a consumer's configuration (its deliver
+//! subject, its name) travels in the request body, where no permission can
+//! confine it; a push consumer would deliver into the Muster account's
+//! subjects (the buckets), and a create naming the master's consumer would
+//! change it.
 //! The admin half of the API (`<prefix>.api.admin.>`) it neither imports
 //! nor may publish, so the server refuses such a request with a
 //! permissions violation, which `musterctl` reports as such.
@@ -90,9 +92,10 @@ pub struct Export {
 /// kind; each target's account imports its own part of each, the viewer's
 /// the read side.
 pub fn muster_exports(s: &Subjects) -> Vec<Export> {
-    let single = [s.direct_get_state_all(), s.direct_get_job_docs_all(), s.results_of_any(), s.poll_all(), s.agent_api_pattern(">")]
-        .into_iter()
-        .chain(viewer_jetstream(s));
+    let single =
+        [s.direct_get_state_all(), s.direct_get_job_docs_all(), s.results_of_any(), s.poll_all(), s.agent_api_pattern(">")]
+            .into_iter()
+            .chain(viewer_jetstream(s));
     let stream = [s.api_all(Access::Read), s.service_ping()];
     single
         .map(|subject| Export { subject, responses: Responses::Single })
@@ -126,20 +129,17 @@ pub fn target_account(s: &Subjects, t: &TargetName) -> Account {
     }
 }
 
-/// The JetStream reads the viewer's `run show` makes, each one request and
-/// one answer: the results stream's and the two buckets' info, a record by
-/// sequence (Direct Get, whose body names only a message of that stream),
-/// a run-index entry, a job's id by name.
+/// The JetStream reads the viewer's `run show` makes, each a Direct Get
+/// with one answer: a run-index entry (the key in the API subject), then
+/// one record of the results stream by sequence (the body names only a
+/// message of that stream). Nothing else of JetStream: not `STREAM.INFO`,
+/// which nats-server answers for the requesting account, not the
+/// exporting one, and no consumer.
 fn viewer_jetstream(s: &Subjects) -> Vec<String> {
-    let js = crate::subject::JS_API_PREFIX;
-    let results = s.results_stream();
-    let mut out = vec![format!("{js}.STREAM.INFO.{results}"), format!("{js}.DIRECT.GET.{results}")];
-    for b in [Bucket::Runs, Bucket::Jobs] {
-        let bucket = s.bucket(b);
-        out.push(format!("{js}.STREAM.INFO.KV_{bucket}"));
-        out.push(format!("{js}.DIRECT.GET.KV_{bucket}.$KV.{bucket}.>"));
-    }
-    out
+    vec![
+        Subjects::direct_get(&s.bucket_stream(Bucket::Runs), &s.bucket_key(Bucket::Runs, ">")),
+        format!("{}.DIRECT.GET.{}", crate::subject::JS_API_PREFIX, s.results_stream()),
+    ]
 }
 
 /// The viewer: the read half of the API, the service ping, and the reads
@@ -228,6 +228,8 @@ mod tests {
             "$JS.API.CONSUMER.CREATE.MUSTER_RESULTS.x.muster.result.>".to_owned(),
             "$JS.API.CONSUMER.DELETE.MUSTER_RESULTS.master".to_owned(),
             "$JS.API.STREAM.PURGE.MUSTER_RESULTS".to_owned(),
+            "$JS.API.STREAM.INFO.MUSTER_RESULTS".to_owned(),
+            "$JS.API.DIRECT.GET.KV_muster-jobs.$KV.muster-jobs.x".to_owned(),
             "$JS.API.DIRECT.GET.KV_muster-targets.$KV.muster-targets.web01".to_owned(),
             s.control(&t),
             s.agent_api(&t, "enlist"),

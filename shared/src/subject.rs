@@ -293,6 +293,16 @@ impl Subjects {
         format!("{}-{}", self.prefix, b.suffix())
     }
 
+    /// The stream behind a bucket (`KV_muster-runs`), for a Direct Get.
+    pub fn bucket_stream(&self, b: Bucket) -> String {
+        format!("KV_{}", self.bucket(b))
+    }
+
+    /// The stream subject of one key of a bucket (`$KV.muster-runs.<key>`).
+    pub fn bucket_key(&self, b: Bucket, key: &str) -> String {
+        format!("$KV.{}.{key}", self.bucket(b))
+    }
+
     /// The NATS service name (`nats micro ls`).
     pub fn service_name(&self) -> String {
         self.prefix.clone()

@@ -189,7 +189,11 @@ mod tests {
         let (ca, ca_key, web01_env, server) = (read(CA_FILE), read(CA_KEY_FILE), read("web01.env"), read(SERVER_CERT_FILE));
         let ca_line = format!("NATS_CA={}", dir.canonicalize().unwrap().join(CA_FILE).display());
         assert!(read("admin.env").lines().any(|l| l == ca_line), "{}", read("admin.env"));
-        assert!(read("viewer.env").lines().any(|l| l.starts_with("NATS_NKEY=") && l.ends_with("muster-viewer.nk")), "{}", read("viewer.env"));
+        assert!(
+            read("viewer.env").lines().any(|l| l.starts_with("NATS_NKEY=") && l.ends_with("muster-viewer.nk")),
+            "{}",
+            read("viewer.env")
+        );
 
         let again = init(&dir, &s, &["nats.example.com".to_owned()], &[]).unwrap();
         assert_eq!(again.hosts, ["nats.example.com"]);

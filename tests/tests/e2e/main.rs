@@ -18,6 +18,7 @@ mod key_files;
 mod operator;
 mod readme_tour;
 mod reply_injection;
+mod roles;
 mod security;
 mod tls;
 mod upgrade;

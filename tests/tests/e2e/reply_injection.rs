@@ -31,14 +31,14 @@ const WAIT: Duration = Duration::from_secs(30);
 /// its last message (which moves when a one-per-subject bucket key is
 /// overwritten), and every stream's consumers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Snapshot {
+pub(crate) struct Snapshot {
     streams: BTreeMap<String, (BTreeSet<String>, Subjects)>,
 }
 
 /// Subject → (message count, sequence of the last message).
 type Subjects = BTreeMap<String, (usize, u64)>;
 
-async fn snapshot(js: &jetstream::Context) -> Snapshot {
+pub(crate) async fn snapshot(js: &jetstream::Context) -> Snapshot {
     let names: Vec<String> = js.stream_names().try_collect().await.expect("stream names");
     let mut streams = BTreeMap::new();
     for name in names {
@@ -57,7 +57,7 @@ async fn snapshot(js: &jetstream::Context) -> Snapshot {
 }
 
 /// The subjects whose messages differ between two snapshots, per stream.
-fn changed(before: &Snapshot, after: &Snapshot) -> Vec<String> {
+pub(crate) fn changed(before: &Snapshot, after: &Snapshot) -> Vec<String> {
     let mut out = Vec::new();
     for (name, (consumers, subjects)) in &before.streams {
         let Some((consumers_after, subjects_after)) = after.streams.get(name) else {
