@@ -79,8 +79,10 @@ pub enum AuthCmd {
     /// (mode 0600; the server's configuration holds only public keys) and
     /// DIR/<user>.env, which names it (NATS_NKEY). Each
     /// target gets an account of its own that imports only the subjects
-    /// that carry its name, and may touch only those; the master and
-    /// operators are unrestricted, in the Muster account with JetStream.
+    /// that carry its name, and may touch only those; the master and the
+    /// admin (muster-admin) are unrestricted, in the Muster account with
+    /// JetStream; the viewer (muster-viewer) has an account of its own and
+    /// may only read (the server refuses it every change: exit 10).
     /// Needs no NATS connection.
     NatsConfig {
         /// Targets to add; targets that already have a file in DIR are kept,
@@ -96,8 +98,8 @@ pub enum AuthCmd {
     /// --host names (server.pem, server-key.pem), the users of
     /// `nats-config` for TARGETS, and DIR/nats-server.conf, a complete
     /// configuration (TLS, users, JetStream in DIR/jetstream, monitoring on
-    /// loopback): `nats-server -c DIR/nats-server.conf`. master.env and
-    /// admin.env (and TARGET.env) hold the variables a process needs, the CA
+    /// loopback): `nats-server -c DIR/nats-server.conf`. master.env,
+    /// admin.env, viewer.env (and TARGET.env) hold the variables a process needs, the CA
     /// included: `set -a; . DIR/admin.env; NATS_URL=tls://HOST:4222`. Run it
     /// again to add a host or target: the CA and keys are kept.
     Init {
