@@ -14,7 +14,7 @@ use async_nats::jetstream;
 use muster_tests::{block_on, s, Cluster, CtlOutput};
 use serde_json::Value;
 
-use crate::reply_injection::{changed, snapshot};
+use crate::reply_injection::{answers, changed, inject, snapshot};
 use crate::security::{env_of, secured_cluster, seed_of};
 
 /// `musterctl ARGS --json` as the viewer.
@@ -139,19 +139,6 @@ fn a_viewer_reads_and_every_change_it_attempts_is_refused_by_the_server() {
     assert_eq!(crate::core_loop::finished_runs(&c, "hello", 1).len(), 1, "no second run");
 }
 
-/// How many requests the master's admin and read endpoints answered.
-async fn api_answers(client: &async_nats::Client) -> u64 {
-    let stats = client.request("$SRV.STATS.muster", "".into()).await.expect("service stats");
-    let stats: Value = serde_json::from_slice(&stats.payload).expect("JSON");
-    stats["endpoints"]
-        .as_array()
-        .expect("endpoints")
-        .iter()
-        .filter(|e| e["name"].as_str().is_some_and(|n| !n.starts_with("agent-")))
-        .filter_map(|e| e["num_requests"].as_u64())
-        .sum()
-}
-
 #[test]
 fn answers_to_the_viewer_never_land_outside_its_own_account() {
     let (keys, c) = secured_cluster();
@@ -168,28 +155,7 @@ fn answers_to_the_viewer_never_land_outside_its_own_account() {
         (st.pending == 0 && st.ack_pending == 0).then_some(())
     });
 
-    let aims: Vec<String> = vec![
-        "$KV.muster-targets.web02".into(),
-        "$KV.muster-jobs.hello".into(),
-        "$KV.muster-groups.g1".into(),
-        format!("$KV.muster-jobstatus.{hello}.web02"),
-        "$KV.muster-instructions.web02.injected".into(),
-        format!("$KV.muster-runs.{run_id}"),
-        "muster.target.web02.state".into(),
-        format!("muster.target.web02.job.{hello}"),
-        format!("muster.result.web02.run.{hello}"),
-        "muster.result.web02.applied".into(),
-        "muster.poll.web02".into(),
-        "muster.target.web02.control".into(),
-        "muster.api.admin.job.delete".into(),
-        "muster.api.admin.target.defect".into(),
-        "muster.api.admin.group.delete".into(),
-        "muster.api.agent.web02.defect".into(),
-        "$JS.API.STREAM.PURGE.MUSTER_RESULTS".into(),
-        "$JS.API.STREAM.PURGE.KV_muster-jobs".into(),
-        "$JS.API.STREAM.DELETE.MUSTER_POLLS".into(),
-        "$JS.API.CONSUMER.DELETE.MUSTER_RESULTS.master".into(),
-    ];
+    let aims = crate::reply_injection::aims(&hello, &run_id);
     // Every request the viewer may send: the read API, the service ping,
     // the JetStream reads of `run show` (found and not found).
     let api_requests: Vec<(String, Vec<u8>)> = vec![
@@ -225,27 +191,8 @@ fn answers_to_the_viewer_never_land_outside_its_own_account() {
         }
 
         let before = snapshot(&admin_js).await;
-        let answered_before = api_answers(&admin).await;
-        for aim in &aims {
-            for (subject, body) in api_requests.iter().chain(&jetstream_requests) {
-                viewer.publish_with_reply(subject.clone(), aim.clone(), body.clone().into()).await.expect("sent");
-            }
-        }
-        viewer.flush().await.expect("flush");
-        // JetStream answers each stream's requests in order: an answered
-        // request behind the aimed ones is a barrier. The master counts an
-        // answer once handed to its connection.
-        for (subject, body) in &jetstream_requests {
-            viewer.request(subject.clone(), body.clone().into()).await.ok();
-        }
-        let expected = answered_before + (aims.len() * api_requests.len()) as u64;
-        let mut answered = answered_before;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while answered < expected && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            answered = api_answers(&admin).await;
-        }
-        (before, snapshot(&admin_js).await, (answered - answered_before, expected - answered_before))
+        let answered = inject(&viewer, &aims, &jetstream_requests, &api_requests, || answers(&admin, false)).await;
+        (before, snapshot(&admin_js).await, answered)
     });
     let changes = changed(&before, &after);
     assert!(changes.is_empty(), "answers aimed elsewhere changed {changes:?}");
