@@ -155,6 +155,7 @@ pub enum Op {
     GroupRemove,
     Instructions,
     Status,
+    Exec,
 }
 
 impl Op {
@@ -191,6 +192,7 @@ impl Op {
             Op::GroupRemove => "group.remove",
             Op::Instructions => "instructions",
             Op::Status => "status",
+            Op::Exec => "exec",
         }
     }
 
@@ -226,7 +228,8 @@ impl Op {
             | Op::GroupCreate
             | Op::GroupDelete
             | Op::GroupAdd
-            | Op::GroupRemove => Access::Admin,
+            | Op::GroupRemove
+            | Op::Exec => Access::Admin,
         }
     }
 
@@ -392,6 +395,23 @@ impl StartReply {
     pub fn is_polled(&self) -> bool {
         *self == StartReply::Polled
     }
+}
+
+/// `musterctl exec`: run a one-off command once on the selected targets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    #[serde(flatten)]
+    pub select: Selection,
+    #[serde(flatten)]
+    pub command: crate::desired::ExecCommand,
+}
+
+/// What an exec posted: the job id its runs are recorded under (one per
+/// exec), and each target `delivered`, `queued` (offline) or `failed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecReply {
+    pub job_id: Uuid,
+    pub deliveries: Vec<Delivery>,
 }
 
 // ---- reply bodies -----------------------------------------------------------------

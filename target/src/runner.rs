@@ -204,7 +204,7 @@ impl Runner {
             job_id: start.job_id,
             job: start.job.clone(),
             target: self.cfg.target.clone(),
-            trigger: Trigger::Manual,
+            trigger: start.trigger(),
             outcome,
             started_at: now,
             finished_at: Some(now),

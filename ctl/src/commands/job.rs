@@ -63,8 +63,8 @@ pub(super) async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<(), Failure> {
                 )
                 .await?;
             if wait {
-                let timeout = std::time::Duration::from_secs(timeout);
-                return follow::follow(api, out.json, &job, &d, timeout).await;
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout);
+                return follow::follow(api, out.json, &follow::Followed::Job(job), &d, deadline).await;
             }
             out.print(&d, || render::print_deliveries(&d))
         }

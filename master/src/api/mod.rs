@@ -11,7 +11,7 @@
 //! This file is the service's plumbing: registering the endpoints, the
 //! request loop and the dispatch of each operation to its handler. The
 //! handlers live one file per resource: `targets`, `agent` (what agents
-//! call about themselves), `jobs`, `groups`, `posting` (set-poll,
+//! call about themselves), `jobs`, `exec` (one-off commands, as start entries), `groups`, `posting` (set-poll,
 //! sync-time, resync, the download list) and `summary`; `desired` publishes
 //! what each change means for the targets' desired state; `reply` encodes
 //! answers and splits big ones, and `error` is where store errors become
@@ -20,6 +20,7 @@
 mod agent;
 mod desired;
 mod error;
+mod exec;
 mod groups;
 mod jobs;
 mod posting;
@@ -211,6 +212,7 @@ impl Ctx {
             Op::GroupRemove => ok(self.group_members(body(p)?, false).await?),
             Op::Instructions => ok(self.instructions(body(p)?).await?),
             Op::Status => ok(self.status().await?),
+            Op::Exec => ok(self.exec(body(p)?).await?),
         }
     }
 }

@@ -7,6 +7,7 @@ mod auth_reload;
 mod cluster;
 mod core_loop;
 mod day_one;
+mod exec;
 mod defection;
 mod desired;
 mod desired_agent;
