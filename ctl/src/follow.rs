@@ -254,7 +254,13 @@ fn gave_up(followed: &Followed, progress: &[Progress]) -> Failure {
 
 /// Follows an exec's run records on the results stream until every run in
 /// `progress` is final, showing each change.
-async fn watch_runs(api: &ApiClient, job_id: Uuid, after: u64, progress: &mut [Progress], view: &mut View) -> Result<(), Failure> {
+async fn watch_runs(
+    api: &ApiClient,
+    job_id: Uuid,
+    after: u64,
+    progress: &mut [Progress],
+    view: &mut View,
+) -> Result<(), Failure> {
     let js = async_nats::jetstream::new(api.client.clone());
     let mut runs = history::runs_of_job(&js, &api.subjects, job_id, after)
         .await

@@ -927,7 +927,10 @@ mod tests {
         for (bad, why) in [
             (exec(vec![], 60), ExecError::Empty),
             (exec(vec![String::new()], 60), ExecError::Empty),
-            (exec(vec!["\u{1}".repeat(MAX_EXEC_BYTES / 6 + 1)], 60), ExecError::TooLong { len: (MAX_EXEC_BYTES / 6 + 1) * 6 + 4 }),
+            (
+                exec(vec!["\u{1}".repeat(MAX_EXEC_BYTES / 6 + 1)], 60),
+                ExecError::TooLong { len: (MAX_EXEC_BYTES / 6 + 1) * 6 + 4 },
+            ),
             (exec(vec!["true".into()], 0), ExecError::Timeout),
         ] {
             assert_eq!(m.add_start(bad.clone()), Err(ManifestError::BadExec { id: bad.run_id, error: why }));

@@ -39,7 +39,10 @@ pub(super) async fn exec(ctx: &Ctx, args: ExecArgs) -> Result<(), Failure> {
 /// `--timeout`: a duration of whole seconds, 1 s to [`MAX_EXPIRY`].
 fn timeout(arg: &str) -> Result<Duration, Failure> {
     let bad = |why: &dyn std::fmt::Display| {
-        Failure::invalid(format!("--timeout '{arg}': use a duration from 1s to {}s, like 30s or 5m ({why})", MAX_EXPIRY.as_secs()))
+        Failure::invalid(format!(
+            "--timeout '{arg}': use a duration from 1s to {}s, like 30s or 5m ({why})",
+            MAX_EXPIRY.as_secs()
+        ))
     };
     let d = humantime::parse_duration(arg).map_err(|e| bad(&e))?;
     if !(Duration::from_secs(1)..=MAX_EXPIRY).contains(&d) {

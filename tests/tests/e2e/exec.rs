@@ -38,7 +38,8 @@ fn exec_runs_once_per_target_reports_output_exit_codes_and_offline_targets() {
     let out = c.ctl_raw(&["exec", "-t", "web01", "-t", "web02", "-t", "web03", "--", "sh", "-c", script], false);
     assert_eq!(out.code, 8, "a run did not succeed: exit 8\n{}\n{}", out.stdout, out.stderr);
     let lines: Vec<&str> = out.stdout.lines().collect();
-    let at = |prefix: &str| lines.iter().position(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("{prefix}: {}", out.stdout));
+    let at =
+        |prefix: &str| lines.iter().position(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("{prefix}: {}", out.stdout));
     let web01 = at("web01: succeeded (exit 0)");
     assert_eq!(lines[web01 + 1], "    hello from web01", "{}", out.stdout);
     let web02 = at("web02: failed (exit 3)");
@@ -48,10 +49,14 @@ fn exec_runs_once_per_target_reports_output_exit_codes_and_offline_targets() {
     assert!(out.stderr.contains("web02"), "{}", out.stderr);
 
     // Every run is in history, with its own trigger; nothing ran on web03.
-    let one = wait_for("web01's exec run in history", WAIT, || exec_runs(&c, "web01").into_iter().find(|r| s(r, "outcome") != "running"));
+    let one = wait_for("web01's exec run in history", WAIT, || {
+        exec_runs(&c, "web01").into_iter().find(|r| s(r, "outcome") != "running")
+    });
     assert_eq!(s(&one, "job"), "_exec");
     assert_eq!(s(&one["steps"][0], "output"), "hello from web01\n");
-    let two = wait_for("web02's exec run in history", WAIT, || exec_runs(&c, "web02").into_iter().find(|r| s(r, "outcome") != "running"));
+    let two = wait_for("web02's exec run in history", WAIT, || {
+        exec_runs(&c, "web02").into_iter().find(|r| s(r, "outcome") != "running")
+    });
     assert_eq!((s(&two, "outcome"), two["steps"][0]["exit_code"].as_i64()), ("failed", Some(3)));
     assert_eq!(s(&one, "job_id"), s(&two, "job_id"), "one exec, one job id");
     assert!(exec_runs(&c, "web03").is_empty());
