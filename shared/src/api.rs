@@ -414,6 +414,42 @@ pub struct ExecReply {
     pub deliveries: Vec<Delivery>,
 }
 
+/// A record as a listing or a delete shows it: readable, or corrupt (its
+/// bytes do not decode, e.g. written by hand into the bucket). Untagged on
+/// the wire: a readable record is itself, a corrupt one `{"key": …,
+/// "corrupt": "<why>"}`, so a listing without corrupt records reads as it
+/// always did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Listed<T> {
+    Ok(T),
+    Corrupt(CorruptRecord),
+}
+
+/// A record that cannot be read: its key, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorruptRecord {
+    pub key: String,
+    pub corrupt: String,
+}
+
+impl<T> Listed<T> {
+    pub fn ok(&self) -> Option<&T> {
+        match self {
+            Listed::Ok(t) => Some(t),
+            Listed::Corrupt(_) => None,
+        }
+    }
+
+    pub fn into_ok(self) -> Option<T> {
+        match self {
+            Listed::Ok(t) => Some(t),
+            Listed::Corrupt(_) => None,
+        }
+    }
+}
+
 // ---- reply bodies -----------------------------------------------------------------
 
 /// Where a posted instruction is.

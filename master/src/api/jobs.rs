@@ -15,7 +15,8 @@ use std::time::Instant;
 use chrono::Utc;
 use futures::StreamExt;
 use muster_shared::api::{
-    ApiError, Delivery, DeliveryState, ErrorCode, JobInfo, JobRef, JobSelect, JobTargetStatus, Selection, StartReply, StartStop,
+    ApiError, CorruptRecord, Delivery, DeliveryState, ErrorCode, JobInfo, JobRef, JobSelect, JobTargetStatus, Listed, Selection,
+    StartReply, StartStop,
 };
 use muster_shared::desired::{self, StartEntry, StopEntry, DEFAULT_EXPIRY};
 use muster_shared::job::JobSpec;
@@ -104,8 +105,19 @@ impl Ctx {
     /// target), every target concerned is republished without it, its
     /// documents are purged, then the record goes. A master killed in
     /// between leaves the tombstone, and reconcile finishes the delete.
-    pub(super) async fn job_delete(&self, req: JobRef) -> Result<JobInfo, ApiError> {
-        let (job, revision) = self.store.job(&req.job).await?;
+    ///
+    /// A record that cannot be read (corrupt) reaches no target (every
+    /// derivation skips it), so deleting it is deleting its key.
+    pub(super) async fn job_delete(&self, req: JobRef) -> Result<Listed<JobInfo>, ApiError> {
+        let (job, revision) = match self.store.job(&req.job).await {
+            Ok(found) => found,
+            Err(StoreError::Corrupt { key, source, .. }) => {
+                Store::delete(&self.store.jobs, &key).await?;
+                tracing::warn!(job = %req.job, error = %source, "corrupt job record deleted");
+                return Ok(Listed::Corrupt(CorruptRecord { key, corrupt: source.to_string() }));
+            }
+            Err(e) => return Err(e.into()),
+        };
         let groups = self.store.all_groups().await?;
         let mut tombstone = job.clone();
         tombstone.deleted_at = Some(Utc::now());
@@ -132,7 +144,22 @@ impl Ctx {
             self.store.delete_job(&req.job, revision).await.map_err(conflict)?;
         }
         tracing::info!(job = %req.job, "job deleted");
-        Ok(job_info(&job))
+        Ok(Listed::Ok(job_info(&job)))
+    }
+
+    /// Every job in name order, a record that cannot be read included (as
+    /// corrupt); jobs being deleted (tombstones) are not listed.
+    pub(super) async fn job_list(&self) -> Result<Vec<Listed<JobInfo>>, ApiError> {
+        let mut all = Store::scan_all_checked::<JobRecord>(&self.store.jobs).await?;
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(all
+            .into_iter()
+            .filter_map(|(key, record)| match record {
+                Ok(j) if j.deleted_at.is_some() => None,
+                Ok(j) => Some(Listed::Ok(job_info(&j))),
+                Err(corrupt) => Some(Listed::Corrupt(CorruptRecord { key, corrupt })),
+            })
+            .collect())
     }
 
     pub(super) async fn job_assign(&self, req: JobSelect, assign: bool) -> Result<JobInfo, ApiError> {

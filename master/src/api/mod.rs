@@ -193,7 +193,7 @@ impl Ctx {
             Op::JobCreate => ok(self.job_create(body::<JobWrite>(p)?.spec).await?),
             Op::JobUpdate => ok(self.job_update(body::<JobWrite>(p)?.spec).await?),
             Op::JobDelete => ok(self.job_delete(body(p)?).await?),
-            Op::JobList => ok(self.store.all_jobs().await?.iter().map(job_info).collect::<Vec<_>>()),
+            Op::JobList => ok(self.job_list().await?),
             Op::JobShow => ok(job_info(&self.store.job(&body::<JobRef>(p)?.job).await?.0)),
             Op::JobAssign => ok(self.job_assign(body(p)?, true).await?),
             Op::JobUnassign => ok(self.job_assign(body(p)?, false).await?),

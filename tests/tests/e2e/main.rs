@@ -6,6 +6,7 @@ mod applied;
 mod auth_reload;
 mod cluster;
 mod core_loop;
+mod corrupt;
 mod day_one;
 mod defection;
 mod desired;
