@@ -35,7 +35,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{count, PollMetrics};
-use crate::runner::{Runner, Started};
+use crate::runner::Runner;
 use crate::spool::{Entry, Spool};
 use crate::state::{AppliedState, State};
 
@@ -236,13 +236,9 @@ impl Applier<'_> {
         tokio::task::block_in_place(|| self.state.mark_handled(&new_starts, &stop_ids))?;
 
         for (start, def) in to_run {
-            if let Started::Failed(_) = self.runner.start(def, start.trigger(), start.run_id) {
-                self.runner.record_not_run(
-                    start,
-                    Outcome::Failed,
-                    "the run could not be started: its marker could not be written (see the agent log)".into(),
-                )?;
-            }
+            // A run that cannot start (no room for its marker) is recorded
+            // `failed` by the runner, when there is room if not at once.
+            self.runner.start(def, start.trigger(), start.run_id);
         }
         for stop in new_stops {
             out.changed += 1;
