@@ -195,6 +195,12 @@ pub async fn follow(
     deadline: tokio::time::Instant,
 ) -> Result<(), Failure> {
     let mut progress: Vec<Progress> = started.iter().map(Progress::started).collect();
+    if let Followed::Exec { .. } = followed {
+        for p in progress.iter_mut().filter(|p| p.offline) {
+            "not started: it did not answer; it runs the command only if it polls before --timeout passes"
+                .clone_into(&mut p.message);
+        }
+    }
     // An exec prints output between the lines: no redrawing in place.
     let mut view = View::new(json, matches!(followed, Followed::Job(_)), &progress);
     let finished = progress.iter().all(|p| p.done)
