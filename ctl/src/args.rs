@@ -57,6 +57,12 @@ pub enum Command {
         #[arg(long, default_value_t = 500)]
         wait_ms: u64,
     },
+    /// Run a one-off command once on targets, now: `musterctl exec --all --
+    /// uptime`. Prints each target's output and exit code as it arrives;
+    /// every run is in history (trigger `exec`); no job is left behind.
+    /// Exit 0 when every run succeeded, 8 when one did not, 5 when a target
+    /// was offline (reported, not waited for) or --timeout passed.
+    Exec(ExecArgs),
     /// Past and running runs, read from MUSTER_RESULTS (works without a master).
     History(HistoryArgs),
     /// One run.
@@ -386,6 +392,25 @@ pub enum JobCmd {
         /// The job.
         job: JobName,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Every enlisted target.
+    #[arg(long)]
+    pub all: bool,
+    /// How long the command may run, like 30s or 5m (1s to 7d): each
+    /// target stops it then (recorded `timed_out`), and musterctl stops
+    /// waiting (exit 5). An offline target that reads it later records it
+    /// `expired` and does not run it.
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    pub timeout: String,
+    /// The command and its arguments, after `--`; run without a shell (use
+    /// `sh -c '…'` for pipes and variables).
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

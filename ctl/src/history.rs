@@ -290,6 +290,45 @@ pub async fn final_record(
     anyhow::bail!("the results stream ended while waiting for run {run_id} on {target}")
 }
 
+/// The results stream's last sequence now: what a follow started before
+/// a change must read after ([`runs_of_job`]), so no record of it is missed.
+///
+/// # Errors
+/// When the stream cannot be read.
+pub async fn last_sequence(js: &jetstream::Context, subjects: &Subjects) -> anyhow::Result<u64> {
+    Ok(results_stream(js, subjects).await?.cached_info().state.last_sequence)
+}
+
+/// Every run record of job `job_id`, on any target, stored after sequence
+/// `after`, as they arrive (waits as long as it takes; the caller bounds
+/// it). One ordered consumer whatever the number of targets: what an exec
+/// follows, whose job id is its own.
+///
+/// # Errors
+/// When the stream cannot be read; each item, when reading it failed.
+pub async fn runs_of_job(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    job_id: Uuid,
+    after: u64,
+) -> anyhow::Result<futures::stream::BoxStream<'static, anyhow::Result<RunRecord>>> {
+    let stream = results_stream(js, subjects).await?;
+    let config = jetstream::consumer::pull::OrderedConfig {
+        filter_subject: subjects.runs_filter(None, Some(job_id)),
+        deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
+        ..Default::default()
+    };
+    let messages = stream.create_consumer(config).await?.messages().await?;
+    let subjects = subjects.clone();
+    Ok(futures::StreamExt::boxed(futures::StreamExt::filter_map(messages, move |m| {
+        let r = match m {
+            Ok(m) => record(&subjects, m.subject.as_str(), &m.payload).map(Ok),
+            Err(e) => Some(Err(anyhow::Error::from(e).context("following the results stream"))),
+        };
+        std::future::ready(r)
+    })))
+}
+
 fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
     matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
 }

@@ -27,9 +27,13 @@
 //! exited would then need a restart on every host, or, once its service
 //! manager's restart limit is hit, a visit; one that waits picks the fixed
 //! certificate up at its next attempt (2 s at most).
+//!
+//! While NATS cannot be reached, the daemons say which server and why once
+//! per change of state, never once per attempt (`report.rs`).
 
 mod keyfile;
 mod refusal;
+mod report;
 mod tls;
 
 use std::path::PathBuf;
@@ -192,26 +196,7 @@ pub async fn connect_watching(opts: &NatsOptions, wait: Wait) -> Result<(async_n
     let mut o = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None)
-        .reconnect_delay_callback(reconnect_delay)
-        .event_callback({
-            let refusals = refusals.clone();
-            move |event| {
-                let refusals = refusals.clone();
-                async move {
-                    match event {
-                        async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                        async_nats::Event::Disconnected => {
-                            tracing::warn!("disconnected from NATS; reconnecting")
-                        }
-                        async_nats::Event::ServerError(e) => {
-                            refusals.report(&e);
-                            tracing::debug!(error = %e, "NATS server error");
-                        }
-                        other => tracing::debug!(%other, "NATS event"),
-                    }
-                }
-            }
-        });
+        .reconnect_delay_callback(reconnect_delay);
     if let Some(name) = &opts.name {
         o = o.name(name);
     }
@@ -248,6 +233,28 @@ pub async fn connect_watching(opts: &NatsOptions, wait: Wait) -> Result<(async_n
             "connecting to NATS without authentication: whoever reaches the server can do what this process does (see `musterctl auth init`)"
         );
     }
+    // Which server failed and why, once per change (`report.rs`).
+    let report = std::sync::Arc::new(report::Report::new(addrs.clone(), urls.clone()));
+    o = o.event_callback(move |event| {
+        let report = report.clone();
+        async move { report.event(event).await }
+    });
+    // Which server failed and why, once per change (`report.rs`); the
+    // server's permission refusals to whoever waits on them (`refusal.rs`).
+    let report = std::sync::Arc::new(report::Report::new(addrs.clone(), urls.clone()));
+    o = o.event_callback({
+        let refusals = refusals.clone();
+        move |event| {
+            let report = report.clone();
+            let refusals = refusals.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = &event {
+                    refusals.report(e);
+                }
+                report.event(event).await
+            }
+        }
+    });
     if opts.tls.any() || addrs.iter().any(async_nats::ServerAddr::tls_required) {
         o = o.require_tls(true).tls_client_config(tls::client_config(&opts.tls, &urls, wait == Wait::Forever)?);
     }

@@ -160,6 +160,7 @@ pub enum Op {
     GroupRemove,
     Instructions,
     Status,
+    Exec,
 }
 
 impl Op {
@@ -198,6 +199,7 @@ impl Op {
             Op::GroupRemove => "group.remove",
             Op::Instructions => "instructions",
             Op::Status => "status",
+            Op::Exec => "exec",
         }
     }
 
@@ -233,7 +235,8 @@ impl Op {
             | Op::GroupCreate
             | Op::GroupDelete
             | Op::GroupAdd
-            | Op::GroupRemove => Access::Admin,
+            | Op::GroupRemove
+            | Op::Exec => Access::Admin,
         }
     }
 
@@ -408,6 +411,59 @@ pub enum StartReply {
 impl StartReply {
     pub fn is_polled(&self) -> bool {
         *self == StartReply::Polled
+    }
+}
+
+/// `musterctl exec`: run a one-off command once on the selected targets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    #[serde(flatten)]
+    pub select: Selection,
+    #[serde(flatten)]
+    pub command: crate::desired::ExecCommand,
+}
+
+/// What an exec posted: the job id its runs are recorded under (one per
+/// exec), and each target `delivered`, `queued` (offline) or `failed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecReply {
+    pub job_id: Uuid,
+    pub deliveries: Vec<Delivery>,
+}
+
+/// A record as a listing or a delete shows it: readable, or corrupt (its
+/// bytes do not decode, e.g. written by hand into the bucket). Untagged on
+/// the wire: a readable record is itself, a corrupt one `{"key": …,
+/// "corrupt": "<why>"}`, so a listing without corrupt records reads as it
+/// always did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Listed<T> {
+    Ok(T),
+    Corrupt(CorruptRecord),
+}
+
+/// A record that cannot be read: its key, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorruptRecord {
+    pub key: String,
+    pub corrupt: String,
+}
+
+impl<T> Listed<T> {
+    pub fn ok(&self) -> Option<&T> {
+        match self {
+            Listed::Ok(t) => Some(t),
+            Listed::Corrupt(_) => None,
+        }
+    }
+
+    pub fn into_ok(self) -> Option<T> {
+        match self {
+            Listed::Ok(t) => Some(t),
+            Listed::Corrupt(_) => None,
+        }
     }
 }
 

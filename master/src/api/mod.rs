@@ -13,7 +13,7 @@
 //! This file is the service's plumbing: registering the endpoints, the
 //! request loop and the dispatch of each operation to its handler. The
 //! handlers live one file per resource: `targets`, `agent` (what agents
-//! call about themselves), `jobs`, `groups`, `posting` (set-poll,
+//! call about themselves), `jobs`, `exec` (one-off commands, as start entries), `groups`, `posting` (set-poll,
 //! sync-time, resync, the download list) and `summary`; `desired` publishes
 //! what each change means for the targets' desired state; `reply` encodes
 //! answers and splits big ones, and `error` is where store errors become
@@ -22,6 +22,7 @@
 mod agent;
 mod desired;
 mod error;
+mod exec;
 mod groups;
 mod jobs;
 mod posting;
@@ -199,7 +200,7 @@ impl Ctx {
             Op::JobCreate => ok(self.job_create(body::<JobWrite>(p)?.spec).await?),
             Op::JobUpdate => ok(self.job_update(body::<JobWrite>(p)?.spec).await?),
             Op::JobDelete => ok(self.job_delete(body(p)?).await?),
-            Op::JobList => ok(self.store.all_jobs().await?.iter().map(job_info).collect::<Vec<_>>()),
+            Op::JobList => ok(self.job_list().await?),
             Op::JobShow => ok(job_info(&self.store.job(&body::<JobRef>(p)?.job).await?.0)),
             Op::JobAssign => ok(self.job_assign(body(p)?, true).await?),
             Op::JobUnassign => ok(self.job_assign(body(p)?, false).await?),
@@ -218,6 +219,7 @@ impl Ctx {
             Op::GroupRemove => ok(self.group_members(body(p)?, false).await?),
             Op::Instructions => ok(self.instructions(body(p)?).await?),
             Op::Status => ok(self.status().await?),
+            Op::Exec => ok(self.exec(body(p)?).await?),
         }
     }
 }
