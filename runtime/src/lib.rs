@@ -9,12 +9,19 @@
 //! - [`exit`]: the one table of exit codes, and command-line parsing that uses it;
 //! - [`backoff`]: the retry delays of every "try again later" loop;
 //! - [`stream`]: reading a stream's messages up to where it ended when asked;
-//! - [`fsutil`]: crash-safe file writes.
+//! - [`history`]: run history read from `MUSTER_RESULTS`, one record per run
+//!   (`musterctl history` and the master's web console read it the same way);
+//! - [`fsutil`]: crash-safe file writes;
+//! - [`zone`]: times written for people, labelled with their zone;
+//! - [`describe`]: a job's steps, flow and schedules told as sentences.
 
 pub mod backoff;
+pub mod describe;
 pub mod exit;
 pub mod fsutil;
+pub mod history;
 pub mod logging;
 pub mod nats;
 pub mod signal;
 pub mod stream;
+pub mod zone;

@@ -76,21 +76,38 @@ pub struct Ctx {
     pub publisher: Publisher,
 }
 
+impl Ctx {
+    pub fn new(client: async_nats::Client, store: Store, publisher: Publisher, config: MasterConfig) -> Ctx {
+        Ctx { client, store, config, metrics: Arc::new(Metrics::default()), publisher }
+    }
+
+    /// Calls `op` in-process, through the same dispatch as a request on its
+    /// NATS endpoint (decoding, validation, counting, logging), for the web
+    /// console. Callers decide who may call what ([`Op::access`]) before.
+    ///
+    /// # Errors
+    /// The operation's error, as a client would get it.
+    pub async fn call<B: Serialize, R: DeserializeOwned>(&self, op: Op, body: B) -> Result<R, ApiError> {
+        let payload = msg::encode(&Request::new(body));
+        // Boxed: the dispatch holds every operation's future, too big to
+        // sit inside each caller's (the API loop spawns it for the same reason).
+        let subject = self.config.subjects.api(op.subject());
+        let reply = Box::pin(self.handle(Route::Admin(op), &subject, &payload)).await;
+        // Not `msg::decode`: an in-process answer has no message size cap.
+        serde_json::from_slice::<wire::Reply<R>>(&reply)
+            .map_err(|e| ApiError::internal(format!("decoding the answer to {}: {e}", op.subject())))?
+            .into_result()
+    }
+}
+
 /// Serves the API until `shutdown`; `serving` is told once every endpoint
 /// is registered.
 ///
 /// # Errors
 /// When the service or one of its endpoints cannot be registered.
-pub async fn serve(
-    client: async_nats::Client,
-    store: Store,
-    publisher: Publisher,
-    config: MasterConfig,
-    shutdown: CancellationToken,
-    serving: tokio::sync::oneshot::Sender<()>,
-) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::default());
-    let stats_metrics = metrics.clone();
+pub async fn serve(ctx: Ctx, shutdown: CancellationToken, serving: tokio::sync::oneshot::Sender<()>) -> anyhow::Result<()> {
+    let (client, config) = (ctx.client.clone(), ctx.config.clone());
+    let stats_metrics = ctx.metrics.clone();
     let service = client
         .service_builder()
         .description("Muster master: multiserver job administration")
@@ -134,7 +151,6 @@ pub async fn serve(
     serving.send(()).ok();
 
     let limit = Arc::new(Semaphore::new(config.max_concurrent_requests));
-    let ctx = Ctx { client, store, config, metrics, publisher };
     loop {
         let (route, request) = tokio::select! {
             () = shutdown.cancelled() => break,
