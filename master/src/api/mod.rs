@@ -91,7 +91,7 @@ impl Ctx {
         let payload = msg::encode(&Request::new(body));
         // Boxed: the dispatch holds every operation's future, too big to
         // sit inside each caller's (the API loop spawns it for the same reason).
-        let subject = self.config.subjects.api(op.subject());
+        let subject = self.config.subjects.api(op);
         let reply = Box::pin(self.handle(Route::Admin(op), &subject, &payload)).await;
         // Not `msg::decode`: an in-process answer has no message size cap.
         serde_json::from_slice::<wire::Reply<R>>(&reply)
