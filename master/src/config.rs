@@ -18,6 +18,8 @@ pub struct MasterConfig {
     pub max_concurrent_requests: usize,
     /// The web console (`--http`); `None`: off.
     pub console: Option<crate::console::ConsoleConfig>,
+    /// How often a scrape of `/metrics` may read every target's status.
+    pub metrics_refresh: Duration,
 }
 
 impl Default for MasterConfig {
@@ -29,6 +31,7 @@ impl Default for MasterConfig {
             force_poll_timeout: Duration::from_secs(10),
             max_concurrent_requests: 256,
             console: None,
+            metrics_refresh: Duration::from_secs(15),
         }
     }
 }

@@ -11,7 +11,8 @@
 //! - [`ingest`] drains `MUSTER_RESULTS` into job status and the download list;
 //!   [`applied`] says what targets' applied records and answered starts mean;
 //! - [`trim`] gives memory freed by a burst of work back to the system;
-//! - [`console`] serves the web console (`--http`), off unless asked for.
+//! - [`console`] serves the web console (`--http`), off unless asked for,
+//!   and [`metrics`] the Prometheus metrics on the same listener.
 //!
 //! The daemon's entry point is [`run`]. `musterctl` and its API client live
 //! in `muster-ctl`, which does not depend on this crate: clients never link
@@ -23,6 +24,7 @@ pub mod config;
 pub mod console;
 pub mod desired;
 pub mod ingest;
+pub mod metrics;
 pub mod publish;
 pub mod reconcile;
 pub mod status;
@@ -66,7 +68,8 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> anyhow::R
     tracing::info!(prefix = config.subjects.prefix(), replicas = config.store.replicas, "streams and buckets ready");
 
     let publisher = publish::Publisher::new(store.clone());
-    let ingest = tokio::spawn(ingest::run(publisher.clone(), shutdown.clone()));
+    let metrics = std::sync::Arc::new(metrics::Metrics::new(config.metrics_refresh));
+    let ingest = tokio::spawn(ingest::run(publisher.clone(), metrics.clone(), shutdown.clone()));
     // The API serves at once; reconcile repairs what a predecessor left, in
     // the background, from the moment the API is up.
     let (serving, up) = tokio::sync::oneshot::channel();
@@ -78,7 +81,7 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> anyhow::R
             }
         }
     });
-    let ctx = api::Ctx::new(client.clone(), store, publisher, config.clone());
+    let ctx = api::Ctx::new(client.clone(), store, publisher, config.clone(), metrics);
     // The web console, when asked for (`--http`): a client of the same
     // handlers, in-process.
     let console = console.map(|opened| tokio::spawn(console::serve(ctx.clone(), opened, shutdown.clone())));

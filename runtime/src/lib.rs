@@ -13,14 +13,20 @@
 //!   (`musterctl history` and the master's web console read it the same way);
 //! - [`fsutil`]: crash-safe file writes;
 //! - [`zone`]: times written for people, labelled with their zone;
-//! - [`describe`]: a job's steps, flow and schedules told as sentences.
+//! - [`describe`]: a job's steps, flow and schedules told as sentences;
+//! - [`listen`]: what a listening address flag (`--http`, `--metrics`) means;
+//! - [`metrics`] (feature `metrics`, the daemons only): Prometheus label
+//!   sets, buckets, and the answer to a scrape.
 
 pub mod backoff;
 pub mod describe;
 pub mod exit;
 pub mod fsutil;
 pub mod history;
+pub mod listen;
 pub mod logging;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod nats;
 pub mod signal;
 pub mod stream;

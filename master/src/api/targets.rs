@@ -118,7 +118,7 @@ impl Ctx {
     /// cost at 100,000 targets): one scan of the records, one read of the
     /// latest poll reports (last message per subject), one headers-only
     /// read of the manifests' summaries, whatever the number of targets.
-    pub(super) async fn target_list(&self) -> Result<Vec<TargetInfo>, ApiError> {
+    pub(crate) async fn target_list(&self) -> Result<Vec<TargetInfo>, ApiError> {
         let (targets, groups, polls, summaries) = tokio::try_join!(
             self.store.all_targets(),
             self.store.all_groups(),
@@ -180,8 +180,13 @@ impl Ctx {
     /// `offline` when no agent listens (its instructions stay queued),
     /// `timeout` when it did not answer in time.
     pub async fn force_poll(&self, name: &TargetName) -> Result<PollReport, ApiError> {
-        let reply = self.control(name, ControlOp::Poll).await?;
-        reply.report.ok_or_else(|| ApiError::internal("the target answered without a poll report"))
+        let started = std::time::Instant::now();
+        let report = self
+            .control(name, ControlOp::Poll)
+            .await
+            .and_then(|reply| reply.report.ok_or_else(|| ApiError::internal("the target answered without a poll report")));
+        self.metrics.force_polled(started.elapsed(), report.as_ref().map(|_| ()).map_err(|e| e.code));
+        report
     }
 
     /// Sends a control request to a target and waits for its answer.

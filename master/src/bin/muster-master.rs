@@ -52,6 +52,11 @@ struct Flags {
     /// ...and this PEM private key (mode 0600, refused otherwise).
     #[arg(long, env = "MUSTER_HTTP_TLS_KEY", value_name = "FILE", requires_all = ["http", "http_tls_cert"])]
     http_tls_key: Option<PathBuf>,
+    /// Prometheus metrics are served as /metrics on the --http listener,
+    /// without sign-in; targets by status are read from JetStream at most
+    /// this often (seconds), however often it is scraped.
+    #[arg(long, env = "MUSTER_METRICS_REFRESH", value_name = "SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    metrics_refresh: u64,
 }
 
 fn main() -> ExitCode {
@@ -81,6 +86,7 @@ fn main() -> ExitCode {
             users: flags.http_users,
             tls: flags.http_tls_cert.zip(flags.http_tls_key),
         }),
+        metrics_refresh: Duration::from_secs(flags.metrics_refresh),
         ..MasterConfig::default()
     };
     tracing::info!(servers = ?config.nats.servers, prefix = config.subjects.prefix(), "muster-master starting");

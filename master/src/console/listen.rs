@@ -13,7 +13,7 @@
 //! the NATS connection uses; the key file is refused when others can read
 //! it, as every private key is.
 
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs as _};
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,18 +59,7 @@ impl Opened {
 /// # Errors
 /// [`OpenError::Addr`].
 pub fn parse_addr(addr: &str) -> Result<SocketAddr, OpenError> {
-    let bad = |why: String| OpenError::Addr { addr: addr.to_owned(), why };
-    if !addr.is_empty() && addr.bytes().all(|b| b.is_ascii_digit()) {
-        let port: u16 = addr.parse().map_err(|_| bad("not a port (0 to 65535)".into()))?;
-        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
-    }
-    if let Ok(a) = addr.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    addr.to_socket_addrs()
-        .map_err(|e| bad(format!("expected PORT, IP:PORT or HOST:PORT ({e})")))?
-        .next()
-        .ok_or_else(|| bad("the name resolves to no address".into()))
+    muster_runtime::listen::parse_addr(addr).map_err(|e| OpenError::Addr { addr: e.addr, why: e.why })
 }
 
 pub(super) fn open(config: &ConsoleConfig) -> Result<Opened, OpenError> {

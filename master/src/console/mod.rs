@@ -92,7 +92,7 @@ pub async fn serve(ctx: Ctx, opened: Opened, shutdown: CancellationToken) -> any
         secure: opened.is_tls(),
     }));
     // Other routes on the same listener (metrics) merge here.
-    let app = router(state);
+    let app = router(state.clone()).merge(crate::metrics::router(state.ctx.clone()));
     listen::serve(opened, app, shutdown, SHUTDOWN_GRACE).await
 }
 
