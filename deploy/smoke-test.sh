@@ -12,7 +12,8 @@
 #      refused over TLS, that a plain-text client is refused even with a
 #      right password, and that the admin user works from the host over TLS;
 #   2. enlists the targets, creates a job, force-polls, starts the job and
-#      sees one successful run per target;
+#      sees one successful run per target, also in each target's Prometheus
+#      metrics, scraped from the host's loopback where compose publishes them;
 #   3. starts a job that waits for a signal, stops the master, lets the runs
 #      finish, sees their results in the stream while the master is away,
 #      starts the master and sees its job status take all of them in;
@@ -40,6 +41,7 @@ t_built=$SECONDS
 
 project="muster-smoke-$$"
 export MUSTER_NATS_PORT="$(free_port)"
+export MUSTER_TARGET1_METRICS_PORT="$(free_port)" MUSTER_TARGET2_METRICS_PORT="$(free_port)" MUSTER_TARGET3_METRICS_PORT="$(free_port)"
 host_bin="build/$([ "${MUSTER_CARGO_PROFILE:-release}" = dev ] && echo debug || echo release)"
 auth_dir=""
 if [ "${MUSTER_SMOKE_PLAIN:-0}" = 1 ]; then
@@ -155,6 +157,17 @@ run_is() {
 
 enlisted() {
     ctl target list --json | json "sorted(t['name'] for t in d) == sorted('$*'.split())"
+}
+
+# scraped PORT SAMPLE: the metrics on 127.0.0.1:PORT have SAMPLE (a name
+# and its labels, as written) at 1 or more.
+scraped() {
+    python3 - "$1" "$2" <<'PY'
+import sys, urllib.request
+body = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode()
+values = [float(l.rsplit(" ", 1)[1]) for l in body.splitlines() if l.rsplit(" ", 1)[0] == sys.argv[2]]
+sys.exit(0 if values and values[0] >= 1 else 1)
+PY
 }
 
 # ---- 0. credentials ---------------------------------------------------------
@@ -280,6 +293,9 @@ run_id="$(ctl history --job smoke-hello --target target2 --json | json --print '
 ctl run show "$run_id" --json | json "'hello from target2' in json.dumps(d)" ||
     die "run $run_id does not show target2's output"
 wait_for 30 "job status of smoke-hello" status_is smoke-hello succeeded "${targets[@]}"
+for port in "$MUSTER_TARGET1_METRICS_PORT" "$MUSTER_TARGET2_METRICS_PORT" "$MUSTER_TARGET3_METRICS_PORT"; do
+    wait_for 30 "the run in the metrics on 127.0.0.1:$port" scraped "$port" 'muster_agent_runs_total{outcome="succeeded"}'
+done
 ctl history --job smoke-hello
 step "2. ok: smoke-hello ran on ${targets[*]}"
 

@@ -120,13 +120,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_port_alone_is_loopback_and_an_address_is_taken_as_given() {
+    fn a_bad_address_is_an_open_error_naming_it() {
+        // What ADDR means is tested in muster_runtime::listen.
         assert_eq!(parse_addr("8080").unwrap(), "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(parse_addr("0.0.0.0:9000").unwrap(), "0.0.0.0:9000".parse().unwrap());
-        assert_eq!(parse_addr("[::1]:9000").unwrap(), "[::1]:9000".parse().unwrap());
-        assert!(parse_addr("localhost:9000").unwrap().ip().is_loopback());
         for bad in ["", "99999", "web:", "no port"] {
-            assert!(matches!(parse_addr(bad), Err(OpenError::Addr { .. })), "{bad:?}");
+            assert!(matches!(parse_addr(bad), Err(OpenError::Addr { addr, .. }) if addr == bad), "{bad:?}");
         }
     }
 }

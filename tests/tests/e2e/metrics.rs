@@ -215,3 +215,16 @@ fn master_and_agent_metrics_move_as_jobs_run_and_a_target_stops() {
         last.0.samples.iter().flat_map(|s| s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))).collect();
     assert!(!labels.values().any(|v| v.contains("web01")), "{labels:?}");
 }
+
+#[test]
+fn an_agent_whose_metrics_address_cannot_be_listened_on_stops_at_once() {
+    let mut c = Cluster::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let taken = taken.local_addr().expect("its address").to_string();
+    for (name, addr, why) in [("web01", taken.as_str(), "cannot listen on"), ("web02", "web:", "--metrics web:")] {
+        let agent = c.start_target_with(name, 1, &["--metrics", addr]);
+        let exited = wait_for(&format!("{name} to exit"), WAIT, || agent.exited());
+        assert_eq!(exited.code(), Some(4), "--metrics {addr} is invalid input: {}", agent.log_text());
+        assert!(agent.log_text().contains(why), "--metrics {addr}: {}", agent.log_text());
+    }
+}
