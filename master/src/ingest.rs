@@ -229,7 +229,8 @@ async fn handle_batch(
             })
         };
         if let Err(error) = verdict {
-            let count = metrics.bad_message(Inbound::Result(kind));
+            metrics.bad_message(Inbound::Result(kind));
+            let count = metrics.bad_messages(&Inbound::RESULTS);
             tracing::warn!(subject, error, bad_results = count, "bad result record terminated");
             handled.bad.push(i);
         }

@@ -56,6 +56,10 @@ impl Inbound {
         Inbound::Result(ResultKind::Instr),
     ];
 
+    /// Every kind of record on `MUSTER_RESULTS` (the log's `bad_results` total).
+    pub const RESULTS: [Inbound; 3] =
+        [Inbound::Result(ResultKind::Run), Inbound::Result(ResultKind::Applied), Inbound::Result(ResultKind::Instr)];
+
     fn as_str(self) -> &'static str {
         match self {
             Inbound::Api => "api",
