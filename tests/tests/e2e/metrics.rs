@@ -209,6 +209,13 @@ fn master_and_agent_metrics_move_as_jobs_run_and_a_target_stops() {
     wait_scrape("web01 counted suspected_offline", &master, &["muster_targets"], |s| {
         s.targets("suspected_offline") == 1.0 && s.targets("normal") == 0.0
     });
+    // What is posted to it now waits unread.
+    let unread = scrape(&master).value("muster_instructions_unread", &[]);
+    c.ctl(&["job", "create", "later", "--command", "true"]).expect("job later");
+    c.ctl(&["job", "assign", "later", "--target", "web01"]).expect("assign");
+    wait_scrape("an unread instruction", &master, &["muster_instructions_unread"], |s| {
+        s.value("muster_instructions_unread", &[]) > unread
+    });
     // Nothing of the agent's is in the master's scrape, and no label names a target.
     let last = scrape(&master);
     let labels: HashMap<&str, &str> =
