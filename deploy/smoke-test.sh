@@ -12,8 +12,7 @@
 #      refused over TLS, that a plain-text client is refused even with a
 #      right password, and that the admin user works from the host over TLS;
 #   2. enlists the targets, creates a job, force-polls, starts the job and
-#      sees one successful run per target, also in each target's Prometheus
-#      metrics, scraped from the host's loopback where compose publishes them;
+#      sees one successful run per target;
 #   3. starts a job that waits for a signal, stops the master, lets the runs
 #      finish, sees their results in the stream while the master is away,
 #      starts the master and sees its job status take all of them in;
@@ -21,6 +20,9 @@
 #      again and sees it report that run as interrupted; then kills another
 #      target's agent from inside (a crash) and sees Docker restart it;
 #   5. removes everything with `down -v`.
+#
+# Step 2 also finds each target's run in its Prometheus metrics, scraped
+# from the host's loopback where compose publishes them (on free ports).
 #
 # Every wait is a bounded loop on a condition. Fails, loudly, when Docker is
 # not available. MUSTER_SMOKE_NO_BUILD=1 skips building the images.
@@ -41,7 +43,6 @@ t_built=$SECONDS
 
 project="muster-smoke-$$"
 export MUSTER_NATS_PORT="$(free_port)"
-export MUSTER_TARGET1_METRICS_PORT="$(free_port)" MUSTER_TARGET2_METRICS_PORT="$(free_port)" MUSTER_TARGET3_METRICS_PORT="$(free_port)"
 host_bin="build/$([ "${MUSTER_CARGO_PROFILE:-release}" = dev ] && echo debug || echo release)"
 auth_dir=""
 if [ "${MUSTER_SMOKE_PLAIN:-0}" = 1 ]; then
@@ -59,6 +60,7 @@ ctl() { dc exec -T master musterctl "$@"; }
 # musterctl in a one-off container: works while the master is stopped.
 ctl_alone() { dc run --rm --no-deps -T --entrypoint musterctl master "$@" 2>/dev/null; }
 targets=(target1 target2 target3)
+export MUSTER_TARGET1_METRICS_PORT="$(free_port)" MUSTER_TARGET2_METRICS_PORT="$(free_port)" MUSTER_TARGET3_METRICS_PORT="$(free_port)"
 services=(nats master "${targets[@]}")
 
 step() { echo "==> [$((SECONDS - t_built))s] $*"; }
