@@ -21,6 +21,9 @@
 #      target's agent from inside (a crash) and sees Docker restart it;
 #   5. removes everything with `down -v`.
 #
+# Step 2 also finds each target's run in its Prometheus metrics, scraped
+# from the host's loopback where compose publishes them (on free ports).
+#
 # Every wait is a bounded loop on a condition. Fails, loudly, when Docker is
 # not available. MUSTER_SMOKE_NO_BUILD=1 skips building the images.
 # MUSTER_SMOKE_PLAIN=1 runs steps 1-5 on the development variant instead,
@@ -57,6 +60,7 @@ ctl() { dc exec -T master musterctl "$@"; }
 # musterctl in a one-off container: works while the master is stopped.
 ctl_alone() { dc run --rm --no-deps -T --entrypoint musterctl master "$@" 2>/dev/null; }
 targets=(target1 target2 target3)
+export MUSTER_TARGET1_METRICS_PORT="$(free_port)" MUSTER_TARGET2_METRICS_PORT="$(free_port)" MUSTER_TARGET3_METRICS_PORT="$(free_port)"
 services=(nats master "${targets[@]}")
 
 step() { echo "==> [$((SECONDS - t_built))s] $*"; }
@@ -155,6 +159,17 @@ run_is() {
 
 enlisted() {
     ctl target list --json | json "sorted(t['name'] for t in d) == sorted('$*'.split())"
+}
+
+# scraped PORT SAMPLE: the metrics on 127.0.0.1:PORT have SAMPLE (a name
+# and its labels, as written) at 1 or more.
+scraped() {
+    python3 - "$1" "$2" <<'PY'
+import sys, urllib.request
+body = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode()
+values = [float(l.rsplit(" ", 1)[1]) for l in body.splitlines() if l.rsplit(" ", 1)[0] == sys.argv[2]]
+sys.exit(0 if values and values[0] >= 1 else 1)
+PY
 }
 
 # ---- 0. credentials ---------------------------------------------------------
@@ -280,6 +295,9 @@ run_id="$(ctl history --job smoke-hello --target target2 --json | json --print '
 ctl run show "$run_id" --json | json "'hello from target2' in json.dumps(d)" ||
     die "run $run_id does not show target2's output"
 wait_for 30 "job status of smoke-hello" status_is smoke-hello succeeded "${targets[@]}"
+for port in "$MUSTER_TARGET1_METRICS_PORT" "$MUSTER_TARGET2_METRICS_PORT" "$MUSTER_TARGET3_METRICS_PORT"; do
+    wait_for 30 "the run in the metrics on 127.0.0.1:$port" scraped "$port" 'muster_agent_runs_total{outcome="succeeded"}'
+done
 ctl history --job smoke-hello
 step "2. ok: smoke-hello ran on ${targets[*]}"
 

@@ -129,6 +129,27 @@ pub enum AuthCmd {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Add a user of the master's web console (`muster-master --http`) to
+    /// DIR/console-users.json (mode 0600; give it to the master with
+    /// --http-users). Its password is stored only as an Argon2id hash; a
+    /// random one is made and printed once unless --password-stdin. A user
+    /// of that name is replaced; every other user is kept. Needs no NATS
+    /// connection.
+    ConsoleUser {
+        /// The name to sign in with (letters, digits, '.', '_', '-', '@').
+        name: String,
+        /// admin: sees everything and may act; viewer: sees everything,
+        /// may change nothing.
+        #[arg(long, value_parser = parse_role)]
+        role: muster_shared::console::Role,
+        /// Where to write the file (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Read the password from one line of stdin (at least 12
+        /// characters) instead of making one.
+        #[arg(long)]
+        password_stdin: bool,
+    },
     /// Revoke one target: its account and user leave DIR/auth.conf and its
     /// files (DIR/NAME.env, DIR/NAME.nk) are deleted; after one reload of
     /// nats-server its connections are closed and its key refused. Every
@@ -443,6 +464,10 @@ pub enum RunCmd {
 
 /// `job start --wait --timeout`'s default, in seconds.
 pub const DEFAULT_WAIT_SECS: u64 = 3600;
+
+fn parse_role(s: &str) -> Result<muster_shared::console::Role, String> {
+    s.parse().map_err(|_| format!("'{s}' is not a role (admin, viewer)"))
+}
 
 #[cfg(test)]
 mod tests {

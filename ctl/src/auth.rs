@@ -41,7 +41,11 @@
 //! When the directory holds a CA (`auth init`, in [`init`]), every `.env`
 //! file also names it (`NATS_CA=`, an absolute path), so that a file alone
 //! is all a process needs.
+//!
+//! [`console`] writes the web console's users (`auth console-user`): not
+//! NATS users, but people who sign in to `muster-master --http`.
 
+pub mod console;
 pub mod init;
 
 use std::fmt::Write as _;

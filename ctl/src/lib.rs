@@ -7,7 +7,8 @@
 //! - [`args`]: the command line as clap parses it;
 //! - [`commands`]: what each command does, one room per resource;
 //! - [`client`]: the API call, with reassembly of replies sent in parts;
-//! - [`history`]: runs read straight from `MUSTER_RESULTS` (no master needed);
+//! - [`history`]: runs read straight from `MUSTER_RESULTS` (no master needed;
+//!   the reader lives in `muster_runtime::history`, shared with the console);
 //! - [`follow`]: `job start --wait`, which follows runs by watching job status;
 //! - [`render`]: tables and other human output, and the `--json` switch;
 //! - [`exit`]: the exit codes scripts branch on, and [`Failure`];
@@ -26,7 +27,8 @@ pub mod client;
 pub mod commands;
 pub mod exit;
 pub mod follow;
-pub mod history;
+/// The history reader, shared with the master's console.
+pub use muster_runtime::history;
 pub mod render;
 pub mod stdout;
 pub mod zone;

@@ -9,9 +9,9 @@ use std::io::Write as _;
 
 use chrono::{DateTime, Utc};
 use comfy_table::{CellAlignment, Table};
+use muster_runtime::describe::{self, duration};
 use muster_shared::api::{Delivery, InstrRow, InstrStatus, JobInfo, Listed, MasterSeen, Posted, StatusSummary, TargetInfo};
 use muster_shared::desired::Revision;
-use muster_shared::job::{Next, Schedule};
 use muster_shared::msg::RunRecord;
 use muster_shared::name::JobName;
 use serde::Serialize;
@@ -214,15 +214,8 @@ pub fn print_job(j: &JobInfo) {
         if s.retries > 0 {
             how.push(format!("{} retries, {} apart", s.retries, duration(s.retry_interval_secs)));
         }
-        // Where the run goes next, as the agent resolves it.
-        let flow = |success| match j.spec.next_after(i, success) {
-            Next::Step(k) if k == i + 1 => "next step".to_owned(),
-            Next::Step(k) => format!("go to step {} '{}'", k + 1, j.spec.steps[k].name),
-            Next::QuitSuccess => "quit, succeeded".to_owned(),
-            Next::QuitFailure => "quit, failed".to_owned(),
-        };
-        how.push(format!("on success: {}", flow(true)));
-        how.push(format!("on failure: {}", flow(false)));
+        how.push(format!("on success: {}", describe::flow(&j.spec, i, true)));
+        how.push(format!("on failure: {}", describe::flow(&j.spec, i, false)));
         if let Some(cwd) = &s.cwd {
             how.push(format!("in {cwd}"));
         }
@@ -233,44 +226,13 @@ pub fn print_job(j: &JobInfo) {
     }
     let now = Utc::now();
     for s in &j.spec.schedules {
-        let next = match muster_shared::schedule::next_after(s, now) {
-            _ if !s.enabled => "disabled".to_owned(),
-            Some(t) => format!("next {}", time(Some(t))),
-            None if s.on_start => "at each agent start".to_owned(),
-            None => "no fire to come".to_owned(),
-        };
-        crate::say!("  schedule {}: {}; {next}", s.name, schedule_text(s));
+        crate::say!(
+            "  schedule {}: {}; {}",
+            s.name,
+            describe::schedule(s, |t| time(Some(t))),
+            describe::next_fire(s, now, |t| time(Some(t)))
+        );
     }
-}
-
-/// A schedule as a sentence: `cron '30 2 * * *' in Europe/Berlin`.
-fn schedule_text(s: &Schedule) -> String {
-    // A cron or a `between` without a zone is read in UTC (the default).
-    let zone = s.timezone.as_deref().unwrap_or("UTC");
-    let mut text = if let Some(cron) = &s.cron {
-        format!("cron '{cron}' in {zone}")
-    } else if let Some(every) = s.every_secs {
-        match &s.between {
-            Some([from, to]) => format!("every {} between {from} and {to} {zone}", duration(every)),
-            None => format!("every {}", duration(every)),
-        }
-    } else if let Some(at) = s.at {
-        format!("once at {}", time(Some(at)))
-    } else {
-        "when the agent starts".to_owned()
-    };
-    if let Some(from) = s.active_from {
-        text.push_str(&format!(", from {}", time(Some(from))));
-    }
-    if let Some(until) = s.active_until {
-        text.push_str(&format!(", until {}", time(Some(until))));
-    }
-    text
-}
-
-/// Seconds as `1h 30m`.
-fn duration(secs: u64) -> String {
-    humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
 }
 
 pub fn print_job_status(statuses: &[muster_shared::api::JobTargetStatus]) {

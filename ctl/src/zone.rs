@@ -35,10 +35,7 @@ pub fn shown() -> Tz {
     SHOWN.get().copied().unwrap_or(Tz::UTC)
 }
 
-/// `t` to the second in `zone`, labelled with the zone's abbreviation.
-pub fn format_in(t: DateTime<Utc>, zone: Tz) -> String {
-    t.with_timezone(&zone).format("%Y-%m-%d %H:%M:%S %Z").to_string()
-}
+pub use muster_runtime::zone::format_in;
 
 /// `t` in the zone chosen for this run.
 pub fn format(t: DateTime<Utc>) -> String {
@@ -48,20 +45,5 @@ pub fn format(t: DateTime<Utc>) -> String {
 /// A target's clock in the zone its agent reported (an IANA name), else
 /// in the zone chosen for this run.
 pub fn format_at_target(t: DateTime<Utc>, target_zone: &str) -> String {
-    format_in(t, target_zone.trim_start_matches(':').parse::<Tz>().unwrap_or_else(|_| shown()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_carry_their_zone() {
-        let t: DateTime<Utc> = "2026-12-02T07:30:00Z".parse().unwrap();
-        assert_eq!(format_in(t, Tz::UTC), "2026-12-02 07:30:00 UTC");
-        assert_eq!(format_in(t, Tz::Europe__Berlin), "2026-12-02 08:30:00 CET");
-        let summer: DateTime<Utc> = "2026-07-01T12:00:00Z".parse().unwrap();
-        assert_eq!(format_in(summer, Tz::America__New_York), "2026-07-01 08:00:00 EDT");
-        assert_eq!(format_at_target(t, "Asia/Tokyo"), "2026-12-02 16:30:00 JST");
-    }
+    muster_runtime::zone::format_at_target(t, target_zone, shown())
 }

@@ -16,6 +16,10 @@ pub struct MasterConfig {
     pub force_poll_timeout: Duration,
     /// API requests handled at once; more wait (back-pressure, not memory).
     pub max_concurrent_requests: usize,
+    /// The web console (`--http`); `None`: off.
+    pub console: Option<crate::console::ConsoleConfig>,
+    /// How often a scrape of `/metrics` may read every target's status.
+    pub metrics_refresh: Duration,
 }
 
 impl Default for MasterConfig {
@@ -26,6 +30,8 @@ impl Default for MasterConfig {
             store: StoreOptions::default(),
             force_poll_timeout: Duration::from_secs(10),
             max_concurrent_requests: 256,
+            console: None,
+            metrics_refresh: Duration::from_secs(15),
         }
     }
 }

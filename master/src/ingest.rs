@@ -10,8 +10,10 @@
 //!
 //! A record that cannot be read (not JSON, another version, too big) or that
 //! contradicts its subject (another target, another job) is logged with its
-//! subject, counted, and terminated: it is never redelivered and never
-//! blocks the records behind it.
+//! subject, counted (`muster_bad_messages_total{kind="result_…"}`), and
+//! terminated: it is never redelivered and never blocks the records behind
+//! it. Records acknowledged are counted by kind, and final run records by
+//! outcome, once their batch is acked ([`crate::metrics`]).
 //!
 //! Batches are bounded in bytes as well as in count ([`BATCH_BYTES`], also
 //! the most one pull asks for): run records reach 1 MiB, and a count alone
@@ -19,7 +21,6 @@
 //! consumer while it drains a backlog.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,18 +31,16 @@ use futures::StreamExt;
 use muster_shared::api::JobTargetStatus;
 use muster_shared::desired::AppliedRecord;
 use muster_shared::identity;
-use muster_shared::msg::{self, InstrRecord, InstructionKind, RunRecord, Trigger};
+use muster_shared::msg::{self, InstrRecord, InstructionKind, Outcome, RunRecord, Trigger};
 use muster_shared::runs::RunIndexEntry;
 use muster_shared::streams::MASTER_CONSUMER;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::applied;
+use crate::metrics::{Inbound, Metrics, ResultKind};
 use crate::publish::Publisher;
 use crate::store::{reported_row, Change, Current, InstrRow, Store, StoreError};
-
-/// Bad records terminated since the master started (logged with each one).
-static BAD_RESULTS: AtomicU64 = AtomicU64::new(0);
 
 /// Records handled per batch.
 pub const BATCH: usize = 512;
@@ -54,11 +53,11 @@ pub const BATCH_BYTES: usize = 8 * 1024 * 1024;
 ///
 /// # Errors
 /// Never in practice: failures are logged and retried.
-pub async fn run(publisher: Publisher, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(publisher: Publisher, metrics: Arc<Metrics>, shutdown: CancellationToken) -> anyhow::Result<()> {
     loop {
         let result = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            r = drain(&publisher, &shutdown) => r,
+            r = drain(&publisher, &metrics, &shutdown) => r,
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "results drain interrupted; resuming");
@@ -70,7 +69,7 @@ pub async fn run(publisher: Publisher, shutdown: CancellationToken) -> anyhow::R
     }
 }
 
-async fn drain(publisher: &Publisher, shutdown: &CancellationToken) -> anyhow::Result<()> {
+async fn drain(publisher: &Publisher, metrics: &Arc<Metrics>, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let store = publisher.store();
     let stream = store.js.get_stream_no_info(store.subjects.results_stream()).await?;
     let consumer: PullConsumer =
@@ -118,8 +117,9 @@ async fn drain(publisher: &Publisher, shutdown: &CancellationToken) -> anyhow::R
         if !batch.is_empty() && (batch.len() >= BATCH || batch_bytes >= BATCH_BYTES || flush_at.is_none()) {
             flush_at = None;
             batch_bytes = 0;
-            let (publisher, cache, records) = (publisher.clone(), cache.clone(), std::mem::take(&mut batch));
-            in_flight.push(async move { write_and_ack(&publisher, &cache, &records).await });
+            let (publisher, cache, metrics, records) =
+                (publisher.clone(), cache.clone(), metrics.clone(), std::mem::take(&mut batch));
+            in_flight.push(async move { write_and_ack(&publisher, &cache, &metrics, &records).await });
         }
     }
     // Shutdown: finish what is being written, so its acks go out.
@@ -138,25 +138,41 @@ const GATHER: Duration = Duration::from_millis(2);
 async fn write_and_ack(
     publisher: &Publisher,
     cache: &StatusCache,
+    metrics: &Metrics,
     batch: &[async_nats::jetstream::Message],
 ) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let bad = handle_batch(publisher, cache, batch).await?;
+    let Handled { bad, ended } = handle_batch(publisher, cache, metrics, batch).await?;
     tracing::debug!(records = batch.len(), bad = bad.len(), took = ?started.elapsed(), "results batch written");
     for (i, m) in batch.iter().enumerate() {
-        let kind = if bad.contains(&i) { AckKind::Term } else { AckKind::Ack };
-        m.ack_with(kind).await.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+        let is_bad = bad.contains(&i);
+        m.ack_with(if is_bad { AckKind::Term } else { AckKind::Ack }).await.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+        if !is_bad {
+            metrics.ingested(ResultKind::of(&m.subject));
+        }
+    }
+    for outcome in ended {
+        metrics.run_ended(outcome);
     }
     Ok(())
 }
 
-/// Writes a batch's job status and download-list rows; returns the indexes
-/// of bad records, to be terminated.
+/// What a batch held, once written.
+#[derive(Debug, Default)]
+struct Handled {
+    /// The indexes of bad records, to be terminated.
+    bad: Vec<usize>,
+    /// The outcomes of the final run records.
+    ended: Vec<Outcome>,
+}
+
+/// Writes a batch's job status and download-list rows.
 async fn handle_batch(
     publisher: &Publisher,
     cache: &StatusCache,
+    metrics: &Metrics,
     batch: &[async_nats::jetstream::Message],
-) -> Result<Vec<usize>, StoreError> {
+) -> Result<Handled, StoreError> {
     let store = publisher.store();
     // Applied records, and the manual runs whose start entries they answer.
     let mut applied_records: Vec<AppliedRecord> = Vec::new();
@@ -167,16 +183,17 @@ async fn handle_batch(
     let mut instr: Vec<InstrRecord> = Vec::new();
     // The run index entry each run's records in this batch make.
     let mut index: HashMap<Uuid, RunIndexEntry> = HashMap::new();
-    let mut bad = Vec::new();
+    let mut handled = Handled::default();
     for (i, m) in batch.iter().enumerate() {
         let subject = m.subject.as_str();
-        let verdict = if subject.ends_with(".applied") {
+        let kind = ResultKind::of(subject);
+        let verdict = if kind == ResultKind::Applied {
             msg::decode::<AppliedRecord>(&m.payload).map_err(|e| e.to_string()).and_then(|r| {
                 identity::check_applied(&store.subjects, subject, &r).map_err(|e| e.to_string())?;
                 applied_records.push(r);
                 Ok(())
             })
-        } else if subject.ends_with(".instr") {
+        } else if kind == ResultKind::Instr {
             msg::decode::<InstrRecord>(&m.payload).map_err(|e| e.to_string()).and_then(|r| {
                 identity::check_instr(&store.subjects, subject, &r).map_err(|e| e.to_string())?;
                 instr.push(r);
@@ -189,6 +206,9 @@ async fn handle_batch(
                     answered.push((r.target.clone(), r.run_id));
                 }
                 let seq = m.info().map_err(|e| format!("not a stream message: {e}"))?.stream_sequence;
+                if r.outcome.is_final() {
+                    handled.ended.push(r.outcome);
+                }
                 let entry =
                     RunIndexEntry { v: 1, target: r.target.clone(), job_id: r.job_id, seq, is_final: r.outcome.is_final() };
                 match index.get(&r.run_id) {
@@ -214,9 +234,10 @@ async fn handle_batch(
             })
         };
         if let Err(error) = verdict {
-            let count = BAD_RESULTS.fetch_add(1, Ordering::Relaxed) + 1;
+            metrics.bad_message(Inbound::Result(kind));
+            let count = metrics.bad_messages(&Inbound::RESULTS);
             tracing::warn!(subject, error, bad_results = count, "bad result record terminated");
-            bad.push(i);
+            handled.bad.push(i);
         }
     }
     let writes = futures::stream::iter(newest)
@@ -250,7 +271,7 @@ async fn handle_batch(
     for w in instr_writes {
         w?;
     }
-    Ok(bad)
+    Ok(handled)
 }
 
 /// KV writes in flight at once while draining.

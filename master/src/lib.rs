@@ -10,7 +10,9 @@
 //! - [`api`] serves the `muster` NATS service that `musterctl` and targets call;
 //! - [`ingest`] drains `MUSTER_RESULTS` into job status and the download list;
 //!   [`applied`] says what targets' applied records and answered starts mean;
-//! - [`trim`] gives memory freed by a burst of work back to the system.
+//! - [`trim`] gives memory freed by a burst of work back to the system;
+//! - [`console`] serves the web console (`--http`), off unless asked for,
+//!   and [`metrics`] the Prometheus metrics on the same listener.
 //!
 //! The daemon's entry point is [`run`]. `musterctl` and its API client live
 //! in `muster-ctl`, which does not depend on this crate: clients never link
@@ -19,8 +21,10 @@
 pub mod api;
 pub mod applied;
 pub mod config;
+pub mod console;
 pub mod desired;
 pub mod ingest;
+pub mod metrics;
 pub mod publish;
 pub mod reconcile;
 pub mod status;
@@ -42,6 +46,9 @@ pub use config::MasterConfig;
 /// When the service cannot start.
 pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     trim::big_allocations_apart();
+    // The console's flags and files are checked, and its port bound,
+    // before anything else: a mistake there stops the master at once.
+    let console = config.console.as_ref().map(console::open).transpose()?;
     let client = nats::connect(&config.nats, nats::Wait::Forever).await?;
     let js = async_nats::jetstream::new(client.clone());
     // JetStream may not be ready yet (a server still starting, a cluster still
@@ -61,7 +68,8 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> anyhow::R
     tracing::info!(prefix = config.subjects.prefix(), replicas = config.store.replicas, "streams and buckets ready");
 
     let publisher = publish::Publisher::new(store.clone());
-    let ingest = tokio::spawn(ingest::run(publisher.clone(), shutdown.clone()));
+    let metrics = std::sync::Arc::new(metrics::Metrics::new(config.metrics_refresh));
+    let ingest = tokio::spawn(ingest::run(publisher.clone(), metrics.clone(), shutdown.clone()));
     // The API serves at once; reconcile repairs what a predecessor left, in
     // the background, from the moment the API is up.
     let (serving, up) = tokio::sync::oneshot::channel();
@@ -73,13 +81,21 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> anyhow::R
             }
         }
     });
-    let served = api::serve(client.clone(), store, publisher, config.clone(), shutdown.clone(), serving).await;
+    let ctx = api::Ctx::new(client.clone(), store, publisher, config.clone(), metrics);
+    // The web console, when asked for (`--http`): a client of the same
+    // handlers, in-process.
+    let console = console.map(|opened| tokio::spawn(console::serve(ctx.clone(), opened, shutdown.clone())));
+    let served = api::serve(ctx, shutdown.clone(), serving).await;
     // The API stopped (shutdown, or a fatal error): stop the drain too.
     shutdown.cancel();
     let ingested = ingest.await.context("results drain task panicked")?;
     reconciling.await.context("reconcile task panicked")?;
+    let console = match console {
+        Some(c) => c.await.context("web console task panicked")?,
+        None => Ok(()),
+    };
     client.drain().await.ok();
-    served.and(ingested)
+    served.and(ingested).and(console)
 }
 
 /// Converts a previous version's instruction queue, retrying with backoff

@@ -7,7 +7,8 @@
 //! each target's desired state and what it reports back ([`desired`]), the
 //! job model ([`job`], [`schedule`]), what a target may touch on the
 //! server ([`perms`]), and the rule that a record stands only on the
-//! subject it names ([`identity`]).
+//! subject it names ([`identity`]), and the web console's users file and
+//! roles ([`console`]).
 //!
 //! There is no tokio and no I/O here, so both sides can depend on it without
 //! pulling in each other. Every `Serialize` type is a versioned public API:
@@ -15,6 +16,7 @@
 //! without bumping [`PROTOCOL_VERSION`].
 
 pub mod api;
+pub mod console;
 pub mod desired;
 pub mod identity;
 pub mod job;

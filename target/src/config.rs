@@ -38,6 +38,8 @@ pub struct TargetConfig {
     pub spool_max_bytes: u64,
     /// Jobs running at once on this target; more wait for a slot.
     pub max_concurrent_runs: usize,
+    /// `--metrics ADDR`: serve Prometheus metrics there; `None`: off.
+    pub metrics: Option<String>,
 }
 
 impl TargetConfig {
@@ -60,6 +62,7 @@ impl TargetConfig {
             shutdown_grace: Duration::from_secs(10),
             spool_max_bytes: 256 * 1024 * 1024,
             max_concurrent_runs: 16,
+            metrics: None,
         }
     }
 }

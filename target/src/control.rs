@@ -11,7 +11,8 @@ use muster_shared::api::{ApiError, ErrorCode};
 use muster_shared::msg::{self, ControlOp, ControlReply, ControlRequest};
 use tokio_util::sync::CancellationToken;
 
-use crate::poller::{count, Poller};
+use crate::metrics::Bad;
+use crate::poller::Poller;
 
 /// Answers control requests until `shutdown`. Each request is handled in its
 /// own task so a slow poll does not hold up a stop.
@@ -31,7 +32,7 @@ pub async fn serve(client: async_nats::Client, poller: Arc<Poller>, shutdown: Ca
             },
         };
         let Some(reply_to) = request.reply.clone() else {
-            let total = count(&poller.metrics.bad_control);
+            let total = poller.metrics.bad(Bad::Control);
             tracing::warn!(subject = %request.subject, bad_control = total, "control message without a reply subject ignored");
             continue;
         };
@@ -39,7 +40,7 @@ pub async fn serve(client: async_nats::Client, poller: Arc<Poller>, shutdown: Ca
         tokio::spawn(async move {
             let reply = match msg::decode::<ControlRequest>(&request.payload) {
                 Err(e) => {
-                    let total = count(&poller.metrics.bad_control);
+                    let total = poller.metrics.bad(Bad::Control);
                     tracing::warn!(subject = %request.subject, error = %e, bad_control = total, "bad control request refused");
                     ControlReply::error(e)
                 }

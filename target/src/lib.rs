@@ -6,13 +6,15 @@
 //! ([`control`]), keeps its jobs on local disk ([`state`]), runs them on
 //! their schedules or when told ([`scheduler`], [`runner`], [`process`]), and
 //! uploads every outcome through a write-ahead spool ([`spool`]) so nothing is
-//! lost while NATS or the master is away.
+//! lost while NATS or the master is away. With `--metrics`, it serves its
+//! Prometheus metrics ([`metrics`]).
 //!
 //! The entry point is [`run`].
 
 pub mod claim;
 pub mod config;
 pub mod control;
+pub mod metrics;
 pub mod poller;
 pub mod process;
 pub mod runner;
@@ -49,6 +51,8 @@ use crate::state::State;
 /// When the state directory cannot be opened, or belongs to another
 /// running agent or another name ([`claim`]); NATS problems are retried.
 pub async fn run(config: TargetConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // A metrics address that cannot be bound stops the agent at once.
+    let metrics_listener = config.metrics.as_deref().map(muster_runtime::metrics::bind).transpose()?;
     // Held until the agent returns: no second agent on this directory.
     let _claim = claim::claim(&config.state_dir, &config.name)?;
     let state =
@@ -64,6 +68,7 @@ pub async fn run(config: TargetConfig, shutdown: CancellationToken) -> anyhow::R
         },
         state.clone(),
         spool.clone(),
+        Arc::default(),
     );
     let interrupted = runner.report_interrupted()?;
     tracing::info!(
@@ -83,6 +88,17 @@ pub async fn run(config: TargetConfig, shutdown: CancellationToken) -> anyhow::R
     let stop_work = CancellationToken::new();
     let stop_flusher = CancellationToken::new();
     tasks.spawn(Flusher { spool: spool.clone(), js: js.clone() }.run(stop_flusher.clone(), Duration::from_secs(5)));
+    if let Some(listener) = metrics_listener {
+        // Served until the spool is flushed: a stopping agent still says
+        // what it holds.
+        let registry = Arc::new(runner.metrics().registry(spool.clone(), client.clone()));
+        let stop = stop_flusher.clone();
+        tasks.spawn(async move {
+            if let Err(e) = muster_runtime::metrics::serve(listener, registry, stop).await {
+                tracing::error!(error = %e, "metrics not served");
+            }
+        });
+    }
 
     let jobs_changed = Arc::new(Notify::new());
     let poller = Arc::new(

@@ -15,9 +15,8 @@
 
 mod apply;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{
     self,
@@ -35,28 +34,13 @@ use uuid::Uuid;
 
 use apply::Applier;
 
+use crate::metrics::{AgentMetrics, Bad};
 use crate::runner::Runner;
 use crate::spool::Spool;
 use crate::state::State;
 
 /// Job documents fetched at once by one poll.
 pub const FETCH_CONCURRENCY: usize = 16;
-
-/// Counters for polls and bad input; every bad message is logged with the
-/// running count.
-#[derive(Debug, Default)]
-pub struct PollMetrics {
-    pub polls: AtomicU64,
-    /// Manifests refused (unreadable, another target's, over limits).
-    pub bad_instructions: AtomicU64,
-    /// Control requests refused.
-    pub bad_control: AtomicU64,
-}
-
-/// Counts one more and returns the total, for the log line.
-pub fn count(counter: &AtomicU64) -> u64 {
-    counter.fetch_add(1, Ordering::Relaxed) + 1
-}
 
 /// Why a poll did not end with a report.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +74,8 @@ pub struct Poller {
     pub jobs_changed: Arc<Notify>,
     pub instance: Uuid,
     pub default_interval: Duration,
-    pub metrics: PollMetrics,
+    /// Polls, bad input (every bad message is logged with the running count).
+    pub metrics: Arc<AgentMetrics>,
     /// `MUSTER_DESIRED`, without a `STREAM.INFO` request.
     desired: Stream<()>,
     /// Held for a whole poll: polls never overlap.
@@ -124,12 +109,12 @@ impl Poller {
             subjects,
             js,
             state,
+            metrics: runner.metrics().clone(),
             runner,
             spool,
             jobs_changed,
             instance: Uuid::new_v4(),
             default_interval,
-            metrics: PollMetrics::default(),
             desired,
             memory: Mutex::new(PollMemory::default()),
         })
@@ -171,6 +156,13 @@ impl Poller {
     /// When there is no manifest (not enlisted), NATS does not answer, or
     /// local state cannot be written.
     pub async fn poll(&self) -> Result<PollReport, PollError> {
+        let started = Instant::now();
+        let polled = self.poll_once().await;
+        self.metrics.polled(started.elapsed(), &polled);
+        polled
+    }
+
+    async fn poll_once(&self) -> Result<PollReport, PollError> {
         let mut memory = self.memory.lock().await;
         let read = self.read_manifest().await?;
         let (mut changed, mut failed) = (0, 0);
@@ -193,7 +185,6 @@ impl Poller {
             }
         }
         drop(memory);
-        self.metrics.polls.fetch_add(1, Ordering::Relaxed);
         let report = self.report(changed, failed);
         self.publish_report(&report);
         Ok(report)
@@ -238,8 +229,8 @@ impl Poller {
             spooled: self.spool.len(),
             clock_skew_ms: self.state.clock_skew_ms(),
             timezone: std::env::var("TZ").ok().or_else(|| iana_time_zone::get_timezone().ok()).unwrap_or_default(),
-            bad_instructions: self.metrics.bad_instructions.load(Ordering::Relaxed),
-            bad_control: self.metrics.bad_control.load(Ordering::Relaxed),
+            bad_instructions: self.metrics.bad_so_far(Bad::Instruction),
+            bad_control: self.metrics.bad_so_far(Bad::Control),
             applied_revision: self.state.desired(),
         }
     }

@@ -31,6 +31,7 @@ use uuid::Uuid;
 
 use muster_runtime::backoff::Backoff;
 
+use crate::metrics::AgentMetrics;
 use crate::process::{self, add_note, run_step, Ended, OutputCapture, Program, StepCommand};
 use crate::spool::{Entry, Spool};
 use crate::state::State;
@@ -104,10 +105,12 @@ pub struct Runner {
     waiting: Arc<std::sync::atomic::AtomicUsize>,
     /// Records of runs that could not start, waiting for room.
     unstarted: Arc<unstarted::Unstarted>,
+    /// Runs by outcome, and the agent's other counters.
+    metrics: Arc<AgentMetrics>,
 }
 
 impl Runner {
-    pub fn new(cfg: RunnerConfig, state: State, spool: Spool) -> Self {
+    pub fn new(cfg: RunnerConfig, state: State, spool: Spool, metrics: Arc<AgentMetrics>) -> Self {
         let slots = Arc::new(Semaphore::new(cfg.max_concurrent_runs.max(1)));
         Self {
             cfg: Arc::new(cfg),
@@ -119,7 +122,13 @@ impl Runner {
             stopping: CancellationToken::new(),
             waiting: Arc::default(),
             unstarted: Arc::default(),
+            metrics,
         }
+    }
+
+    /// The agent's counters, shared with the poller.
+    pub fn metrics(&self) -> &Arc<AgentMetrics> {
+        &self.metrics
     }
 
     /// Reports runs the agent died in as `interrupted`. Call once at start.
@@ -336,6 +345,9 @@ impl Runner {
             body: String::from_utf8(msg::encode(r)).expect("JSON is UTF-8"),
         };
         tokio::task::block_in_place(|| self.spool.push(&entry))?;
+        if r.outcome.is_final() {
+            self.metrics.run_ended(r.outcome);
+        }
         Ok(())
     }
 
@@ -665,7 +677,7 @@ mod tests {
             kill_grace: Duration::from_secs(1),
             max_concurrent_runs: 4,
         };
-        Runner::new(cfg, state.clone(), spool)
+        Runner::new(cfg, state.clone(), spool, Arc::default())
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

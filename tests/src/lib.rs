@@ -137,6 +137,11 @@ impl Proc {
         self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
+    /// How the process ended, once it has (`None` while it runs).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// `kill -9`, and reap.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -23,6 +23,25 @@ pub(super) fn run(subjects: &Subjects, out: Out, cmd: AuthCmd) -> Result<(), Fai
                 );
             })
         }
+        AuthCmd::ConsoleUser { name, role, dir, password_stdin } => {
+            let how = if password_stdin { crate::auth::console::Password::Stdin } else { crate::auth::console::Password::Make };
+            let added = crate::auth::console::add_user(&dir, &name, role, how).map_err(|e| Failure::invalid(format!("{e:#}")))?;
+            let json = serde_json::json!({
+                "file": added.file,
+                "user": name,
+                "role": role.as_str(),
+                "replaced": added.replaced,
+                "password": added.made_password,
+            });
+            out.print(&json, || {
+                let verb = if added.replaced { "replaced" } else { "added" };
+                crate::say!("{verb} console user {name} ({}) in {}", role.as_str(), added.file.display());
+                if let Some(p) = &added.made_password {
+                    crate::say!("  password: {p}   (shown once; it is stored only hashed)");
+                }
+                crate::say!("  start the master with --http ADDR --http-users {}", added.file.display());
+            })
+        }
         AuthCmd::Init { targets, dir, hosts } => {
             let made = crate::auth::init::init(&dir, subjects, &hosts, &targets)?;
             let env: Vec<serde_json::Value> =

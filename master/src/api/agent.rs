@@ -52,9 +52,10 @@ impl Ctx {
             r.starts_with(RESPONSE_MAPPING_PREFIX) || own_inbox.as_deref().is_some_and(|inbox| r.starts_with(inbox))
         });
         if !ok {
-            self.metrics.bad_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let bad = self.metrics.bad_message(crate::metrics::Inbound::AgentApi);
             tracing::warn!(
                 subject,
+                bad,
                 reply = reply.unwrap_or_default(),
                 "refused an agent request whose reply subject is not the agent's own inbox"
             );

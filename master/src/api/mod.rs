@@ -30,7 +30,6 @@ mod reply;
 mod summary;
 mod targets;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_nats::service::ServiceExt;
@@ -43,6 +42,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MasterConfig;
+use crate::metrics::{Inbound, Metrics};
 use crate::publish::Publisher;
 use crate::store::Store;
 
@@ -60,11 +60,28 @@ enum Route {
     AgentDefect,
 }
 
-/// Counters exposed in the service's stats (`nats micro stats muster`).
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub requests: AtomicU64,
-    pub bad_requests: AtomicU64,
+impl Route {
+    /// The route's label in the metrics: the operation's subject suffix.
+    fn label(self) -> &'static str {
+        match self {
+            Route::Admin(op) => op.subject(),
+            Route::AgentEnlist => "agent.enlist",
+            Route::AgentDefect => "agent.defect",
+        }
+    }
+
+    /// The kind of subject it came in on, for bad requests.
+    fn inbound(self) -> Inbound {
+        match self {
+            Route::Admin(_) => Inbound::Api,
+            Route::AgentEnlist | Route::AgentDefect => Inbound::AgentApi,
+        }
+    }
+}
+
+/// Every route's label in the metrics, a fixed list.
+pub(crate) fn route_labels() -> impl Iterator<Item = &'static str> {
+    Op::ALL.iter().map(|&op| Route::Admin(op)).chain([Route::AgentEnlist, Route::AgentDefect]).map(Route::label)
 }
 
 /// Everything a handler needs.
@@ -77,28 +94,52 @@ pub struct Ctx {
     pub publisher: Publisher,
 }
 
+impl Ctx {
+    pub fn new(
+        client: async_nats::Client,
+        store: Store,
+        publisher: Publisher,
+        config: MasterConfig,
+        metrics: Arc<Metrics>,
+    ) -> Ctx {
+        Ctx { client, store, config, metrics, publisher }
+    }
+
+    /// Calls `op` in-process, through the same dispatch as a request on its
+    /// NATS endpoint (decoding, validation, counting, logging), for the web
+    /// console. Callers decide who may call what ([`Op::access`]) before.
+    ///
+    /// # Errors
+    /// The operation's error, as a client would get it.
+    pub async fn call<B: Serialize, R: DeserializeOwned>(&self, op: Op, body: B) -> Result<R, ApiError> {
+        let payload = msg::encode(&Request::new(body));
+        // Boxed: the dispatch holds every operation's future, too big to
+        // sit inside each caller's (the API loop spawns it for the same reason).
+        let subject = self.config.subjects.api(op);
+        let reply = Box::pin(self.handle(Route::Admin(op), &subject, &payload)).await;
+        // Not `msg::decode`: an in-process answer has no message size cap.
+        serde_json::from_slice::<wire::Reply<R>>(&reply)
+            .map_err(|e| ApiError::internal(format!("decoding the answer to {}: {e}", op.subject())))?
+            .into_result()
+    }
+}
+
 /// Serves the API until `shutdown`; `serving` is told once every endpoint
 /// is registered.
 ///
 /// # Errors
 /// When the service or one of its endpoints cannot be registered.
-pub async fn serve(
-    client: async_nats::Client,
-    store: Store,
-    publisher: Publisher,
-    config: MasterConfig,
-    shutdown: CancellationToken,
-    serving: tokio::sync::oneshot::Sender<()>,
-) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::default());
-    let stats_metrics = metrics.clone();
+pub async fn serve(ctx: Ctx, shutdown: CancellationToken, serving: tokio::sync::oneshot::Sender<()>) -> anyhow::Result<()> {
+    let (client, config) = (ctx.client.clone(), ctx.config.clone());
+    let stats_metrics = ctx.metrics.clone();
     let service = client
         .service_builder()
         .description("Muster master: multiserver job administration")
+        // This replica's totals, read from the Prometheus counters.
         .stats_handler(move |_endpoint, _stats| {
             serde_json::json!({
-                "requests": stats_metrics.requests.load(Ordering::Relaxed),
-                "bad_requests": stats_metrics.bad_requests.load(Ordering::Relaxed),
+                "requests": stats_metrics.api_requests_total(),
+                "bad_requests": stats_metrics.bad_messages(&[Inbound::Api, Inbound::AgentApi]),
             })
         })
         .start(config.subjects.service_name(), muster_shared::AGENT_VERSION)
@@ -135,7 +176,6 @@ pub async fn serve(
     serving.send(()).ok();
 
     let limit = Arc::new(Semaphore::new(config.max_concurrent_requests));
-    let ctx = Ctx { client, store, config, metrics, publisher };
     loop {
         let (route, request) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -166,16 +206,16 @@ pub async fn serve(
 
 impl Ctx {
     async fn handle(&self, route: Route, subject: &str, payload: &[u8]) -> Vec<u8> {
-        self.metrics.requests.fetch_add(1, Ordering::Relaxed);
         let answer = match route {
             Route::AgentEnlist => self.agent_enlist(subject, payload).await,
             Route::AgentDefect => self.agent_defect(subject, payload).await,
             Route::Admin(op) => self.admin(op, payload).await,
         };
+        self.metrics.api_request(route.label(), answer.as_ref().err().map(|e| e.code));
         if let Err(e) = &answer {
             if matches!(e.code, ErrorCode::InvalidRequest | ErrorCode::BadVersion) {
-                self.metrics.bad_requests.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(subject, error = %e, "refused bad API request");
+                let bad = self.metrics.bad_message(route.inbound());
+                tracing::warn!(subject, error = %e, bad, "refused bad API request");
             } else {
                 tracing::debug!(subject, error = %e, "API request failed");
             }

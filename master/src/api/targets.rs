@@ -131,7 +131,7 @@ impl Ctx {
     /// latest poll reports (last message per subject), one headers-only
     /// read of the manifests' summaries, whatever the number of targets.
     /// A record that cannot be read is listed as corrupt, in name order.
-    pub(super) async fn target_list(&self) -> Result<Vec<Listed<TargetInfo>>, ApiError> {
+    pub(crate) async fn target_list(&self) -> Result<Vec<Listed<TargetInfo>>, ApiError> {
         let (mut targets, groups, polls, summaries) = tokio::try_join!(
             Store::scan_all_checked::<TargetRecord>(&self.store.targets),
             self.store.all_groups(),
@@ -197,8 +197,13 @@ impl Ctx {
     /// `offline` when no agent listens (its instructions stay queued),
     /// `timeout` when it did not answer in time.
     pub async fn force_poll(&self, name: &TargetName) -> Result<PollReport, ApiError> {
-        let reply = self.control(name, ControlOp::Poll).await?;
-        reply.report.ok_or_else(|| ApiError::internal("the target answered without a poll report"))
+        let started = std::time::Instant::now();
+        let report = self
+            .control(name, ControlOp::Poll)
+            .await
+            .and_then(|reply| reply.report.ok_or_else(|| ApiError::internal("the target answered without a poll report")));
+        self.metrics.force_polled(started.elapsed(), report.as_ref().map(|_| ()).map_err(|e| e.code));
+        report
     }
 
     /// Sends a control request to a target and waits for its answer.

@@ -1,5 +1,6 @@
 //! Private key files: a NATS user's nkey seed (`--nkey`), a credentials
-//! file (`--creds`) and the TLS client key (`--tls-key`).
+//! file (`--creds`) and the TLS client key (`--tls-key`); and the master's
+//! web console's users file and TLS key, refused the same way.
 //!
 //! Whoever reads one of these files *is* that identity on the NATS server,
 //! so every binary refuses one that group or others may access, as `ssh`
@@ -27,6 +28,10 @@ pub enum KeyKind {
     Credentials,
     /// The TLS client certificate's key (`--tls-key`, `NATS_KEY`).
     TlsKey,
+    /// The web console's users and their password hashes (`--http-users`).
+    ConsoleUsers,
+    /// The web console's TLS key (`--http-tls-key`).
+    ConsoleTlsKey,
 }
 
 impl fmt::Display for KeyKind {
@@ -35,6 +40,8 @@ impl fmt::Display for KeyKind {
             KeyKind::NkeySeed => "the NATS nkey seed",
             KeyKind::Credentials => "the NATS credentials file",
             KeyKind::TlsKey => "the TLS client key",
+            KeyKind::ConsoleUsers => "the web console's users file",
+            KeyKind::ConsoleTlsKey => "the web console's TLS key",
         })
     }
 }
@@ -44,7 +51,7 @@ impl fmt::Display for KeyKind {
 pub enum KeyFileError {
     /// Group or others have some access to the file.
     #[error(
-        "{kind} {} is open to other users (mode {mode:04o}): whoever reads it can connect as this identity, so it must be readable by its owner only; run: chmod 600 {}",
+        "{kind} {} is open to other users (mode {mode:04o}): whoever reads it can act as this identity (or guess at its secrets), so it must be readable by its owner only; run: chmod 600 {}",
         path.display(),
         path.display()
     )]

@@ -57,6 +57,10 @@ struct Flags {
     /// Jobs running at once.
     #[arg(long, env = "MUSTER_MAX_RUNS", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     max_runs: u64,
+    /// Serve Prometheus metrics as /metrics on ADDR (off unless given): a
+    /// port alone (9464) is loopback only; IP:PORT binds exactly there.
+    #[arg(long, env = "MUSTER_METRICS", value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -96,6 +100,7 @@ fn main() -> ExitCode {
     config.shutdown_grace = Duration::from_secs(flags.shutdown_grace);
     config.spool_max_bytes = flags.spool_max_mb * 1024 * 1024;
     config.max_concurrent_runs = usize::try_from(flags.max_runs).unwrap_or(usize::MAX);
+    config.metrics = flags.metrics;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         // The agent waits on NATS, files and child processes: one worker is
@@ -136,8 +141,12 @@ fn host_name() -> Result<TargetName, HostNameError> {
     name_from_host(&host.to_string_lossy())
 }
 
-/// The exit code of a failure: a bad NATS URL, key or credentials file
-/// is invalid input, anything else internal.
+/// The exit code of a failure: a bad NATS URL, key or credentials file,
+/// or a metrics address that cannot be listened on, is invalid input;
+/// anything else internal.
 fn exit_for(e: &anyhow::Error) -> ExitCode {
+    if e.downcast_ref::<muster_runtime::metrics::ListenError>().is_some() {
+        return Exit::Invalid.into();
+    }
     e.downcast_ref::<muster_runtime::nats::ConnectError>().map_or(Exit::Internal, Exit::from).into()
 }

@@ -34,7 +34,7 @@ use muster_shared::PROTOCOL_VERSION;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::{count, PollMetrics};
+use crate::metrics::{AgentMetrics, Bad};
 use crate::runner::Runner;
 use crate::spool::{Entry, Spool};
 use crate::state::{AppliedState, State};
@@ -51,7 +51,7 @@ pub(super) struct Applier<'a> {
     pub spool: &'a Spool,
     /// Woken when jobs changed, so the scheduler recomputes.
     pub jobs_changed: &'a Notify,
-    pub metrics: &'a PollMetrics,
+    pub metrics: &'a AgentMetrics,
 }
 
 /// What applying one revision led to.
@@ -83,7 +83,7 @@ impl Applier<'_> {
                 Err(e) => ((m.target == *self.name).then(|| m.applied()), format!("manifest refused: {e}")),
             },
         };
-        let total = count(&self.metrics.bad_instructions);
+        let total = self.metrics.bad(Bad::Instruction);
         tracing::warn!(
             subject = %self.subjects.state(self.name),
             error,
@@ -293,7 +293,7 @@ mod tests {
         spool: Spool,
         runner: Runner,
         jobs_changed: Notify,
-        metrics: PollMetrics,
+        metrics: std::sync::Arc<AgentMetrics>,
     }
 
     impl Agent {
@@ -311,16 +311,10 @@ mod tests {
                 },
                 state.clone(),
                 spool.clone(),
+                std::sync::Arc::default(),
             );
-            Agent {
-                name,
-                subjects: Subjects::default(),
-                state,
-                spool,
-                runner,
-                jobs_changed: Notify::new(),
-                metrics: PollMetrics::default(),
-            }
+            let metrics = runner.metrics().clone();
+            Agent { name, subjects: Subjects::default(), state, spool, runner, jobs_changed: Notify::new(), metrics }
         }
 
         fn applier(&self) -> Applier<'_> {
@@ -703,7 +697,7 @@ mod tests {
         zero.poll_interval_secs = Some(0);
         let error = agent.applier().read(&msg::encode(&zero)).unwrap_err();
         assert_eq!(error, "manifest refused: poll interval 0");
-        assert_eq!(agent.metrics.bad_instructions.load(std::sync::atomic::Ordering::Relaxed), 3);
+        assert_eq!(agent.metrics.bad_so_far(Bad::Instruction), 3);
 
         // Only the one naming this target is answered; the jobs held stay.
         let records = agent.applied_records();

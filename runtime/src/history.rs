@@ -32,10 +32,10 @@ mod window;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::stream::{read_to_end, Span};
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use chrono::{DateTime, Utc};
-use muster_runtime::stream::{read_to_end, Span};
 use muster_shared::identity;
 use muster_shared::msg::{self, Outcome, RunRecord};
 use muster_shared::name::{JobName, TargetName};
@@ -368,8 +368,10 @@ async fn read_span(
 }
 
 /// A message's run record, if it is one that may stand on its subject
-/// (others are left out, and logged at debug level).
-fn record(subjects: &Subjects, subject: &str, payload: &[u8]) -> Option<RunRecord> {
+/// (others are left out, and logged at debug level). Every reader of run
+/// records from the stream goes through here (history, the console's live
+/// updates).
+pub fn record(subjects: &Subjects, subject: &str, payload: &[u8]) -> Option<RunRecord> {
     let checked = msg::decode::<RunRecord>(payload)
         .map_err(|e| e.to_string())
         .and_then(|r| identity::check_run(subjects, subject, &r).map(|()| r).map_err(|e| e.to_string()));
