@@ -4,7 +4,8 @@
 //! It holds everything two processes must agree on and nothing else: validated
 //! names ([`name`]), the subjects built from them ([`subject`]), the streams,
 //! consumers and buckets ([`streams`]), the message bodies ([`msg`], [`api`]),
-//! each target's desired state and what it reports back ([`desired`]), the
+//! each target's desired state and what it reports back ([`desired`]),
+//! a run's live output ([`output`]), the
 //! job model ([`job`], [`schedule`]), what a target may touch on the
 //! server ([`perms`]), and the rule that a record stands only on the
 //! subject it names ([`identity`]).
@@ -20,6 +21,7 @@ pub mod identity;
 pub mod job;
 pub mod msg;
 pub mod name;
+pub mod output;
 pub mod perms;
 pub mod runs;
 pub mod schedule;

@@ -21,8 +21,9 @@
 //! So each target also gets an account of its own ([`target_account`]),
 //! which imports from the Muster account ([`muster_exports`]) only its own
 //! handful of subjects, as services — the two Direct Get subjects,
-//! `<prefix>.result.<t>.>`, `<prefix>.poll.<t>` (JetStream's PubAck is the
-//! service's answer) and `<prefix>.api.agent.<t>.>` — and exports its
+//! `<prefix>.result.<t>.>`, `<prefix>.poll.<t>`, `<prefix>.output.<t>.*`
+//! (JetStream's PubAck is the service's answer) and
+//! `<prefix>.api.agent.<t>.>` — and exports its
 //! control subject to the Muster account. A request crossing an import gets
 //! a reply subject the server makes up (`_R_.…`) and maps back into the
 //! requester's account: an answer aimed anywhere lands in the target's own
@@ -37,6 +38,9 @@
 //! confine it; a push consumer would deliver into the Muster account's
 //! subjects (the buckets), and a create naming the master's consumer would
 //! change it.
+//! Nor does it read live output (`MUSTER_OUTPUT`): following a run takes a
+//! consumer, and reading chunk by chunk with Direct Gets would take the
+//! body form (`next_by_subj`), which a permission cannot confine to a run.
 //! The admin half of the API (`<prefix>.api.admin.>`) it neither imports
 //! nor may publish, so the server refuses such a request with a
 //! permissions violation, which `musterctl` reports as such.
@@ -57,11 +61,18 @@ pub struct Permissions {
 
 /// The least a target agent needs with desired state: read its own manifest
 /// and job documents by Direct Get, publish its own results (run records,
-/// applied records) and poll reports, call the agent API about itself, and
-/// hear its own control subject and replies.
+/// applied records), poll reports and live output, call the agent API about
+/// itself, and hear its own control subject and replies.
 pub fn target(s: &Subjects, t: &TargetName) -> Permissions {
     Permissions {
-        publish: vec![s.direct_get_state(t), s.direct_get_job_docs(t), s.results_of(t), s.poll(t), s.agent_api(t, ">")],
+        publish: vec![
+            s.direct_get_state(t),
+            s.direct_get_job_docs(t),
+            s.results_of(t),
+            s.poll(t),
+            s.agent_api(t, ">"),
+            s.output_of(t),
+        ],
         subscribe: vec![format!("{}.>", Subjects::inbox_prefix(t)), s.control(t)],
         allow_responses: true,
     }
@@ -92,10 +103,16 @@ pub struct Export {
 /// kind; each target's account imports its own part of each, the viewer's
 /// the read side.
 pub fn muster_exports(s: &Subjects) -> Vec<Export> {
-    let single =
-        [s.direct_get_state_all(), s.direct_get_job_docs_all(), s.results_of_any(), s.poll_all(), s.agent_api_pattern(">")]
-            .into_iter()
-            .chain(viewer_jetstream(s));
+    let single = [
+        s.direct_get_state_all(),
+        s.direct_get_job_docs_all(),
+        s.results_of_any(),
+        s.poll_all(),
+        s.agent_api_pattern(">"),
+        s.output_all(),
+    ]
+    .into_iter()
+    .chain(viewer_jetstream(s));
     let stream = [s.api_all(Access::Read), s.service_ping()];
     single
         .map(|subject| Export { subject, responses: Responses::Single })
@@ -234,6 +251,8 @@ mod tests {
             s.control(&t),
             s.agent_api(&t, "enlist"),
             s.results_of(&t),
+            s.output(&t, uuid::Uuid::nil()),
+            format!("$JS.API.CONSUMER.CREATE.{}", s.output_stream()),
         ] {
             assert!(!allowed(&acc.permissions.publish, &refused), "{refused} must be refused");
         }
@@ -263,6 +282,7 @@ mod tests {
         // Its own documents, by the confinable form of Direct Get.
         assert!(allowed(&p.publish, &s.direct_get_state(&a)));
         assert!(allowed(&p.publish, &s.direct_get_job_doc(&a, job)));
+        assert!(allowed(&p.publish, &s.output(&a, job)));
         // Nothing of another target's, and no form a permission cannot confine.
         for refused in [
             s.direct_get_state(&b),
@@ -275,6 +295,8 @@ mod tests {
             s.job_doc(&a, job),
             s.result_run(&b, job),
             s.poll(&b),
+            s.output(&b, job),
+            format!("$JS.API.STREAM.INFO.{}", s.output_stream()),
             s.agent_api(&b, "enlist"),
             s.api(crate::api::Op::JobCreate),
             s.api(crate::api::Op::TargetList),

@@ -76,6 +76,8 @@ pub struct StreamSpec {
     pub max_age: Duration,
     /// -1 means unlimited.
     pub max_msgs_per_subject: i64,
+    /// The most bytes kept; -1 means unlimited.
+    pub max_bytes: i64,
     /// Refuse new messages when full rather than silently dropping old ones.
     pub discard_new: bool,
     pub duplicate_window: Duration,
@@ -100,6 +102,7 @@ pub fn assign_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
         retention: Retention::WorkQueue,
         max_age: Duration::ZERO,
         max_msgs_per_subject: -1,
+        max_bytes: -1,
         discard_new: true,
         duplicate_window: o.duplicate_window,
         allow_direct: true,
@@ -117,6 +120,7 @@ pub fn results_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
         retention: Retention::Limits,
         max_age: o.history_retention,
         max_msgs_per_subject: -1,
+        max_bytes: -1,
         discard_new: true,
         duplicate_window: o.duplicate_window,
         allow_direct: true,
@@ -142,6 +146,7 @@ pub fn desired_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
         retention: Retention::Limits,
         max_age: Duration::ZERO,
         max_msgs_per_subject: 1,
+        max_bytes: -1,
         // Discard Old is what replaces a subject's message with the new one.
         discard_new: false,
         duplicate_window: Duration::from_secs(1),
@@ -160,10 +165,33 @@ pub fn polls_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
         retention: Retention::Limits,
         max_age: Duration::ZERO,
         max_msgs_per_subject: 1,
+        max_bytes: -1,
         discard_new: false,
         duplicate_window: Duration::from_secs(1),
         allow_direct: true,
         max_msg_size: 64 * 1024,
+        max_consumers: -1,
+        replicas: o.replicas,
+    }
+}
+
+/// `MUSTER_OUTPUT`: runs' live output, kept for a day and at most
+/// [`crate::output::OUTPUT_MAX_BYTES`], the oldest chunks dropped first (a
+/// stream, not core NATS, so a follower that comes late reads from the
+/// start: see [`crate::output`]). Publishes carry no message id (a chunk
+/// sent twice after a reconnect is harmless), so the window is minimal.
+pub fn output_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
+    StreamSpec {
+        name: s.output_stream(),
+        subjects: vec![s.output_all()],
+        retention: Retention::Limits,
+        max_age: crate::output::OUTPUT_RETENTION,
+        max_msgs_per_subject: -1,
+        max_bytes: crate::output::OUTPUT_MAX_BYTES,
+        discard_new: false,
+        duplicate_window: Duration::from_secs(1),
+        allow_direct: true,
+        max_msg_size: crate::output::OUTPUT_MAX_MSG_BYTES,
         max_consumers: -1,
         replicas: o.replicas,
     }
@@ -233,10 +261,18 @@ mod tests {
     fn no_two_streams_share_a_subject() {
         let s = Subjects::default();
         let o = StoreOptions::default();
-        let all = [assign_stream(&s, &o), results_stream(&s, &o), polls_stream(&s, &o), desired_stream(&s, &o)];
+        let all =
+            [assign_stream(&s, &o), results_stream(&s, &o), polls_stream(&s, &o), desired_stream(&s, &o), output_stream(&s, &o)];
         let t = crate::TargetName::new("web01").unwrap();
-        let samples =
-            [s.assign(&t), s.state(&t), s.job_doc(&t, uuid::Uuid::nil()), s.result_applied(&t), s.poll(&t), s.control(&t)];
+        let samples = [
+            s.assign(&t),
+            s.state(&t),
+            s.job_doc(&t, uuid::Uuid::nil()),
+            s.result_applied(&t),
+            s.poll(&t),
+            s.control(&t),
+            s.output(&t, uuid::Uuid::nil()),
+        ];
         for sample in &samples {
             let owners: Vec<&str> = all
                 .iter()

@@ -14,6 +14,7 @@
 //! | `muster.result.<t>.applied` | manifest revisions applied or refused (stream `MUSTER_RESULTS`) |
 //! | `muster.result.<t>.instr` | previous design: instructions applied or failed (stream `MUSTER_RESULTS`) |
 //! | `muster.poll.<t>` | the latest poll report (stream `MUSTER_POLLS`) |
+//! | `muster.output.<t>.<run-id>` | a run's live output, in chunks (stream `MUSTER_OUTPUT`, short retention) |
 //! | `muster.api.read.<op>` | the master's API, operations that only read (service `muster`; a viewer may call them) |
 //! | `muster.api.admin.<op>` | the master's API, operations that change state (only an admin may call them) |
 //! | `muster.api.agent.<t>.<op>` | the API a target may call, carrying its own name |
@@ -213,12 +214,36 @@ impl Subjects {
         format!("{}.poll.*", self.prefix)
     }
 
+    // ---- live output (stream MUSTER_OUTPUT) ---------------------------------
+
+    /// One run's live output chunks ([`crate::output::OutputChunk`]).
+    pub fn output(&self, t: &TargetName, run_id: Uuid) -> String {
+        format!("{}.output.{t}.{run_id}", self.prefix)
+    }
+
+    /// Every run's output of one target (its permission).
+    pub fn output_of(&self, t: &TargetName) -> String {
+        format!("{}.output.{t}.*", self.prefix)
+    }
+
+    /// One run's output on whichever target ran it (a filter: `run logs`
+    /// knows the run id before the target).
+    pub fn output_of_run(&self, run_id: Uuid) -> String {
+        format!("{}.output.*.{run_id}", self.prefix)
+    }
+
+    /// Every run's output: the stream's subject, an export of the Muster
+    /// account.
+    pub fn output_all(&self) -> String {
+        format!("{}.output.*.*", self.prefix)
+    }
+
     /// The target name carried by a subject built here, if any (token 2).
     pub fn target_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
         let rest = subject.strip_prefix(&self.prefix)?.strip_prefix('.')?;
         let mut tokens = rest.split('.');
         match tokens.next()? {
-            "target" | "result" | "poll" => tokens.next(),
+            "target" | "result" | "poll" | "output" => tokens.next(),
             "api" => match tokens.next()? {
                 "agent" => tokens.next(),
                 _ => None,
@@ -287,6 +312,11 @@ impl Subjects {
 
     pub fn polls_stream(&self) -> String {
         format!("{}_POLLS", self.upper())
+    }
+
+    /// Live output, kept briefly ([`crate::output`]).
+    pub fn output_stream(&self) -> String {
+        format!("{}_OUTPUT", self.upper())
     }
 
     pub fn bucket(&self, b: Bucket) -> String {
@@ -387,7 +417,13 @@ mod tests {
         assert_eq!(Bucket::jobstatus_key(job, &t), format!("{job}.web01"));
         assert_eq!(Bucket::jobstatus_keys_of(job), format!("{job}.*"));
         assert_eq!(s.agent_api(&t, "enlist"), "muster.api.agent.web01.enlist");
-        for subj in [s.assign(&t), s.poll(&t), s.result_instr(&t), s.agent_api(&t, "enlist")] {
+        let run = Uuid::nil();
+        assert_eq!(s.output(&t, run), format!("muster.output.web01.{run}"));
+        assert!(matches(&s.output_of(&t), &s.output(&t, run)));
+        assert!(matches(&s.output_of_run(run), &s.output(&t, run)));
+        assert!(matches(&s.output_all(), &s.output(&t, run)));
+        assert_eq!(s.output_stream(), "MUSTER_OUTPUT");
+        for subj in [s.assign(&t), s.poll(&t), s.result_instr(&t), s.agent_api(&t, "enlist"), s.output(&t, run)] {
             assert_eq!(s.target_of(&subj), Some("web01"), "{subj}");
         }
         assert_eq!(s.target_of("muster.api.admin.job.create"), None);

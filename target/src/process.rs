@@ -91,6 +91,9 @@ pub struct StepCommand {
     pub output_cap: usize,
     /// After `SIGTERM`, how long the process group has to exit before `SIGKILL`.
     pub kill_grace: Duration,
+    /// Where the output also goes while the step runs (the run's live
+    /// output), if anywhere.
+    pub live: Option<crate::live::Tee>,
 }
 
 /// How a step ended.
@@ -180,7 +183,7 @@ pub async fn run_step(cmd: &StepCommand, cancel: &CancellationToken) -> StepExit
         }
     };
     let pgid = group.id();
-    let mut reader = OutputReader::start(child.stdout.take(), child.stderr.take(), cmd.output_cap);
+    let mut reader = OutputReader::start(child.stdout.take(), child.stderr.take(), cmd.output_cap, cmd.live.clone());
 
     let outcome = tokio::select! {
         biased;
@@ -323,6 +326,7 @@ mod tests {
             timeout: None,
             output_cap: 64 * 1024,
             kill_grace: Duration::from_secs(5),
+            live: None,
         }
     }
 

@@ -31,6 +31,7 @@ use uuid::Uuid;
 
 use muster_runtime::backoff::Backoff;
 
+use crate::live::{Live, RunOutput};
 use crate::process::{self, add_note, run_step, Ended, OutputCapture, Program, StepCommand};
 use crate::spool::{Entry, Spool};
 use crate::state::State;
@@ -104,6 +105,8 @@ pub struct Runner {
     waiting: Arc<std::sync::atomic::AtomicUsize>,
     /// Records of runs that could not start, waiting for room.
     unstarted: Arc<unstarted::Unstarted>,
+    /// Where runs publish their output while they run, once connected.
+    live: Arc<std::sync::OnceLock<Live>>,
 }
 
 impl Runner {
@@ -119,7 +122,15 @@ impl Runner {
             stopping: CancellationToken::new(),
             waiting: Arc::default(),
             unstarted: Arc::default(),
+            live: Arc::default(),
         }
+    }
+
+    /// Runs started from now on publish their output live ([`crate::live`]).
+    /// Set once, when the agent has its connection; a second call changes
+    /// nothing.
+    pub fn attach_live(&self, live: Live) {
+        self.live.set(live).ok();
     }
 
     /// Reports runs the agent died in as `interrupted`. Call once at start.
@@ -439,9 +450,15 @@ impl Runner {
             })
         });
 
-        let (outcome, message) = self.run_steps(&job, run_id, &mut record.steps, &step_cancel, &job_timed_out, &cancel).await;
+        let live = self.live.get().map(|l| l.open(record.job_id, run_id));
+        let (outcome, message) =
+            self.run_steps(&job, run_id, &mut record.steps, &step_cancel, &job_timed_out, &cancel, live.as_ref()).await;
         if let Some(t) = timer {
             t.abort();
+        }
+        // Before the final record: whoever sees it has the output.
+        if let Some(live) = live {
+            live.finish().await;
         }
         record.outcome = outcome;
         record.message = message;
@@ -470,6 +487,7 @@ impl Runner {
         step_cancel: &CancellationToken,
         job_timed_out: &AtomicBool,
         stop: &CancellationToken,
+        live: Option<&RunOutput>,
     ) -> (Outcome, String) {
         let mut index = 0;
         for _ in 0..MAX_STEP_EXECUTIONS {
@@ -477,7 +495,9 @@ impl Runner {
             let mut retries = 0;
             let (exit, started_at) = loop {
                 let started_at = Utc::now();
-                let exit = run_step(&self.step_command(job, run_id, step), step_cancel).await;
+                let mut command = self.step_command(job, run_id, step);
+                command.live = live.map(|l| l.tee(index));
+                let exit = run_step(&command, step_cancel).await;
                 let retry = !exit.succeeded() && !step_cancel.is_cancelled() && retries < step.retries;
                 if !retry {
                     break (exit, started_at);
@@ -566,6 +586,7 @@ impl Runner {
             timeout: step.timeout_secs.map(Duration::from_secs),
             output_cap: self.cfg.output_cap,
             kill_grace: self.cfg.kill_grace,
+            live: None,
         }
     }
 }

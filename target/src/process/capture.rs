@@ -9,6 +9,9 @@
 //!
 //! [`OutputReader`] reads a child's stdout and stderr at the same time, so a
 //! child that fills one pipe while we wait on the other cannot deadlock.
+//! Each piece read also goes to the run's live output when it has one
+//! ([`crate::live::Tee`], which never waits): a tee of what is captured,
+//! not a second reader.
 //! [`OutputCapture`] on its own also cuts finished outputs down when a run
 //! record must shrink to fit (`crate::runner::fit_record`), so both cuts look
 //! the same.
@@ -21,6 +24,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{ChildStderr, ChildStdout};
 use tokio::task::JoinHandle;
+
+use crate::live::Tee;
+use muster_shared::output::Pipe;
 
 /// Size of each read from the stdout and stderr pipes.
 const READ_CHUNK: usize = 64 * 1024;
@@ -112,10 +118,11 @@ pub(super) struct OutputReader {
 }
 
 impl OutputReader {
-    /// Starts reading the pipes into a capture that keeps at most `cap` bytes.
-    pub(super) fn start(stdout: Option<ChildStdout>, stderr: Option<ChildStderr>, cap: usize) -> Self {
+    /// Starts reading the pipes into a capture that keeps at most `cap`
+    /// bytes, and into `live` if given.
+    pub(super) fn start(stdout: Option<ChildStdout>, stderr: Option<ChildStderr>, cap: usize, live: Option<Tee>) -> Self {
         let capture = Arc::new(Mutex::new(OutputCapture::new(cap)));
-        let task = tokio::spawn(pump_output(stdout, stderr, Arc::clone(&capture)));
+        let task = tokio::spawn(pump_output(stdout, stderr, Arc::clone(&capture), live));
         OutputReader { task, capture }
     }
 
@@ -144,21 +151,29 @@ impl Drop for OutputReader {
 
 /// Reads stdout and stderr at the same time, in the order data arrives, until
 /// both reach EOF (or an error).
-async fn pump_output(mut stdout: Option<ChildStdout>, mut stderr: Option<ChildStderr>, capture: Arc<Mutex<OutputCapture>>) {
+async fn pump_output(
+    mut stdout: Option<ChildStdout>,
+    mut stderr: Option<ChildStderr>,
+    capture: Arc<Mutex<OutputCapture>>,
+    live: Option<Tee>,
+) {
     let mut out_buf = vec![0u8; READ_CHUNK];
     let mut err_buf = vec![0u8; READ_CHUNK];
-    let push = |data: &[u8]| {
+    let push = |pipe: Pipe, data: &[u8]| {
         capture.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(data);
+        if let Some(live) = &live {
+            live.offer(pipe, data);
+        }
     };
     while stdout.is_some() || stderr.is_some() {
         // read() is cancel safe: data is never lost when the other branch wins.
         tokio::select! {
             r = read_opt(&mut stdout, &mut out_buf) => match r {
-                Ok(n) if n > 0 => push(&out_buf[..n]),
+                Ok(n) if n > 0 => push(Pipe::Stdout, &out_buf[..n]),
                 _ => stdout = None,
             },
             r = read_opt(&mut stderr, &mut err_buf) => match r {
-                Ok(n) if n > 0 => push(&err_buf[..n]),
+                Ok(n) if n > 0 => push(Pipe::Stderr, &err_buf[..n]),
                 _ => stderr = None,
             },
         }

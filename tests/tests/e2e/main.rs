@@ -17,6 +17,7 @@ mod faults;
 mod history;
 mod jobs;
 mod key_files;
+mod live_output;
 mod operator;
 mod readme_tour;
 mod reply_injection;
