@@ -456,6 +456,16 @@ pub enum RunCmd {
         #[arg(long)]
         follow: bool,
     },
+    /// A run's whole output, kept when its job sets "keep_output": "full",
+    /// written as it was printed (`> file`); checked against its SHA-256.
+    Output {
+        /// The run id (from `history`, `job start`).
+        run_id: Uuid,
+        /// Only this step record (0 for the first step run; `run show`
+        /// lists them in order); every step in order by default.
+        #[arg(long)]
+        step: Option<usize>,
+    },
 }
 
 /// `job start --wait --timeout`'s default, in seconds.

@@ -27,6 +27,7 @@ pub mod commands;
 pub mod exit;
 pub mod follow;
 pub mod history;
+pub mod kept;
 pub mod live;
 pub mod render;
 pub mod stdout;

@@ -5,7 +5,8 @@
 //! names ([`name`]), the subjects built from them ([`subject`]), the streams,
 //! consumers and buckets ([`streams`]), the message bodies ([`msg`], [`api`]),
 //! each target's desired state and what it reports back ([`desired`]),
-//! a run's live output ([`output`]), the
+//! a run's live output ([`output`]) and its full output kept by choice
+//! ([`kept`]), the
 //! job model ([`job`], [`schedule`]), what a target may touch on the
 //! server ([`perms`]), and the rule that a record stands only on the
 //! subject it names ([`identity`]).
@@ -19,6 +20,7 @@ pub mod api;
 pub mod desired;
 pub mod identity;
 pub mod job;
+pub mod kept;
 pub mod msg;
 pub mod name;
 pub mod output;

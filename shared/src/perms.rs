@@ -21,8 +21,8 @@
 //! So each target also gets an account of its own ([`target_account`]),
 //! which imports from the Muster account ([`muster_exports`]) only its own
 //! handful of subjects, as services — the two Direct Get subjects,
-//! `<prefix>.result.<t>.>`, `<prefix>.poll.<t>`, `<prefix>.output.<t>.*`
-//! (JetStream's PubAck is the service's answer) and
+//! `<prefix>.result.<t>.>`, `<prefix>.poll.<t>`, `<prefix>.output.<t>.*`,
+//! `<prefix>.kept.<t>.>` (JetStream's PubAck is the service's answer) and
 //! `<prefix>.api.agent.<t>.>` — and exports its
 //! control subject to the Muster account. A request crossing an import gets
 //! a reply subject the server makes up (`_R_.…`) and maps back into the
@@ -61,7 +61,7 @@ pub struct Permissions {
 
 /// The least a target agent needs with desired state: read its own manifest
 /// and job documents by Direct Get, publish its own results (run records,
-/// applied records), poll reports and live output, call the agent API about
+/// applied records), poll reports, live and kept output, call the agent API about
 /// itself, and hear its own control subject and replies.
 pub fn target(s: &Subjects, t: &TargetName) -> Permissions {
     Permissions {
@@ -72,6 +72,7 @@ pub fn target(s: &Subjects, t: &TargetName) -> Permissions {
             s.poll(t),
             s.agent_api(t, ">"),
             s.output_of(t),
+            s.kept_of(t),
         ],
         subscribe: vec![format!("{}.>", Subjects::inbox_prefix(t)), s.control(t)],
         allow_responses: true,
@@ -110,6 +111,7 @@ pub fn muster_exports(s: &Subjects) -> Vec<Export> {
         s.poll_all(),
         s.agent_api_pattern(">"),
         s.output_all(),
+        s.kept_all(),
     ]
     .into_iter()
     .chain(viewer_jetstream(s));
@@ -283,6 +285,7 @@ mod tests {
         assert!(allowed(&p.publish, &s.direct_get_state(&a)));
         assert!(allowed(&p.publish, &s.direct_get_job_doc(&a, job)));
         assert!(allowed(&p.publish, &s.output(&a, job)));
+        assert!(allowed(&p.publish, &s.kept(&a, job, 0)));
         // Nothing of another target's, and no form a permission cannot confine.
         for refused in [
             s.direct_get_state(&b),
@@ -296,7 +299,9 @@ mod tests {
             s.result_run(&b, job),
             s.poll(&b),
             s.output(&b, job),
+            s.kept(&b, job, 0),
             format!("$JS.API.STREAM.INFO.{}", s.output_stream()),
+            format!("$JS.API.STREAM.PURGE.{}", s.kept_stream()),
             s.agent_api(&b, "enlist"),
             s.api(crate::api::Op::JobCreate),
             s.api(crate::api::Op::TargetList),

@@ -197,6 +197,27 @@ pub fn output_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
     }
 }
 
+/// `MUSTER_KEPT`: whole step outputs kept by choice ([`crate::kept`]), for
+/// as long as the history (`MUSTER_RESULTS`' max age); each job bounds what
+/// one step adds (`keep_output_max`). Message ids (`<run>.<n>.<chunk>`)
+/// make an upload retried after a reconnect store each chunk once.
+pub fn kept_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
+    StreamSpec {
+        name: s.kept_stream(),
+        subjects: vec![s.kept_all()],
+        retention: Retention::Limits,
+        max_age: o.history_retention,
+        max_msgs_per_subject: -1,
+        max_bytes: -1,
+        discard_new: true,
+        duplicate_window: o.duplicate_window,
+        allow_direct: true,
+        max_msg_size: MAX_BODY_BYTES as i32,
+        max_consumers: -1,
+        replicas: o.replicas,
+    }
+}
+
 /// A durable pull consumer: a target's on `MUSTER_ASSIGN` (previous design),
 /// or the master's on `MUSTER_RESULTS`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,8 +282,14 @@ mod tests {
     fn no_two_streams_share_a_subject() {
         let s = Subjects::default();
         let o = StoreOptions::default();
-        let all =
-            [assign_stream(&s, &o), results_stream(&s, &o), polls_stream(&s, &o), desired_stream(&s, &o), output_stream(&s, &o)];
+        let all = [
+            assign_stream(&s, &o),
+            results_stream(&s, &o),
+            polls_stream(&s, &o),
+            desired_stream(&s, &o),
+            output_stream(&s, &o),
+            kept_stream(&s, &o),
+        ];
         let t = crate::TargetName::new("web01").unwrap();
         let samples = [
             s.assign(&t),
@@ -272,6 +299,7 @@ mod tests {
             s.poll(&t),
             s.control(&t),
             s.output(&t, uuid::Uuid::nil()),
+            s.kept(&t, uuid::Uuid::nil(), 0),
         ];
         for sample in &samples {
             let owners: Vec<&str> = all

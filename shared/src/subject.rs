@@ -15,6 +15,7 @@
 //! | `muster.result.<t>.instr` | previous design: instructions applied or failed (stream `MUSTER_RESULTS`) |
 //! | `muster.poll.<t>` | the latest poll report (stream `MUSTER_POLLS`) |
 //! | `muster.output.<t>.<run-id>` | a run's live output, in chunks (stream `MUSTER_OUTPUT`, short retention) |
+//! | `muster.kept.<t>.<run-id>.<n>` | step record `n`'s whole output, kept by choice (stream `MUSTER_KEPT`, the history's retention) |
 //! | `muster.api.read.<op>` | the master's API, operations that only read (service `muster`; a viewer may call them) |
 //! | `muster.api.admin.<op>` | the master's API, operations that change state (only an admin may call them) |
 //! | `muster.api.agent.<t>.<op>` | the API a target may call, carrying its own name |
@@ -214,6 +215,35 @@ impl Subjects {
         format!("{}.poll.*", self.prefix)
     }
 
+    // ---- kept output (stream MUSTER_KEPT) -----------------------------------
+
+    /// Step record `n`'s whole output ([`crate::kept`]).
+    pub fn kept(&self, t: &TargetName, run_id: Uuid, n: usize) -> String {
+        format!("{}.kept.{t}.{run_id}.{n}", self.prefix)
+    }
+
+    /// Everything one target keeps (its permission).
+    pub fn kept_of(&self, t: &TargetName) -> String {
+        format!("{}.kept.{t}.>", self.prefix)
+    }
+
+    /// One run's kept output, of one step record or all (a filter).
+    pub fn kept_of_run(&self, run_id: Uuid, n: Option<usize>) -> String {
+        let n = n.map_or_else(|| "*".to_owned(), |n| n.to_string());
+        format!("{}.kept.*.{run_id}.{n}", self.prefix)
+    }
+
+    /// Every target's kept output, one wildcard per token: the stream's
+    /// subject, an export of the Muster account.
+    pub fn kept_all(&self) -> String {
+        format!("{}.kept.*.>", self.prefix)
+    }
+
+    /// Whole step outputs kept by choice.
+    pub fn kept_stream(&self) -> String {
+        format!("{}_KEPT", self.upper())
+    }
+
     // ---- live output (stream MUSTER_OUTPUT) ---------------------------------
 
     /// One run's live output chunks ([`crate::output::OutputChunk`]).
@@ -243,7 +273,7 @@ impl Subjects {
         let rest = subject.strip_prefix(&self.prefix)?.strip_prefix('.')?;
         let mut tokens = rest.split('.');
         match tokens.next()? {
-            "target" | "result" | "poll" | "output" => tokens.next(),
+            "target" | "result" | "poll" | "output" | "kept" => tokens.next(),
             "api" => match tokens.next()? {
                 "agent" => tokens.next(),
                 _ => None,
@@ -423,6 +453,12 @@ mod tests {
         assert!(matches(&s.output_of_run(run), &s.output(&t, run)));
         assert!(matches(&s.output_all(), &s.output(&t, run)));
         assert_eq!(s.output_stream(), "MUSTER_OUTPUT");
+        assert_eq!(s.kept(&t, run, 2), format!("muster.kept.web01.{run}.2"));
+        assert!(matches(&s.kept_of(&t), &s.kept(&t, run, 2)));
+        assert!(matches(&s.kept_of_run(run, Some(2)), &s.kept(&t, run, 2)));
+        assert!(matches(&s.kept_of_run(run, None), &s.kept(&t, run, 2)));
+        assert!(matches(&s.kept_all(), &s.kept(&t, run, 2)));
+        assert_eq!(s.target_of(&s.kept(&t, run, 0)), Some("web01"));
         for subj in [s.assign(&t), s.poll(&t), s.result_instr(&t), s.agent_api(&t, "enlist"), s.output(&t, run)] {
             assert_eq!(s.target_of(&subj), Some("web01"), "{subj}");
         }

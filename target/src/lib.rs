@@ -13,6 +13,7 @@
 pub mod claim;
 pub mod config;
 pub mod control;
+pub mod kept;
 pub mod live;
 pub mod poller;
 pub mod process;

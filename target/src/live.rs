@@ -57,6 +57,11 @@ impl Live {
         Self { js, subjects, target, limits: LIMITS }
     }
 
+    /// The agent's JetStream context (kept output is uploaded on it too).
+    pub fn js(&self) -> &jetstream::Context {
+        &self.js
+    }
+
     /// Starts publishing one run's output.
     pub fn open(&self, job_id: Uuid, run_id: Uuid) -> RunOutput {
         let (tx, rx) = mpsc::channel(self.limits.queue);

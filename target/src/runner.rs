@@ -31,10 +31,12 @@ use uuid::Uuid;
 
 use muster_runtime::backoff::Backoff;
 
+use crate::kept::{self, Keep, Kept};
 use crate::live::{Live, RunOutput};
 use crate::process::{self, add_note, run_step, Ended, OutputCapture, Program, StepCommand};
 use crate::spool::{Entry, Spool};
 use crate::state::State;
+use muster_shared::kept::KeptEnd;
 
 /// Steps one run may execute, `goto` loops included, when the job has no
 /// timeout to end them.
@@ -54,6 +56,10 @@ const KEEP_STEP_RECORDS: usize = 100;
 /// started and still be stopped by it: room for clock skew between master
 /// and target. See [`Runner::stop_started_before`].
 pub const STOP_CLOCK_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+
+/// The longest the upload of one step's kept output may take
+/// (`keep_output: full`), before the run goes on without it.
+pub const KEPT_UPLOAD_WAIT: Duration = Duration::from_secs(300);
 
 /// The variable that carries the run id into every step's environment; it is
 /// also how leftover processes of an interrupted run are found.
@@ -152,6 +158,14 @@ impl Runner {
             self.state.mark_run_finished(r.run_id)?;
             self.state.run_finished(r.run_id)?;
             tracing::warn!(job = %r.job, run_id = %r.run_id, "reported interrupted run");
+        }
+        // Kept output of the runs the agent died in: their records say
+        // `interrupted`, and nothing will upload it.
+        match std::fs::remove_dir_all(kept::dir(self.state.dir())) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(error = %e, "cannot remove the kept output of interrupted runs");
+            }
+            _ => {}
         }
         Ok(runs.len())
     }
@@ -497,6 +511,7 @@ impl Runner {
                 let started_at = Utc::now();
                 let mut command = self.step_command(job, run_id, step);
                 command.live = live.map(|l| l.tee(index));
+                command.keep = self.keep_for(job, run_id, steps.len());
                 let exit = run_step(&command, step_cancel).await;
                 let retry = !exit.succeeded() && !step_cancel.is_cancelled() && retries < step.retries;
                 if !retry {
@@ -523,6 +538,10 @@ impl Runner {
             } else {
                 exit.message.clone()
             };
+            let mut step_message = message.clone();
+            if let Some(kept) = &exit.kept {
+                add_note(&mut step_message, &self.store_kept(run_id, steps.len(), &step.name, kept).await);
+            }
             steps.push(StepRecord {
                 name: step.name.clone(),
                 index,
@@ -534,7 +553,7 @@ impl Runner {
                 retries,
                 output: exit.output,
                 output_cut_bytes: exit.output_cut_bytes,
-                message: message.clone(),
+                message: step_message,
             });
             if job_timed_out.load(Ordering::SeqCst) {
                 return (Outcome::TimedOut, format!("job timeout reached in step '{}'", step.name));
@@ -563,6 +582,46 @@ impl Runner {
         (Outcome::Failed, format!("stopped after {MAX_STEP_EXECUTIONS} step executions (a goto loop without a job timeout?)"))
     }
 
+    /// Where step record `n`'s whole output is written while it runs, when
+    /// the job keeps it (and the agent is connected, so it can be stored).
+    fn keep_for(&self, job: &JobDef, run_id: Uuid, n: usize) -> Option<Keep> {
+        let max = job.spec.kept_output_max()?;
+        self.live.get()?;
+        Some(Keep { path: kept::dir(self.state.dir()).join(format!("{run_id}.{n}.out")), max })
+    }
+
+    /// Uploads step record `n`'s whole output; what the step's message
+    /// should say about it (nothing when all of it was stored).
+    async fn store_kept(&self, run_id: Uuid, n: usize, name: &str, k: &Kept) -> String {
+        let Some(live) = self.live.get() else {
+            return "full output not kept: not connected".into();
+        };
+        let end = KeptEnd {
+            v: muster_shared::PROTOCOL_VERSION,
+            target: self.cfg.target.clone(),
+            run_id,
+            step: n,
+            name: name.to_owned(),
+            bytes: 0,
+            chunks: 0,
+            sha256: String::new(),
+            cut_bytes: 0,
+        };
+        let subject = self.cfg.subjects.kept(&self.cfg.target, run_id, n);
+        match tokio::time::timeout(KEPT_UPLOAD_WAIT, kept::upload(live.js(), &subject, k, end)).await {
+            Ok(Ok(())) if k.cut > 0 => format!("full output kept up to keep_output_max: {} bytes cut", k.cut),
+            Ok(Ok(())) => String::new(),
+            Ok(Err(e)) => {
+                tracing::warn!(%run_id, step = n, error = %e, "full output not kept");
+                format!("full output not kept: {e}")
+            }
+            Err(_) => {
+                tokio::fs::remove_file(&k.path).await.ok();
+                format!("full output not kept: not stored within {KEPT_UPLOAD_WAIT:?}")
+            }
+        }
+    }
+
     /// The process to run for `step`. Besides the step's own environment it
     /// gets `MUSTER_JOB`, `MUSTER_RUN_ID`, `MUSTER_TARGET` and `MUSTER_STEP`,
     /// which win over step variables of the same name.
@@ -587,6 +646,7 @@ impl Runner {
             output_cap: self.cfg.output_cap,
             kill_grace: self.cfg.kill_grace,
             live: None,
+            keep: None,
         }
     }
 }

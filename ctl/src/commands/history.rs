@@ -35,6 +35,9 @@ pub(super) async fn run(ctx: &Ctx, cmd: RunCmd) -> Result<(), Failure> {
         RunCmd::Logs { run_id, follow } => {
             return ctx.api.unless_refused(crate::live::logs(&ctx.jetstream(), &ctx.api.subjects, run_id, follow)).await?
         }
+        RunCmd::Output { run_id, step } => {
+            return ctx.api.unless_refused(crate::kept::download(&ctx.jetstream(), &ctx.api.subjects, run_id, step)).await?
+        }
     };
     let found = ctx
         .api

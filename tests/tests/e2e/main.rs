@@ -16,6 +16,7 @@ mod expiry;
 mod faults;
 mod history;
 mod jobs;
+mod kept_output;
 mod key_files;
 mod live_output;
 mod operator;
