@@ -164,10 +164,9 @@ impl TokenBucket {
         Self { rate: l.rate as f64, burst: l.burst as f64, tokens: l.burst as f64, at: Instant::now() }
     }
 
-    /// Takes `n` bytes' worth if there is room.
-    fn take(&mut self, n: usize) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+    /// Takes `n` bytes' worth if there is room at `now`.
+    fn take(&mut self, n: usize, now: Instant) -> bool {
+        self.tokens = (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
         self.at = now;
         if self.tokens >= n as f64 {
             self.tokens -= n as f64;
@@ -239,7 +238,7 @@ impl Publisher {
     }
 
     async fn take(&mut self, piece: Piece, pending: &mut [Pending; 2], due: &mut Option<Instant>) {
-        if !self.bucket.take(piece.data.len()) {
+        if !self.bucket.take(piece.data.len(), Instant::now()) {
             self.dropped.fetch_add(piece.data.len() as u64, Ordering::Relaxed);
             return;
         }
@@ -303,5 +302,37 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let tee = Tee { tx, dropped: Arc::default(), step: 2 };
+        tee.offer(Pipe::Stdout, b"first");
+        tee.offer(Pipe::Stderr, b"second");
+        tee.offer(Pipe::Stderr, b"");
+        assert_eq!(tee.dropped.load(Ordering::Relaxed), 6);
+        let piece = rx.try_recv().unwrap();
+        assert_eq!((piece.step, piece.pipe, &piece.data[..]), (2, Pipe::Stdout, &b"first"[..]));
+    }
+
+    #[test]
+    fn the_rate_cap_allows_a_burst_then_the_average() {
+        let limits = Limits { rate: 1000, burst: 4000, ..LIMITS };
+        let mut bucket = TokenBucket::new(limits);
+        let t0 = bucket.at;
+        assert!(bucket.take(4000, t0));
+        assert!(!bucket.take(1, t0), "the burst is spent");
+        let t1 = t0 + Duration::from_millis(500);
+        assert!(bucket.take(500, t1));
+        assert!(!bucket.take(100, t1));
+        let t2 = t1 + Duration::from_secs(3600);
+        assert!(bucket.take(4000, t2), "refilled up to the burst");
+        assert!(!bucket.take(1, t2), "never above the burst");
     }
 }
