@@ -85,6 +85,13 @@ struct Running {
     schedule_skip_recorded: bool,
 }
 
+/// The run whose steps run: its id, and its live output if published.
+#[derive(Debug, Clone, Copy)]
+struct ThisRun<'a> {
+    run_id: Uuid,
+    live: Option<&'a RunOutput>,
+}
+
 /// What a start request led to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Started {
@@ -465,8 +472,9 @@ impl Runner {
         });
 
         let live = self.live.get().map(|l| l.open(record.job_id, run_id));
-        let (outcome, message) =
-            self.run_steps(&job, run_id, &mut record.steps, &step_cancel, &job_timed_out, &cancel, live.as_ref()).await;
+        let (outcome, message) = self
+            .run_steps(&job, ThisRun { run_id, live: live.as_ref() }, &mut record.steps, &step_cancel, &job_timed_out, &cancel)
+            .await;
         if let Some(t) = timer {
             t.abort();
         }
@@ -496,13 +504,13 @@ impl Runner {
     async fn run_steps(
         &self,
         job: &JobDef,
-        run_id: Uuid,
+        run: ThisRun<'_>,
         steps: &mut Vec<StepRecord>,
         step_cancel: &CancellationToken,
         job_timed_out: &AtomicBool,
         stop: &CancellationToken,
-        live: Option<&RunOutput>,
     ) -> (Outcome, String) {
+        let ThisRun { run_id, live } = run;
         let mut index = 0;
         for _ in 0..MAX_STEP_EXECUTIONS {
             let step = &job.spec.steps[index];
