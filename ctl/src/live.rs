@@ -36,6 +36,9 @@ const STALL: Duration = Duration::from_secs(30);
 /// may take to arrive (it is stored already: this bounds a sick server).
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
+/// The most of a line without its end held back.
+const LONGEST_LINE: usize = 64 * 1024;
+
 /// Prints chunks as whole lines, per target and pipe.
 #[derive(Debug, Default)]
 pub struct Lines {
@@ -49,15 +52,24 @@ impl Lines {
         Self { prefixed, partial: HashMap::new() }
     }
 
-    /// Prints the complete lines of `c`, keeps the rest for the next.
+    /// Prints the complete lines of `c`, keeps the rest for the next (up
+    /// to [`LONGEST_LINE`]: a longer one is printed in pieces).
     pub fn chunk(&mut self, c: &OutputChunk) {
-        if c.dropped > 0 {
-            self.emit(&c.target, Pipe::Stderr, &dropped_marker(c.dropped));
-        }
         let key = (c.target.clone(), c.pipe);
         let mut text = self.partial.remove(&key).unwrap_or_default();
+        if c.dropped > 0 {
+            // What came before the gap, then the gap.
+            if !text.is_empty() {
+                self.emit(&c.target, c.pipe, &std::mem::take(&mut text));
+            }
+            self.emit(&c.target, Pipe::Stderr, &dropped_marker(c.dropped));
+        }
         text.push_str(&c.data);
-        let complete = text.rfind('\n').map_or(0, |i| i + 1);
+        let complete = match text.rfind('\n') {
+            Some(i) => i + 1,
+            None if text.len() > LONGEST_LINE => text.len(),
+            None => 0,
+        };
         for line in text[..complete].lines() {
             self.emit(&c.target, c.pipe, line);
         }

@@ -197,25 +197,14 @@ pub fn output_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
     }
 }
 
-/// `MUSTER_KEPT`: whole step outputs kept by choice ([`crate::kept`]), for
-/// as long as the history (`MUSTER_RESULTS`' max age); each job bounds what
-/// one step adds (`keep_output_max`). Message ids (`<run>.<n>.<chunk>`)
+/// `MUSTER_KEPT`: whole step outputs kept by choice ([`crate::kept`]),
+/// configured as `MUSTER_RESULTS` is, so they age out with the history;
+/// each job bounds what one step adds (`keep_output_max`). Message ids (`<run>.<n>.<chunk>`)
 /// make an upload retried after a reconnect store each chunk once.
 pub fn kept_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
-    StreamSpec {
-        name: s.kept_stream(),
-        subjects: vec![s.kept_all()],
-        retention: Retention::Limits,
-        max_age: o.history_retention,
-        max_msgs_per_subject: -1,
-        max_bytes: -1,
-        discard_new: true,
-        duplicate_window: o.duplicate_window,
-        allow_direct: true,
-        max_msg_size: MAX_BODY_BYTES as i32,
-        max_consumers: -1,
-        replicas: o.replicas,
-    }
+    // The results stream's limits: the same age, so a run's output lives
+    // as long as its record.
+    StreamSpec { name: s.kept_stream(), subjects: vec![s.kept_all()], ..results_stream(s, o) }
 }
 
 /// A durable pull consumer: a target's on `MUSTER_ASSIGN` (previous design),

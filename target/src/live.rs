@@ -256,17 +256,25 @@ impl Publisher {
         }
     }
 
-    /// Sends a pipe's pending bytes; unless `all`, an unfinished character
-    /// waits for the next.
+    /// Sends a pipe's pending bytes, in chunks of at most
+    /// [`Limits::chunk_bytes`] (so a chunk's JSON, every byte escaped at
+    /// worst, stays under the stream's message limit); unless `all`, an
+    /// unfinished character waits for the next.
     async fn flush(&mut self, p: &mut Pending, all: bool) {
-        let n = if all { p.bytes.len() } else { complete_utf8(&p.bytes) };
-        if n == 0 {
-            return;
+        while !p.bytes.is_empty() {
+            let window = p.bytes.len().min(self.limits.chunk_bytes);
+            let n = match complete_utf8(&p.bytes[..window]) {
+                _ if all && window == p.bytes.len() => window,
+                // Only the start of a character is left (at most 3 bytes).
+                0 if !all => return,
+                0 => window,
+                n => n,
+            };
+            let rest = p.bytes.split_off(n);
+            let data = std::mem::replace(&mut p.bytes, rest);
+            let text = String::from_utf8_lossy(&data).into_owned();
+            self.send(text, p.step, p.pipe, false).await;
         }
-        let rest = p.bytes.split_off(n);
-        let data = std::mem::replace(&mut p.bytes, rest);
-        let text = String::from_utf8_lossy(&data).into_owned();
-        self.send(text, p.step, p.pipe, false).await;
     }
 
     async fn send(&mut self, data: String, step: usize, pipe: Pipe, end: bool) {

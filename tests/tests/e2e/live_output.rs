@@ -94,6 +94,15 @@ fn exec_follow_interleaves_targets_each_line_prefixed() {
     assert!(!out.stdout.contains("    one from"), "{}", out.stdout);
     assert!(out.stdout.contains("2 of 2 succeeded"), "{}", out.stdout);
 
+    // More than the rate cap allows at once: the rest is dropped, and said.
+    let flood = "head -c 3000000 /dev/zero | tr '\\0' x; echo";
+    let out = c.ctl_raw(&["exec", "--follow", "-t", "web01", "--", "sh", "-c", flood], false);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("bytes of live output dropped"), "{}", &out.stdout[..out.stdout.len().min(300)]);
+    let shown = out.stdout.matches('x').count();
+    // At most a burst (1 MiB) and the average since; some, not all.
+    assert!((1..2_000_000).contains(&shown), "part is shown, not all: {shown}");
+
     // job start --wait --follow the same way.
     c.ctl(&["job", "create", "hello", "--command", "echo hi from $MUSTER_TARGET"]).expect("create");
     c.ctl(&["job", "assign", "hello", "--target", "web01", "--target", "web02"]).expect("assign");
