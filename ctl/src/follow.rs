@@ -22,7 +22,13 @@
 //! ([`history::runs_of_job`]); each run's output and exit code are printed
 //! as its final record arrives.
 //!
-//! On a terminal, one line per target is redrawn in place (a job start);
+//! With `--follow`, the runs' live output is printed as it comes, each line
+//! prefixed with its target ([`crate::live::Interleaved`]), and the rest of
+//! it once every run is final; an exec's output is then not printed again
+//! under its final line.
+//!
+//! On a terminal, one line per target is redrawn in place (a job start
+//! without `--follow`);
 //! otherwise, and for an exec's output, each line is printed when it
 //! changes; with `--json`, the final states are printed once.
 
