@@ -142,7 +142,7 @@ pub async fn logs(js: &jetstream::Context, subjects: &Subjects, run_id: Uuid, fo
             if known.is_none() {
                 return Err(Failure::new(Exit::NotFound, format!("no output and no record of run {run_id}")));
             }
-            eprintln!("note: no live output of run {run_id} is stored (it printed nothing yet, or it is older than a day); `musterctl run show {run_id}` has its head and tail");
+            nothing_stored(run_id);
         }
         return Ok(());
     }
@@ -183,7 +183,14 @@ pub async fn logs(js: &jetstream::Context, subjects: &Subjects, run_id: Uuid, fo
         }
     }
     lines.flush();
+    if follower.last_seq == 0 {
+        nothing_stored(run_id);
+    }
     Ok(())
+}
+
+fn nothing_stored(run_id: Uuid) {
+    eprintln!("note: no live output of run {run_id} is stored (it printed nothing, or it is older than a day); `musterctl run show {run_id}` has its head and tail");
 }
 
 /// Several runs' live output read as it is stored, until each run's end.
