@@ -4,23 +4,18 @@
 //!
 //! Each step's chunks are hashed as they are written and checked against
 //! its end marker (size, chunk count, SHA-256): a damaged or unfinished
-//! upload ends the command with an error, never passes for whole. The read
-//! ends at the count of messages stored when it began
-//! ([`muster_runtime::stream::read_to_end`]).
+//! upload ends the command with an error, never passes for whole. Each
+//! message is one Direct Get of the next on the run's subjects (no
+//! consumer, so a viewer may, `perms::viewer`); the read ends when the
+//! stream answers that it holds no later one.
 
-use std::time::Duration;
-
-use async_nats::jetstream::{self, consumer::DeliverPolicy};
-use muster_runtime::stream::{read_to_end, Span};
+use async_nats::jetstream::{self, stream::DirectGetErrorKind};
 use muster_shared::kept::{hex, KeptEnd, KIND_CHUNK, KIND_END};
 use muster_shared::subject::Subjects;
 use muster_shared::{msg, KIND_HEADER};
 use uuid::Uuid;
 
 use crate::exit::{Exit, Failure};
-
-/// A read that makes no progress for this long fails.
-const STALL: Duration = Duration::from_secs(30);
 
 /// One step's output as it is read.
 struct Reading {
@@ -43,15 +38,20 @@ impl Reading {
 /// damaged or incomplete, or the stream cannot be read.
 pub async fn download(js: &jetstream::Context, subjects: &Subjects, run_id: Uuid, step: Option<usize>) -> Result<(), Failure> {
     let internal = |what: &str, e: &dyn std::fmt::Display| Failure::internal(format!("{what}: {e}"));
-    let stream = js.get_stream(subjects.kept_stream()).await.map_err(|e| internal("opening the kept-output stream", &e))?;
-    let span = Span { filter: subjects.kept_of_run(run_id, step), deliver: DeliverPolicy::All, up_to: None };
-    let mut read = read_to_end(&stream, span, STALL).await.map_err(|e| internal("reading kept output", &e))?;
+    let stream =
+        js.get_stream_no_info(subjects.kept_stream()).await.map_err(|e| internal("opening the kept-output stream", &e))?;
+    let filter = subjects.kept_of_run(run_id, step);
     let mut current: Option<Reading> = None;
-    let mut steps = 0;
-    while let Some(m) = read.next().await {
-        let m = m.map_err(|e| internal("reading kept output", &e))?.message;
+    let (mut steps, mut from) = (0, None);
+    loop {
+        let m = match stream.direct_get_next_for_subject(filter.clone(), from).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
+            Err(e) => return Err(internal("reading kept output", &e)),
+        };
+        from = Some(m.sequence + 1);
         let subject = m.subject.as_str();
-        let kind = m.headers.as_ref().and_then(|h| h.get(KIND_HEADER)).map(|v| v.as_str().to_owned()).unwrap_or_default();
+        let kind = m.headers.get(KIND_HEADER).map(|v| v.as_str().to_owned()).unwrap_or_default();
         if current.as_ref().is_some_and(|r| r.subject != subject) {
             return Err(incomplete(current.as_ref().map_or("", |r| &r.subject)));
         }
@@ -87,7 +87,6 @@ pub async fn download(js: &jetstream::Context, subjects: &Subjects, run_id: Uuid
             other => tracing::warn!(subject, kind = other, "not a kept-output message; skipped"),
         }
     }
-    read.close().await;
     if let Some(r) = current {
         return Err(incomplete(&r.subject));
     }

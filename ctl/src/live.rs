@@ -7,8 +7,9 @@
 //! final record says the run is over — the agent stores its chunks before
 //! it spools that record — and the read goes on to the last chunk stored
 //! on the run's subject at that moment (a Direct Get), then stops. Without
-//! `--follow`, `run logs` reads what is stored when it starts
-//! ([`muster_runtime::stream::read_to_end`]).
+//! `--follow`, `run logs` reads what is stored, chunk by chunk with Direct
+//! Gets (no consumer, so a viewer may, `perms::viewer`), until the stream
+//! answers that it holds no later chunk of the run.
 //!
 //! Lines are printed whole as they complete (a chunk may end mid-line), on
 //! a terminal with control characters shown, not sent ([`crate::stdout`]).
@@ -18,7 +19,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy, stream::DirectGetErrorKind};
 use futures::StreamExt as _;
-use muster_runtime::stream::{read_to_end, Span};
 use muster_shared::msg;
 use muster_shared::name::TargetName;
 use muster_shared::output::{dropped_marker, OutputChunk, Pipe};
@@ -28,9 +28,6 @@ use uuid::Uuid;
 
 use crate::exit::{Exit, Failure};
 use crate::history;
-
-/// A read of stored output that makes no progress for this long fails.
-const STALL: Duration = Duration::from_secs(30);
 
 /// After the runs followed are final, the longest the rest of their output
 /// may take to arrive (it is stored already: this bounds a sick server).
@@ -97,16 +94,16 @@ impl Lines {
     }
 }
 
-fn decode(subjects: &Subjects, m: &async_nats::Message) -> Option<OutputChunk> {
-    match msg::decode::<OutputChunk>(&m.payload) {
+fn decode(subjects: &Subjects, subject: &str, payload: &[u8]) -> Option<OutputChunk> {
+    match msg::decode::<OutputChunk>(payload) {
         // The body must name the target its subject carries.
-        Ok(c) if subjects.target_of(m.subject.as_str()) == Some(c.target.as_str()) => Some(c),
+        Ok(c) if subjects.target_of(subject) == Some(c.target.as_str()) => Some(c),
         Ok(c) => {
-            tracing::warn!(subject = %m.subject, target = %c.target, "output chunk names another target than its subject; skipped");
+            tracing::warn!(subject, target = %c.target, "output chunk names another target than its subject; skipped");
             None
         }
         Err(e) => {
-            tracing::warn!(subject = %m.subject, error = %e, "unreadable output chunk; skipped");
+            tracing::warn!(subject, error = %e, "unreadable output chunk; skipped");
             None
         }
     }
@@ -122,20 +119,26 @@ fn internal(what: &str) -> impl Fn(&dyn std::fmt::Display) -> Failure + '_ {
 /// Not found when no output of the run is stored and history does not know
 /// it (without `--follow`); internal on a read error.
 pub async fn logs(js: &jetstream::Context, subjects: &Subjects, run_id: Uuid, follow: bool) -> Result<(), Failure> {
-    let stream = js.get_stream(subjects.output_stream()).await.map_err(|e| internal("opening the live output stream")(&e))?;
     let mut lines = Lines::new(false);
     if !follow {
-        let span = Span { filter: subjects.output_of_run(run_id), deliver: DeliverPolicy::All, up_to: None };
-        let mut read = read_to_end(&stream, span, STALL).await.map_err(|e| internal("reading live output")(&e))?;
-        let mut any = false;
-        while let Some(m) = read.next().await {
-            let m = m.map_err(|e| internal("reading live output")(&e))?;
-            if let Some(c) = decode(subjects, &m.message) {
+        // Direct Gets, one chunk each (no consumer: the viewer may too),
+        // until the stream has no later message of the run.
+        let stream =
+            js.get_stream_no_info(subjects.output_stream()).await.map_err(|e| internal("opening the live output stream")(&e))?;
+        let filter = subjects.output_of_run(run_id);
+        let (mut from, mut any) = (None, false);
+        loop {
+            let m = match stream.direct_get_next_for_subject(filter.clone(), from).await {
+                Ok(m) => m,
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
+                Err(e) => return Err(internal("reading live output")(&e)),
+            };
+            from = Some(m.sequence + 1);
+            if let Some(c) = decode(subjects, m.subject.as_str(), &m.payload) {
                 lines.chunk(&c);
                 any = true;
             }
         }
-        read.close().await;
         lines.flush();
         if !any {
             let known = history::find_run(js, subjects, run_id, None).await.map_err(|e| internal("reading history")(&e))?;
@@ -146,6 +149,7 @@ pub async fn logs(js: &jetstream::Context, subjects: &Subjects, run_id: Uuid, fo
         }
         return Ok(());
     }
+    let stream = js.get_stream(subjects.output_stream()).await.map_err(|e| internal("opening the live output stream")(&e))?;
     let mut follower = Follower::new(&stream, subjects, vec![subjects.output_of_run(run_id)]).await?;
     // Who ran it, for its final record: history, else its first chunk.
     let mut ran: Option<(TargetName, Uuid)> = history::find_run(js, subjects, run_id, None)
@@ -240,7 +244,7 @@ impl Follower {
             if let Ok(info) = m.info() {
                 self.last_seq = info.stream_sequence;
             }
-            if let Some(c) = decode(&self.subjects, &m.message) {
+            if let Some(c) = decode(&self.subjects, m.subject.as_str(), &m.payload) {
                 if c.end {
                     self.ended.insert(c.run_id);
                 }

@@ -31,16 +31,17 @@
 //!
 //! The viewer ([`viewer_account`]) is confined the same way: its account
 //! imports the read half of the API (`<prefix>.api.read.>`), the service
-//! ping, and the two Direct Gets of `run show` (the run index, one record
-//! by sequence), each answered into the viewer's own account. It gets no
+//! ping, the two Direct Gets of `run show` (the run index, one record by
+//! sequence) and the Direct Gets of `run logs` and `run output` (the next
+//! message of a run in `MUSTER_OUTPUT`, `MUSTER_KEPT`), each answered into
+//! the viewer's own account. It gets no
 //! consumer, so no `history`: a consumer's configuration (its deliver
 //! subject, its name) travels in the request body, where no permission can
 //! confine it; a push consumer would deliver into the Muster account's
 //! subjects (the buckets), and a create naming the master's consumer would
 //! change it.
-//! Nor does it read live output (`MUSTER_OUTPUT`): following a run takes a
-//! consumer, and reading chunk by chunk with Direct Gets would take the
-//! body form (`next_by_subj`), which a permission cannot confine to a run.
+//! Nor does it follow live output (`run logs --follow`): that takes a
+//! consumer.
 //! The admin half of the API (`<prefix>.api.admin.>`) it neither imports
 //! nor may publish, so the server refuses such a request with a
 //! permissions violation, which `musterctl` reports as such.
@@ -148,16 +149,22 @@ pub fn target_account(s: &Subjects, t: &TargetName) -> Account {
     }
 }
 
-/// The JetStream reads the viewer's `run show` makes, each a Direct Get
-/// with one answer: a run-index entry (the key in the API subject), then
-/// one record of the results stream by sequence (the body names only a
-/// message of that stream). Nothing else of JetStream: not `STREAM.INFO`,
-/// which nats-server answers for the requesting account, not the
-/// exporting one, and no consumer.
+/// The JetStream reads the viewer makes, each a Direct Get with one
+/// answer: for `run show`, a run-index entry (the key in the API subject),
+/// then one record of the results stream by sequence; for `run logs`
+/// (without `--follow`) and `run output`, the next message of a run's
+/// subjects in the live-output and kept-output streams. The body form of
+/// Direct Get names only messages of the stream in its API subject, all of
+/// which a viewer may read. Nothing else of JetStream: not `STREAM.INFO`,
+/// which nats-server answers for the requesting account, not the exporting
+/// one, and no consumer.
 fn viewer_jetstream(s: &Subjects) -> Vec<String> {
+    let body_form = |stream: String| format!("{}.DIRECT.GET.{stream}", crate::subject::JS_API_PREFIX);
     vec![
         Subjects::direct_get(&s.bucket_stream(Bucket::Runs), &s.bucket_key(Bucket::Runs, ">")),
-        format!("{}.DIRECT.GET.{}", crate::subject::JS_API_PREFIX, s.results_stream()),
+        body_form(s.results_stream()),
+        body_form(s.output_stream()),
+        body_form(s.kept_stream()),
     ]
 }
 
@@ -257,6 +264,10 @@ mod tests {
             format!("$JS.API.CONSUMER.CREATE.{}", s.output_stream()),
         ] {
             assert!(!allowed(&acc.permissions.publish, &refused), "{refused} must be refused");
+        }
+        // Stored output, by Direct Get; not followed (no consumer).
+        for stream in [s.output_stream(), s.kept_stream()] {
+            assert!(allowed(&acc.permissions.publish, &format!("$JS.API.DIRECT.GET.{stream}")), "{stream}");
         }
         assert!(!acc.permissions.allow_responses);
         // Several answers: the API's parts, every master's ping.
