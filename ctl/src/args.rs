@@ -386,6 +386,10 @@ pub enum JobCmd {
         /// never waits longer than this, by default an hour.
         #[arg(long, default_value_t = DEFAULT_WAIT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
         timeout: u64,
+        /// With --wait: print the runs' output while they run, each line
+        /// prefixed with its target.
+        #[arg(long, requires = "wait")]
+        follow: bool,
     },
     /// Stop a running job at once.
     Stop {
@@ -428,6 +432,10 @@ pub struct ExecArgs {
     /// `expired` and does not run it.
     #[arg(long, value_name = "DURATION", default_value = "60s")]
     pub timeout: String,
+    /// Print each target's output while the command runs, each line
+    /// prefixed with its target (instead of all of it when it ends).
+    #[arg(long)]
+    pub follow: bool,
     /// The command and its arguments, after `--`; run without a shell (use
     /// `sh -c '…'` for pipes and variables).
     #[arg(last = true, required = true, value_name = "COMMAND")]
@@ -459,6 +467,25 @@ pub enum RunCmd {
     Show {
         /// The run id (from `history`, `job start`).
         run_id: Uuid,
+    },
+    /// A run's output as it was printed (kept a day): what is stored, or
+    /// with --follow each line as it comes until the run ends.
+    Logs {
+        /// The run id (from `history`, `job start`).
+        run_id: Uuid,
+        /// Wait for more until the run is final.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// A run's whole output, kept when its job sets "keep_output": "full",
+    /// written as it was printed (`> file`); checked against its SHA-256.
+    Output {
+        /// The run id (from `history`, `job start`).
+        run_id: Uuid,
+        /// Only this step record (0 for the first step run; `run show`
+        /// lists them in order); every step in order by default.
+        #[arg(long)]
+        step: Option<usize>,
     },
 }
 

@@ -22,7 +22,13 @@
 //! ([`history::runs_of_job`]); each run's output and exit code are printed
 //! as its final record arrives.
 //!
-//! On a terminal, one line per target is redrawn in place (a job start);
+//! With `--follow`, the runs' live output is printed as it comes, each line
+//! prefixed with its target ([`crate::live::Interleaved`]), and the rest of
+//! it once every run is final; an exec's output is then not printed again
+//! under its final line.
+//!
+//! On a terminal, one line per target is redrawn in place (a job start
+//! without `--follow`);
 //! otherwise, and for an exec's output, each line is printed when it
 //! changes; with `--json`, the final states are printed once.
 
@@ -193,6 +199,7 @@ pub async fn follow(
     followed: &Followed,
     started: &[Delivery],
     deadline: tokio::time::Instant,
+    live: bool,
 ) -> Result<(), Failure> {
     let mut progress: Vec<Progress> = started.iter().map(Progress::started).collect();
     if let Followed::Exec { .. } = followed {
@@ -201,8 +208,21 @@ pub async fn follow(
                 .clone_into(&mut p.message);
         }
     }
-    // An exec prints output between the lines: no redrawing in place.
-    let mut view = View::new(json, matches!(followed, Followed::Job(_)), &progress);
+    // Live output (not with --json, whose stdout is one document), from
+    // the runs that started: an offline target's run is not waited for.
+    let live = if live && !json {
+        let runs: Vec<_> = progress.iter().filter(|p| !p.offline).filter_map(|p| Some((p.target.clone(), p.run_id?))).collect();
+        let js = async_nats::jetstream::new(api.client.clone());
+        Some(crate::live::Interleaved::start(&js, &api.subjects, &runs).await?)
+    } else {
+        None
+    };
+    // An exec prints output between the lines, and live output comes
+    // between them too: no redrawing in place then.
+    let mut view = View::new(json, matches!(followed, Followed::Job(_)) && live.is_none(), &progress);
+    if live.is_some() {
+        view.leave_out_outputs();
+    }
     let finished = progress.iter().all(|p| p.done)
         || tokio::select! {
             r = async {
@@ -215,6 +235,10 @@ pub async fn follow(
         }
         .inspect_err(|_| view.close())?;
     view.close();
+    if let Some(live) = live {
+        // Every run followed is final: the rest of their output is stored.
+        live.finish().await?;
+    }
     if !finished {
         if json {
             render::print_json(&progress)?;
@@ -337,8 +361,16 @@ async fn watch(api: &ApiClient, job: &JobName, progress: &mut [Progress], view: 
 /// otherwise, nothing until the end with `--json`.
 enum View {
     Json,
-    Lines { last: Vec<String> },
-    Live { _bars: MultiProgress, lines: Vec<ProgressBar> },
+    /// `outputs`: an exec's output under its final line (not when it was
+    /// printed live).
+    Lines {
+        last: Vec<String>,
+        outputs: bool,
+    },
+    Live {
+        _bars: MultiProgress,
+        lines: Vec<ProgressBar>,
+    },
 }
 
 impl View {
@@ -352,7 +384,7 @@ impl View {
             let lines = progress.iter().map(|_| bars.add(ProgressBar::new_spinner().with_style(style.clone()))).collect();
             View::Live { _bars: bars, lines }
         } else {
-            View::Lines { last: vec![String::new(); progress.len()] }
+            View::Lines { last: vec![String::new(); progress.len()], outputs: true }
         };
         view.show(progress);
         view
@@ -361,14 +393,14 @@ impl View {
     fn show(&mut self, progress: &[Progress]) {
         match self {
             View::Json => {}
-            View::Lines { last } => {
+            View::Lines { last, outputs } => {
                 use std::io::Write as _;
                 for (p, last) in progress.iter().zip(last.iter_mut()) {
                     let line = p.line();
                     if line != *last {
                         crate::say!("{line}");
                         // An exec's output, once, under its final line.
-                        if let Some(output) = p.output.as_deref().filter(|_| p.done) {
+                        if let Some(output) = p.output.as_deref().filter(|_| p.done && *outputs) {
                             for l in output.lines() {
                                 crate::say!("    {l}");
                             }
@@ -383,6 +415,13 @@ impl View {
                     bar.set_message(p.line());
                 }
             }
+        }
+    }
+
+    /// Run outputs were printed live: not again under the final lines.
+    fn leave_out_outputs(&mut self) {
+        if let View::Lines { outputs, .. } = self {
+            *outputs = false;
         }
     }
 

@@ -29,6 +29,8 @@ pub mod exit;
 pub mod follow;
 /// The history reader, shared with the master's console.
 pub use muster_runtime::history;
+pub mod kept;
+pub mod live;
 pub mod render;
 pub mod stdout;
 pub mod zone;

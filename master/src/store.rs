@@ -276,6 +276,7 @@ pub(crate) fn stream_config(spec: &StreamSpec) -> stream::Config {
         },
         max_age: spec.max_age,
         max_messages_per_subject: spec.max_msgs_per_subject,
+        max_bytes: spec.max_bytes,
         discard: if spec.discard_new { stream::DiscardPolicy::New } else { stream::DiscardPolicy::Old },
         duplicate_window: spec.duplicate_window,
         allow_direct: spec.allow_direct,
@@ -314,6 +315,8 @@ impl Store {
                 streams::desired_stream(subjects, options),
                 streams::results_stream(subjects, options),
                 streams::polls_stream(subjects, options),
+                streams::output_stream(subjects, options),
+                streams::kept_stream(subjects, options),
             ]
             .map(|spec| async move {
                 js.create_or_update_stream(stream_config(&spec)).await.map_err(|e| anyhow::anyhow!("stream {}: {e}", spec.name))

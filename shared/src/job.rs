@@ -20,6 +20,31 @@ use crate::schedule;
 /// Default cap on captured output per step (head and tail are kept).
 pub const DEFAULT_OUTPUT_CAP: usize = 64 * 1024;
 
+/// With `"keep_output": "full"` and no `keep_output_max`: the most of one
+/// step's output kept whole.
+pub const DEFAULT_KEEP_OUTPUT_MAX: u64 = 100 * 1024 * 1024;
+
+/// The largest `keep_output_max` a job may set.
+pub const MAX_KEEP_OUTPUT: u64 = 1024 * 1024 * 1024;
+
+/// What a run keeps of each step's output beyond its record's head and tail.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeepOutput {
+    /// The run record's head and tail only.
+    #[default]
+    HeadTail,
+    /// Every byte too, up to `keep_output_max`, in `MUSTER_KEPT`
+    /// ([`crate::kept`]), for the history's retention.
+    Full,
+}
+
+impl KeepOutput {
+    fn is_default(&self) -> bool {
+        *self == KeepOutput::HeadTail
+    }
+}
+
 /// A job as written by people (`musterctl job create -f job.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +60,14 @@ pub struct JobSpec {
     pub steps: Vec<Step>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<Schedule>,
+    /// `"full"`: each step's whole output is kept too ([`KeepOutput`]).
+    #[serde(default, skip_serializing_if = "KeepOutput::is_default")]
+    pub keep_output: KeepOutput,
+    /// With `keep_output: full`: the most kept per step, like `"100MiB"`
+    /// (default [`DEFAULT_KEEP_OUTPUT_MAX`], at most [`MAX_KEEP_OUTPUT`]);
+    /// the rest is cut, and the cut is said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_output_max: Option<String>,
 }
 
 fn yes() -> bool {
@@ -159,6 +192,14 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// A size like `100MiB`, `1GB` or `5000` (bytes).
+fn parse_size(text: &str) -> Result<u64, String> {
+    text.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("'{text}' is not a size like 100MiB or 1GB ({e})"))
+}
+
 /// A refused job definition: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -209,9 +250,19 @@ impl JobSpec {
             timeout_secs: None,
             steps: commands.iter().map(|c| Step { command: Some(c.clone()), ..Step::default() }).collect(),
             schedules: Vec::new(),
+            keep_output: KeepOutput::HeadTail,
+            keep_output_max: None,
         };
         spec.normalize();
         spec
+    }
+
+    /// The most of each step's output kept whole, when the job keeps it
+    /// (`keep_output: full`); `None` otherwise. A size that does not parse
+    /// (refused by [`JobSpec::validate`]) counts as the default.
+    pub fn kept_output_max(&self) -> Option<u64> {
+        (self.keep_output == KeepOutput::Full)
+            .then(|| self.keep_output_max.as_deref().and_then(|m| parse_size(m).ok()).unwrap_or(DEFAULT_KEEP_OUTPUT_MAX))
     }
 
     /// Fills defaults that depend on position (step names).
@@ -272,6 +323,18 @@ impl JobSpec {
                         ));
                     }
                 }
+            }
+        }
+        if let Some(max) = &self.keep_output_max {
+            if self.keep_output != KeepOutput::Full {
+                return Err(FieldError::new("keep_output_max", "applies only with \"keep_output\": \"full\""));
+            }
+            let bytes = parse_size(max).map_err(|e| FieldError::new("keep_output_max", e))?;
+            if !(1..=MAX_KEEP_OUTPUT).contains(&bytes) {
+                return Err(FieldError::new(
+                    "keep_output_max",
+                    format!("'{max}' is out of range: 1 B to {}", bytesize::ByteSize::b(MAX_KEEP_OUTPUT).display().iec()),
+                ));
             }
         }
         let mut names = BTreeMap::new();
@@ -422,6 +485,24 @@ mod tests {
             "Mars/Olympus",
         );
         refuse(r#"{"name":"j","steps":[{"command":"a","colour":"red"}]}"#, "steps[0]", "colour");
+        refuse(r#"{"name":"j","steps":[{"command":"a"}],"keep_output":"most"}"#, "keep_output", "unknown variant");
+        refuse(r#"{"name":"j","steps":[{"command":"a"}],"keep_output_max":"1MiB"}"#, "keep_output_max", "only with");
+        let full =
+            |max: &str| format!(r#"{{"name":"j","steps":[{{"command":"a"}}],"keep_output":"full","keep_output_max":"{max}"}}"#);
+        refuse(&full("lots"), "keep_output_max", "not a size like 100MiB");
+        refuse(&full("2GiB"), "keep_output_max", "out of range");
+        refuse(&full("0"), "keep_output_max", "out of range");
+    }
+
+    #[test]
+    fn full_output_is_kept_by_choice_with_a_limit() {
+        let spec = |extra: &str| JobSpec::from_json(&format!(r#"{{"name":"j","steps":[{{"command":"a"}}]{extra}}}"#)).unwrap();
+        assert_eq!(spec("").kept_output_max(), None);
+        assert_eq!(spec(r#","keep_output":"full""#).kept_output_max(), Some(DEFAULT_KEEP_OUTPUT_MAX));
+        assert_eq!(spec(r#","keep_output":"full","keep_output_max":"50 MiB""#).kept_output_max(), Some(50 << 20));
+        assert_eq!(spec(r#","keep_output":"full","keep_output_max":"1GB""#).kept_output_max(), Some(1_000_000_000));
+        // Round trip: the default is left out of the stored JSON.
+        assert!(!serde_json::to_string(&spec("")).unwrap().contains("keep_output"));
     }
 
     #[test]

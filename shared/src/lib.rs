@@ -4,7 +4,9 @@
 //! It holds everything two processes must agree on and nothing else: validated
 //! names ([`name`]), the subjects built from them ([`subject`]), the streams,
 //! consumers and buckets ([`streams`]), the message bodies ([`msg`], [`api`]),
-//! each target's desired state and what it reports back ([`desired`]), the
+//! each target's desired state and what it reports back ([`desired`]),
+//! a run's live output ([`output`]) and its full output kept by choice
+//! ([`kept`]), the
 //! job model ([`job`], [`schedule`]), what a target may touch on the
 //! server ([`perms`]), and the rule that a record stands only on the
 //! subject it names ([`identity`]), and the web console's users file and
@@ -20,8 +22,10 @@ pub mod console;
 pub mod desired;
 pub mod identity;
 pub mod job;
+pub mod kept;
 pub mod msg;
 pub mod name;
+pub mod output;
 pub mod perms;
 pub mod runs;
 pub mod schedule;

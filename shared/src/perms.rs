@@ -21,8 +21,9 @@
 //! So each target also gets an account of its own ([`target_account`]),
 //! which imports from the Muster account ([`muster_exports`]) only its own
 //! handful of subjects, as services — the two Direct Get subjects,
-//! `<prefix>.result.<t>.>`, `<prefix>.poll.<t>` (JetStream's PubAck is the
-//! service's answer) and `<prefix>.api.agent.<t>.>` — and exports its
+//! `<prefix>.result.<t>.>`, `<prefix>.poll.<t>`, `<prefix>.output.<t>.*`,
+//! `<prefix>.kept.<t>.>` (JetStream's PubAck is the service's answer) and
+//! `<prefix>.api.agent.<t>.>` — and exports its
 //! control subject to the Muster account. A request crossing an import gets
 //! a reply subject the server makes up (`_R_.…`) and maps back into the
 //! requester's account: an answer aimed anywhere lands in the target's own
@@ -30,13 +31,17 @@
 //!
 //! The viewer ([`viewer_account`]) is confined the same way: its account
 //! imports the read half of the API (`<prefix>.api.read.>`), the service
-//! ping, and the two Direct Gets of `run show` (the run index, one record
-//! by sequence), each answered into the viewer's own account. It gets no
+//! ping, the two Direct Gets of `run show` (the run index, one record by
+//! sequence) and the Direct Gets of `run logs` and `run output` (the next
+//! message of a run in `MUSTER_OUTPUT`, `MUSTER_KEPT`), each answered into
+//! the viewer's own account. It gets no
 //! consumer, so no `history`: a consumer's configuration (its deliver
 //! subject, its name) travels in the request body, where no permission can
 //! confine it; a push consumer would deliver into the Muster account's
 //! subjects (the buckets), and a create naming the master's consumer would
 //! change it.
+//! Nor does it follow live output (`run logs --follow`): that takes a
+//! consumer.
 //! The admin half of the API (`<prefix>.api.admin.>`) it neither imports
 //! nor may publish, so the server refuses such a request with a
 //! permissions violation, which `musterctl` reports as such.
@@ -57,11 +62,19 @@ pub struct Permissions {
 
 /// The least a target agent needs with desired state: read its own manifest
 /// and job documents by Direct Get, publish its own results (run records,
-/// applied records) and poll reports, call the agent API about itself, and
-/// hear its own control subject and replies.
+/// applied records), poll reports, live and kept output, call the agent API about
+/// itself, and hear its own control subject and replies.
 pub fn target(s: &Subjects, t: &TargetName) -> Permissions {
     Permissions {
-        publish: vec![s.direct_get_state(t), s.direct_get_job_docs(t), s.results_of(t), s.poll(t), s.agent_api(t, ">")],
+        publish: vec![
+            s.direct_get_state(t),
+            s.direct_get_job_docs(t),
+            s.results_of(t),
+            s.poll(t),
+            s.agent_api(t, ">"),
+            s.output_of(t),
+            s.kept_of(t),
+        ],
         subscribe: vec![format!("{}.>", Subjects::inbox_prefix(t)), s.control(t)],
         allow_responses: true,
     }
@@ -92,10 +105,17 @@ pub struct Export {
 /// kind; each target's account imports its own part of each, the viewer's
 /// the read side.
 pub fn muster_exports(s: &Subjects) -> Vec<Export> {
-    let single =
-        [s.direct_get_state_all(), s.direct_get_job_docs_all(), s.results_of_any(), s.poll_all(), s.agent_api_pattern(">")]
-            .into_iter()
-            .chain(viewer_jetstream(s));
+    let single = [
+        s.direct_get_state_all(),
+        s.direct_get_job_docs_all(),
+        s.results_of_any(),
+        s.poll_all(),
+        s.agent_api_pattern(">"),
+        s.output_all(),
+        s.kept_all(),
+    ]
+    .into_iter()
+    .chain(viewer_jetstream(s));
     let stream = [s.api_all(Access::Read), s.service_ping()];
     single
         .map(|subject| Export { subject, responses: Responses::Single })
@@ -129,16 +149,22 @@ pub fn target_account(s: &Subjects, t: &TargetName) -> Account {
     }
 }
 
-/// The JetStream reads the viewer's `run show` makes, each a Direct Get
-/// with one answer: a run-index entry (the key in the API subject), then
-/// one record of the results stream by sequence (the body names only a
-/// message of that stream). Nothing else of JetStream: not `STREAM.INFO`,
-/// which nats-server answers for the requesting account, not the
-/// exporting one, and no consumer.
+/// The JetStream reads the viewer makes, each a Direct Get with one
+/// answer: for `run show`, a run-index entry (the key in the API subject),
+/// then one record of the results stream by sequence; for `run logs`
+/// (without `--follow`) and `run output`, the next message of a run's
+/// subjects in the live-output and kept-output streams. The body form of
+/// Direct Get names only messages of the stream in its API subject, all of
+/// which a viewer may read. Nothing else of JetStream: not `STREAM.INFO`,
+/// which nats-server answers for the requesting account, not the exporting
+/// one, and no consumer.
 fn viewer_jetstream(s: &Subjects) -> Vec<String> {
+    let body_form = |stream: String| format!("{}.DIRECT.GET.{stream}", crate::subject::JS_API_PREFIX);
     vec![
         Subjects::direct_get(&s.bucket_stream(Bucket::Runs), &s.bucket_key(Bucket::Runs, ">")),
-        format!("{}.DIRECT.GET.{}", crate::subject::JS_API_PREFIX, s.results_stream()),
+        body_form(s.results_stream()),
+        body_form(s.output_stream()),
+        body_form(s.kept_stream()),
     ]
 }
 
@@ -234,8 +260,14 @@ mod tests {
             s.control(&t),
             s.agent_api(&t, "enlist"),
             s.results_of(&t),
+            s.output(&t, uuid::Uuid::nil()),
+            format!("$JS.API.CONSUMER.CREATE.{}", s.output_stream()),
         ] {
             assert!(!allowed(&acc.permissions.publish, &refused), "{refused} must be refused");
+        }
+        // Stored output, by Direct Get; not followed (no consumer).
+        for stream in [s.output_stream(), s.kept_stream()] {
+            assert!(allowed(&acc.permissions.publish, &format!("$JS.API.DIRECT.GET.{stream}")), "{stream}");
         }
         assert!(!acc.permissions.allow_responses);
         // Several answers: the API's parts, every master's ping.
@@ -263,6 +295,8 @@ mod tests {
         // Its own documents, by the confinable form of Direct Get.
         assert!(allowed(&p.publish, &s.direct_get_state(&a)));
         assert!(allowed(&p.publish, &s.direct_get_job_doc(&a, job)));
+        assert!(allowed(&p.publish, &s.output(&a, job)));
+        assert!(allowed(&p.publish, &s.kept(&a, job, 0)));
         // Nothing of another target's, and no form a permission cannot confine.
         for refused in [
             s.direct_get_state(&b),
@@ -275,6 +309,10 @@ mod tests {
             s.job_doc(&a, job),
             s.result_run(&b, job),
             s.poll(&b),
+            s.output(&b, job),
+            s.kept(&b, job, 0),
+            format!("$JS.API.STREAM.INFO.{}", s.output_stream()),
+            format!("$JS.API.STREAM.PURGE.{}", s.kept_stream()),
             s.agent_api(&b, "enlist"),
             s.api(crate::api::Op::JobCreate),
             s.api(crate::api::Op::TargetList),

@@ -76,6 +76,8 @@ pub struct StreamSpec {
     pub max_age: Duration,
     /// -1 means unlimited.
     pub max_msgs_per_subject: i64,
+    /// The most bytes kept; -1 means unlimited.
+    pub max_bytes: i64,
     /// Refuse new messages when full rather than silently dropping old ones.
     pub discard_new: bool,
     pub duplicate_window: Duration,
@@ -100,6 +102,7 @@ pub fn assign_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
         retention: Retention::WorkQueue,
         max_age: Duration::ZERO,
         max_msgs_per_subject: -1,
+        max_bytes: -1,
         discard_new: true,
         duplicate_window: o.duplicate_window,
         allow_direct: true,
@@ -117,6 +120,7 @@ pub fn results_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
         retention: Retention::Limits,
         max_age: o.history_retention,
         max_msgs_per_subject: -1,
+        max_bytes: -1,
         discard_new: true,
         duplicate_window: o.duplicate_window,
         allow_direct: true,
@@ -142,6 +146,7 @@ pub fn desired_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
         retention: Retention::Limits,
         max_age: Duration::ZERO,
         max_msgs_per_subject: 1,
+        max_bytes: -1,
         // Discard Old is what replaces a subject's message with the new one.
         discard_new: false,
         duplicate_window: Duration::from_secs(1),
@@ -160,6 +165,7 @@ pub fn polls_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
         retention: Retention::Limits,
         max_age: Duration::ZERO,
         max_msgs_per_subject: 1,
+        max_bytes: -1,
         discard_new: false,
         duplicate_window: Duration::from_secs(1),
         allow_direct: true,
@@ -167,6 +173,38 @@ pub fn polls_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
         max_consumers: -1,
         replicas: o.replicas,
     }
+}
+
+/// `MUSTER_OUTPUT`: runs' live output, kept for a day and at most
+/// [`crate::output::OUTPUT_MAX_BYTES`], the oldest chunks dropped first (a
+/// stream, not core NATS, so a follower that comes late reads from the
+/// start: see [`crate::output`]). Publishes carry no message id (a chunk
+/// sent twice after a reconnect is harmless), so the window is minimal.
+pub fn output_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
+    StreamSpec {
+        name: s.output_stream(),
+        subjects: vec![s.output_all()],
+        retention: Retention::Limits,
+        max_age: crate::output::OUTPUT_RETENTION,
+        max_msgs_per_subject: -1,
+        max_bytes: crate::output::OUTPUT_MAX_BYTES,
+        discard_new: false,
+        duplicate_window: Duration::from_secs(1),
+        allow_direct: true,
+        max_msg_size: crate::output::OUTPUT_MAX_MSG_BYTES,
+        max_consumers: -1,
+        replicas: o.replicas,
+    }
+}
+
+/// `MUSTER_KEPT`: whole step outputs kept by choice ([`crate::kept`]),
+/// configured as `MUSTER_RESULTS` is, so they age out with the history;
+/// each job bounds what one step adds (`keep_output_max`). Message ids (`<run>.<n>.<chunk>`)
+/// make an upload retried after a reconnect store each chunk once.
+pub fn kept_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
+    // The results stream's limits: the same age, so a run's output lives
+    // as long as its record.
+    StreamSpec { name: s.kept_stream(), subjects: vec![s.kept_all()], ..results_stream(s, o) }
 }
 
 /// A durable pull consumer: a target's on `MUSTER_ASSIGN` (previous design),
@@ -233,10 +271,25 @@ mod tests {
     fn no_two_streams_share_a_subject() {
         let s = Subjects::default();
         let o = StoreOptions::default();
-        let all = [assign_stream(&s, &o), results_stream(&s, &o), polls_stream(&s, &o), desired_stream(&s, &o)];
+        let all = [
+            assign_stream(&s, &o),
+            results_stream(&s, &o),
+            polls_stream(&s, &o),
+            desired_stream(&s, &o),
+            output_stream(&s, &o),
+            kept_stream(&s, &o),
+        ];
         let t = crate::TargetName::new("web01").unwrap();
-        let samples =
-            [s.assign(&t), s.state(&t), s.job_doc(&t, uuid::Uuid::nil()), s.result_applied(&t), s.poll(&t), s.control(&t)];
+        let samples = [
+            s.assign(&t),
+            s.state(&t),
+            s.job_doc(&t, uuid::Uuid::nil()),
+            s.result_applied(&t),
+            s.poll(&t),
+            s.control(&t),
+            s.output(&t, uuid::Uuid::nil()),
+            s.kept(&t, uuid::Uuid::nil(), 0),
+        ];
         for sample in &samples {
             let owners: Vec<&str> = all
                 .iter()

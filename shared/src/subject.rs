@@ -14,6 +14,8 @@
 //! | `muster.result.<t>.applied` | manifest revisions applied or refused (stream `MUSTER_RESULTS`) |
 //! | `muster.result.<t>.instr` | previous design: instructions applied or failed (stream `MUSTER_RESULTS`) |
 //! | `muster.poll.<t>` | the latest poll report (stream `MUSTER_POLLS`) |
+//! | `muster.output.<t>.<run-id>` | a run's live output, in chunks (stream `MUSTER_OUTPUT`, short retention) |
+//! | `muster.kept.<t>.<run-id>.<n>` | step record `n`'s whole output, kept by choice (stream `MUSTER_KEPT`, the history's retention) |
 //! | `muster.api.read.<op>` | the master's API, operations that only read (service `muster`; a viewer may call them) |
 //! | `muster.api.admin.<op>` | the master's API, operations that change state (only an admin may call them) |
 //! | `muster.api.agent.<t>.<op>` | the API a target may call, carrying its own name |
@@ -213,12 +215,65 @@ impl Subjects {
         format!("{}.poll.*", self.prefix)
     }
 
+    // ---- kept output (stream MUSTER_KEPT) -----------------------------------
+
+    /// Step record `n`'s whole output ([`crate::kept`]).
+    pub fn kept(&self, t: &TargetName, run_id: Uuid, n: usize) -> String {
+        format!("{}.kept.{t}.{run_id}.{n}", self.prefix)
+    }
+
+    /// Everything one target keeps (its permission).
+    pub fn kept_of(&self, t: &TargetName) -> String {
+        format!("{}.kept.{t}.>", self.prefix)
+    }
+
+    /// One run's kept output, of one step record or all (a filter).
+    pub fn kept_of_run(&self, run_id: Uuid, n: Option<usize>) -> String {
+        let n = n.map_or_else(|| "*".to_owned(), |n| n.to_string());
+        format!("{}.kept.*.{run_id}.{n}", self.prefix)
+    }
+
+    /// Every target's kept output, one wildcard per token: the stream's
+    /// subject, an export of the Muster account.
+    pub fn kept_all(&self) -> String {
+        format!("{}.kept.*.>", self.prefix)
+    }
+
+    /// Whole step outputs kept by choice.
+    pub fn kept_stream(&self) -> String {
+        format!("{}_KEPT", self.upper())
+    }
+
+    // ---- live output (stream MUSTER_OUTPUT) ---------------------------------
+
+    /// One run's live output chunks ([`crate::output::OutputChunk`]).
+    pub fn output(&self, t: &TargetName, run_id: Uuid) -> String {
+        format!("{}.output.{t}.{run_id}", self.prefix)
+    }
+
+    /// Every run's output of one target (its permission).
+    pub fn output_of(&self, t: &TargetName) -> String {
+        format!("{}.output.{t}.*", self.prefix)
+    }
+
+    /// One run's output on whichever target ran it (a filter: `run logs`
+    /// knows the run id before the target).
+    pub fn output_of_run(&self, run_id: Uuid) -> String {
+        format!("{}.output.*.{run_id}", self.prefix)
+    }
+
+    /// Every run's output: the stream's subject, an export of the Muster
+    /// account.
+    pub fn output_all(&self) -> String {
+        format!("{}.output.*.*", self.prefix)
+    }
+
     /// The target name carried by a subject built here, if any (token 2).
     pub fn target_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
         let rest = subject.strip_prefix(&self.prefix)?.strip_prefix('.')?;
         let mut tokens = rest.split('.');
         match tokens.next()? {
-            "target" | "result" | "poll" => tokens.next(),
+            "target" | "result" | "poll" | "output" | "kept" => tokens.next(),
             "api" => match tokens.next()? {
                 "agent" => tokens.next(),
                 _ => None,
@@ -287,6 +342,11 @@ impl Subjects {
 
     pub fn polls_stream(&self) -> String {
         format!("{}_POLLS", self.upper())
+    }
+
+    /// Live output, kept briefly ([`crate::output`]).
+    pub fn output_stream(&self) -> String {
+        format!("{}_OUTPUT", self.upper())
     }
 
     pub fn bucket(&self, b: Bucket) -> String {
@@ -387,7 +447,19 @@ mod tests {
         assert_eq!(Bucket::jobstatus_key(job, &t), format!("{job}.web01"));
         assert_eq!(Bucket::jobstatus_keys_of(job), format!("{job}.*"));
         assert_eq!(s.agent_api(&t, "enlist"), "muster.api.agent.web01.enlist");
-        for subj in [s.assign(&t), s.poll(&t), s.result_instr(&t), s.agent_api(&t, "enlist")] {
+        let run = Uuid::nil();
+        assert_eq!(s.output(&t, run), format!("muster.output.web01.{run}"));
+        assert!(matches(&s.output_of(&t), &s.output(&t, run)));
+        assert!(matches(&s.output_of_run(run), &s.output(&t, run)));
+        assert!(matches(&s.output_all(), &s.output(&t, run)));
+        assert_eq!(s.output_stream(), "MUSTER_OUTPUT");
+        assert_eq!(s.kept(&t, run, 2), format!("muster.kept.web01.{run}.2"));
+        assert!(matches(&s.kept_of(&t), &s.kept(&t, run, 2)));
+        assert!(matches(&s.kept_of_run(run, Some(2)), &s.kept(&t, run, 2)));
+        assert!(matches(&s.kept_of_run(run, None), &s.kept(&t, run, 2)));
+        assert!(matches(&s.kept_all(), &s.kept(&t, run, 2)));
+        assert_eq!(s.target_of(&s.kept(&t, run, 0)), Some("web01"));
+        for subj in [s.assign(&t), s.poll(&t), s.result_instr(&t), s.agent_api(&t, "enlist"), s.output(&t, run)] {
             assert_eq!(s.target_of(&subj), Some("web01"), "{subj}");
         }
         assert_eq!(s.target_of("muster.api.admin.job.create"), None);

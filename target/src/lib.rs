@@ -14,6 +14,8 @@
 pub mod claim;
 pub mod config;
 pub mod control;
+pub mod kept;
+pub mod live;
 pub mod metrics;
 pub mod poller;
 pub mod process;
@@ -82,6 +84,7 @@ pub async fn run(config: TargetConfig, shutdown: CancellationToken) -> anyhow::R
 
     let client = connect(&config).await?;
     let js = async_nats::jetstream::new(client.clone());
+    runner.attach_live(live::Live::new(js.clone(), config.subjects.clone(), config.name.clone()));
     let tasks = tokio_util::task::TaskTracker::new();
     // Background tasks stop on their own token, so the spool can be flushed
     // after the runner has recorded the last runs.

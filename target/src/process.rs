@@ -91,6 +91,11 @@ pub struct StepCommand {
     pub output_cap: usize,
     /// After `SIGTERM`, how long the process group has to exit before `SIGKILL`.
     pub kill_grace: Duration,
+    /// Where the output also goes while the step runs (the run's live
+    /// output), if anywhere.
+    pub live: Option<crate::live::Tee>,
+    /// Where the whole output is kept too, if the job keeps it.
+    pub keep: Option<crate::kept::Keep>,
 }
 
 /// How a step ended.
@@ -126,6 +131,8 @@ pub struct StepExit {
     /// "canceled", "cannot start 'foo': No such file or directory (os error 2)", or
     /// "killed by signal 9 (SIGKILL)". Empty on a plain exit with a code.
     pub message: String,
+    /// The whole output's file, when the job keeps it and the step started.
+    pub kept: Option<crate::kept::Kept>,
 }
 
 impl StepExit {
@@ -154,6 +161,7 @@ pub async fn run_step(cmd: &StepCommand, cancel: &CancellationToken) -> StepExit
             output_cut_bytes: 0,
             duration: started.elapsed(),
             message: "canceled before start".to_owned(),
+            kept: None,
         };
     }
 
@@ -176,11 +184,13 @@ pub async fn run_step(cmd: &StepCommand, cancel: &CancellationToken) -> StepExit
                 output_cut_bytes: 0,
                 duration: started.elapsed(),
                 message,
+                kept: None,
             };
         }
     };
     let pgid = group.id();
-    let mut reader = OutputReader::start(child.stdout.take(), child.stderr.take(), cmd.output_cap);
+    let mut reader =
+        OutputReader::start(child.stdout.take(), child.stderr.take(), cmd.output_cap, cmd.live.clone(), cmd.keep.as_ref());
 
     let outcome = tokio::select! {
         biased;
@@ -216,7 +226,7 @@ pub async fn run_step(cmd: &StepCommand, cancel: &CancellationToken) -> StepExit
     // Past this point, the group is not signalled again.
     group.release();
 
-    let (output, output_cut_bytes) = reader.finish();
+    let (output, output_cut_bytes, kept) = reader.finish();
 
     let (exit_code, signal, wait_error) = match &status {
         Ok(st) => (st.code(), st.signal(), String::new()),
@@ -233,7 +243,7 @@ pub async fn run_step(cmd: &StepCommand, cancel: &CancellationToken) -> StepExit
         add_note(&mut message, "leftover processes kept the output open after exit; process group killed");
     }
 
-    StepExit { ended, exit_code, signal, output, output_cut_bytes, duration: started.elapsed(), message }
+    StepExit { ended, exit_code, signal, output, output_cut_bytes, duration: started.elapsed(), message, kept }
 }
 
 /// How the wait for the main child ended.
@@ -323,6 +333,8 @@ mod tests {
             timeout: None,
             output_cap: 64 * 1024,
             kill_grace: Duration::from_secs(5),
+            live: None,
+            keep: None,
         }
     }
 

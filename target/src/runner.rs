@@ -31,10 +31,13 @@ use uuid::Uuid;
 
 use muster_runtime::backoff::Backoff;
 
+use crate::kept::{self, Keep, Kept};
+use crate::live::{Live, RunOutput};
 use crate::metrics::AgentMetrics;
 use crate::process::{self, add_note, run_step, Ended, OutputCapture, Program, StepCommand};
 use crate::spool::{Entry, Spool};
 use crate::state::State;
+use muster_shared::kept::KeptEnd;
 
 /// Steps one run may execute, `goto` loops included, when the job has no
 /// timeout to end them.
@@ -54,6 +57,10 @@ const KEEP_STEP_RECORDS: usize = 100;
 /// started and still be stopped by it: room for clock skew between master
 /// and target. See [`Runner::stop_started_before`].
 pub const STOP_CLOCK_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+
+/// The longest the upload of one step's kept output may take
+/// (`keep_output: full`), before the run goes on without it.
+pub const KEPT_UPLOAD_WAIT: Duration = Duration::from_secs(300);
 
 /// The variable that carries the run id into every step's environment; it is
 /// also how leftover processes of an interrupted run are found.
@@ -77,6 +84,13 @@ struct Running {
     started_at: DateTime<Utc>,
     /// A schedule fire was already recorded `skipped` during this run.
     schedule_skip_recorded: bool,
+}
+
+/// The run whose steps run: its id, and its live output if published.
+#[derive(Debug, Clone, Copy)]
+struct ThisRun<'a> {
+    run_id: Uuid,
+    live: Option<&'a RunOutput>,
 }
 
 /// What a start request led to.
@@ -107,6 +121,8 @@ pub struct Runner {
     unstarted: Arc<unstarted::Unstarted>,
     /// Runs by outcome, and the agent's other counters.
     metrics: Arc<AgentMetrics>,
+    /// Where runs publish their output while they run, once connected.
+    live: Arc<std::sync::OnceLock<Live>>,
 }
 
 impl Runner {
@@ -123,12 +139,20 @@ impl Runner {
             waiting: Arc::default(),
             unstarted: Arc::default(),
             metrics,
+            live: Arc::default(),
         }
     }
 
     /// The agent's counters, shared with the poller.
     pub fn metrics(&self) -> &Arc<AgentMetrics> {
         &self.metrics
+    }
+
+    /// Runs started from now on publish their output live ([`crate::live`]).
+    /// Set once, when the agent has its connection; a second call changes
+    /// nothing.
+    pub fn attach_live(&self, live: Live) {
+        self.live.set(live).ok();
     }
 
     /// Reports runs the agent died in as `interrupted`. Call once at start.
@@ -150,6 +174,14 @@ impl Runner {
             self.state.mark_run_finished(r.run_id)?;
             self.state.run_finished(r.run_id)?;
             tracing::warn!(job = %r.job, run_id = %r.run_id, "reported interrupted run");
+        }
+        // Kept output of the runs the agent died in: their records say
+        // `interrupted`, and nothing will upload it.
+        match std::fs::remove_dir_all(kept::dir(self.state.dir())) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(error = %e, "cannot remove the kept output of interrupted runs");
+            }
+            _ => {}
         }
         Ok(runs.len())
     }
@@ -451,9 +483,16 @@ impl Runner {
             })
         });
 
-        let (outcome, message) = self.run_steps(&job, run_id, &mut record.steps, &step_cancel, &job_timed_out, &cancel).await;
+        let live = self.live.get().map(|l| l.open(record.job_id, run_id));
+        let (outcome, message) = self
+            .run_steps(&job, ThisRun { run_id, live: live.as_ref() }, &mut record.steps, &step_cancel, &job_timed_out, &cancel)
+            .await;
         if let Some(t) = timer {
             t.abort();
+        }
+        // Before the final record: whoever sees it has the output.
+        if let Some(live) = live {
+            live.finish().await;
         }
         record.outcome = outcome;
         record.message = message;
@@ -477,19 +516,23 @@ impl Runner {
     async fn run_steps(
         &self,
         job: &JobDef,
-        run_id: Uuid,
+        run: ThisRun<'_>,
         steps: &mut Vec<StepRecord>,
         step_cancel: &CancellationToken,
         job_timed_out: &AtomicBool,
         stop: &CancellationToken,
     ) -> (Outcome, String) {
+        let ThisRun { run_id, live } = run;
         let mut index = 0;
         for _ in 0..MAX_STEP_EXECUTIONS {
             let step = &job.spec.steps[index];
             let mut retries = 0;
             let (exit, started_at) = loop {
                 let started_at = Utc::now();
-                let exit = run_step(&self.step_command(job, run_id, step), step_cancel).await;
+                let mut command = self.step_command(job, run_id, step);
+                command.live = live.map(|l| l.tee(index));
+                command.keep = self.keep_for(job, run_id, steps.len());
+                let exit = run_step(&command, step_cancel).await;
                 let retry = !exit.succeeded() && !step_cancel.is_cancelled() && retries < step.retries;
                 if !retry {
                     break (exit, started_at);
@@ -515,6 +558,10 @@ impl Runner {
             } else {
                 exit.message.clone()
             };
+            let mut step_message = message.clone();
+            if let Some(kept) = &exit.kept {
+                add_note(&mut step_message, &self.store_kept(run_id, steps.len(), &step.name, kept).await);
+            }
             steps.push(StepRecord {
                 name: step.name.clone(),
                 index,
@@ -526,7 +573,7 @@ impl Runner {
                 retries,
                 output: exit.output,
                 output_cut_bytes: exit.output_cut_bytes,
-                message: message.clone(),
+                message: step_message,
             });
             if job_timed_out.load(Ordering::SeqCst) {
                 return (Outcome::TimedOut, format!("job timeout reached in step '{}'", step.name));
@@ -555,6 +602,46 @@ impl Runner {
         (Outcome::Failed, format!("stopped after {MAX_STEP_EXECUTIONS} step executions (a goto loop without a job timeout?)"))
     }
 
+    /// Where step record `n`'s whole output is written while it runs, when
+    /// the job keeps it (and the agent is connected, so it can be stored).
+    fn keep_for(&self, job: &JobDef, run_id: Uuid, n: usize) -> Option<Keep> {
+        let max = job.spec.kept_output_max()?;
+        self.live.get()?;
+        Some(Keep { path: kept::dir(self.state.dir()).join(format!("{run_id}.{n}.out")), max })
+    }
+
+    /// Uploads step record `n`'s whole output; what the step's message
+    /// should say about it (nothing when all of it was stored).
+    async fn store_kept(&self, run_id: Uuid, n: usize, name: &str, k: &Kept) -> String {
+        let Some(live) = self.live.get() else {
+            return "full output not kept: not connected".into();
+        };
+        let end = KeptEnd {
+            v: muster_shared::PROTOCOL_VERSION,
+            target: self.cfg.target.clone(),
+            run_id,
+            step: n,
+            name: name.to_owned(),
+            bytes: 0,
+            chunks: 0,
+            sha256: String::new(),
+            cut_bytes: 0,
+        };
+        let subject = self.cfg.subjects.kept(&self.cfg.target, run_id, n);
+        match tokio::time::timeout(KEPT_UPLOAD_WAIT, kept::upload(live.js(), &subject, k, end)).await {
+            Ok(Ok(())) if k.cut > 0 => format!("full output kept up to keep_output_max: {} bytes cut", k.cut),
+            Ok(Ok(())) => String::new(),
+            Ok(Err(e)) => {
+                tracing::warn!(%run_id, step = n, error = %e, "full output not kept");
+                format!("full output not kept: {e}")
+            }
+            Err(_) => {
+                tokio::fs::remove_file(&k.path).await.ok();
+                format!("full output not kept: not stored within {KEPT_UPLOAD_WAIT:?}")
+            }
+        }
+    }
+
     /// The process to run for `step`. Besides the step's own environment it
     /// gets `MUSTER_JOB`, `MUSTER_RUN_ID`, `MUSTER_TARGET` and `MUSTER_STEP`,
     /// which win over step variables of the same name.
@@ -578,6 +665,8 @@ impl Runner {
             timeout: step.timeout_secs.map(Duration::from_secs),
             output_cap: self.cfg.output_cap,
             kill_grace: self.cfg.kill_grace,
+            live: None,
+            keep: None,
         }
     }
 }

@@ -33,7 +33,7 @@ pub(super) async fn exec(ctx: &Ctx, args: ExecArgs) -> Result<(), Failure> {
     let deadline = tokio::time::Instant::now() + timeout;
     let reply: ExecReply = ctx.api.call(Op::Exec, ExecRequest { select, command }).await?;
     let followed = Followed::Exec { job_id: reply.job_id, after };
-    follow::follow(&ctx.api, ctx.out.json, &followed, &reply.deliveries, deadline).await
+    follow::follow(&ctx.api, ctx.out.json, &followed, &reply.deliveries, deadline, args.follow).await
 }
 
 /// `--timeout`: a duration of whole seconds, 1 s to [`MAX_EXPIRY`].

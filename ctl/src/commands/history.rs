@@ -30,7 +30,15 @@ pub(super) async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<(), Failure>
 }
 
 pub(super) async fn run(ctx: &Ctx, cmd: RunCmd) -> Result<(), Failure> {
-    let RunCmd::Show { run_id } = cmd;
+    let run_id = match cmd {
+        RunCmd::Show { run_id } => run_id,
+        RunCmd::Logs { run_id, follow } => {
+            return ctx.api.unless_refused(crate::live::logs(&ctx.jetstream(), &ctx.api.subjects, run_id, follow)).await?
+        }
+        RunCmd::Output { run_id, step } => {
+            return ctx.api.unless_refused(crate::kept::download(&ctx.jetstream(), &ctx.api.subjects, run_id, step)).await?
+        }
+    };
     let found = ctx
         .api
         .unless_refused(history::find_run(&ctx.jetstream(), &ctx.api.subjects, run_id, None))

@@ -51,7 +51,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<(), Failure> {
         JobCmd::Unassign { job, select } => {
             show(api.call(Op::JobUnassign, JobSelect { job, select: select.selection(false) }).await?)
         }
-        JobCmd::Start { job, select, all, expires, wait, timeout } => {
+        JobCmd::Start { job, select, all, expires, wait, timeout, follow } => {
             let d: Vec<Delivery> = api
                 .call(
                     Op::JobStart,
@@ -67,7 +67,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<(), Failure> {
                 .await?;
             if wait {
                 let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout);
-                return follow::follow(api, out.json, &follow::Followed::Job(job), &d, deadline).await;
+                return follow::follow(api, out.json, &follow::Followed::Job(job), &d, deadline, follow).await;
             }
             out.print(&d, || render::print_deliveries(&d))
         }

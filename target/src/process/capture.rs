@@ -9,6 +9,10 @@
 //!
 //! [`OutputReader`] reads a child's stdout and stderr at the same time, so a
 //! child that fills one pipe while we wait on the other cannot deadlock.
+//! Each piece read also goes to the run's live output when it has one
+//! ([`crate::live::Tee`], which never waits), and to the step's kept file
+//! when its job keeps full output ([`crate::kept::KeepFile`]): tees of what
+//! is captured, not second readers.
 //! [`OutputCapture`] on its own also cuts finished outputs down when a run
 //! record must shrink to fit (`crate::runner::fit_record`), so both cuts look
 //! the same.
@@ -21,6 +25,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{ChildStderr, ChildStdout};
 use tokio::task::JoinHandle;
+
+use crate::kept::{Keep, KeepFile, Kept};
+use crate::live::Tee;
+use muster_shared::output::Pipe;
 
 /// Size of each read from the stdout and stderr pipes.
 const READ_CHUNK: usize = 64 * 1024;
@@ -109,14 +117,24 @@ impl OutputCapture {
 pub(super) struct OutputReader {
     task: JoinHandle<()>,
     capture: Arc<Mutex<OutputCapture>>,
+    keep: Arc<Mutex<Option<KeepFile>>>,
 }
 
 impl OutputReader {
-    /// Starts reading the pipes into a capture that keeps at most `cap` bytes.
-    pub(super) fn start(stdout: Option<ChildStdout>, stderr: Option<ChildStderr>, cap: usize) -> Self {
+    /// Starts reading the pipes into a capture that keeps at most `cap`
+    /// bytes, into `live` and into a file for `keep` if given.
+    pub(super) fn start(
+        stdout: Option<ChildStdout>,
+        stderr: Option<ChildStderr>,
+        cap: usize,
+        live: Option<Tee>,
+        keep: Option<&Keep>,
+    ) -> Self {
         let capture = Arc::new(Mutex::new(OutputCapture::new(cap)));
-        let task = tokio::spawn(pump_output(stdout, stderr, Arc::clone(&capture)));
-        OutputReader { task, capture }
+        let keep = Arc::new(Mutex::new(keep.map(KeepFile::create)));
+        let sinks = Sinks { capture: Arc::clone(&capture), live, keep: Arc::clone(&keep) };
+        let task = tokio::spawn(pump_output(stdout, stderr, sinks));
+        OutputReader { task, capture, keep }
     }
 
     /// Waits up to `limit` for both pipes to close. Returns whether they did.
@@ -129,10 +147,13 @@ impl OutputReader {
         self.task.abort();
     }
 
-    /// The output read so far (see [`OutputCapture::finish`]).
-    pub(super) fn finish(self) -> (String, u64) {
+    /// The output read so far (see [`OutputCapture::finish`]), and the
+    /// kept file's account.
+    pub(super) fn finish(self) -> (String, u64, Option<Kept>) {
+        let kept = self.keep.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take().map(KeepFile::finish);
         let mut guard = self.capture.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        std::mem::replace(&mut *guard, OutputCapture::new(0)).finish()
+        let (output, cut) = std::mem::replace(&mut *guard, OutputCapture::new(0)).finish();
+        (output, cut, kept)
     }
 }
 
@@ -144,23 +165,41 @@ impl Drop for OutputReader {
 
 /// Reads stdout and stderr at the same time, in the order data arrives, until
 /// both reach EOF (or an error).
-async fn pump_output(mut stdout: Option<ChildStdout>, mut stderr: Option<ChildStderr>, capture: Arc<Mutex<OutputCapture>>) {
+async fn pump_output(mut stdout: Option<ChildStdout>, mut stderr: Option<ChildStderr>, sinks: Sinks) {
     let mut out_buf = vec![0u8; READ_CHUNK];
     let mut err_buf = vec![0u8; READ_CHUNK];
-    let push = |data: &[u8]| {
-        capture.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(data);
-    };
+    let push = |pipe: Pipe, data: &[u8]| sinks.push(pipe, data);
     while stdout.is_some() || stderr.is_some() {
         // read() is cancel safe: data is never lost when the other branch wins.
         tokio::select! {
             r = read_opt(&mut stdout, &mut out_buf) => match r {
-                Ok(n) if n > 0 => push(&out_buf[..n]),
+                Ok(n) if n > 0 => push(Pipe::Stdout, &out_buf[..n]),
                 _ => stdout = None,
             },
             r = read_opt(&mut stderr, &mut err_buf) => match r {
-                Ok(n) if n > 0 => push(&err_buf[..n]),
+                Ok(n) if n > 0 => push(Pipe::Stderr, &err_buf[..n]),
                 _ => stderr = None,
             },
+        }
+    }
+}
+
+/// Where each piece read goes: the head-and-tail capture, the live
+/// output, the kept file.
+struct Sinks {
+    capture: Arc<Mutex<OutputCapture>>,
+    live: Option<Tee>,
+    keep: Arc<Mutex<Option<KeepFile>>>,
+}
+
+impl Sinks {
+    fn push(&self, pipe: Pipe, data: &[u8]) {
+        self.capture.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(data);
+        if let Some(live) = &self.live {
+            live.offer(pipe, data);
+        }
+        if let Some(keep) = self.keep.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_mut() {
+            keep.push(data);
         }
     }
 }

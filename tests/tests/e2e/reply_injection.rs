@@ -80,14 +80,14 @@ pub(crate) fn changed(before: &Snapshot, after: &Snapshot) -> Vec<String> {
     out
 }
 
-/// A subject that is web01's own: its desired state, results and poll
-/// report, and the bucket keys about it (its registry record, its
+/// A subject that is web01's own: its desired state, results, poll
+/// report, live and kept output, and the bucket keys about it (its registry record, its
 /// download-list rows, its job status).
 fn web01s_own(subject: &str) -> bool {
     let t: Vec<&str> = subject.split('.').collect();
     matches!(
         t.as_slice(),
-        ["muster", "target" | "result" | "poll", "web01", ..]
+        ["muster", "target" | "result" | "poll" | "output" | "kept", "web01", ..]
             | ["$KV", "muster-targets", "web01"]
             | ["$KV", "muster-instructions", "web01", ..]
             | ["$KV", "muster-jobstatus", _, "web01"]
@@ -131,6 +131,8 @@ pub(crate) fn aims(job: &str, run: &str) -> Vec<String> {
         format!("muster.result.web02.run.{job}"),
         "muster.result.web02.applied".into(),
         "muster.poll.web02".into(),
+        format!("muster.output.web02.{run}"),
+        format!("muster.kept.web02.{run}.0"),
         "muster.target.web02.control".into(),
         "muster.api.admin.job.delete".into(),
         "muster.api.admin.target.defect".into(),
@@ -139,6 +141,8 @@ pub(crate) fn aims(job: &str, run: &str) -> Vec<String> {
         "$JS.API.STREAM.PURGE.MUSTER_RESULTS".into(),
         "$JS.API.STREAM.PURGE.KV_muster-jobs".into(),
         "$JS.API.STREAM.DELETE.MUSTER_POLLS".into(),
+        "$JS.API.STREAM.PURGE.MUSTER_OUTPUT".into(),
+        "$JS.API.STREAM.PURGE.MUSTER_KEPT".into(),
         "$JS.API.CONSUMER.DELETE.MUSTER_RESULTS.master".into(),
     ]
 }
@@ -221,6 +225,8 @@ fn answers_to_a_target_never_land_outside_its_own_subjects() {
         (format!("muster.result.web01.run.{hello}"), b"not a run record".to_vec()),
         ("muster.result.web01.applied".into(), b"not an applied record".to_vec()),
         ("muster.poll.web01".into(), own_poll.clone()),
+        (format!("muster.output.web01.{}", uuid::Uuid::now_v7()), b"not an output chunk".to_vec()),
+        (format!("muster.kept.web01.{}.0", uuid::Uuid::now_v7()), b"not kept output".to_vec()),
     ];
     let agent_requests: Vec<(String, Vec<u8>)> = vec![
         (
@@ -256,6 +262,8 @@ fn answers_to_a_target_never_land_outside_its_own_subjects() {
     let foreign: Vec<&String> = changes.iter().filter(|s| !web01s_own(s)).collect();
     assert!(foreign.is_empty(), "answers aimed elsewhere changed {foreign:?} (all changes: {changes:?})");
     assert!(changes.iter().any(|s| s.starts_with("muster.result.web01.")), "web01's own publishes were stored: {changes:?}");
+    assert!(changes.iter().any(|s| s.starts_with("muster.output.web01.")), "web01's own live output was stored: {changes:?}");
+    assert!(changes.iter().any(|s| s.starts_with("muster.kept.web01.")), "web01's own kept output was stored: {changes:?}");
     assert_eq!(answered, sent, "the master answered web01's agent requests (into web01's own account)");
     // The master saw only the two agent requests web01 sent wrong on purpose, once per aim.
     assert_eq!(bad_after - bad_before, 2 * aims.len() as u64, "a request the master counted as bad came from an answer");

@@ -1,6 +1,7 @@
 //! Operator roles. With the users `musterctl auth nats-config` writes, the
-//! viewer (`muster-viewer`) lists and shows everything the API reads and
-//! `run show`s a run, and every change it attempts is refused by the
+//! viewer (`muster-viewer`) lists and shows everything the API reads,
+//! `run show`s a run and reads its stored output (`run logs`, `run
+//! output`; not `--follow`), and every change it attempts is refused by the
 //! server (its account does not import `muster.api.admin.>` and its user may
 //! not publish there), which `musterctl` reports at once as a permissions
 //! error, exit 10. The admin does everything. A viewer aiming the answers
@@ -69,6 +70,16 @@ fn a_viewer_reads_and_every_change_it_attempts_is_refused_by_the_server() {
         let out = as_viewer(&mut c, &viewer, args);
         assert_eq!(out.code, 0, "the viewer's {args:?}: {out:?}");
     }
+
+    // The run's output as stored, by Direct Gets; following it takes a
+    // consumer, refused.
+    let logs = as_viewer(&mut c, &viewer, &["run", "logs", &run_id]);
+    assert_eq!((logs.code, logs.stdout.as_str()), (0, "hi from web01\n"), "{logs:?}");
+    let follow = as_viewer(&mut c, &viewer, &["run", "logs", &run_id, "--follow"]);
+    assert_eq!(follow.code, 10, "{follow:?}");
+    // Kept output is readable the same way (this job keeps none: not found, not refused).
+    let output = as_viewer(&mut c, &viewer, &["run", "output", &run_id]);
+    assert_eq!(output.code, 3, "{output:?}");
 
     // `target show` for people leaves out the recent runs, which come from
     // history: the viewer gets no consumer (see `perms`), so `history` is
@@ -167,6 +178,8 @@ fn answers_to_the_viewer_never_land_outside_its_own_account() {
     let jetstream_requests: Vec<(String, Vec<u8>)> = vec![
         ("$SRV.PING.muster".into(), Vec::new()),
         ("$JS.API.DIRECT.GET.MUSTER_RESULTS".into(), br#"{"seq":1}"#.to_vec()),
+        ("$JS.API.DIRECT.GET.MUSTER_OUTPUT".into(), br#"{"next_by_subj":"muster.output.>"}"#.to_vec()),
+        ("$JS.API.DIRECT.GET.MUSTER_KEPT".into(), br#"{"next_by_subj":"muster.kept.nope.>"}"#.to_vec()),
         (format!("$JS.API.DIRECT.GET.KV_muster-runs.$KV.muster-runs.{run_id}"), Vec::new()),
         ("$JS.API.DIRECT.GET.KV_muster-runs.$KV.muster-runs.nope".into(), Vec::new()),
     ];

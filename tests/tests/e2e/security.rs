@@ -1,8 +1,8 @@
 //! Identity is the subject. With the users `musterctl auth nats-config`
 //! writes, targets run the whole loop under least privilege, and a target
 //! using its own credentials cannot read another target's manifest or jobs
-//! (nor a job never assigned to it) or control subject, publish results as
-//! another target, or call the admin API.
+//! (nor a job never assigned to it) or control subject, publish results,
+//! live output or kept output as another target, or call the admin API.
 
 use std::path::Path;
 use std::process::Command;
@@ -93,6 +93,8 @@ fn a_target_can_touch_only_its_own_subjects() {
     let url = c.url();
     let forged_job = uuid::Uuid::new_v4();
     let forged_subject = format!("muster.result.web02.run.{forged_job}");
+    let forged_output = format!("muster.output.web02.{forged_job}");
+    let forged_kept = format!("muster.kept.web02.{forged_job}.0");
     block_on(async {
         let web01 = async_nats::ConnectOptions::with_nkey(seed)
             .custom_inbox_prefix("_INBOX_web01")
@@ -134,6 +136,16 @@ fn a_target_can_touch_only_its_own_subjects() {
         let body = format!(r#"{{"v":1,"job_id":"{forged_job}","target":"web02"}}"#);
         let forged = js.publish(forged_subject.clone(), body.into()).await.expect("sent").await;
         assert!(forged.is_err(), "a forged result was stored: {forged:?}");
+        // Live output: its own runs' is stored (acked), another target's never.
+        let own = js.publish(format!("muster.output.web01.{forged_job}"), "{}".into()).await.expect("sent").await;
+        assert!(own.is_ok(), "web01 cannot publish its own live output: {own:?}");
+        let forged = js.publish(forged_output.clone(), r#"{"v":1,"target":"web02"}"#.into()).await.expect("sent").await;
+        assert!(forged.is_err(), "web01 published web02's live output: {forged:?}");
+        // Kept output (`keep_output: full`) the same way.
+        let own = js.publish(format!("muster.kept.web01.{forged_job}.0"), "x".into()).await.expect("sent").await;
+        assert!(own.is_ok(), "web01 cannot keep its own output: {own:?}");
+        let forged = js.publish(forged_kept.clone(), "x".into()).await.expect("sent").await;
+        assert!(forged.is_err(), "web01 wrote web02's kept output: {forged:?}");
         // The admin API.
         let api = web01.request("muster.api.read.target.list", r#"{"v":1}"#.into()).await;
         assert!(api.is_err(), "the admin API answered a target: {api:?}");
@@ -160,6 +172,10 @@ fn a_target_can_touch_only_its_own_subjects() {
     });
 
     assert!(c.stored("MUSTER_RESULTS", &forged_subject).is_empty(), "the forged record is in the stream");
+    assert!(c.stored("MUSTER_OUTPUT", &forged_output).is_empty(), "the forged output is in the stream");
+    assert!(c.stored("MUSTER_KEPT", &forged_kept).is_empty(), "the forged kept output is in the stream");
+    // The agents published their runs' output under these permissions.
+    assert!(!c.stored("MUSTER_OUTPUT", "muster.output.web02.*").is_empty(), "web02's run left no live output");
     let server_log = c.nats.log_text();
     assert!(server_log.contains("Violation") && server_log.contains("web02"), "the server logged the refusals");
     assert!(
