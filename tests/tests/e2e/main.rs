@@ -5,6 +5,7 @@
 mod applied;
 mod auth_reload;
 mod cluster;
+mod console;
 mod core_loop;
 mod day_one;
 mod defection;

@@ -155,7 +155,7 @@ async fn show_page(
             }
         }
         h2 { "Targets" }
-        form #job-form method="post" action={ "/jobs/" (spec.name) "/action" } {
+        form #job-form method="post" action={ "/jobs/" (spec.name) "/action" } data-inline {
             @if admin {
                 div.actions #job-actions {
                     (layout::csrf(signed))

@@ -107,7 +107,7 @@ async fn list_page(
             input type="submit" value="Filter";
             span.muted { (shown.len()) " of " (targets.len()) " targets" }
         }
-        form #targets-form method="post" action="/targets/action" {
+        form #targets-form method="post" action="/targets/action" data-inline {
             @if admin {
                 input type="hidden" name="group" value=(filter.group);
                 input type="hidden" name="status" value=(filter.status);
@@ -293,7 +293,7 @@ async fn show_page(
         h1 { "Target " (info.name) }
         (Notice::render(notice.as_ref()))
         @if admin {
-            form method="post" action="/targets/action" {
+            form method="post" action="/targets/action" data-inline {
                 input type="hidden" name="target" value=(info.name);
                 input type="hidden" name="back" value=(info.name);
                 (actions(signed))
