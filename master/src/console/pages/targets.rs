@@ -90,20 +90,8 @@ async fn list_page(
         h1 { "Targets" }
         (Notice::render(notice.as_ref()))
         form.filters method="get" action="/targets" {
-            label { "Group "
-                select name="group" id="filter-group" {
-                    option value="" { "(all)" }
-                    @for g in &groups { option value=(g.name) selected[g.name.as_str() == filter.group] { (g.name) } }
-                }
-            }
-            label { "Status "
-                select name="status" id="filter-status" {
-                    option value="" { "(all)" }
-                    @for s in <TargetStatus as strum::VariantArray>::VARIANTS {
-                        option value=(s.as_str()) selected[s.as_str() == filter.status] { (s.as_str()) }
-                    }
-                }
-            }
+            label { "Group " (layout::choice("group", "filter-group", groups.iter().map(|g| g.name.as_str()), &filter.group)) }
+            label { "Status " (layout::choice("status", "filter-status", <TargetStatus as strum::VariantArray>::VARIANTS.iter().map(|s| s.as_str()), &filter.status)) }
             input type="submit" value="Filter";
             span.muted { (shown.len()) " of " (targets.len()) " targets" }
         }
