@@ -139,7 +139,7 @@ async fn screenshot(c: &Client, name: &str) {
 }
 
 async fn sign_in(c: &Client, base: &str, user: &str, password: &str) {
-    open(&c, &format!("{base}/login")).await;
+    open(c, &format!("{base}/login")).await;
     element(c, "#user").await.send_keys(user).await.expect("typing the user");
     element(c, "#password").await.send_keys(password).await.expect("typing the password");
     element(c, "#sign-in").await.click().await.expect("signing in");
@@ -174,6 +174,9 @@ fn console_url(c: &Cluster) -> String {
 
 #[test]
 fn an_admin_drives_targets_and_jobs_in_a_browser_and_a_viewer_cannot() {
+    // First, so a machine without chromedriver fails at once, saying so.
+    let browsers = tempfile::tempdir().expect("tempdir");
+    let driver = start_chromedriver(browsers.path());
     let mut c = Cluster::new();
     let auth: PathBuf = c.dir.path().join("console");
     let admin_password = console_user(&c, &auth, "alice", "admin");
@@ -204,7 +207,6 @@ fn an_admin_drives_targets_and_jobs_in_a_browser_and_a_viewer_cannot() {
     for t in ["web01", "web02"] {
         c.wait_target_online(t); // each holds the job now
     }
-    let driver = start_chromedriver(c.dir.path());
     // A failure's screenshot is only ever this run's.
     let _ = std::fs::remove_file(screenshots().join("failure.png"));
 

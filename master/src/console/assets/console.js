@@ -66,7 +66,11 @@ function fragment(html) {
 }
 
 function onTarget(d) {
-  document.querySelectorAll(`tr[data-target="${CSS.escape(d.target)}"]`).forEach((row) => {
+  const rows = document.querySelectorAll(`tr[data-target="${CSS.escape(d.target)}"]`);
+  if (rows.length === 0 && document.getElementById("targets") && d.cells.status !== "removed") {
+    showNotice(null, `Target ${d.target} was enlisted; reload to see it.`);
+  }
+  rows.forEach((row) => {
     for (const [cell, text] of Object.entries(d.cells)) {
       const td = row.querySelector(`[data-cell="${cell}"]`);
       if (!td || td.textContent === text) continue;
