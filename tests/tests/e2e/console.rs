@@ -3,9 +3,10 @@
 //! serving `--http` over TLS (a certificate from the test's own CA) and two
 //! agents.
 //!
-//! An admin signs in, sees both targets, force-polls one and sees its last
-//! poll change, starts a job on both and sees both runs appear and finish
-//! on the page without reloading it (live events), and reads a run's
+//! An admin signs in, sees both targets (and filters them), force-polls
+//! one and sees its last poll change, starts a job on both and sees both
+//! runs appear and finish on the page without reloading it (live events),
+//! starts it on one chosen target, stops a long run, and reads a run's
 //! output; a viewer sees no action button, and a POST forged with the
 //! viewer's own session and CSRF token is refused (403). The session
 //! cookie is HTTP-only, `SameSite=Strict` and, over TLS, `Secure`.
@@ -87,16 +88,26 @@ where
 }
 
 /// Opens `url`. Chromium abandons a load when the host's network changes
-/// (Docker adding a bridge, say: the compose smoke test does) and shows
-/// its own error page; that load is tried again, a few times.
+/// (Docker adding or removing a container's interface: a compose test
+/// running beside this one does) and shows its own error page; the load is
+/// tried again until it succeeds, for at most [`WAIT`].
 async fn open(c: &Client, url: &str) {
-    for _ in 0..3 {
+    let deadline = Instant::now() + WAIT;
+    loop {
         c.goto(url).await.unwrap_or_else(|e| panic!("opening {url}: {e}"));
         if c.find(Locator::Css("body.neterror")).await.is_err() {
             return;
         }
+        if Instant::now() >= deadline {
+            break;
+        }
     }
-    panic!("chromium could not load {url} (its network error page, three times)");
+    screenshot(c, "failure").await;
+    let why = match c.find(Locator::Css("body")).await {
+        Ok(b) => b.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    panic!("chromium could not load {url} within {WAIT:?} (its network error page): {why}");
 }
 
 async fn element(c: &Client, css: &str) -> fantoccini::elements::Element {
@@ -204,6 +215,8 @@ fn an_admin_drives_targets_and_jobs_in_a_browser_and_a_viewer_cannot() {
     c.ctl(&["job", "create", "hello", "--command", "sleep 1; echo hello from the console test; echo '<b>not bold</b>'"])
         .expect("job create");
     c.ctl(&["job", "assign", "hello", "--target", "web01", "--target", "web02"]).expect("job assign");
+    c.ctl(&["job", "create", "long", "--command", "sleep 120"]).expect("job create");
+    c.ctl(&["job", "assign", "long", "--target", "web01"]).expect("job assign");
     for t in ["web01", "web02"] {
         c.wait_target_online(t); // each holds the job now
     }
@@ -276,9 +289,30 @@ fn an_admin_drives_targets_and_jobs_in_a_browser_and_a_viewer_cannot() {
         let marker = b.execute("return window.musterNoReload;", vec![]).await.expect("reading the mark");
         assert_eq!(marker, Value::from("same page"), "the page was reloaded");
         screenshot(&b, "04-job").await;
+        // Start on a chosen target only: one more run, on web02.
+        element(&b, "input[name='target'][value='web02']").await.click().await.expect("select web02");
+        click_confirmed(&b, "#start-selected").await;
+        until("a second run on web02, and still one on web01", || async {
+            let web02 =
+                b.find_all(Locator::Css("tbody[data-runs] tr[data-run^='web02/'][data-outcome='succeeded']")).await.ok()?;
+            let web01 = b.find_all(Locator::Css("tbody[data-runs] tr[data-run^='web01/']")).await.ok()?;
+            (web02.len() == 2 && web01.len() == 1).then_some(())
+        })
+        .await;
+
+        // Stop: a long run, stopped from its job's page, ends canceled.
+        open(&b, &format!("{base}/jobs/long")).await;
+        live(&b).await;
+        click_confirmed(&b, "#start-all").await;
+        element(&b, "tbody[data-runs] tr[data-run^='web01/'][data-outcome='running']").await;
+        element(&b, "input[name='target'][value='web01']").await.click().await.expect("select web01");
+        click_confirmed(&b, "#stop-selected").await;
+        element(&b, "tbody[data-runs] tr[data-run^='web01/'][data-outcome='canceled']").await;
+        assert!(text(&b, "tr[data-status-target='web01']").await.contains("canceled"));
 
         // 5. Open a run and read its output (escaped: it is text, not markup).
-        let href = element(&b, "tbody[data-runs] tr[data-run^='web01/'] a.run-link")
+        open(&b, &format!("{base}/history?job=hello&target=web01")).await;
+        let href = element(&b, "tbody[data-runs] tr[data-run^='web01/'][data-outcome='succeeded'] a.run-link")
             .await
             .attr("href")
             .await
@@ -344,6 +378,6 @@ fn an_admin_drives_targets_and_jobs_in_a_browser_and_a_viewer_cannot() {
     let log = c.masters[0].log_text();
     assert!(log.contains("console action refused: role"), "the refusal is logged");
     assert!(!log.contains(&admin_password) && !log.contains(&viewer_password), "no password in the log");
-    // The viewer's forged start started nothing: only the admin's two runs.
-    assert_eq!(c.finished_runs("hello").len(), 2, "{}", c.logs());
+    // The viewer's forged start started nothing: only the admin's three runs.
+    assert_eq!(c.finished_runs("hello").len(), 3, "{}", c.logs());
 }
