@@ -57,6 +57,12 @@ pub enum Command {
         #[arg(long, default_value_t = 500)]
         wait_ms: u64,
     },
+    /// Run a one-off command once on targets, now: `musterctl exec --all --
+    /// uptime`. Prints each target's output and exit code as it arrives;
+    /// every run is in history (trigger `exec`); no job is left behind.
+    /// Exit 0 when every run succeeded, 8 when one did not, 5 when a target
+    /// was offline (reported, not waited for) or --timeout passed.
+    Exec(ExecArgs),
     /// Past and running runs, read from MUSTER_RESULTS (works without a master).
     History(HistoryArgs),
     /// One run.
@@ -79,8 +85,10 @@ pub enum AuthCmd {
     /// (mode 0600; the server's configuration holds only public keys) and
     /// DIR/<user>.env, which names it (NATS_NKEY). Each
     /// target gets an account of its own that imports only the subjects
-    /// that carry its name, and may touch only those; the master and
-    /// operators are unrestricted, in the Muster account with JetStream.
+    /// that carry its name, and may touch only those; the master and the
+    /// admin (muster-admin) are unrestricted, in the Muster account with
+    /// JetStream; the viewer (muster-viewer) has an account of its own and
+    /// may only read (the server refuses it every change: exit 10).
     /// Needs no NATS connection.
     NatsConfig {
         /// Targets to add; targets that already have a file in DIR are kept,
@@ -96,8 +104,8 @@ pub enum AuthCmd {
     /// --host names (server.pem, server-key.pem), the users of
     /// `nats-config` for TARGETS, and DIR/nats-server.conf, a complete
     /// configuration (TLS, users, JetStream in DIR/jetstream, monitoring on
-    /// loopback): `nats-server -c DIR/nats-server.conf`. master.env and
-    /// admin.env (and TARGET.env) hold the variables a process needs, the CA
+    /// loopback): `nats-server -c DIR/nats-server.conf`. master.env,
+    /// admin.env, viewer.env (and TARGET.env) hold the variables a process needs, the CA
     /// included: `set -a; . DIR/admin.env; NATS_URL=tls://HOST:4222`. Run it
     /// again to add a host or target: the CA and keys are kept.
     Init {
@@ -405,6 +413,25 @@ pub enum JobCmd {
         /// The job.
         job: JobName,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Every enlisted target.
+    #[arg(long)]
+    pub all: bool,
+    /// How long the command may run, like 30s or 5m (1s to 7d): each
+    /// target stops it then (recorded `timed_out`), and musterctl stops
+    /// waiting (exit 5). An offline target that reads it later records it
+    /// `expired` and does not run it.
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    pub timeout: String,
+    /// The command and its arguments, after `--`; run without a shell (use
+    /// `sh -c '…'` for pipes and variables).
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,5 @@
 //! `musterctl auth nats-config`: nats-server accounts and users for the
-//! master, for operators, and for each target.
+//! master, for operators (an admin and a viewer), and for each target.
 //!
 //! Each target gets an account of its own ([`muster_shared::perms::target_account`])
 //! that imports from the Muster account only its own subjects, and its user
@@ -9,8 +9,12 @@
 //! own rights; across an account boundary the server gives the request a
 //! reply subject of its own and maps the answer back into the target's
 //! account, so it cannot land in the buckets, another target's subjects or
-//! the API. The master and the operators share the Muster account, with
-//! JetStream, unrestricted.
+//! the API. The master and the admin share the Muster account, with
+//! JetStream, unrestricted. The viewer (`muster-viewer`, read only) is
+//! restricted, so it is confined the same way: an account of its own
+//! ([`muster_shared::perms::viewer_account`]) that imports the read half of
+//! the API, the service ping and the reads of `run show`, and nothing that
+//! changes state; the server refuses it the rest.
 //!
 //! Users are nkeys: `auth.conf` holds only each user's public key (`U…`),
 //! and its seed is in `<dir>/<user>.nk` (mode 0600), made once and kept.
@@ -50,7 +54,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use muster_shared::name::TargetName;
-use muster_shared::perms::{self, Permissions, TargetAccount};
+use muster_shared::perms::{self, Account, Permissions, Responses};
 use muster_shared::subject::Subjects;
 
 /// The master daemon's user: unrestricted in its account (it creates the
@@ -60,20 +64,26 @@ pub const MASTER_USER: &str = "muster-master";
 /// The operators' user (`musterctl`, the `nats` CLI): unrestricted too.
 pub const ADMIN_USER: &str = "muster-admin";
 
+/// The read-only operators' user: every `musterctl` command that only
+/// reads, in an account of its own ([`perms::viewer_account`]).
+pub const VIEWER_USER: &str = "muster-viewer";
+
 /// Names no target may have: the users above, and the identities whose
-/// files `auth init` links to theirs (`master.env`, `admin.env`).
-const RESERVED: [&str; 4] = [MASTER_USER, ADMIN_USER, "master", "admin"];
+/// files `auth init` links to theirs (`master.env`, `admin.env`,
+/// `viewer.env`).
+const RESERVED: [&str; 6] = [MASTER_USER, ADMIN_USER, VIEWER_USER, "master", "admin", "viewer"];
 
 /// The authorization file, to `include` from the nats-server configuration.
 pub const CONFIG_FILE: &str = "auth.conf";
 
-/// One NATS user: its name, public nkey (`U…`), and, for a target, its own
-/// account (`None`: a user of the Muster account, unrestricted).
+/// One NATS user: its name, public nkey (`U…`), and, for a target or the
+/// viewer, its own account (`None`: a user of the Muster account,
+/// unrestricted).
 #[derive(Debug, Clone)]
 pub struct User {
     pub name: String,
     pub public_key: String,
-    pub account: Option<TargetAccount>,
+    pub account: Option<Account>,
 }
 
 /// What [`write_config`] wrote.
@@ -96,8 +106,8 @@ pub enum RemoveError {
 }
 
 /// Writes `<dir>/auth.conf` and, for a user that has none yet, its seed
-/// `<user>.nk` and `<user>.env`: the master, the operators, `targets`, and
-/// every target that already has a file in `dir`.
+/// `<user>.nk` and `<user>.env`: the master, the admin, the viewer,
+/// `targets`, and every target that already has a file in `dir`.
 ///
 /// # Errors
 /// When a target is named like a reserved user, a seed file is missing,
@@ -160,6 +170,11 @@ fn write_users(dir: &Path, subjects: &Subjects, targets: &[TargetName], without:
     for name in [MASTER_USER, ADMIN_USER] {
         users.push(User { name: name.to_owned(), public_key: key(name)?, account: None });
     }
+    users.push(User {
+        name: VIEWER_USER.to_owned(),
+        public_key: key(VIEWER_USER)?,
+        account: Some(perms::viewer_account(subjects)),
+    });
     for t in &names {
         users.push(User { name: t.to_string(), public_key: key(t.as_str())?, account: Some(perms::target_account(subjects, t)) });
     }
@@ -169,16 +184,18 @@ fn write_users(dir: &Path, subjects: &Subjects, targets: &[TargetName], without:
 }
 
 /// The `accounts` block for `users`: the Muster account with the
-/// unrestricted users, and one account per target user.
+/// unrestricted users, and one account per restricted user (each target,
+/// the viewer).
 pub fn render(subjects: &Subjects, users: &[User]) -> String {
     let q = |s: &str| format!("\"{s}\"");
     let list = |items: &[String]| items.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ");
     let muster = perms::muster_account(subjects);
     let mut out = String::from(
         "# Written by `musterctl auth nats-config`: include it from nats-server.conf.\n\
-         # One account for Muster (JetStream, the master, the operators) and one per\n\
-         # target, which imports only the subjects that carry its own name, so that\n\
-         # every answer to a target goes back into the target's own account.\n\
+         # One account for Muster (JetStream, the master, the admin), one per target,\n\
+         # which imports only the subjects that carry its own name, and one for the\n\
+         # viewer, which imports only reads: every answer to them goes back into\n\
+         # their own account.\n\
          accounts {\n",
     );
     let _ = writeln!(out, "  {}: {{\n    jetstream: enabled\n    users: [", q(&muster));
@@ -187,7 +204,11 @@ pub fn render(subjects: &Subjects, users: &[User]) -> String {
     }
     out.push_str("    ]\n    # Public, but only accounts in this file exist; each imports its own part.\n    exports: [\n");
     for e in perms::muster_exports(subjects) {
-        let _ = writeln!(out, "      {{ service: {} }}", q(&e));
+        let responses = match e.responses {
+            Responses::Single => "",
+            Responses::Stream => ", response_type: stream",
+        };
+        let _ = writeln!(out, "      {{ service: {}{responses} }}", q(&e.subject));
     }
     out.push_str("    ]\n    imports: [\n");
     for a in users.iter().filter_map(|u| u.account.as_ref()) {
@@ -341,14 +362,24 @@ mod tests {
             conf.contains("{ service: { account: \"muster-target-web01\", subject: \"muster.target.web01.control\" } }"),
             "the Muster account imports web01's control subject: {conf}"
         );
-        for f in ["auth.conf", "web01.nk", "web01.env", "muster-master.nk", "muster-admin.nk"] {
+        assert!(conf.contains("\"muster-viewer\": {"), "the viewer's own account: {conf}");
+        assert!(
+            conf.contains("{ service: \"muster.api.read.>\", response_type: stream }"),
+            "the read API, answered in parts: {conf}"
+        );
+        assert!(
+            conf.contains("{ service: { account: \"muster\", subject: \"muster.api.read.>\" } }")
+                && !conf.contains("subject: \"muster.api.admin"),
+            "the viewer imports the reads and no account imports the changes: {conf}"
+        );
+        for f in ["auth.conf", "web01.nk", "web01.env", "muster-master.nk", "muster-admin.nk", "muster-viewer.nk"] {
             assert_eq!(mode(&dir.path().join(f)), 0o600, "{f}");
         }
 
         // A second run for another target keeps web01 (and its key).
         let second = write_config(dir.path(), &s, &[TargetName::new("web02").unwrap()]).unwrap();
         let names: Vec<&str> = second.users.iter().map(|(u, _)| u.as_str()).collect();
-        assert_eq!(names, ["muster-master", "muster-admin", "web01", "web02"]);
+        assert_eq!(names, ["muster-master", "muster-admin", "muster-viewer", "web01", "web02"]);
         assert_eq!(muster_runtime::nats::read_seed(&seed_path).unwrap(), seed);
         assert!(second.converted.is_empty());
 
@@ -376,7 +407,7 @@ mod tests {
                 .unwrap();
         }
         let written = write_config(dir.path(), &s, &[]).unwrap();
-        assert_eq!(written.converted, ["muster-master", "muster-admin", "web01"]);
+        assert_eq!(written.converted, ["muster-master", "muster-admin", "web01"], "the viewer is new: a key, nothing to convert");
         let conf = fs::read_to_string(&written.config).unwrap();
         assert!(!conf.contains("secret") && !conf.contains("password"), "{conf}");
         let env = fs::read_to_string(dir.path().join("web01.env")).unwrap();

@@ -6,10 +6,17 @@
 //! ([`CHUNK_HEADER`]); the client puts them back together, refuses a reply
 //! with a part missing, and stops reading at [`ApiClient::max_reply_bytes`]
 //! so a broken or hostile responder cannot make it buffer without bound.
+//!
+//! Given the connection's [`Refusals`], a request the server refuses for
+//! the user's permissions (a viewer asking for a change: nats-server drops
+//! it and says so on the connection) ends at once with
+//! `permission_denied`, instead of waiting out the timeout.
 
+use std::future::Future;
 use std::time::Duration;
 
 use futures::StreamExt;
+use muster_runtime::nats::{Refusal, Refusals};
 use muster_shared::api::{parse_chunk, ApiError, ErrorCode, MasterSeen, Op, Reply, Request, CHUNK_HEADER};
 use muster_shared::subject::Subjects;
 use muster_shared::{msg, MAX_REPLY_BYTES};
@@ -28,14 +35,38 @@ pub struct ApiClient {
     pub timeout: Duration,
     /// The largest reply, all parts together, the client takes.
     pub max_reply_bytes: usize,
+    /// The server's permission refusals on `client`'s connection, when
+    /// known (`muster_runtime::nats::connect_watching`).
+    pub refusals: Option<Refusals>,
 }
 
 impl ApiClient {
     pub fn new(client: async_nats::Client, subjects: Subjects) -> Self {
-        Self { client, subjects, timeout: Duration::from_secs(30), max_reply_bytes: MAX_REPLY_BYTES }
+        Self { client, subjects, timeout: Duration::from_secs(30), max_reply_bytes: MAX_REPLY_BYTES, refusals: None }
     }
 
-    /// Sends `{"v":1, ...body}` to `muster.api.<op>` and decodes the reply.
+    /// Watches `refusals`, the permission refusals of `client`'s connection.
+    #[must_use]
+    pub fn with_refusals(mut self, refusals: Refusals) -> Self {
+        self.refusals = Some(refusals);
+        self
+    }
+
+    /// Runs `work` (JetStream reads, say), ended at once with
+    /// `permission_denied` if the server refuses this user anything while
+    /// it runs.
+    ///
+    /// # Errors
+    /// `permission_denied`.
+    pub async fn unless_refused<T>(&self, work: impl Future<Output = T>) -> Result<T, ApiError> {
+        let mut watch = self.refusals.as_ref().map(Refusals::watch);
+        tokio::select! {
+            done = work => Ok(done),
+            refused = refused(watch.as_mut(), |_| true) => Err(refused),
+        }
+    }
+
+    /// Sends `{"v":1, ...body}` to `muster.api.<access>.<op>` and decodes the reply.
     ///
     /// While it waits, it checks every [`LIVENESS_EVERY`] that a master is
     /// still serving: a master that died mid-request (and no other one
@@ -44,14 +75,18 @@ impl ApiClient {
     ///
     /// # Errors
     /// `master_unavailable` when no master answers or the last one went
-    /// away; otherwise the master's own error.
+    /// away; `permission_denied` when the server refused the request (this
+    /// user may not call `op`); otherwise the master's own error.
     pub async fn call<B: Serialize, R: DeserializeOwned>(&self, op: Op, body: B) -> Result<R, ApiError> {
         let payload = msg::encode(&Request::new(body));
-        let subject = self.subjects.api(op.subject());
+        let subject = self.subjects.api(op);
+        // Watching before the publish, so a refusal cannot come first.
+        let mut watch = self.refusals.as_ref().map(Refusals::watch);
         let answer = async {
             tokio::select! {
                 reply = self.exchange(&subject, payload) => reply,
                 gone = self.until_no_master() => Err(gone),
+                denied = refused(watch.as_mut(), |s| s == subject) => Err(denied),
             }
         };
         let reply = tokio::time::timeout(self.timeout, answer)
@@ -65,7 +100,7 @@ impl ApiClient {
     /// NATS answers with "no responders". A ping that is answered, or that
     /// fails otherwise (a reconnect), proves nothing either way.
     async fn until_no_master(&self) -> ApiError {
-        let ping = format!("$SRV.PING.{}", self.subjects.service_name());
+        let ping = self.subjects.service_ping();
         let mut every = tokio::time::interval_at(tokio::time::Instant::now() + LIVENESS_EVERY, LIVENESS_EVERY);
         loop {
             every.tick().await;
@@ -136,7 +171,7 @@ impl ApiClient {
             |e: &dyn std::fmt::Display| ApiError::new(ErrorCode::MasterUnavailable, format!("pinging masters: {e}"));
         let inbox = self.client.new_inbox();
         let mut answers = self.client.subscribe(inbox.clone()).await.map_err(|e| unreachable(&e))?;
-        let ping = format!("$SRV.PING.{}", self.subjects.service_name());
+        let ping = self.subjects.service_ping();
         self.client.publish_with_reply(ping, inbox, "".into()).await.map_err(|e| unreachable(&e))?;
         self.client.flush().await.map_err(|e| unreachable(&e))?;
         let mut seen = Vec::new();
@@ -150,6 +185,19 @@ impl ApiClient {
         seen.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(seen)
     }
+}
+
+/// The first refusal `wanted` accepts, as `permission_denied`; never, without
+/// a watch.
+async fn refused(watch: Option<&mut muster_runtime::nats::Watch>, wanted: impl Fn(&str) -> bool) -> ApiError {
+    match watch {
+        Some(w) => denied(&w.next(wanted).await),
+        None => std::future::pending().await,
+    }
+}
+
+fn denied(r: &Refusal) -> ApiError {
+    ApiError::new(ErrorCode::PermissionDenied, r)
 }
 
 #[cfg(test)]
@@ -166,7 +214,7 @@ mod tests {
     /// A stand-in for the master's `status` endpoint on a real nats-server
     /// that answers every request with `parts`, each a `(header, body)`.
     async fn answering(client: &async_nats::Client, subjects: &Subjects, parts: Vec<Part>) {
-        let mut requests = client.subscribe(subjects.api(Op::Status.subject())).await.unwrap();
+        let mut requests = client.subscribe(subjects.api(Op::Status)).await.unwrap();
         client.flush().await.unwrap();
         let client = client.clone();
         tokio::spawn(async move {

@@ -1,4 +1,5 @@
-//! `job start --wait`: following the runs a start made until each is final.
+//! `job start --wait` and `exec`: following the runs a start made until
+//! each is final.
 //!
 //! The runs are followed by events, not by asking again and again: the
 //! master writes every job × target's last outcome to the job-status bucket
@@ -14,17 +15,22 @@
 //! expires, and is then recorded `expired`); an expired run is final like
 //! any other; and `--wait` always has a deadline, so it never waits forever.
 //!
-//! On a terminal, one line per target is redrawn in place; otherwise each
-//! line is printed when it changes; with `--json`, the final states are
-//! printed once.
-
-use std::time::Duration;
+//! An exec ([`Followed::Exec`]) has no job status (its job id is its own
+//! and nothing of it is kept but history), so its runs are followed on the
+//! results stream itself, by one consumer on the exec's job id from the
+//! stream's last sequence before the exec was posted
+//! ([`history::runs_of_job`]); each run's output and exit code are printed
+//! as its final record arrives.
+//!
+//! On a terminal, one line per target is redrawn in place (a job start);
+//! otherwise, and for an exec's output, each line is printed when it
+//! changes; with `--json`, the final states are printed once.
 
 use futures::stream::FuturesUnordered;
 use futures::StreamExt as _;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use muster_shared::api::{Delivery, DeliveryState, JobInfo, JobRef, JobTargetStatus, Op};
-use muster_shared::msg::Outcome;
+use muster_shared::msg::{Outcome, RunRecord};
 use muster_shared::name::{JobName, TargetName};
 use muster_shared::subject::Bucket;
 use serde::Serialize;
@@ -34,6 +40,38 @@ use crate::client::ApiClient;
 use crate::exit::{Exit, Failure};
 use crate::history;
 use crate::render;
+
+/// What is followed.
+#[derive(Debug, Clone)]
+pub enum Followed {
+    /// `job start --wait`: the job's keys in job status.
+    Job(JobName),
+    /// `exec`: the exec's run records, stored after sequence `after` of the
+    /// results stream (its last before the exec was posted).
+    Exec { job_id: Uuid, after: u64 },
+}
+
+impl Followed {
+    /// Where to look next, for the messages that end a follow.
+    fn see(&self, target: &str) -> String {
+        match self {
+            Followed::Job(job) => format!("`musterctl history --job {job} --target {target}`"),
+            Followed::Exec { .. } => format!("`musterctl history --target {target}`"),
+        }
+    }
+
+    fn offline_note(&self) -> String {
+        match self {
+            Followed::Job(job) => {
+                format!("each runs the job at its next poll unless the start expires first (see `musterctl job status {job}`)")
+            }
+            Followed::Exec { .. } => {
+                "the command runs there only if the target polls before --timeout passes; otherwise it is recorded `expired`"
+                    .into()
+            }
+        }
+    }
+}
 
 /// Where one target's run is, as `--wait` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -47,6 +85,12 @@ pub struct Progress {
     pub duration_ms: Option<i64>,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// An exec's exit code (its last step's), once final.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// An exec's output, once final.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
     #[serde(skip)]
     pub done: bool,
     /// Offline when the start was posted: reported, not waited for.
@@ -78,6 +122,8 @@ impl Progress {
             } else {
                 d.message.clone()
             },
+            exit_code: None,
+            output: None,
             done: offline || d.run_id.is_none(),
             offline,
             superseded: false,
@@ -91,11 +137,23 @@ impl Progress {
         self.done = s.outcome.is_final();
     }
 
-    /// The line shown for it: `web01: succeeded in 1.0s`.
+    /// A run record of this run: its status and, once final, its exit code
+    /// and output.
+    fn update_run(&mut self, r: &RunRecord) {
+        self.update(&JobTargetStatus::from(r));
+        if r.outcome.is_final() {
+            self.exit_code = r.steps.iter().rev().find_map(|s| s.exit_code);
+            self.output = Some(r.steps.iter().map(|s| s.output.as_str()).collect());
+        }
+    }
+
+    /// The line shown for it: `web01: succeeded in 1.0s`, `web02: failed
+    /// (exit 3) in 0.1s: …`.
     pub fn line(&self) -> String {
         let took = self.duration_ms.map_or(String::new(), |d| format!(" in {:.1}s", d as f64 / 1000.0));
         let why = if self.message.is_empty() { String::new() } else { format!(": {}", self.message) };
-        format!("{}: {}{took}{why}", self.target, self.state)
+        let exit = self.exit_code.map_or(String::new(), |c| format!(" (exit {c})"));
+        format!("{}: {}{exit}{took}{why}", self.target, self.state)
     }
 }
 
@@ -124,18 +182,35 @@ fn seen(p: &Progress, s: &JobTargetStatus) -> Seen {
 }
 
 /// Follows the runs a start made until all are final (or their targets
-/// were offline), at most `timeout`.
+/// were offline), until `deadline` at most.
 ///
 /// # Errors
 /// Exit 8 when a run did not succeed, 5 when a target was offline or
-/// `timeout` passed first, 1 when job status or history cannot be read.
-pub async fn follow(api: &ApiClient, json: bool, job: &JobName, started: &[Delivery], timeout: Duration) -> Result<(), Failure> {
-    let deadline = tokio::time::Instant::now() + timeout;
+/// `deadline` passed first, 1 when job status or history cannot be read.
+pub async fn follow(
+    api: &ApiClient,
+    json: bool,
+    followed: &Followed,
+    started: &[Delivery],
+    deadline: tokio::time::Instant,
+) -> Result<(), Failure> {
     let mut progress: Vec<Progress> = started.iter().map(Progress::started).collect();
-    let mut view = View::new(json, &progress);
+    if let Followed::Exec { .. } = followed {
+        for p in progress.iter_mut().filter(|p| p.offline) {
+            "not started: it did not answer; it runs the command only if it polls before --timeout passes"
+                .clone_into(&mut p.message);
+        }
+    }
+    // An exec prints output between the lines: no redrawing in place.
+    let mut view = View::new(json, matches!(followed, Followed::Job(_)), &progress);
     let finished = progress.iter().all(|p| p.done)
         || tokio::select! {
-            r = watch(api, job, &mut progress, &mut view) => r.map(|()| true),
+            r = async {
+                match followed {
+                    Followed::Job(job) => watch(api, job, &mut progress, &mut view).await,
+                    Followed::Exec { job_id, after } => watch_runs(api, *job_id, *after, &mut progress, &mut view).await,
+                }
+            } => r.map(|()| true),
             () = tokio::time::sleep_until(deadline) => Ok(false),
         }
         .inspect_err(|_| view.close())?;
@@ -144,7 +219,7 @@ pub async fn follow(api: &ApiClient, json: bool, job: &JobName, started: &[Deliv
         if json {
             render::print_json(&progress)?;
         }
-        return Err(gave_up(job, &progress));
+        return Err(gave_up(followed, &progress));
     }
     let failed: Vec<&Progress> = progress.iter().filter(|p| !p.offline && p.state != Outcome::Succeeded.as_str()).collect();
     let offline: Vec<String> = progress.iter().filter(|p| p.offline).map(|p| p.target.to_string()).collect();
@@ -159,30 +234,55 @@ pub async fn follow(api: &ApiClient, json: bool, job: &JobName, started: &[Deliv
         None if offline.is_empty() => Ok(()),
         None => Err(Failure::new(
             Exit::Offline,
-            format!(
-                "offline, not waited for: {}; each runs the job at its next poll unless the start expires first (see `musterctl job status {job}`)",
-                offline.join(", ")
-            ),
+            format!("offline, not waited for: {}; {}", offline.join(", "), followed.offline_note()),
         )),
         Some(first) => Err(Failure::new(
             Exit::RunFailed,
             format!(
-                "{} run(s) did not succeed, e.g. on {}: {}; see `musterctl history --job {job} --target {}`",
+                "{} run(s) did not succeed, e.g. on {}: {}; see {}",
                 failed.len(),
                 first.target,
                 first.state,
-                first.target
+                followed.see(first.target.as_str())
             ),
         )),
     }
 }
 
-fn gave_up(job: &JobName, progress: &[Progress]) -> Failure {
+fn gave_up(followed: &Followed, progress: &[Progress]) -> Failure {
     let waiting: Vec<String> = progress.iter().filter(|p| !p.done).map(|p| p.target.to_string()).collect();
-    Failure::new(
-        Exit::Offline,
-        format!("gave up waiting; still not finished on {} (see `musterctl job status {job}`)", waiting.join(", ")),
-    )
+    let see = match followed {
+        Followed::Job(job) => format!("`musterctl job status {job}`"),
+        Followed::Exec { .. } => "`musterctl history --target TARGET`; each run is recorded when it ends".into(),
+    };
+    Failure::new(Exit::Offline, format!("gave up waiting; still not finished on {} (see {see})", waiting.join(", ")))
+}
+
+/// Follows an exec's run records on the results stream until every run in
+/// `progress` is final, showing each change.
+async fn watch_runs(
+    api: &ApiClient,
+    job_id: Uuid,
+    after: u64,
+    progress: &mut [Progress],
+    view: &mut View,
+) -> Result<(), Failure> {
+    let js = async_nats::jetstream::new(api.client.clone());
+    let mut runs = history::runs_of_job(&js, &api.subjects, job_id, after)
+        .await
+        .map_err(|e| Failure::internal(format!("following the exec's runs: {e:#}")))?;
+    while !progress.iter().all(|p| p.done) {
+        let record = match runs.next().await {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => return Err(Failure::internal(format!("{e:#}"))),
+            None => return Err(Failure::internal("the results stream ended while following the exec")),
+        };
+        if let Some(p) = progress.iter_mut().find(|p| !p.done && p.run_id == Some(record.run_id) && p.target == record.target) {
+            p.update_run(&record);
+        }
+        view.show(progress);
+    }
+    Ok(())
 }
 
 /// Watches the job's status keys (and history for replaced runs) until
@@ -242,11 +342,11 @@ enum View {
 }
 
 impl View {
-    fn new(json: bool, progress: &[Progress]) -> Self {
+    fn new(json: bool, redraw: bool, progress: &[Progress]) -> Self {
         use std::io::IsTerminal as _;
         let mut view = if json {
             View::Json
-        } else if std::io::stdout().is_terminal() {
+        } else if redraw && std::io::stdout().is_terminal() {
             let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
             let style = ProgressStyle::with_template("{msg}").expect("a valid template");
             let lines = progress.iter().map(|_| bars.add(ProgressBar::new_spinner().with_style(style.clone()))).collect();
@@ -267,6 +367,12 @@ impl View {
                     let line = p.line();
                     if line != *last {
                         crate::say!("{line}");
+                        // An exec's output, once, under its final line.
+                        if let Some(output) = p.output.as_deref().filter(|_| p.done) {
+                            for l in output.lines() {
+                                crate::say!("    {l}");
+                            }
+                        }
                         *last = line;
                     }
                 }

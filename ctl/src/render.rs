@@ -10,7 +10,7 @@ use std::io::Write as _;
 use chrono::{DateTime, Utc};
 use comfy_table::{CellAlignment, Table};
 use muster_runtime::describe::{self, duration};
-use muster_shared::api::{Delivery, InstrRow, InstrStatus, JobInfo, MasterSeen, Posted, StatusSummary, TargetInfo};
+use muster_shared::api::{Delivery, InstrRow, InstrStatus, JobInfo, Listed, MasterSeen, Posted, StatusSummary, TargetInfo};
 use muster_shared::desired::Revision;
 use muster_shared::msg::RunRecord;
 use muster_shared::name::JobName;
@@ -93,29 +93,27 @@ fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
     crate::say!("{}", table(headers, rows));
 }
 
-pub fn print_targets(ts: &[TargetInfo]) {
-    let rows = ts
-        .iter()
-        .map(|t| {
-            vec![
-                t.name.to_string(),
-                t.status.as_str().to_owned(),
-                time(t.last_poll),
-                t.local_time.map_or_else(|| "-".into(), |lt| crate::zone::format_at_target(lt, &t.timezone)),
-                t.clock_skew_ms.map_or("-".into(), |s| format!("{s}ms")),
-                t.poll_interval_secs.to_string(),
-                t.unread.to_string(),
-                t.agent_version.clone().unwrap_or_else(|| "-".into()),
-                join(&t.groups),
-                if t.location.is_empty() { "-".into() } else { t.location.clone() },
-            ]
-        })
-        .collect();
+pub fn print_targets(ts: &[Listed<TargetInfo>]) {
+    let rows = listed_rows(ts, 10, |t| {
+        vec![
+            t.name.to_string(),
+            t.status.as_str().to_owned(),
+            time(t.last_poll),
+            t.local_time.map_or_else(|| "-".into(), |lt| crate::zone::format_at_target(lt, &t.timezone)),
+            t.clock_skew_ms.map_or("-".into(), |s| format!("{s}ms")),
+            t.poll_interval_secs.to_string(),
+            t.unread.to_string(),
+            t.agent_version.clone().unwrap_or_else(|| "-".into()),
+            join(&t.groups),
+            if t.location.is_empty() { "-".into() } else { t.location.clone() },
+        ]
+    });
     print_table(
         &["TARGET", "STATUS", "LAST POLL", "LOCAL TIME", "SKEW", "POLL(S)", "UNREAD", "AGENT", "GROUPS", "LOCATION"],
         rows,
     );
-    for t in ts {
+    say_corrupt(ts, "target", "musterctl target defect {} --force");
+    for t in ts.iter().filter_map(Listed::ok) {
         if let Some(why) = &t.blocked {
             crate::say!("{} is blocked by {why} (see `musterctl instructions --target {} --errors`)", t.name, t.name);
         }
@@ -132,7 +130,7 @@ pub fn print_targets(ts: &[TargetInfo]) {
 
 /// `target show`: the target's row, then what it holds and did.
 pub fn print_target_detail(t: &TargetInfo, jobs: &[JobName], rows: &[InstrRow], runs: &[RunRecord]) {
-    print_targets(std::slice::from_ref(t));
+    print_targets(&[Listed::Ok(t.clone())]);
     let revision = |r: Option<Revision>| r.map_or("-".to_owned(), |r| r.to_string());
     crate::say!(
         "\nenlisted {}; manifest revision {} published, {} applied at its last poll",
@@ -149,21 +147,46 @@ pub fn print_target_detail(t: &TargetInfo, jobs: &[JobName], rows: &[InstrRow], 
     print_runs(runs);
 }
 
-pub fn print_jobs(jobs: &[JobInfo]) {
-    let rows = jobs
-        .iter()
-        .map(|j| {
-            vec![
-                j.spec.name.to_string(),
-                if j.spec.enabled { "yes".into() } else { "no".into() },
-                j.spec.steps.len().to_string(),
-                j.spec.schedules.len().to_string(),
-                join(&j.targets),
-                join(&j.groups),
-            ]
-        })
-        .collect();
+pub fn print_jobs(jobs: &[Listed<JobInfo>]) {
+    let rows = listed_rows(jobs, 6, |j| {
+        vec![
+            j.spec.name.to_string(),
+            if j.spec.enabled { "yes".into() } else { "no".into() },
+            j.spec.steps.len().to_string(),
+            j.spec.schedules.len().to_string(),
+            join(&j.targets),
+            join(&j.groups),
+        ]
+    });
     print_table(&["JOB", "ENABLED", "STEPS", "SCHEDULES", "TARGETS", "GROUPS"], rows);
+    say_corrupt(jobs, "job", "musterctl job delete {}");
+}
+
+/// A table's rows: each readable record's cells, and for one that cannot
+/// be read its key, `corrupt`, and dashes up to `width` cells.
+fn listed_rows<T>(items: &[Listed<T>], width: usize, cells: impl Fn(&T) -> Vec<String>) -> Vec<Vec<String>> {
+    items
+        .iter()
+        .map(|item| match item {
+            Listed::Ok(t) => cells(t),
+            Listed::Corrupt(c) => {
+                let mut row = vec![c.key.clone(), "corrupt".to_owned()];
+                row.resize(width, "-".to_owned());
+                row
+            }
+        })
+        .collect()
+}
+
+/// One line per record that cannot be read: why, and the command that
+/// removes it (`remove`, with `{}` for its key).
+fn say_corrupt<T>(items: &[Listed<T>], kind: &str, remove: &str) {
+    for c in items.iter().filter_map(|i| match i {
+        Listed::Corrupt(c) => Some(c),
+        Listed::Ok(_) => None,
+    }) {
+        crate::say!("{kind} record '{}' is corrupt ({}); `{}` removes it", c.key, c.corrupt, remove.replace("{}", &c.key));
+    }
 }
 
 pub fn print_job(j: &JobInfo) {
@@ -289,9 +312,10 @@ pub fn print_instructions(rows: &[InstrRow]) {
     print_table(&["ID", "TARGET", "OP", "JOB", "POSTED", "DOWNLOADED", "STATUS", "ERROR"], rows);
 }
 
-pub fn print_groups(groups: &[muster_shared::api::GroupInfo]) {
-    let rows = groups.iter().map(|g| vec![g.name.to_string(), join(&g.members), join(&g.jobs)]).collect();
+pub fn print_groups(groups: &[Listed<muster_shared::api::GroupInfo>]) {
+    let rows = listed_rows(groups, 3, |g| vec![g.name.to_string(), join(&g.members), join(&g.jobs)]);
     print_table(&["GROUP", "MEMBERS", "JOBS"], rows);
+    say_corrupt(groups, "group", "musterctl group delete {}");
 }
 
 pub fn print_status(s: &StatusSummary, masters: &[MasterSeen]) {

@@ -185,7 +185,7 @@ async fn handle_batch(
         } else {
             msg::decode::<RunRecord>(&m.payload).map_err(|e| e.to_string()).and_then(|r| {
                 identity::check_run(&store.subjects, subject, &r).map_err(|e| e.to_string())?;
-                if r.trigger == Trigger::Manual {
+                if matches!(r.trigger, Trigger::Manual | Trigger::Exec) {
                     answered.push((r.target.clone(), r.run_id));
                 }
                 let seq = m.info().map_err(|e| format!("not a stream message: {e}"))?.stream_sequence;
@@ -196,6 +196,11 @@ async fn handle_batch(
                     _ => {
                         index.insert(r.run_id, entry);
                     }
+                }
+                // An exec has no job to show a status for, and a key per
+                // exec would only pile up: its runs live in history.
+                if r.trigger == Trigger::Exec {
+                    return Ok(());
                 }
                 let status = JobTargetStatus::from(&r);
                 let key = Store::status_key(r.job_id, &r.target);

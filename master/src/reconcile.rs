@@ -36,7 +36,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use muster_runtime::backoff::Backoff;
 use muster_shared::desired::{Digest, ManifestSummary, StartEntry, SUMMARY_HEADER};
-use muster_shared::msg::{self, Outcome, RunRecord, Trigger};
+use muster_shared::msg::{self, Outcome, RunRecord};
 use muster_shared::name::TargetName;
 use muster_shared::{KIND_HEADER, PROTOCOL_VERSION};
 use tokio_util::sync::CancellationToken;
@@ -293,7 +293,7 @@ async fn record_expired(store: &Store, t: &TargetName, start: &StartEntry) -> Re
         job_id: start.job_id,
         job: start.job.clone(),
         target: t.clone(),
-        trigger: Trigger::Manual,
+        trigger: start.trigger(),
         outcome: Outcome::Expired,
         started_at: start.posted_at,
         finished_at: Some(Utc::now()),

@@ -123,10 +123,12 @@ pub enum StoreError {
     /// A record the caller named does not exist.
     #[error("{0}")]
     NotFound(Missing),
-    /// A stored record that does not decode.
+    /// A stored record that does not decode; `record` says what the caller
+    /// asked for, when it named one.
     #[error("record '{key}' is corrupt: {source}")]
     Corrupt {
         key: String,
+        record: Option<Missing>,
         #[source]
         source: serde_json::Error,
     },
@@ -140,6 +142,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Names the record a [`StoreError::Corrupt`] is about; other errors
+    /// are returned as they are.
+    #[must_use]
+    pub fn about(self, named: Missing) -> StoreError {
+        match self {
+            StoreError::Corrupt { key, source, .. } => StoreError::Corrupt { key, record: Some(named), source },
+            e => e,
+        }
+    }
+
     /// A NATS failure while doing `what`.
     pub fn nats(what: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> StoreError {
         StoreError::Nats { what: what.into(), source: Box::new(source) }
@@ -370,8 +382,11 @@ impl Store {
         let entry = kv.entry(key).await.map_err(|e| StoreError::nats("reading KV", e))?;
         match entry {
             Some(e) if e.operation == kv::Operation::Put => {
-                let value =
-                    serde_json::from_slice(&e.value).map_err(|source| StoreError::Corrupt { key: key.to_owned(), source })?;
+                let value = serde_json::from_slice(&e.value).map_err(|source| StoreError::Corrupt {
+                    key: key.to_owned(),
+                    record: None,
+                    source,
+                })?;
                 Ok(Some((value, e.revision)))
             }
             _ => Ok(None),
@@ -404,6 +419,32 @@ impl Store {
     /// (41% of its CPU when it read a batch of targets' rows that way), so
     /// several targets' rows are read by several of these, concurrently.
     pub async fn scan_filtered<T: DeserializeOwned>(kv: &kv::Store, filter: String) -> Result<Vec<(String, T, u64)>, StoreError> {
+        let found = Self::scan_checked::<T>(kv, filter).await?;
+        Ok(found
+            .into_iter()
+            .filter_map(|(key, value, revision)| match value {
+                Ok(v) => Some((key, v, revision)),
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "skipping unreadable record");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// Every record of a bucket, each decoded or with why it does not
+    /// decode: what listings show, so that a corrupt record is seen (and
+    /// can be deleted) instead of skipped.
+    pub async fn scan_all_checked<T: DeserializeOwned>(kv: &kv::Store) -> Result<Vec<(String, Result<T, String>)>, StoreError> {
+        let found = Self::scan_checked::<T>(kv, format!("{}>", kv.prefix)).await?;
+        Ok(found.into_iter().map(|(key, value, _)| (key, value.map_err(|e| e.to_string()))).collect())
+    }
+
+    /// [`Store::scan_filtered`], keeping records that do not decode.
+    async fn scan_checked<T: DeserializeOwned>(
+        kv: &kv::Store,
+        filter: String,
+    ) -> Result<Vec<(String, Result<T, serde_json::Error>, u64)>, StoreError> {
         const READING: &str = "reading a bucket";
         // An empty bucket (no groups yet, say) costs one info request, not a
         // consumer created and deleted.
@@ -434,10 +475,7 @@ impl Store {
                     .and_then(|h| h.get("KV-Operation"))
                     .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
                 if !deleted {
-                    match serde_json::from_slice(&m.payload) {
-                        Ok(v) => out.push((key, v, revision)),
-                        Err(e) => tracing::warn!(key, error = %e, "skipping unreadable record"),
-                    }
+                    out.push((key, serde_json::from_slice(&m.payload), revision));
                 }
                 if pending == 0 {
                     break;
@@ -568,7 +606,8 @@ impl Store {
     /// [`Missing::Target`] when it is not enlisted.
     pub async fn target(&self, name: &TargetName) -> Result<TargetRecord, StoreError> {
         Self::read(&self.targets, name.as_str())
-            .await?
+            .await
+            .map_err(|e| e.about(Missing::Target(name.clone())))?
             .map(|(t, _)| t)
             .ok_or_else(|| StoreError::NotFound(Missing::Target(name.clone())))
     }
@@ -731,7 +770,8 @@ impl Store {
     /// [`Missing::Job`] when there is none.
     pub async fn job(&self, name: &JobName) -> Result<(JobRecord, u64), StoreError> {
         Self::read::<JobRecord>(&self.jobs, name.as_str())
-            .await?
+            .await
+            .map_err(|e| e.about(Missing::Job(name.clone())))?
             .filter(|(j, _)| j.deleted_at.is_none())
             .ok_or_else(|| StoreError::NotFound(Missing::Job(name.clone())))
     }
@@ -763,7 +803,8 @@ impl Store {
     /// [`Missing::Group`] when there is none.
     pub async fn group(&self, name: &GroupName) -> Result<GroupRecord, StoreError> {
         Self::read(&self.groups, name.as_str())
-            .await?
+            .await
+            .map_err(|e| e.about(Missing::Group(name.clone())))?
             .map(|(g, _)| g)
             .ok_or_else(|| StoreError::NotFound(Missing::Group(name.clone())))
     }

@@ -72,6 +72,7 @@ pub fn plan(queued: Vec<Instruction>, now: DateTime<Utc>) -> Plan {
                     revision: Revision::ZERO,
                     posted_at: i.posted_at,
                     expires_at: i.posted_at + expiry,
+                    exec: None,
                 };
                 let row = Row { id: i.id, op: i.op.name().to_owned(), job: Some(job.clone()) };
                 plan.starts.entry(i.target.clone()).or_default().push((start, row));

@@ -24,6 +24,7 @@ pub enum Exit {
     Conflict = 7,
     RunFailed = 8,
     ApplyFailed = 9,
+    Denied = 10,
 }
 
 impl Exit {
@@ -45,6 +46,9 @@ impl Exit {
             Exit::Conflict => "conflict: already exists, still in use, or changed concurrently (retry)",
             Exit::RunFailed => "a run did not succeed (job start --wait)",
             Exit::ApplyFailed => "a target polled but failed to apply a change (target force-poll; see instructions --errors)",
+            Exit::Denied => {
+                "permission denied: the NATS server refused this identity the request (a viewer asking for a change; the message names the subject)"
+            }
         }
     }
 }
@@ -64,6 +68,7 @@ impl From<ErrorCode> for Exit {
             ErrorCode::Offline | ErrorCode::Timeout => Exit::Offline,
             ErrorCode::MasterUnavailable => Exit::Unreachable,
             ErrorCode::AlreadyExists | ErrorCode::Conflict | ErrorCode::Defected => Exit::Conflict,
+            ErrorCode::PermissionDenied => Exit::Denied,
         }
     }
 }
@@ -123,7 +128,7 @@ mod tests {
         let text = help("Environment: NATS_URL.");
         let codes: Vec<&str> =
             text.lines().filter_map(|l| l.strip_prefix("  ")).filter_map(|l| l.split_whitespace().next()).collect();
-        assert_eq!(codes, ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"], "{text}");
+        assert_eq!(codes, ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"], "{text}");
         assert!(text.contains("6  the master or NATS is unreachable"), "{text}");
         assert!(text.ends_with("Environment: NATS_URL."), "{text}");
     }
@@ -145,6 +150,7 @@ mod tests {
             (ErrorCode::AlreadyExists, 7),
             (ErrorCode::Conflict, 7),
             (ErrorCode::Defected, 7),
+            (ErrorCode::PermissionDenied, 10),
         ];
         for (code, exit) in cases {
             assert_eq!(Exit::from(code).code(), exit, "{code:?}");

@@ -176,10 +176,10 @@ pub async fn find_run(
     run_id: Uuid,
     hint: Option<(&TargetName, Uuid)>,
 ) -> anyhow::Result<Option<FoundRun>> {
-    let stream = results_stream(js, subjects).await?;
-    if let Some(record) = indexed(js, subjects, &stream, run_id).await? {
+    if let Some(record) = indexed(js, subjects, run_id).await? {
         return Ok(Some(FoundRun { record, via: Via::Index }));
     }
+    let stream = results_stream(js, subjects).await?;
     let deliver = match run_id.get_timestamp() {
         Some(ts) => {
             let (secs, _) = ts.to_unix();
@@ -198,25 +198,24 @@ pub async fn find_run(
 }
 
 /// The run as the index places it, `None` when the index has no usable
-/// entry (no bucket, no key, or an entry that no longer matches the
-/// message at its sequence).
-async fn indexed(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-    stream: &jetstream::stream::Stream,
-    run_id: Uuid,
-) -> anyhow::Result<Option<RunRecord>> {
-    let bucket = subjects.bucket(Bucket::Runs);
-    let index = match js.get_key_value(&bucket).await {
-        Ok(index) => index,
+/// entry (no bucket, no key, a deleted key, or an entry that no longer
+/// matches the message at its sequence).
+///
+/// Both reads are Direct Gets on handles made without asking for the
+/// streams' info: two requests in all, and the only JetStream requests a
+/// viewer may send (`perms::viewer`).
+async fn indexed(js: &jetstream::Context, subjects: &Subjects, run_id: Uuid) -> anyhow::Result<Option<RunRecord>> {
+    let index = js.get_stream_no_info(subjects.bucket_stream(Bucket::Runs)).await?;
+    let key = subjects.bucket_key(Bucket::Runs, &run_id.to_string());
+    let value = match index.direct_get_last_for_subject(key.clone()).await {
+        Ok(m) => m.payload,
         Err(e) => {
-            tracing::debug!(bucket, error = %e, "no run index");
+            // Not there, or no index at all (no master has run): both mean "scan".
+            tracing::debug!(key, error = %e, "no run index entry");
             return Ok(None);
         }
     };
-    let Some(value) = index.get(run_id.to_string()).await.with_context(|| format!("reading {bucket}"))? else {
-        return Ok(None);
-    };
+    // A deleted key reads as an empty delete marker, which parses as no entry.
     let entry: RunIndexEntry = match serde_json::from_slice(&value) {
         Ok(entry) => entry,
         Err(e) => {
@@ -224,7 +223,8 @@ async fn indexed(
             return Ok(None);
         }
     };
-    let m = match stream.direct_get(entry.seq).await {
+    let results = js.get_stream_no_info(subjects.results_stream()).await?;
+    let m = match results.direct_get(entry.seq).await {
         Ok(m) => m,
         Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => return Ok(None),
         Err(e) => {
@@ -248,7 +248,7 @@ async fn indexed(
         deliver: DeliverPolicy::ByStartSequence { start_sequence: entry.seq + 1 },
         up_to: None,
     };
-    read_span(stream, subjects, span, Some(run_id), &mut kept).await?;
+    read_span(&results_stream(js, subjects).await?, subjects, span, Some(run_id), &mut kept).await?;
     Ok(kept.into_runs(&HistoryQuery::default()).pop())
 }
 
@@ -288,6 +288,45 @@ pub async fn final_record(
         }
     }
     anyhow::bail!("the results stream ended while waiting for run {run_id} on {target}")
+}
+
+/// The results stream's last sequence now: what a follow started before
+/// a change must read after ([`runs_of_job`]), so no record of it is missed.
+///
+/// # Errors
+/// When the stream cannot be read.
+pub async fn last_sequence(js: &jetstream::Context, subjects: &Subjects) -> anyhow::Result<u64> {
+    Ok(results_stream(js, subjects).await?.cached_info().state.last_sequence)
+}
+
+/// Every run record of job `job_id`, on any target, stored after sequence
+/// `after`, as they arrive (waits as long as it takes; the caller bounds
+/// it). One ordered consumer whatever the number of targets: what an exec
+/// follows, whose job id is its own.
+///
+/// # Errors
+/// When the stream cannot be read; each item, when reading it failed.
+pub async fn runs_of_job(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    job_id: Uuid,
+    after: u64,
+) -> anyhow::Result<futures::stream::BoxStream<'static, anyhow::Result<RunRecord>>> {
+    let stream = results_stream(js, subjects).await?;
+    let config = jetstream::consumer::pull::OrderedConfig {
+        filter_subject: subjects.runs_filter(None, Some(job_id)),
+        deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
+        ..Default::default()
+    };
+    let messages = stream.create_consumer(config).await?.messages().await?;
+    let subjects = subjects.clone();
+    Ok(futures::StreamExt::boxed(futures::StreamExt::filter_map(messages, move |m| {
+        let r = match m {
+            Ok(m) => record(&subjects, m.subject.as_str(), &m.payload).map(Ok),
+            Err(e) => Some(Err(anyhow::Error::from(e).context("following the results stream"))),
+        };
+        std::future::ready(r)
+    })))
 }
 
 fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {

@@ -27,14 +27,20 @@
 //! exited would then need a restart on every host, or, once its service
 //! manager's restart limit is hit, a visit; one that waits picks the fixed
 //! certificate up at its next attempt (2 s at most).
+//!
+//! While NATS cannot be reached, the daemons say which server and why once
+//! per change of state, never once per attempt (`report.rs`).
 
 mod keyfile;
+mod refusal;
+mod report;
 mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use keyfile::{check_private, read_seed, KeyFileError, KeyKind};
+pub use refusal::{Action, Refusal, Refusals, Watch};
 pub use tls::{TlsCause, TlsFileError, TlsFiles};
 
 /// The connection flags every binary takes (flatten them into its parser).
@@ -169,6 +175,15 @@ pub enum ConnectError {
 /// TLS handshake ([`ConnectError::Tls`]) or no server answering
 /// ([`ConnectError::Unreachable`]), each naming the URLs.
 pub async fn connect(opts: &NatsOptions, wait: Wait) -> Result<async_nats::Client, ConnectError> {
+    connect_watching(opts, wait).await.map(|(client, _)| client)
+}
+
+/// [`connect`], and the server's permission refusals on that connection
+/// ([`Refusals`]), so that a request the user may not send ends at once.
+///
+/// # Errors
+/// As [`connect`].
+pub async fn connect_watching(opts: &NatsOptions, wait: Wait) -> Result<(async_nats::Client, Refusals), ConnectError> {
     // Every private file is checked before anything is read or attempted.
     let seed = opts.nkey.as_deref().map(read_seed).transpose()?;
     if let Some(creds) = &opts.creds {
@@ -177,19 +192,11 @@ pub async fn connect(opts: &NatsOptions, wait: Wait) -> Result<async_nats::Clien
     if let Some(key) = &opts.tls.key {
         check_private(KeyKind::TlsKey, key)?;
     }
+    let refusals = Refusals::default();
     let mut o = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None)
-        .reconnect_delay_callback(reconnect_delay)
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                async_nats::Event::Disconnected => {
-                    tracing::warn!("disconnected from NATS; reconnecting")
-                }
-                other => tracing::debug!(%other, "NATS event"),
-            }
-        });
+        .reconnect_delay_callback(reconnect_delay);
     if let Some(name) = &opts.name {
         o = o.name(name);
     }
@@ -226,13 +233,36 @@ pub async fn connect(opts: &NatsOptions, wait: Wait) -> Result<async_nats::Clien
             "connecting to NATS without authentication: whoever reaches the server can do what this process does (see `musterctl auth init`)"
         );
     }
+    // Which server failed and why, once per change (`report.rs`).
+    let report = std::sync::Arc::new(report::Report::new(addrs.clone(), urls.clone()));
+    o = o.event_callback(move |event| {
+        let report = report.clone();
+        async move { report.event(event).await }
+    });
+    // Which server failed and why, once per change (`report.rs`); the
+    // server's permission refusals to whoever waits on them (`refusal.rs`).
+    let report = std::sync::Arc::new(report::Report::new(addrs.clone(), urls.clone()));
+    o = o.event_callback({
+        let refusals = refusals.clone();
+        move |event| {
+            let report = report.clone();
+            let refusals = refusals.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = &event {
+                    refusals.report(e);
+                }
+                report.event(event).await
+            }
+        }
+    });
     if opts.tls.any() || addrs.iter().any(async_nats::ServerAddr::tls_required) {
         o = o.require_tls(true).tls_client_config(tls::client_config(&opts.tls, &urls, wait == Wait::Forever)?);
     }
-    o.connect(addrs).await.map_err(|source| match TlsCause::find(&source) {
+    let client = o.connect(addrs).await.map_err(|source| match TlsCause::find(&source) {
         Some(cause) => ConnectError::Tls { urls: urls.clone(), cause },
         None => ConnectError::Unreachable { urls, source },
-    })
+    })?;
+    Ok((client, refusals))
 }
 
 /// The wait before connection attempt number `attempt` (async-nats counts

@@ -2,7 +2,8 @@
 //! stable error codes `musterctl` maps to exit codes.
 //!
 //! Each operation is an endpoint of the NATS service `muster` on
-//! `muster.api.<op>` (see [`Op`]); a target's own calls go to
+//! `muster.api.read.<op>` or `muster.api.admin.<op>`, after who may call it
+//! (see [`Op`], [`Op::access`]); a target's own calls go to
 //! `muster.api.agent.<t>.<op>`. A request is `{"v":1, ...fields}`; a reply is
 //! `{"v":1,"ok":...}` or `{"v":1,"error":{"code":...,"message":...}}`.
 
@@ -46,6 +47,10 @@ pub enum ErrorCode {
     /// The target has defected from this master; an operator's
     /// `musterctl target enlist` brings it back.
     Defected,
+    /// The NATS server refused the request for the caller's permissions
+    /// (a viewer asking for a change). Made by the client from the
+    /// server's refusal, never sent by the master.
+    PermissionDenied,
 }
 
 impl ErrorCode {
@@ -155,12 +160,15 @@ pub enum Op {
     GroupRemove,
     Instructions,
     Status,
+    Exec,
 }
 
 impl Op {
     pub const ALL: &'static [Op] = <Op as strum::VariantArray>::VARIANTS;
 
-    /// The subject suffix after `muster.api.`.
+    /// The subject suffix after `muster.api.read.` or `muster.api.admin.`
+    /// (the token is [`Op::access`]'s; the whole subject is
+    /// `Subjects::api`).
     pub fn subject(self) -> &'static str {
         match self {
             Op::TargetEnlist => "target.enlist",
@@ -191,6 +199,7 @@ impl Op {
             Op::GroupRemove => "group.remove",
             Op::Instructions => "instructions",
             Op::Status => "status",
+            Op::Exec => "exec",
         }
     }
 
@@ -226,7 +235,8 @@ impl Op {
             | Op::GroupCreate
             | Op::GroupDelete
             | Op::GroupAdd
-            | Op::GroupRemove => Access::Admin,
+            | Op::GroupRemove
+            | Op::Exec => Access::Admin,
         }
     }
 
@@ -245,6 +255,16 @@ impl Op {
 pub enum Access {
     Read,
     Admin,
+}
+
+impl Access {
+    /// The subject token of its operations (`muster.api.<token>.<op>`).
+    pub fn token(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Admin => "admin",
+        }
+    }
 }
 
 /// Operations a target agent calls about itself on `muster.api.agent.<t>.<op>`.
@@ -391,6 +411,59 @@ pub enum StartReply {
 impl StartReply {
     pub fn is_polled(&self) -> bool {
         *self == StartReply::Polled
+    }
+}
+
+/// `musterctl exec`: run a one-off command once on the selected targets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    #[serde(flatten)]
+    pub select: Selection,
+    #[serde(flatten)]
+    pub command: crate::desired::ExecCommand,
+}
+
+/// What an exec posted: the job id its runs are recorded under (one per
+/// exec), and each target `delivered`, `queued` (offline) or `failed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecReply {
+    pub job_id: Uuid,
+    pub deliveries: Vec<Delivery>,
+}
+
+/// A record as a listing or a delete shows it: readable, or corrupt (its
+/// bytes do not decode, e.g. written by hand into the bucket). Untagged on
+/// the wire: a readable record is itself, a corrupt one `{"key": …,
+/// "corrupt": "<why>"}`, so a listing without corrupt records reads as it
+/// always did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Listed<T> {
+    Ok(T),
+    Corrupt(CorruptRecord),
+}
+
+/// A record that cannot be read: its key, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorruptRecord {
+    pub key: String,
+    pub corrupt: String,
+}
+
+impl<T> Listed<T> {
+    pub fn ok(&self) -> Option<&T> {
+        match self {
+            Listed::Ok(t) => Some(t),
+            Listed::Corrupt(_) => None,
+        }
+    }
+
+    pub fn into_ok(self) -> Option<T> {
+        match self {
+            Listed::Ok(t) => Some(t),
+            Listed::Corrupt(_) => None,
+        }
     }
 }
 

@@ -33,7 +33,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::job::JobDef;
+use crate::job::{JobDef, JobSpec, Step};
 use crate::name::{JobName, TargetName};
 use crate::{MAX_BODY_BYTES, PROTOCOL_VERSION};
 
@@ -68,6 +68,27 @@ pub const MAX_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
 /// the master removes it and records it `expired` itself. Until then only
 /// the target decides; the grace covers a target clock that is behind.
 pub const PRUNE_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+/// Most `musterctl exec` starts waiting in one manifest (they count among
+/// [`MAX_PENDING_STARTS`] too): each carries its command line, so they are
+/// bounded apart to keep the largest manifest under [`MAX_BODY_BYTES`].
+pub const MAX_PENDING_EXECS: usize = 32;
+
+/// Longest command line an exec carries: its argv as JSON, escapes and all
+/// (what it adds to the manifest).
+pub const MAX_EXEC_BYTES: usize = 4096;
+
+/// The name every exec run is recorded under. Job names are letters,
+/// digits, `-` and `_`, and the master refuses to create a job of this
+/// name ([`is_reserved_job_name`]), so no user job is ever confused with it;
+/// each exec has a job id of its own, so its runs are found by that id.
+pub const EXEC_JOB_NAME: &str = "_exec";
+
+/// Whether a job name belongs to Muster ([`EXEC_JOB_NAME`]) and cannot be
+/// created by users.
+pub fn is_reserved_job_name(name: &JobName) -> bool {
+    name.as_str() == EXEC_JOB_NAME
+}
 
 /// Header on every manifest message: its [`ManifestSummary`] as JSON, so the
 /// master can compare 100,000 manifests with a headers-only read.
@@ -168,6 +189,63 @@ pub struct StartEntry {
     pub revision: Revision,
     pub posted_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// `musterctl exec`: the command to run instead of a held job. The
+    /// target runs it once as a one-step job under `job_id` (one per exec,
+    /// chosen by the master) and [`EXEC_JOB_NAME`], and stores nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecCommand>,
+}
+
+/// The one-off command of an exec start: an argv, run without a shell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecCommand {
+    pub argv: Vec<String>,
+    /// The run is stopped (recorded `timed_out`) after this long.
+    pub timeout_secs: u64,
+}
+
+/// A refused exec command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExecError {
+    #[error("give the command to run after `--`")]
+    Empty,
+    #[error("the command line is {len} bytes; the limit is {MAX_EXEC_BYTES}")]
+    TooLong { len: usize },
+    #[error("the timeout must be from 1 s to {} s", MAX_EXPIRY.as_secs())]
+    Timeout,
+}
+
+impl ExecCommand {
+    /// # Errors
+    /// [`ExecError`] for an empty or too long command line, or a timeout
+    /// outside 1 s..=[`MAX_EXPIRY`].
+    pub fn check(&self) -> Result<(), ExecError> {
+        if self.argv.first().is_none_or(String::is_empty) {
+            return Err(ExecError::Empty);
+        }
+        let len = serde_json::to_vec(&self.argv).expect("strings serialise").len();
+        if len > MAX_EXEC_BYTES {
+            return Err(ExecError::TooLong { len });
+        }
+        if !(1..=MAX_EXPIRY.as_secs()).contains(&self.timeout_secs) {
+            return Err(ExecError::Timeout);
+        }
+        Ok(())
+    }
+
+    /// The one-step job the target runs for it, never stored.
+    pub fn job(&self, job_id: Uuid) -> JobDef {
+        let mut spec = JobSpec::from_commands(exec_job_name(), &[]);
+        spec.steps.push(Step { argv: Some(self.argv.clone()), ..Step::default() });
+        spec.timeout_secs = Some(self.timeout_secs);
+        spec.normalize();
+        JobDef { id: job_id, revision: 0, spec }
+    }
+}
+
+/// [`EXEC_JOB_NAME`] as a job name.
+pub fn exec_job_name() -> JobName {
+    JobName::new(EXEC_JOB_NAME).expect("a valid name")
 }
 
 /// Stop the job's runs that began before `posted_at` (30 s allowed for
@@ -215,7 +293,16 @@ impl StartEntry {
         expires_in: Duration,
     ) -> Result<StartEntry, ExpiryError> {
         let expires_at = now + check_expiry(expires_in)?;
-        Ok(StartEntry { run_id, job_id, job, revision: Revision::ZERO, posted_at: now, expires_at })
+        Ok(StartEntry { run_id, job_id, job, revision: Revision::ZERO, posted_at: now, expires_at, exec: None })
+    }
+
+    /// Why its run happens: an exec, or a manual start.
+    pub fn trigger(&self) -> crate::msg::Trigger {
+        if self.exec.is_some() {
+            crate::msg::Trigger::Exec
+        } else {
+            crate::msg::Trigger::Manual
+        }
     }
 
     /// The target's decision, by its own clock.
@@ -484,6 +571,13 @@ impl Manifest {
         if self.starts.iter().any(|s| s.run_id == start.run_id) {
             return Err(ManifestError::Duplicate { what: "run id", id: start.run_id });
         }
+        if let Some(exec) = &start.exec {
+            let execs = self.starts.iter().filter(|s| s.exec.is_some()).count();
+            if execs >= MAX_PENDING_EXECS {
+                return Err(ManifestError::TooMany { what: "pending execs", count: execs + 1, max: MAX_PENDING_EXECS });
+            }
+            exec.check().map_err(|e| ManifestError::BadExec { id: start.run_id, error: e })?;
+        }
         start.revision = self.revision;
         self.starts.push(start);
         Ok(())
@@ -543,6 +637,7 @@ impl Manifest {
             ("jobs", self.jobs.len(), MAX_JOBS_PER_TARGET),
             ("pending starts", self.starts.len(), MAX_PENDING_STARTS),
             ("pending stops", self.stops.len(), MAX_PENDING_STOPS),
+            ("pending execs", self.starts.iter().filter(|s| s.exec.is_some()).count(), MAX_PENDING_EXECS),
         ] {
             if count > max {
                 return Err(ManifestError::TooMany { what, count, max });
@@ -556,6 +651,11 @@ impl Manifest {
         }
         unique("job id", self.jobs.iter().map(|j| j.id))?;
         unique("run id", self.starts.iter().map(|s| s.run_id))?;
+        for s in &self.starts {
+            if let Some(e) = s.exec.as_ref().and_then(|exec| exec.check().err()) {
+                return Err(ManifestError::BadExec { id: s.run_id, error: e });
+            }
+        }
         unique("stop id", self.stops.iter().map(|s| s.id))?;
         let windows = self.starts.iter().map(|s| (s.run_id, s.posted_at, s.expires_at));
         let windows = windows.chain(self.stops.iter().map(|s| (s.id, s.posted_at, s.expires_at)));
@@ -597,6 +697,8 @@ pub enum ManifestError {
     Defected,
     #[error("poll interval 0")]
     ZeroPollInterval,
+    #[error("exec start {id}: {error}")]
+    BadExec { id: Uuid, error: ExecError },
 }
 
 // ---- job documents ---------------------------------------------------------------
@@ -768,8 +870,13 @@ mod tests {
         m.revision = Revision(u64::MAX);
         m.changes = u64::MAX;
         let name = JobName::new("j".repeat(long)).unwrap();
-        for _ in 0..MAX_PENDING_STARTS {
-            m.add_start(StartEntry::new(Uuid::now_v7(), Uuid::now_v7(), name.clone(), now, MAX_EXPIRY).unwrap()).unwrap();
+        for n in 0..MAX_PENDING_STARTS {
+            let mut s = StartEntry::new(Uuid::now_v7(), Uuid::now_v7(), name.clone(), now, MAX_EXPIRY).unwrap();
+            if n < MAX_PENDING_EXECS {
+                // The longest command line: `["…"]` is four bytes more than its one argument.
+                s.exec = Some(ExecCommand { argv: vec!["x".repeat(MAX_EXEC_BYTES - 4)], timeout_secs: MAX_EXPIRY.as_secs() });
+            }
+            m.add_start(s).unwrap();
         }
         for _ in 0..MAX_PENDING_STOPS {
             m.add_stop(StopEntry::new(Uuid::now_v7(), Uuid::now_v7(), name.clone(), now, MAX_EXPIRY).unwrap()).unwrap();
@@ -798,6 +905,45 @@ mod tests {
         let again = m.starts[0].clone();
         m.starts.pop();
         assert!(matches!(m.add_start(again), Err(ManifestError::Duplicate { .. })));
+    }
+
+    #[test]
+    fn exec_starts_are_bounded_and_checked() {
+        let now = at("2026-12-01T10:00:00Z");
+        let mut m = manifest();
+        let exec = |argv: Vec<String>, timeout_secs| {
+            let mut s = StartEntry::new(Uuid::now_v7(), Uuid::now_v7(), exec_job_name(), now, DEFAULT_EXPIRY).unwrap();
+            s.exec = Some(ExecCommand { argv, timeout_secs });
+            s
+        };
+        let ok = || exec(vec!["uptime".into()], 60);
+        assert_eq!(ok().trigger(), crate::msg::Trigger::Exec);
+        for _ in 0..MAX_PENDING_EXECS {
+            m.add_start(ok()).unwrap();
+        }
+        assert!(matches!(m.add_start(ok()), Err(ManifestError::TooMany { what: "pending execs", .. })));
+        m.validate(&t("web01")).unwrap();
+        let mut m = manifest();
+        for (bad, why) in [
+            (exec(vec![], 60), ExecError::Empty),
+            (exec(vec![String::new()], 60), ExecError::Empty),
+            (
+                exec(vec!["\u{1}".repeat(MAX_EXEC_BYTES / 6 + 1)], 60),
+                ExecError::TooLong { len: (MAX_EXEC_BYTES / 6 + 1) * 6 + 4 },
+            ),
+            (exec(vec!["true".into()], 0), ExecError::Timeout),
+        ] {
+            assert_eq!(m.add_start(bad.clone()), Err(ManifestError::BadExec { id: bad.run_id, error: why }));
+            let mut forged = m.clone();
+            forged.starts.push(bad);
+            assert!(matches!(forged.validate(&t("web01")), Err(ManifestError::BadExec { .. })), "a target checks it too");
+        }
+        let job = exec(vec!["echo".into(), "a b".into()], 5).exec.unwrap().job(Uuid::from_u128(4));
+        assert_eq!((job.id, job.spec.name.as_str(), job.spec.timeout_secs), (Uuid::from_u128(4), EXEC_JOB_NAME, Some(5)));
+        assert_eq!(job.spec.steps.len(), 1);
+        assert_eq!(job.spec.steps[0].argv, Some(vec!["echo".to_owned(), "a b".to_owned()]));
+        job.spec.validate().unwrap();
+        assert!(is_reserved_job_name(&exec_job_name()) && !is_reserved_job_name(&JobName::new("exec").unwrap()));
     }
 
     #[test]

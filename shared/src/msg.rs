@@ -345,6 +345,9 @@ pub enum Trigger {
         schedule: String,
     },
     OnStart,
+    /// `musterctl exec`: a one-off command carried by its start entry, run
+    /// once and never stored as a job.
+    Exec,
 }
 
 impl std::fmt::Display for Trigger {
@@ -353,6 +356,7 @@ impl std::fmt::Display for Trigger {
             Trigger::Manual => f.write_str("manual"),
             Trigger::Schedule { schedule } => write!(f, "schedule:{schedule}"),
             Trigger::OnStart => f.write_str("on_start"),
+            Trigger::Exec => f.write_str("exec"),
         }
     }
 }

@@ -27,9 +27,23 @@
 //! a reply subject the server makes up (`_R_.…`) and maps back into the
 //! requester's account: an answer aimed anywhere lands in the target's own
 //! account, where nothing listens. Nothing is imported as a stream.
+//!
+//! The viewer ([`viewer_account`]) is confined the same way: its account
+//! imports the read half of the API (`<prefix>.api.read.>`), the service
+//! ping, and the two Direct Gets of `run show` (the run index, one record
+//! by sequence), each answered into the viewer's own account. It gets no
+//! consumer, so no `history`: a consumer's configuration (its deliver
+//! subject, its name) travels in the request body, where no permission can
+//! confine it; a push consumer would deliver into the Muster account's
+//! subjects (the buckets), and a create naming the master's consumer would
+//! change it.
+//! The admin half of the API (`<prefix>.api.admin.>`) it neither imports
+//! nor may publish, so the server refuses such a request with a
+//! permissions violation, which `musterctl` reports as such.
 
+use crate::api::Access;
 use crate::name::TargetName;
-use crate::subject::Subjects;
+use crate::subject::{Bucket, Subjects};
 
 /// A client's allowed subjects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,36 +72,90 @@ pub fn muster_account(s: &Subjects) -> String {
     s.prefix().to_owned()
 }
 
-/// What the Muster account exports as services, one wildcard pattern per
-/// kind; each target's account imports its own part of each.
-pub fn muster_exports(s: &Subjects) -> Vec<String> {
-    vec![s.direct_get_state_all(), s.direct_get_job_docs_all(), s.results_of_any(), s.poll_all(), s.agent_api_pattern(">")]
+/// How many answers one request to an exported service gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Responses {
+    /// One (the server forgets the reply mapping after it).
+    Single,
+    /// Several: a big API reply in parts, every master answering a ping.
+    Stream,
 }
 
-/// A target's own NATS account.
+/// A service the Muster account exports.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TargetAccount {
-    /// `<prefix>-target-<t>`.
+pub struct Export {
+    pub subject: String,
+    pub responses: Responses,
+}
+
+/// What the Muster account exports as services, one wildcard pattern per
+/// kind; each target's account imports its own part of each, the viewer's
+/// the read side.
+pub fn muster_exports(s: &Subjects) -> Vec<Export> {
+    let single =
+        [s.direct_get_state_all(), s.direct_get_job_docs_all(), s.results_of_any(), s.poll_all(), s.agent_api_pattern(">")]
+            .into_iter()
+            .chain(viewer_jetstream(s));
+    let stream = [s.api_all(Access::Read), s.service_ping()];
+    single
+        .map(|subject| Export { subject, responses: Responses::Single })
+        .chain(stream.into_iter().map(|subject| Export { subject, responses: Responses::Stream }))
+        .collect()
+}
+
+/// A restricted identity's own NATS account (a target's, the viewer's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// `<prefix>-target-<t>`, `<prefix>-viewer`.
     pub name: String,
     /// Services imported from the Muster account: requests go in, answers
     /// come back through the server's response mapping.
     pub imports: Vec<String>,
-    /// Services exported to the Muster account: the control subject.
+    /// Services exported to the Muster account: a target's control subject.
     pub exports: Vec<String>,
-    /// The target's user in it, as limited as without the account.
+    /// The identity's user in it, as limited as without the account.
     pub permissions: Permissions,
 }
 
 /// The account of target `t`: its imports are exactly the subjects its user
 /// may publish to.
-pub fn target_account(s: &Subjects, t: &TargetName) -> TargetAccount {
+pub fn target_account(s: &Subjects, t: &TargetName) -> Account {
     let permissions = target(s, t);
-    TargetAccount {
+    Account {
         name: format!("{}-target-{t}", s.prefix()),
         imports: permissions.publish.clone(),
         exports: vec![s.control(t)],
         permissions,
     }
+}
+
+/// The JetStream reads the viewer's `run show` makes, each a Direct Get
+/// with one answer: a run-index entry (the key in the API subject), then
+/// one record of the results stream by sequence (the body names only a
+/// message of that stream). Nothing else of JetStream: not `STREAM.INFO`,
+/// which nats-server answers for the requesting account, not the
+/// exporting one, and no consumer.
+fn viewer_jetstream(s: &Subjects) -> Vec<String> {
+    vec![
+        Subjects::direct_get(&s.bucket_stream(Bucket::Runs), &s.bucket_key(Bucket::Runs, ">")),
+        format!("{}.DIRECT.GET.{}", crate::subject::JS_API_PREFIX, s.results_stream()),
+    ]
+}
+
+/// The viewer: the read half of the API, the service ping, and the reads
+/// of `run show`; replies on its own inboxes. Nothing that changes state,
+/// and no consumer (see the module's documentation).
+pub fn viewer(s: &Subjects) -> Permissions {
+    let mut publish = vec![s.api_all(Access::Read), s.service_ping()];
+    publish.extend(viewer_jetstream(s));
+    Permissions { publish, subscribe: vec!["_INBOX.>".to_owned()], allow_responses: false }
+}
+
+/// The viewer's account, `<prefix>-viewer`: it imports exactly what its
+/// user may publish, and exports nothing.
+pub fn viewer_account(s: &Subjects) -> Account {
+    let permissions = viewer(s);
+    Account { name: format!("{}-viewer", s.prefix()), imports: permissions.publish.clone(), exports: Vec::new(), permissions }
 }
 
 #[cfg(test)]
@@ -118,7 +186,7 @@ mod tests {
         assert_eq!(acc.name, "muster-target-web01");
         assert_ne!(acc.name, muster_account(&s));
         assert_eq!(acc.exports, [s.control(&a)]);
-        let exports = muster_exports(&s);
+        let exports: Vec<String> = muster_exports(&s).into_iter().map(|e| e.subject).collect();
         for import in &acc.imports {
             assert!(import.contains("web01"), "{import}");
             // The server accepts an import only inside an export.
@@ -132,9 +200,47 @@ mod tests {
             }
         }
         for export in &exports {
-            for refused in [s.api("job.create"), "$KV.muster-jobs.x".to_owned(), s.control(&a), s.state(&a)] {
+            for refused in [s.api(crate::api::Op::JobCreate), "$KV.muster-jobs.x".to_owned(), s.control(&a), s.state(&a)] {
                 assert!(!allowed(std::slice::from_ref(export), &refused), "{export} exports {refused}");
             }
+        }
+    }
+
+    #[test]
+    fn the_viewer_reads_and_changes_nothing_and_its_imports_are_exported() {
+        use crate::api::Op;
+        let s = Subjects::default();
+        let acc = viewer_account(&s);
+        assert_eq!(acc.name, "muster-viewer");
+        assert!(acc.exports.is_empty());
+        assert_eq!(acc.imports, acc.permissions.publish);
+        let exports = muster_exports(&s);
+        for import in &acc.imports {
+            assert!(exports.iter().any(|e| subset(import, &e.subject)), "{import} is in no export");
+        }
+        for &op in Op::ALL {
+            assert_eq!(allowed(&acc.permissions.publish, &s.api(op)), op.access() == Access::Read, "{op:?}");
+        }
+        let t = TargetName::new("web01").unwrap();
+        for refused in [
+            "$KV.muster-jobs.x".to_owned(),
+            "$JS.API.CONSUMER.CREATE.MUSTER_RESULTS".to_owned(),
+            "$JS.API.CONSUMER.CREATE.MUSTER_RESULTS.x.muster.result.>".to_owned(),
+            "$JS.API.CONSUMER.DELETE.MUSTER_RESULTS.master".to_owned(),
+            "$JS.API.STREAM.PURGE.MUSTER_RESULTS".to_owned(),
+            "$JS.API.STREAM.INFO.MUSTER_RESULTS".to_owned(),
+            "$JS.API.DIRECT.GET.KV_muster-jobs.$KV.muster-jobs.x".to_owned(),
+            "$JS.API.DIRECT.GET.KV_muster-targets.$KV.muster-targets.web01".to_owned(),
+            s.control(&t),
+            s.agent_api(&t, "enlist"),
+            s.results_of(&t),
+        ] {
+            assert!(!allowed(&acc.permissions.publish, &refused), "{refused} must be refused");
+        }
+        assert!(!acc.permissions.allow_responses);
+        // Several answers: the API's parts, every master's ping.
+        for e in exports.iter().filter(|e| e.responses == Responses::Stream) {
+            assert!(e.subject == s.api_all(Access::Read) || e.subject == s.service_ping(), "{e:?}");
         }
     }
 
@@ -170,7 +276,8 @@ mod tests {
             s.result_run(&b, job),
             s.poll(&b),
             s.agent_api(&b, "enlist"),
-            s.api("job.create"),
+            s.api(crate::api::Op::JobCreate),
+            s.api(crate::api::Op::TargetList),
         ] {
             assert!(!allowed(&p.publish, &refused), "{refused} must be refused");
         }

@@ -14,7 +14,8 @@
 //! | `muster.result.<t>.applied` | manifest revisions applied or refused (stream `MUSTER_RESULTS`) |
 //! | `muster.result.<t>.instr` | previous design: instructions applied or failed (stream `MUSTER_RESULTS`) |
 //! | `muster.poll.<t>` | the latest poll report (stream `MUSTER_POLLS`) |
-//! | `muster.api.<op>` | the master's admin API (service `muster`) |
+//! | `muster.api.read.<op>` | the master's API, operations that only read (service `muster`; a viewer may call them) |
+//! | `muster.api.admin.<op>` | the master's API, operations that change state (only an admin may call them) |
 //! | `muster.api.agent.<t>.<op>` | the API a target may call, carrying its own name |
 //!
 //! Identity is the subject: everything a target publishes or reads carries its
@@ -26,6 +27,7 @@
 
 use uuid::Uuid;
 
+use crate::api::{Access, Op};
 use crate::name::{NameError, TargetName};
 
 /// The default subject prefix.
@@ -227,9 +229,23 @@ impl Subjects {
 
     // ---- API -------------------------------------------------------------
 
-    /// The admin API subject for an operation, e.g. `muster.api.target.enlist`.
-    pub fn api(&self, op: &str) -> String {
-        format!("{}.api.{op}", self.prefix)
+    /// The API subject of an operation, under the token of who may call it
+    /// ([`Op::access`]): `muster.api.read.target.list`,
+    /// `muster.api.admin.target.enlist`. One permission line
+    /// ([`Subjects::api_all`]) then separates a viewer from an admin.
+    pub fn api(&self, op: Op) -> String {
+        format!("{}.api.{}.{}", self.prefix, op.access().token(), op.subject())
+    }
+
+    /// Every operation of one access level: `muster.api.read.>`.
+    pub fn api_all(&self, access: Access) -> String {
+        format!("{}.api.{}.>", self.prefix, access.token())
+    }
+
+    /// The Service API's ping of this installation's service, which every
+    /// master answers (`musterctl status`, `ping`).
+    pub fn service_ping(&self) -> String {
+        format!("$SRV.PING.{}", self.service_name())
     }
 
     /// The API a target agent may call about itself, e.g.
@@ -275,6 +291,16 @@ impl Subjects {
 
     pub fn bucket(&self, b: Bucket) -> String {
         format!("{}-{}", self.prefix, b.suffix())
+    }
+
+    /// The stream behind a bucket (`KV_muster-runs`), for a Direct Get.
+    pub fn bucket_stream(&self, b: Bucket) -> String {
+        format!("KV_{}", self.bucket(b))
+    }
+
+    /// The stream subject of one key of a bucket (`$KV.muster-runs.<key>`).
+    pub fn bucket_key(&self, b: Bucket, key: &str) -> String {
+        format!("$KV.{}.{key}", self.bucket(b))
     }
 
     /// The NATS service name (`nats micro ls`).
@@ -364,7 +390,16 @@ mod tests {
         for subj in [s.assign(&t), s.poll(&t), s.result_instr(&t), s.agent_api(&t, "enlist")] {
             assert_eq!(s.target_of(&subj), Some("web01"), "{subj}");
         }
-        assert_eq!(s.target_of("muster.api.job.create"), None);
+        assert_eq!(s.target_of("muster.api.admin.job.create"), None);
+        assert_eq!(s.api(Op::JobCreate), "muster.api.admin.job.create");
+        assert_eq!(s.api(Op::TargetList), "muster.api.read.target.list");
+        assert_eq!(s.api_all(Access::Read), "muster.api.read.>");
+        // One line separates the roles: every operation is under exactly its own.
+        for &op in Op::ALL {
+            let (read, admin) = (matches(&s.api_all(Access::Read), &s.api(op)), matches(&s.api_all(Access::Admin), &s.api(op)));
+            assert_eq!((read, admin), (op.access() == Access::Read, op.access() == Access::Admin), "{op:?}");
+            assert!(!matches(&s.agent_api_pattern(">"), &s.api(op)), "{op:?}");
+        }
     }
 
     #[test]

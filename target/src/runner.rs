@@ -7,7 +7,11 @@
 //! one per second. Each run writes a marker before it starts and
 //! removes it after its final record is spooled, so a run the agent died in
 //! is found at the next start and reported as `interrupted` — with the same
-//! run id, so it replaces the `running` record instead of adding one.
+//! run id, so it replaces the `running` record instead of adding one. A
+//! run that cannot start (its marker cannot be written: a full disk) is
+//! recorded `failed`, when there is room if not at once ([`unstarted`]).
+
+mod unstarted;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,7 +84,8 @@ pub enum Started {
     Running(Uuid),
     /// The job was already running; a `skipped` record was written.
     Skipped(Uuid),
-    /// The run marker could not be written (disk full?); logged.
+    /// The run marker could not be written (disk full?): recorded `failed`,
+    /// once the spool has room if not at once.
     Failed(Uuid),
 }
 
@@ -97,6 +102,8 @@ pub struct Runner {
     stopping: CancellationToken,
     /// Final records waiting for room in the spool ([`Runner::waiting_records`]).
     waiting: Arc<std::sync::atomic::AtomicUsize>,
+    /// Records of runs that could not start, waiting for room.
+    unstarted: Arc<unstarted::Unstarted>,
 }
 
 impl Runner {
@@ -111,6 +118,7 @@ impl Runner {
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
             waiting: Arc::default(),
+            unstarted: Arc::default(),
         }
     }
 
@@ -164,6 +172,12 @@ impl Runner {
         // run is either recorded or reported as interrupted, under its id.
         if let Err(e) = tokio::task::block_in_place(|| self.state.run_started(&record)) {
             tracing::error!(job = %job.spec.name, error = %e, "cannot write the run marker; run not started");
+            drop(running);
+            let mut failed = record;
+            failed.outcome = Outcome::Failed;
+            failed.finished_at = Some(failed.started_at);
+            failed.message = format!("the run could not be started: its run marker could not be written ({e})");
+            self.record_unstarted(failed);
             return Started::Failed(run_id);
         }
         let cancel = CancellationToken::new();
@@ -204,7 +218,7 @@ impl Runner {
             job_id: start.job_id,
             job: start.job.clone(),
             target: self.cfg.target.clone(),
-            trigger: Trigger::Manual,
+            trigger: start.trigger(),
             outcome,
             started_at: now,
             finished_at: Some(now),
@@ -353,6 +367,47 @@ impl Runner {
         };
         self.waiting.fetch_sub(1, Ordering::SeqCst);
         written
+    }
+
+    /// Records a run that could not start; when the spool cannot take it
+    /// (the disk is full), holds it and writes it once there is room
+    /// ([`unstarted`]), until the shutdown grace is over.
+    fn record_unstarted(&self, record: RunRecord) {
+        if self.record(&record).is_ok() {
+            return;
+        }
+        tracing::warn!(job = %record.job, run_id = %record.run_id, "cannot spool the record of a run that could not start; held until there is room");
+        if !self.unstarted.hold(record) {
+            return;
+        }
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                    () = this.stopping.cancelled() => {
+                        tracing::warn!(records = this.unstarted.len(), "shut down before the records of runs that could not start had room; dropped");
+                        return;
+                    }
+                }
+                for r in this.unstarted.records() {
+                    if this.record(&r).is_err() {
+                        break;
+                    }
+                    tracing::info!(job = %r.job, run_id = %r.run_id, "the record of a run that could not start is written at last");
+                    this.unstarted.written(r.run_id);
+                }
+                if this.unstarted.done() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Records of runs that could not start, waiting for room in the spool.
+    pub fn unstarted_records(&self) -> usize {
+        self.unstarted.len()
     }
 
     /// Runs that ended but whose final record waits for room in the spool.
@@ -673,6 +728,55 @@ mod tests {
         let last = records.last().expect("a record");
         assert_eq!((last.run_id, last.outcome), (run_id, Outcome::Succeeded), "{records:?}");
         assert!(!state.spool_dir().parent().unwrap().join("runs").join(format!("{run_id}.json")).exists(), "marker gone");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fires_that_could_not_start_are_recorded_once_there_is_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path()).unwrap();
+        // No run marker can be written (`runs` is not a directory), and the
+        // spool has room for the filler only: a full disk.
+        let runs = dir.path().join("runs");
+        std::fs::remove_dir(&runs).unwrap();
+        std::fs::write(&runs, b"").unwrap();
+        let filler = Entry { subject: "x".into(), msg_id: "filler".into(), kind: "run-end".into(), body: "y".repeat(2000) };
+        let cap = serde_json::to_vec(&filler).unwrap().len() as u64 + 100;
+        let spool = Spool::open(&state.spool_dir(), cap).unwrap();
+        spool.push(&filler).unwrap();
+        let runner = test_runner(&state, spool.clone());
+        let spec = muster_shared::job::JobSpec::from_json(r#"{"name":"tick","steps":[{"command":"true"}]}"#).unwrap();
+        let job = JobDef { id: Uuid::now_v7(), revision: 1, spec };
+        let tick = || Trigger::Schedule { schedule: "every-second".into() };
+        let first = Uuid::now_v7();
+        assert_eq!(runner.start(job.clone(), tick(), first), Started::Failed(first));
+        for _ in 0..2 {
+            assert!(matches!(runner.start(job.clone(), tick(), Uuid::now_v7()), Started::Failed(_)));
+        }
+        let manual = Uuid::now_v7();
+        assert_eq!(runner.start(job.clone(), Trigger::Manual, manual), Started::Failed(manual));
+        assert_eq!(runner.unstarted_records(), 2, "the fires held as one record, the manual start as its own");
+        assert!(!runner.is_running(job.id));
+
+        // Room again (the flusher sent the filler): both records land.
+        for (seq, _) in spool.peek(10).unwrap() {
+            spool.confirm(seq).unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while runner.unstarted_records() > 0 {
+            assert!(std::time::Instant::now() < deadline, "the held records to be written");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let records = spooled(&state);
+        let got: Vec<(Uuid, Outcome, String)> = records.iter().map(|r| (r.run_id, r.outcome, r.trigger.to_string())).collect();
+        assert_eq!(
+            got,
+            [(first, Outcome::Failed, "schedule:every-second".to_owned()), (manual, Outcome::Failed, "manual".to_owned())],
+            "{records:?}"
+        );
+        assert!(records[0].message.contains("run marker could not be written"), "{}", records[0].message);
+        assert!(records[0].message.contains("(3 fires from "), "{}", records[0].message);
+        assert!(records.iter().all(|r| r.finished_at.is_some()));
+        runner.shutdown(Duration::from_secs(5)).await;
     }
 
     #[test]

@@ -47,7 +47,8 @@ pub struct Initialized {
     pub server_cert: PathBuf,
     /// The host names (and addresses) the server certificate is valid for.
     pub hosts: Vec<String>,
-    /// Each identity's environment file: `master`, `admin`, then targets.
+    /// Each identity's environment file: `master`, `admin`, `viewer`, then
+    /// targets.
     pub env_files: Vec<(String, PathBuf)>,
 }
 
@@ -108,13 +109,14 @@ pub fn init(dir: &Path, subjects: &Subjects, hosts: &[String], targets: &[Target
     // `NATS_CA` whenever `ca.pem` is in the directory).
     let written = super::write_config(&dir, subjects, targets)?;
     let mut env_files = Vec::new();
-    for (identity, user) in [("master", super::MASTER_USER), ("admin", super::ADMIN_USER)] {
+    let roles = [("master", super::MASTER_USER), ("admin", super::ADMIN_USER), ("viewer", super::VIEWER_USER)];
+    for (identity, user) in roles {
         let link = dir.join(format!("{identity}.env"));
         let _ = fs::remove_file(&link);
         std::os::unix::fs::symlink(format!("{user}.env"), &link).with_context(|| format!("linking {}", link.display()))?;
         env_files.push((identity.to_owned(), link));
     }
-    env_files.extend(written.users.into_iter().filter(|(u, _)| ![super::MASTER_USER, super::ADMIN_USER].contains(&u.as_str())));
+    env_files.extend(written.users.into_iter().filter(|(u, _)| !roles.iter().any(|(_, user)| user == u)));
     Ok(Initialized { server_config, ca: dir.join(CA_FILE), server_cert: dir.join(SERVER_CERT_FILE), hosts, env_files })
 }
 
@@ -182,11 +184,16 @@ mod tests {
         let first = init(&dir, &s, &[], std::slice::from_ref(&web01)).unwrap();
         assert_eq!(first.hosts, DEFAULT_HOSTS);
         let identities: Vec<&str> = first.env_files.iter().map(|(i, _)| i.as_str()).collect();
-        assert_eq!(identities, ["master", "admin", "web01"]);
+        assert_eq!(identities, ["master", "admin", "viewer", "web01"]);
         let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap();
         let (ca, ca_key, web01_env, server) = (read(CA_FILE), read(CA_KEY_FILE), read("web01.env"), read(SERVER_CERT_FILE));
         let ca_line = format!("NATS_CA={}", dir.canonicalize().unwrap().join(CA_FILE).display());
         assert!(read("admin.env").lines().any(|l| l == ca_line), "{}", read("admin.env"));
+        assert!(
+            read("viewer.env").lines().any(|l| l.starts_with("NATS_NKEY=") && l.ends_with("muster-viewer.nk")),
+            "{}",
+            read("viewer.env")
+        );
 
         let again = init(&dir, &s, &["nats.example.com".to_owned()], &[]).unwrap();
         assert_eq!(again.hosts, ["nats.example.com"]);

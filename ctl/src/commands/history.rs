@@ -13,7 +13,7 @@ use crate::render;
 pub(super) async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<(), Failure> {
     let js = ctx.jetstream();
     let job_id = match &args.job {
-        Some(job) => history::job_id(&js, &ctx.api.subjects, job).await,
+        Some(job) => ctx.api.unless_refused(history::job_id(&js, &ctx.api.subjects, job)).await?,
         None => None,
     };
     let q = HistoryQuery {
@@ -25,14 +25,16 @@ pub(super) async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<(), Failure>
         limit: args.limit,
         ..HistoryQuery::default()
     };
-    let runs = history::read(&js, &ctx.api.subjects, &q).await?;
+    let runs = ctx.api.unless_refused(history::read(&js, &ctx.api.subjects, &q)).await??;
     ctx.out.print(&runs, || render::print_runs(&runs))
 }
 
 pub(super) async fn run(ctx: &Ctx, cmd: RunCmd) -> Result<(), Failure> {
     let RunCmd::Show { run_id } = cmd;
-    let found = history::find_run(&ctx.jetstream(), &ctx.api.subjects, run_id, None)
-        .await?
+    let found = ctx
+        .api
+        .unless_refused(history::find_run(&ctx.jetstream(), &ctx.api.subjects, run_id, None))
+        .await??
         .ok_or_else(|| Failure::new(Exit::NotFound, format!("no run {run_id} in history")))?;
     if found.via == Via::Scan {
         eprintln!(

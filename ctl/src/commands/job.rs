@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use muster_shared::api::{
-    Delivery, ErrorCode, JobInfo, JobRef, JobSelect, JobTargetStatus, JobWrite, Op, Selection, StartReply, StartStop,
+    Delivery, ErrorCode, JobInfo, JobRef, JobSelect, JobTargetStatus, JobWrite, Listed, Op, Selection, StartReply, StartStop,
 };
 use muster_shared::desired;
 use muster_shared::job::JobSpec;
@@ -34,11 +34,14 @@ pub(super) async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<(), Failure> {
         }
         JobCmd::Apply { file } => show(apply(api, file::read(&file)?).await?),
         JobCmd::Delete { job } => {
-            let j: JobInfo = api.call(Op::JobDelete, JobRef { job }).await?;
-            out.print(&j, || crate::say!("deleted {}", j.spec.name))
+            let j: Listed<JobInfo> = api.call(Op::JobDelete, JobRef { job }).await?;
+            out.print(&j, || match &j {
+                Listed::Ok(j) => crate::say!("deleted {}", j.spec.name),
+                Listed::Corrupt(c) => crate::say!("deleted the corrupt record {} ({})", c.key, c.corrupt),
+            })
         }
         JobCmd::List => {
-            let jobs: Vec<JobInfo> = api.call(Op::JobList, ()).await?;
+            let jobs: Vec<Listed<JobInfo>> = api.call(Op::JobList, ()).await?;
             out.print(&jobs, || render::print_jobs(&jobs))
         }
         JobCmd::Show { job } => show(api.call(Op::JobShow, JobRef { job }).await?),
@@ -63,8 +66,8 @@ pub(super) async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<(), Failure> {
                 )
                 .await?;
             if wait {
-                let timeout = std::time::Duration::from_secs(timeout);
-                return follow::follow(api, out.json, &job, &d, timeout).await;
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout);
+                return follow::follow(api, out.json, &follow::Followed::Job(job), &d, deadline).await;
             }
             out.print(&d, || render::print_deliveries(&d))
         }

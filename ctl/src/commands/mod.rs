@@ -9,6 +9,7 @@
 //! `MUSTER_RESULTS` directly and so work while the master is down.
 
 mod auth;
+mod exec;
 mod group;
 mod history;
 mod instructions;
@@ -55,8 +56,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     if let Command::Auth(cmd) = cli.command {
         return auth::run(&subjects, out, cmd);
     }
-    let client = nats::connect(&cli.nats.options("musterctl"), Wait::Once).await?;
-    let mut api = ApiClient::new(client, subjects);
+    let (client, refusals) = nats::connect_watching(&cli.nats.options("musterctl"), Wait::Once).await?;
+    let mut api = ApiClient::new(client, subjects).with_refusals(refusals);
     api.timeout = std::time::Duration::from_secs(cli.api_timeout);
     let ctx = Ctx { api, out };
     match cli.command {
@@ -66,6 +67,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Instructions(args) => instructions::run(&ctx, args).await,
         Command::Status => status::status(&ctx).await,
         Command::Ping { wait_ms } => status::ping(&ctx, wait_ms).await,
+        Command::Exec(args) => exec::exec(&ctx, args).await,
         Command::History(args) => history::history(&ctx, args).await,
         Command::Run(cmd) => history::run(&ctx, cmd).await,
         Command::Completions { .. } | Command::Auth(_) => unreachable!("handled before connecting"),

@@ -2,7 +2,8 @@
 //! what is posted to them (force-poll, set-poll, sync-time, resync).
 
 use muster_shared::api::{
-    DefectRequest, EnlistRequest, ForcePollOutcome, InstrRow, InstructionsQuery, JobInfo, Op, Posted, TargetInfo, TargetRef,
+    DefectRequest, EnlistRequest, ErrorCode, ForcePollOutcome, InstrRow, InstructionsQuery, JobInfo, Listed, Op, Posted,
+    TargetInfo, TargetRef,
 };
 use muster_shared::name::{JobName, TargetName};
 
@@ -21,17 +22,17 @@ pub(super) async fn run(ctx: &Ctx, cmd: TargetCmd) -> Result<(), Failure> {
             out.print(&t, || crate::say!("enlisted {} (poll every {}s)", t.name, t.poll_interval_secs))
         }
         TargetCmd::Defect { name, force } => {
-            let t: TargetInfo = api.call(Op::TargetDefect, DefectRequest { name, force }).await?;
-            out.print(&t, || {
-                if force {
+            let t: Listed<TargetInfo> = api.call(Op::TargetDefect, DefectRequest { name, force }).await?;
+            out.print(&t, || match &t {
+                Listed::Ok(t) if force => {
                     crate::say!("{} defected (forced): record, consumer and pending instructions deleted", t.name);
-                } else {
-                    crate::say!("{} told to defect: it deletes its jobs at its next poll", t.name);
                 }
+                Listed::Ok(t) => crate::say!("{} told to defect: it deletes its jobs at its next poll", t.name),
+                Listed::Corrupt(c) => crate::say!("{} defected (forced): its corrupt record deleted ({})", c.key, c.corrupt),
             })
         }
         TargetCmd::List => {
-            let ts: Vec<TargetInfo> = api.call(Op::TargetList, ()).await?;
+            let ts: Vec<Listed<TargetInfo>> = api.call(Op::TargetList, ()).await?;
             out.print(&ts, || render::print_targets(&ts))
         }
         TargetCmd::Show { name } => show(ctx, name).await,
@@ -74,20 +75,25 @@ async fn show(ctx: &Ctx, name: TargetName) -> Result<(), Failure> {
     if ctx.out.json {
         return ctx.out.print(&t, || {});
     }
-    let jobs: Vec<JobInfo> = ctx.api.call(Op::JobList, ()).await?;
+    let jobs: Vec<Listed<JobInfo>> = ctx.api.call(Op::JobList, ()).await?;
     let held: Vec<JobName> = jobs
         .into_iter()
+        .filter_map(Listed::into_ok)
         .filter(|j| j.targets.contains(&name) || j.groups.iter().any(|g| t.groups.contains(g)))
         .map(|j| j.spec.name)
         .collect();
     let q = InstructionsQuery { target: Some(name.clone()), pending: false, errors: false, limit: Some(SHOW_ROWS) };
     let rows: Vec<InstrRow> = ctx.api.call(Op::Instructions, q).await?;
-    let runs = history::read(
-        &ctx.jetstream(),
-        &ctx.api.subjects,
-        &HistoryQuery { target: Some(name), limit: Some(SHOW_ROWS), ..HistoryQuery::default() },
-    )
-    .await?;
+    let q = HistoryQuery { target: Some(name), limit: Some(SHOW_ROWS), ..HistoryQuery::default() };
+    let runs = match ctx.api.unless_refused(history::read(&ctx.jetstream(), &ctx.api.subjects, &q)).await {
+        Ok(runs) => runs?,
+        // The viewer reads no history (no consumer); the rest is still worth showing.
+        Err(e) if e.code == ErrorCode::PermissionDenied => {
+            eprintln!("note: recent runs not shown: {e}");
+            Vec::new()
+        }
+        Err(e) => return Err(e.into()),
+    };
     render::print_target_detail(&t, &held, &rows, &runs);
     Ok(())
 }

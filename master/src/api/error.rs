@@ -20,7 +20,15 @@ impl From<StoreError> for ApiError {
                 ApiError::new(ErrorCode::NotFound, format!("no group is named '{g}' (see `musterctl group list`)"))
             }
             StoreError::Conflict { .. } => ApiError::new(ErrorCode::Conflict, e),
-            StoreError::Corrupt { .. } | StoreError::Nats { .. } => ApiError::internal(e),
+            StoreError::Corrupt { record: Some(record), source, .. } => {
+                let (what, remove) = match &record {
+                    Missing::Job(j) => (format!("job '{j}'"), format!("musterctl job delete {j}")),
+                    Missing::Group(g) => (format!("group '{g}'"), format!("musterctl group delete {g}")),
+                    Missing::Target(t) => (format!("target '{t}'"), format!("musterctl target defect {t} --force")),
+                };
+                ApiError::internal(format!("{what} cannot be read: its record is corrupt ({source}); `{remove}` removes it"))
+            }
+            StoreError::Corrupt { record: None, .. } | StoreError::Nats { .. } => ApiError::internal(e),
         }
     }
 }
@@ -48,8 +56,14 @@ mod tests {
             (ErrorCode::Conflict, "'backup' kept changing under us; try again")
         );
         let corrupt = serde_json::from_str::<u8>("x").unwrap_err();
-        let internal = ApiError::from(StoreError::Corrupt { key: "k".into(), source: corrupt });
+        let internal = ApiError::from(StoreError::Corrupt { key: "k".into(), record: None, source: corrupt });
         assert_eq!(internal.code, ErrorCode::Internal);
         assert!(internal.message.starts_with("record 'k' is corrupt: "), "{}", internal.message);
+        let corrupt = serde_json::from_str::<u8>("x").unwrap_err();
+        let named = StoreError::Corrupt { key: "backup".into(), record: None, source: corrupt }
+            .about(Missing::Job(JobName::new("backup").unwrap()));
+        let job = ApiError::from(named);
+        assert!(job.message.starts_with("job 'backup' cannot be read: its record is corrupt ("), "{}", job.message);
+        assert!(job.message.ends_with("`musterctl job delete backup` removes it"), "{}", job.message);
     }
 }

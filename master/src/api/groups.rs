@@ -7,7 +7,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use chrono::Utc;
-use muster_shared::api::{ApiError, ErrorCode, GroupInfo, GroupMembers, GroupRef};
+use muster_shared::api::{ApiError, CorruptRecord, ErrorCode, GroupInfo, GroupMembers, GroupRef, Listed};
 use muster_shared::name::{GroupName, TargetName};
 
 use super::desired::changes;
@@ -29,8 +29,14 @@ impl Ctx {
     }
 
     /// Deletes an empty-handed group: one that no job is assigned to.
-    pub(super) async fn group_delete(&self, req: GroupRef) -> Result<GroupInfo, ApiError> {
-        let group = self.store.group(&req.group).await?;
+    /// A record that cannot be read (corrupt) has no members anyone gets
+    /// jobs through; it is deleted under the same rule.
+    pub(super) async fn group_delete(&self, req: GroupRef) -> Result<Listed<GroupInfo>, ApiError> {
+        let group = match self.store.group(&req.group).await {
+            Ok(g) => Ok(g),
+            Err(StoreError::Corrupt { key, source, .. }) => Err(CorruptRecord { key, corrupt: source.to_string() }),
+            Err(e) => return Err(e.into()),
+        };
         let jobs = self.store.all_jobs().await?;
         let users: Vec<String> = jobs.iter().filter(|j| j.groups.contains(&req.group)).map(|j| j.spec.name.to_string()).collect();
         if let Some(first) = users.first() {
@@ -44,14 +50,28 @@ impl Ctx {
             ));
         }
         Store::delete(&self.store.groups, req.group.as_str()).await?;
-        Ok(group_info(&group, &jobs))
+        Ok(match group {
+            Ok(g) => Listed::Ok(group_info(&g, &jobs)),
+            Err(corrupt) => {
+                tracing::warn!(group = %req.group, error = corrupt.corrupt, "corrupt group record deleted");
+                Listed::Corrupt(corrupt)
+            }
+        })
     }
 
-    pub(super) async fn group_list(&self) -> Result<Vec<GroupInfo>, ApiError> {
-        let jobs = self.store.all_jobs().await?;
-        let mut groups: Vec<GroupInfo> = self.store.all_groups().await?.values().map(|g| group_info(g, &jobs)).collect();
-        groups.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(groups)
+    /// Every group in name order, a record that cannot be read included (as
+    /// corrupt).
+    pub(super) async fn group_list(&self) -> Result<Vec<Listed<GroupInfo>>, ApiError> {
+        let (jobs, mut groups) =
+            tokio::try_join!(self.store.all_jobs(), Store::scan_all_checked::<GroupRecord>(&self.store.groups))?;
+        groups.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(groups
+            .into_iter()
+            .map(|(key, record)| match record {
+                Ok(g) => Listed::Ok(group_info(&g, &jobs)),
+                Err(corrupt) => Listed::Corrupt(CorruptRecord { key, corrupt }),
+            })
+            .collect())
     }
 
     /// Adds or removes members, then posts the group's jobs to targets that

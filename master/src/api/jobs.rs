@@ -15,7 +15,8 @@ use std::time::Instant;
 use chrono::Utc;
 use futures::StreamExt;
 use muster_shared::api::{
-    ApiError, Delivery, DeliveryState, ErrorCode, JobInfo, JobRef, JobSelect, JobTargetStatus, Selection, StartReply, StartStop,
+    ApiError, CorruptRecord, Delivery, DeliveryState, ErrorCode, JobInfo, JobRef, JobSelect, JobTargetStatus, Listed, Selection,
+    StartReply, StartStop,
 };
 use muster_shared::desired::{self, StartEntry, StopEntry, DEFAULT_EXPIRY};
 use muster_shared::job::JobSpec;
@@ -40,6 +41,12 @@ impl Ctx {
     pub(super) async fn job_create(&self, mut spec: JobSpec) -> Result<JobInfo, ApiError> {
         spec.normalize();
         spec.validate().map_err(|e| ApiError::new(ErrorCode::InvalidJob, e))?;
+        if desired::is_reserved_job_name(&spec.name) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidJob,
+                format!("name: '{}' is reserved for the runs of `musterctl exec`; choose another", spec.name),
+            ));
+        }
         let record = JobRecord::new(Uuid::new_v4(), spec, Utc::now());
         let name = record.spec.name.clone();
         let created = Store::try_modify(&self.store.jobs, name.as_str(), |old: Option<JobRecord>| match old {
@@ -98,8 +105,19 @@ impl Ctx {
     /// target), every target concerned is republished without it, its
     /// documents are purged, then the record goes. A master killed in
     /// between leaves the tombstone, and reconcile finishes the delete.
-    pub(super) async fn job_delete(&self, req: JobRef) -> Result<JobInfo, ApiError> {
-        let (job, revision) = self.store.job(&req.job).await?;
+    ///
+    /// A record that cannot be read (corrupt) reaches no target (every
+    /// derivation skips it), so deleting it is deleting its key.
+    pub(super) async fn job_delete(&self, req: JobRef) -> Result<Listed<JobInfo>, ApiError> {
+        let (job, revision) = match self.store.job(&req.job).await {
+            Ok(found) => found,
+            Err(StoreError::Corrupt { key, source, .. }) => {
+                Store::delete(&self.store.jobs, &key).await?;
+                tracing::warn!(job = %req.job, error = %source, "corrupt job record deleted");
+                return Ok(Listed::Corrupt(CorruptRecord { key, corrupt: source.to_string() }));
+            }
+            Err(e) => return Err(e.into()),
+        };
         let groups = self.store.all_groups().await?;
         let mut tombstone = job.clone();
         tombstone.deleted_at = Some(Utc::now());
@@ -126,7 +144,22 @@ impl Ctx {
             self.store.delete_job(&req.job, revision).await.map_err(conflict)?;
         }
         tracing::info!(job = %req.job, "job deleted");
-        Ok(job_info(&job))
+        Ok(Listed::Ok(job_info(&job)))
+    }
+
+    /// Every job in name order, a record that cannot be read included (as
+    /// corrupt); jobs being deleted (tombstones) are not listed.
+    pub(super) async fn job_list(&self) -> Result<Vec<Listed<JobInfo>>, ApiError> {
+        let mut all = Store::scan_all_checked::<JobRecord>(&self.store.jobs).await?;
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(all
+            .into_iter()
+            .filter_map(|(key, record)| match record {
+                Ok(j) if j.deleted_at.is_some() => None,
+                Ok(j) => Some(Listed::Ok(job_info(&j))),
+                Err(corrupt) => Some(Listed::Corrupt(CorruptRecord { key, corrupt })),
+            })
+            .collect())
     }
 
     pub(super) async fn job_assign(&self, req: JobSelect, assign: bool) -> Result<JobInfo, ApiError> {
@@ -213,31 +246,33 @@ impl Ctx {
         let began = Instant::now();
         let (job, _) = self.store.job(&req.job).await?;
         let targets = self.select_for_job(&job, &req.select).await?;
-        let selected = began.elapsed();
-        let items: Vec<_> = targets
+        let now = Utc::now();
+        let mut starts = Vec::with_capacity(targets.len());
+        for t in targets {
+            let start = StartEntry::new(Uuid::now_v7(), job.id, job.spec.name.clone(), now, expires_in)
+                .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e))?;
+            starts.push((t, start));
+        }
+        tracing::debug!(job = %job.spec.name, selected = ?began.elapsed(), "targets of a start selected");
+        Ok(self.post_starts(starts, reply).await)
+    }
+
+    /// Posts each target's start into its manifest, each with its
+    /// download-list row (the same run id in both: the run is one run),
+    /// then force-polls them (see [`Ctx::job_start`]). Shared by `job
+    /// start` and `exec`, whose starts carry their command.
+    pub(super) async fn post_starts(&self, starts: Vec<(TargetName, StartEntry)>, reply: StartReply) -> Vec<Delivery> {
+        let began = Instant::now();
+        let items: Vec<_> = starts
             .iter()
-            .map(|t| {
-                let op = InstructionOp::StartJob { job_id: job.id, job: job.spec.name.clone(), run_id: Uuid::now_v7() };
-                (t.clone(), op)
-            })
+            .map(|(t, s)| (t.clone(), InstructionOp::StartJob { job_id: s.job_id, job: s.job.clone(), run_id: s.run_id }))
             .collect();
         let posted = changes(items);
-        // The same run id in the manifest's start entry as in the
-        // download-list row: the run is one run.
-        let now = Utc::now();
-        let starts: HashMap<TargetName, StartEntry> = posted
-            .iter()
-            .filter_map(|i| match &i.op {
-                InstructionOp::StartJob { job_id, job, run_id } => {
-                    StartEntry::new(*run_id, *job_id, job.clone(), now, expires_in).ok().map(|s| (i.target.clone(), s))
-                }
-                _ => None,
-            })
-            .collect();
+        let starts: HashMap<TargetName, StartEntry> = starts.into_iter().collect();
         let mut published = self
             .publish_posted(&posted, |t| Post { starts: starts.get(t).cloned().into_iter().collect(), ..Post::default() })
             .await;
-        let publish_took = began.elapsed() - selected;
+        let publish_took = began.elapsed();
         // Each target's start as its publish left it: posted, or failed.
         let mut deliveries = Vec::with_capacity(posted.len());
         let mut to_poll = Vec::with_capacity(posted.len());
@@ -265,7 +300,7 @@ impl Ctx {
         }
         match reply {
             StartReply::Posted => {
-                tracing::debug!(job = %job.spec.name, targets = deliveries.len(), ?selected, publish = ?publish_took, "starts posted; force-polling after the reply");
+                tracing::debug!(targets = deliveries.len(), publish = ?publish_took, "starts posted; force-polling after the reply");
                 let ctx = self.clone();
                 tokio::spawn(async move {
                     // A few sweeps at once: starts in a burst do not pile up control requests.
@@ -284,10 +319,10 @@ impl Ctx {
                         None => {}
                     }
                 }
-                tracing::debug!(job = %job.spec.name, targets = deliveries.len(), ?selected, publish = ?publish_took, total = ?began.elapsed(), "starts posted and force-polled");
+                tracing::debug!(targets = deliveries.len(), publish = ?publish_took, total = ?began.elapsed(), "starts posted and force-polled");
             }
         }
-        Ok(sorted(deliveries))
+        sorted(deliveries)
     }
 
     /// Force-polls the targets a start was posted to, all at once.

@@ -1,7 +1,9 @@
 //! The `muster` NATS service: every admin operation, and the calls targets
 //! make about themselves.
 //!
-//! Each [`Op`] is an endpoint on `muster.api.<op>`; agents enlist on
+//! Each [`Op`] is an endpoint on `muster.api.read.<op>` or
+//! `muster.api.admin.<op>` ([`Op::access`]: one permission line keeps a
+//! viewer out of every change); agents enlist on
 //! `muster.api.agent.<t>.enlist`, a subject that carries their own name so
 //! server permissions can pin it. All master replicas serve the same queue
 //! group, so any one of them answers. A request is decoded in one place
@@ -11,7 +13,7 @@
 //! This file is the service's plumbing: registering the endpoints, the
 //! request loop and the dispatch of each operation to its handler. The
 //! handlers live one file per resource: `targets`, `agent` (what agents
-//! call about themselves), `jobs`, `groups`, `posting` (set-poll,
+//! call about themselves), `jobs`, `exec` (one-off commands, as start entries), `groups`, `posting` (set-poll,
 //! sync-time, resync, the download list) and `summary`; `desired` publishes
 //! what each change means for the targets' desired state; `reply` encodes
 //! answers and splits big ones, and `error` is where store errors become
@@ -20,6 +22,7 @@
 mod agent;
 mod desired;
 mod error;
+mod exec;
 mod groups;
 mod jobs;
 mod posting;
@@ -89,7 +92,7 @@ impl Ctx {
         let payload = msg::encode(&Request::new(body));
         // Boxed: the dispatch holds every operation's future, too big to
         // sit inside each caller's (the API loop spawns it for the same reason).
-        let subject = self.config.subjects.api(op.subject());
+        let subject = self.config.subjects.api(op);
         let reply = Box::pin(self.handle(Route::Admin(op), &subject, &payload)).await;
         // Not `msg::decode`: an in-process answer has no message size cap.
         serde_json::from_slice::<wire::Reply<R>>(&reply)
@@ -124,7 +127,7 @@ pub async fn serve(ctx: Ctx, shutdown: CancellationToken, serving: tokio::sync::
         let ep = service
             .endpoint_builder()
             .name(op.endpoint_name())
-            .add(config.subjects.api(op.subject()))
+            .add(config.subjects.api(op))
             .await
             .map_err(|e| anyhow::anyhow!("endpoint {}: {e}", op.subject()))?;
         endpoints.push(ep.map(move |r| (Route::Admin(op), r)).boxed());
@@ -139,7 +142,12 @@ pub async fn serve(ctx: Ctx, shutdown: CancellationToken, serving: tokio::sync::
         endpoints.push(ep.map(move |r| (route, r)).boxed());
     }
     let mut requests = futures::stream::select_all(endpoints);
-    tracing::info!(service = %config.subjects.service_name(), api = %config.subjects.api(">"), "serving the API");
+    tracing::info!(
+        service = %config.subjects.service_name(),
+        read = %config.subjects.api_all(wire::Access::Read),
+        admin = %config.subjects.api_all(wire::Access::Admin),
+        "serving the API"
+    );
     // Background work that should not delay the service (reconcile) starts now.
     serving.send(()).ok();
 
@@ -208,7 +216,7 @@ impl Ctx {
             Op::JobCreate => ok(self.job_create(body::<JobWrite>(p)?.spec).await?),
             Op::JobUpdate => ok(self.job_update(body::<JobWrite>(p)?.spec).await?),
             Op::JobDelete => ok(self.job_delete(body(p)?).await?),
-            Op::JobList => ok(self.store.all_jobs().await?.iter().map(job_info).collect::<Vec<_>>()),
+            Op::JobList => ok(self.job_list().await?),
             Op::JobShow => ok(job_info(&self.store.job(&body::<JobRef>(p)?.job).await?.0)),
             Op::JobAssign => ok(self.job_assign(body(p)?, true).await?),
             Op::JobUnassign => ok(self.job_assign(body(p)?, false).await?),
@@ -227,6 +235,7 @@ impl Ctx {
             Op::GroupRemove => ok(self.group_members(body(p)?, false).await?),
             Op::Instructions => ok(self.instructions(body(p)?).await?),
             Op::Status => ok(self.status().await?),
+            Op::Exec => ok(self.exec(body(p)?).await?),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use muster_shared::api::{ApiError, InstrStatus, JobTargetStatus, StatusSummary, TargetStatus};
+use muster_shared::api::{ApiError, InstrStatus, JobTargetStatus, Listed, StatusSummary, TargetStatus};
 use muster_shared::msg::Outcome;
 
 use super::Ctx;
@@ -14,7 +14,8 @@ impl Ctx {
         // Every read at once: each is a pass over one bucket or stream, and
         // the server serves them side by side.
         let (targets, jobs, groups, rows, statuses) = tokio::try_join!(
-            self.target_list(),
+            // Corrupt records are for `target list` to show.
+            async { Ok::<_, ApiError>(self.target_list().await?.into_iter().filter_map(Listed::into_ok).collect::<Vec<_>>()) },
             async { Ok::<_, ApiError>(self.store.all_jobs().await?) },
             async { Ok::<_, ApiError>(self.store.all_groups().await?) },
             async { Ok::<_, ApiError>(self.store.instr_rows(None).await?) },

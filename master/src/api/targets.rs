@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use muster_shared::api::{self as wire, ApiError, EnlistRequest, ErrorCode, ForcePollOutcome, Selection, TargetInfo};
+use muster_shared::api::{
+    self as wire, ApiError, CorruptRecord, EnlistRequest, ErrorCode, ForcePollOutcome, Listed, Selection, TargetInfo,
+};
 use muster_shared::desired::ManifestSummary;
 use muster_shared::msg::{self, ControlOp, ControlReply, ControlRequest, InstructionOp, PollReport};
 use muster_shared::name::{GroupName, TargetName};
@@ -23,7 +25,7 @@ use super::{Ctx, CONTROL_IN_FLIGHT};
 use crate::publish::Post;
 use crate::reconcile;
 use crate::status;
-use crate::store::{GroupRecord, JobRecord, LastPoll, Store, TargetRecord};
+use crate::store::{GroupRecord, JobRecord, LastPoll, Store, StoreError, TargetRecord};
 
 /// Default poll interval for a target that does not say (SQL Server's too).
 pub const DEFAULT_POLL_INTERVAL_SECS: u64 = 60;
@@ -66,9 +68,19 @@ impl Ctx {
     /// record, consumer and pending instructions are deleted now. Either way
     /// it is taken out of every job and group at once, so nothing more is
     /// posted to it.
-    pub(super) async fn defect(&self, req: wire::DefectRequest) -> Result<TargetInfo, ApiError> {
-        let record = self.store.target(&req.name).await?;
-        let info = self.target_info(&record).await;
+    ///
+    /// A record that cannot be read (corrupt) goes with `--force`, as a
+    /// target gone for good does; without it, the defection cannot be
+    /// recorded in it, and the answer says to use `--force`.
+    pub(super) async fn defect(&self, req: wire::DefectRequest) -> Result<Listed<TargetInfo>, ApiError> {
+        let info = match self.store.target(&req.name).await {
+            Ok(record) => Listed::Ok(self.target_info(&record).await),
+            Err(StoreError::Corrupt { key, source, .. }) if req.force => {
+                tracing::warn!(target = %req.name, error = %source, "deleting a corrupt target record");
+                Listed::Corrupt(CorruptRecord { key, corrupt: source.to_string() })
+            }
+            Err(e) => return Err(e.into()),
+        };
         for job in self.store.all_jobs().await? {
             if job.targets.contains(&req.name) {
                 Store::modify(&self.store.jobs, job.spec.name.as_str(), |j: Option<JobRecord>| {
@@ -118,19 +130,24 @@ impl Ctx {
     /// cost at 100,000 targets): one scan of the records, one read of the
     /// latest poll reports (last message per subject), one headers-only
     /// read of the manifests' summaries, whatever the number of targets.
-    pub(super) async fn target_list(&self) -> Result<Vec<TargetInfo>, ApiError> {
-        let (targets, groups, polls, summaries) = tokio::try_join!(
-            self.store.all_targets(),
+    /// A record that cannot be read is listed as corrupt, in name order.
+    pub(super) async fn target_list(&self) -> Result<Vec<Listed<TargetInfo>>, ApiError> {
+        let (mut targets, groups, polls, summaries) = tokio::try_join!(
+            Store::scan_all_checked::<TargetRecord>(&self.store.targets),
             self.store.all_groups(),
             self.store.last_polls(),
             reconcile::summaries(&self.store),
         )?;
+        targets.sort_by(|a, b| a.0.cmp(&b.0));
         let now = Utc::now();
         Ok(targets
-            .iter()
-            .map(|t| {
-                let summary = summaries.get(&t.name).copied().flatten();
-                info(t, polls.get(&t.name), summary.as_ref(), &groups, now)
+            .into_iter()
+            .map(|(key, record)| match record {
+                Ok(t) => {
+                    let summary = summaries.get(&t.name).copied().flatten();
+                    Listed::Ok(info(&t, polls.get(&t.name), summary.as_ref(), &groups, now))
+                }
+                Err(corrupt) => Listed::Corrupt(CorruptRecord { key, corrupt }),
             })
             .collect())
     }

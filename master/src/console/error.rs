@@ -60,6 +60,7 @@ impl ConsoleError {
                 }
                 ErrorCode::AlreadyExists | ErrorCode::Conflict | ErrorCode::Defected => StatusCode::CONFLICT,
                 ErrorCode::Offline | ErrorCode::Timeout | ErrorCode::MasterUnavailable => StatusCode::GATEWAY_TIMEOUT,
+                ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
                 ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ConsoleError::Forbidden(_) => StatusCode::FORBIDDEN,

@@ -11,6 +11,8 @@
 //! - starts and stops are saved as handled *before* any of them acts, so a
 //!   start is never run twice (a crash right after the save loses it; the
 //!   master then records it `expired` a day past its expiry);
+//! - an exec start carries its command: it runs as a one-step job that is
+//!   never written to the state directory (trigger `exec`);
 //! - a start read after its expiry, or naming a job the target does not
 //!   hold, is answered by one `expired`/`failed` record under its run id,
 //!   spooled before it is saved as handled (a repeat is dropped by the
@@ -25,7 +27,7 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use muster_shared::desired::{AppliedRecord, DocError, JobDoc, JobError, JobRef, Manifest, StartVerdict};
-use muster_shared::msg::{self, Outcome, Trigger};
+use muster_shared::msg::{self, Outcome};
 use muster_shared::name::TargetName;
 use muster_shared::subject::Subjects;
 use muster_shared::PROTOCOL_VERSION;
@@ -33,7 +35,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{count, PollMetrics};
-use crate::runner::{Runner, Started};
+use crate::runner::Runner;
 use crate::spool::{Entry, Spool};
 use crate::state::{AppliedState, State};
 
@@ -209,7 +211,12 @@ impl Applier<'_> {
                 // Answered already (its run record carries the run id).
                 continue;
             }
-            match (start.verdict(now), self.state.job(start.job_id)) {
+            // An exec carries its one-step job; it is run, never stored.
+            let job = match &start.exec {
+                Some(exec) => Some(exec.job(start.job_id)),
+                None => self.state.job(start.job_id),
+            };
+            match (start.verdict(now), job) {
                 (StartVerdict::Expired, _) => self.runner.record_not_run(
                     start,
                     Outcome::Expired,
@@ -229,13 +236,9 @@ impl Applier<'_> {
         tokio::task::block_in_place(|| self.state.mark_handled(&new_starts, &stop_ids))?;
 
         for (start, def) in to_run {
-            if let Started::Failed(_) = self.runner.start(def, Trigger::Manual, start.run_id) {
-                self.runner.record_not_run(
-                    start,
-                    Outcome::Failed,
-                    "the run could not be started: its marker could not be written (see the agent log)".into(),
-                )?;
-            }
+            // A run that cannot start (no room for its marker) is recorded
+            // `failed` by the runner, when there is room if not at once.
+            self.runner.start(def, start.trigger(), start.run_id);
         }
         for stop in new_stops {
             out.changed += 1;
@@ -274,7 +277,7 @@ mod tests {
     use futures::FutureExt as _;
     use muster_shared::desired::{ClockRef, DerivedState, Revision, StartEntry, StopEntry, DEFAULT_EXPIRY, MIN_EXPIRY};
     use muster_shared::job::{JobDef, JobSpec};
-    use muster_shared::msg::RunRecord;
+    use muster_shared::msg::{RunRecord, Trigger};
 
     use super::*;
     use crate::runner::RunnerConfig;
@@ -448,6 +451,40 @@ mod tests {
         assert!(records.iter().all(|r| r.refused.is_none() && r.errors.is_empty()), "{records:?}");
         assert_eq!(agent.spooled()[1].msg_id, format!("applied-web01-{}-2", m2.epoch));
         assert_eq!(agent.spooled()[1].subject, "muster.result.web01.applied");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_exec_runs_its_command_once_and_stores_no_job() {
+        use muster_shared::desired::{exec_job_name, ExecCommand};
+        let dir = tempfile::tempdir().unwrap();
+        let agent = Agent::open(dir.path());
+        let exec_id = Uuid::now_v7();
+        let exec = |argv: &[&str], expires_in| StartEntry {
+            exec: Some(ExecCommand { argv: argv.iter().map(|a| (*a).to_owned()).collect(), timeout_secs: 30 }),
+            ..StartEntry::new(Uuid::now_v7(), exec_id, exec_job_name(), Utc::now(), expires_in).unwrap()
+        };
+        let mut m = first(&[]);
+        m.add_start(exec(&["sh", "-c", "echo from $0; exit 3", "exec"], DEFAULT_EXPIRY)).unwrap();
+        let late = exec(&["true"], MIN_EXPIRY);
+        m.add_start(late.clone()).unwrap();
+
+        let outcome = agent.poll_at(&m, &[], Utc::now() + MIN_EXPIRY).unwrap();
+        assert!(outcome.applied);
+        agent.runner.shutdown(Duration::from_secs(30)).await;
+        let runs = agent.runs(m.starts[0].run_id);
+        let last = runs.last().unwrap();
+        assert_eq!((last.trigger.clone(), last.outcome, last.job_id), (Trigger::Exec, Outcome::Failed, exec_id));
+        assert_eq!(last.job.as_str(), muster_shared::desired::EXEC_JOB_NAME);
+        assert_eq!((last.steps[0].exit_code, last.steps[0].output.as_str()), (Some(3), "from exec\n"));
+        let expired = agent.runs(late.run_id);
+        assert_eq!((expired.len(), expired[0].outcome, expired[0].trigger.clone()), (1, Outcome::Expired, Trigger::Exec));
+        assert!(job_ids(&State::open(dir.path()).unwrap()).is_empty(), "an exec leaves no job behind");
+
+        // Read again (its record not ingested yet): not run twice.
+        let again = Agent::open(dir.path());
+        again.poll(&next(&m, &[]), &[]).unwrap();
+        again.runner.shutdown(Duration::from_secs(30)).await;
+        assert_eq!(again.runs(m.starts[0].run_id).len(), runs.len());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

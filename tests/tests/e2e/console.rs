@@ -93,7 +93,9 @@ where
 /// tried again until it succeeds, for at most [`WAIT`].
 async fn open(c: &Client, url: &str) {
     let deadline = Instant::now() + WAIT;
+    let mut tries = 0;
     loop {
+        tries += 1;
         c.goto(url).await.unwrap_or_else(|e| panic!("opening {url}: {e}"));
         if c.find(Locator::Css("body.neterror")).await.is_err() {
             return;
@@ -101,13 +103,15 @@ async fn open(c: &Client, url: &str) {
         if Instant::now() >= deadline {
             break;
         }
+        // Leave the error page first: a new load, not the error again.
+        c.goto("about:blank").await.expect("about:blank");
     }
     screenshot(c, "failure").await;
     let why = match c.find(Locator::Css("body")).await {
         Ok(b) => b.text().await.unwrap_or_default(),
         Err(_) => String::new(),
     };
-    panic!("chromium could not load {url} within {WAIT:?} (its network error page): {why}");
+    panic!("chromium could not load {url} in {tries} tries within {WAIT:?} (its network error page): {why}");
 }
 
 async fn element(c: &Client, css: &str) -> fantoccini::elements::Element {

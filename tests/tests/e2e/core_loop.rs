@@ -199,7 +199,7 @@ fn invalid_names_are_refused_with_the_reason() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let reply = rt.block_on(async {
         let client = async_nats::connect(c.url()).await.unwrap();
-        client.request("muster.api.target.enlist", r#"{"v":1,"name":"a.b"}"#.into()).await.unwrap()
+        client.request("muster.api.admin.target.enlist", r#"{"v":1,"name":"a.b"}"#.into()).await.unwrap()
     });
     let v: Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(s(&v["error"], "code"), "invalid_request", "{v}");

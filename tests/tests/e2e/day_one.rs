@@ -444,3 +444,35 @@ fn a_process_connecting_without_authentication_says_so_once() {
     let logs = with_user.logs();
     assert!(!logs.contains(WARNING), "{logs}");
 }
+
+#[test]
+fn the_agent_says_which_server_failed_and_why_once_per_change() {
+    const CANNOT: &str = "cannot connect to NATS";
+    const FAILED_ATTEMPT: &str = "connection attempt failed";
+    let mut c = Cluster::new();
+    let url = c.url();
+    let port = url.rsplit(':').next().expect("a port").to_owned();
+    c.nats.kill();
+    // The default filter, plus async-nats' own debug line for each attempt,
+    // which is how the test counts attempts.
+    c.env = vec![("MUSTER_LOG".into(), "info,async_nats=warn,async_nats::connector=debug".into())];
+    c.start_target_at("web01", 3600, &url, &[]);
+    let log = |c: &mut Cluster| c.target("web01").log_text();
+    let attempts = |c: &mut Cluster| log(c).matches(FAILED_ATTEMPT).count();
+    wait_for("four failed attempts", WAIT, || (attempts(&mut c) >= 4).then_some(()));
+    let text = log(&mut c);
+    assert_eq!(text.matches(CANNOT).count(), 1, "once, not once per attempt:\n{text}");
+    let line = text.lines().find(|l| l.contains(CANNOT)).expect("the line");
+    assert!(line.contains(&format!("127.0.0.1:{port}: connection refused")), "the server and the cause: {line}");
+    assert!(!text.contains("nats: IO error") && !text.contains("is it enlisted"), "{text}");
+
+    // Back: said once; gone again: said again, once.
+    c.nats.restart();
+    wait_for("the agent to say it is connected again", WAIT, || log(&mut c).contains("connected to NATS again").then_some(()));
+    let before = attempts(&mut c);
+    c.nats.kill();
+    wait_for("three more failed attempts", WAIT, || (attempts(&mut c) >= before + 3).then_some(()));
+    let text = log(&mut c);
+    assert_eq!(text.matches("disconnected from NATS").count(), 1, "{text}");
+    assert_eq!(text.matches(CANNOT).count(), 2, "once per change:\n{text}");
+}

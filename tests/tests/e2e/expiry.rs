@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
+use muster_shared::api::Op;
 use muster_shared::desired::Manifest;
+use muster_shared::subject::Subjects;
 use muster_tests::{block_on, Cluster};
 use serde_json::{json, Value};
 
@@ -16,9 +18,9 @@ fn manifest(c: &Cluster, target: &str) -> Manifest {
 }
 
 /// The master's answer to a raw API request, bypassing musterctl's checks.
-fn raw_api(c: &Cluster, op: &str, body: Value) -> Value {
+fn raw_api(c: &Cluster, op: Op, body: Value) -> Value {
     let (options, url) = (c.connect_options(), c.url());
-    let subject = format!("muster.api.{op}");
+    let subject = Subjects::default().api(op);
     block_on(async move {
         let client = options.connect(url).await.expect("connecting");
         let reply = client.request(subject, serde_json::to_vec(&body).unwrap().into()).await.expect("an answer");
@@ -45,7 +47,7 @@ fn expiry_reaches_the_manifest_and_bad_values_are_refused_before_posting() {
         assert!(out.stderr.contains("--expires") && out.stderr.contains("10s"), "{out:?}");
     }
     // The master checks too (an older or another client).
-    let answer = raw_api(&c, "job.start", json!({"v": 1, "job": "j", "targets": ["a"], "expires_secs": 1}));
+    let answer = raw_api(&c, Op::JobStart, json!({"v": 1, "job": "j", "targets": ["a"], "expires_secs": 1}));
     assert_eq!(answer["error"]["code"], "invalid_request", "{answer}");
     assert_eq!(manifest(&c, "a").revision, before, "nothing was posted");
 

@@ -418,11 +418,11 @@ fn garbage_on_every_subject_is_refused_and_the_system_keeps_working() {
         // The master answers an agent only on its own inbox, as agents use.
         let as_g1 = async_nats::ConnectOptions::new().custom_inbox_prefix("_INBOX_g1").connect(url).await.unwrap();
         for (subject, body) in [
-            ("muster.api.job.create", malformed.clone()),
-            ("muster.api.job.create", br#"{"v":99,"spec":{}}"#.to_vec()),
-            ("muster.api.job.create", br#"{"v":1,"nonsense":true}"#.to_vec()),
+            ("muster.api.admin.job.create", malformed.clone()),
+            ("muster.api.admin.job.create", br#"{"v":99,"spec":{}}"#.to_vec()),
+            ("muster.api.admin.job.create", br#"{"v":1,"nonsense":true}"#.to_vec()),
             ("muster.api.agent.g1.enlist", br#"{"v":1,"name":"g2"}"#.to_vec()),
-            ("muster.api.job.create", oversized()),
+            ("muster.api.admin.job.create", oversized()),
         ] {
             let via = if subject.contains(".agent.") { &as_g1 } else { &client };
             let m = via.request(subject, body.into()).await.expect("an answer");
@@ -430,7 +430,7 @@ fn garbage_on_every_subject_is_refused_and_the_system_keeps_working() {
             api_errors.push(s(&v["error"], "code").to_owned());
         }
         // An op that does not exist has no endpoint: the requester hears so at once.
-        let unknown = client.request("muster.api.job.frobnicate", "{\"v\":1}".into()).await;
+        let unknown = client.request("muster.api.admin.job.frobnicate", "{\"v\":1}".into()).await;
         assert!(unknown.is_err_and(|e| e.kind() == async_nats::RequestErrorKind::NoResponders));
 
         // Control: each bad request is answered with an error.

@@ -467,7 +467,7 @@ fn a_target_killed_mid_run_reports_it_interrupted_after_restart() {
 /// Sends a request body to the master's API as any client could, without
 /// `musterctl`'s own checks, and returns the master's reply.
 fn api(c: &Cluster, op: Op, body: &Value) -> Result<Value, ApiError> {
-    let (options, url, subject) = (c.connect_options(), c.url(), Subjects::default().api(op.subject()));
+    let (options, url, subject) = (c.connect_options(), c.url(), Subjects::default().api(op));
     let payload = serde_json::to_vec(body).expect("JSON");
     let reply = block_on(async move {
         let client = options.connect(url).await.expect("connect");

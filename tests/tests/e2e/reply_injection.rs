@@ -31,14 +31,14 @@ const WAIT: Duration = Duration::from_secs(30);
 /// its last message (which moves when a one-per-subject bucket key is
 /// overwritten), and every stream's consumers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Snapshot {
+pub(crate) struct Snapshot {
     streams: BTreeMap<String, (BTreeSet<String>, Subjects)>,
 }
 
 /// Subject → (message count, sequence of the last message).
 type Subjects = BTreeMap<String, (usize, u64)>;
 
-async fn snapshot(js: &jetstream::Context) -> Snapshot {
+pub(crate) async fn snapshot(js: &jetstream::Context) -> Snapshot {
     let names: Vec<String> = js.stream_names().try_collect().await.expect("stream names");
     let mut streams = BTreeMap::new();
     for name in names {
@@ -57,7 +57,7 @@ async fn snapshot(js: &jetstream::Context) -> Snapshot {
 }
 
 /// The subjects whose messages differ between two snapshots, per stream.
-fn changed(before: &Snapshot, after: &Snapshot) -> Vec<String> {
+pub(crate) fn changed(before: &Snapshot, after: &Snapshot) -> Vec<String> {
     let mut out = Vec::new();
     for (name, (consumers, subjects)) in &before.streams {
         let Some((consumers_after, subjects_after)) = after.streams.get(name) else {
@@ -94,15 +94,16 @@ fn web01s_own(subject: &str) -> bool {
     )
 }
 
-/// How many requests the master's agent endpoints answered.
-async fn agent_answers(client: &async_nats::Client) -> u64 {
+/// How many requests the master's agent endpoints (`agent`) or its other
+/// endpoints (the admin and read API) answered.
+pub(crate) async fn answers(client: &async_nats::Client, agent: bool) -> u64 {
     let stats = client.request("$SRV.STATS.muster", "".into()).await.expect("service stats");
     let stats: Value = serde_json::from_slice(&stats.payload).expect("JSON");
     stats["endpoints"]
         .as_array()
         .expect("endpoints")
         .iter()
-        .filter(|e| e["name"].as_str().is_some_and(|n| n.starts_with("agent-")))
+        .filter(|e| e["name"].as_str().is_some_and(|n| n.starts_with("agent-") == agent))
         .filter_map(|e| e["num_requests"].as_u64())
         .sum()
 }
@@ -112,6 +113,74 @@ async fn bad_requests(client: &async_nats::Client) -> u64 {
     let stats = client.request("$SRV.STATS.muster", "".into()).await.expect("service stats");
     let stats: Value = serde_json::from_slice(&stats.payload).expect("JSON");
     stats["endpoints"].as_array().expect("endpoints").iter().filter_map(|e| e["data"]["bad_requests"].as_u64()).max().unwrap_or(0)
+}
+
+/// Where injected answers are aimed: every bucket (a key of each), web02's
+/// stream subjects and control subject, the master's API (admin and agent)
+/// and JetStream's; `job` is job `hello`'s id, `run` a run id in the index.
+pub(crate) fn aims(job: &str, run: &str) -> Vec<String> {
+    vec![
+        "$KV.muster-targets.web02".into(),
+        "$KV.muster-jobs.hello".into(),
+        "$KV.muster-groups.g1".into(),
+        format!("$KV.muster-jobstatus.{job}.web02"),
+        "$KV.muster-instructions.web02.injected".into(),
+        format!("$KV.muster-runs.{run}"),
+        "muster.target.web02.state".into(),
+        format!("muster.target.web02.job.{job}"),
+        format!("muster.result.web02.run.{job}"),
+        "muster.result.web02.applied".into(),
+        "muster.poll.web02".into(),
+        "muster.target.web02.control".into(),
+        "muster.api.admin.job.delete".into(),
+        "muster.api.admin.target.defect".into(),
+        "muster.api.admin.group.delete".into(),
+        "muster.api.agent.web02.defect".into(),
+        "$JS.API.STREAM.PURGE.MUSTER_RESULTS".into(),
+        "$JS.API.STREAM.PURGE.KV_muster-jobs".into(),
+        "$JS.API.STREAM.DELETE.MUSTER_POLLS".into(),
+        "$JS.API.CONSUMER.DELETE.MUSTER_RESULTS.master".into(),
+    ]
+}
+
+/// Sends each of `jetstream`'s and `service`'s requests with its answer
+/// aimed at each of `aims`, then waits until every answer was sent:
+/// JetStream answers each stream's requests in order, so an answered
+/// request behind the aimed ones on the same stream is a barrier; the
+/// master counts an answer (`answered`) once it is handed to its
+/// connection, which carries its later answers after it. Returns how many
+/// of `service`'s requests the master answered, and how many were sent
+/// (should it never get there, what changed is still the first thing the
+/// caller reports).
+pub(crate) async fn inject<F, Fut>(
+    client: &async_nats::Client,
+    aims: &[String],
+    jetstream: &[(String, Vec<u8>)],
+    service: &[(String, Vec<u8>)],
+    answered: F,
+) -> (u64, u64)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = u64>,
+{
+    let before = answered().await;
+    for aim in aims {
+        for (subject, body) in jetstream.iter().chain(service) {
+            client.publish_with_reply(subject.clone(), aim.clone(), body.clone().into()).await.expect("sent");
+        }
+    }
+    client.flush().await.expect("flush");
+    for (subject, body) in jetstream {
+        client.request(subject.clone(), body.clone().into()).await.ok();
+    }
+    let sent = (aims.len() * service.len()) as u64;
+    let mut now = before;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while now < before + sent && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        now = answered().await;
+    }
+    (now - before, sent)
 }
 
 #[test]
@@ -139,28 +208,7 @@ fn answers_to_a_target_never_land_outside_its_own_subjects() {
 
     // Where the answers are aimed: every bucket, web02's stream subjects
     // and control subject, the master's API and JetStream's.
-    let aims: Vec<String> = vec![
-        "$KV.muster-targets.web02".into(),
-        "$KV.muster-jobs.hello".into(),
-        "$KV.muster-groups.g1".into(),
-        format!("$KV.muster-jobstatus.{hello}.web02"),
-        "$KV.muster-instructions.web02.injected".into(),
-        format!("$KV.muster-runs.{web02_run}"),
-        "muster.target.web02.state".into(),
-        format!("muster.target.web02.job.{hello}"),
-        format!("muster.result.web02.run.{hello}"),
-        "muster.result.web02.applied".into(),
-        "muster.poll.web02".into(),
-        "muster.target.web02.control".into(),
-        "muster.api.job.delete".into(),
-        "muster.api.target.defect".into(),
-        "muster.api.group.delete".into(),
-        "muster.api.agent.web02.defect".into(),
-        "$JS.API.STREAM.PURGE.MUSTER_RESULTS".into(),
-        "$JS.API.STREAM.PURGE.KV_muster-jobs".into(),
-        "$JS.API.STREAM.DELETE.MUSTER_POLLS".into(),
-        "$JS.API.CONSUMER.DELETE.MUSTER_RESULTS.master".into(),
-    ];
+    let aims = aims(&hello, &web02_run);
     let direct_get = |subject: String| format!("$JS.API.DIRECT.GET.MUSTER_DESIRED.{subject}");
     let own_poll = c.stored("MUSTER_POLLS", "muster.poll.web01").pop().expect("web01's poll report").payload;
     // Every request web01 may send: Direct Gets (found and not found),
@@ -195,35 +243,13 @@ fn answers_to_a_target_never_land_outside_its_own_subjects() {
             .expect("web01 connects");
 
         let before = snapshot(&admin_js).await;
-        let (answered_before, bad_before) = (agent_answers(&admin).await, bad_requests(&admin).await);
-        for aim in &aims {
-            for (subject, body) in jetstream_requests.iter().chain(&agent_requests) {
-                web01.publish_with_reply(subject.clone(), aim.clone(), body.clone().into()).await.expect("sent");
-            }
-        }
-        web01.flush().await.expect("flush");
-
-        // Every answer was sent before the checks below. JetStream answers
-        // each stream's requests in order, so an answered request behind
-        // the aimed ones on the same stream is a barrier; the master
-        // counts an answer once it is handed to its connection, which
-        // carries its later answers after it.
-        // (Errors here are judged below: a Direct Get of a missing
-        // document answers "no message", and a stream an answer deleted
-        // has no responders; the snapshot says which.)
-        for (subject, body) in &jetstream_requests {
-            web01.request(subject.clone(), body.clone().into()).await.ok();
-        }
-        let expected = answered_before + (aims.len() * agent_requests.len()) as u64;
-        let mut answered = answered_before;
-        let deadline = tokio::time::Instant::now() + WAIT;
-        // (Should it never get there, what changed is still the first thing reported.)
-        while answered < expected && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            answered = agent_answers(&admin).await;
-        }
+        let bad_before = bad_requests(&admin).await;
+        // (Errors are judged below: a Direct Get of a missing document
+        // answers "no message", and a stream an answer deleted has no
+        // responders; the snapshot says which.)
+        let answered = inject(&web01, &aims, &jetstream_requests, &agent_requests, || answers(&admin, true)).await;
         let after = snapshot(&admin_js).await;
-        (before, after, (bad_before, bad_requests(&admin).await), (answered - answered_before, expected - answered_before))
+        (before, after, (bad_before, bad_requests(&admin).await), answered)
     });
 
     let changes = changed(&before, &after);

@@ -135,8 +135,13 @@ fn a_target_can_touch_only_its_own_subjects() {
         let forged = js.publish(forged_subject.clone(), body.into()).await.expect("sent").await;
         assert!(forged.is_err(), "a forged result was stored: {forged:?}");
         // The admin API.
-        let api = web01.request("muster.api.target.list", r#"{"v":1}"#.into()).await;
+        let api = web01.request("muster.api.read.target.list", r#"{"v":1}"#.into()).await;
         assert!(api.is_err(), "the admin API answered a target: {api:?}");
+        // Nor can it run a command on another target through `exec`.
+        let exec = muster_shared::subject::Subjects::default().api(muster_shared::api::Op::Exec);
+        let body = r#"{"v":1,"targets":["web02"],"argv":["true"],"timeout_secs":60}"#;
+        let api = web01.request(exec, body.into()).await;
+        assert!(api.is_err(), "exec answered a target: {api:?}");
 
         // Another target's control subject: web01 hears nothing while
         // web02 is force-polled and answers. The server queues a message

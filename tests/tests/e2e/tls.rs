@@ -302,9 +302,18 @@ fn auth_init_makes_an_installation_that_runs_over_tls_with_its_users() {
         .output()
         .expect("musterctl auth init");
     assert!(made.status.success(), "{made:?}");
-    for key in
-        ["ca-key.pem", "server-key.pem", "master.env", "admin.env", "web01.env", "muster-master.nk", "web01.nk", "auth.conf"]
-    {
+    for key in [
+        "ca-key.pem",
+        "server-key.pem",
+        "master.env",
+        "admin.env",
+        "viewer.env",
+        "web01.env",
+        "muster-master.nk",
+        "muster-viewer.nk",
+        "web01.nk",
+        "auth.conf",
+    ] {
         let mode = std::fs::metadata(dir.join(key)).expect(key).permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{key} is private");
     }
