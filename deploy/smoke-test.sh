@@ -12,7 +12,9 @@
 #      refused over TLS, that a plain-text client is refused even with a
 #      right password, and that the admin user works from the host over TLS;
 #   2. enlists the targets, creates a job, force-polls, starts the job and
-#      sees one successful run per target;
+#      sees one successful run per target; signs in to the web console on
+#      the host's loopback (as the password the credentials command printed,
+#      or the plain variant's) and finds the three targets there;
 #   3. starts a job that waits for a signal, stops the master, lets the runs
 #      finish, sees their results in the stream while the master is away,
 #      starts the master and sees its job status take all of them in;
@@ -43,6 +45,7 @@ t_built=$SECONDS
 
 project="muster-smoke-$$"
 export MUSTER_NATS_PORT="$(free_port)"
+export MUSTER_HTTP_PORT="$(free_port)"
 host_bin="build/$([ "${MUSTER_CARGO_PROFILE:-release}" = dev ] && echo debug || echo release)"
 auth_dir=""
 if [ "${MUSTER_SMOKE_PLAIN:-0}" = 1 ]; then
@@ -175,7 +178,10 @@ PY
 # ---- 0. credentials ---------------------------------------------------------
 if [ -n "$auth_dir" ]; then
     step "0. credentials, as deploy/README.md says (into $auth_dir)"
-    credentials credentials
+    made="$(credentials credentials)"
+    echo "$made"
+    console_password="$(sed -n 's/^web console: user admin, password //p' <<<"$made")"
+    [ -n "$console_password" ] || die "the credentials command printed no console password"
     for f in master.env target1.env target2.env target3.env ca.pem auth.conf tls.conf; do
         [ -e "$auth_dir/$f" ] || die "the credentials command wrote no $f"
     done
@@ -298,8 +304,25 @@ wait_for 30 "job status of smoke-hello" status_is smoke-hello succeeded "${targe
 for port in "$MUSTER_TARGET1_METRICS_PORT" "$MUSTER_TARGET2_METRICS_PORT" "$MUSTER_TARGET3_METRICS_PORT"; do
     wait_for 30 "the run in the metrics on 127.0.0.1:$port" scraped "$port" 'muster_agent_runs_total{outcome="succeeded"}'
 done
+# The master's metrics, on the console's listener, outside its sign-in.
+wait_for 30 "the runs in the master's metrics on 127.0.0.1:$MUSTER_HTTP_PORT" \
+    scraped "$MUSTER_HTTP_PORT" 'muster_runs_total{outcome="succeeded"}'
 ctl history --job smoke-hello
-step "2. ok: smoke-hello ran on ${targets[*]}"
+# The web console, from the host: sign in (a CSRF token from the form and
+# its cookie), then the targets page lists every target.
+python3 - "$MUSTER_HTTP_PORT" "${console_password:-muster-development}" "${targets[@]}" <<'PY' || die "the web console did not show the targets after signing in"
+import http.cookiejar, re, sys, urllib.parse, urllib.request
+port, password, targets = sys.argv[1], sys.argv[2], sys.argv[3:]
+base = f"http://127.0.0.1:{port}"
+web = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+form = web.open(f"{base}/login", timeout=10).read().decode()
+csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
+body = urllib.parse.urlencode({"user": "admin", "password": password, "csrf": csrf}).encode()
+page = web.open(f"{base}/login", data=body, timeout=30).read().decode()
+missing = [t for t in targets if f'data-target="{t}"' not in page]
+sys.exit(f"the console's targets page lacks {missing}" if missing else 0)
+PY
+step "2. ok: smoke-hello ran on ${targets[*]}; the web console shows them"
 
 # ---- 3. master away: jobs run, results wait in the stream ------------------
 step "3. a job that runs until it is released"

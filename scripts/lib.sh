@@ -20,6 +20,24 @@ ensure_nats_server() {
     }
 }
 
+# Installs Debian's chromium and chromium-driver if chromedriver is missing:
+# the web console's browser test (tests/tests/e2e/console.rs) drives them
+# through WebDriver. apt-get, with sudo only when not root.
+ensure_chromium() {
+    if command -v chromedriver >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1; then
+        return 0
+    fi
+    echo "==> installing chromium and chromium-driver (apt-get), for the console's browser test"
+    local as_root=()
+    [ "$(id -u)" -eq 0 ] || as_root=(sudo)
+    "${as_root[@]}" apt-get update -qq
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    command -v chromedriver >/dev/null 2>&1 || {
+        echo "chromedriver is still not on PATH after installing chromium-driver" >&2
+        return 1
+    }
+}
+
 # A free TCP port on loopback.
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'

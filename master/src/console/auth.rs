@@ -321,6 +321,44 @@ mod tests {
     }
 
     #[test]
+    fn a_users_file_is_read_only_when_private_and_sound() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.json");
+        let write = |text: &str, mode: u32| {
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        // A real hash of "correct horse battery", made the way musterctl makes them.
+        let hash = {
+            use argon2::password_hash::{PasswordHasher as _, SaltString};
+            let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+            Argon2::default().hash_password(b"correct horse battery", &salt).unwrap().to_string()
+        };
+        let good = format!(r#"{{"v":1,"users":[{{"name":"alice","role":"admin","password_hash":"{hash}"}}]}}"#);
+        write(&good, 0o644);
+        assert!(matches!(Users::load(&path), Err(OpenError::KeyFile(_))), "readable by others");
+        for (bad, why) in [
+            (r#"{"v":1,"users":[]}"#, "no users"),
+            (r#"{"v":2,"users":[]}"#, "version 2"),
+            (r#"{"v":1,"users":[{"name":"alice","role":"admin","password_hash":"plain"}]}"#, "unreadable password hash"),
+            (r#"{"v":1,"users":[{"name":"a b","role":"admin","password_hash":"x"}]}"#, "must be 1 to 64"),
+            ("not json", "expected"),
+        ] {
+            write(bad, 0o600);
+            let e = Users::load(&path).unwrap_err();
+            assert!(matches!(e, OpenError::Users { .. }) && e.to_string().contains(why), "{bad}: {e}");
+        }
+        write(&good, 0o600);
+        let users = Users::load(&path).unwrap();
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+            assert_eq!(users.check("alice", "correct horse battery".into()).await, Some(Role::Admin));
+            assert_eq!(users.check("alice", "wrong".into()).await, None);
+            assert_eq!(users.check("mallory", "correct horse battery".into()).await, None, "an unknown name");
+        });
+    }
+
+    #[test]
     fn a_form_needs_the_sessions_token_and_a_role_that_may() {
         let viewer = Signed { user: "v".into(), role: Role::Viewer, csrf: "t0k3n".into(), session: "s".into() };
         let good = Form::parse(b"csrf=t0k3n");

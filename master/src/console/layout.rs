@@ -79,6 +79,17 @@ pub fn csrf(signed: &Signed) -> Markup {
     html! { input type="hidden" name="csrf" value=(signed.csrf); }
 }
 
+/// A filter's drop-down: "(any)" (the empty value) and each of `values`,
+/// the one the page was asked for selected.
+pub fn choice<'a>(name: &str, id: &str, values: impl IntoIterator<Item = &'a str>, selected: &str) -> Markup {
+    html! {
+        select name=(name) id=(id) {
+            option value="" { "(any)" }
+            @for v in values { option value=(v) selected[v == selected] { (v) } }
+        }
+    }
+}
+
 /// A time in UTC, labelled; `-` when there is none.
 pub fn time(t: Option<DateTime<Utc>>) -> String {
     t.map_or_else(|| "-".into(), |t| zone::format_in(t, Tz::UTC))

@@ -3,7 +3,8 @@
 //! client key (`--tls-key`). Each exits 4 at once, before any connection,
 //! with a message that names the file, says why and gives the `chmod`; the
 //! same file at mode 0600 is taken (by a real nats-server that knows the
-//! key), so the refusal is the mode and nothing else.
+//! key), so the refusal is the mode and nothing else. The master's web
+//! console refuses its users file and TLS key the same way.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
@@ -110,4 +111,44 @@ fn a_credentials_file_or_tls_key_others_can_read_is_refused() {
     chmod(&client.key, 0o600);
     let out = run("musterctl", &url, &tls(&client.key), &["--api-timeout=1"], state.path());
     assert_ne!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_consoles_users_file_or_tls_key_others_can_read_stops_the_master() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let made = Command::new(bin("musterctl"))
+        .args(["auth", "console-user", "alice", "--role", "admin", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("musterctl auth console-user");
+    assert!(made.status.success(), "{made:?}");
+    let users = dir.path().join("console-users.json");
+    let ca = Ca::new(dir.path(), "ca");
+    let server = ca.server("console", &["127.0.0.1"], Validity::Current);
+    let c = Cluster::new();
+    let state = tempfile::tempdir().expect("state");
+    let console = |users: &Path, tls: bool| {
+        let mut args = vec!["--http=127.0.0.1:0".to_owned(), format!("--http-users={}", users.display())];
+        if tls {
+            args.push(format!("--http-tls-cert={}", server.cert.display()));
+            args.push(format!("--http-tls-key={}", server.key.display()));
+        }
+        args
+    };
+    let master = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run("muster-master", &c.url(), &[], &args, state.path())
+    };
+    chmod(&users, 0o644);
+    assert_refused("muster-master", &master(console(&users, false)), &users);
+    chmod(&users, 0o600);
+    chmod(&server.key, 0o644);
+    assert_refused("muster-master", &master(console(&users, true)), &server.key);
+    // --http without users: refused too, there is no open console.
+    let out = master(vec!["--http=127.0.0.1:0".to_owned()]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{said}");
+    assert!(said.contains("--http needs --http-users"), "{said}");
+    let log = c.nats.log_text();
+    assert!(!log.contains("Client connection created"), "the master stopped before connecting:\n{log}");
 }

@@ -5,6 +5,7 @@
 mod applied;
 mod auth_reload;
 mod cluster;
+mod console;
 mod core_loop;
 mod corrupt;
 mod day_one;

@@ -4,14 +4,45 @@
 // rendered (and escaped) by the server.
 "use strict";
 
-// Every button with data-confirm asks first.
+// Every button with data-confirm asks first. A form with data-inline is
+// sent without leaving the page (the live events keep coming): the
+// answer's notice replaces this page's.
 document.addEventListener("submit", (e) => {
+  const form = e.target;
   const button = e.submitter;
   const question = button && button.dataset.confirm;
   if (question && !window.confirm(question)) {
     e.preventDefault();
+    return;
   }
+  if (form.dataset.inline === undefined) return;
+  e.preventDefault();
+  const body = new URLSearchParams(new FormData(form, button));
+  showNotice(null, "working…");
+  // getAttribute: `form.action` would be the buttons named "action".
+  fetch(form.getAttribute("action"), { method: "POST", body, credentials: "same-origin" })
+    .then((answer) => answer.text().then((text) => ({ answer, text })))
+    .then(({ answer, text }) => {
+      const page = new DOMParser().parseFromString(text, "text/html");
+      const notice = page.getElementById("notice");
+      const error = page.getElementById("error");
+      if (answer.ok && notice) showNotice(notice);
+      else showNotice(null, error ? error.textContent : `${answer.status} ${answer.statusText}`, true);
+    })
+    .catch((err) => showNotice(null, String(err), true));
 });
+
+function showNotice(notice, text, bad) {
+  if (!notice) {
+    notice = document.createElement("div");
+    notice.id = "notice";
+    notice.className = bad ? "notice bad" : "notice";
+    notice.textContent = text;
+  }
+  const old = document.getElementById("notice");
+  if (old) old.replaceWith(notice);
+  else document.querySelector("main h1").after(notice);
+}
 
 // A header checkbox with data-select-all selects every row's checkbox.
 document.addEventListener("change", (e) => {
@@ -35,7 +66,11 @@ function fragment(html) {
 }
 
 function onTarget(d) {
-  document.querySelectorAll(`tr[data-target="${CSS.escape(d.target)}"]`).forEach((row) => {
+  const rows = document.querySelectorAll(`tr[data-target="${CSS.escape(d.target)}"]`);
+  if (rows.length === 0 && document.getElementById("targets") && d.cells.status !== "removed") {
+    showNotice(null, `Target ${d.target} was enlisted; reload to see it.`);
+  }
+  rows.forEach((row) => {
     for (const [cell, text] of Object.entries(d.cells)) {
       const td = row.querySelector(`[data-cell="${cell}"]`);
       if (!td || td.textContent === text) continue;

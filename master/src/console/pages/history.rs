@@ -134,14 +134,7 @@ pub async fn list(State(state): State<AppState>, signed: Signed, Query(f): Query
         form.filters method="get" action="/history" {
             label { "Job " input type="text" name="job" value=(f.job); }
             label { "Target " input type="text" name="target" value=(f.target); }
-            label { "Outcome "
-                select name="outcome" {
-                    option value="" { "(any)" }
-                    @for o in <Outcome as strum::VariantArray>::VARIANTS {
-                        option value=(o.as_str()) selected[o.as_str() == f.outcome] { (o.as_str()) }
-                    }
-                }
-            }
+            label { "Outcome " (layout::choice("outcome", "filter-outcome", <Outcome as strum::VariantArray>::VARIANTS.iter().map(|o| o.as_str()), &f.outcome)) }
             label { "Since " input type="text" name="since" value=(f.since) placeholder="2h, 3d or 2026-12-01T00:00:00Z"; }
             label { "Limit " input type="number" name="limit" value=(limit) min="1" max=(MAX_LIMIT); }
             input type="submit" value="Filter";

@@ -88,14 +88,7 @@ pub async fn list(State(state): State<AppState>, signed: Signed, Query(f): Query
         h1 { "Download list" }
         form.filters method="get" action="/instructions" {
             label { "Target " input type="text" name="target" value=(f.target); }
-            label { "Status "
-                select name="status" {
-                    option value="" { "(any)" }
-                    @for s in <InstrStatus as strum::VariantArray>::VARIANTS {
-                        option value=(s.as_str()) selected[s.as_str() == f.status] { (s.as_str()) }
-                    }
-                }
-            }
+            label { "Status " (layout::choice("status", "filter-status", <InstrStatus as strum::VariantArray>::VARIANTS.iter().map(|s| s.as_str()), &f.status)) }
             input type="submit" value="Filter";
             span.muted { (rows.len()) " of " (total) " rows, newest first" }
         }

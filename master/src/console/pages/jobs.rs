@@ -20,7 +20,7 @@ use muster_shared::api::{
 };
 use muster_shared::name::{JobName, TargetName};
 
-use super::{call, history as runs, NoBody, Notice};
+use super::{call, corrupt, history as runs, listing, NoBody, Notice};
 use crate::console::auth::Signed;
 use crate::console::error::ConsoleError;
 use crate::console::form::Form;
@@ -35,10 +35,11 @@ const RECENT_RUNS: usize = 20;
 /// # Errors
 /// When the jobs cannot be read.
 pub async fn list(State(state): State<AppState>, signed: Signed) -> Result<Html<String>, ConsoleError> {
-    let jobs: Vec<JobInfo> = call(&state, Op::JobList, NoBody {}).await?;
+    let (jobs, corrupt_jobs) = listing::<_, JobInfo>(&state, Op::JobList, NoBody {}).await?;
     let now = Utc::now();
     let body = html! {
         h1 { "Jobs" }
+        (corrupt("job", &corrupt_jobs))
         table #jobs {
             thead { tr { th { "Job" } th { "Description" } th { "Enabled" } th { "Steps" } th { "Next fire" } th { "Targets" } th { "Groups" } } }
             tbody {
@@ -97,10 +98,10 @@ async fn show_page(
     let q = HistoryQuery { job: Some(name.clone()), job_id: Some(job.id), limit: Some(RECENT_RUNS), ..HistoryQuery::default() };
     let (statuses, groups, recent) = tokio::join!(
         call::<_, Vec<JobTargetStatus>>(state, Op::JobStatus, JobRef { job: name.clone() }),
-        call::<_, Vec<GroupInfo>>(state, Op::GroupList, NoBody {}),
+        listing::<_, GroupInfo>(state, Op::GroupList, NoBody {}),
         history::read(&state.ctx.store.js, &state.ctx.config.subjects, &q),
     );
-    let (statuses, groups, recent) = (statuses?, groups?, recent.map_err(ConsoleError::History)?);
+    let (statuses, groups, recent) = (statuses?, groups?.0, recent.map_err(ConsoleError::History)?);
     // Every target the job reaches: its own, and its groups' members.
     let mut reached: BTreeSet<TargetName> = job.targets.iter().cloned().collect();
     for g in groups.iter().filter(|g| job.groups.contains(&g.name)) {
@@ -155,7 +156,7 @@ async fn show_page(
             }
         }
         h2 { "Targets" }
-        form #job-form method="post" action={ "/jobs/" (spec.name) "/action" } {
+        form #job-form method="post" action={ "/jobs/" (spec.name) "/action" } data-inline {
             @if admin {
                 div.actions #job-actions {
                     (layout::csrf(signed))

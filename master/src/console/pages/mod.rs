@@ -10,7 +10,7 @@ pub mod jobs;
 pub mod targets;
 
 use maud::{html, Markup};
-use muster_shared::api::Op;
+use muster_shared::api::{CorruptRecord, Listed, Op};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -29,6 +29,40 @@ pub struct NoBody {}
 /// The operation's error.
 pub async fn call<B: Serialize, R: DeserializeOwned>(state: &AppState, op: Op, body: B) -> Result<R, ConsoleError> {
     Ok(state.ctx.call(op, body).await?)
+}
+
+/// A listing's readable records, and its corrupt ones (a record whose
+/// bytes do not decode is shown, never hidden: `musterctl` deletes it).
+///
+/// # Errors
+/// The operation's error.
+pub async fn listing<B: Serialize, T: DeserializeOwned>(
+    state: &AppState,
+    op: Op,
+    body: B,
+) -> Result<(Vec<T>, Vec<CorruptRecord>), ConsoleError> {
+    let listed: Vec<Listed<T>> = call(state, op, body).await?;
+    let (mut ok, mut corrupt) = (Vec::new(), Vec::new());
+    for l in listed {
+        match l {
+            Listed::Ok(t) => ok.push(t),
+            Listed::Corrupt(c) => corrupt.push(c),
+        }
+    }
+    Ok((ok, corrupt))
+}
+
+/// The corrupt records of a listing, each with its key and why.
+pub fn corrupt(kind: &str, records: &[CorruptRecord]) -> Markup {
+    html! {
+        @if !records.is_empty() {
+            div.notice.bad.corrupt {
+                @for c in records {
+                    p { span.error { "corrupt " (kind) " record " (c.key) } ": " (c.corrupt) }
+                }
+            }
+        }
+    }
 }
 
 /// What an action did, shown above the page it returns to.

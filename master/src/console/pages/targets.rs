@@ -20,7 +20,7 @@ use muster_shared::api::{
 use muster_shared::name::TargetName;
 use serde::Deserialize;
 
-use super::{call, history as runs, instructions, NoBody, Notice};
+use super::{call, corrupt, history as runs, instructions, listing, NoBody, Notice};
 use crate::console::auth::Signed;
 use crate::console::error::ConsoleError;
 use crate::console::form::Form;
@@ -76,9 +76,9 @@ async fn list_page(
     filter: &Filter,
     notice: Option<Notice>,
 ) -> Result<Html<String>, ConsoleError> {
-    let (targets, groups) = tokio::try_join!(
-        call::<_, Vec<TargetInfo>>(state, Op::TargetList, NoBody {}),
-        call::<_, Vec<GroupInfo>>(state, Op::GroupList, NoBody {})
+    let ((targets, corrupt_targets), (groups, _)) = tokio::try_join!(
+        listing::<_, TargetInfo>(state, Op::TargetList, NoBody {}),
+        listing::<_, GroupInfo>(state, Op::GroupList, NoBody {})
     )?;
     let shown: Vec<&TargetInfo> = targets
         .iter()
@@ -89,25 +89,14 @@ async fn list_page(
     let body = html! {
         h1 { "Targets" }
         (Notice::render(notice.as_ref()))
+        (corrupt("target", &corrupt_targets))
         form.filters method="get" action="/targets" {
-            label { "Group "
-                select name="group" id="filter-group" {
-                    option value="" { "(all)" }
-                    @for g in &groups { option value=(g.name) selected[g.name.as_str() == filter.group] { (g.name) } }
-                }
-            }
-            label { "Status "
-                select name="status" id="filter-status" {
-                    option value="" { "(all)" }
-                    @for s in <TargetStatus as strum::VariantArray>::VARIANTS {
-                        option value=(s.as_str()) selected[s.as_str() == filter.status] { (s.as_str()) }
-                    }
-                }
-            }
+            label { "Group " (layout::choice("group", "filter-group", groups.iter().map(|g| g.name.as_str()), &filter.group)) }
+            label { "Status " (layout::choice("status", "filter-status", <TargetStatus as strum::VariantArray>::VARIANTS.iter().map(|s| s.as_str()), &filter.status)) }
             input type="submit" value="Filter";
             span.muted { (shown.len()) " of " (targets.len()) " targets" }
         }
-        form #targets-form method="post" action="/targets/action" {
+        form #targets-form method="post" action="/targets/action" data-inline {
             @if admin {
                 input type="hidden" name="group" value=(filter.group);
                 input type="hidden" name="status" value=(filter.status);
@@ -281,19 +270,19 @@ async fn show_page(
     let history_query = HistoryQuery { target: Some(name.clone()), limit: Some(RECENT_RUNS), ..HistoryQuery::default() };
     let js = &state.ctx.store.js;
     let (jobs, rows, recent) = tokio::join!(
-        call::<_, Vec<JobInfo>>(state, Op::JobList, NoBody {}),
+        listing::<_, JobInfo>(state, Op::JobList, NoBody {}),
         call::<_, Vec<InstrRow>>(state, Op::Instructions, query),
         history::read(js, &state.ctx.config.subjects, &history_query),
     );
     let jobs: Vec<JobInfo> =
-        jobs?.into_iter().filter(|j| j.targets.contains(name) || j.groups.iter().any(|g| info.groups.contains(g))).collect();
+        jobs?.0.into_iter().filter(|j| j.targets.contains(name) || j.groups.iter().any(|g| info.groups.contains(g))).collect();
     let recent = recent.map_err(ConsoleError::History)?;
     let admin = signed.may(Op::TargetForcePollMany);
     let body = html! {
         h1 { "Target " (info.name) }
         (Notice::render(notice.as_ref()))
         @if admin {
-            form method="post" action="/targets/action" {
+            form method="post" action="/targets/action" data-inline {
                 input type="hidden" name="target" value=(info.name);
                 input type="hidden" name="back" value=(info.name);
                 (actions(signed))
