@@ -30,9 +30,12 @@
 //!
 //! The viewer ([`viewer_account`]) is confined the same way: its account
 //! imports the read half of the API (`<prefix>.api.read.>`), the service
-//! ping, and the two Direct Gets of `run show` (the run index, one record
-//! by sequence), each answered into the viewer's own account. It gets no
-//! consumer, so no `history`: a consumer's configuration (its deliver
+//! ping, and two Direct Gets: the run index's entries (the key in the API
+//! subject) and the results stream's body form, through which history is
+//! read in batches (several answers to one request, so that import's
+//! answers are a stream). Each is answered into the viewer's own account.
+//! A Direct Get only reads: nothing in its body can write anywhere. It gets
+//! no consumer and no stream info: a consumer's configuration (its deliver
 //! subject, its name) travels in the request body, where no permission can
 //! confine it; a push consumer would deliver into the Muster account's
 //! subjects (the buckets), and a create naming the master's consumer would
@@ -92,12 +95,17 @@ pub struct Export {
 /// kind; each target's account imports its own part of each, the viewer's
 /// the read side.
 pub fn muster_exports(s: &Subjects) -> Vec<Export> {
-    let single =
-        [s.direct_get_state_all(), s.direct_get_job_docs_all(), s.results_of_any(), s.poll_all(), s.agent_api_pattern(">")]
-            .into_iter()
-            .chain(viewer_jetstream(s));
-    let stream = [s.api_all(Access::Read), s.service_ping()];
+    let single = [
+        s.direct_get_state_all(),
+        s.direct_get_job_docs_all(),
+        s.results_of_any(),
+        s.poll_all(),
+        s.agent_api_pattern(">"),
+        viewer_run_index(s),
+    ];
+    let stream = [s.api_all(Access::Read), s.service_ping(), viewer_results(s)];
     single
+        .into_iter()
         .map(|subject| Export { subject, responses: Responses::Single })
         .chain(stream.into_iter().map(|subject| Export { subject, responses: Responses::Stream }))
         .collect()
@@ -129,21 +137,30 @@ pub fn target_account(s: &Subjects, t: &TargetName) -> Account {
     }
 }
 
-/// The JetStream reads the viewer's `run show` makes, each a Direct Get
-/// with one answer: a run-index entry (the key in the API subject), then
-/// one record of the results stream by sequence (the body names only a
-/// message of that stream). Nothing else of JetStream: not `STREAM.INFO`,
-/// which nats-server answers for the requesting account, not the
-/// exporting one, and no consumer.
-fn viewer_jetstream(s: &Subjects) -> Vec<String> {
-    vec![
-        Subjects::direct_get(&s.bucket_stream(Bucket::Runs), &s.bucket_key(Bucket::Runs, ">")),
-        format!("{}.DIRECT.GET.{}", crate::subject::JS_API_PREFIX, s.results_stream()),
-    ]
+/// The viewer's read of the run index: one entry per Direct Get, the key in
+/// the API subject; one answer.
+fn viewer_run_index(s: &Subjects) -> String {
+    Subjects::direct_get(&s.bucket_stream(Bucket::Runs), &s.bucket_key(Bucket::Runs, ">"))
 }
 
-/// The viewer: the read half of the API, the service ping, and the reads
-/// of `run show`; replies on its own inboxes. Nothing that changes state,
+/// The viewer's read of history: Direct Gets on the results stream, the
+/// request in the body (a record by sequence, the last or next on a
+/// subject filter, or a batch of them, answered by several messages and an
+/// end-of-batch status). The body names only messages of that stream.
+fn viewer_results(s: &Subjects) -> String {
+    format!("{}.DIRECT.GET.{}", crate::subject::JS_API_PREFIX, s.results_stream())
+}
+
+/// The JetStream reads the viewer makes, both Direct Gets (read-only by
+/// construction). Nothing else of JetStream: not `STREAM.INFO`, which
+/// nats-server answers for the requesting account, not the exporting one,
+/// and no consumer.
+fn viewer_jetstream(s: &Subjects) -> Vec<String> {
+    vec![viewer_run_index(s), viewer_results(s)]
+}
+
+/// The viewer: the read half of the API, the service ping, and the Direct
+/// Gets of history and `run show`; replies on its own inboxes. Nothing that changes state,
 /// and no consumer (see the module's documentation).
 pub fn viewer(s: &Subjects) -> Permissions {
     let mut publish = vec![s.api_all(Access::Read), s.service_ping()];
@@ -238,10 +255,14 @@ mod tests {
             assert!(!allowed(&acc.permissions.publish, &refused), "{refused} must be refused");
         }
         assert!(!acc.permissions.allow_responses);
-        // Several answers: the API's parts, every master's ping.
+        // Several answers: the API's parts, every master's ping, a batch of
+        // history records; nothing a target imports.
+        let several = [s.api_all(Access::Read), s.service_ping(), "$JS.API.DIRECT.GET.MUSTER_RESULTS".to_owned()];
         for e in exports.iter().filter(|e| e.responses == Responses::Stream) {
-            assert!(e.subject == s.api_all(Access::Read) || e.subject == s.service_ping(), "{e:?}");
+            assert!(several.contains(&e.subject), "{e:?}");
         }
+        assert!(allowed(&acc.imports, "$JS.API.DIRECT.GET.MUSTER_RESULTS"));
+        assert!(!allowed(&acc.imports, "$JS.API.DIRECT.GET.MUSTER_DESIRED"));
     }
 
     /// Every subject `pattern` matches, `of` matches too (wildcards read as
