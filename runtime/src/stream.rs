@@ -310,8 +310,11 @@ impl ToEnd {
                 self.span.from = Start::Seq(last + 1);
                 self.ask().await
             }
-            // Nothing (more) matches from where this batch began.
-            Some(StatusCode::NOT_FOUND) => {
+            // Nothing matches from where the read began: the end. After a
+            // batch said more were to come, it is a short answer (a replica
+            // behind the one that answered before, messages removed
+            // meanwhile), never taken for the end.
+            Some(StatusCode::NOT_FOUND) if self.pending == 0 => {
                 self.ended = true;
                 Ok(())
             }
