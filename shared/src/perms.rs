@@ -31,11 +31,14 @@
 //!
 //! The viewer ([`viewer_account`]) is confined the same way: its account
 //! imports the read half of the API (`<prefix>.api.read.>`), the service
-//! ping, the two Direct Gets of `run show` (the run index, one record by
-//! sequence) and the Direct Gets of `run logs` and `run output` (the next
-//! message of a run in `MUSTER_OUTPUT`, `MUSTER_KEPT`), each answered into
-//! the viewer's own account. It gets no
-//! consumer, so no `history`: a consumer's configuration (its deliver
+//! ping, and Direct Gets: the run index's entries (the key in the API
+//! subject), the results stream's body form, through which history is read
+//! in batches (several answers to one request, so that import's answers
+//! are a stream), and the next message of a run in `MUSTER_OUTPUT` and
+//! `MUSTER_KEPT` (`run logs` without `--follow`, `run output`). Each is
+//! answered into the viewer's own account. A Direct Get only reads:
+//! nothing in its body can write anywhere. It gets no consumer and no stream
+//! info: a consumer's configuration (its deliver
 //! subject, its name) travels in the request body, where no permission can
 //! confine it; a push consumer would deliver into the Muster account's
 //! subjects (the buckets), and a create naming the master's consumer would
@@ -115,8 +118,8 @@ pub fn muster_exports(s: &Subjects) -> Vec<Export> {
         s.kept_all(),
     ]
     .into_iter()
-    .chain(viewer_jetstream(s));
-    let stream = [s.api_all(Access::Read), s.service_ping()];
+    .chain(viewer_single(s));
+    let stream = [s.api_all(Access::Read), s.service_ping(), viewer_results(s)];
     single
         .map(|subject| Export { subject, responses: Responses::Single })
         .chain(stream.into_iter().map(|subject| Export { subject, responses: Responses::Stream }))
@@ -149,28 +152,41 @@ pub fn target_account(s: &Subjects, t: &TargetName) -> Account {
     }
 }
 
-/// The JetStream reads the viewer makes, each a Direct Get with one
-/// answer: for `run show`, a run-index entry (the key in the API subject),
-/// then one record of the results stream by sequence; for `run logs`
-/// (without `--follow`) and `run output`, the next message of a run's
-/// subjects in the live-output and kept-output streams. The body form of
-/// Direct Get names only messages of the stream in its API subject, all of
-/// which a viewer may read. Nothing else of JetStream: not `STREAM.INFO`,
-/// which nats-server answers for the requesting account, not the exporting
-/// one, and no consumer.
-fn viewer_jetstream(s: &Subjects) -> Vec<String> {
+/// The viewer's Direct Gets with one answer: a run-index entry (the key in
+/// the API subject), and the next message of a run's subjects in the
+/// live-output and kept-output streams (`run logs` without `--follow`,
+/// `run output`; the body form names only messages of the stream in its
+/// API subject, all of which a viewer may read).
+fn viewer_single(s: &Subjects) -> Vec<String> {
     let body_form = |stream: String| format!("{}.DIRECT.GET.{stream}", crate::subject::JS_API_PREFIX);
     vec![
         Subjects::direct_get(&s.bucket_stream(Bucket::Runs), &s.bucket_key(Bucket::Runs, ">")),
-        body_form(s.results_stream()),
         body_form(s.output_stream()),
         body_form(s.kept_stream()),
     ]
 }
 
-/// The viewer: the read half of the API, the service ping, and the reads
-/// of `run show`; replies on its own inboxes. Nothing that changes state,
-/// and no consumer (see the module's documentation).
+/// The viewer's read of history: Direct Gets on the results stream, the
+/// request in the body (a record by sequence, the last or next on a
+/// subject filter, or a batch of them, answered by several messages and an
+/// end-of-batch status). The body names only messages of that stream.
+fn viewer_results(s: &Subjects) -> String {
+    format!("{}.DIRECT.GET.{}", crate::subject::JS_API_PREFIX, s.results_stream())
+}
+
+/// The JetStream reads the viewer makes, all Direct Gets (read-only by
+/// construction). Nothing else of JetStream: not `STREAM.INFO`, which
+/// nats-server answers for the requesting account, not the exporting one,
+/// and no consumer.
+fn viewer_jetstream(s: &Subjects) -> Vec<String> {
+    let mut reads = viewer_single(s);
+    reads.push(viewer_results(s));
+    reads
+}
+
+/// The viewer: the read half of the API, the service ping, and the Direct
+/// Gets of history, `run show`, `run logs` and `run output`; replies on its
+/// own inboxes. Nothing that changes state, and no consumer (see the module's documentation).
 pub fn viewer(s: &Subjects) -> Permissions {
     let mut publish = vec![s.api_all(Access::Read), s.service_ping()];
     publish.extend(viewer_jetstream(s));
@@ -270,10 +286,14 @@ mod tests {
             assert!(allowed(&acc.permissions.publish, &format!("$JS.API.DIRECT.GET.{stream}")), "{stream}");
         }
         assert!(!acc.permissions.allow_responses);
-        // Several answers: the API's parts, every master's ping.
+        // Several answers: the API's parts, every master's ping, a batch of
+        // history records; nothing a target imports.
+        let several = [s.api_all(Access::Read), s.service_ping(), "$JS.API.DIRECT.GET.MUSTER_RESULTS".to_owned()];
         for e in exports.iter().filter(|e| e.responses == Responses::Stream) {
-            assert!(e.subject == s.api_all(Access::Read) || e.subject == s.service_ping(), "{e:?}");
+            assert!(several.contains(&e.subject), "{e:?}");
         }
+        assert!(allowed(&acc.imports, "$JS.API.DIRECT.GET.MUSTER_RESULTS"));
+        assert!(!allowed(&acc.imports, "$JS.API.DIRECT.GET.MUSTER_DESIRED"));
     }
 
     /// Every subject `pattern` matches, `of` matches too (wildcards read as

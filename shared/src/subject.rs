@@ -414,9 +414,8 @@ impl Bucket {
     }
 }
 
-/// NATS subject matching for tests: `*` is one token, `>` the rest.
-#[cfg(test)]
-pub(crate) fn matches(pattern: &str, subject: &str) -> bool {
+/// NATS subject matching: `*` is one token, `>` the rest.
+pub fn matches(pattern: &str, subject: &str) -> bool {
     let (mut p, mut s) = (pattern.split('.'), subject.split('.'));
     loop {
         match (p.next(), s.next()) {

@@ -1,8 +1,12 @@
 //! `musterctl history` and `run show`: runs read straight from
-//! `MUSTER_RESULTS` ([`crate::history`]), so they work while no master runs
-//! (the run index and the job's id only make them faster).
+//! `MUSTER_RESULTS` by Direct Get ([`crate::history`]), so they work while
+//! no master runs, and for the viewer as for the admin (the run index and
+//! the job's id only make them faster).
 
 use chrono::{DateTime, Utc};
+use muster_shared::api::{ErrorCode, JobInfo, JobRef, Op};
+use muster_shared::name::JobName;
+use uuid::Uuid;
 
 use super::Ctx;
 use crate::args::{HistoryArgs, RunCmd};
@@ -13,7 +17,7 @@ use crate::render;
 pub(super) async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<(), Failure> {
     let js = ctx.jetstream();
     let job_id = match &args.job {
-        Some(job) => ctx.api.unless_refused(history::job_id(&js, &ctx.api.subjects, job)).await?,
+        Some(job) => job_id(ctx, job).await,
         None => None,
     };
     let q = HistoryQuery {
@@ -51,6 +55,22 @@ pub(super) async fn run(ctx: &Ctx, cmd: RunCmd) -> Result<(), Failure> {
     }
     let run = found.record;
     ctx.out.print(&run, || render::print_run(&run))
+}
+
+/// The id of the job named `job`, so the read can use the job's own
+/// subjects: from the master (a read every role may make), else, with no
+/// master, from its record in `muster-jobs` read directly (which only the
+/// admin's account may). `None` when neither knows it: the runs are then
+/// found by name, on every run subject.
+async fn job_id(ctx: &Ctx, job: &JobName) -> Option<Uuid> {
+    match ctx.api.call::<_, JobInfo>(Op::JobShow, JobRef { job: job.clone() }).await {
+        Ok(info) => Some(info.id),
+        Err(e) if e.code == ErrorCode::NotFound => None,
+        Err(e) => {
+            tracing::debug!(%job, error = %e, "job id not from the master; reading its record");
+            ctx.api.unless_refused(history::job_id(&ctx.jetstream(), &ctx.api.subjects, job)).await.unwrap_or(None)
+        }
+    }
 }
 
 /// `--since`: an RFC 3339 time, or a duration before `now` (`30m`, `2h`,

@@ -2,8 +2,8 @@
 //! what is posted to them (force-poll, set-poll, sync-time, resync).
 
 use muster_shared::api::{
-    DefectRequest, EnlistRequest, ErrorCode, ForcePollOutcome, InstrRow, InstructionsQuery, JobInfo, Listed, Op, Posted,
-    TargetInfo, TargetRef,
+    DefectRequest, EnlistRequest, ForcePollOutcome, InstrRow, InstructionsQuery, JobInfo, Listed, Op, Posted, TargetInfo,
+    TargetRef,
 };
 use muster_shared::name::{JobName, TargetName};
 
@@ -85,15 +85,7 @@ async fn show(ctx: &Ctx, name: TargetName) -> Result<(), Failure> {
     let q = InstructionsQuery { target: Some(name.clone()), pending: false, errors: false, limit: Some(SHOW_ROWS) };
     let rows: Vec<InstrRow> = ctx.api.call(Op::Instructions, q).await?;
     let q = HistoryQuery { target: Some(name), limit: Some(SHOW_ROWS), ..HistoryQuery::default() };
-    let runs = match ctx.api.unless_refused(history::read(&ctx.jetstream(), &ctx.api.subjects, &q)).await {
-        Ok(runs) => runs?,
-        // The viewer reads no history (no consumer); the rest is still worth showing.
-        Err(e) if e.code == ErrorCode::PermissionDenied => {
-            eprintln!("note: recent runs not shown: {e}");
-            Vec::new()
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let runs = ctx.api.unless_refused(history::read(&ctx.jetstream(), &ctx.api.subjects, &q)).await??;
     render::print_target_detail(&t, &held, &rows, &runs);
     Ok(())
 }

@@ -17,8 +17,8 @@ pub const FIRST_FACTOR: u64 = 8;
 pub const GROWTH: u64 = 8;
 
 /// One window: stream sequences `from..=up_to`; `up_to` is `None` for the
-/// first window, which reads to the stream's end (records stored while the
-/// read runs included).
+/// first window, which reads to the `last` the windows were made for (the
+/// last record on the read's filter when it began).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
     pub from: u64,
@@ -34,7 +34,8 @@ pub struct Windows {
 }
 
 impl Windows {
-    /// The windows over a stream holding sequences `first..=last`, for
+    /// The windows over sequences `first..=last` (the first and last record
+    /// on the read's filter), for
     /// `limit` runs. No window when the stream is empty (`last < first`) or
     /// nothing is wanted.
     pub fn new(first: u64, last: u64, limit: usize) -> Windows {

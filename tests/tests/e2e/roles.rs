@@ -1,7 +1,9 @@
 //! Operator roles. With the users `musterctl auth nats-config` writes, the
-//! viewer (`muster-viewer`) lists and shows everything the API reads,
-//! `run show`s a run and reads its stored output (`run logs`, `run
-//! output`; not `--follow`), and every change it attempts is refused by the
+//! viewer (`muster-viewer`) lists and shows everything the API reads, reads
+//! history (Direct Gets only: filters, `--limit`, `--since`, the recent runs
+//! of `target show`, `run show` of a running or unindexed run) exactly as
+//! the admin does, reads a run's stored output (`run logs`, `run output`;
+//! not `--follow`), and every change it attempts is refused by the
 //! server (its account does not import `muster.api.admin.>` and its user may
 //! not publish there), which `musterctl` reports at once as a permissions
 //! error, exit 10. The admin does everything. A viewer aiming the answers
@@ -31,21 +33,36 @@ fn a_viewer_reads_and_every_change_it_attempts_is_refused_by_the_server() {
     let (keys, mut c) = secured_cluster();
     let viewer = env_of(keys.path(), "muster-viewer");
 
-    // The admin does everything: a job on web01, run once.
+    // The admin does everything: a job on both targets, run twice (four
+    // runs, two per target), and a slow job on web01, left running.
     c.ctl(&["job", "create", "hello", "--command", "echo hi from $MUSTER_TARGET"]).expect("create");
+    c.ctl(&["job", "create", "slow", "--command", "sleep 60"]).expect("create");
     c.ctl(&["group", "create", "g1"]).expect("group");
-    c.ctl(&["job", "assign", "hello", "--target", "web01"]).expect("assign");
-    c.ctl(&["target", "force-poll", "web01"]).expect("force-poll");
+    c.ctl(&["job", "assign", "hello", "--target", "web01", "--target", "web02"]).expect("assign");
+    c.ctl(&["job", "assign", "slow", "--target", "web01"]).expect("assign");
+    c.ctl(&["target", "force-poll", "web01", "web02"]).expect("force-poll");
     c.ctl(&["job", "start", "hello"]).expect("start");
-    let runs = crate::core_loop::finished_runs(&c, "hello", 1);
+    crate::core_loop::finished_runs(&c, "hello", 2);
+    c.ctl(&["job", "start", "hello"]).expect("start");
+    let runs = crate::core_loop::finished_runs(&c, "hello", 4);
     let run_id = s(&runs[0], "run_id").to_owned();
-    // The run index has it (written by the master's ingest).
-    muster_tests::wait_for("the run index to hold the run", Duration::from_secs(30), || {
-        let out = c.ctl_raw(&["run", "show", &run_id], true);
-        (out.code == 0 && !out.stderr.contains("not in the run index")).then_some(())
+    c.ctl(&["job", "start", "slow"]).expect("start");
+    let running: Vec<Value> = muster_tests::wait_for("the slow run to be recorded", Duration::from_secs(30), || {
+        let runs: Vec<Value> = c.ctl_ok(&["history", "--job", "slow"]);
+        (runs.len() == 1).then_some(runs)
     });
+    assert_eq!(s(&running[0], "outcome"), "running", "{running:?}");
+    let running_id = s(&running[0], "run_id").to_owned();
+    // The run index has both (written by the master's ingest).
+    for id in [&run_id, &running_id] {
+        muster_tests::wait_for("the run index to hold the run", Duration::from_secs(30), || {
+            let out = c.ctl_raw(&["run", "show", id], true);
+            (out.code == 0 && !out.stderr.contains("not in the run index")).then_some(())
+        });
+    }
 
-    // What the viewer reads is what the admin reads.
+    // What the viewer reads is what the admin reads: the API's reads and
+    // history, with every filter and limit.
     for args in [
         &["target", "list"][..],
         &["target", "show", "web01"],
@@ -55,6 +72,7 @@ fn a_viewer_reads_and_every_change_it_attempts_is_refused_by_the_server() {
         &["group", "list"],
         &["instructions"],
         &["run", "show", &run_id],
+        &["run", "show", &running_id],
     ] {
         let out = as_viewer(&mut c, &viewer, args);
         assert_eq!(out.code, 0, "the viewer's {args:?}: {out:?}");
@@ -66,6 +84,29 @@ fn a_viewer_reads_and_every_change_it_attempts_is_refused_by_the_server() {
             assert_eq!(theirs, ours, "{args:?}");
         }
     }
+    for (args, want) in [
+        (&["history"][..], 5),
+        (&["history", "--limit", "2"], 2),
+        (&["history", "--job", "hello"], 4),
+        (&["history", "--job", "hello", "--target", "web02", "--limit", "1"], 1),
+        (&["history", "--target", "web01", "--outcome", "running"], 1),
+        (&["history", "--outcome", "succeeded", "--since", "1h"], 4),
+    ] {
+        let out = as_viewer(&mut c, &viewer, args);
+        assert_eq!(out.code, 0, "the viewer's {args:?}: {out:?}");
+        let theirs: Vec<Value> = serde_json::from_str(&out.stdout).unwrap();
+        let ours: Vec<Value> = c.ctl_ok(args);
+        assert_eq!(theirs, ours, "{args:?}");
+        // The filters did filter (the equality is not of two empty lists).
+        assert_eq!(theirs.len(), want, "{args:?}: {theirs:?}");
+    }
+    let limited: Vec<Value> = serde_json::from_str(&as_viewer(&mut c, &viewer, &["history", "--limit", "2"]).stdout).unwrap();
+    assert!(limited.iter().any(|r| s(r, "run_id") == running_id), "the newest run is in the last two: {limited:?}");
+    let web02: Vec<Value> = serde_json::from_str(
+        &as_viewer(&mut c, &viewer, &["history", "--job", "hello", "--target", "web02", "--limit", "1"]).stdout,
+    )
+    .unwrap();
+    assert_eq!(s(&web02[0], "target"), "web02", "{web02:?}");
     for args in [&["status"][..], &["ping"]] {
         let out = as_viewer(&mut c, &viewer, args);
         assert_eq!(out.code, 0, "the viewer's {args:?}: {out:?}");
@@ -74,24 +115,37 @@ fn a_viewer_reads_and_every_change_it_attempts_is_refused_by_the_server() {
     // The run's output as stored, by Direct Gets; following it takes a
     // consumer, refused.
     let logs = as_viewer(&mut c, &viewer, &["run", "logs", &run_id]);
-    assert_eq!((logs.code, logs.stdout.as_str()), (0, "hi from web01\n"), "{logs:?}");
+    let said = format!("hi from {}\n", s(&runs[0], "target"));
+    assert_eq!((logs.code, logs.stdout.as_str()), (0, said.as_str()), "{logs:?}");
     let follow = as_viewer(&mut c, &viewer, &["run", "logs", &run_id, "--follow"]);
     assert_eq!(follow.code, 10, "{follow:?}");
     // Kept output is readable the same way (this job keeps none: not found, not refused).
     let output = as_viewer(&mut c, &viewer, &["run", "output", &run_id]);
     assert_eq!(output.code, 3, "{output:?}");
 
-    // `target show` for people leaves out the recent runs, which come from
-    // history: the viewer gets no consumer (see `perms`), so `history` is
-    // refused, at once and as such, rather than left to time out.
+    // `target show` for people has the recent runs, read from history.
     let admin = std::mem::replace(&mut c.env, viewer.clone());
     let shown = c.ctl_raw(&["target", "show", "web01"], false);
     c.env = admin;
     assert_eq!(shown.code, 0, "{shown:?}");
-    assert!(shown.stdout.contains("web01") && shown.stderr.contains("recent runs not shown"), "{shown:?}");
-    let history = as_viewer(&mut c, &viewer, &["history", "--job", "hello"]);
-    assert_eq!(history.code, 10, "{history:?}");
-    assert!(history.stderr.contains("permissions violation") && history.stderr.contains("$JS.API."), "{history:?}");
+    assert!(shown.stdout.contains("recent runs") && shown.stdout.contains(&running_id), "{shown:?}");
+    assert!(!shown.stderr.contains("not shown"), "{shown:?}");
+
+    // A run the index does not have (its entry deleted, as with no master
+    // or an ingest behind) is found by reading history from its time.
+    let (url, options) = (c.url(), c.connect_options());
+    let index_key = run_id.clone();
+    block_on(async move {
+        let admin = options.connect(url).await.expect("admin connects");
+        let index = jetstream::new(admin).get_key_value("muster-runs").await.expect("the run index");
+        index.delete(&index_key).await.expect("entry deleted");
+    });
+    let unindexed = as_viewer(&mut c, &viewer, &["run", "show", &run_id]);
+    assert_eq!(unindexed.code, 0, "{unindexed:?}");
+    assert!(unindexed.stderr.contains("not in the run index"), "{unindexed:?}");
+    let found: Value = serde_json::from_str(&unindexed.stdout).unwrap();
+    assert_eq!((s(&found, "run_id"), s(&found, "outcome")), (run_id.as_str(), "succeeded"), "{found}");
+    c.ctl(&["job", "stop", "slow"]).expect("stop");
 
     // Every change: refused by the server, reported at once as such.
     let changes: [&[&str]; 12] = [
@@ -139,15 +193,15 @@ fn a_viewer_reads_and_every_change_it_attempts_is_refused_by_the_server() {
 
     // Nothing changed: the job, its assignment, the targets, the groups.
     let jobs: Vec<Value> = c.ctl_ok(&["job", "list"]);
-    assert_eq!(jobs.iter().map(|j| s(&j["spec"], "name")).collect::<Vec<_>>(), ["hello"], "{jobs:?}");
+    assert_eq!(jobs.iter().map(|j| s(&j["spec"], "name")).collect::<Vec<_>>(), ["hello", "slow"], "{jobs:?}");
     let hello: Value = c.ctl_ok(&["job", "show", "hello"]);
-    assert_eq!(hello["targets"], serde_json::json!(["web01"]), "{hello}");
+    assert_eq!(hello["targets"], serde_json::json!(["web01", "web02"]), "{hello}");
     let targets: Vec<Value> = c.ctl_ok(&["target", "list"]);
     assert_eq!(targets.len(), 2, "{targets:?}");
     assert!(targets.iter().all(|t| s(t, "status") != "defected"), "{targets:?}");
     let groups: Vec<Value> = c.ctl_ok(&["group", "list"]);
     assert_eq!(groups.len(), 1, "{groups:?}");
-    assert_eq!(crate::core_loop::finished_runs(&c, "hello", 1).len(), 1, "no second run");
+    assert_eq!(crate::core_loop::finished_runs(&c, "hello", 4).len(), 4, "no further run");
 }
 
 #[test]
@@ -168,7 +222,8 @@ fn answers_to_the_viewer_never_land_outside_its_own_account() {
 
     let aims = crate::reply_injection::aims(&hello, &run_id);
     // Every request the viewer may send: the read API, the service ping,
-    // the JetStream reads of `run show` (found and not found).
+    // the Direct Gets of history and `run show` (found and not found; one
+    // answer, and a batch of several answers and an end-of-batch status).
     let api_requests: Vec<(String, Vec<u8>)> = vec![
         ("muster.api.read.target.list".into(), br#"{"v":1}"#.to_vec()),
         ("muster.api.read.job.show".into(), br#"{"v":1,"job":"hello"}"#.to_vec()),
@@ -180,6 +235,12 @@ fn answers_to_the_viewer_never_land_outside_its_own_account() {
         ("$JS.API.DIRECT.GET.MUSTER_RESULTS".into(), br#"{"seq":1}"#.to_vec()),
         ("$JS.API.DIRECT.GET.MUSTER_OUTPUT".into(), br#"{"next_by_subj":"muster.output.>"}"#.to_vec()),
         ("$JS.API.DIRECT.GET.MUSTER_KEPT".into(), br#"{"next_by_subj":"muster.kept.nope.>"}"#.to_vec()),
+        ("$JS.API.DIRECT.GET.MUSTER_RESULTS".into(), br#"{"last_by_subj":"muster.result.*.run.*"}"#.to_vec()),
+        (
+            "$JS.API.DIRECT.GET.MUSTER_RESULTS".into(),
+            br#"{"seq":1,"batch":100,"max_bytes":1048576,"next_by_subj":"muster.result.>"}"#.to_vec(),
+        ),
+        ("$JS.API.DIRECT.GET.MUSTER_RESULTS".into(), br#"{"seq":1,"batch":10,"next_by_subj":"nope.>"}"#.to_vec()),
         (format!("$JS.API.DIRECT.GET.KV_muster-runs.$KV.muster-runs.{run_id}"), Vec::new()),
         ("$JS.API.DIRECT.GET.KV_muster-runs.$KV.muster-runs.nope".into(), Vec::new()),
     ];
@@ -202,6 +263,33 @@ fn answers_to_the_viewer_never_land_outside_its_own_account() {
                 assert!(text.contains("muster"), "{subject}: {text}");
             }
         }
+
+        // A batch crosses the account boundary whole: every record the first
+        // one announces, then the end-of-batch status (an import taking one
+        // answer would deliver the first record and nothing more).
+        let inbox = viewer.new_inbox();
+        let mut replies = viewer.subscribe(inbox.clone()).await.expect("subscribed");
+        let batch = br#"{"seq":1,"batch":1000,"max_bytes":4194304,"next_by_subj":"muster.result.>"}"#;
+        viewer.publish_with_reply("$JS.API.DIRECT.GET.MUSTER_RESULTS", inbox, batch.to_vec().into()).await.expect("sent");
+        let header = |m: &async_nats::Message, name: &str| -> u64 {
+            m.headers.as_ref().and_then(|h| h.get(name)).and_then(|v| v.as_str().parse().ok()).expect(name)
+        };
+        let (mut records, mut announced) = (0, None);
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut replies))
+                .await
+                .expect("the batch goes on to its end")
+                .expect("a reply");
+            if m.status.is_some() {
+                assert_eq!(m.status.map(|s| s.as_u16()), Some(204), "{m:?}");
+                assert_eq!(header(&m, "Nats-Num-Pending"), 0, "{m:?}");
+                break;
+            }
+            records += 1;
+            announced.get_or_insert(header(&m, "Nats-Num-Pending") + 1);
+        }
+        assert!(records > 4, "every record of the stream: {records}");
+        assert_eq!(Some(records), announced, "as many records as the first announced");
 
         let before = snapshot(&admin_js).await;
         let answered = inject(&viewer, &aims, &jetstream_requests, &api_requests, || answers(&admin, false)).await;
