@@ -87,10 +87,19 @@ pub struct Step {
     /// Run directly, no shell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub argv: Option<Vec<String>>,
+    /// Working directory. Default: the agent's own, or with `user` that
+    /// user's home (`/` when the home is not a directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Run as this Unix user (the agent must run as root; it refuses the step
+    /// otherwise). The environment's `HOME`, `USER`, `LOGNAME`, `SHELL` follow it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// With `user`: the primary group, instead of the user's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
     /// Extra attempts after a failure (0 = run once).
@@ -308,6 +317,14 @@ impl JobSpec {
             if step.timeout_secs == Some(0) {
                 return Err(FieldError::new(at("timeout_secs"), "must be at least 1"));
             }
+            for (field, name) in [("user", &step.user), ("group", &step.group)] {
+                if name.as_deref().is_some_and(|n| n.is_empty() || n.contains('\0') || n.contains(char::is_whitespace)) {
+                    return Err(FieldError::new(at(field), "must be a Unix name: non-empty, no spaces or NUL"));
+                }
+            }
+            if step.group.is_some() && step.user.is_none() {
+                return Err(FieldError::new(at("group"), "applies only with \"user\""));
+            }
             if step.env.keys().any(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
                 return Err(FieldError::new(at("env"), "variable names must be non-empty, without '=' or NUL"));
             }
@@ -492,6 +509,10 @@ mod tests {
         refuse(&full("lots"), "keep_output_max", "not a size like 100MiB");
         refuse(&full("2GiB"), "keep_output_max", "out of range");
         refuse(&full("0"), "keep_output_max", "out of range");
+        refuse(r#"{"name":"j","steps":[{"command":"a","group":"adm"}]}"#, "steps[0].group", "only with \"user\"");
+        refuse(r#"{"name":"j","steps":[{"command":"a","user":""}]}"#, "steps[0].user", "a Unix name");
+        refuse(r#"{"name":"j","steps":[{"command":"a","user":"x","group":"a b"}]}"#, "steps[0].group", "a Unix name");
+        assert!(JobSpec::from_json(r#"{"name":"j","steps":[{"command":"a","user":"nobody","group":"adm"}]}"#).is_ok());
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! (for example `daemon >/dev/null 2>&1 &`) are left alone after a normal exit.
 //! On a timeout or a cancel, they are killed like everything else in the group.
 
+mod account;
 mod capture;
 mod group;
 mod procfs;
@@ -41,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 pub use capture::OutputCapture;
 pub use group::terminate_leftovers;
 
+pub use account::{Account, RunAsError};
 use capture::OutputReader;
 use group::ProcessGroup;
 
@@ -80,8 +82,11 @@ impl Program {
 pub struct StepCommand {
     /// What to run.
     pub program: Program,
-    /// Working directory. `None` means the agent's own.
+    /// Working directory. `None` means the agent's own, or with `run_as`
+    /// that user's home.
     pub cwd: Option<PathBuf>,
+    /// The Unix user, and optionally group, to run as (see [`Account`]).
+    pub run_as: Option<RunAs>,
     /// Variables added to the agent's environment. They override variables
     /// with the same name.
     pub env: BTreeMap<String, String>,
@@ -96,6 +101,13 @@ pub struct StepCommand {
     pub live: Option<crate::live::Tee>,
     /// Where the whole output is kept too, if the job keeps it.
     pub keep: Option<crate::kept::Keep>,
+}
+
+/// A step's `user` and `group`, as named in the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub user: String,
+    pub group: Option<String>,
 }
 
 /// How a step ended.
@@ -165,7 +177,14 @@ pub async fn run_step(cmd: &StepCommand, cancel: &CancellationToken) -> StepExit
         };
     }
 
-    let spawned = match build_command(cmd) {
+    let account = match cmd.run_as.as_ref().map(|r| Account::resolve(&r.user, r.group.as_deref())).transpose() {
+        Ok(account) => account,
+        Err(refused) => {
+            tracing::debug!(program = %name, %refused, "step refused");
+            return spawn_failed(started, refused.to_string());
+        }
+    };
+    let spawned = match build_command(cmd, account.as_ref()) {
         Some(mut command) => ProcessGroup::spawn(&mut command),
         None => Err(io::Error::new(io::ErrorKind::InvalidInput, "empty argv")),
     };
@@ -176,16 +195,7 @@ pub async fn run_step(cmd: &StepCommand, cancel: &CancellationToken) -> StepExit
         Err(err) => {
             let message = spawn_failure_message(&name, cmd.cwd.as_deref(), &err).await;
             tracing::debug!(program = %name, %message, "step spawn failed");
-            return StepExit {
-                ended: Ended::SpawnFailed,
-                exit_code: None,
-                signal: None,
-                output: String::new(),
-                output_cut_bytes: 0,
-                duration: started.elapsed(),
-                message,
-                kept: None,
-            };
+            return spawn_failed(started, message);
         }
     };
     let pgid = group.id();
@@ -246,6 +256,20 @@ pub async fn run_step(cmd: &StepCommand, cancel: &CancellationToken) -> StepExit
     StepExit { ended, exit_code, signal, output, output_cut_bytes, duration: started.elapsed(), message, kept }
 }
 
+/// The result of a step that could not be started, and why.
+fn spawn_failed(started: Instant, message: String) -> StepExit {
+    StepExit {
+        ended: Ended::SpawnFailed,
+        exit_code: None,
+        signal: None,
+        output: String::new(),
+        output_cut_bytes: 0,
+        duration: started.elapsed(),
+        message,
+        kept: None,
+    }
+}
+
 /// How the wait for the main child ended.
 enum Outcome {
     Exited(io::Result<ExitStatus>),
@@ -254,8 +278,9 @@ enum Outcome {
 }
 
 /// Builds the command, or returns `None` for an empty argv. Its process
-/// group is set up by [`ProcessGroup::spawn`].
-fn build_command(cmd: &StepCommand) -> Option<Command> {
+/// group is set up by [`ProcessGroup::spawn`]; `account`, if any, sets the
+/// user, its variables (the step's own win) and default directory.
+fn build_command(cmd: &StepCommand, account: Option<&Account>) -> Option<Command> {
     let mut command = match &cmd.program {
         Program::Shell(script) => {
             let mut c = Command::new("/bin/sh");
@@ -269,10 +294,15 @@ fn build_command(cmd: &StepCommand) -> Option<Command> {
             c
         }
     };
-    command.envs(&cmd.env).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    if let Some(cwd) = &cmd.cwd {
-        command.current_dir(cwd);
+    match account {
+        Some(account) => account.apply(&mut command, cmd.cwd.as_deref()),
+        None => {
+            if let Some(cwd) = &cmd.cwd {
+                command.current_dir(cwd);
+            }
+        }
     }
+    command.envs(&cmd.env).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     Some(command)
 }
 
@@ -329,6 +359,7 @@ mod tests {
         StepCommand {
             program: Program::Shell(script.to_owned()),
             cwd: None,
+            run_as: None,
             env: BTreeMap::new(),
             timeout: None,
             output_cap: 64 * 1024,

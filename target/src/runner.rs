@@ -34,7 +34,7 @@ use muster_runtime::backoff::Backoff;
 use crate::kept::{self, Keep, Kept};
 use crate::live::{Live, RunOutput};
 use crate::metrics::AgentMetrics;
-use crate::process::{self, add_note, run_step, Ended, OutputCapture, Program, StepCommand};
+use crate::process::{self, add_note, run_step, Ended, OutputCapture, Program, RunAs, StepCommand};
 use crate::spool::{Entry, Spool};
 use crate::state::State;
 use muster_shared::kept::KeptEnd;
@@ -661,6 +661,7 @@ impl Runner {
         StepCommand {
             program,
             cwd: step.cwd.as_ref().map(Into::into),
+            run_as: step.user.clone().map(|user| RunAs { user, group: step.group.clone() }),
             env,
             timeout: step.timeout_secs.map(Duration::from_secs),
             output_cap: self.cfg.output_cap,

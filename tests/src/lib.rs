@@ -491,7 +491,20 @@ impl Cluster {
 
     /// Starts a target that connects to `url` (e.g. a [`proxy::Proxy`]).
     pub fn start_target_at(&mut self, name: &str, poll_secs: u64, url: &str, flags: &[&str]) -> &mut Proc {
-        let mut cmd = Command::new(bin("muster-target"));
+        self.start_target_wrapped(name, poll_secs, url, flags, &[])
+    }
+
+    /// Starts a target whose command line is prefixed by `wrapper` (like
+    /// `setpriv --reuid=nobody ... --`, to run the agent as another user).
+    pub fn start_target_wrapped(&mut self, name: &str, poll_secs: u64, url: &str, flags: &[&str], wrapper: &[&str]) -> &mut Proc {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(bin("muster-target"));
+                cmd
+            }
+            None => Command::new(bin("muster-target")),
+        };
         cmd.env("NATS_URL", url)
             .env("MUSTER_LOG", "info,muster_target=debug")
             .envs(self.env.clone())

@@ -26,7 +26,7 @@ fn cluster_with_target(name: &str, flags: &[&str]) -> Cluster {
 
 /// Creates a job from `spec`, assigns it to `target` and starts it there;
 /// returns the run id.
-fn create_and_start(c: &Cluster, target: &str, spec: &Value) -> String {
+pub(crate) fn create_and_start(c: &Cluster, target: &str, spec: &Value) -> String {
     let name = s(spec, "name");
     c.create_job_file(&spec.to_string()).unwrap_or_else(|e| panic!("creating {name}: {e:?}"));
     c.ctl(&["job", "assign", name, "--target", target]).expect("assign");
@@ -36,7 +36,7 @@ fn create_and_start(c: &Cluster, target: &str, spec: &Value) -> String {
 }
 
 /// The single finished run of `job`.
-fn only_run(c: &Cluster, job: &str) -> Value {
+pub(crate) fn only_run(c: &Cluster, job: &str) -> Value {
     let runs = finished_runs(c, job, 1);
     assert_eq!(runs.len(), 1, "{runs:?}");
     runs.into_iter().next().expect("one run")

@@ -25,6 +25,7 @@ mod operator;
 mod readme_tour;
 mod reply_injection;
 mod roles;
+mod run_as;
 mod security;
 mod tls;
 mod upgrade;
