@@ -50,6 +50,9 @@ pub enum Command {
     Instructions(InstructionsArgs),
     /// One screen: targets by status, failing jobs, pending instructions, masters.
     Status,
+    /// Events the master derived (a job failed, a job recovered), newest
+    /// last; `--follow` prints new ones as they come (admin only).
+    Events(EventsArgs),
     /// The master replicas that answer the service ping: a cheap healthcheck
     /// (exit 6 when none answers).
     Ping {
@@ -539,4 +542,16 @@ mod tests {
         let Command::Job(JobCmd::Start { timeout, .. }) = cli.command else { panic!("parsed as {:?}", cli.command) };
         assert_eq!((cli.api_timeout, timeout), (5, 600));
     }
+}
+
+/// `musterctl events`.
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// How many of the stored events to show first.
+    #[arg(long, default_value_t = 100)]
+    pub last: u64,
+    /// Then print each new event as it is stored, until interrupted (with
+    /// `--json`, one JSON object per line).
+    #[arg(long)]
+    pub follow: bool,
 }

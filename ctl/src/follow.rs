@@ -455,6 +455,7 @@ mod tests {
             finished_at: None,
             duration_ms: Some(1500),
             message: String::new(),
+            previous: None,
         }
     }
 

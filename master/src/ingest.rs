@@ -183,6 +183,8 @@ async fn handle_batch(
     let mut instr: Vec<InstrRecord> = Vec::new();
     // The run index entry each run's records in this batch make.
     let mut index: HashMap<Uuid, RunIndexEntry> = HashMap::new();
+    // Events derived from the records (see crate::events).
+    let mut events = Vec::new();
     let mut handled = Handled::default();
     for (i, m) in batch.iter().enumerate() {
         let subject = m.subject.as_str();
@@ -222,11 +224,14 @@ async fn handle_batch(
                 if r.trigger == Trigger::Exec {
                     return Ok(());
                 }
-                let status = JobTargetStatus::from(&r);
+                events.extend(crate::events::from_record(&r));
+                let mut status = JobTargetStatus::from(&r);
                 let key = Store::status_key(r.job_id, &r.target);
                 match newest.get(&key) {
                     Some(have) if !supersedes(&status, have) => {}
-                    _ => {
+                    have => {
+                        // What came before in this batch; else what is stored.
+                        status.previous = have.and_then(JobTargetStatus::last_final);
                         newest.insert(key, status);
                     }
                 }
@@ -246,7 +251,12 @@ async fn handle_batch(
             // carry the same keys, and racing compare-and-sets would fail.
             let slot = cache.slot(&key);
             let mut known = slot.lock().await;
-            write_status(store, &key, status, &mut known).await
+            let run_id = status.run_id;
+            write_status(store, &key, status, &mut known).await?;
+            // What is stored for this run, whoever wrote it (a redelivery).
+            Ok::<_, StoreError>(
+                known.as_ref().filter(|(s, _)| s.run_id == run_id).and_then(|(s, _)| crate::events::from_status(s)),
+            )
         })
         .buffer_unordered(WRITES_IN_FLIGHT)
         .collect::<Vec<_>>();
@@ -260,8 +270,9 @@ async fn handle_batch(
     let (writes, indexed, desired) = futures::join!(writes, write_index(store, index), desired);
     indexed?;
     for w in writes {
-        w?;
+        events.extend(w?);
     }
+    crate::events::publish(store, events).await?;
     desired?;
     let instr_writes = futures::stream::iter(instr)
         .map(|r| async move { apply_instr_record(store, &r).await })
@@ -354,7 +365,10 @@ async fn write_status(store: &Store, key: &str, status: JobTargetStatus, known: 
     Store::compare_and_set(&store.jobstatus, key, known, |have| {
         Ok(match have {
             Some(have) if !supersedes(&status, have) => Change::Keep,
-            _ => Change::Put(status.clone()),
+            have => Change::Put(JobTargetStatus {
+                previous: status.previous.or_else(|| have.and_then(JobTargetStatus::last_final)),
+                ..status.clone()
+            }),
         })
     })
     .await
@@ -442,6 +456,7 @@ mod tests {
             finished_at: outcome.is_final().then_some(started_at),
             duration_ms: None,
             message: String::new(),
+            previous: None,
         }
     }
 

@@ -23,6 +23,7 @@ pub mod applied;
 pub mod config;
 pub mod console;
 pub mod desired;
+pub mod events;
 pub mod ingest;
 pub mod metrics;
 pub mod publish;

@@ -317,6 +317,7 @@ impl Store {
                 streams::polls_stream(subjects, options),
                 streams::output_stream(subjects, options),
                 streams::kept_stream(subjects, options),
+                streams::events_stream(subjects, options),
             ]
             .map(|spec| async move {
                 js.create_or_update_stream(stream_config(&spec)).await.map_err(|e| anyhow::anyhow!("stream {}: {e}", spec.name))

@@ -699,6 +699,22 @@ pub struct JobTargetStatus {
     pub duration_ms: Option<i64>,
     #[serde(default)]
     pub message: String,
+    /// The outcome of the job's finished run on this target before this
+    /// run, when known (what a recovery is told by).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Outcome>,
+}
+
+impl JobTargetStatus {
+    /// The last finished outcome this status knows: its own if its run has
+    /// ended, else the one before.
+    pub fn last_final(&self) -> Option<Outcome> {
+        if self.outcome.is_final() {
+            Some(self.outcome)
+        } else {
+            self.previous
+        }
+    }
 }
 
 impl From<&RunRecord> for JobTargetStatus {
@@ -712,6 +728,7 @@ impl From<&RunRecord> for JobTargetStatus {
             finished_at: r.finished_at,
             duration_ms: r.duration_ms(),
             message: r.message.clone(),
+            previous: None,
         }
     }
 }

@@ -20,6 +20,7 @@
 pub mod api;
 pub mod console;
 pub mod desired;
+pub mod event;
 pub mod identity;
 pub mod job;
 pub mod kept;

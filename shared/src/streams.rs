@@ -207,6 +207,26 @@ pub fn kept_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
     StreamSpec { name: s.kept_stream(), subjects: vec![s.kept_all()], ..results_stream(s, o) }
 }
 
+/// `MUSTER_EVENTS`: events ([`crate::event`]), a week and at most
+/// [`crate::event::EVENTS_MAX_BYTES`], the oldest dropped first; message ids
+/// store each event once ([`crate::event::Event::msg_id`]).
+pub fn events_stream(s: &Subjects, o: &StoreOptions) -> StreamSpec {
+    StreamSpec {
+        name: s.events_stream(),
+        subjects: vec![s.events_all()],
+        retention: Retention::Limits,
+        max_age: crate::event::EVENTS_RETENTION,
+        max_msgs_per_subject: -1,
+        max_bytes: crate::event::EVENTS_MAX_BYTES,
+        discard_new: false,
+        duplicate_window: crate::event::EVENTS_DUPLICATE_WINDOW,
+        allow_direct: true,
+        max_msg_size: 64 * 1024,
+        max_consumers: -1,
+        replicas: o.replicas,
+    }
+}
+
 /// A durable pull consumer: a target's on `MUSTER_ASSIGN` (previous design),
 /// or the master's on `MUSTER_RESULTS`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,6 +298,7 @@ mod tests {
             desired_stream(&s, &o),
             output_stream(&s, &o),
             kept_stream(&s, &o),
+            events_stream(&s, &o),
         ];
         let t = crate::TargetName::new("web01").unwrap();
         let samples = [
@@ -289,6 +310,7 @@ mod tests {
             s.control(&t),
             s.output(&t, uuid::Uuid::nil()),
             s.kept(&t, uuid::Uuid::nil(), 0),
+            s.event(crate::event::EventKind::JobFailed, &t),
         ];
         for sample in &samples {
             let owners: Vec<&str> = all

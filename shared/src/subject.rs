@@ -16,6 +16,7 @@
 //! | `muster.poll.<t>` | the latest poll report (stream `MUSTER_POLLS`) |
 //! | `muster.output.<t>.<run-id>` | a run's live output, in chunks (stream `MUSTER_OUTPUT`, short retention) |
 //! | `muster.kept.<t>.<run-id>.<n>` | step record `n`'s whole output, kept by choice (stream `MUSTER_KEPT`, the history's retention) |
+//! | `muster.event.<kind>.<target>` | events the master derives: a job failed, recovered (stream `MUSTER_EVENTS`) |
 //! | `muster.api.read.<op>` | the master's API, operations that only read (service `muster`; a viewer may call them) |
 //! | `muster.api.admin.<op>` | the master's API, operations that change state (only an admin may call them) |
 //! | `muster.api.agent.<t>.<op>` | the API a target may call, carrying its own name |
@@ -268,6 +269,18 @@ impl Subjects {
         format!("{}.output.*.*", self.prefix)
     }
 
+    // ---- events (stream MUSTER_EVENTS) ---------------------------------------
+
+    /// One event ([`crate::event::Event`]), published by the master only.
+    pub fn event(&self, kind: crate::event::EventKind, t: &TargetName) -> String {
+        format!("{}.event.{kind}.{t}", self.prefix)
+    }
+
+    /// Every event: the stream's subject.
+    pub fn events_all(&self) -> String {
+        format!("{}.event.>", self.prefix)
+    }
+
     /// The target name carried by a subject built here, if any (token 2).
     pub fn target_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
         let rest = subject.strip_prefix(&self.prefix)?.strip_prefix('.')?;
@@ -342,6 +355,11 @@ impl Subjects {
 
     pub fn polls_stream(&self) -> String {
         format!("{}_POLLS", self.upper())
+    }
+
+    /// Events ([`crate::event`]).
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.upper())
     }
 
     /// Live output, kept briefly ([`crate::output`]).

@@ -9,6 +9,7 @@
 //! `MUSTER_RESULTS` directly and so work while the master is down.
 
 mod auth;
+mod events;
 mod exec;
 mod group;
 mod history;
@@ -68,6 +69,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Status => status::status(&ctx).await,
         Command::Ping { wait_ms } => status::ping(&ctx, wait_ms).await,
         Command::Exec(args) => exec::exec(&ctx, args).await,
+        Command::Events(args) => events::events(&ctx, args).await,
         Command::History(args) => history::history(&ctx, args).await,
         Command::Run(cmd) => history::run(&ctx, cmd).await,
         Command::Completions { .. } | Command::Auth(_) => unreachable!("handled before connecting"),

@@ -12,6 +12,7 @@ mod day_one;
 mod defection;
 mod desired;
 mod desired_agent;
+mod events;
 mod exec;
 mod expiry;
 mod faults;

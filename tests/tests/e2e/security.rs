@@ -146,6 +146,11 @@ fn a_target_can_touch_only_its_own_subjects() {
         assert!(own.is_ok(), "web01 cannot keep its own output: {own:?}");
         let forged = js.publish(forged_kept.clone(), "x".into()).await.expect("sent").await;
         assert!(forged.is_err(), "web01 wrote web02's kept output: {forged:?}");
+        // Events come from the master only: not even in its own name.
+        for subject in ["muster.event.job_failed.web01", "muster.event.job_recovered.web02"] {
+            let forged = js.publish(subject, r#"{"v":1}"#.into()).await.expect("sent").await;
+            assert!(forged.is_err(), "web01 published the event {subject}: {forged:?}");
+        }
         // The admin API.
         let api = web01.request("muster.api.read.target.list", r#"{"v":1}"#.into()).await;
         assert!(api.is_err(), "the admin API answered a target: {api:?}");
@@ -174,6 +179,8 @@ fn a_target_can_touch_only_its_own_subjects() {
     assert!(c.stored("MUSTER_RESULTS", &forged_subject).is_empty(), "the forged record is in the stream");
     assert!(c.stored("MUSTER_OUTPUT", &forged_output).is_empty(), "the forged output is in the stream");
     assert!(c.stored("MUSTER_KEPT", &forged_kept).is_empty(), "the forged kept output is in the stream");
+    // Every run succeeded, so no event is stored: none of web01's forged ones.
+    assert!(c.stored("MUSTER_EVENTS", "muster.event.>").is_empty(), "a forged event is in the stream");
     // The agents published their runs' output under these permissions.
     assert!(!c.stored("MUSTER_OUTPUT", "muster.output.web02.*").is_empty(), "web02's run left no live output");
     let server_log = c.nats.log_text();
