@@ -50,7 +50,8 @@ pub enum Command {
     Instructions(InstructionsArgs),
     /// One screen: targets by status, failing jobs, pending instructions, masters.
     Status,
-    /// Events the master derived (a job failed, a job recovered), newest
+    /// Events the master derived (a job failed or recovered, a target
+    /// blocked), newest
     /// last; `--follow` prints new ones as they come (admin only).
     Events(EventsArgs),
     /// The master replicas that answer the service ping: a cheap healthcheck

@@ -13,9 +13,12 @@
 //!   carried from status to status) was `failed` or `timed_out`. Read from
 //!   the stored status, so a redelivered record, whose status is already
 //!   there, derives it again.
+//! - `target_blocked`: from each applied record that refused the manifest
+//!   or failed a job (what makes [`crate::applied`] mark the target blocked).
 
 use futures::StreamExt;
 use muster_shared::api::JobTargetStatus;
+use muster_shared::desired::AppliedRecord;
 use muster_shared::event::{Event, EventKind};
 use muster_shared::msg::{self, Outcome, RunRecord};
 
@@ -34,8 +37,9 @@ pub fn from_record(r: &RunRecord) -> Option<Event> {
         v: 1,
         kind: EventKind::JobFailed,
         target: r.target.clone(),
-        job: r.job.clone(),
-        run_id: r.run_id,
+        job: Some(r.job.clone()),
+        run_id: Some(r.run_id),
+        id: r.run_id.to_string(),
         at: r.finished_at.unwrap_or(r.started_at),
         message: r.message.clone(),
     })
@@ -47,10 +51,28 @@ pub fn from_status(stored: &JobTargetStatus) -> Option<Event> {
         v: 1,
         kind: EventKind::JobRecovered,
         target: stored.target.clone(),
-        job: stored.job.clone(),
-        run_id: stored.run_id,
+        job: Some(stored.job.clone()),
+        run_id: Some(stored.run_id),
+        id: stored.run_id.to_string(),
         at: stored.finished_at.unwrap_or(stored.started_at),
         message: stored.message.clone(),
+    })
+}
+
+/// `target_blocked` for an applied record that refused the manifest or
+/// failed some of its jobs.
+pub fn from_applied(r: &AppliedRecord) -> Option<Event> {
+    let jobs: Vec<String> = r.errors.iter().map(|e| format!("job '{}': {}", e.job, e.error)).collect();
+    let message = r.refused.iter().cloned().chain(jobs).collect::<Vec<_>>().join("; ");
+    (!message.is_empty()).then(|| Event {
+        v: 1,
+        kind: EventKind::TargetBlocked,
+        target: r.target.clone(),
+        job: None,
+        run_id: None,
+        id: r.msg_id(),
+        at: r.at,
+        message,
     })
 }
 

@@ -192,6 +192,7 @@ async fn handle_batch(
         let verdict = if kind == ResultKind::Applied {
             msg::decode::<AppliedRecord>(&m.payload).map_err(|e| e.to_string()).and_then(|r| {
                 identity::check_applied(&store.subjects, subject, &r).map_err(|e| e.to_string())?;
+                events.extend(crate::events::from_applied(&r));
                 applied_records.push(r);
                 Ok(())
             })

@@ -38,6 +38,9 @@ pub enum EventKind {
     /// A run succeeded after the job's previous finished run on that target
     /// failed.
     JobRecovered,
+    /// A target refused a manifest revision, or could not apply some of its
+    /// jobs (an applied record with a failure): it is blocked.
+    TargetBlocked,
 }
 
 /// One event, as stored.
@@ -46,18 +49,25 @@ pub struct Event {
     pub v: u32,
     pub kind: EventKind,
     pub target: TargetName,
-    pub job: JobName,
-    pub run_id: Uuid,
-    /// When the fact happened (the run's end).
+    /// The job, for a job's events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobName>,
+    /// The run, for a job's events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<Uuid>,
+    /// What the fact is known by: the run id, or the applied record's id
+    /// (target, epoch, revision).
+    pub id: String,
+    /// When the fact happened (the run's end, the applied record's time).
     pub at: DateTime<Utc>,
-    /// For people: the run's message.
+    /// For people: the run's message, or why the target is blocked.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
 }
 
 impl Event {
-    /// The same fact always gets the same id: `<kind>.<run-id>`.
+    /// The same fact always gets the same id: `<kind>.<id>`.
     pub fn msg_id(&self) -> String {
-        format!("{}.{}", self.kind, self.run_id)
+        format!("{}.{}", self.kind, self.id)
     }
 }

@@ -16,7 +16,7 @@
 //! | `muster.poll.<t>` | the latest poll report (stream `MUSTER_POLLS`) |
 //! | `muster.output.<t>.<run-id>` | a run's live output, in chunks (stream `MUSTER_OUTPUT`, short retention) |
 //! | `muster.kept.<t>.<run-id>.<n>` | step record `n`'s whole output, kept by choice (stream `MUSTER_KEPT`, the history's retention) |
-//! | `muster.event.<kind>.<target>` | events the master derives: a job failed, recovered (stream `MUSTER_EVENTS`) |
+//! | `muster.event.<kind>.<target>` | events the master derives: a job failed or recovered, a target blocked (stream `MUSTER_EVENTS`) |
 //! | `muster.api.read.<op>` | the master's API, operations that only read (service `muster`; a viewer may call them) |
 //! | `muster.api.admin.<op>` | the master's API, operations that change state (only an admin may call them) |
 //! | `muster.api.agent.<t>.<op>` | the API a target may call, carrying its own name |

@@ -83,5 +83,9 @@ fn show_one(ctx: &Ctx, e: &Event) -> Result<(), Failure> {
 
 fn print_event(e: &Event) {
     let message = if e.message.is_empty() { String::new() } else { format!("  {}", e.message) };
-    crate::say!("{}  {:<13}  {}  {}  run {}{message}", crate::zone::format(e.at), e.kind, e.target, e.job, e.run_id);
+    let run = match (&e.job, e.run_id) {
+        (Some(job), Some(run)) => format!("  {job}  run {run}"),
+        _ => String::new(),
+    };
+    crate::say!("{}  {:<14}  {}{run}{message}", crate::zone::format(e.at), e.kind, e.target);
 }

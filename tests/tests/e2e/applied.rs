@@ -123,6 +123,11 @@ fn applied_records_settle_rows_and_a_runs_first_record_answers_its_start() {
         let info: Value = c.ctl_ok(&["target", "show", "a"]);
         (s(&info, "status") != "blocked").then_some(())
     });
+    // Each failing record told once that the target is blocked, the clean one not.
+    let events: Vec<Value> = c.ctl_ok(&["events"]);
+    let blocked: Vec<(&str, &str)> =
+        events.iter().filter(|e| s(e, "kind") == "target_blocked").map(|e| (s(e, "target"), s(e, "message"))).collect();
+    assert_eq!(blocked, [("a", "bad manifest"), ("a", "job 'j': cannot write")], "{events:?}");
     assert!(
         rows(&c, "a").iter().all(|r| r.1 != "pending" || r.2 > fixed.revision.0),
         "nothing at or below the applied revision stays unread: {:?}",
