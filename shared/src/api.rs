@@ -389,6 +389,9 @@ pub struct StartStop {
     /// `job start` only (a stop always answers after its control requests).
     #[serde(default, skip_serializing_if = "StartReply::is_polled")]
     pub reply: StartReply,
+    /// `job start --param k=v`: checked against the job's parameters.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub params: crate::params::Values,
 }
 
 /// When `job start` answers.
@@ -768,8 +771,12 @@ mod tests {
             select: Selection { targets: vec![TargetName::new("web01").unwrap()], groups: Vec::new(), all: false },
         };
         let plain: StartStop = serde_json::from_slice(&serde_json::to_vec(&select).unwrap()).unwrap();
-        assert_eq!(plain, StartStop { job: select.clone(), expires_secs: None, reply: StartReply::Polled });
-        let with = StartStop { job: select.clone(), expires_secs: Some(600), reply: StartReply::Posted };
+        assert_eq!(
+            plain,
+            StartStop { job: select.clone(), expires_secs: None, reply: StartReply::Polled, params: Default::default() }
+        );
+        let with =
+            StartStop { job: select.clone(), expires_secs: Some(600), reply: StartReply::Posted, params: Default::default() };
         let json = serde_json::to_value(&with).unwrap();
         assert_eq!(json["expires_secs"], 600);
         assert_eq!(json["reply"], "posted");

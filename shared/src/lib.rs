@@ -26,6 +26,7 @@ pub mod kept;
 pub mod msg;
 pub mod name;
 pub mod output;
+pub mod params;
 pub mod perms;
 pub mod runs;
 pub mod schedule;

@@ -23,6 +23,7 @@ use muster_shared::desired::StartEntry;
 use muster_shared::job::{JobDef, Next};
 use muster_shared::msg::{self, Outcome, RunRecord, StepRecord, Trigger};
 use muster_shared::name::{JobName, TargetName};
+use muster_shared::params;
 use muster_shared::subject::Subjects;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -91,6 +92,8 @@ struct Running {
 struct ThisRun<'a> {
     run_id: Uuid,
     live: Option<&'a RunOutput>,
+    /// Its parameter values, unmasked: the steps' `MUSTER_PARAM_*`.
+    params: &'a params::Values,
 }
 
 /// What a start request led to.
@@ -186,8 +189,18 @@ impl Runner {
         Ok(runs.len())
     }
 
-    /// Starts a run unless the job is already running.
+    /// Starts a run with the job's default parameters (a scheduled run, an
+    /// `on_start` one) unless the job is already running.
     pub fn start(&self, job: JobDef, trigger: Trigger, run_id: Uuid) -> Started {
+        self.start_with(job, trigger, run_id, params::Values::new())
+    }
+
+    /// Starts a run with the parameter values of its start entry (the
+    /// job's defaults under them, for a start from a master that sent
+    /// none) unless the job is already running.
+    pub fn start_with(&self, job: JobDef, trigger: Trigger, run_id: Uuid, given: params::Values) -> Started {
+        let mut values = params::defaults(&job.spec.params);
+        values.extend(given);
         let mut running = self.running.lock().expect("runner lock");
         if let Some(r) = running.get_mut(&job.id) {
             if matches!(trigger, Trigger::Schedule { .. }) {
@@ -208,7 +221,8 @@ impl Runner {
             tracing::info!(job = %job.spec.name, %run_id, "start skipped: already running");
             return Started::Skipped(run_id);
         }
-        let record = self.new_record(&job, trigger, run_id);
+        let mut record = self.new_record(&job, trigger, run_id);
+        record.params = params::masked(&job.spec.params, &values);
         // The marker is durable before start() returns: from here on the
         // run is either recorded or reported as interrupted, under its id.
         if let Err(e) = tokio::task::block_in_place(|| self.state.run_started(&record)) {
@@ -237,7 +251,7 @@ impl Runner {
         self.tasks.spawn(async move {
             let job_id = job.id;
             let name = job.spec.name.clone();
-            if let Err(e) = this.execute(job, record, cancel).await {
+            if let Err(e) = this.execute(job, record, values, cancel).await {
                 tracing::error!(job = %name, %run_id, error = %e, "run could not be recorded");
             }
             this.running.lock().expect("runner lock").remove(&job_id);
@@ -254,6 +268,7 @@ impl Runner {
     pub fn record_not_run(&self, start: &StartEntry, outcome: Outcome, message: String) -> anyhow::Result<()> {
         let now = Utc::now();
         let record = RunRecord {
+            params: Default::default(),
             v: muster_shared::PROTOCOL_VERSION,
             run_id: start.run_id,
             job_id: start.job_id,
@@ -274,6 +289,7 @@ impl Runner {
     /// A `running` record for a new run of `job`, starting now.
     fn new_record(&self, job: &JobDef, trigger: Trigger, run_id: Uuid) -> RunRecord {
         RunRecord {
+            params: Default::default(),
             v: muster_shared::PROTOCOL_VERSION,
             run_id,
             job_id: job.id,
@@ -459,7 +475,13 @@ impl Runner {
         self.waiting.load(Ordering::SeqCst)
     }
 
-    async fn execute(&self, job: JobDef, mut record: RunRecord, cancel: CancellationToken) -> anyhow::Result<()> {
+    async fn execute(
+        &self,
+        job: JobDef,
+        mut record: RunRecord,
+        values: params::Values,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<()> {
         let _slot = self.slots.acquire().await.expect("semaphore never closes");
         let run_id = record.run_id;
         record.started_at = Utc::now();
@@ -485,7 +507,14 @@ impl Runner {
 
         let live = self.live.get().map(|l| l.open(record.job_id, run_id));
         let (outcome, message) = self
-            .run_steps(&job, ThisRun { run_id, live: live.as_ref() }, &mut record.steps, &step_cancel, &job_timed_out, &cancel)
+            .run_steps(
+                &job,
+                ThisRun { run_id, live: live.as_ref(), params: &values },
+                &mut record.steps,
+                &step_cancel,
+                &job_timed_out,
+                &cancel,
+            )
             .await;
         if let Some(t) = timer {
             t.abort();
@@ -522,14 +551,14 @@ impl Runner {
         job_timed_out: &AtomicBool,
         stop: &CancellationToken,
     ) -> (Outcome, String) {
-        let ThisRun { run_id, live } = run;
+        let ThisRun { run_id, live, params } = run;
         let mut index = 0;
         for _ in 0..MAX_STEP_EXECUTIONS {
             let step = &job.spec.steps[index];
             let mut retries = 0;
             let (exit, started_at) = loop {
                 let started_at = Utc::now();
-                let mut command = self.step_command(job, run_id, step);
+                let mut command = self.step_command(job, run_id, params, step);
                 command.live = live.map(|l| l.tee(index));
                 command.keep = self.keep_for(job, run_id, steps.len());
                 let exit = run_step(&command, step_cancel).await;
@@ -643,15 +672,17 @@ impl Runner {
     }
 
     /// The process to run for `step`. Besides the step's own environment it
-    /// gets `MUSTER_JOB`, `MUSTER_RUN_ID`, `MUSTER_TARGET` and `MUSTER_STEP`,
+    /// gets `MUSTER_PARAM_<NAME>` for each parameter value, and
+    /// `MUSTER_JOB`, `MUSTER_RUN_ID`, `MUSTER_TARGET` and `MUSTER_STEP`,
     /// which win over step variables of the same name.
-    fn step_command(&self, job: &JobDef, run_id: Uuid, step: &muster_shared::job::Step) -> StepCommand {
+    fn step_command(&self, job: &JobDef, run_id: Uuid, values: &params::Values, step: &muster_shared::job::Step) -> StepCommand {
         let program = match (&step.command, &step.argv) {
             (Some(c), _) => Program::Shell(c.clone()),
             (None, Some(argv)) => Program::Argv(argv.clone()),
             (None, None) => Program::Shell(String::new()),
         };
         let mut env = step.env.clone();
+        env.extend(params::env(values));
         env.extend([
             ("MUSTER_JOB".to_owned(), job.spec.name.to_string()),
             (RUN_ID_VAR.to_owned(), run_id.to_string()),
@@ -732,6 +763,7 @@ mod tests {
             message: String::new(),
         };
         RunRecord {
+            params: Default::default(),
             v: muster_shared::PROTOCOL_VERSION,
             run_id: Uuid::now_v7(),
             job_id: Uuid::now_v7(),

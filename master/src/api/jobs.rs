@@ -22,6 +22,7 @@ use muster_shared::desired::{self, StartEntry, StopEntry, DEFAULT_EXPIRY};
 use muster_shared::job::JobSpec;
 use muster_shared::msg::{ControlOp, Instruction, InstructionOp};
 use muster_shared::name::{JobName, TargetName};
+use muster_shared::params::{self, ParamType};
 use uuid::Uuid;
 
 use super::desired::{change, changes};
@@ -36,6 +37,23 @@ const STATUS_READS_IN_FLIGHT: usize = 256;
 /// Background force-poll sweeps (after a `posted` answer) running at once;
 /// each has at most [`CONTROL_IN_FLIGHT`] control requests out.
 static POLL_SWEEPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// The parameter values of a start of `spec`: `given` checked, defaults
+/// filled in. A secret's value is refused: it would be stored in the
+/// target's manifest in the clear (sealed delivery is not built yet).
+fn start_params(spec: &JobSpec, given: &params::Values) -> Result<params::Values, ApiError> {
+    let values = params::resolve(&spec.params, given).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e))?;
+    if let Some(p) = spec.params.iter().find(|p| p.kind == ParamType::Secret && values.contains_key(&p.name)) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "parameter '{}' is secret, and this master cannot yet deliver a secret to a target sealed; not started",
+                p.name
+            ),
+        ));
+    }
+    Ok(values)
+}
 
 impl Ctx {
     pub(super) async fn job_create(&self, mut spec: JobSpec) -> Result<JobInfo, ApiError> {
@@ -242,16 +260,18 @@ impl Ctx {
     pub(super) async fn job_start(&self, req: StartStop) -> Result<Vec<Delivery>, ApiError> {
         let expires_in = expiry(&req)?;
         let reply = req.reply;
+        let given = req.params;
         let req = req.job;
         let began = Instant::now();
         let (job, _) = self.store.job(&req.job).await?;
+        let params = start_params(&job.spec, &given)?;
         let targets = self.select_for_job(&job, &req.select).await?;
         let now = Utc::now();
         let mut starts = Vec::with_capacity(targets.len());
         for t in targets {
             let start = StartEntry::new(Uuid::now_v7(), job.id, job.spec.name.clone(), now, expires_in)
                 .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e))?;
-            starts.push((t, start));
+            starts.push((t, StartEntry { params: params.clone(), ..start }));
         }
         tracing::debug!(job = %job.spec.name, selected = ?began.elapsed(), "targets of a start selected");
         Ok(self.post_starts(starts, reply).await)

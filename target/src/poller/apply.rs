@@ -238,7 +238,7 @@ impl Applier<'_> {
         for (start, def) in to_run {
             // A run that cannot start (no room for its marker) is recorded
             // `failed` by the runner, when there is room if not at once.
-            self.runner.start(def, start.trigger(), start.run_id);
+            self.runner.start_with(def, start.trigger(), start.run_id, start.params.clone());
         }
         for stop in new_stops {
             out.changed += 1;

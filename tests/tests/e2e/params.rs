@@ -1,0 +1,87 @@
+//! Job parameters on a live target: bad starts refused with exit 4
+//! (required missing, a choice outside its values, an int that is not one,
+//! an unknown name), `--param who=world` reaching the step as
+//! `MUSTER_PARAM_WHO`, defaults used by a scheduled run, and the run
+//! records showing the values used. A secret given at start is refused
+//! (sealed delivery is not built yet), so no secret value is ever posted.
+
+use std::time::Duration;
+
+use muster_tests::{s, wait_for, Cluster};
+use serde_json::{json, Value};
+
+use crate::core_loop::finished_runs;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn cluster() -> Cluster {
+    let mut c = Cluster::with_master();
+    c.start_target_with("p1", 60, &[]);
+    c.wait_target_online("p1");
+    c
+}
+
+/// The job of the example, echoing its parameters.
+fn greet(c: &Cluster) {
+    let spec = json!({"name": "greet",
+        "params": [{"name": "who", "type": "string", "required": true}, {"name": "token", "type": "secret"},
+                   {"name": "mode", "type": "choice", "values": ["a", "b"], "default": "a"}, {"name": "n", "type": "int"}],
+        "steps": [{"command": "echo \"hello $MUSTER_PARAM_WHO mode=$MUSTER_PARAM_MODE n=${MUSTER_PARAM_N-unset}\""}]});
+    c.create_job_file(&spec.to_string()).expect("create greet");
+    c.ctl(&["job", "assign", "greet", "--target", "p1"]).expect("assign");
+}
+
+/// `job start greet ARGS` is refused with exit 4 and a message containing `says`.
+fn refused(c: &Cluster, args: &[&str], says: &str) {
+    let mut all = vec!["job", "start", "greet"];
+    all.extend_from_slice(args);
+    let e = c.ctl(&all).expect_err("refused");
+    assert_eq!(e.code, 4, "{args:?}: {e:?}");
+    assert!(e.stderr.contains(says), "{args:?}: {e:?}");
+}
+
+#[test]
+fn bad_parameters_are_refused_and_good_ones_reach_the_step() {
+    let c = cluster();
+    greet(&c);
+    refused(&c, &[], "parameter 'who' is required");
+    refused(&c, &["--param", "who=w", "--param", "mode=c"], "'c' is not one of a, b");
+    refused(&c, &["--param", "who=w", "--param", "n=x"], "'x' is not an int");
+    refused(&c, &["--param", "who=w", "--param", "whom=x"], "no parameter 'whom'");
+    refused(&c, &["--param", "who=w", "--param", "token=s3cret"], "secret");
+    // Nothing was posted for the refused starts.
+    assert!(c.history("greet").is_empty());
+
+    let started = c.ctl(&["job", "start", "greet", "--param", "who=world", "--param", "n=7"]).expect("start");
+    assert_eq!(s(&started[0], "state"), "posted", "{started}");
+    let run = finished_runs(&c, "greet", 1).remove(0);
+    assert_eq!(s(&run, "outcome"), "succeeded", "{run}");
+    assert_eq!(s(&run["steps"][0], "output").trim(), "hello world mode=a n=7", "{run}");
+    assert_eq!(run["params"], json!({"who": "world", "mode": "a", "n": "7"}), "the record shows what the run used");
+
+    let shown = c.ctl_raw(&["run", "show", s(&run, "run_id")], false);
+    assert_eq!(shown.code, 0, "{shown:?}");
+    assert!(shown.stdout.contains("params: mode=a n=7 who=world"), "{}", shown.stdout);
+}
+
+#[test]
+fn a_scheduled_run_uses_the_defaults() {
+    let c = cluster();
+    // A schedule cannot run a job with a required parameter without default.
+    let needs = json!({"name": "tick", "params": [{"name": "who", "type": "string", "required": true}],
+        "steps": [{"command": "true"}], "schedules": [{"name": "s", "every_secs": 1}]});
+    let e = c.create_job_file(&needs.to_string()).expect_err("refused");
+    assert_eq!(e.code, 4, "{e:?}");
+    assert!(e.stderr.contains("params[0]") && e.stderr.contains("schedule 's'"), "{e:?}");
+
+    let spec = json!({"name": "tick", "params": [{"name": "who", "type": "string", "required": true, "default": "cron"},
+                                                   {"name": "dry", "type": "bool", "default": "true"}],
+        "steps": [{"command": "echo $MUSTER_PARAM_WHO $MUSTER_PARAM_DRY"}], "schedules": [{"name": "s", "every_secs": 1}]});
+    c.create_job_file(&spec.to_string()).expect("create tick");
+    c.ctl(&["job", "assign", "tick", "--target", "p1"]).expect("assign");
+    c.ctl(&["target", "force-poll", "p1"]).expect("force-poll");
+    let run: Value = wait_for("a scheduled run of tick", WAIT, || c.finished_runs("tick").into_iter().next());
+    assert_eq!(run["trigger"], json!({"kind": "schedule", "schedule": "s"}), "{run}");
+    assert_eq!(s(&run["steps"][0], "output").trim(), "cron true", "{run}");
+    assert_eq!(run["params"], json!({"who": "cron", "dry": "true"}), "{run}");
+}
