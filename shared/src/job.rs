@@ -547,4 +547,21 @@ mod tests {
         assert_eq!(spec.next_after(0, false), Next::QuitFailure);
         assert_eq!(spec.next_after(1, true), Next::QuitSuccess);
     }
+
+    #[test]
+    fn a_scheduled_job_needs_a_default_for_each_required_parameter() {
+        let file = |default: &str| {
+            format!(
+                r#"{{"name": "j", "params": [{{"name": "who", "type": "string", "required": true{default}}}],
+                    "steps": [{{"command": "true"}}], "schedules": [{{"name": "s", "every_secs": 5}}]}}"#
+            )
+        };
+        let err = JobSpec::from_json(&file("")).unwrap_err();
+        assert_eq!(err.field, "params[0]");
+        assert!(err.message.contains("schedule 's'"), "{err}");
+        assert_eq!(JobSpec::from_json(&file(r#", "default": "x""#)).unwrap().params[0].default.as_deref(), Some("x"));
+        let bad =
+            JobSpec::from_json(r#"{"name": "j", "params": [{"name": "a-b", "type": "string"}], "steps": [{"command": "true"}]}"#);
+        assert_eq!(bad.unwrap_err().field, "params[0]");
+    }
 }
