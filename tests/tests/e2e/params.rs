@@ -3,11 +3,13 @@
 //! an unknown name), `--param who=world` reaching the step as
 //! `MUSTER_PARAM_WHO`, defaults used by a scheduled run, and the run
 //! records showing the values used. A secret given at start is refused
-//! (sealed delivery is not built yet), so no secret value is ever posted.
+//! (sealed delivery is not built yet): the test scans every stream, bucket
+//! and log for it.
 
 use std::time::Duration;
 
-use muster_tests::{s, wait_for, Cluster};
+use futures::TryStreamExt as _;
+use muster_tests::{block_on, s, wait_for, Cluster};
 use serde_json::{json, Value};
 
 use crate::core_loop::finished_runs;
@@ -48,7 +50,7 @@ fn bad_parameters_are_refused_and_good_ones_reach_the_step() {
     refused(&c, &["--param", "who=w", "--param", "mode=c"], "'c' is not one of a, b");
     refused(&c, &["--param", "who=w", "--param", "n=x"], "'x' is not an int");
     refused(&c, &["--param", "who=w", "--param", "whom=x"], "no parameter 'whom'");
-    refused(&c, &["--param", "who=w", "--param", "token=s3cret"], "secret");
+    refused(&c, &["--param", "who=w", "--param", "token=s3cret-4f9a"], "secret");
     // Nothing was posted for the refused starts.
     assert!(c.history("greet").is_empty());
 
@@ -62,6 +64,33 @@ fn bad_parameters_are_refused_and_good_ones_reach_the_step() {
     let shown = c.ctl_raw(&["run", "show", s(&run, "run_id")], false);
     assert_eq!(shown.code, 0, "{shown:?}");
     assert!(shown.stdout.contains("params: mode=a n=7 who=world"), "{}", shown.stdout);
+
+    // The refused secret is nowhere: no stream or bucket message, no log
+    // (the scan does find what is stored: the plain values, in the record).
+    assert!(!found_in_streams(&c, "hello world mode=a").is_empty(), "the scan reads the run records");
+    let found = found_in_streams(&c, "s3cret-4f9a");
+    assert!(found.is_empty(), "the secret is stored in {found:?}");
+    assert!(!c.logs().contains("s3cret-4f9a"), "the secret is logged:\n{}", c.logs());
+}
+
+/// The subjects (stream: subject) of every stored message, in every stream
+/// and bucket, whose body or headers contain `needle`.
+fn found_in_streams(c: &Cluster, needle: &str) -> Vec<String> {
+    let (url, options) = (c.url(), c.connect_options());
+    let names: Vec<String> = block_on(async move {
+        let js = async_nats::jetstream::new(options.connect(url).await.expect("connect"));
+        js.stream_names().try_collect().await.expect("stream names")
+    });
+    assert!(names.iter().any(|n| n.starts_with("KV_")) && names.len() > 3, "{names:?}");
+    let mut found = Vec::new();
+    for name in names {
+        for m in c.stored(&name, ">") {
+            if String::from_utf8_lossy(&m.payload).contains(needle) || m.msg_id.contains(needle) {
+                found.push(format!("{name}: {}", m.subject));
+            }
+        }
+    }
+    found
 }
 
 #[test]
