@@ -74,6 +74,7 @@ pub fn plan(queued: Vec<Instruction>, now: DateTime<Utc>) -> Plan {
                     expires_at: i.posted_at + expiry,
                     exec: None,
                     params: Default::default(),
+                    sealed: None,
                 };
                 let row = Row { id: i.id, op: i.op.name().to_owned(), job: Some(job.clone()) };
                 plan.starts.entry(i.target.clone()).or_default().push((start, row));

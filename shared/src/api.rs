@@ -287,6 +287,10 @@ pub struct EnlistRequest {
     pub instance: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub poll_interval_secs: Option<u64>,
+    /// Set by an agent enlisting itself: its x25519 public key, which the
+    /// master seals secret parameters for ([`crate::sealed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xkey: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -198,6 +198,9 @@ pub struct StartEntry {
     /// filled in); the step gets them as `MUSTER_PARAM_<NAME>`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub params: crate::params::Values,
+    /// Its secret parameter values, sealed for the target's key only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<crate::sealed::Sealed>,
 }
 
 /// The one-off command of an exec start: an argv, run without a shell.
@@ -306,6 +309,7 @@ impl StartEntry {
             expires_at,
             exec: None,
             params: Default::default(),
+            sealed: None,
         })
     }
 

@@ -30,6 +30,7 @@ pub mod params;
 pub mod perms;
 pub mod runs;
 pub mod schedule;
+pub mod sealed;
 pub mod streams;
 pub mod subject;
 

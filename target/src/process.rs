@@ -22,6 +22,7 @@
 
 mod capture;
 mod group;
+mod mask;
 mod procfs;
 #[cfg(test)]
 mod testing;
@@ -96,6 +97,9 @@ pub struct StepCommand {
     pub live: Option<crate::live::Tee>,
     /// Where the whole output is kept too, if the job keeps it.
     pub keep: Option<crate::kept::Keep>,
+    /// Secret values hidden in the output before anything keeps or
+    /// publishes it ([`mask`]).
+    pub secrets: Vec<String>,
 }
 
 /// How a step ended.
@@ -189,8 +193,14 @@ pub async fn run_step(cmd: &StepCommand, cancel: &CancellationToken) -> StepExit
         }
     };
     let pgid = group.id();
-    let mut reader =
-        OutputReader::start(child.stdout.take(), child.stderr.take(), cmd.output_cap, cmd.live.clone(), cmd.keep.as_ref());
+    let mut reader = OutputReader::start(
+        child.stdout.take(),
+        child.stderr.take(),
+        cmd.output_cap,
+        cmd.live.clone(),
+        cmd.keep.as_ref(),
+        &cmd.secrets,
+    );
 
     let outcome = tokio::select! {
         biased;
@@ -335,6 +345,7 @@ mod tests {
             kill_grace: Duration::from_secs(5),
             live: None,
             keep: None,
+            secrets: Vec::new(),
         }
     }
 

@@ -23,7 +23,8 @@ use muster_shared::desired::StartEntry;
 use muster_shared::job::{JobDef, Next};
 use muster_shared::msg::{self, Outcome, RunRecord, StepRecord, Trigger};
 use muster_shared::name::{JobName, TargetName};
-use muster_shared::params;
+use muster_shared::params::{self, ParamType};
+use muster_shared::sealed::{self, Sealed};
 use muster_shared::subject::Subjects;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -126,6 +127,8 @@ pub struct Runner {
     metrics: Arc<AgentMetrics>,
     /// Where runs publish their output while they run, once connected.
     live: Arc<std::sync::OnceLock<Live>>,
+    /// This agent's key pair, which secret parameters are sealed for.
+    xkey: Arc<std::sync::OnceLock<nkeys::XKey>>,
 }
 
 impl Runner {
@@ -143,6 +146,7 @@ impl Runner {
             unstarted: Arc::default(),
             metrics,
             live: Arc::default(),
+            xkey: Arc::default(),
         }
     }
 
@@ -156,6 +160,21 @@ impl Runner {
     /// nothing.
     pub fn attach_live(&self, live: Live) {
         self.live.set(live).ok();
+    }
+
+    /// Gives the runner the agent's key pair ([`crate::xkey`]); a second
+    /// call changes nothing.
+    pub fn attach_key(&self, key: nkeys::XKey) {
+        self.xkey.set(key).ok();
+    }
+
+    /// A start's secret parameter values, opened with the agent's key.
+    ///
+    /// # Errors
+    /// Why they cannot be opened, for the run's `failed` record.
+    pub fn open_secrets(&self, sealed: &Sealed) -> Result<params::Values, String> {
+        let key = self.xkey.get().ok_or("this agent has no key to open secret parameters with")?;
+        sealed::open(sealed, key).map_err(|e| e.to_string())
     }
 
     /// Reports runs the agent died in as `interrupted`. Call once at start.
@@ -698,6 +717,13 @@ impl Runner {
             kill_grace: self.cfg.kill_grace,
             live: None,
             keep: None,
+            secrets: job
+                .spec
+                .params
+                .iter()
+                .filter(|p| p.kind == ParamType::Secret)
+                .filter_map(|p| values.get(&p.name).cloned())
+                .collect(),
         }
     }
 }

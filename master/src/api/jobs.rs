@@ -23,6 +23,7 @@ use muster_shared::job::JobSpec;
 use muster_shared::msg::{ControlOp, Instruction, InstructionOp};
 use muster_shared::name::{JobName, TargetName};
 use muster_shared::params::{self, ParamType};
+use muster_shared::sealed::{self, Sealed};
 use uuid::Uuid;
 
 use super::desired::{change, changes};
@@ -38,21 +39,12 @@ const STATUS_READS_IN_FLIGHT: usize = 256;
 /// each has at most [`CONTROL_IN_FLIGHT`] control requests out.
 static POLL_SWEEPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
-/// The parameter values of a start of `spec`: `given` checked, defaults
-/// filled in. A secret's value is refused: it would be stored in the
-/// target's manifest in the clear (sealed delivery is not built yet).
-fn start_params(spec: &JobSpec, given: &params::Values) -> Result<params::Values, ApiError> {
+/// The parameter values of a start of `spec`, `given` checked and defaults
+/// filled in: the plain ones, and the secret ones (to be sealed for each
+/// target, never stored as they are).
+fn start_params(spec: &JobSpec, given: &params::Values) -> Result<(params::Values, params::Values), ApiError> {
     let values = params::resolve(&spec.params, given).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e))?;
-    if let Some(p) = spec.params.iter().find(|p| p.kind == ParamType::Secret && values.contains_key(&p.name)) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            format!(
-                "parameter '{}' is secret, and this master cannot yet deliver a secret to a target sealed; not started",
-                p.name
-            ),
-        ));
-    }
-    Ok(values)
+    Ok(values.into_iter().partition(|(k, _)| !spec.params.iter().any(|p| &p.name == k && p.kind == ParamType::Secret)))
 }
 
 impl Ctx {
@@ -264,17 +256,41 @@ impl Ctx {
         let req = req.job;
         let began = Instant::now();
         let (job, _) = self.store.job(&req.job).await?;
-        let params = start_params(&job.spec, &given)?;
+        let (params, secrets) = start_params(&job.spec, &given)?;
         let targets = self.select_for_job(&job, &req.select).await?;
+        let sealed = self.seal_for(&targets, &secrets).await?;
         let now = Utc::now();
         let mut starts = Vec::with_capacity(targets.len());
-        for t in targets {
+        for (t, sealed) in targets.into_iter().zip(sealed) {
             let start = StartEntry::new(Uuid::now_v7(), job.id, job.spec.name.clone(), now, expires_in)
                 .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e))?;
-            starts.push((t, StartEntry { params: params.clone(), ..start }));
+            starts.push((t, StartEntry { params: params.clone(), sealed, ..start }));
         }
         tracing::debug!(job = %job.spec.name, selected = ?began.elapsed(), "targets of a start selected");
         Ok(self.post_starts(starts, reply).await)
+    }
+
+    /// `secrets` sealed for each of `targets` (in their order), or `None`
+    /// each when there are none. A target without a key (an older agent,
+    /// or one only an operator enlisted) refuses the whole start.
+    async fn seal_for(&self, targets: &[TargetName], secrets: &params::Values) -> Result<Vec<Option<Sealed>>, ApiError> {
+        if secrets.is_empty() {
+            return Ok(vec![None; targets.len()]);
+        }
+        let mut out = Vec::with_capacity(targets.len());
+        for t in targets {
+            let record = self.store.target(t).await?;
+            let Some(key) = record.xkey else {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("target '{t}' has no key to seal secret parameters for (its agent is older, or has not enlisted itself); not started"),
+                ));
+            };
+            let sealed = sealed::seal(secrets, &key)
+                .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("target '{t}': {e}")))?;
+            out.push(Some(sealed));
+        }
+        Ok(out)
     }
 
     /// Posts each target's start into its manifest, each with its

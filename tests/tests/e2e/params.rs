@@ -2,9 +2,9 @@
 //! (required missing, a choice outside its values, an int that is not one,
 //! an unknown name), `--param who=world` reaching the step as
 //! `MUSTER_PARAM_WHO`, defaults used by a scheduled run, and the run
-//! records showing the values used. A secret given at start is refused
-//! (sealed delivery is not built yet): the test scans every stream, bucket
-//! and log for it.
+//! records showing the values used; a secret sealed for the target,
+//! received by the step, masked in its output and record, and found in no
+//! stream, bucket or log.
 
 use std::time::Duration;
 
@@ -50,7 +50,6 @@ fn bad_parameters_are_refused_and_good_ones_reach_the_step() {
     refused(&c, &["--param", "who=w", "--param", "mode=c"], "'c' is not one of a, b");
     refused(&c, &["--param", "who=w", "--param", "n=x"], "'x' is not an int");
     refused(&c, &["--param", "who=w", "--param", "whom=x"], "no parameter 'whom'");
-    refused(&c, &["--param", "who=w", "--param", "token=s3cret-4f9a"], "secret");
     // Nothing was posted for the refused starts.
     assert!(c.history("greet").is_empty());
 
@@ -64,13 +63,41 @@ fn bad_parameters_are_refused_and_good_ones_reach_the_step() {
     let shown = c.ctl_raw(&["run", "show", s(&run, "run_id")], false);
     assert_eq!(shown.code, 0, "{shown:?}");
     assert!(shown.stdout.contains("params: mode=a n=7 who=world"), "{}", shown.stdout);
+}
 
-    // The refused secret is nowhere: no stream or bucket message, no log
-    // (the scan does find what is stored: the plain values, in the record).
-    assert!(!found_in_streams(&c, "hello world mode=a").is_empty(), "the scan reads the run records");
-    let found = found_in_streams(&c, "s3cret-4f9a");
+#[test]
+fn a_secret_reaches_the_step_sealed_and_is_stored_nowhere() {
+    const SECRET: &str = "s3cret-4f9a-0b7e";
+    let c = cluster();
+    let got = c.dir.path().join("got-token");
+    let spec = json!({"name": "vault", "keep_output": "full",
+        "params": [{"name": "token", "type": "secret", "required": true}, {"name": "who", "type": "string", "default": "ops"}],
+        "steps": [{"command": format!("printf %s \"$MUSTER_PARAM_TOKEN\" > {}; echo \"token=$MUSTER_PARAM_TOKEN for $MUSTER_PARAM_WHO\"; echo \"$MUSTER_PARAM_TOKEN\" >&2", got.display())}]});
+    c.create_job_file(&spec.to_string()).expect("create vault");
+    c.ctl(&["job", "assign", "vault", "--target", "p1"]).expect("assign");
+
+    let token = format!("token={SECRET}");
+    c.ctl(&["job", "start", "vault", "--param", &token, "--wait"]).expect("the run succeeds");
+    assert_eq!(std::fs::read_to_string(&got).expect("the step wrote the token"), SECRET, "the step got the secret");
+    let run = finished_runs(&c, "vault", 1).remove(0);
+    assert_eq!(s(&run["steps"][0], "output"), "token=*** for ops\n***\n", "{run}");
+    assert_eq!(run["params"], json!({"token": "***", "who": "ops"}), "{run}");
+
+    // A target whose agent gave no key (enlisted by an operator only) is
+    // refused a start with secrets, before anything is posted.
+    c.ctl(&["target", "enlist", "bare"]).expect("enlist bare");
+    c.ctl(&["job", "assign", "vault", "--target", "bare"]).expect("assign bare");
+    let e = c.ctl(&["job", "start", "vault", "--target", "bare", "--param", &token]).expect_err("no key");
+    assert_eq!(e.code, 4, "{e:?}");
+    assert!(e.stderr.contains("target 'bare' has no key"), "{e:?}");
+
+    // The secret is nowhere: no stream or bucket message (manifests, live
+    // and kept output, history), no log (the scan does find what is stored).
+    assert!(!found_in_streams(&c, "for ops").is_empty(), "the scan reads the run records");
+    let found = found_in_streams(&c, SECRET);
     assert!(found.is_empty(), "the secret is stored in {found:?}");
-    assert!(!c.logs().contains("s3cret-4f9a"), "the secret is logged:\n{}", c.logs());
+    let logs = c.logs();
+    assert!(!logs.is_empty() && !logs.contains(SECRET), "the secret is logged:\n{logs}");
 }
 
 /// The subjects (stream: subject) of every stored message, in every stream
