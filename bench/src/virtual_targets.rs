@@ -240,6 +240,7 @@ async fn apply(link: &Link, subjects: &Subjects, name: &TargetName, manifest: &M
             StartVerdict::Expired => Outcome::Expired,
         };
         let record = RunRecord {
+            params: Default::default(),
             v: 1,
             run_id: start.run_id,
             job_id: start.job_id,

@@ -394,6 +394,10 @@ pub enum JobCmd {
         /// prefixed with its target.
         #[arg(long, requires = "wait")]
         follow: bool,
+        /// A parameter of the job, NAME=VALUE (repeatable); the step gets
+        /// it as MUSTER_PARAM_<NAME>.
+        #[arg(long = "param", value_name = "NAME=VALUE", value_parser = muster_shared::params::parse_pair)]
+        params: Vec<(String, String)>,
     },
     /// Stop a running job at once.
     Stop {

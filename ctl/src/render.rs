@@ -279,6 +279,10 @@ pub fn print_run(r: &RunRecord) {
     if !r.message.is_empty() {
         crate::say!("  {}", r.message);
     }
+    if !r.params.is_empty() {
+        let pairs: Vec<String> = r.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        crate::say!("  params: {}", pairs.join(" "));
+    }
     for s in &r.steps {
         let code = s.exit_code.map_or_else(|| s.signal.map_or("-".into(), |g| format!("signal {g}")), |c| format!("exit {c}"));
         crate::say!("  step {} [{}]: {} {code}, {} ms, {} retries", s.index + 1, s.name, s.outcome, s.duration_ms, s.retries);

@@ -288,6 +288,7 @@ pub async fn each_summary(store: &Store, mut f: impl FnMut(TargetName, Option<Ma
 /// subject, under the id the target itself would have used.
 async fn record_expired(store: &Store, t: &TargetName, start: &StartEntry) -> Result<(), StoreError> {
     let record = RunRecord {
+        params: Default::default(),
         v: PROTOCOL_VERSION,
         run_id: start.run_id,
         job_id: start.job_id,

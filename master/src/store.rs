@@ -47,6 +47,11 @@ pub struct TargetRecord {
     /// on, until an enlist clears this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defected_at: Option<DateTime<Utc>>,
+    /// The agent's x25519 public key, from its own enlist; `None` for an
+    /// older agent, or one enlisted only by an operator. Secret parameters
+    /// are sealed for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xkey: Option<String>,
 }
 
 impl TargetRecord {
@@ -61,6 +66,7 @@ impl TargetRecord {
             blocked: None,
             poll_set_secs: None,
             defected_at: None,
+            xkey: None,
         }
     }
 }

@@ -73,6 +73,8 @@ pub fn plan(queued: Vec<Instruction>, now: DateTime<Utc>) -> Plan {
                     posted_at: i.posted_at,
                     expires_at: i.posted_at + expiry,
                     exec: None,
+                    params: Default::default(),
+                    sealed: None,
                 };
                 let row = Row { id: i.id, op: i.op.name().to_owned(), job: Some(job.clone()) };
                 plan.starts.entry(i.target.clone()).or_default().push((start, row));

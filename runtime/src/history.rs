@@ -491,6 +491,7 @@ mod tests {
 
     fn run(target: &str, run_id: Uuid, outcome: Outcome) -> RunRecord {
         RunRecord {
+            params: Default::default(),
             v: 1,
             run_id,
             job_id: Uuid::nil(),

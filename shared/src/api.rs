@@ -287,6 +287,10 @@ pub struct EnlistRequest {
     pub instance: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub poll_interval_secs: Option<u64>,
+    /// Set by an agent enlisting itself: its x25519 public key, which the
+    /// master seals secret parameters for ([`crate::sealed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xkey: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -389,6 +393,9 @@ pub struct StartStop {
     /// `job start` only (a stop always answers after its control requests).
     #[serde(default, skip_serializing_if = "StartReply::is_polled")]
     pub reply: StartReply,
+    /// `job start --param k=v`: checked against the job's parameters.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub params: crate::params::Values,
 }
 
 /// When `job start` answers.
@@ -785,8 +792,12 @@ mod tests {
             select: Selection { targets: vec![TargetName::new("web01").unwrap()], groups: Vec::new(), all: false },
         };
         let plain: StartStop = serde_json::from_slice(&serde_json::to_vec(&select).unwrap()).unwrap();
-        assert_eq!(plain, StartStop { job: select.clone(), expires_secs: None, reply: StartReply::Polled });
-        let with = StartStop { job: select.clone(), expires_secs: Some(600), reply: StartReply::Posted };
+        assert_eq!(
+            plain,
+            StartStop { job: select.clone(), expires_secs: None, reply: StartReply::Polled, params: Default::default() }
+        );
+        let with =
+            StartStop { job: select.clone(), expires_secs: Some(600), reply: StartReply::Posted, params: Default::default() };
         let json = serde_json::to_value(&with).unwrap();
         assert_eq!(json["expires_secs"], 600);
         assert_eq!(json["reply"], "posted");

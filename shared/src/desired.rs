@@ -194,6 +194,13 @@ pub struct StartEntry {
     /// chosen by the master) and [`EXEC_JOB_NAME`], and stores nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<ExecCommand>,
+    /// The job's parameters for this run, resolved by the master (defaults
+    /// filled in); the step gets them as `MUSTER_PARAM_<NAME>`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub params: crate::params::Values,
+    /// Its secret parameter values, sealed for the target's key only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<crate::sealed::Sealed>,
 }
 
 /// The one-off command of an exec start: an argv, run without a shell.
@@ -293,7 +300,17 @@ impl StartEntry {
         expires_in: Duration,
     ) -> Result<StartEntry, ExpiryError> {
         let expires_at = now + check_expiry(expires_in)?;
-        Ok(StartEntry { run_id, job_id, job, revision: Revision::ZERO, posted_at: now, expires_at, exec: None })
+        Ok(StartEntry {
+            run_id,
+            job_id,
+            job,
+            revision: Revision::ZERO,
+            posted_at: now,
+            expires_at,
+            exec: None,
+            params: Default::default(),
+            sealed: None,
+        })
     }
 
     /// Why its run happens: an exec, or a manual start.

@@ -101,6 +101,7 @@ mod tests {
 
     fn run(target: &str) -> RunRecord {
         RunRecord {
+            params: Default::default(),
             v: 1,
             run_id: Uuid::now_v7(),
             job_id: Uuid::now_v7(),

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::name::{JobName, NameError};
+use crate::params::{self, Param, ParamError};
 use crate::schedule;
 
 /// Default cap on captured output per step (head and tail are kept).
@@ -68,6 +69,9 @@ pub struct JobSpec {
     /// the rest is cut, and the cut is said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_output_max: Option<String>,
+    /// What `job start --param k=v` may set ([`crate::params`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<Param>,
 }
 
 fn yes() -> bool {
@@ -261,6 +265,7 @@ impl JobSpec {
             schedules: Vec::new(),
             keep_output: KeepOutput::HeadTail,
             keep_output_max: None,
+            params: Vec::new(),
         };
         spec.normalize();
         spec
@@ -367,6 +372,17 @@ impl JobSpec {
             }
             schedule::validate(sched)
                 .map_err(|e| FieldError { field: format!("schedules[{i}].{}", e.field), message: e.message })?;
+        }
+        params::validate(&self.params).map_err(|(i, e)| FieldError::new(format!("params[{i}]"), e))?;
+        // A scheduled run uses the defaults: a required one without a
+        // default would make every fire fail, so it is refused here.
+        if let Some(sched) = self.schedules.iter().find(|s| s.enabled) {
+            if let Some((i, p)) = self.params.iter().enumerate().find(|(_, p)| p.required && p.default.is_none()) {
+                return Err(FieldError::new(
+                    format!("params[{i}]"),
+                    ParamError::ScheduleNeedsValue { name: p.name.clone(), schedule: sched.name.clone() },
+                ));
+            }
         }
         Ok(())
     }
@@ -551,5 +567,22 @@ mod tests {
         assert_eq!(spec.next_after(0, true), Next::Step(1));
         assert_eq!(spec.next_after(0, false), Next::QuitFailure);
         assert_eq!(spec.next_after(1, true), Next::QuitSuccess);
+    }
+
+    #[test]
+    fn a_scheduled_job_needs_a_default_for_each_required_parameter() {
+        let file = |default: &str| {
+            format!(
+                r#"{{"name": "j", "params": [{{"name": "who", "type": "string", "required": true{default}}}],
+                    "steps": [{{"command": "true"}}], "schedules": [{{"name": "s", "every_secs": 5}}]}}"#
+            )
+        };
+        let err = JobSpec::from_json(&file("")).unwrap_err();
+        assert_eq!(err.field, "params[0]");
+        assert!(err.message.contains("schedule 's'"), "{err}");
+        assert_eq!(JobSpec::from_json(&file(r#", "default": "x""#)).unwrap().params[0].default.as_deref(), Some("x"));
+        let bad =
+            JobSpec::from_json(r#"{"name": "j", "params": [{"name": "a-b", "type": "string"}], "steps": [{"command": "true"}]}"#);
+        assert_eq!(bad.unwrap_err().field, "params[0]");
     }
 }

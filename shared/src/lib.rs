@@ -27,9 +27,11 @@ pub mod kept;
 pub mod msg;
 pub mod name;
 pub mod output;
+pub mod params;
 pub mod perms;
 pub mod runs;
 pub mod schedule;
+pub mod sealed;
 pub mod streams;
 pub mod subject;
 

@@ -385,6 +385,9 @@ pub struct RunRecord {
     pub message: String,
     #[serde(default)]
     pub steps: Vec<StepRecord>,
+    /// The parameters the run used, secrets masked.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub params: crate::params::Values,
 }
 
 impl RunRecord {

@@ -23,6 +23,7 @@ pub mod runner;
 pub mod scheduler;
 pub mod spool;
 pub mod state;
+pub mod xkey;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +60,8 @@ pub async fn run(config: TargetConfig, shutdown: CancellationToken) -> anyhow::R
     let _claim = claim::claim(&config.state_dir, &config.name)?;
     let state =
         State::open(&config.state_dir).with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
+    let key = xkey::load_or_create(&config.state_dir)?;
+    let public_key = key.public_key();
     let spool = Spool::open(&state.spool_dir(), config.spool_max_bytes).context("opening the result spool")?;
     let runner = Runner::new(
         RunnerConfig {
@@ -72,6 +75,7 @@ pub async fn run(config: TargetConfig, shutdown: CancellationToken) -> anyhow::R
         spool.clone(),
         Arc::default(),
     );
+    runner.attach_key(key);
     let interrupted = runner.report_interrupted()?;
     tracing::info!(
         target = %config.name,
@@ -120,7 +124,7 @@ pub async fn run(config: TargetConfig, shutdown: CancellationToken) -> anyhow::R
     if config.enlist && !stays_out(&poller).await {
         // Refused (the name is taken by another running agent): stop here,
         // before this agent could act on the other one's desired state.
-        enlist(&client, &config, &poller, &shutdown).await?;
+        enlist(&client, &config, &poller, &public_key, &shutdown).await?;
     }
     tasks.spawn({
         let (client, poller, stop) = (client.clone(), poller.clone(), stop_work.clone());
@@ -193,6 +197,7 @@ async fn enlist(
     client: &async_nats::Client,
     config: &TargetConfig,
     poller: &Poller,
+    public_key: &str,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let subject = config.subjects.agent_api(&config.name, api::AGENT_ENLIST);
@@ -201,6 +206,7 @@ async fn enlist(
         location: config.location.clone(),
         instance: Some(poller.instance),
         poll_interval_secs: Some(poller.interval().as_secs()),
+        xkey: Some(public_key.to_owned()),
     }));
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(60));
     // The first attempts are made before polling starts, so that a refused

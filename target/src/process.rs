@@ -23,6 +23,7 @@
 mod account;
 mod capture;
 mod group;
+mod mask;
 mod procfs;
 #[cfg(test)]
 mod testing;
@@ -101,6 +102,9 @@ pub struct StepCommand {
     pub live: Option<crate::live::Tee>,
     /// Where the whole output is kept too, if the job keeps it.
     pub keep: Option<crate::kept::Keep>,
+    /// Secret values hidden in the output before anything keeps or
+    /// publishes it ([`mask`]).
+    pub secrets: Vec<String>,
 }
 
 /// A step's `user` and `group`, as named in the job.
@@ -199,8 +203,14 @@ pub async fn run_step(cmd: &StepCommand, cancel: &CancellationToken) -> StepExit
         }
     };
     let pgid = group.id();
-    let mut reader =
-        OutputReader::start(child.stdout.take(), child.stderr.take(), cmd.output_cap, cmd.live.clone(), cmd.keep.as_ref());
+    let mut reader = OutputReader::start(
+        child.stdout.take(),
+        child.stderr.take(),
+        cmd.output_cap,
+        cmd.live.clone(),
+        cmd.keep.as_ref(),
+        &cmd.secrets,
+    );
 
     let outcome = tokio::select! {
         biased;
@@ -366,6 +376,7 @@ mod tests {
             kill_grace: Duration::from_secs(5),
             live: None,
             keep: None,
+            secrets: Vec::new(),
         }
     }
 

@@ -23,6 +23,8 @@ use muster_shared::desired::StartEntry;
 use muster_shared::job::{JobDef, Next};
 use muster_shared::msg::{self, Outcome, RunRecord, StepRecord, Trigger};
 use muster_shared::name::{JobName, TargetName};
+use muster_shared::params::{self, ParamType};
+use muster_shared::sealed::{self, Sealed};
 use muster_shared::subject::Subjects;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -91,6 +93,8 @@ struct Running {
 struct ThisRun<'a> {
     run_id: Uuid,
     live: Option<&'a RunOutput>,
+    /// Its parameter values, unmasked: the steps' `MUSTER_PARAM_*`.
+    params: &'a params::Values,
 }
 
 /// What a start request led to.
@@ -123,6 +127,8 @@ pub struct Runner {
     metrics: Arc<AgentMetrics>,
     /// Where runs publish their output while they run, once connected.
     live: Arc<std::sync::OnceLock<Live>>,
+    /// This agent's key pair, which secret parameters are sealed for.
+    xkey: Arc<std::sync::OnceLock<nkeys::XKey>>,
 }
 
 impl Runner {
@@ -140,6 +146,7 @@ impl Runner {
             unstarted: Arc::default(),
             metrics,
             live: Arc::default(),
+            xkey: Arc::default(),
         }
     }
 
@@ -153,6 +160,21 @@ impl Runner {
     /// nothing.
     pub fn attach_live(&self, live: Live) {
         self.live.set(live).ok();
+    }
+
+    /// Gives the runner the agent's key pair ([`crate::xkey`]); a second
+    /// call changes nothing.
+    pub fn attach_key(&self, key: nkeys::XKey) {
+        self.xkey.set(key).ok();
+    }
+
+    /// A start's secret parameter values, opened with the agent's key.
+    ///
+    /// # Errors
+    /// Why they cannot be opened, for the run's `failed` record.
+    pub fn open_secrets(&self, sealed: &Sealed) -> Result<params::Values, String> {
+        let key = self.xkey.get().ok_or("this agent has no key to open secret parameters with")?;
+        sealed::open(sealed, key).map_err(|e| e.to_string())
     }
 
     /// Reports runs the agent died in as `interrupted`. Call once at start.
@@ -186,8 +208,18 @@ impl Runner {
         Ok(runs.len())
     }
 
-    /// Starts a run unless the job is already running.
+    /// Starts a run with the job's default parameters (a scheduled run, an
+    /// `on_start` one) unless the job is already running.
     pub fn start(&self, job: JobDef, trigger: Trigger, run_id: Uuid) -> Started {
+        self.start_with(job, trigger, run_id, params::Values::new())
+    }
+
+    /// Starts a run with the parameter values of its start entry (the
+    /// job's defaults under them, for a start from a master that sent
+    /// none) unless the job is already running.
+    pub fn start_with(&self, job: JobDef, trigger: Trigger, run_id: Uuid, given: params::Values) -> Started {
+        let mut values = params::defaults(&job.spec.params);
+        values.extend(given);
         let mut running = self.running.lock().expect("runner lock");
         if let Some(r) = running.get_mut(&job.id) {
             if matches!(trigger, Trigger::Schedule { .. }) {
@@ -208,7 +240,8 @@ impl Runner {
             tracing::info!(job = %job.spec.name, %run_id, "start skipped: already running");
             return Started::Skipped(run_id);
         }
-        let record = self.new_record(&job, trigger, run_id);
+        let mut record = self.new_record(&job, trigger, run_id);
+        record.params = params::masked(&job.spec.params, &values);
         // The marker is durable before start() returns: from here on the
         // run is either recorded or reported as interrupted, under its id.
         if let Err(e) = tokio::task::block_in_place(|| self.state.run_started(&record)) {
@@ -237,7 +270,7 @@ impl Runner {
         self.tasks.spawn(async move {
             let job_id = job.id;
             let name = job.spec.name.clone();
-            if let Err(e) = this.execute(job, record, cancel).await {
+            if let Err(e) = this.execute(job, record, values, cancel).await {
                 tracing::error!(job = %name, %run_id, error = %e, "run could not be recorded");
             }
             this.running.lock().expect("runner lock").remove(&job_id);
@@ -254,6 +287,7 @@ impl Runner {
     pub fn record_not_run(&self, start: &StartEntry, outcome: Outcome, message: String) -> anyhow::Result<()> {
         let now = Utc::now();
         let record = RunRecord {
+            params: Default::default(),
             v: muster_shared::PROTOCOL_VERSION,
             run_id: start.run_id,
             job_id: start.job_id,
@@ -274,6 +308,7 @@ impl Runner {
     /// A `running` record for a new run of `job`, starting now.
     fn new_record(&self, job: &JobDef, trigger: Trigger, run_id: Uuid) -> RunRecord {
         RunRecord {
+            params: Default::default(),
             v: muster_shared::PROTOCOL_VERSION,
             run_id,
             job_id: job.id,
@@ -459,7 +494,13 @@ impl Runner {
         self.waiting.load(Ordering::SeqCst)
     }
 
-    async fn execute(&self, job: JobDef, mut record: RunRecord, cancel: CancellationToken) -> anyhow::Result<()> {
+    async fn execute(
+        &self,
+        job: JobDef,
+        mut record: RunRecord,
+        values: params::Values,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<()> {
         let _slot = self.slots.acquire().await.expect("semaphore never closes");
         let run_id = record.run_id;
         record.started_at = Utc::now();
@@ -485,7 +526,14 @@ impl Runner {
 
         let live = self.live.get().map(|l| l.open(record.job_id, run_id));
         let (outcome, message) = self
-            .run_steps(&job, ThisRun { run_id, live: live.as_ref() }, &mut record.steps, &step_cancel, &job_timed_out, &cancel)
+            .run_steps(
+                &job,
+                ThisRun { run_id, live: live.as_ref(), params: &values },
+                &mut record.steps,
+                &step_cancel,
+                &job_timed_out,
+                &cancel,
+            )
             .await;
         if let Some(t) = timer {
             t.abort();
@@ -522,14 +570,14 @@ impl Runner {
         job_timed_out: &AtomicBool,
         stop: &CancellationToken,
     ) -> (Outcome, String) {
-        let ThisRun { run_id, live } = run;
+        let ThisRun { run_id, live, params } = run;
         let mut index = 0;
         for _ in 0..MAX_STEP_EXECUTIONS {
             let step = &job.spec.steps[index];
             let mut retries = 0;
             let (exit, started_at) = loop {
                 let started_at = Utc::now();
-                let mut command = self.step_command(job, run_id, step);
+                let mut command = self.step_command(job, run_id, params, step);
                 command.live = live.map(|l| l.tee(index));
                 command.keep = self.keep_for(job, run_id, steps.len());
                 let exit = run_step(&command, step_cancel).await;
@@ -643,15 +691,17 @@ impl Runner {
     }
 
     /// The process to run for `step`. Besides the step's own environment it
-    /// gets `MUSTER_JOB`, `MUSTER_RUN_ID`, `MUSTER_TARGET` and `MUSTER_STEP`,
+    /// gets `MUSTER_PARAM_<NAME>` for each parameter value, and
+    /// `MUSTER_JOB`, `MUSTER_RUN_ID`, `MUSTER_TARGET` and `MUSTER_STEP`,
     /// which win over step variables of the same name.
-    fn step_command(&self, job: &JobDef, run_id: Uuid, step: &muster_shared::job::Step) -> StepCommand {
+    fn step_command(&self, job: &JobDef, run_id: Uuid, values: &params::Values, step: &muster_shared::job::Step) -> StepCommand {
         let program = match (&step.command, &step.argv) {
             (Some(c), _) => Program::Shell(c.clone()),
             (None, Some(argv)) => Program::Argv(argv.clone()),
             (None, None) => Program::Shell(String::new()),
         };
         let mut env = step.env.clone();
+        env.extend(params::env(values));
         env.extend([
             ("MUSTER_JOB".to_owned(), job.spec.name.to_string()),
             (RUN_ID_VAR.to_owned(), run_id.to_string()),
@@ -668,6 +718,13 @@ impl Runner {
             kill_grace: self.cfg.kill_grace,
             live: None,
             keep: None,
+            secrets: job
+                .spec
+                .params
+                .iter()
+                .filter(|p| p.kind == ParamType::Secret)
+                .filter_map(|p| values.get(&p.name).cloned())
+                .collect(),
         }
     }
 }
@@ -733,6 +790,7 @@ mod tests {
             message: String::new(),
         };
         RunRecord {
+            params: Default::default(),
             v: muster_shared::PROTOCOL_VERSION,
             run_id: Uuid::now_v7(),
             job_id: Uuid::now_v7(),

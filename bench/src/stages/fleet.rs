@@ -75,7 +75,7 @@ impl Fleet {
             .map(|name| {
                 let api = self.api.clone();
                 async move {
-                    let req = EnlistRequest { name, location: None, instance: None, poll_interval_secs: Some(60) };
+                    let req = EnlistRequest { name, location: None, instance: None, poll_interval_secs: Some(60), xkey: None };
                     api.call::<_, TargetInfo>(Op::TargetEnlist, req).await
                 }
             })

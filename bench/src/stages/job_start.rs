@@ -46,8 +46,12 @@ pub async fn run(want: Want, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Resu
                 raws.push(raw::requests(&fleet.client, k).await?);
                 let start = Instant::now();
                 let select = Selection { targets: Fleet::names(k), groups: vec![], all: false };
-                let body =
-                    StartStop { job: JobSelect { job: job.clone(), select }, expires_secs: None, reply: StartReply::Posted };
+                let body = StartStop {
+                    job: JobSelect { job: job.clone(), select },
+                    expires_secs: None,
+                    reply: StartReply::Posted,
+                    params: Default::default(),
+                };
                 let d: Vec<Delivery> = fleet.api.call(Op::JobStart, body).await?;
                 took.push(start.elapsed());
                 let posted = d.iter().filter(|d| d.state == DeliveryState::Posted).count();

@@ -51,7 +51,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<(), Failure> {
         JobCmd::Unassign { job, select } => {
             show(api.call(Op::JobUnassign, JobSelect { job, select: select.selection(false) }).await?)
         }
-        JobCmd::Start { job, select, all, expires, wait, timeout, follow } => {
+        JobCmd::Start { job, select, all, expires, wait, timeout, follow, params } => {
             let d: Vec<Delivery> = api
                 .call(
                     Op::JobStart,
@@ -62,6 +62,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<(), Failure> {
                         // waits for the force-polls; otherwise the answer
                         // comes once the starts are posted.
                         reply: if wait { StartReply::Polled } else { StartReply::Posted },
+                        params: params.into_iter().collect(),
                     },
                 )
                 .await?;
@@ -79,6 +80,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<(), Failure> {
                         job: JobSelect { job, select: select.selection(false) },
                         expires_secs: expires_secs(expires.as_deref())?,
                         reply: StartReply::default(),
+                        params: Default::default(),
                     },
                 )
                 .await?;

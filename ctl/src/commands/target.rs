@@ -17,7 +17,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: TargetCmd) -> Result<(), Failure> {
     let (api, out) = (&ctx.api, &ctx.out);
     match cmd {
         TargetCmd::Enlist { name, location, poll_interval } => {
-            let req = EnlistRequest { name, location, instance: None, poll_interval_secs: poll_interval };
+            let req = EnlistRequest { name, location, instance: None, poll_interval_secs: poll_interval, xkey: None };
             let t: TargetInfo = api.call(Op::TargetEnlist, req).await?;
             out.print(&t, || crate::say!("enlisted {} (poll every {}s)", t.name, t.poll_interval_secs))
         }

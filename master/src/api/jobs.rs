@@ -22,6 +22,8 @@ use muster_shared::desired::{self, StartEntry, StopEntry, DEFAULT_EXPIRY};
 use muster_shared::job::JobSpec;
 use muster_shared::msg::{ControlOp, Instruction, InstructionOp};
 use muster_shared::name::{JobName, TargetName};
+use muster_shared::params::{self, ParamType};
+use muster_shared::sealed::{self, Sealed};
 use uuid::Uuid;
 
 use super::desired::{change, changes};
@@ -36,6 +38,14 @@ const STATUS_READS_IN_FLIGHT: usize = 256;
 /// Background force-poll sweeps (after a `posted` answer) running at once;
 /// each has at most [`CONTROL_IN_FLIGHT`] control requests out.
 static POLL_SWEEPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// The parameter values of a start of `spec`, `given` checked and defaults
+/// filled in: the plain ones, and the secret ones (to be sealed for each
+/// target, never stored as they are).
+fn start_params(spec: &JobSpec, given: &params::Values) -> Result<(params::Values, params::Values), ApiError> {
+    let values = params::resolve(&spec.params, given).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e))?;
+    Ok(values.into_iter().partition(|(k, _)| !spec.params.iter().any(|p| &p.name == k && p.kind == ParamType::Secret)))
+}
 
 impl Ctx {
     pub(super) async fn job_create(&self, mut spec: JobSpec) -> Result<JobInfo, ApiError> {
@@ -242,19 +252,45 @@ impl Ctx {
     pub(super) async fn job_start(&self, req: StartStop) -> Result<Vec<Delivery>, ApiError> {
         let expires_in = expiry(&req)?;
         let reply = req.reply;
+        let given = req.params;
         let req = req.job;
         let began = Instant::now();
         let (job, _) = self.store.job(&req.job).await?;
+        let (params, secrets) = start_params(&job.spec, &given)?;
         let targets = self.select_for_job(&job, &req.select).await?;
+        let sealed = self.seal_for(&targets, &secrets).await?;
         let now = Utc::now();
         let mut starts = Vec::with_capacity(targets.len());
-        for t in targets {
+        for (t, sealed) in targets.into_iter().zip(sealed) {
             let start = StartEntry::new(Uuid::now_v7(), job.id, job.spec.name.clone(), now, expires_in)
                 .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e))?;
-            starts.push((t, start));
+            starts.push((t, StartEntry { params: params.clone(), sealed, ..start }));
         }
         tracing::debug!(job = %job.spec.name, selected = ?began.elapsed(), "targets of a start selected");
         Ok(self.post_starts(starts, reply).await)
+    }
+
+    /// `secrets` sealed for each of `targets` (in their order), or `None`
+    /// each when there are none. A target without a key (an older agent,
+    /// or one only an operator enlisted) refuses the whole start.
+    async fn seal_for(&self, targets: &[TargetName], secrets: &params::Values) -> Result<Vec<Option<Sealed>>, ApiError> {
+        if secrets.is_empty() {
+            return Ok(vec![None; targets.len()]);
+        }
+        let mut out = Vec::with_capacity(targets.len());
+        for t in targets {
+            let record = self.store.target(t).await?;
+            let Some(key) = record.xkey else {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("target '{t}' has no key to seal secret parameters for (its agent is older, or has not enlisted itself); not started"),
+                ));
+            };
+            let sealed = sealed::seal(secrets, &key)
+                .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("target '{t}': {e}")))?;
+            out.push(Some(sealed));
+        }
+        Ok(out)
     }
 
     /// Posts each target's start into its manifest, each with its

@@ -50,6 +50,8 @@ impl Ctx {
             }
             if instance.is_some() {
                 t.instance = instance;
+                // Only the agent itself says its key (an operator's enlist keeps it).
+                t.xkey.clone_from(&req.xkey);
             }
             // Enlisting again brings a defected target back.
             t.defected_at = None;

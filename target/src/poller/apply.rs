@@ -238,7 +238,17 @@ impl Applier<'_> {
         for (start, def) in to_run {
             // A run that cannot start (no room for its marker) is recorded
             // `failed` by the runner, when there is room if not at once.
-            self.runner.start(def, start.trigger(), start.run_id);
+            let mut values = start.params.clone();
+            if let Some(sealed) = &start.sealed {
+                match self.runner.open_secrets(sealed) {
+                    Ok(secrets) => values.extend(secrets),
+                    Err(why) => {
+                        self.runner.record_not_run(start, Outcome::Failed, format!("not run: {why}"))?;
+                        continue;
+                    }
+                }
+            }
+            self.runner.start_with(def, start.trigger(), start.run_id, values);
         }
         for stop in new_stops {
             out.changed += 1;

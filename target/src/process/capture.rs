@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{ChildStderr, ChildStdout};
 use tokio::task::JoinHandle;
 
+use super::mask::Masker;
 use crate::kept::{Keep, KeepFile, Kept};
 use crate::live::Tee;
 use muster_shared::output::Pipe;
@@ -129,10 +130,12 @@ impl OutputReader {
         cap: usize,
         live: Option<Tee>,
         keep: Option<&Keep>,
+        secrets: &[String],
     ) -> Self {
         let capture = Arc::new(Mutex::new(OutputCapture::new(cap)));
         let keep = Arc::new(Mutex::new(keep.map(KeepFile::create)));
-        let sinks = Sinks { capture: Arc::clone(&capture), live, keep: Arc::clone(&keep) };
+        let masks = [(); 2].map(|()| Masker::new(secrets.iter().map(String::as_str)).map(Mutex::new));
+        let sinks = Sinks { capture: Arc::clone(&capture), live, keep: Arc::clone(&keep), masks };
         let task = tokio::spawn(pump_output(stdout, stderr, sinks));
         OutputReader { task, capture, keep }
     }
@@ -174,11 +177,17 @@ async fn pump_output(mut stdout: Option<ChildStdout>, mut stderr: Option<ChildSt
         tokio::select! {
             r = read_opt(&mut stdout, &mut out_buf) => match r {
                 Ok(n) if n > 0 => push(Pipe::Stdout, &out_buf[..n]),
-                _ => stdout = None,
+                _ => {
+                    sinks.end(Pipe::Stdout);
+                    stdout = None;
+                }
             },
             r = read_opt(&mut stderr, &mut err_buf) => match r {
                 Ok(n) if n > 0 => push(Pipe::Stderr, &err_buf[..n]),
-                _ => stderr = None,
+                _ => {
+                    sinks.end(Pipe::Stderr);
+                    stderr = None;
+                }
             },
         }
     }
@@ -190,10 +199,40 @@ struct Sinks {
     capture: Arc<Mutex<OutputCapture>>,
     live: Option<Tee>,
     keep: Arc<Mutex<Option<KeepFile>>>,
+    /// Per pipe (stdout, stderr): hides the run's secret values before any
+    /// sink sees the output.
+    masks: [Option<Mutex<Masker>>; 2],
 }
 
 impl Sinks {
+    fn mask(&self, pipe: Pipe) -> Option<std::sync::MutexGuard<'_, Masker>> {
+        let i = usize::from(pipe == Pipe::Stderr);
+        self.masks[i].as_ref().map(|m| m.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
     fn push(&self, pipe: Pipe, data: &[u8]) {
+        match self.mask(pipe) {
+            Some(mut m) => {
+                let masked = m.push(data);
+                drop(m);
+                self.send(pipe, &masked);
+            }
+            None => self.send(pipe, data),
+        }
+    }
+
+    /// A pipe ended: what its masker held back goes out.
+    fn end(&self, pipe: Pipe) {
+        let rest = self.mask(pipe).map(|mut m| m.finish());
+        if let Some(rest) = rest.filter(|r| !r.is_empty()) {
+            self.send(pipe, &rest);
+        }
+    }
+
+    fn send(&self, pipe: Pipe, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
         self.capture.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(data);
         if let Some(live) = &self.live {
             live.offer(pipe, data);

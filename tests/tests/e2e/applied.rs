@@ -79,6 +79,7 @@ fn applied_records_settle_rows_and_a_runs_first_record_answers_its_start() {
     // The run's first record takes the start out of the manifest.
     let job_id = with_start.starts[0].job_id;
     let run = RunRecord {
+        params: Default::default(),
         v: 1,
         run_id,
         job_id,

@@ -23,6 +23,7 @@ mod key_files;
 mod live_output;
 mod metrics;
 mod operator;
+mod params;
 mod readme_tour;
 mod reply_injection;
 mod roles;

@@ -245,7 +245,7 @@ async fn start_stop(
         Selection { targets: chosen, groups: Vec::new(), all: false }
     };
     let reply = if op == Op::JobStart { StartReply::Posted } else { StartReply::Polled };
-    let body = StartStop { job: JobSelect { job: name.clone(), select }, expires_secs: None, reply };
+    let body = StartStop { job: JobSelect { job: name.clone(), select }, expires_secs: None, reply, params: Default::default() };
     let deliveries: Vec<Delivery> = call(state, op, body).await?;
     let verb = if op == Op::JobStart { "Start" } else { "Stop" };
     Ok(html! {
